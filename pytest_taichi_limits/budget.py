@@ -1,0 +1,141 @@
+"""Budgets: what a supervised test may use, and where each number comes from.
+
+Precedence, for every key separately: marker > command line > ini > built-in default.
+Markers merge per key; the closest one wins (function over class over module).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+MARKER_NAME = "taichi_limits"
+
+# Values that could only be typos (or attempts to switch a limit off by overflow).
+_SPECS: dict[str, tuple[str, float, str]] = {
+    # key: (unit, largest allowed value, example)
+    "cpu_s": ("CPU seconds", 7 * 24 * 3600.0, "cpu_s=30"),
+    "mem_mb": ("megabytes of resident memory", 1024.0 * 1024.0, "mem_mb=1024"),
+    "wall_s": ("wall-clock seconds", 7 * 24 * 3600.0, "wall_s=60"),
+    "gpu_gb": ("gigabytes of GPU memory", 1024.0, "gpu_gb=2"),
+}
+BUDGET_KEYS: tuple[str, ...] = tuple(_SPECS)
+
+#: Built-in defaults. wall_s is set so that a hung test can never hang CI; mem_mb so that one
+#: runaway allocation cannot push a 2-core, 24 GiB CI machine into the OOM killer. cpu_s and
+#: gpu_gb are off: wall_s already bounds CPU time of a single-threaded test, and Taichi's own
+#: device_memory_GB default (1 GB) is left alone unless a budget asks for a cap.
+BUILTIN_DEFAULTS: Mapping[str, float | None] = {
+    "cpu_s": None,
+    "mem_mb": 4096.0,
+    "wall_s": 600.0,
+    "gpu_gb": None,
+}
+
+#: Words that switch a default off on the command line or in ini files.
+OFF_WORDS = frozenset({"off", "none", "no", "unlimited"})
+
+
+class BudgetError(ValueError):
+    """A budget value that the plugin refuses; the message says what is allowed."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Limits in force for one test; None means no limit for that resource."""
+
+    cpu_s: float | None = None
+    mem_mb: float | None = None
+    wall_s: float | None = None
+    gpu_gb: float | None = None
+
+    def as_dict(self) -> dict[str, float | None]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: float | None) -> Budget:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def mem_bytes(self) -> int | None:
+        return None if self.mem_mb is None else int(self.mem_mb * 1024 * 1024)
+
+    @property
+    def gpu_bytes(self) -> int | None:
+        return None if self.gpu_gb is None else int(self.gpu_gb * 1024**3)
+
+
+def allowed_text(key: str) -> str:
+    unit, largest, example = _SPECS[key]
+    return f"a positive number of {unit} up to {largest:g} (e.g. {example})"
+
+
+def check_value(key: str, value: object) -> float:
+    """Return `value` as a float, or raise BudgetError saying what `key` accepts."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BudgetError(f"{key} must be {allowed_text(key)}, got {value!r}")
+    number = float(value)
+    if math.isnan(number) or math.isinf(number) or number <= 0 or number > _SPECS[key][1]:
+        raise BudgetError(f"{key} must be {allowed_text(key)}, got {value!r}")
+    return number
+
+
+def parse_text(key: str, text: str) -> float | None:
+    """Parse a command-line or ini value: a number, or an off-word for no limit."""
+    stripped = text.strip()
+    if stripped.lower() in OFF_WORDS:
+        return None
+    try:
+        number = float(stripped)
+    except ValueError:
+        raise BudgetError(
+            f"{key} must be {allowed_text(key)} or 'off', got {text!r}"
+        ) from None
+    return check_value(key, number)
+
+
+def marker_values(nodeid: str, markers: Iterable[Any]) -> dict[str, float | None]:
+    """Merge `taichi_limits` markers, closest first (as `iter_markers` yields them).
+
+    Raises BudgetError naming the test and the argument.
+    """
+    merged: dict[str, float | None] = {}
+    for marker in markers:
+        if marker.args:
+            raise BudgetError(
+                f"{nodeid}: @pytest.mark.{MARKER_NAME} takes keyword arguments only "
+                f"({', '.join(BUDGET_KEYS)}), got positional {marker.args!r}"
+            )
+        for key, value in marker.kwargs.items():
+            if key not in _SPECS:
+                raise BudgetError(
+                    f"{nodeid}: @pytest.mark.{MARKER_NAME} got unknown argument {key!r}; "
+                    f"allowed: {', '.join(BUDGET_KEYS)}"
+                )
+            if key in merged:
+                continue  # a closer marker already set it
+            if value is None:
+                merged[key] = None
+                continue
+            try:
+                merged[key] = check_value(key, value)
+            except BudgetError as error:
+                raise BudgetError(f"{nodeid}: @pytest.mark.{MARKER_NAME}: {error}") from None
+    return merged
+
+
+def resolve(
+    marker: Mapping[str, float | None],
+    cli: Mapping[str, float | None],
+    ini: Mapping[str, float | None],
+) -> Budget:
+    """Apply the precedence chain marker > command line > ini > built-in default per key."""
+    values: dict[str, float | None] = {}
+    for key in BUDGET_KEYS:
+        for layer in (marker, cli, ini, BUILTIN_DEFAULTS):
+            if key in layer:
+                values[key] = layer[key]
+                break
+    return Budget(**values)

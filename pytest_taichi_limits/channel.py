@@ -1,0 +1,101 @@
+"""The one-way channel from the supervised child to the parent: JSON lines over a pipe.
+
+The parent never trusts it: garbage, a closed pipe or a flood of bytes only ever make the test
+fail with a message that says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+#: JSON has no tuples, but pytest's serialized reports rely on them (a skip's longrepr is one).
+_TUPLE_TAG = "\x00tuple"
+
+#: A report carries captured output, so it may be large; past this the child is misbehaving.
+MAX_CHANNEL_BYTES = 256 * 1024 * 1024
+
+
+class ChannelWriter:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def send(self, kind: str, **fields: Any) -> None:
+        fields["t"] = kind
+        data = (json.dumps(_tag_tuples(fields), default=repr) + "\n").encode()
+        view = memoryview(data)
+        while view:
+            written = os.write(self.fd, view)
+            view = view[written:]
+
+
+class ChannelReader:
+    """Collects messages from non-blocking reads; records why the channel went bad, if it did."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.messages: list[dict[str, Any]] = []
+        self.problem: str | None = None
+        self.closed = False
+        self._pending = bytearray()
+        self._total = 0
+
+    def drain(self) -> None:
+        while not self.closed:
+            try:
+                chunk = os.read(self.fd, 1 << 20)
+            except BlockingIOError:
+                return
+            except OSError as error:
+                self._fail(f"the report channel broke: {error}")
+                self.closed = True
+                return
+            if not chunk:
+                self.closed = True
+                if self._pending and self.problem is None:
+                    self._fail("the report channel ended in the middle of a message")
+                return
+            self._total += len(chunk)
+            if self._total > MAX_CHANNEL_BYTES:
+                self._fail(f"the child sent more than {MAX_CHANNEL_BYTES} bytes of reports")
+                self.closed = True
+                return
+            self._pending += chunk
+            self._split()
+
+    def _split(self) -> None:
+        while True:
+            newline = self._pending.find(b"\n")
+            if newline < 0:
+                return
+            line = bytes(self._pending[:newline])
+            del self._pending[: newline + 1]
+            try:
+                message = json.loads(line, object_hook=_untag_tuples)
+            except ValueError:
+                message = None
+            if not isinstance(message, dict) or not isinstance(message.get("t"), str):
+                self._fail(f"the report channel carried garbage: {line[:80]!r}")
+                continue
+            self.messages.append(message)
+
+    def _fail(self, problem: str) -> None:
+        if self.problem is None:
+            self.problem = problem
+
+
+def _tag_tuples(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return {_TUPLE_TAG: [_tag_tuples(element) for element in value]}
+    if isinstance(value, list):
+        return [_tag_tuples(element) for element in value]
+    if isinstance(value, dict):
+        return {key: _tag_tuples(element) for key, element in value.items()}
+    return value
+
+
+def _untag_tuples(value: dict[str, Any]) -> Any:
+    if len(value) == 1 and _TUPLE_TAG in value and isinstance(value[_TUPLE_TAG], list):
+        return tuple(value[_TUPLE_TAG])
+    return value

@@ -1,0 +1,31 @@
+"""Hooks that other plugins and conftest.py files can implement (registered via pytest_addhooks)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from .budget import Budget
+    from .records import Usage, Violation
+
+
+@pytest.hookspec(firstresult=True)
+def pytest_taichi_limits_budget(item: pytest.Item, budget: Budget) -> Budget | None:
+    """Adjust a test's budget before it runs; return a new Budget, or None to keep it.
+
+    Called in the process that runs the test (an xdist worker under xdist), after the marker,
+    command line, ini and built-in defaults have been merged. The first non-None result wins.
+    Example: scale every budget on a slow runner with ``budget.replace(wall_s=budget.wall_s*2)``.
+    """
+
+
+@pytest.hookspec
+def pytest_taichi_limits_usage(item: pytest.Item, usage: Usage) -> None:
+    """Called with the usage record of every supervised test, passing or not."""
+
+
+@pytest.hookspec
+def pytest_taichi_limits_violation(item: pytest.Item, violation: Violation, usage: Usage) -> None:
+    """Called with each budget violation (for example, to post it to a dashboard)."""

@@ -1,0 +1,41 @@
+"""Small Linux process controls (prctl, /proc reads); no-ops where they do not exist."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import sys
+from functools import lru_cache
+from typing import Any
+
+_PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+@lru_cache(maxsize=1)
+def _libc() -> Any:
+    name = ctypes.util.find_library("c")
+    if name is None or not sys.platform.startswith("linux"):
+        return None
+    return ctypes.CDLL(name, use_errno=True)
+
+
+def set_child_subreaper(enabled: bool) -> bool:
+    """Make orphaned descendants re-parent to this process instead of init."""
+    libc = _libc()
+    return libc is not None and libc.prctl(_PR_SET_CHILD_SUBREAPER, int(enabled), 0, 0, 0) == 0
+
+
+def set_parent_death_signal(signum: int) -> bool:
+    libc = _libc()
+    return libc is not None and libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0) == 0
+
+
+def rss_bytes(pid: int | str = "self") -> int:
+    """Resident memory of one process, 0 when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        return 0

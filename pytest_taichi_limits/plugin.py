@@ -1,0 +1,262 @@
+"""The pytest entry point: options, marker, and the plugin object that owns all state."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from typing import Any
+
+import pytest
+
+from . import hookspecs, render
+from .budget import MARKER_NAME, Budget, BudgetError, marker_values, resolve
+from .child import run_child
+from .options import Options, add_options, read_options
+from .records import Crash, Usage, Violation
+from .supervisor import ForkLaunch, RunResult, Supervisor
+
+logger = logging.getLogger("pytest_taichi_limits")
+
+_BUDGET_KEY = pytest.StashKey[Budget]()
+_PLUGIN_NAME = "taichi_limits_plugin"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    add_options(parser)
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{MARKER_NAME}(cpu_s=None, mem_mb=None, wall_s=None, gpu_gb=None): run the test in a "
+        "supervised child process with this budget (keyword arguments only; None means no "
+        "limit). Precedence per key: marker > command line > ini > built-in default.",
+    )
+    config.pluginmanager.register(TaichiLimitsPlugin(config, read_options(config)), _PLUGIN_NAME)
+
+
+class TaichiLimitsPlugin:
+    """Decides which tests are supervised, runs them, and turns the results into reports."""
+
+    def __init__(self, config: pytest.Config, options: Options) -> None:
+        self.config = config
+        self.options = options
+        self.supervised_count = 0
+
+    # -- collection -------------------------------------------------------------------------
+
+    def pytest_report_header(self) -> list[str]:
+        options = self.options
+        scope = "every test" if options.supervise_all else "tests marked taichi_limits"
+        defaults = resolve({}, options.cli_budget, options.ini_budget)
+        return [
+            f"taichi-limits: supervising {scope}; default budget {render.budget_text(defaults)}; "
+            f"sampling every {options.settings.interval_s:g} s, grace {options.settings.grace_s:g} s"
+        ]
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(
+        self, session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+    ) -> None:
+        kept: list[pytest.Item] = []
+        for item in items:
+            markers = list(item.iter_markers(MARKER_NAME))
+            if not markers and not self.options.supervise_all:
+                kept.append(item)
+                continue
+            try:
+                marked = marker_values(item.nodeid, markers)
+            except BudgetError as error:
+                self._collection_error(item, str(error))
+                continue
+            item.stash[_BUDGET_KEY] = resolve(marked, self.options.cli_budget,
+                                              self.options.ini_budget)
+            kept.append(item)
+        # A test with a bad marker is a collection error (reported above), never run.
+        items[:] = kept
+
+    def _collection_error(self, item: pytest.Item, message: str) -> None:
+        report = pytest.CollectReport(item.nodeid, "failed", message, [])
+        item.config.hook.pytest_collectreport(report=report)
+
+    # -- running ----------------------------------------------------------------------------
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
+        budget = item.stash.get(_BUDGET_KEY, None)
+        if budget is None:
+            return None  # plain pytest runs it, untouched
+        adjusted = item.config.hook.pytest_taichi_limits_budget(item=item, budget=budget)
+        if adjusted is not None:
+            budget = adjusted
+        self.supervised_count += 1
+        item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+        result = self._supervise(item, budget)
+        exit_request = self._replay(item, result)
+        item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+        if exit_request is not None:
+            if exit_request.get("kind") == "interrupt":
+                raise KeyboardInterrupt
+            pytest.exit(str(exit_request.get("message")), exit_request.get("returncode"))
+        return True
+
+    def _supervise(self, item: pytest.Item, budget: Budget) -> RunResult:
+        settings = self.options.settings
+        supervisor = Supervisor(item.nodeid, budget, settings, mode="fork")
+
+        def in_child(channel_fd: int, stack_fd: int, parent_pid: int) -> None:
+            run_child(item, channel_fd, stack_fd, parent_pid, budget, settings)
+
+        return supervisor.run(lambda: ForkLaunch(in_child))
+
+    def _replay(self, item: pytest.Item, result: RunResult) -> dict[str, Any] | None:
+        """Hand the child's reports to pytest as if the test had run here."""
+        received, problem = self._received_reports(item, result)
+        failure_text = self._failure_text(result, problem)
+        reports = _complete_phases(item, received, failure_text)
+        self._emit_warnings(result)
+        self._record(item, result, reports, show_usage=failure_text is None)
+        for report in reports:
+            item.ihook.pytest_runtest_logreport(report=report)
+        exits = result.of_kind("exit")
+        return exits[-1] if exits else None
+
+    def _received_reports(
+        self, item: pytest.Item, result: RunResult
+    ) -> tuple[dict[str, pytest.TestReport], str | None]:
+        received: dict[str, pytest.TestReport] = {}
+        problem = result.channel_problem
+        for message in result.of_kind("report"):
+            try:
+                report = item.config.hook.pytest_report_from_serializable(
+                    config=item.config, data=message.get("data")
+                )
+            except Exception as error:  # noqa: BLE001 - a forged report is a failure, not a crash
+                problem = problem or f"the child sent an unreadable report ({error})"
+                continue
+            if not isinstance(report, pytest.TestReport) or report.nodeid != item.nodeid \
+                    or report.when not in ("setup", "call", "teardown"):
+                problem = problem or "the child sent a report that is not for this test"
+                continue
+            received[report.when] = report
+        return received, problem
+
+    @staticmethod
+    def _failure_text(result: RunResult, problem: str | None) -> str | None:
+        if result.violation is not None:
+            return render.violation_report(result.violation, result.usage)
+        if result.crash is not None:
+            return render.crash_report(result.crash, result.usage)
+        if problem is not None:
+            crash = Crash(result.usage.nodeid, problem + "; the test's own result is unknown",
+                          result.phase, "")
+            return render.crash_report(crash, result.usage)
+        return None
+
+    def _emit_warnings(self, result: RunResult) -> None:
+        for message in result.of_kind("warning"):
+            category = _warning_category(str(message.get("category", "")))
+            warnings.warn_explicit(
+                str(message.get("message")), category,
+                str(message.get("filename", "?")), int(message.get("lineno") or 0),
+            )
+
+    def _record(self, item: pytest.Item, result: RunResult,
+                reports: list[pytest.TestReport], show_usage: bool) -> None:
+        usage, violation = result.usage, result.violation
+        properties = render.user_properties(usage, violation)
+        line = render.usage_line(usage)
+        for report in reports:
+            report.user_properties = list(report.user_properties) + properties
+            if show_usage:  # a failure's own report already has the figures
+                report.sections.append(("taichi_limits usage", line))
+        teardown = reports[-1]
+        teardown.taichi_limits_usage = usage.as_dict()  # type: ignore[attr-defined]
+        teardown.taichi_limits_violation = (  # type: ignore[attr-defined]
+            None if violation is None else violation.as_dict()
+        )
+        item.config.hook.pytest_taichi_limits_usage(item=item, usage=usage)
+        if violation is not None:
+            _log_violation(violation, usage)
+            item.config.hook.pytest_taichi_limits_violation(
+                item=item, violation=violation, usage=usage
+            )
+        self._append_log(usage, violation)
+
+    def _append_log(self, usage: Usage, violation: Violation | None) -> None:
+        path = self.options.log_path
+        if path is None:
+            return
+        lines = [json.dumps({"event": "usage", **usage.as_dict()}, default=str)]
+        if violation is not None:
+            lines.append(json.dumps({"event": "violation", **violation.as_dict()}, default=str))
+        data = ("\n".join(lines) + "\n").encode()
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, data)  # one write with O_APPEND: lines never interleave
+            finally:
+                os.close(fd)
+        except OSError as error:
+            raise pytest.UsageError(f"--taichi-limits-log: cannot append to {path!r}: {error}") \
+                from None
+
+
+def _complete_phases(
+    item: pytest.Item, received: dict[str, pytest.TestReport], failure_text: str | None
+) -> list[pytest.TestReport]:
+    """setup, call (when setup passed) and teardown, with any failure put on the test itself."""
+    setup = received.get("setup") or _report(item, "setup", None)
+    reports = [setup]
+    teardown = received.get("teardown") or _report(item, "teardown", None)
+    if failure_text is None:
+        if "call" in received:
+            reports.append(received["call"])
+        return reports + [teardown]
+    if not setup.passed:
+        # The test never ran; what went wrong afterwards belongs to teardown.
+        return reports + [_report(item, "teardown", failure_text, keep=teardown)]
+    reports.append(_report(item, "call", failure_text, keep=received.get("call")))
+    return reports + [teardown]
+
+
+def _report(item: pytest.Item, when: str, failure_text: str | None,
+            keep: pytest.TestReport | None = None) -> pytest.TestReport:
+    def outcome() -> None:
+        if failure_text is not None:
+            pytest.fail(failure_text, pytrace=False)
+
+    call = pytest.CallInfo.from_call(outcome, when=when)  # type: ignore[arg-type]
+    report = pytest.TestReport.from_item_and_call(item, call)
+    if keep is not None:  # what the child captured before it was stopped stays visible
+        report.sections = list(keep.sections)
+        report.user_properties = list(keep.user_properties)
+        report.duration = keep.duration
+    return report
+
+
+def _warning_category(path: str) -> type[Warning]:
+    module_name, _, qualname = path.partition(":")
+    import importlib
+
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            target = getattr(target, part)
+    except Exception:  # noqa: BLE001 - a class defined inside a test cannot be found again
+        return UserWarning
+    return target if isinstance(target, type) and issubclass(target, Warning) else UserWarning
+
+
+def _log_violation(violation: Violation, usage: Usage) -> None:
+    logger.warning(
+        "%s", render.violation_headline(violation) + f" in {violation.nodeid}",
+        extra={"taichi_limits_violation": violation.as_dict(),
+               "taichi_limits_usage": usage.as_dict()},
+    )

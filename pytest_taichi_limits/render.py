@@ -1,0 +1,164 @@
+"""Everything a person reads: violation and crash reports, usage lines, user properties."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from .budget import BUDGET_KEYS, Budget
+from .records import Crash, Usage, Violation
+
+_MB = 1024 * 1024
+REPORT_SECTION = "taichi_limits"
+
+
+def human_bytes(size: float) -> str:
+    """Binary units with one decimal: 512.0 MB, 1.5 GB."""
+    sign = "-" if size < 0 else ""
+    size = abs(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{sign}{size:.0f} {unit}" if unit == "B" else f"{sign}{size:.1f} {unit}"
+        size /= 1024
+    return f"{sign}{size:.1f} TB"
+
+
+def budget_text(budget: Budget) -> str:
+    parts = []
+    for key, value in budget.as_dict().items():
+        parts.append(f"{key}={'off' if value is None else f'{value:g}'}")
+    return " ".join(parts)
+
+
+def gpu_text(usage: Usage) -> str:
+    if usage.gpu_peak_bytes is None:
+        return f"GPU {usage.gpu_note}"
+    return f"GPU {human_bytes(usage.gpu_peak_bytes)}"
+
+
+def usage_line(usage: Usage) -> str:
+    return (
+        f"own RSS +{human_bytes(usage.peak_own_rss_bytes)} "
+        f"(kernel peak +{human_bytes(usage.kernel_own_rss_bytes)}) | "
+        f"RSS {human_bytes(usage.peak_rss_bytes)} (started at {human_bytes(usage.start_rss_bytes)})"
+        f" | VMS {human_bytes(usage.peak_vms_bytes)} | CPU {usage.cpu_s:.2f} s | "
+        f"wall {usage.wall_s:.2f} s | {gpu_text(usage)}"
+    )
+
+
+def _measure(resource_key: str, value: float) -> str:
+    if resource_key == "mem_mb":
+        return human_bytes(value * _MB)
+    if resource_key == "gpu_gb":
+        return human_bytes(value * 1024**3)
+    return f"{value:.2f} s"
+
+
+def _limit(resource_key: str, value: float) -> str:
+    return f"{resource_key}={value:g}"
+
+
+def _timestamp(unix_time: float) -> str:
+    moment = datetime.datetime.fromtimestamp(unix_time, tz=datetime.timezone.utc)
+    return moment.isoformat(timespec="milliseconds")
+
+
+def violation_headline(violation: Violation) -> str:
+    percent = 100.0 * violation.over_by / violation.limit if violation.limit else 0.0
+    return (
+        f"taichi_limits: {violation.resource} exceeded: {_measure(violation.resource, violation.measured)}"
+        f" used, limit {_limit(violation.resource, violation.limit)}"
+        f" (over by {_measure(violation.resource, violation.over_by)}, +{percent:.1f}%)"
+    )
+
+
+def violation_report(violation: Violation, usage: Usage) -> str:
+    signals = ", ".join(violation.signals_sent) or "none"
+    ending = usage.ending.describe if usage.ending else "unknown"
+    lines = [
+        violation_headline(violation),
+        f"  caught by   {violation.detected_by}, during {violation.phase}",
+    ]
+    if violation.detail:
+        lines.append(f"  detail      {violation.detail}")
+    lines += [
+        f"  peak usage  {usage_line(usage)}",
+        f"  budget      {budget_text(usage.budget)}",
+        f"  stopped     signals sent: {signals}; the test process {ending}",
+        f"  process     pid {violation.pid}, caught at {_timestamp(violation.at)}, "
+        f"ran {usage.wall_s:.2f} s ({usage.mode} mode)",
+    ]
+    lines += _stack_lines("stack at the moment of violation (all threads)", violation.stack)
+    return "\n".join(lines)
+
+
+def crash_report(crash: Crash, usage: Usage) -> str:
+    lines = [
+        f"taichi_limits: {crash.reason}",
+        f"  during      {crash.phase}",
+        f"  last usage  {usage_line(usage)}",
+        f"  budget      {budget_text(usage.budget)}",
+        f"  process     pid {usage.pid}, started at {_timestamp(usage.started_at)} "
+        f"({usage.mode} mode)",
+    ]
+    lines += _stack_lines("stack written by faulthandler", crash.stack)
+    return "\n".join(lines)
+
+
+def trim_stack(stack: str) -> str:
+    """Drop the frames below the test: pytest's, pluggy's and this plugin's own machinery."""
+    kept: list[str] = []
+    skipping = False
+    for line in stack.splitlines():
+        if not line.startswith(" "):  # a thread header starts a new block
+            skipping = False
+            kept.append(line)
+        elif "pytest_taichi_limits" in line and "File " in line:
+            skipping = True  # everything below is how the plugin called the test
+        elif not skipping:
+            kept.append(line)
+    return "\n".join(_drop_trailing_plumbing(kept))
+
+
+def _drop_trailing_plumbing(lines: list[str]) -> list[str]:
+    result: list[str] = []
+    block: list[str] = []
+    for line in lines + [""]:
+        if not line.startswith(" "):
+            while block and any(part in block[-1] for part in _PLUMBING):
+                block.pop()
+            result.extend(block)
+            block = [line] if line else []
+        else:
+            block.append(line)
+    return result
+
+
+_PLUMBING = ("/_pytest/", "/pluggy/", "/pytest/__main__.py", "<frozen runpy>")
+
+
+def _stack_lines(title: str, stack: str) -> list[str]:
+    trimmed = trim_stack(stack).rstrip()
+    if not trimmed.strip():
+        return [f"  {title}: not available"]
+    return [f"  {title}:"] + [f"    {line}" for line in trimmed.splitlines()]
+
+
+def user_properties(usage: Usage, violation: Violation | None) -> list[tuple[str, Any]]:
+    """Usage as (name, value) pairs: they land in junitxml as <property> elements."""
+    properties: list[tuple[str, Any]] = [
+        ("taichi_limits_own_rss_bytes", usage.peak_own_rss_bytes),
+        ("taichi_limits_rss_bytes", usage.peak_rss_bytes),
+        ("taichi_limits_kernel_maxrss_bytes", usage.kernel_maxrss_bytes),
+        ("taichi_limits_vms_bytes", usage.peak_vms_bytes),
+        ("taichi_limits_cpu_s", round(usage.cpu_s, 4)),
+        ("taichi_limits_wall_s", round(usage.wall_s, 4)),
+        ("taichi_limits_gpu_bytes",
+         usage.gpu_peak_bytes if usage.gpu_peak_bytes is not None else usage.gpu_note),
+    ]
+    for key in BUDGET_KEYS:
+        value = getattr(usage.budget, key)
+        properties.append((f"taichi_limits_budget_{key}", "off" if value is None else value))
+    if violation is not None:
+        properties.append(("taichi_limits_violation", violation.resource))
+    return properties

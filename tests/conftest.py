@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+# Each ti.init otherwise starts a thread that tries the network.
+os.environ.setdefault("TI_SKIP_VERSION_CHECK", "ON")
+
+#: Hard outer limit for every pytester run: a hang in the plugin fails the test, never CI.
+RUN_TIMEOUT_S = 120
+
+
+@pytest.fixture
+def run_plugin(pytester: pytest.Pytester):
+    """Run pytest in a subprocess (real forks, real signals) with a hard timeout."""
+
+    def run(*args: str, timeout: float = RUN_TIMEOUT_S) -> pytest.RunResult:
+        return pytester.runpytest_subprocess("-p", "no:cacheprovider", *args, timeout=timeout)
+
+    return run
