@@ -60,10 +60,10 @@ def run_child(
         writer.send("done")
         exit_code = EXIT_DONE
     except pytest.exit.Exception as stop:
-        _send_quietly(writer, "exit", kind="exit", message=str(stop.msg), returncode=stop.returncode)
+        _send_quietly(writer, "exit", reason="exit", message=str(stop.msg), returncode=stop.returncode)
         exit_code = EXIT_DONE
     except KeyboardInterrupt:
-        _send_quietly(writer, "exit", kind="interrupt", message="KeyboardInterrupt", returncode=2)
+        _send_quietly(writer, "exit", reason="interrupt", message="KeyboardInterrupt", returncode=2)
         exit_code = EXIT_DONE
     except BaseException as error:  # noqa: BLE001 - the parent must hear about anything
         _send_quietly(writer, "internal-error", text=f"{type(error).__name__}: {error}")

@@ -101,7 +101,7 @@ class TaichiLimitsPlugin:
         exit_request = self._replay(item, result)
         item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
         if exit_request is not None:
-            if exit_request.get("kind") == "interrupt":
+            if exit_request.get("reason") == "interrupt":
                 raise KeyboardInterrupt
             pytest.exit(str(exit_request.get("message")), exit_request.get("returncode"))
         return True

@@ -125,6 +125,16 @@ class ProcessTree:
                 _send(pid, signal.SIGKILL)
             time.sleep(0.001)
 
+    def any_alive(self) -> bool:
+        """Whether any process ever seen in this tree still runs (zombies do not count)."""
+        for process in self._known.values():
+            try:
+                if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                    return True
+            except psutil.Error:
+                continue
+        return False
+
     def kill_survivors(self) -> list[int]:
         """SIGKILL every process ever seen in this tree that is still running; return their pids."""
         survivors: list[int] = []

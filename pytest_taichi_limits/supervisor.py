@@ -220,13 +220,20 @@ class Supervisor:
         grace = self.settings.grace_s if grace_s is None else grace_s
         tree.signal_tree(signal.SIGTERM)
         deadline = time.monotonic() + grace
+        exit_info: ExitInfo | None = None
         while time.monotonic() < deadline:
             reader.drain()
-            exit_info = child.poll_exit(block=False)
-            if exit_info is not None:
+            if exit_info is None:
+                exit_info = child.poll_exit(block=False)
+            # Done only when the whole tree is gone: a grandchild that ignores SIGTERM
+            # outlives the child and gets SIGKILL below.
+            if exit_info is not None and not tree.any_alive():
                 return exit_info, ("SIGTERM",)
             time.sleep(min(0.01, grace))
         tree.kill_descendants()
+        tree.kill_survivors()
+        if exit_info is not None:
+            return exit_info, ("SIGTERM", "SIGKILL")
         try:
             os.kill(child.pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -337,6 +344,9 @@ class _Progress:
 
 
 def _request_stack(child: Launched) -> str:
+    # Only the stack of this moment: an earlier SIGXCPU dump would be read as part of it.
+    os.ftruncate(child.stack_fd, 0)
+    os.lseek(child.stack_fd, 0, os.SEEK_SET)  # the offset is shared with the child
     try:
         os.kill(child.pid, STACK_SIGNAL)
     except ProcessLookupError:
