@@ -91,6 +91,11 @@ class TaichiLimitsPlugin:
     def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
         budget = item.stash.get(_BUDGET_KEY, None)
         if budget is None:
+            if nextitem is not None and _BUDGET_KEY in nextitem.stash:
+                # Fixtures set up here must be torn down here: a forked child would inherit
+                # them and run their finalizers a second time.
+                item.ihook.pytest_runtest_protocol(item=item, nextitem=None)
+                return True
             return None  # plain pytest runs it, untouched
         adjusted = item.config.hook.pytest_taichi_limits_budget(item=item, budget=budget)
         if adjusted is not None:

@@ -492,3 +492,36 @@ def test_pytest_exit_in_a_child_stops_the_session(pytester, run_plugin):
     result.stdout.fnmatch_lines(["*Exit: enough*"])
     result.stdout.no_fnmatch_line("*test_never*PASSED*")
 
+
+
+def test_mixed_supervised_and_plain_tests_run_each_finalizer_once(pytester, run_plugin):
+    events = pytester.path / "events.txt"
+    pytester.makepyfile(
+        f"""
+        import os
+        import pytest
+
+        def log(text):
+            with open({str(events)!r}, "a") as f:
+                f.write(text + "\\n")
+
+        @pytest.fixture(scope="module")
+        def resource():
+            log("up")
+            yield
+            log("down")
+
+        def test_plain_first(resource):
+            pass
+
+        @pytest.mark.taichi_limits(wall_s=30)
+        def test_supervised(resource):
+            pass
+
+        def test_plain_last(resource):
+            pass
+        """
+    )
+    run_plugin().assert_outcomes(passed=3)
+    # Every set-up is matched by exactly one tear-down, in the process that did it.
+    assert events.read_text().split() == ["up", "down", "up", "down", "up", "down"]
