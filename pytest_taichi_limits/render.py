@@ -108,30 +108,27 @@ def crash_report(crash: Crash, usage: Usage) -> str:
 def trim_stack(stack: str) -> str:
     """Drop the frames below the test: pytest's, pluggy's and this plugin's own machinery."""
     kept: list[str] = []
-    skipping = False
-    for line in stack.splitlines():
-        if not line.startswith(" "):  # a thread header starts a new block
-            skipping = False
-            kept.append(line)
-        elif "pytest_taichi_limits" in line and "File " in line:
-            skipping = True  # everything below is how the plugin called the test
-        elif not skipping:
-            kept.append(line)
-    return "\n".join(_drop_trailing_plumbing(kept))
+    for header, frames in _thread_blocks(stack.splitlines()):
+        plugin_frame = next(
+            (index for index, frame in enumerate(frames) if "pytest_taichi_limits" in frame),
+            len(frames),
+        )
+        frames = frames[:plugin_frame]  # below it is how the plugin called the test
+        while frames and any(part in frames[-1] for part in _PLUMBING):
+            frames.pop()
+        kept += [header, *frames]
+    return "\n".join(kept)
 
 
-def _drop_trailing_plumbing(lines: list[str]) -> list[str]:
-    result: list[str] = []
-    block: list[str] = []
-    for line in lines + [""]:
-        if not line.startswith(" "):
-            while block and any(part in block[-1] for part in _PLUMBING):
-                block.pop()
-            result.extend(block)
-            block = [line] if line else []
+def _thread_blocks(lines: list[str]) -> list[tuple[str, list[str]]]:
+    """faulthandler output as (header line, frame lines) per thread."""
+    blocks: list[tuple[str, list[str]]] = []
+    for line in lines:
+        if line.startswith(" ") and blocks:
+            blocks[-1][1].append(line)
         else:
-            block.append(line)
-    return result
+            blocks.append((line, []))
+    return blocks
 
 
 _PLUMBING = ("/_pytest/", "/pluggy/", "/pytest/__main__.py", "<frozen runpy>")

@@ -1,0 +1,83 @@
+"""Unit tests of the pure parts: budget parsing, precedence, channel framing, rendering."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+
+from pytest_taichi_limits.budget import Budget, BudgetError, check_value, parse_text, resolve
+from pytest_taichi_limits.channel import ChannelReader, ChannelWriter
+from pytest_taichi_limits.render import human_bytes, trim_stack
+
+
+@pytest.mark.parametrize("value", [True, "5", 0, -1, math.nan, math.inf, 1e12, None, [1]])
+def test_check_value_refuses(value):
+    with pytest.raises(BudgetError, match="mem_mb must be a positive number of megabytes"):
+        check_value("mem_mb", value)
+
+
+def test_parse_text_accepts_numbers_and_off():
+    assert parse_text("wall_s", " 2.5 ") == 2.5
+    assert parse_text("wall_s", "OFF") is None
+    with pytest.raises(BudgetError, match="or 'off', got 'ten'"):
+        parse_text("wall_s", "ten")
+
+
+def test_resolve_takes_each_key_from_the_closest_layer():
+    budget = resolve({"cpu_s": 1.0}, {"cpu_s": 2.0, "mem_mb": 3.0}, {"mem_mb": 4.0, "wall_s": None})
+    assert budget == Budget(cpu_s=1.0, mem_mb=3.0, wall_s=None, gpu_gb=None)
+    assert resolve({}, {}, {}) == Budget(cpu_s=None, mem_mb=4096.0, wall_s=600.0, gpu_gb=None)
+
+
+def test_channel_round_trip_keeps_tuples_and_flags_garbage():
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+    ChannelWriter(write_fd).send("report", data={"longrepr": ("file.py", 3, "Skipped: x")})
+    os.write(write_fd, b"not json\n")
+    os.close(write_fd)
+    reader = ChannelReader(read_fd)
+    reader.drain()
+    assert reader.messages == [{"t": "report", "data": {"longrepr": ("file.py", 3, "Skipped: x")}}]
+    assert reader.problem is not None and "garbage" in reader.problem
+    assert reader.closed
+    os.close(read_fd)
+
+
+def test_channel_cut_mid_message_is_a_problem():
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+    os.write(write_fd, b'{"t": "hel')
+    os.close(write_fd)
+    reader = ChannelReader(read_fd)
+    reader.drain()
+    assert reader.problem == "the report channel ended in the middle of a message"
+    os.close(read_fd)
+
+
+def test_human_bytes():
+    assert human_bytes(512) == "512 B"
+    assert human_bytes(1536) == "1.5 KB"
+    assert human_bytes(3 * 1024**3) == "3.0 GB"
+    assert human_bytes(-2 * 1024**2) == "-2.0 MB"
+
+
+def test_trim_stack_drops_plumbing_below_the_test():
+    stack = "\n".join([
+        "Current thread 0x1 (most recent call first):",
+        '  File "/x/test_a.py", line 5 in test_a',
+        '  File "/y/site-packages/_pytest/python.py", line 166 in pytest_pyfunc_call',
+        '  File "/y/site-packages/pytest_taichi_limits/child.py", line 9 in _run_phase',
+        '  File "/y/site-packages/_pytest/main.py", line 1 in main',
+        "",
+        "Thread 0x2 (most recent call first):",
+        '  File "/x/helper.py", line 2 in work',
+    ])
+    assert trim_stack(stack).splitlines() == [
+        "Current thread 0x1 (most recent call first):",
+        '  File "/x/test_a.py", line 5 in test_a',
+        "",
+        "Thread 0x2 (most recent call first):",
+        '  File "/x/helper.py", line 2 in work',
+    ]
