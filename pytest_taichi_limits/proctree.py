@@ -1,8 +1,9 @@
 """The test's process tree: find it, measure it, and end it.
 
 The tree is found through /proc/<pid>/task/<tid>/children (one small read per thread), which is
-far cheaper than psutil's scan of every process on the machine; psutil then reads each member's
-memory and CPU time. Every process ever seen is remembered (psutil checks its start time, so a
+far cheaper than psutil's scan of every process on the machine;
+each member's memory and CPU time are two preads of /proc files kept open. psutil keeps the
+identity of every process seen. Every process ever seen is remembered (psutil checks its start time, so a
 recycled pid is never mistaken for it) so that the end of a test can kill even the ones that left
 the tree.
 """
@@ -59,12 +60,54 @@ class TreeSample:
     processes: int = 0
 
 
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class _Member:
+    """One process of the tree, with its /proc files kept open so a sample is two preads."""
+
+    __slots__ = ("pid", "statm_fd", "stat_fd")
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.statm_fd = os.open(f"/proc/{pid}/statm", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            self.stat_fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            os.close(self.statm_fd)
+            raise
+
+    def read(self, into: TreeSample) -> bool:
+        try:
+            statm = os.pread(self.statm_fd, 256, 0).split()
+            stat = os.pread(self.stat_fd, 1024, 0)
+        except OSError:
+            return False
+        if not statm or not stat:
+            return False
+        into.vms_bytes += int(statm[0]) * _PAGE_SIZE
+        into.rss_bytes += int(statm[1]) * _PAGE_SIZE
+        # Fields after the command name (which may hold spaces): utime stime cutime cstime are
+        # fields 14-17 of proc(5). Reaped descendants are folded into cutime/cstime.
+        fields = stat[stat.rindex(b")") + 2:].split()
+        ticks = int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
+        into.cpu_s += ticks / _CLOCK_TICKS
+        into.processes += 1
+        return True
+
+    def close(self) -> None:
+        os.close(self.statm_fd)
+        os.close(self.stat_fd)
+
+
 class ProcessTree:
     """Measures and ends the tree under one root pid."""
 
     def __init__(self, root_pid: int) -> None:
         self.root_pid = root_pid
         self._known: dict[int, psutil.Process] = {}
+        self._members: dict[int, _Member] = {}
 
     def _process(self, pid: int) -> psutil.Process | None:
         process = self._known.get(pid)
@@ -76,25 +119,30 @@ class ProcessTree:
             self._known[pid] = process
         return process
 
+    def _discover(self) -> None:
+        current = tree_pids(self.root_pid)
+        for pid in current:
+            if pid not in self._members and self._process(pid) is not None:
+                try:
+                    self._members[pid] = _Member(pid)
+                except OSError:
+                    continue
+        for pid in [pid for pid in self._members if pid not in current]:
+            self._members.pop(pid).close()
+
     def sample(self, into: TreeSample) -> TreeSample:
         """Fill `into` with the tree's current totals (reused to keep the watch loop lean)."""
+        self._discover()
         into.rss_bytes = into.vms_bytes = into.processes = 0
         into.cpu_s = 0.0
-        for pid in tree_pids(self.root_pid):
-            process = self._process(pid)
-            if process is None:
-                continue
-            try:
-                memory = process.memory_info()
-                times = process.cpu_times()
-            except psutil.Error:
-                continue
-            into.rss_bytes += memory.rss
-            into.vms_bytes += memory.vms
-            # Reaped descendants are folded into their parent's children_* times.
-            into.cpu_s += times.user + times.system + times.children_user + times.children_system
-            into.processes += 1
+        for member in self._members.values():
+            member.read(into)
         return into
+
+    def close(self) -> None:
+        for member in self._members.values():
+            member.close()
+        self._members.clear()
 
     def descendants(self) -> list[int]:
         return tree_pids(self.root_pid)[1:]

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from . import gpu, linux
+from . import gpu, linux, taichi_support
 from .budget import Budget
 from .channel import ChannelReader
 from .child import EXIT_DONE, STACK_SIGNAL
@@ -26,6 +26,13 @@ from .records import Crash, Ending, Usage, Violation, signal_name
 _MB = 1024 * 1024
 #: How long the parent waits for faulthandler to write the child's stacks.
 _STACK_WAIT_S = 0.25
+#: Longest sleep between two samples. Each wake-up costs the parent about 0.2 ms of CPU on a
+#: VM, so far from every limit it samples at this pace and only near one at `interval_s`.
+_MAX_SLEEP_S = 0.1
+#: Growth assumed when judging how far a limit is: faster than a test can page in memory
+#: (about 1-4 GB/s per core), so the supervisor is never late.
+_WORST_RSS_GROWTH_BYTES_PER_S = 8 * 1024**3
+_CPU_COUNT = os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -141,9 +148,15 @@ class Supervisor:
             _reap_orphans(own_children_before)
 
     def _watch(self, child: Launched) -> RunResult:
+        tree = ProcessTree(child.pid)
+        try:
+            return self._watch_tree(child, tree)
+        finally:
+            tree.close()
+
+    def _watch_tree(self, child: Launched, tree: ProcessTree) -> RunResult:
         started_at = time.time()
         start = time.monotonic()
-        tree = ProcessTree(child.pid)
         reader = ChannelReader(child.channel_fd)
         gpu_probe = gpu.probe_for(child.pid)
         sample = TreeSample()
@@ -156,7 +169,7 @@ class Supervisor:
         try:
             while exit_info is None:
                 select.select(waitables if not reader.closed else waitables[1:], [], [],
-                              self.settings.interval_s)
+                              self._next_sleep(sample, progress, time.monotonic() - start))
                 reader.drain()
                 progress.update(reader.messages)
                 tree.sample(sample)
@@ -178,12 +191,34 @@ class Supervisor:
         wall_s = time.monotonic() - start
         survivors = tree.kill_survivors()
         usage = self._usage(child, started_at, wall_s, start_rss, peaks, exit_info, gpu_probe)
+        clamps = taichi_support.clamp_notes(reader.messages)
+        if clamps:
+            usage.extra["gpu_clamp"] = clamps
         if violation is None:
             violation = self._after_the_fact(usage, exit_info, child, phase)
+        if violation is None:
+            violation = self._taichi_device_oom(reader.messages, usage, child)
         result = RunResult(reader.messages, usage, violation, None, reader.problem, phase, survivors)
         if violation is None:
             result.crash = self._crash(result, exit_info, child, phase)
         return result
+
+    def _next_sleep(self, sample: TreeSample, progress: _Progress, elapsed: float) -> float:
+        """A quarter of the shortest time in which any limit could be reached, within bounds."""
+        budget = self.budget
+        headroom_s = _MAX_SLEEP_S * 4
+        if budget.mem_bytes is not None:
+            own_bytes = sample.rss_bytes - progress.start_rss
+            headroom_s = min(headroom_s,
+                             (budget.mem_bytes - own_bytes) / _WORST_RSS_GROWTH_BYTES_PER_S)
+        if budget.cpu_s is not None:
+            headroom_s = min(headroom_s, (budget.cpu_s - sample.cpu_s) / _CPU_COUNT)
+        if budget.gpu_gb is not None:
+            headroom_s = 0.0  # no safe growth rate to assume for GPU memory
+        sleep_s = min(_MAX_SLEEP_S, max(self.settings.interval_s, headroom_s / 4))
+        if budget.wall_s is not None:  # the wall-clock deadline is known exactly
+            sleep_s = min(sleep_s, max(0.0, budget.wall_s - elapsed) + 0.001)
+        return sleep_s
 
     def _check(self, peaks: _Peaks, sample: TreeSample, progress: _Progress, elapsed: float,
                child: Launched, tree: ProcessTree) -> Violation | None:
@@ -302,7 +337,23 @@ class Supervisor:
                       "(os._exit, sys.exit from a thread, or a closed report channel)")
         else:
             reason = f"the test process {ending.describe}"
-        return Crash(self.nodeid, reason, phase, _read_stack(child.stack_fd))
+        return Crash(self.nodeid, reason, phase, _read_stack(child.stack_fd),
+                     hint=taichi_support.init_crash_hint(result.messages))
+
+    def _taichi_device_oom(self, messages: list[dict[str, Any]], usage: Usage,
+                           child: Launched) -> Violation | None:
+        """Taichi's own device out-of-memory error, under a gpu_gb cap, is that budget's."""
+        found = taichi_support.device_oom(messages)
+        if found is None or self.budget.gpu_gb is None:
+            return None
+        measured = (usage.gpu_peak_bytes or 0) / 1024**3
+        return Violation(
+            self.nodeid, "gpu_gb", self.budget.gpu_gb, measured,
+            f"Taichi (device memory: {found.get('what')}; ti.init capped at "
+            f"device_memory_GB<={self.budget.gpu_gb:g})",
+            str(found.get("phase") or "call"), child.pid, time.time(), (), "",
+            detail=str(found.get("line")),
+        )
 
 
 @dataclass
