@@ -69,7 +69,8 @@ def add_options(parser: pytest.Parser) -> None:
     group.addoption(
         "--taichi-limits-interval", dest="taichi_limits_interval", metavar="SECONDS",
         default=None,
-        help="how often the supervisor samples memory and CPU of the test's processes "
+        help="finest interval at which the supervisor samples memory and CPU of the test's "
+        "processes, used as a limit comes near; far from every limit it samples every 0.1 s "
         f"(default {_SETTING_DEFAULTS['interval']:g}; ini: taichi_limits_interval)",
     )
     parser.addini("taichi_limits_interval", "supervisor sampling interval in seconds")

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from . import hookspecs, render
-from .budget import MARKER_NAME, Budget, BudgetError, marker_values, resolve
+from .budget import MARKER_NAME, Budget, BudgetError, check_arch, marker_arch, marker_values, resolve
 from .child import run_child
+from .fixtures import taichi_limits_ti  # noqa: F401 - pytest finds fixtures in plugin modules
 from .options import Options, add_options, read_options
 from .records import Crash, Usage, Violation
 from .supervisor import ForkLaunch, RunResult, Supervisor
@@ -34,7 +35,8 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        f"{MARKER_NAME}(cpu_s=None, mem_mb=None, wall_s=None, gpu_gb=None): run the test in a "
+        f"{MARKER_NAME}(cpu_s=None, mem_mb=None, wall_s=None, gpu_gb=None, arch=None): run the "
+        "test in a "
         "supervised child process with this budget (keyword arguments only; None means no "
         "limit). Precedence per key: marker > command line > ini > built-in default.",
     )
@@ -48,6 +50,15 @@ class TaichiLimitsPlugin:
         self.config = config
         self.options = options
         self.supervised_count = 0
+        if options.settings.arch is not None:
+            try:
+                check_arch(options.settings.arch, "--taichi-limits-arch / ini taichi_limits_arch")
+            except BudgetError as error:
+                raise pytest.UsageError(str(error)) from None
+
+    def budget_of(self, item: pytest.Item) -> Budget | None:
+        """The budget a supervised test runs under (None: not supervised)."""
+        return item.stash.get(_BUDGET_KEY, None)
 
     # -- collection -------------------------------------------------------------------------
 
@@ -57,7 +68,7 @@ class TaichiLimitsPlugin:
         defaults = resolve({}, options.cli_budget, options.ini_budget)
         return [
             f"taichi-limits: supervising {scope}; default budget {render.budget_text(defaults)}; "
-            f"sampling every {options.settings.interval_s:g} s, grace {options.settings.grace_s:g} s"
+            f"sampling down to every {options.settings.interval_s:g} s, grace {options.settings.grace_s:g} s"
         ]
 
     @pytest.hookimpl(trylast=True)
@@ -67,11 +78,14 @@ class TaichiLimitsPlugin:
         kept: list[pytest.Item] = []
         for item in items:
             markers = list(item.iter_markers(MARKER_NAME))
-            if not markers and not self.options.supervise_all:
+            # The taichi_limits_ti fixture initialises Taichi: only ever in a supervised child.
+            uses_fixture = "taichi_limits_ti" in getattr(item, "fixturenames", ())
+            if not markers and not self.options.supervise_all and not uses_fixture:
                 kept.append(item)
                 continue
             try:
                 marked = marker_values(item.nodeid, markers)
+                marker_arch(item.nodeid, markers)
             except BudgetError as error:
                 self._collection_error(item, str(error))
                 continue
@@ -180,7 +194,8 @@ class TaichiLimitsPlugin:
         for report in reports:
             report.user_properties = list(report.user_properties) + properties
             if show_usage:  # a failure's own report already has the figures
-                report.sections.append(("taichi_limits usage", line))
+                report.sections.append(("taichi_limits usage",
+                                        "\n".join([line, *render.gpu_cap_lines(usage)])))
         teardown = reports[-1]
         teardown.taichi_limits_usage = usage.as_dict()  # type: ignore[attr-defined]
         teardown.taichi_limits_violation = (  # type: ignore[attr-defined]
