@@ -1,0 +1,126 @@
+"""Taichi's own failures: a crash inside ti.init, and device out-of-memory errors as gpu_gb."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_taichi_limits.taichi_support import init_crash_hint, recognise_device_oom
+
+# Texts as Taichi 1.7.4 produces them (format strings from its source at tag v1.7.4, filled in
+# the way the CUDA driver and the runtime fill them).
+CUDA_POOL_ASSERT = (
+    "Taichi JIT:0: allocate_from_reserved_memory: block: [0,0,0], thread: [0,0,0] Assertion "
+    "`Out of CUDA pre-allocated memory.\nConsider using ti.init(device_memory_fraction=0.9) or "
+    "ti.init(device_memory_GB=4) to allocate more GPU memory` failed."
+)
+HOST_POOL_ASSERT = "TaichiAssertionError: Out of pre-allocated memory"
+CUDA_DRIVER_OOM = (
+    "RuntimeError: [cuda_driver.h:operator()@92] CUDA Error CUDA_ERROR_OUT_OF_MEMORY: out of "
+    "memory while calling malloc_async (cuMemAllocAsync)"
+)
+POOL_ALLOCATION_FAILED = (
+    "RuntimeError: [device_memory_pool.cpp:allocate_raw_memory@83] Device memory allocation "
+    "(2147483648 B) failed."
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "what", "line_start"),
+    [
+        (CUDA_POOL_ASSERT, "the device_memory_GB pool is exhausted",
+         "Out of CUDA pre-allocated memory."),
+        (HOST_POOL_ASSERT, "the device_memory_GB pool is exhausted", "Out of pre-allocated memory"),
+        (CUDA_DRIVER_OOM, "the GPU driver is out of memory", "CUDA_ERROR_OUT_OF_MEMORY: out of"),
+        (POOL_ALLOCATION_FAILED, "a device allocation failed", "Device memory allocation (2147"),
+    ],
+)
+def test_recognises_taichis_device_out_of_memory_texts(text, what, line_start):
+    found = recognise_device_oom(text)
+    assert found is not None
+    assert found[0] == what
+    assert found[1].startswith(line_start)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "RuntimeError: [cuda_driver.h:operator()@92] CUDA Error CUDA_ERROR_ASSERT: device-side "
+        "assert triggered while calling stream_synchronize (cuStreamSynchronize)",
+        "MemoryError: out of memory",  # host memory: mem_mb's business, not gpu_gb's
+        "TaichiAssertionError: List manager out of chunks.",
+    ],
+)
+def test_other_errors_are_not_device_out_of_memory(text):
+    assert recognise_device_oom(text) is None
+
+
+def test_device_out_of_memory_is_a_gpu_gb_violation(pytester, run_plugin):
+    # On the CPU backend Taichi never uses its device_memory_GB pool (measured: device_memory_GB
+    # =0.001 on x64 still activates 1 GiB of a pointer field), so the real pool cannot run out
+    # here. The test raises exactly what Taichi raises on CUDA; everything after it is real.
+    pytester.makepyfile(
+        test_oom=f"""
+        import pytest
+        import taichi as ti
+
+        @pytest.mark.taichi_limits(gpu_gb=1)
+        def test_pool_exhausted():
+            ti.init(arch=ti.cpu, device_memory_GB=4)
+            raise RuntimeError({CUDA_DRIVER_OOM.split(": ", 1)[1]!r})
+
+        @pytest.mark.taichi_limits()
+        def test_same_error_without_a_cap_is_the_tests_own():
+            raise RuntimeError({CUDA_DRIVER_OOM.split(": ", 1)[1]!r})
+        """
+    )
+    result = run_plugin("-rf")
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines([
+        "*taichi_limits: gpu_gb exceeded: the test needed more than the limit gpu_gb=1*",
+        "*caught by   Taichi (device memory: the GPU driver is out of memory; ti.init capped at "
+        "device_memory_GB<=1), during call*",
+        "*detail      CUDA_ERROR_OUT_OF_MEMORY: out of memory while calling malloc_async*",
+        "*gpu cap     ti.init device_memory_GB=4 (from argument) clamped to device_memory_GB=1 "
+        "by gpu_gb=1*",
+    ])
+    # Without a gpu_gb budget it stays the test's own failure, with Taichi's message.
+    result.stdout.fnmatch_lines([
+        "*test_same_error_without_a_cap_is_the_tests_own*",
+        "*RuntimeError: *CUDA_ERROR_OUT_OF_MEMORY*",
+    ])
+
+
+def test_crash_inside_ti_init_names_the_arch_and_the_way_out(pytester, run_plugin, monkeypatch):
+    # Here ti.init(arch=ti.gpu) really segfaults while probing OpenGL; the child takes the hit.
+    monkeypatch.delenv("TI_ARCH", raising=False)
+    pytester.makepyfile(
+        test_crash="""
+        import pytest
+        import taichi as ti
+
+        @pytest.mark.taichi_limits()
+        def test_gpu_init():
+            ti.init(arch=ti.gpu)
+        """
+    )
+    result = run_plugin()
+    if "passed" in result.parseoutcomes():
+        pytest.skip("ti.init(arch=ti.gpu) works on this machine: nothing crashes")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "*taichi_limits: the test process was killed by signal 11 (SIGSEGV)*",
+        "*hint        it crashed inside ti.init with arch=gpu (argument), while Taichi set up "
+        "that backend. Use a backend that works on this machine: set TI_ARCH=x64*",
+        "*stack written by faulthandler:*",
+    ])
+    # The test's own frame stays in the stack, below Taichi's (the plugin's wrapper is hidden).
+    result.stdout.fnmatch_lines(["*misc.py*in adaptive_arch_select*", "*misc.py*in init*",
+                                 "*test_crash.py*line 6 in test_gpu_init*"])
+    assert "taichi_support" not in result.stdout.str()
+
+
+def test_init_crash_hint_only_while_inside_ti_init():
+    started = {"t": "taichi_init", "arch": "cuda", "arch_from": "TI_ARCH"}
+    assert "TI_ARCH=cuda" in init_crash_hint([{"t": "hello"}, started])
+    assert init_crash_hint([started, {"t": "taichi_init_done"}]) == ""
+    assert init_crash_hint([]) == ""
