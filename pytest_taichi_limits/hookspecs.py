@@ -29,3 +29,14 @@ def pytest_taichi_limits_usage(item: pytest.Item, usage: Usage) -> None:
 @pytest.hookspec
 def pytest_taichi_limits_violation(item: pytest.Item, violation: Violation, usage: Usage) -> None:
     """Called with each budget violation (for example, to post it to a dashboard)."""
+
+
+@pytest.hookspec
+def pytest_taichi_limits_reports(item: pytest.Item, usage: Usage, violation: Violation | None,
+                                 reports: list[pytest.TestReport]) -> None:
+    """Called with a supervised test's setup/call/teardown reports just before they are logged.
+
+    Runs in the process that ran the test (an xdist worker under xdist). An implementation may
+    replace items of ``reports`` (the list itself); the plugin's baseline compare uses it to turn
+    the call report of a test that grew beyond tolerance into a failure.
+    """
