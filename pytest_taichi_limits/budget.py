@@ -35,6 +35,13 @@ BUILTIN_DEFAULTS: Mapping[str, float | None] = {
     "gpu_gb": None,
 }
 
+#: Arch names the `arch` marker key and --taichi-limits-arch accept: Taichi 1.7.4's arch names
+#: plus its `cpu` (the host) and `gpu` (the first GPU backend that works) groups. Checked here,
+#: without importing Taichi: its own lookup (arch_from_name) aborts the process on a bad name.
+ARCH_NAMES = ("cpu", "gpu", "x64", "arm64", "cuda", "amdgpu", "vulkan", "opengl", "gles",
+              "metal", "dx11", "dx12")
+MARKER_ARCH_KEY = "arch"
+
 #: Words that switch a default off on the command line or in ini files.
 OFF_WORDS = frozenset({"off", "none", "no", "unlimited"})
 
@@ -69,16 +76,22 @@ class Budget:
 
 def allowed_text(key: str) -> str:
     unit, largest, example = _SPECS[key]
-    return f"a positive number of {unit} up to {largest:g} (e.g. {example})"
+    # .15g: 1048576, not 1.04858e+06
+    return f"a positive number of {unit} up to {largest:.15g} (e.g. {example})"
 
 
-def check_value(key: str, value: object) -> float:
-    """Return `value` as a float, or raise BudgetError saying what `key` accepts."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise BudgetError(f"{key} must be {allowed_text(key)}, got {value!r}")
-    number = float(value)
+def check_value(key: str, value: object, no_limit: str = "None") -> float:
+    """Return `value` as a float, or raise BudgetError saying what `key` accepts.
+
+    `no_limit` is how the caller's syntax spells "no limit" (None in a marker, 'off' in text).
+    """
+    number = math.nan
+    if not isinstance(value, bool) and isinstance(value, (int, float)):
+        number = float(value)
     if math.isnan(number) or math.isinf(number) or number <= 0 or number > _SPECS[key][1]:
-        raise BudgetError(f"{key} must be {allowed_text(key)}, got {value!r}")
+        raise BudgetError(
+            f"{key} must be {allowed_text(key)} or {no_limit} for no limit, got {value!r}"
+        )
     return number
 
 
@@ -90,10 +103,13 @@ def parse_text(key: str, text: str) -> float | None:
     try:
         number = float(stripped)
     except ValueError:
+        number = math.nan
+    try:
+        return check_value(key, number)
+    except BudgetError:  # say it again with the text the user typed, not the parsed float
         raise BudgetError(
-            f"{key} must be {allowed_text(key)} or 'off', got {text!r}"
+            f"{key} must be {allowed_text(key)} or 'off' for no limit, got {text!r}"
         ) from None
-    return check_value(key, number)
 
 
 def marker_values(nodeid: str, markers: Iterable[Any]) -> dict[str, float | None]:
@@ -106,13 +122,15 @@ def marker_values(nodeid: str, markers: Iterable[Any]) -> dict[str, float | None
         if marker.args:
             raise BudgetError(
                 f"{nodeid}: @pytest.mark.{MARKER_NAME} takes keyword arguments only "
-                f"({', '.join(BUDGET_KEYS)}), got positional {marker.args!r}"
+                f"({', '.join(BUDGET_KEYS)}, {MARKER_ARCH_KEY}), got positional {marker.args!r}"
             )
         for key, value in marker.kwargs.items():
+            if key == MARKER_ARCH_KEY:
+                continue  # not a budget: marker_arch() reads and checks it
             if key not in _SPECS:
                 raise BudgetError(
                     f"{nodeid}: @pytest.mark.{MARKER_NAME} got unknown argument {key!r}; "
-                    f"allowed: {', '.join(BUDGET_KEYS)}"
+                    f"allowed: {', '.join(BUDGET_KEYS)}, {MARKER_ARCH_KEY}"
                 )
             if key in merged:
                 continue  # a closer marker already set it
@@ -124,6 +142,24 @@ def marker_values(nodeid: str, markers: Iterable[Any]) -> dict[str, float | None
             except BudgetError as error:
                 raise BudgetError(f"{nodeid}: @pytest.mark.{MARKER_NAME}: {error}") from None
     return merged
+
+
+def check_arch(value: object, where: str) -> str:
+    """`value` if it is an arch name Taichi knows, else BudgetError saying which ones it knows."""
+    if not isinstance(value, str) or value.strip().lower() not in ARCH_NAMES:
+        raise BudgetError(
+            f"{where}: arch must be one of {', '.join(ARCH_NAMES)} (a string), got {value!r}"
+        )
+    return value.strip().lower()
+
+
+def marker_arch(nodeid: str, markers: Iterable[Any]) -> str | None:
+    """The closest `taichi_limits` marker's `arch`, checked; None where no marker sets one."""
+    for marker in markers:
+        if MARKER_ARCH_KEY in marker.kwargs:
+            return check_arch(marker.kwargs[MARKER_ARCH_KEY],
+                              f"{nodeid}: @pytest.mark.{MARKER_NAME}")
+    return None
 
 
 def resolve(

@@ -15,6 +15,8 @@ _TUPLE_TAG = "\x00tuple"
 
 #: A report carries captured output, so it may be large; past this the child is misbehaving.
 MAX_CHANNEL_BYTES = 256 * 1024 * 1024
+#: Most bytes one `drain` reads before it lets the supervisor check the budget again.
+_MAX_DRAIN_BYTES = 16 * 1024 * 1024
 
 
 class ChannelWriter:
@@ -39,10 +41,16 @@ class ChannelReader:
         self.problem: str | None = None
         self.closed = False
         self._pending = bytearray()
+        # No newline before this offset of _pending: a big report is scanned once, not once
+        # per chunk.
+        self._scan_from = 0
         self._total = 0
 
     def drain(self) -> None:
-        while not self.closed:
+        # Bounded per call: a child that writes without end must not keep the supervisor
+        # from its clock (wall_s) and its samples.
+        total_before = self._total
+        while not self.closed and self._total - total_before <= _MAX_DRAIN_BYTES:
             try:
                 chunk = os.read(self.fd, 1 << 20)
             except BlockingIOError:
@@ -58,17 +66,22 @@ class ChannelReader:
                 return
             self._total += len(chunk)
             if self._total > MAX_CHANNEL_BYTES:
+                # Keep reading and drop it: a child blocked on a full pipe would otherwise
+                # hang until wall_s and be reported for that instead.
                 self._fail(f"the child sent more than {MAX_CHANNEL_BYTES} bytes of reports")
-                self.closed = True
-                return
+                self._pending.clear()
+                self._scan_from = 0
+                continue
             self._pending += chunk
             self._split()
 
     def _split(self) -> None:
         while True:
-            newline = self._pending.find(b"\n")
+            newline = self._pending.find(b"\n", self._scan_from)
             if newline < 0:
+                self._scan_from = len(self._pending)
                 return
+            self._scan_from = 0
             line = bytes(self._pending[:newline])
             del self._pending[: newline + 1]
             try:

@@ -148,10 +148,19 @@ def _seconds(config: pytest.Config, name: str, low: float, high: float) -> float
     return value
 
 
+def _ini_flag(config: pytest.Config, key: str) -> bool:
+    try:
+        return bool(config.getini(key))
+    except ValueError as error:  # pytest's bool conversion; else an INTERNALERROR traceback
+        raise pytest.UsageError(
+            f"ini option {key} must be true or false (also yes/no, on/off, 1/0): {error}"
+        ) from None
+
+
 def read_options(config: pytest.Config) -> Options:
     """Validate every option; raise pytest.UsageError naming the first bad one."""
     cli_flag = config.getoption("taichi_limits")
-    supervise_all = bool(cli_flag) if cli_flag is not None else bool(config.getini("taichi_limits"))
+    supervise_all = bool(cli_flag) if cli_flag is not None else _ini_flag(config, "taichi_limits")
     cli_mode, ini_mode = _raw(config, "taichi_limits_mode")
     mode = cli_mode or ini_mode or "auto"
     if mode not in MODES:

@@ -21,7 +21,7 @@ def test_check_value_refuses(value):
 def test_parse_text_accepts_numbers_and_off():
     assert parse_text("wall_s", " 2.5 ") == 2.5
     assert parse_text("wall_s", "OFF") is None
-    with pytest.raises(BudgetError, match="or 'off', got 'ten'"):
+    with pytest.raises(BudgetError, match="or 'off' for no limit, got 'ten'"):
         parse_text("wall_s", "ten")
 
 
