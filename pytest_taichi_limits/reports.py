@@ -18,6 +18,7 @@ import pytest
 
 from . import baseline as baselines
 from . import jsonreport, suggest, summary
+from .jsonreport import refuse_unsafe_target
 from .collect import REGRESSION_ATTRIBUTE, RecordCollector, UsageRecord, record_from_usage
 from .environment import session_environment
 from .records import Usage, Violation
@@ -109,6 +110,13 @@ def read_options(config: pytest.Config) -> ReportOptions:
         tolerance = baselines.parse_tolerance(value("taichi_limits_tolerance"))
     except baselines.BaselineError as error:
         raise pytest.UsageError(f"--taichi-limits-tolerance: {error}") from None
+    for option, path in (("--taichi-limits-json", value("taichi_limits_json")),
+                         ("--taichi-limits-save-baseline", value("taichi_limits_save_baseline"))):
+        if path is not None:
+            try:
+                refuse_unsafe_target(path)
+            except OSError as error:
+                raise pytest.UsageError(f"{option}: cannot write {path!r}: {error}") from None
     return ReportOptions(
         json_path=value("taichi_limits_json"),
         top=top,
