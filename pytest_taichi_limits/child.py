@@ -14,6 +14,7 @@ import resource
 import signal
 import sys
 import warnings
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
@@ -44,23 +45,45 @@ def run_child(
     settings: Settings,
 ) -> NoReturn:
     """Run `item` in this (forked) process and report to the parent. Never returns."""
-    exit_code = EXIT_INTERNAL_ERROR
     writer = ChannelWriter(channel_fd)
+
+    def body() -> None:
+        start_child(writer, stack_fd, parent_pid, budget, settings)
+        run_item(item, writer)
+
+    exit_guarded(writer, body)
+
+
+def start_child(writer: ChannelWriter, stack_fd: int, parent_pid: int, budget: Budget,
+                settings: Settings) -> None:
+    """Confine this process and cap Taichi in it; shared by fork and spawn (worker.py) mode,
+    which collects the test between this and `run_item`."""
+    _confine_self(parent_pid, budget, stack_fd)
+    taichi_support.prepare_child(budget, settings, writer)
+
+
+def run_item(item: pytest.Item, writer: ChannelWriter) -> None:
+    """The test's phases and every message about them, up to `done`."""
+    writer.send("hello", pid=os.getpid(), rss=linux.rss_bytes())
+    with warnings.catch_warnings(record=True) as caught:
+        _run_phases(item, writer)
+    for message in caught:
+        writer.send("warning", **_warning_fields(message))
+    taichi_support.finish_child(writer)
+    # Anything the test started and left running dies with it, not after it.
+    ProcessTree(os.getpid()).kill_descendants()
+    writer.send("done")
+
+
+def exit_guarded(writer: ChannelWriter, body: Callable[[], None]) -> NoReturn:
+    """Run `body`, tell the parent how it ended, and leave this process. Never returns."""
+    exit_code = EXIT_INTERNAL_ERROR
     try:
-        _confine_self(parent_pid, budget, stack_fd)
-        writer.send("hello", pid=os.getpid(), rss=linux.rss_bytes())
-        taichi_support.prepare_child(budget, settings, writer)
-        with warnings.catch_warnings(record=True) as caught:
-            _run_phases(item, writer)
-        for message in caught:
-            writer.send("warning", **_warning_fields(message))
-        taichi_support.finish_child(writer)
-        # Anything the test started and left running dies with it, not after it.
-        ProcessTree(os.getpid()).kill_descendants()
-        writer.send("done")
+        body()
         exit_code = EXIT_DONE
     except pytest.exit.Exception as stop:
-        _send_quietly(writer, "exit", reason="exit", message=str(stop.msg), returncode=stop.returncode)
+        _send_quietly(writer, "exit", reason="exit", message=str(stop.msg),
+                      returncode=stop.returncode)
         exit_code = EXIT_DONE
     except KeyboardInterrupt:
         _send_quietly(writer, "exit", reason="interrupt", message="KeyboardInterrupt", returncode=2)
@@ -117,6 +140,7 @@ def _run_phase(
     report: pytest.TestReport = item.ihook.pytest_runtest_makereport(item=item, call=call)
     data = item.config.hook.pytest_report_to_serializable(config=item.config, report=report)
     writer.send("report", data=data)
+    taichi_support.inspect_report(report, writer)
     return report
 
 

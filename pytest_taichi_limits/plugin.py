@@ -2,34 +2,63 @@
 
 from __future__ import annotations
 
+import dataclasses
+import errno
+import fcntl
 import json
 import logging
 import os
+import stat
 import warnings
 from typing import Any
 
 import pytest
 
-from . import hookspecs, render
-from .budget import MARKER_NAME, Budget, BudgetError, check_arch, marker_arch, marker_values, resolve
+from . import environment, hookspecs, render, reports
+from .budget import (
+    MARKER_NAME,
+    Budget,
+    BudgetError,
+    check_arch,
+    marker_arch,
+    marker_values,
+    resolve,
+)
 from .child import run_child
 from .fixtures import taichi_limits_ti  # noqa: F401 - pytest finds fixtures in plugin modules
 from .options import Options, add_options, read_options
 from .records import Crash, Usage, Violation
+from .spawn import InitRecorder, InitSite, SpawnController, SpawnError, SpawnWarning
 from .supervisor import ForkLaunch, RunResult, Supervisor
+from .worker import is_worker
 
 logger = logging.getLogger("pytest_taichi_limits")
 
 _BUDGET_KEY = pytest.StashKey[Budget]()
 _PLUGIN_NAME = "taichi_limits_plugin"
+_INIT_RECORDER_KEY = pytest.StashKey[InitRecorder]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     add_options(parser)
+    reports.add_options(parser)  # JSON report, baseline, summary, suggestions
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     pluginmanager.add_hookspecs(hookspecs)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
+    # Before any conftest is imported: note where ti.init is called in this process (spawn.py).
+    if not is_worker(early_config):
+        _init_recorder(early_config).install()
+
+
+def _init_recorder(config: pytest.Config) -> InitRecorder:
+    if _INIT_RECORDER_KEY not in config.stash:
+        config.stash[_INIT_RECORDER_KEY] = InitRecorder()
+    return config.stash[_INIT_RECORDER_KEY]
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -40,7 +69,13 @@ def pytest_configure(config: pytest.Config) -> None:
         "supervised child process with this budget (keyword arguments only; None means no "
         "limit). Precedence per key: marker > command line > ini > built-in default.",
     )
+    if is_worker(config):
+        # A spawn-mode worker runs one test for the parent: options and fixtures, nothing else.
+        options = dataclasses.replace(read_options(config), log_path=None)
+        config.pluginmanager.register(TaichiLimitsPlugin(config, options), _PLUGIN_NAME)
+        return
     config.pluginmanager.register(TaichiLimitsPlugin(config, read_options(config)), _PLUGIN_NAME)
+    reports.register(config)
 
 
 class TaichiLimitsPlugin:
@@ -50,15 +85,28 @@ class TaichiLimitsPlugin:
         self.config = config
         self.options = options
         self.supervised_count = 0
+        recorder = _init_recorder(config)
+        if not is_worker(config):
+            recorder.install()  # no-op when pytest_load_initial_conftests did it already
+        self.spawn = SpawnController(config, recorder, options.settings.mode)
         if options.settings.arch is not None:
             try:
                 check_arch(options.settings.arch, "--taichi-limits-arch / ini taichi_limits_arch")
             except BudgetError as error:
                 raise pytest.UsageError(str(error)) from None
+        if options.log_path is not None:
+            _check_log_path(options.log_path)  # before any test runs, not after the first
 
     def budget_of(self, item: pytest.Item) -> Budget | None:
         """The budget a supervised test runs under (None: not supervised)."""
         return item.stash.get(_BUDGET_KEY, None)
+
+    def use_budget(self, item: pytest.Item, budget: Budget) -> None:
+        """In a spawn-mode worker: the budget the parent resolved (hooks included)."""
+        item.stash[_BUDGET_KEY] = budget
+
+    def pytest_unconfigure(self) -> None:
+        self.spawn.close()  # the zygote and the workers' temporary directories
 
     # -- collection -------------------------------------------------------------------------
 
@@ -68,7 +116,8 @@ class TaichiLimitsPlugin:
         defaults = resolve({}, options.cli_budget, options.ini_budget)
         return [
             f"taichi-limits: supervising {scope}; default budget {render.budget_text(defaults)}; "
-            f"sampling down to every {options.settings.interval_s:g} s, grace {options.settings.grace_s:g} s"
+            f"sampling down to every {options.settings.interval_s:g} s, grace {options.settings.grace_s:g} s",
+            *self.spawn.header_lines(),
         ]
 
     @pytest.hookimpl(trylast=True)
@@ -116,7 +165,21 @@ class TaichiLimitsPlugin:
             budget = adjusted
         self.supervised_count += 1
         item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
-        result = self._supervise(item, budget)
+        choice = self.spawn.choose()
+        if choice.refusal is not None:  # fork forced, but a fork would hang: fail, never hang
+            for report in _complete_phases(item, {}, choice.refusal):
+                item.ihook.pytest_runtest_logreport(report=report)
+            item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+            return True
+        if choice.warning is not None:
+            _warn_once(choice.warning, choice.site)
+        try:
+            result = self._supervise(item, budget, choice.mode)
+        except SpawnError as error:  # the zygote could not start a worker: this test fails
+            for report in _complete_phases(item, {}, f"taichi_limits: {error}"):
+                item.ihook.pytest_runtest_logreport(report=report)
+            item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+            return True
         exit_request = self._replay(item, result)
         item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
         if exit_request is not None:
@@ -125,9 +188,12 @@ class TaichiLimitsPlugin:
             pytest.exit(str(exit_request.get("message")), exit_request.get("returncode"))
         return True
 
-    def _supervise(self, item: pytest.Item, budget: Budget) -> RunResult:
+    def _supervise(self, item: pytest.Item, budget: Budget, mode: str) -> RunResult:
         settings = self.options.settings
-        supervisor = Supervisor(item.nodeid, budget, settings, mode="fork")
+        supervisor = Supervisor(item.nodeid, budget, settings, mode=mode)
+        if mode == "spawn":
+            # The zygote starts here, not inside run(): it is pytest's child, not an orphan.
+            return supervisor.run(self.spawn.launcher(item, budget, settings))
 
         def in_child(channel_fd: int, stack_fd: int, parent_pid: int) -> None:
             run_child(item, channel_fd, stack_fd, parent_pid, budget, settings)
@@ -140,9 +206,16 @@ class TaichiLimitsPlugin:
         failure_text = self._failure_text(result, problem)
         reports = _complete_phases(item, received, failure_text)
         self._emit_warnings(result)
+        result.usage.extra["taichi_arch"] = environment.taichi_arch(result.messages)
+        # Seam for the baseline compare: it may turn the call report into a failure.
+        item.config.hook.pytest_taichi_limits_reports(
+            item=item, usage=result.usage, violation=result.violation, reports=reports)
         self._record(item, result, reports, show_usage=failure_text is None)
         for report in reports:
             item.ihook.pytest_runtest_logreport(report=report)
+        # After the reports: a log that cannot be written stops the session, and the result
+        # of the test that just ran is shown all the same.
+        self._append_log(result.usage, result.violation)
         exits = result.of_kind("exit")
         return exits[-1] if exits else None
 
@@ -164,6 +237,10 @@ class TaichiLimitsPlugin:
                 problem = problem or "the child sent a report that is not for this test"
                 continue
             received[report.when] = report
+        if problem is None and not result.of_kind("exit"):
+            missing = _missing_phase(item, received)
+            if missing is not None:  # e.g. a forged "done": the test must not vanish
+                problem = f"the child sent no report for the {missing} phase"
         return received, problem
 
     @staticmethod
@@ -207,7 +284,6 @@ class TaichiLimitsPlugin:
             item.config.hook.pytest_taichi_limits_violation(
                 item=item, violation=violation, usage=usage
             )
-        self._append_log(usage, violation)
 
     def _append_log(self, usage: Usage, violation: Violation | None) -> None:
         path = self.options.log_path
@@ -216,16 +292,53 @@ class TaichiLimitsPlugin:
         lines = [json.dumps({"event": "usage", **usage.as_dict()}, default=str)]
         if violation is not None:
             lines.append(json.dumps({"event": "violation", **violation.as_dict()}, default=str))
-        data = ("\n".join(lines) + "\n").encode()
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                os.write(fd, data)  # one write with O_APPEND: lines never interleave
-            finally:
-                os.close(fd)
+            _append_whole_lines(path, ("\n".join(lines) + "\n").encode())
         except OSError as error:
-            raise pytest.UsageError(f"--taichi-limits-log: cannot append to {path!r}: {error}") \
-                from None
+            raise pytest.UsageError(
+                f"--taichi-limits-log: cannot append to {path!r}: {error}; the lines already in "
+                "it are left as they were"
+            ) from None
+
+
+def _check_log_path(path: str) -> None:
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644))
+    except OSError as error:
+        raise pytest.UsageError(
+            f"--taichi-limits-log: cannot append to {path!r}: {error.strerror} (give a file "
+            "in an existing, writable directory)"
+        ) from None
+
+
+def _append_whole_lines(path: str, data: bytes) -> None:
+    """Append `data` in one write, or not at all: a full disk must not leave half a line."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        if regular:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # xdist workers append to the same file
+        size = os.fstat(fd).st_size
+        try:
+            written = os.write(fd, data)  # one write with O_APPEND: lines never interleave
+            if written != len(data):
+                raise OSError(errno.ENOSPC, f"only {written} of {len(data)} bytes written")
+        except OSError:
+            if regular:
+                os.ftruncate(fd, size)  # take back the part of a line that was written
+            raise
+    finally:
+        os.close(fd)
+
+
+def _missing_phase(item: pytest.Item, received: dict[str, pytest.TestReport]) -> str | None:
+    """The first phase whose report a child that ran the whole protocol must have sent."""
+    if "setup" not in received:
+        return "setup"
+    if received["setup"].passed and "call" not in received \
+            and not item.config.getoption("setuponly", False):
+        return "call"
+    return None if "teardown" in received else "teardown"
 
 
 def _complete_phases(
@@ -272,6 +385,16 @@ def _warning_category(path: str) -> type[Warning]:
     except Exception:  # noqa: BLE001 - a class defined inside a test cannot be found again
         return UserWarning
     return target if isinstance(target, type) and issubclass(target, Warning) else UserWarning
+
+
+def _warn_once(text: str, site: InitSite | None) -> None:
+    try:
+        if site is None:
+            warnings.warn(SpawnWarning(text), stacklevel=2)
+        else:  # shown at the ti.init call that made spawn mode necessary
+            warnings.warn_explicit(SpawnWarning(text), SpawnWarning, site.filename, site.lineno)
+    except Warning:  # -W error: still say it, but never turn it into an internal error
+        logger.warning("%s", text)
 
 
 def _log_violation(violation: Violation, usage: Usage) -> None:

@@ -1,0 +1,154 @@
+"""The spawn-mode zygote: a fresh interpreter, started by pytest, that forks one worker per test.
+
+Run as `python -m pytest_taichi_limits.zygote CONTROL_FD PARENT_PID`. It imports pytest, Taichi
+and the installed pytest plugins once (never calling ti.init), so a worker starts in a few
+milliseconds instead of a full interpreter start. Per request (a pickled WorkerRequest plus the
+channel, stack and result fds, over a SEQPACKET socket from the parent) it forks a worker, tells
+the parent its pid, waits for it with wait4 and sends its exit status and rusage: the parent's
+SpawnLaunch turns those into the same ExitInfo a forked child gives.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import pickle
+import signal
+import socket
+import sys
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    from .linux import set_parent_death_signal
+
+    set_parent_death_signal(signal.SIGKILL)
+    if os.getppid() != parent_pid:  # pytest died before the signal was armed
+        os._exit(1)
+
+
+def _prewarm() -> None:
+    """Import what every worker imports, so each fork has it already."""
+    import importlib.metadata
+
+    import pytest  # noqa: F401
+
+    from . import child, plugin, worker  # noqa: F401
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    saved = os.dup(1)
+    os.dup2(devnull, 1)  # Taichi prints a banner on import: the user saw it once already
+    try:
+        try:
+            import taichi  # noqa: F401
+        except Exception:  # noqa: BLE001 - the worker will meet the same error and report it
+            pass
+        if not os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
+            for entry_point in importlib.metadata.entry_points(group="pytest11"):
+                try:
+                    entry_point.load()
+                except Exception:  # noqa: BLE001 - pytest reports a broken plugin itself
+                    pass
+        _empty_session()
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _empty_session() -> None:
+    """One pytest session over an empty directory imports every module a session needs
+    (pytest's own plugins are imported lazily): about 60 ms less per worker."""
+    import tempfile
+
+    import pytest
+
+    saved_addopts = os.environ.pop("PYTEST_ADDOPTS", None)  # it may say -n, -x, ...
+    saved_stderr = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        with tempfile.TemporaryDirectory(prefix="pytest-taichi-limits-zygote-") as empty:
+            ini = os.path.join(empty, "pytest.ini")
+            with open(ini, "w") as handle:
+                handle.write("[pytest]\n")
+            pytest.main(["-q", "--collect-only", "-p", "no:cacheprovider",
+                         "-p", "no:taichi_limits", "--rootdir", empty,
+                         "-c", ini, empty])
+    except BaseException:  # noqa: BLE001 - only an optimisation
+        pass
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved_stderr, 2)
+        os.close(saved_stderr)
+        os.close(devnull)
+        if saved_addopts is not None:
+            os.environ["PYTEST_ADDOPTS"] = saved_addopts
+
+
+def serve(control: socket.socket) -> None:
+    from .worker import run_worker
+
+    while True:
+        try:
+            data, fds, _, _ = socket.recv_fds(control, 1 << 22, 8)
+        except (ConnectionError, OSError):
+            return
+        if not data:
+            return  # pytest closed the control socket: the session is over
+        channel_fd, stack_fd, result_fd = fds
+        result = socket.socket(fileno=result_fd)
+        try:
+            request = pickle.loads(data)
+            zygote_pid = os.getpid()
+            pid = os.fork()
+        except Exception as error:  # noqa: BLE001 - the parent must hear why
+            result.send(json.dumps({"error": f"{type(error).__name__}: {error}"}).encode())
+            result.close()
+            os.close(channel_fd)
+            os.close(stack_fd)
+            continue
+        if pid == 0:
+            control.close()
+            result.close()
+            run_worker(request, channel_fd, stack_fd, zygote_pid)  # never returns
+            os._exit(70)
+        os.close(channel_fd)
+        os.close(stack_fd)
+        try:
+            result.send(json.dumps({"pid": pid}).encode())
+        except OSError:
+            pass
+        _, status, rusage = os.wait4(pid, 0)
+        try:
+            result.send(json.dumps({
+                "status": status,
+                "maxrss_bytes": rusage.ru_maxrss * 1024,
+                "cpu_s": rusage.ru_utime + rusage.ru_stime,
+            }).encode())
+        except OSError:
+            pass
+        result.close()
+
+
+def main(argv: list[str]) -> None:
+    control_fd, parent_pid = int(argv[1]), int(argv[2])
+    _die_with_parent(parent_pid)
+    # Its own process group: a Ctrl-C at the terminal is pytest's to handle, not ours.
+    os.setpgid(0, 0)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent_path = os.environ.pop("PYTEST_TAICHI_LIMITS_SYS_PATH", None)
+    if parent_path:
+        sys.path[:] = json.loads(parent_path)
+    control = socket.socket(fileno=control_fd)
+    _prewarm()
+    # Everything imported so far is shared with every worker: keep the collector from
+    # touching (and so copying) those pages in each of them.
+    gc.collect()
+    gc.freeze()
+    serve(control)
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,372 @@
+"""Spawn mode: Taichi initialised in the pytest process never makes a supervised test hang.
+
+Every run goes through `run_plugin` (a pytester subprocess with a hard timeout): a fork after
+`ti.init` hangs at the first kernel launch, so a regression here must fail, never hang CI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+
+KERNEL_MODULE = """
+import pytest
+import taichi as ti
+
+ti.init(arch=ti.cpu)
+values = ti.field(ti.i32, shape=8)
+
+@ti.kernel
+def fill(factor: ti.i32):
+    for i in values:
+        values[i] = i * factor
+
+@pytest.mark.parametrize("factor", [1, 2, 3])
+def test_parametrized(factor):
+    fill(factor)
+    assert values[5] == 5 * factor
+
+class TestInClass:
+    def test_method(self):
+        fill(10)
+        assert values[7] == 70
+
+    def test_tmp_path(self, tmp_path):
+        (tmp_path / "out.txt").write_text("ok")
+        assert (tmp_path / "out.txt").read_text() == "ok"
+"""
+
+FIELD_IN_TEST = """
+import taichi as ti
+
+def test_kernel_inside():
+    data = ti.field(ti.f32, shape=4)
+
+    @ti.kernel
+    def half():
+        for i in data:
+            data[i] = 0.5
+
+    half()
+    assert data[3] == 0.5
+"""
+
+FORK_SAFE = """
+import taichi as ti
+
+def test_initialises_inside():
+    ti.init(arch=ti.cpu)
+    data = ti.field(ti.f32, shape=4)
+
+    @ti.kernel
+    def half():
+        for i in data:
+            data[i] = 0.5
+
+    half()
+    assert data[3] == 0.5
+"""
+
+
+def _log(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _modes(path: Path) -> dict[str, str]:
+    return {event["nodeid"].split("::", 1)[1]: event["mode"]
+            for event in _log(path) if event["event"] == "usage"}
+
+
+def test_module_level_init_runs_in_spawn_mode(pytester, run_plugin):
+    pytester.makepyfile(test_module=KERNEL_MODULE)
+    log = pytester.path / "usage.jsonl"
+    result = run_plugin("--taichi-limits", f"--taichi-limits-log={log}", "-v")
+    result.assert_outcomes(passed=5)
+    modes = _modes(log)
+    assert len(modes) == 5 and set(modes.values()) == {"spawn"}
+    # One warning, at the ti.init call, saying why and how to get fork mode back.
+    result.stdout.fnmatch_lines([
+        ("*test_module.py:4: SpawnWarning: taichi-limits: supervised tests now run in spawn mode*"
+        "because ti.init at test_module.py:4 (in <module>) initialised Taichi in the pytest "
+        "process*call ti.init inside tests or fixtures*"),
+    ])
+    assert result.stdout.str().count("SpawnWarning") == 1
+
+
+def test_conftest_pytest_configure_init_is_named_in_header(pytester, run_plugin):
+    pytester.makeconftest("""
+        import taichi as ti
+
+        def pytest_configure(config):
+            ti.init(arch=ti.cpu)
+    """)
+    pytester.makepyfile(test_inside=FIELD_IN_TEST)
+    result = run_plugin("--taichi-limits")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([
+        ("taichi-limits: start mode spawn (slower): ti.init at conftest.py:4 (in pytest_configure) "
+        "initialised Taichi in the pytest process*For the fast fork mode, call ti.init inside "
+        "tests or fixtures."),
+    ])
+
+
+def test_helper_module_that_initialises_at_import(pytester, run_plugin):
+    pytester.makepyfile(apphelper="""
+        from taichi import init
+        import taichi as ti
+
+        init(arch=ti.cpu)
+        scale = ti.field(ti.f32, shape=())
+    """)
+    pytester.makepyfile(test_app="""
+        import pytest
+        import taichi as ti
+        import apphelper
+
+        @ti.kernel
+        def set_scale(value: ti.f32):
+            apphelper.scale[None] = value
+
+        @pytest.mark.taichi_limits(mem_mb=1024)
+        def test_uses_helper():
+            set_scale(2.5)
+            assert apphelper.scale[None] == 2.5
+    """)
+    result = run_plugin("-p", "no:randomly")
+    result.assert_outcomes(passed=1)
+    # `from taichi import init` still goes through the recorder: the helper is named.
+    result.stdout.fnmatch_lines(["*ti.init at apphelper.py:4 (in <module>)*"])
+
+
+def test_fork_safe_and_initialising_modules_mixed(pytester, run_plugin):
+    # test_a is fork-safe and is collected first, but once test_b's import initialised Taichi
+    # at collection, every supervised test needs a fresh interpreter.
+    pytester.makepyfile(test_a=FORK_SAFE, test_b=KERNEL_MODULE)
+    log = pytester.path / "usage.jsonl"
+    result = run_plugin("--taichi-limits", f"--taichi-limits-log={log}")
+    result.assert_outcomes(passed=6)
+    assert set(_modes(log).values()) == {"spawn"}
+
+
+def test_mode_is_chosen_per_test(pytester, run_plugin):
+    # An unsupervised test that initialises Taichi in pytest itself: supervised tests before
+    # it fork, the ones after it spawn.
+    pytester.makepyfile(test_order="""
+        import pytest
+        import taichi as ti
+
+        def kernel_runs():
+            data = ti.field(ti.i32, shape=2)
+
+            @ti.kernel
+            def one():
+                for i in data:
+                    data[i] = 1
+
+            one()
+            return data[1] == 1
+
+        @pytest.mark.taichi_limits(wall_s=60)
+        def test_1_before():
+            ti.init(arch=ti.cpu)
+            assert kernel_runs()
+
+        def test_2_initialises_pytest_itself():
+            ti.init(arch=ti.cpu)
+
+        @pytest.mark.taichi_limits(wall_s=60)
+        def test_3_after():
+            ti.init(arch=ti.cpu)
+            assert kernel_runs()
+    """)
+    log = pytester.path / "usage.jsonl"
+    result = run_plugin(f"--taichi-limits-log={log}", "-p", "no:randomly")
+    result.assert_outcomes(passed=3)
+    assert _modes(log) == {"test_1_before": "fork", "test_3_after": "spawn"}
+
+
+def test_budgets_enforced_with_the_same_report_in_both_modes(pytester, run_plugin):
+    body = """
+        import time
+        import pytest
+
+        @pytest.mark.taichi_limits(mem_mb=150)
+        def test_memory():
+            block = bytearray(400 * 1024 * 1024)
+            for i in range(0, len(block), 4096):
+                block[i] = 1
+            time.sleep(30)
+
+        @pytest.mark.taichi_limits(wall_s=1.5)
+        def test_wall():
+            time.sleep(60)
+    """
+    pytester.makepyfile(test_budgets=body)
+    reports = {}
+    for mode in ("fork", "spawn"):
+        result = run_plugin(f"--taichi-limits-mode={mode}", "--taichi-limits-grace=0.5")
+        result.assert_outcomes(failed=2)
+        result.stdout.fnmatch_lines([
+            "*taichi_limits: mem_mb exceeded: * used, limit mem_mb=150 (over by *",
+            f"*process     pid *, caught at *({mode} mode)",
+            "*test_memory*",
+            "*taichi_limits: wall_s exceeded: * used, limit wall_s=1.5 (over by *",
+            f"*process     pid *, caught at *({mode} mode)",
+            "*test_wall*",
+        ])
+        # The shape of a report: the label of each line, without the figures.
+        reports[mode] = [line.split()[0] for line in result.stdout.lines
+                         if line.startswith("  ") and line.split()[0] in (
+                             "caught", "peak", "budget", "stopped", "process")]
+    assert reports["fork"] == reports["spawn"]
+    assert len(reports["spawn"]) == 10
+
+
+def test_forced_fork_mode_fails_instead_of_hanging(pytester, run_plugin):
+    pytester.makepyfile(test_module=KERNEL_MODULE)
+    started = time.monotonic()
+    result = run_plugin("--taichi-limits", "--taichi-limits-mode=fork", timeout=60)
+    assert time.monotonic() - started < 55
+    result.assert_outcomes(failed=5)
+    result.stdout.fnmatch_lines([
+        ("*taichi_limits: not started: --taichi-limits-mode=fork, but ti.init at "
+        "test_module.py:4 (in <module>) initialised Taichi in the pytest process*"
+        "Use --taichi-limits-mode=auto*"),
+    ])
+
+
+def test_forced_spawn_mode_header_and_options_reach_the_worker(pytester, run_plugin):
+    # No ti.init in pytest at all: spawn is used because it was asked for, and the worker
+    # sees this run's options (the arch of the taichi_limits_ti fixture, -o ini overrides).
+    pytester.makepyfile(test_fixture="""
+        import pytest
+
+        def test_arch(taichi_limits_ti, pytestconfig):
+            from taichi.lang import impl
+            assert impl.current_cfg().arch == taichi_limits_ti.x64
+            assert pytestconfig.getini("python_functions") == ["test_*", "check_*"]
+    """)
+    log = pytester.path / "usage.jsonl"
+    result = run_plugin("--taichi-limits-mode=spawn", "--taichi-limits-arch=x64",
+                        "-o", "python_functions=test_* check_*", f"--taichi-limits-log={log}")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["taichi-limits: start mode spawn (--taichi-limits-mode=spawn)*"])
+    assert set(_modes(log).values()) == {"spawn"}
+
+
+def test_gpu_cap_applies_to_module_level_init_in_the_worker(pytester, run_plugin):
+    # The worker installs the cap before it collects, so even the module's own ti.init,
+    # which runs again in the worker, is capped.
+    pytester.makepyfile(test_cap="""
+        import taichi as ti
+        ti.init(arch=ti.cpu, device_memory_GB=6)
+
+        def test_capped():
+            from taichi.lang import impl
+            assert impl.current_cfg().device_memory_GB <= 0.5
+    """)
+    result = run_plugin("--taichi-limits", "--taichi-limits-gpu-gb=0.5")
+    result.assert_outcomes(passed=1)
+
+
+def _tagged(tag: str) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get("TAICHI_LIMITS_TEST_TAG") == tag:
+                found.append(process)
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_zygote_and_workers_leave_nothing_behind(pytester, run_plugin, monkeypatch):
+    tag = uuid.uuid4().hex
+    monkeypatch.setenv("TAICHI_LIMITS_TEST_TAG", tag)
+    pytester.makepyfile(test_module=KERNEL_MODULE)
+    result = run_plugin("--taichi-limits")
+    result.assert_outcomes(passed=5)
+    deadline = time.monotonic() + 10
+    while _tagged(tag) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _tagged(tag) == []
+
+
+def test_zygote_and_worker_die_with_a_killed_pytest(pytester):
+    tag = uuid.uuid4().hex
+    pytester.makepyfile(test_hang="""
+        import time
+        import taichi as ti
+        ti.init(arch=ti.cpu)
+
+        def test_sleeps():
+            time.sleep(120)
+    """)
+    environment = {**os.environ, "TAICHI_LIMITS_TEST_TAG": tag}
+    pytest_process = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "--taichi-limits", "-p", "no:cacheprovider", "-q"],
+        cwd=pytester.path, env=environment,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        # pytest itself, the zygote and the worker that runs the test.
+        while len(_tagged(tag)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(_tagged(tag)) >= 3, "the spawn-mode worker never started"
+        pytest_process.send_signal(signal.SIGKILL)
+        pytest_process.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while _tagged(tag) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _tagged(tag) == []
+    finally:
+        pytest_process.kill()
+        pytest_process.wait()
+        for process in _tagged(tag):
+            process.kill()
+
+
+def test_worker_that_cannot_collect_the_test_says_why(pytester, run_plugin):
+    # Collection that differs in the fresh interpreter (here: an environment variable the
+    # parent sets after collection): the test fails with the worker's own explanation.
+    pytester.makeconftest("""
+        import os
+
+        def pytest_collection_finish(session):
+            os.environ["ALREADY_COLLECTED"] = "1"
+    """)
+    pytester.makepyfile(test_flaky_collection="""
+        import os
+        import pytest
+
+        if os.environ.get("ALREADY_COLLECTED"):
+            raise RuntimeError("collected twice")
+
+        def test_one():
+            pass
+    """)
+    result = run_plugin("--taichi-limits", "--taichi-limits-mode=spawn")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "*could not be collected again in a fresh interpreter*",
+        "*RuntimeError: collected twice*",
+    ])
+
+
+def test_spawn_mode_under_xdist(pytester, run_plugin):
+    # Each xdist worker is a pytest process of its own, with its own zygote.
+    pytester.makepyfile(test_module=KERNEL_MODULE)
+    log = pytester.path / "usage.jsonl"
+    result = run_plugin("--taichi-limits", f"--taichi-limits-log={log}", "-n", "2")
+    result.assert_outcomes(passed=5)
+    assert set(_modes(log).values()) == {"spawn"}
+    assert len({event["pid"] for event in _log(log) if event["event"] == "usage"}) == 5
