@@ -155,11 +155,8 @@ def refuse_unsafe_target(path: str) -> None:
     """Raise OSError unless `path` can be replaced by a rename without harm.
 
     A rename over a device (/dev/null, /dev/full) as root would replace the device node with a
-    plain file; a missing directory is almost always a typo, so it is not created.
+    plain file. Missing directories are created, as pytest's --junitxml does.
     """
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise OSError(f"directory {directory!r} does not exist")
     if os.path.lexists(path) and not os.path.isfile(path):
         raise OSError(f"{path!r} exists and is not a regular file")
 
@@ -172,6 +169,7 @@ def write_atomic(path: str, text: str) -> None:
     """
     refuse_unsafe_target(path)
     directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
     fd, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
                                      dir=directory)
     try:

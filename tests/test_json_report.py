@@ -194,7 +194,7 @@ def test_an_interrupted_run_writes_an_incomplete_report(pytester):
     assert b"baseline not saved to base.json: the session was interrupted" in output
 
 
-@pytest.mark.parametrize("target", ["/dev/null", "missing-dir/report.json", "."])
+@pytest.mark.parametrize("target", ["/dev/null", "."])
 @pytest.mark.parametrize("option", ["--taichi-limits-json", "--taichi-limits-save-baseline"])
 def test_unsafe_output_paths_are_refused_before_any_test(pytester, run_plugin, option, target):
     pytester.makepyfile("def test_a():\n    pass\n")
@@ -202,4 +202,3 @@ def test_unsafe_output_paths_are_refused_before_any_test(pytester, run_plugin, o
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"ERROR: {option}: cannot write {target!r}: *"])
     assert os.path.exists("/dev/null") and not os.path.isfile("/dev/null")
-    assert not (pytester.path / "missing-dir").exists()
