@@ -107,6 +107,7 @@ class Crash:
     reason: str
     phase: str
     stack: str  # what faulthandler wrote, if anything
+    hint: str = ""  # what the user can do about it, where the plugin knows (a crash in ti.init)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

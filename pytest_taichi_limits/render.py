@@ -36,6 +36,11 @@ def gpu_text(usage: Usage) -> str:
     return f"GPU {human_bytes(usage.gpu_peak_bytes)}"
 
 
+def gpu_cap_lines(usage: Usage) -> list[str]:
+    """What the gpu_gb cap took away from the test's ti.init calls, one line each."""
+    return [f"GPU cap: {note}" for note in usage.extra.get("gpu_clamp", ())]
+
+
 def usage_line(usage: Usage) -> str:
     return (
         f"own RSS +{human_bytes(usage.peak_own_rss_bytes)} "
@@ -64,6 +69,10 @@ def _timestamp(unix_time: float) -> str:
 
 
 def violation_headline(violation: Violation) -> str:
+    if violation.measured <= violation.limit:
+        # Caught by Taichi itself (its pool ran out at the cap): there is no figure above it.
+        return (f"taichi_limits: {violation.resource} exceeded: the test needed more than the "
+                f"limit {_limit(violation.resource, violation.limit)}")
     percent = 100.0 * violation.over_by / violation.limit if violation.limit else 0.0
     return (
         f"taichi_limits: {violation.resource} exceeded: {_measure(violation.resource, violation.measured)}"
@@ -83,6 +92,7 @@ def violation_report(violation: Violation, usage: Usage) -> str:
         lines.append(f"  detail      {violation.detail}")
     lines += [
         f"  peak usage  {usage_line(usage)}",
+        *[f"  gpu cap     {line[len('GPU cap: '):]}" for line in gpu_cap_lines(usage)],
         f"  budget      {budget_text(usage.budget)}",
         f"  stopped     signals sent: {signals}; the test process {ending}",
         f"  process     pid {violation.pid}, caught at {_timestamp(violation.at)}, "
@@ -96,6 +106,7 @@ def crash_report(crash: Crash, usage: Usage) -> str:
     lines = [
         f"taichi_limits: {crash.reason}",
         f"  during      {crash.phase}",
+        *([f"  hint        {crash.hint}"] if crash.hint else []),
         f"  last usage  {usage_line(usage)}",
         f"  budget      {budget_text(usage.budget)}",
         f"  process     pid {usage.pid}, started at {_timestamp(usage.started_at)} "
@@ -109,8 +120,12 @@ def trim_stack(stack: str) -> str:
     """Drop the frames below the test: pytest's, pluggy's and this plugin's own machinery."""
     kept: list[str] = []
     for header, frames in _thread_blocks(stack.splitlines()):
+        # The plugin's ti.init wrappers (the cap, the spawn-mode recorder) and its fixture run
+        # between the test and Taichi: the frames above and below them belong to the test.
+        frames = [frame for frame in frames if not _init_wrapper_frame(frame)]
         plugin_frame = next(
-            (index for index, frame in enumerate(frames) if "pytest_taichi_limits" in frame),
+            (index for index, frame in enumerate(frames) if "pytest_taichi_limits" in frame
+             and "pytest_taichi_limits/fixtures" not in frame),
             len(frames),
         )
         frames = frames[:plugin_frame]  # below it is how the plugin called the test
@@ -118,6 +133,11 @@ def trim_stack(stack: str) -> str:
             frames.pop()
         kept += [header, *frames]
     return "\n".join(kept)
+
+
+def _init_wrapper_frame(frame: str) -> bool:
+    return "pytest_taichi_limits/" in frame and (
+        "pytest_taichi_limits/taichi_support" in frame or frame.rstrip().endswith(" in init"))
 
 
 def _thread_blocks(lines: list[str]) -> list[tuple[str, list[str]]]:
@@ -156,6 +176,9 @@ def user_properties(usage: Usage, violation: Violation | None) -> list[tuple[str
     for key in BUDGET_KEYS:
         value = getattr(usage.budget, key)
         properties.append((f"taichi_limits_budget_{key}", "off" if value is None else value))
+    clamps = gpu_cap_lines(usage)
+    if clamps:
+        properties.append(("taichi_limits_gpu_clamp", "; ".join(clamps)))
     if violation is not None:
         properties.append(("taichi_limits_violation", violation.resource))
     return properties

@@ -7,11 +7,14 @@ child sent, the usage figures, and a Violation or a Crash when there was one.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import select
 import signal
 import sys
+import threading
 import time
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -20,12 +23,13 @@ from . import gpu, linux, taichi_support
 from .budget import Budget
 from .channel import ChannelReader
 from .child import EXIT_DONE, STACK_SIGNAL
-from .proctree import ProcessTree, TreeSample, child_pids
+from .proctree import ProcessTree, TreeSample, child_pids, tree_pids
 from .records import Crash, Ending, Usage, Violation, signal_name
 
 _MB = 1024 * 1024
 #: How long the parent waits for faulthandler to write the child's stacks.
 _STACK_WAIT_S = 0.25
+_STACK_POLL_S = 0.001
 #: Longest sleep between two samples. Each wake-up costs the parent about 0.2 ms of CPU on a
 #: VM, so far from every limit it samples at this pace and only near one at `interval_s`.
 _MAX_SLEEP_S = 0.1
@@ -92,6 +96,8 @@ class ForkLaunch:
             stream.flush()  # or the child would print the parent's buffered text again
         pid = os.fork()
         if pid == 0:
+            if isinstance(signal.getsignal(signal.SIGTERM), TerminateInOrder):
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's, not the test's
             os.close(read_fd)
             run_in_child(write_fd, self.stack_fd, parent_pid)
             os._exit(EXIT_DONE)  # run_in_child never returns; this is a seatbelt
@@ -124,6 +130,47 @@ class ForkLaunch:
                 os.close(fd)
 
 
+class _Terminated(BaseException):
+    """SIGTERM reached the pytest process (a CI time-out, `kill`) while a test ran."""
+
+
+class TerminateInOrder:
+    """While a supervised test runs, SIGTERM to pytest ends the test's whole tree first.
+
+    With the default action pytest would die at once, and whatever the test had `setsid`'d or
+    double-forked, re-parented to init, would run on. Here SIGTERM raises inside the watch loop,
+    whose handler stops the tree; then the orphans are reaped and pytest dies of SIGTERM as it
+    would have. Installed only over the default action, and only in the main thread.
+    """
+
+    def __init__(self) -> None:
+        self.owner_pid = os.getpid()
+        self.installed = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if os.getpid() != self.owner_pid:  # a forked child, before it reset the handler
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise _Terminated()
+
+    def __enter__(self) -> TerminateInOrder:
+        if threading.current_thread() is threading.main_thread() \
+                and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, self)
+            self.installed = True
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: types.TracebackType | None) -> None:
+        if not self.installed:
+            return
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if isinstance(error, _Terminated):
+            os.kill(os.getpid(), signal.SIGTERM)  # the tree is gone: now die of it
+            os._exit(128 + signal.SIGTERM)  # seatbelt; the signal ends the process first
+
+
 class Supervisor:
     """Watches one launched child against one budget."""
 
@@ -134,6 +181,10 @@ class Supervisor:
         self.mode = mode
 
     def run(self, launch: Callable[[], Launched]) -> RunResult:
+        with TerminateInOrder():
+            return self._run(launch)
+
+    def _run(self, launch: Callable[[], Launched]) -> RunResult:
         own_children_before = set(child_pids(os.getpid()))
         # Orphans of a killed child come to us, not to init, so they can be reaped.
         linux.set_child_subreaper(True)
@@ -144,8 +195,10 @@ class Supervisor:
             finally:
                 child.close()
         finally:
-            linux.set_child_subreaper(False)
+            # Still a subreaper while reaping: children of a killed orphan come here too,
+            # never to init, where nothing would ever end them.
             _reap_orphans(own_children_before)
+            linux.set_child_subreaper(False)
 
     def _watch(self, child: Launched) -> RunResult:
         tree = ProcessTree(child.pid)
@@ -159,6 +212,7 @@ class Supervisor:
         start = time.monotonic()
         reader = ChannelReader(child.channel_fd)
         gpu_probe = gpu.probe_for(child.pid)
+        gpu_measured = isinstance(gpu_probe, gpu.NvmlProbe)
         sample = TreeSample()
         # The child's own figure arrives with its hello; until then ours is the best guess.
         progress = _Progress(start_rss=linux.rss_bytes())
@@ -166,15 +220,23 @@ class Supervisor:
         violation: Violation | None = None
         exit_info: ExitInfo | None = None
         waitables = [fd for fd in (child.channel_fd, child.wait_fd()) if fd is not None]
+        sampled_at = -math.inf
         try:
             while exit_info is None:
-                select.select(waitables if not reader.closed else waitables[1:], [], [],
-                              self._next_sleep(sample, progress, time.monotonic() - start))
+                ready, _, _ = select.select(
+                    waitables if not reader.closed else waitables[1:], [], [],
+                    self._next_sleep(sample, progress, time.monotonic() - start, gpu_measured))
                 reader.drain()
                 progress.update(reader.messages)
-                tree.sample(sample)
-                peaks.take(sample, gpu_probe)
-                elapsed = time.monotonic() - start
+                now = time.monotonic()
+                # A message wakes the loop several times per test (hello, phases, reports): a
+                # sample taken less than one interval ago is still fresh; skipping it saves the
+                # parent about 0.4 ms of CPU per short test (benchmarks/bench_overhead.py).
+                if not ready or now - sampled_at >= self.settings.interval_s:
+                    tree.sample(sample)
+                    peaks.take(sample, gpu_probe)
+                    sampled_at = now
+                elapsed = now - start
                 violation = self._check(peaks, sample, progress, elapsed, child, tree)
                 if violation is not None:
                     exit_info, signals = self._stop(child, tree, reader)
@@ -203,7 +265,8 @@ class Supervisor:
             result.crash = self._crash(result, exit_info, child, phase)
         return result
 
-    def _next_sleep(self, sample: TreeSample, progress: _Progress, elapsed: float) -> float:
+    def _next_sleep(self, sample: TreeSample, progress: _Progress, elapsed: float,
+                    gpu_measured: bool) -> float:
         """A quarter of the shortest time in which any limit could be reached, within bounds."""
         budget = self.budget
         headroom_s = _MAX_SLEEP_S * 4
@@ -213,8 +276,11 @@ class Supervisor:
                              (budget.mem_bytes - own_bytes) / _WORST_RSS_GROWTH_BYTES_PER_S)
         if budget.cpu_s is not None:
             headroom_s = min(headroom_s, (budget.cpu_s - sample.cpu_s) / _CPU_COUNT)
-        if budget.gpu_gb is not None:
-            headroom_s = 0.0  # no safe growth rate to assume for GPU memory
+        # No safe growth rate to assume for GPU memory. Without NVML nothing is sampled for it
+        # (the ti.init cap still holds), so gpu_gb alone must not make the loop spin: at 0.01 s
+        # that cost 2.8 % of a core per test on CPU-only CI (benchmarks/bench_supervisor_cost.py).
+        if budget.gpu_gb is not None and gpu_measured:
+            headroom_s = 0.0
         sleep_s = min(_MAX_SLEEP_S, max(self.settings.interval_s, headroom_s / 4))
         if budget.wall_s is not None:  # the wall-clock deadline is known exactly
             sleep_s = min(sleep_s, max(0.0, budget.wall_s - elapsed) + 0.001)
@@ -332,6 +398,10 @@ class Supervisor:
         elif result.of_kind("internal-error"):
             reason = "the plugin failed inside the test process: " \
                      + result.of_kind("internal-error")[-1]["text"]
+        elif not finished and result.channel_problem is not None:
+            # It did send, but what arrived was unusable: say that, not "it sent nothing".
+            reason = (f"{result.channel_problem}; the test process {ending.describe} and its "
+                      "own result is unknown")
         elif not finished:
             reason = (f"the test process {ending.describe} before it sent its reports "
                       "(os._exit, sys.exit from a thread, or a closed report channel)")
@@ -404,10 +474,15 @@ def _request_stack(child: Launched) -> str:
         return _read_stack(child.stack_fd)
     deadline = time.monotonic() + _STACK_WAIT_S
     size = -1
+    unchanged_polls = 0
     while time.monotonic() < deadline:
-        time.sleep(0.01)
+        # faulthandler writes a dump in well under a millisecond, and the test keeps running
+        # meanwhile: a test allocating 1 GB/s grew 20 MB past mem_mb during the 10 ms polls
+        # used before (benchmarks/bench_latency.py). Done once the size held for 2 polls.
+        time.sleep(_STACK_POLL_S)
         new_size = os.fstat(child.stack_fd).st_size
-        if new_size and new_size == size:
+        unchanged_polls = unchanged_polls + 1 if new_size and new_size == size else 0
+        if unchanged_polls >= 2:
             break
         size = new_size
     return _read_stack(child.stack_fd)
@@ -436,11 +511,26 @@ def _pidfd_open(pid: int) -> int | None:
         return None
 
 
-def _reap_orphans(before: set[int]) -> None:
-    """Kill and reap processes that were re-parented to us while a test ran."""
-    for pid in set(child_pids(os.getpid())) - before:
-        try:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
+def _reap_orphans(before: set[int], rounds: int = 100) -> None:
+    """Kill and reap processes that were re-parented to us while a test ran.
+
+    Each round freezes every orphan's whole subtree before killing it (a stopped process cannot
+    fork), and the next round finds whatever a dying orphan left behind: a fork storm ends.
+    """
+    for _ in range(rounds):
+        orphans = set(child_pids(os.getpid())) - before
+        if not orphans:
+            return
+        subtrees = [tree_pids(pid) for pid in orphans]
+        for signum in (signal.SIGSTOP, signal.SIGKILL):
+            for subtree in subtrees:
+                for pid in subtree:
+                    try:
+                        os.kill(pid, signum)
+                    except (ProcessLookupError, PermissionError):
+                        pass
+        for pid in orphans:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
