@@ -20,6 +20,7 @@ Taichi in the process it runs in, or as soon as that process imports Taichi.
 
 from __future__ import annotations
 
+import gc
 import importlib.abc
 import importlib.machinery
 import math
@@ -147,14 +148,13 @@ class _Cap:
         self.original_init = original
         capped = self._make_init(original)
         # `from taichi import init` in any module imported so far (test modules, conftests,
-        # helpers) holds the original function object: swap every such reference.
-        for module in list(sys.modules.values()):
-            namespace = getattr(module, "__dict__", None)
-            if not isinstance(namespace, dict):
-                continue
-            for name, value in list(namespace.items()):
-                if value is original:
-                    namespace[name] = capped
+        # helpers) holds the original function object: swap every such reference. The garbage
+        # collector finds those namespaces without touching every module's objects, which in a
+        # forked child would copy thousands of pages (13-20 ms a test against about 6 ms).
+        for referrer in gc.get_referrers(original):
+            if isinstance(referrer, dict):
+                for name in [name for name, value in referrer.items() if value is original]:
+                    referrer[name] = capped
         # A reference the swap cannot reach (a closure, a functools.partial) still goes
         # through misc's own globals: check the resolved configuration there as well.
         original_select = misc.adaptive_arch_select
