@@ -27,6 +27,7 @@ from .budget import (
 from .child import run_child
 from .fixtures import taichi_limits_ti  # noqa: F401 - pytest finds fixtures in plugin modules
 from .options import Options, add_options, read_options
+from .outcomes import parent_report
 from .records import Crash, Usage, Violation
 from .spawn import InitRecorder, InitSite, SpawnController, SpawnError, SpawnWarning
 from .supervisor import ForkLaunch, RunResult, Supervisor
@@ -345,33 +346,18 @@ def _complete_phases(
     item: pytest.Item, received: dict[str, pytest.TestReport], failure_text: str | None
 ) -> list[pytest.TestReport]:
     """setup, call (when setup passed) and teardown, with any failure put on the test itself."""
-    setup = received.get("setup") or _report(item, "setup", None)
+    setup = received.get("setup") or parent_report(item, "setup", None)
     reports = [setup]
-    teardown = received.get("teardown") or _report(item, "teardown", None)
+    teardown = received.get("teardown") or parent_report(item, "teardown", None)
     if failure_text is None:
         if "call" in received:
             reports.append(received["call"])
         return reports + [teardown]
     if not setup.passed:
         # The test never ran; what went wrong afterwards belongs to teardown.
-        return reports + [_report(item, "teardown", failure_text, keep=teardown)]
-    reports.append(_report(item, "call", failure_text, keep=received.get("call")))
+        return reports + [parent_report(item, "teardown", failure_text, keep=teardown)]
+    reports.append(parent_report(item, "call", failure_text, keep=received.get("call")))
     return reports + [teardown]
-
-
-def _report(item: pytest.Item, when: str, failure_text: str | None,
-            keep: pytest.TestReport | None = None) -> pytest.TestReport:
-    def outcome() -> None:
-        if failure_text is not None:
-            pytest.fail(failure_text, pytrace=False)
-
-    call = pytest.CallInfo.from_call(outcome, when=when)  # type: ignore[arg-type]
-    report = pytest.TestReport.from_item_and_call(item, call)
-    if keep is not None:  # what the child captured before it was stopped stays visible
-        report.sections = list(keep.sections)
-        report.user_properties = list(keep.user_properties)
-        report.duration = keep.duration
-    return report
 
 
 def _warning_category(path: str) -> type[Warning]:

@@ -18,9 +18,10 @@ import pytest
 
 from . import baseline as baselines
 from . import jsonreport, suggest, summary
-from .jsonreport import refuse_unsafe_target
 from .collect import REGRESSION_ATTRIBUTE, RecordCollector, UsageRecord, record_from_usage
 from .environment import session_environment
+from .jsonreport import refuse_unsafe_target
+from .outcomes import parent_report
 from .records import Usage, Violation
 
 PLUGIN_NAME = "taichi_limits_reports"
@@ -206,7 +207,7 @@ class TaichiLimitsReports:
         if warn_only:
             return
         if call.passed and not hasattr(call, "wasxfail"):
-            reports[call_index] = _failed_call(item, text, call)
+            reports[call_index] = parent_report(item, "call", text, call)
         else:  # already failed (or an xfail): the regression is added to what it says
             call.sections.append(("taichi_limits regression", text))
 
@@ -302,17 +303,3 @@ class TaichiLimitsReports:
             terminalreporter.write_line(line)
         for line in self.write_errors:
             terminalreporter.write_line(f"ERROR: {line}", red=True)
-
-
-def _failed_call(item: pytest.Item, text: str, keep: pytest.TestReport) -> pytest.TestReport:
-    """The call report of a test that passed but grew beyond tolerance: now a failure."""
-
-    def fail() -> None:
-        pytest.fail(text, pytrace=False)
-
-    call = pytest.CallInfo.from_call(fail, when="call")
-    report = pytest.TestReport.from_item_and_call(item, call)
-    report.sections = list(keep.sections)
-    report.user_properties = list(keep.user_properties)
-    report.duration = keep.duration
-    return report

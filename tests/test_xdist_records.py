@@ -102,7 +102,7 @@ def test_workers_compare_with_the_baseline(pytester, run_plugin, monkeypatch):
         "*regressions against base.json (1; these tests fail):",
         "  test_many.py::test_field?16?  own memory * -> * (+*), allowed up to * (mem=10%+16MB)",
         "new since the baseline, not compared (3;*",
-        "FAILED test_many.py::test_field?16? - Failed: taichi_limits: grew beyond the *",
+        "FAILED test_many.py::test_field?16? - taichi_limits: grew beyond the *",
     ])
     document = json.loads((pytester.path / "report.json").read_text())
     assert document["baseline"]["regressions"] == ["test_many.py::test_field[16]"]
