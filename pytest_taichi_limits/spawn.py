@@ -39,6 +39,7 @@ import pytest
 from .budget import Budget
 from .records import Ending
 from .supervisor import ExitInfo, Settings
+from .taichi_hooks import replace_everywhere, when_taichi_imported
 
 #: How long the parent waits for the zygote to fork a worker; the first time this includes the
 #: zygote's own start (importing pytest, Taichi and the plugins: about a second here).
@@ -96,10 +97,7 @@ class InitRecorder:
         if self._installed:
             return
         self._installed = True
-        if "taichi.lang.misc" in sys.modules:
-            self._wrap()
-        else:
-            sys.meta_path.insert(0, _WrapOnImport(self))
+        when_taichi_imported(self._wrap)
 
     def _wrap(self) -> None:
         misc = sys.modules.get("taichi.lang.misc")
@@ -119,46 +117,7 @@ class InitRecorder:
         init.__wrapped__ = original  # type: ignore[attr-defined]
         init._taichi_limits_recorder = self  # type: ignore[attr-defined]
         # taichi, taichi.lang and taichi.lang.misc all hold the function: replace every name.
-        for name, module in list(sys.modules.items()):
-            if name != "taichi" and not name.startswith("taichi."):
-                continue
-            namespace = getattr(module, "__dict__", None)
-            if isinstance(namespace, dict):
-                for attribute, value in list(namespace.items()):
-                    if value is original:
-                        namespace[attribute] = init
-
-
-class _WrapOnImport:
-    """A meta-path finder that wraps `taichi.init` right after `import taichi` finishes."""
-
-    def __init__(self, recorder: InitRecorder) -> None:
-        self.recorder = recorder
-
-    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
-        if fullname != "taichi":
-            return None
-        import importlib.machinery
-
-        sys.meta_path.remove(self)
-        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
-        if spec is None or spec.loader is None:
-            return spec
-        spec.loader = _LoaderThenWrap(spec.loader, self.recorder)  # type: ignore[assignment]
-        return spec
-
-
-class _LoaderThenWrap:
-    def __init__(self, loader: Any, recorder: InitRecorder) -> None:
-        self.loader = loader
-        self.recorder = recorder
-
-    def create_module(self, spec: Any) -> Any:
-        return self.loader.create_module(spec)
-
-    def exec_module(self, module: Any) -> None:
-        self.loader.exec_module(module)
-        self.recorder._wrap()
+        replace_everywhere(original, init)
 
 
 def _caller_outside(package_dirs: tuple[str, ...]) -> InitSite:

@@ -20,9 +20,6 @@ Taichi in the process it runs in, or as soon as that process imports Taichi.
 
 from __future__ import annotations
 
-import gc
-import importlib.abc
-import importlib.machinery
 import math
 import os
 import re
@@ -35,6 +32,7 @@ import pytest
 
 from .budget import Budget
 from .channel import ChannelWriter
+from .taichi_hooks import replace_everywhere, when_taichi_imported
 
 if TYPE_CHECKING:
     from .supervisor import Settings
@@ -148,13 +146,8 @@ class _Cap:
         self.original_init = original
         capped = self._make_init(original)
         # `from taichi import init` in any module imported so far (test modules, conftests,
-        # helpers) holds the original function object: swap every such reference. The garbage
-        # collector finds those namespaces without touching every module's objects, which in a
-        # forked child would copy thousands of pages (13-20 ms a test against about 6 ms).
-        for referrer in gc.get_referrers(original):
-            if isinstance(referrer, dict):
-                for name in [name for name, value in referrer.items() if value is original]:
-                    referrer[name] = capped
+        # helpers) holds the original function object: swap every such reference.
+        replace_everywhere(original, capped)
         # A reference the swap cannot reach (a closure, a functools.partial) still goes
         # through misc's own globals: check the resolved configuration there as well.
         original_select = misc.adaptive_arch_select
@@ -213,36 +206,6 @@ class _Cap:
                              granted_gb=capped.device_memory_GB, cap_gb=self.cap_gb)
 
 
-class _InstallOnImport(importlib.abc.MetaPathFinder):
-    """Install the cap the moment the test imports Taichi, when it had not before."""
-
-    def __init__(self, cap: _Cap) -> None:
-        self.cap = cap
-
-    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
-        if fullname != "taichi":
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
-        if spec is None or spec.loader is None:
-            return spec
-        spec.loader = _LoaderThenInstall(spec.loader, self.cap)
-        return spec
-
-
-class _LoaderThenInstall(importlib.abc.Loader):
-    def __init__(self, loader: Any, cap: _Cap) -> None:
-        self.loader = loader
-        self.cap = cap
-
-    def create_module(self, spec: Any) -> Any:
-        return self.loader.create_module(spec)
-
-    def exec_module(self, module: Any) -> None:
-        self.loader.exec_module(module)
-        self.cap.install()
-
-
 def _applied_arch() -> dict[str, str]:
     """The arch Taichi chose, where it got that far (it falls back, e.g. cuda -> x64)."""
     try:
@@ -281,10 +244,7 @@ def prepare_child(budget: Budget, settings: Settings, writer: ChannelWriter) -> 
     from . import gpu
 
     cap = _Cap(budget, writer, gpu.smallest_device_total_bytes)
-    if "taichi.lang.misc" in sys.modules:
-        cap.install()
-    else:
-        sys.meta_path.insert(0, _InstallOnImport(cap))
+    when_taichi_imported(cap.install)
 
 
 def finish_child(writer: ChannelWriter) -> None:

@@ -81,3 +81,23 @@ def test_trim_stack_drops_plumbing_below_the_test():
         "Thread 0x2 (most recent call first):",
         '  File "/x/helper.py", line 2 in work',
     ]
+
+
+def test_replace_everywhere_swaps_namespaces_but_not_the_wrappers_own_attributes():
+    import types
+
+    from pytest_taichi_limits.taichi_hooks import replace_everywhere
+
+    def original() -> str:
+        return "original"
+
+    def wrapper() -> str:
+        return "wrapper"
+
+    wrapper.__wrapped__ = original  # type: ignore[attr-defined]
+    module = types.ModuleType("holder")
+    module.init = original  # type: ignore[attr-defined]
+    module.alias = original  # type: ignore[attr-defined]
+    replace_everywhere(original, wrapper)
+    assert module.init is wrapper and module.alias is wrapper  # type: ignore[attr-defined]
+    assert wrapper.__wrapped__ is original  # type: ignore[attr-defined]
