@@ -23,15 +23,16 @@ def when_taichi_imported(callback: Callable[[], None]) -> None:
 
 
 def replace_everywhere(original: object, replacement: object) -> None:
-    """Make every namespace that holds `original` hold `replacement` instead.
+    """Make every module namespace that holds `original` hold `replacement` instead.
 
     That covers taichi, taichi.lang, taichi.lang.misc and any module that did
     `from taichi import init`. The garbage collector finds those dictionaries without touching
     every module's objects, which in a forked child would copy thousands of pages.
     """
-    own_attributes = getattr(replacement, "__dict__", None)  # its __wrapped__ stays the original
     for referrer in gc.get_referrers(original):
-        if isinstance(referrer, dict) and referrer is not own_attributes:
+        # Module namespaces only: an object's attributes (the wrapper's own __wrapped__, a
+        # saved reference to the original) must keep pointing at the original.
+        if isinstance(referrer, dict) and "__spec__" in referrer and "__name__" in referrer:
             for name in [name for name, value in referrer.items() if value is original]:
                 referrer[name] = replacement
 

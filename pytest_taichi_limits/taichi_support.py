@@ -134,7 +134,6 @@ class _Cap:
         self.cap_gb = budget.gpu_gb
         self.writer = writer
         self.device_total = device_total
-        self.original_init: Callable[..., Any] | None = None
         self.inside_init = False
 
     def install(self) -> None:
@@ -143,7 +142,6 @@ class _Cap:
         original = misc.init
         if getattr(original, "_taichi_limits_original", None) is not None:
             return  # already installed in this process
-        self.original_init = original
         capped = self._make_init(original)
         # `from taichi import init` in any module imported so far (test modules, conftests,
         # helpers) holds the original function object: swap every such reference.

@@ -83,7 +83,7 @@ def test_trim_stack_drops_plumbing_below_the_test():
     ]
 
 
-def test_replace_everywhere_swaps_namespaces_but_not_the_wrappers_own_attributes():
+def test_replace_everywhere_swaps_module_namespaces_only():
     import types
 
     from pytest_taichi_limits.taichi_hooks import replace_everywhere
@@ -98,6 +98,8 @@ def test_replace_everywhere_swaps_namespaces_but_not_the_wrappers_own_attributes
     module = types.ModuleType("holder")
     module.init = original  # type: ignore[attr-defined]
     module.alias = original  # type: ignore[attr-defined]
+    saved = types.SimpleNamespace(init=original)
     replace_everywhere(original, wrapper)
     assert module.init is wrapper and module.alias is wrapper  # type: ignore[attr-defined]
     assert wrapper.__wrapped__ is original  # type: ignore[attr-defined]
+    assert saved.init is original
