@@ -361,7 +361,7 @@ def regression_report(exceeded: list[Growth], compared: list[Growth], baseline: 
     widths = [max(len(row[column]) for row in [header, *rows]) for column in range(7)]
     for row in [header, *rows]:
         cells = [f"{row[0]:<{widths[0]}}"]
-        cells += [f"{cell:>{width}}" for cell, width in zip(row[1:5], widths[1:5])]
+        cells += [f"{cell:>{width}}" for cell, width in zip(row[1:5], widths[1:5], strict=True)]
         cells += [f"{row[5]:<{widths[5]}}", row[6]]
         lines.append(("  " + "  ".join(cells)).rstrip())
     lines.append(f"  baseline    {baseline.path}, saved {entry.get('saved_at', '?')} with Python "

@@ -117,7 +117,8 @@ class TaichiLimitsPlugin:
         defaults = resolve({}, options.cli_budget, options.ini_budget)
         return [
             f"taichi-limits: supervising {scope}; default budget {render.budget_text(defaults)}; "
-            f"sampling down to every {options.settings.interval_s:g} s, grace {options.settings.grace_s:g} s",
+            f"sampling down to every {options.settings.interval_s:g} s, "
+            f"grace {options.settings.grace_s:g} s",
             *self.spawn.header_lines(),
         ]
 
@@ -152,7 +153,9 @@ class TaichiLimitsPlugin:
     # -- running ----------------------------------------------------------------------------
 
     @pytest.hookimpl(tryfirst=True)
-    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
+    def pytest_runtest_protocol(
+        self, item: pytest.Item, nextitem: pytest.Item | None
+    ) -> bool | None:
         budget = item.stash.get(_BUDGET_KEY, None)
         if budget is None:
             if nextitem is not None and _BUDGET_KEY in nextitem.stash:

@@ -1,11 +1,10 @@
 """The test's process tree: find it, measure it, and end it.
 
 The tree is found through /proc/<pid>/task/<tid>/children (one small read per thread), which is
-far cheaper than psutil's scan of every process on the machine;
-each member's memory and CPU time are two preads of /proc files kept open. psutil keeps the
-identity of every process seen. Every process ever seen is remembered (psutil checks its start time, so a
-recycled pid is never mistaken for it) so that the end of a test can kill even the ones that left
-the tree.
+far cheaper than psutil's scan of every process on the machine. Each member's memory and CPU
+time are two preads of /proc files kept open. Every process ever seen is remembered as a
+psutil.Process (which checks its start time, so a recycled pid is never mistaken for it) so that
+the end of a test can kill even the ones that left the tree.
 """
 
 from __future__ import annotations

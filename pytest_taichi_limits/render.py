@@ -75,7 +75,8 @@ def violation_headline(violation: Violation) -> str:
                 f"limit {_limit(violation.resource, violation.limit)}")
     percent = 100.0 * violation.over_by / violation.limit if violation.limit else 0.0
     return (
-        f"taichi_limits: {violation.resource} exceeded: {_measure(violation.resource, violation.measured)}"
+        f"taichi_limits: {violation.resource} exceeded: "
+        f"{_measure(violation.resource, violation.measured)}"
         f" used, limit {_limit(violation.resource, violation.limit)}"
         f" (over by {_measure(violation.resource, violation.over_by)}, +{percent:.1f}%)"
     )

@@ -20,8 +20,8 @@ def _table(records: list[UsageRecord], figure: Callable[[UsageRecord], float],
     rows = [columns(record) for record in ranked]
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))] \
         if rows else []
-    return ["  " + " ".join(f"{cell:>{width}}" for cell, width in zip(row, widths))
-            + f"  {record.nodeid}" for row, record in zip(rows, ranked)]
+    return ["  " + " ".join(f"{cell:>{width}}" for cell, width in zip(row, widths, strict=True))
+            + f"  {record.nodeid}" for row, record in zip(rows, ranked, strict=True)]
 
 
 def top_consumers(records: list[UsageRecord], top: int) -> list[str]:

@@ -260,7 +260,8 @@ class Supervisor:
             violation = self._after_the_fact(usage, exit_info, child, phase)
         if violation is None:
             violation = self._taichi_device_oom(reader.messages, usage, child)
-        result = RunResult(reader.messages, usage, violation, None, reader.problem, phase, survivors)
+        result = RunResult(reader.messages, usage, violation, None, reader.problem, phase,
+                           survivors)
         if violation is None:
             result.crash = self._crash(result, exit_info, child, phase)
         return result

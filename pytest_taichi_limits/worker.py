@@ -93,7 +93,7 @@ class WorkerPlugin:
             return
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
-        for fd, saved in zip((1, 2), self.saved_fds):
+        for fd, saved in zip((1, 2), self.saved_fds, strict=True):
             os.dup2(saved, fd)
             os.close(saved)
         self.saved_fds = None
