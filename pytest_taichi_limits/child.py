@@ -8,6 +8,7 @@ capture, logging and other plugins' wrappers run as in a plain run; reports trav
 from __future__ import annotations
 
 import faulthandler
+import gc
 import math
 import os
 import resource
@@ -60,6 +61,10 @@ def start_child(writer: ChannelWriter, stack_fd: int, parent_pid: int, budget: B
     which collects the test between this and `run_item`."""
     _confine_self(parent_pid, budget, stack_fd)
     taichi_support.prepare_child(budget, settings, writer)
+    # Everything inherited stays out of this process's garbage collections: a full collection
+    # would write to every object's header and copy each page of the parent's heap. (After
+    # prepare_child: gc.get_referrers no longer sees frozen objects.)
+    gc.freeze()
 
 
 def run_item(item: pytest.Item, writer: ChannelWriter) -> None:

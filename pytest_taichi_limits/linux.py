@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import fcntl
 import os
 import sys
 from functools import lru_cache
@@ -30,6 +31,14 @@ def set_child_subreaper(enabled: bool) -> bool:
 def set_parent_death_signal(signum: int) -> bool:
     libc = _libc()
     return libc is not None and libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0) == 0
+
+
+def enlarge_pipe(fd: int, size: int = 1 << 20) -> None:
+    """Let a child write this much before it blocks, so the parent can read in batches."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
+    except (AttributeError, OSError):
+        pass  # not Linux, or above /proc/sys/fs/pipe-max-size: the default 64 KiB still works
 
 
 def rss_bytes(pid: int | str = "self") -> int:

@@ -36,6 +36,7 @@ from typing import Any
 
 import pytest
 
+from . import linux
 from .budget import Budget
 from .records import Ending
 from .supervisor import ExitInfo, Settings
@@ -360,6 +361,7 @@ class SpawnLaunch:
 
     def __init__(self, zygote: Zygote, request: WorkerRequest) -> None:
         read_fd, write_fd = os.pipe()
+        linux.enlarge_pipe(write_fd)
         self.stack_fd = _stack_file()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._result = ours
