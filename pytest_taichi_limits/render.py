@@ -42,13 +42,16 @@ def gpu_cap_lines(usage: Usage) -> list[str]:
 
 
 def usage_line(usage: Usage) -> str:
-    return (
-        f"own RSS +{human_bytes(usage.peak_own_rss_bytes)} "
-        f"(kernel peak +{human_bytes(usage.kernel_own_rss_bytes)}) | "
-        f"RSS {human_bytes(usage.peak_rss_bytes)} (started at {human_bytes(usage.start_rss_bytes)})"
-        f" | VMS {human_bytes(usage.peak_vms_bytes)} | CPU {usage.cpu_s:.2f} s | "
-        f"wall {usage.wall_s:.2f} s | {gpu_text(usage)}"
-    )
+    if usage.peak_rss_bytes:
+        sampled = (f"own RSS +{human_bytes(usage.peak_own_rss_bytes)} "
+                   f"(kernel peak +{human_bytes(usage.kernel_own_rss_bytes)}) | "
+                   f"RSS {human_bytes(usage.peak_rss_bytes)} "
+                   f"(started at {human_bytes(usage.start_rss_bytes)}) | "
+                   f"VMS {human_bytes(usage.peak_vms_bytes)}")
+    else:  # the test ended before the first sample: only the kernel's figure exists
+        sampled = (f"own RSS not sampled (kernel peak +{human_bytes(usage.kernel_own_rss_bytes)}, "
+                   f"started at {human_bytes(usage.start_rss_bytes)})")
+    return f"{sampled} | CPU {usage.cpu_s:.2f} s | wall {usage.wall_s:.2f} s | {gpu_text(usage)}"
 
 
 def _measure(resource_key: str, value: float) -> str:
