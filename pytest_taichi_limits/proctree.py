@@ -153,7 +153,7 @@ class ProcessTree:
     def signal_tree(self, signum: int) -> None:
         for pid in tree_pids(self.root_pid):
             self._process(pid)
-            _send(pid, signum)
+            send_signal(pid, signum)
 
     def kill_descendants(self, rounds: int = 50) -> None:
         """Stop, then kill, every descendant until none is left (fork storms included).
@@ -167,38 +167,41 @@ class ProcessTree:
                 return
             for pid in pids:
                 self._process(pid)
-                _send(pid, signal.SIGSTOP)
-            for pid in pids:
-                _send(pid, signal.SIGKILL)
+            stop_then_kill(pids)
             time.sleep(0.001)
 
     def any_alive(self) -> bool:
         """Whether any process ever seen in this tree still runs (zombies do not count)."""
-        for process in self._known.values():
-            try:
-                if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
-                    return True
-            except psutil.Error:
-                continue
-        return False
+        return any(_running(process) for process in self._known.values())
 
     def kill_survivors(self) -> list[int]:
         """SIGKILL every process ever seen in this tree that is still running; return their pids."""
         survivors: list[int] = []
         for pid, process in self._known.items():
-            if pid == self.root_pid:
-                continue
-            try:
-                if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
-                    process.kill()
-                    survivors.append(pid)
-            except psutil.Error:
-                continue
+            if pid != self.root_pid and _running(process):
+                send_signal(pid, signal.SIGKILL)
+                survivors.append(pid)
         return survivors
 
 
-def _send(pid: int, signum: int) -> None:
+def stop_then_kill(pids: list[int]) -> None:
+    """SIGSTOP all first, so none of them can fork while the others are being killed."""
+    for signum in (signal.SIGSTOP, signal.SIGKILL):
+        for pid in pids:
+            send_signal(pid, signum)
+
+
+def send_signal(pid: int, signum: int) -> None:
+    """os.kill that ignores processes already gone (or no longer ours)."""
     try:
         os.kill(pid, signum)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _running(process: psutil.Process) -> bool:
+    """Still the same process, and not a zombie."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False

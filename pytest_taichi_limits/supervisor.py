@@ -23,7 +23,14 @@ from . import gpu, linux, taichi_support
 from .budget import Budget
 from .channel import ChannelReader
 from .child import EXIT_DONE, STACK_SIGNAL
-from .proctree import ProcessTree, TreeSample, child_pids, tree_pids
+from .proctree import (
+    ProcessTree,
+    TreeSample,
+    child_pids,
+    send_signal,
+    stop_then_kill,
+    tree_pids,
+)
 from .records import Crash, Ending, Usage, Violation, signal_name
 
 _MB = 1024 * 1024
@@ -344,10 +351,7 @@ class Supervisor:
         tree.kill_survivors()
         if exit_info is not None:
             return exit_info, ("SIGTERM", "SIGKILL")
-        try:
-            os.kill(child.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        send_signal(child.pid, signal.SIGKILL)
         exit_info = child.poll_exit(block=True) or ExitInfo(Ending(None, signal.SIGKILL), 0, 0.0)
         return exit_info, ("SIGTERM", "SIGKILL")
 
@@ -530,14 +534,7 @@ def _reap_orphans(before: set[int], rounds: int = 100) -> None:
         orphans = set(child_pids(os.getpid())) - before
         if not orphans:
             return
-        subtrees = [tree_pids(pid) for pid in orphans]
-        for signum in (signal.SIGSTOP, signal.SIGKILL):
-            for subtree in subtrees:
-                for pid in subtree:
-                    try:
-                        os.kill(pid, signum)
-                    except (ProcessLookupError, PermissionError):
-                        pass
+        stop_then_kill([pid for orphan in orphans for pid in tree_pids(orphan)])
         for pid in orphans:
             try:
                 os.waitpid(pid, 0)
