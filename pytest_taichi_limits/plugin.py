@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import fcntl
+import importlib
 import json
 import logging
 import os
@@ -66,9 +67,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         f"{MARKER_NAME}(cpu_s=None, mem_mb=None, wall_s=None, gpu_gb=None, arch=None): run the "
-        "test in a "
-        "supervised child process with this budget (keyword arguments only; None means no "
-        "limit). Precedence per key: marker > command line > ini > built-in default.",
+        "test in a supervised child process with this budget (keyword arguments only; None "
+        "means no limit). Precedence per key: marker > command line > ini > built-in default.",
     )
     if is_worker(config):
         # A spawn-mode worker runs one test for the parent: options and fixtures, nothing else.
@@ -365,8 +365,6 @@ def _complete_phases(
 
 def _warning_category(path: str) -> type[Warning]:
     module_name, _, qualname = path.partition(":")
-    import importlib
-
     try:
         target: Any = importlib.import_module(module_name)
         for part in qualname.split("."):
