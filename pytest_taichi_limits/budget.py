@@ -41,6 +41,10 @@ BUILTIN_DEFAULTS: Mapping[str, float | None] = {
 ARCH_NAMES = ("cpu", "gpu", "x64", "arm64", "cuda", "amdgpu", "vulkan", "opengl", "gles",
               "metal", "dx11", "dx12")
 MARKER_ARCH_KEY = "arch"
+MARKER_ISOLATION_KEY = "isolation"
+#: Marker keys that are settings, not budgets.
+_NOT_BUDGETS = (MARKER_ARCH_KEY, MARKER_ISOLATION_KEY)
+ISOLATIONS = ("test", "module", "session")
 
 #: Words that switch a default off on the command line or in ini files.
 OFF_WORDS = frozenset({"off", "none", "no", "unlimited"})
@@ -122,15 +126,15 @@ def marker_values(nodeid: str, markers: Iterable[Any]) -> dict[str, float | None
         if marker.args:
             raise BudgetError(
                 f"{nodeid}: @pytest.mark.{MARKER_NAME} takes keyword arguments only "
-                f"({', '.join(BUDGET_KEYS)}, {MARKER_ARCH_KEY}), got positional {marker.args!r}"
+                f"({', '.join(BUDGET_KEYS + _NOT_BUDGETS)}), got positional {marker.args!r}"
             )
         for key, value in marker.kwargs.items():
-            if key == MARKER_ARCH_KEY:
-                continue  # not a budget: marker_arch() reads and checks it
+            if key in _NOT_BUDGETS:
+                continue  # not a budget: marker_arch() / marker_isolation() check it
             if key not in _SPECS:
                 raise BudgetError(
                     f"{nodeid}: @pytest.mark.{MARKER_NAME} got unknown argument {key!r}; "
-                    f"allowed: {', '.join(BUDGET_KEYS)}, {MARKER_ARCH_KEY}"
+                    f"allowed: {', '.join(BUDGET_KEYS + _NOT_BUDGETS)}"
                 )
             if key in merged:
                 continue  # a closer marker already set it
@@ -159,6 +163,19 @@ def marker_arch(nodeid: str, markers: Iterable[Any]) -> str | None:
         if MARKER_ARCH_KEY in marker.kwargs:
             return check_arch(marker.kwargs[MARKER_ARCH_KEY],
                               f"{nodeid}: @pytest.mark.{MARKER_NAME}")
+    return None
+
+
+def marker_isolation(nodeid: str, markers: Iterable[Any]) -> str | None:
+    """The closest `taichi_limits` marker's `isolation`, checked; None where none sets one."""
+    for marker in markers:
+        if MARKER_ISOLATION_KEY in marker.kwargs:
+            value = marker.kwargs[MARKER_ISOLATION_KEY]
+            if value not in ISOLATIONS:
+                raise BudgetError(
+                    f"{nodeid}: @pytest.mark.{MARKER_NAME}: isolation must be one of "
+                    f"{', '.join(ISOLATIONS)} (a string), got {value!r}")
+            return str(value)
     return None
 
 

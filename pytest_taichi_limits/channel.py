@@ -10,6 +10,8 @@ import json
 import os
 from typing import Any
 
+from .protocol import KINDS
+
 #: JSON has no tuples, but pytest's serialized reports rely on them (a skip's longrepr is one).
 _TUPLE_TAG = "\x00tuple"
 
@@ -40,6 +42,7 @@ class ChannelReader:
         self.messages: list[dict[str, Any]] = []
         self.problem: str | None = None
         self.closed = False
+        self.overflowed = False  # past MAX_CHANNEL_BYTES: nothing more it sends can be heard
         self._pending = bytearray()
         # No newline before this offset of _pending: a big report is scanned once, not once
         # per chunk.
@@ -69,6 +72,7 @@ class ChannelReader:
                 # Keep reading and drop it: a child blocked on a full pipe would otherwise
                 # hang until wall_s and be reported for that instead.
                 self._fail(f"the child sent more than {MAX_CHANNEL_BYTES} bytes of reports")
+                self.overflowed = True
                 self._pending.clear()
                 self._scan_from = 0
                 continue
@@ -90,6 +94,10 @@ class ChannelReader:
                 message = None
             if not isinstance(message, dict) or not isinstance(message.get("t"), str):
                 self._fail(f"the report channel carried garbage: {line[:80]!r}")
+                continue
+            if message["t"] not in KINDS:
+                self._fail(f"the report channel carried an unknown message kind "
+                           f"{message['t'][:40]!r}")
                 continue
             self.messages.append(message)
 

@@ -15,69 +15,94 @@ import resource
 import signal
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
-from . import linux, taichi_support
+from . import linux, taichi_replay, taichi_support
 from .budget import Budget
 from .channel import ChannelWriter
 from .proctree import ProcessTree
+from .protocol import EXIT_DONE, EXIT_INTERNAL_ERROR, STACK_SIGNAL, CommandReader, Kind
 
 if TYPE_CHECKING:
-    from .supervisor import Settings
-
-#: faulthandler dumps every thread's Python stack on this signal, even while native code
-#: (a Taichi kernel) holds the GIL. A real-time signal, so tests that use SIGUSR1/2 keep them.
-STACK_SIGNAL = signal.SIGRTMIN + 7
-
-#: Exit codes of the child; anything else is a crash.
-EXIT_DONE = 0
-EXIT_INTERNAL_ERROR = 70
+    from .settings import Settings
 
 
-def run_child(
-    item: pytest.Item,
-    channel_fd: int,
-    stack_fd: int,
-    parent_pid: int,
-    budget: Budget,
-    settings: Settings,
-) -> NoReturn:
-    """Run `item` in this (forked) process and report to the parent. Never returns."""
-    writer = ChannelWriter(channel_fd)
+@dataclass(frozen=True)
+class ChildStart:
+    """What a child needs besides its tests: where to write, whom to obey, what to replay."""
+
+    channel_fd: int
+    stack_fd: int
+    control_fd: int
+    parent_pid: int
+    settings: Settings
+    replay: taichi_replay.InitCall | None = None  # the init the pytest process had in force
+
+
+def run_forked(items: Sequence[pytest.Item], start: ChildStart) -> NoReturn:
+    """Run the tests the parent asks for, one at a time, in this forked process. Never returns."""
+    writer = ChannelWriter(start.channel_fd)
 
     def body() -> None:
-        start_child(writer, stack_fd, parent_pid, budget, settings)
-        run_item(item, writer)
+        cap = start_child(writer, start)
+        serve(items, writer, CommandReader(start.control_fd), cap)
 
     exit_guarded(writer, body)
 
 
-def start_child(writer: ChannelWriter, stack_fd: int, parent_pid: int, budget: Budget,
-                settings: Settings) -> None:
+def start_child(writer: ChannelWriter, start: ChildStart) -> taichi_support.GpuCap:
     """Confine this process and cap Taichi in it; shared by fork and spawn (worker.py) mode,
-    which collects the test between this and `run_item`."""
-    _confine_self(parent_pid, budget, stack_fd)
-    taichi_support.prepare_child(budget, settings, writer)
+    which collects the tests between this and `serve`."""
+    _confine_self(start.parent_pid, start.stack_fd)
+    cap = taichi_support.prepare_child(Budget(), start.settings, writer)
+    if start.replay is not None:
+        taichi_replay.arm(start.replay)
     # Everything inherited stays out of this process's garbage collections: a full collection
     # would write to every object's header and copy each page of the parent's heap. (After
     # prepare_child: gc.get_referrers no longer sees frozen objects.)
     gc.freeze()
+    return cap
 
 
-def run_item(item: pytest.Item, writer: ChannelWriter) -> None:
-    """The test's phases and every message about them, up to `done`."""
-    writer.send("hello", pid=os.getpid(), rss=linux.rss_bytes())
-    with warnings.catch_warnings(record=True) as caught:
-        _run_phases(item, writer)
-    for message in caught:
-        writer.send("warning", **_warning_fields(message))
+def serve(items: Sequence[pytest.Item], writer: ChannelWriter, commands: CommandReader,
+          cap: taichi_support.GpuCap) -> None:
+    """Wait for a command, run that test, tell the parent, wait again; tear down on stop."""
+    writer.send(Kind.READY, pid=os.getpid())
+    last: pytest.Item | None = None
+    while (command := commands.next()) is not None:
+        _set_cpu_limit(command.cpu_s)
+        cap.cap_gb = command.gpu_gb
+        nextitem = None if command.next_index is None else items[command.next_index]
+        run_item(items[command.index], writer, nextitem)
+        last = None if nextitem is None else items[command.index]
+    if last is not None:
+        # Stopped before the test it expected next (-x, Ctrl-C): the fixtures kept up for it
+        # still get their finalizers.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                last.ihook.pytest_runtest_teardown(item=last, nextitem=None)
+            except Exception as error:  # noqa: BLE001 - reported, never hidden
+                writer.send(Kind.NOTE, key="teardown_failed",
+                            text=f"{type(error).__name__}: {error}")
     taichi_support.finish_child(writer)
+    writer.send(Kind.FINISHED)
+
+
+def run_item(item: pytest.Item, writer: ChannelWriter, nextitem: pytest.Item | None) -> None:
+    """The test's phases and every message about them, up to `done`."""
+    writer.send(Kind.HELLO, nodeid=item.nodeid)
+    with warnings.catch_warnings(record=True) as caught:
+        _run_phases(item, writer, nextitem)
+    for message in caught:
+        writer.send(Kind.WARNING, **_warning_fields(message))
     # Anything the test started and left running dies with it, not after it.
     ProcessTree(os.getpid()).kill_descendants()
-    writer.send("done")
+    writer.send(Kind.DONE, nodeid=item.nodeid)
 
 
 def exit_guarded(writer: ChannelWriter, body: Callable[[], None]) -> NoReturn:
@@ -87,20 +112,21 @@ def exit_guarded(writer: ChannelWriter, body: Callable[[], None]) -> NoReturn:
         body()
         exit_code = EXIT_DONE
     except pytest.exit.Exception as stop:
-        _send_quietly(writer, "exit", reason="exit", message=str(stop.msg),
+        _send_quietly(writer, Kind.EXIT, reason="exit", message=str(stop.msg),
                       returncode=stop.returncode)
         exit_code = EXIT_DONE
     except KeyboardInterrupt:
-        _send_quietly(writer, "exit", reason="interrupt", message="KeyboardInterrupt", returncode=2)
+        _send_quietly(writer, Kind.EXIT, reason="interrupt", message="KeyboardInterrupt",
+                      returncode=2)
         exit_code = EXIT_DONE
     except BaseException as error:  # noqa: BLE001 - the parent must hear about anything
-        _send_quietly(writer, "internal-error", text=f"{type(error).__name__}: {error}")
+        _send_quietly(writer, Kind.INTERNAL_ERROR, text=f"{type(error).__name__}: {error}")
     finally:
         _flush_std_streams()
         os._exit(exit_code)
 
 
-def _confine_self(parent_pid: int, budget: Budget, stack_fd: int) -> None:
+def _confine_self(parent_pid: int, stack_fd: int) -> None:
     # Own process group: a Ctrl-C at the terminal reaches pytest, which then ends this tree
     # in order instead of every process dying at once mid-report.
     os.setpgid(0, 0)
@@ -109,12 +135,6 @@ def _confine_self(parent_pid: int, budget: Budget, stack_fd: int) -> None:
     linux.set_child_subreaper(True)
     if os.getppid() != parent_pid:  # the parent died before PDEATHSIG was armed
         os._exit(EXIT_INTERNAL_ERROR)
-    if budget.cpu_s is not None:
-        # The kernel is the backstop for the parent's watch; whole seconds only.
-        soft = max(1, math.ceil(budget.cpu_s))
-        _, hard = resource.getrlimit(resource.RLIMIT_CPU)
-        new_hard = soft + 5 if hard == resource.RLIM_INFINITY else min(hard, soft + 5)
-        resource.setrlimit(resource.RLIMIT_CPU, (min(soft, new_hard), new_hard))
     # Stacks go where the parent can read them: on its request, on SIGXCPU, and on a crash.
     faulthandler.enable(file=stack_fd, all_threads=True)
     faulthandler.register(STACK_SIGNAL, file=stack_fd, all_threads=True, chain=False)
@@ -122,18 +142,32 @@ def _confine_self(parent_pid: int, budget: Budget, stack_fd: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def _run_phases(item: pytest.Item, writer: ChannelWriter) -> None:
+def _set_cpu_limit(cpu_s: float | None) -> None:
+    """The kernel is the backstop for the parent's watch: RLIMIT_CPU counts this process's
+    whole life, so each test's limit is what it used so far plus the test's budget."""
+    soft_now, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    if cpu_s is None:
+        resource.setrlimit(resource.RLIMIT_CPU, (hard, hard))
+        return
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    soft = max(1, math.ceil(usage.ru_utime + usage.ru_stime + cpu_s))
+    if hard != resource.RLIM_INFINITY:
+        soft = min(soft, hard)
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+
+
+def _run_phases(item: pytest.Item, writer: ChannelWriter, nextitem: pytest.Item | None) -> None:
     setup = _run_phase(item, "setup", writer)
     if setup.passed and not item.config.getoption("setuponly", False):
         _run_phase(item, "call", writer)
-    # Every fixture this child set up is torn down here: its state dies with the child.
-    _run_phase(item, "teardown", writer, nextitem=None)
+    # Fixtures the next test of this child shares stay up; the rest are torn down here.
+    _run_phase(item, "teardown", writer, nextitem=nextitem)
 
 
 def _run_phase(
     item: pytest.Item, when: str, writer: ChannelWriter, **hook_kwargs: Any
 ) -> pytest.TestReport:
-    writer.send("phase", when=when)
+    writer.send(Kind.PHASE, when=when)
     hook = getattr(item.ihook, f"pytest_runtest_{when}")
     reraise: tuple[type[BaseException], ...] = (pytest.exit.Exception, KeyboardInterrupt)
     os.environ["PYTEST_CURRENT_TEST"] = f"{item.nodeid} ({when})"
@@ -144,7 +178,7 @@ def _run_phase(
     )
     report: pytest.TestReport = item.ihook.pytest_runtest_makereport(item=item, call=call)
     data = item.config.hook.pytest_report_to_serializable(config=item.config, report=report)
-    writer.send("report", data=data)
+    writer.send(Kind.REPORT, data=data)
     taichi_support.inspect_report(report, writer)
     return report
 

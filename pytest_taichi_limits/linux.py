@@ -48,3 +48,38 @@ def rss_bytes(pid: int | str = "self") -> int:
             return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, IndexError, ValueError):
         return 0
+
+
+def reset_peak_rss(pid: int) -> bool:
+    """Start the kernel's peak-RSS count (VmHWM) of `pid` again from its current RSS, so that
+    the peak of one test in a child that runs several is the kernel's exact figure."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes(pid: int | str = "self") -> int:
+    """The kernel's peak RSS of one process (VmHWM) since it started or since
+    `reset_peak_rss`; 0 when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as handle:
+            for line in handle:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, IndexError, ValueError):
+        pass
+    return 0
+
+
+def process_state(pid: int) -> str:
+    """The state letter of /proc/<pid>/stat (R, S, T for stopped, Z, ...); "" when gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            text = handle.read()
+        return text[text.rindex(b")") + 2:].split()[0].decode()
+    except (OSError, ValueError, IndexError):
+        return ""
+

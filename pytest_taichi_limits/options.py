@@ -12,9 +12,7 @@ from dataclasses import dataclass
 import pytest
 
 from .budget import BUDGET_KEYS, BUILTIN_DEFAULTS, BudgetError, allowed_text, parse_text
-from .supervisor import Settings
-
-MODES = ("auto", "fork", "spawn")
+from .settings import ISOLATIONS, MODES, Settings
 
 _BUDGET_HELP = {
     "cpu_s": "CPU seconds (user+system, all threads and subprocesses)",
@@ -87,6 +85,17 @@ def add_options(parser: pytest.Parser) -> None:
         "Default auto. (ini: taichi_limits_mode)",
     )
     parser.addini("taichi_limits_mode", "auto, fork or spawn")
+    group.addoption(
+        "--taichi-limits-isolation", dest="taichi_limits_isolation", choices=ISOLATIONS,
+        default=None,
+        help="how many tests share one supervised child: test (a fresh child per test; a "
+        "module that needs a fresh interpreter still shares one worker), module (one child "
+        "per module: module fixtures set up once), session (one child runs every test in "
+        "turn, as plain pytest does). Budgets, figures and reports stay per test; a "
+        "violation or crash ends the child and the next test gets a new one. The marker "
+        "key isolation= overrides it per test. Default test. (ini: taichi_limits_isolation)",
+    )
+    parser.addini("taichi_limits_isolation", "test, module or session")
     group.addoption(
         "--taichi-limits-arch", dest="taichi_limits_arch", metavar="ARCH", default=None,
         help="arch for the taichi_limits_ti fixture (cpu, x64, cuda, vulkan, ...). Default "
@@ -167,6 +176,12 @@ def read_options(config: pytest.Config) -> Options:
         raise pytest.UsageError(
             f"ini option taichi_limits_mode must be one of {', '.join(MODES)}, got {mode!r}"
         )
+    cli_isolation, ini_isolation = _raw(config, "taichi_limits_isolation")
+    isolation = cli_isolation or ini_isolation or "test"
+    if isolation not in ISOLATIONS:
+        raise pytest.UsageError(
+            f"ini option taichi_limits_isolation must be one of {', '.join(ISOLATIONS)}, got "
+            f"{isolation!r}")
     cli_arch, ini_arch = _raw(config, "taichi_limits_arch")
     cli_log, ini_log = _raw(config, "taichi_limits_log")
     settings = Settings(
@@ -174,6 +189,7 @@ def read_options(config: pytest.Config) -> Options:
         grace_s=_seconds(config, "grace", 0.0, 600.0),
         mode=mode,
         arch=cli_arch or ini_arch,
+        isolation=isolation,
     )
     return Options(
         supervise_all=supervise_all,

@@ -22,16 +22,19 @@ from .budget import (
     BudgetError,
     check_arch,
     marker_arch,
+    marker_isolation,
     marker_values,
     resolve,
 )
-from .child import run_child
 from .fixtures import taichi_limits_ti  # noqa: F401 - pytest finds fixtures in plugin modules
 from .options import Options, add_options, read_options
 from .outcomes import parent_report
+from .protocol import Kind
 from .records import Crash, Usage, Violation
-from .spawn import InitRecorder, InitSite, SpawnController, SpawnError, SpawnWarning
-from .supervisor import ForkLaunch, RunResult, Supervisor
+from .runner import Refused, Runner
+from .spawn import SpawnError
+from .startplan import InitRecorder
+from .supervisor import RunResult
 from .worker import is_worker
 
 logger = logging.getLogger("pytest_taichi_limits")
@@ -66,9 +69,10 @@ def _init_recorder(config: pytest.Config) -> InitRecorder:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        f"{MARKER_NAME}(cpu_s=None, mem_mb=None, wall_s=None, gpu_gb=None, arch=None): run the "
-        "test in a supervised child process with this budget (keyword arguments only; None "
-        "means no limit). Precedence per key: marker > command line > ini > built-in default.",
+        f"{MARKER_NAME}(cpu_s=None, mem_mb=None, wall_s=None, gpu_gb=None, arch=None, "
+        "isolation=None): run the test in a supervised child process with this budget "
+        "(keyword arguments only; None means no limit; isolation: test, module or session). "
+        "Precedence per key: marker > command line > ini > built-in default.",
     )
     if is_worker(config):
         # A spawn-mode worker runs one test for the parent: options and fixtures, nothing else.
@@ -85,11 +89,11 @@ class TaichiLimitsPlugin:
     def __init__(self, config: pytest.Config, options: Options) -> None:
         self.config = config
         self.options = options
-        self.supervised_count = 0
         recorder = _init_recorder(config)
         if not is_worker(config):
             recorder.install()  # no-op when pytest_load_initial_conftests did it already
-        self.spawn = SpawnController(config, recorder, options.settings.mode)
+        self.runner = Runner(config, options.settings, recorder)
+        self._budgets: dict[str, Budget] = {}
         if options.settings.arch is not None:
             try:
                 check_arch(options.settings.arch, "--taichi-limits-arch / ini taichi_limits_arch")
@@ -107,7 +111,14 @@ class TaichiLimitsPlugin:
         item.stash[_BUDGET_KEY] = budget
 
     def pytest_unconfigure(self) -> None:
-        self.spawn.close()  # the zygote and the workers' temporary directories
+        self.runner.close()  # the last worker, the zygote, their temporary directories
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> Any:
+        try:
+            return (yield)
+        finally:
+            self.runner.stop_worker()  # -x, Ctrl-C: the worker's fixtures still tear down
 
     # -- collection -------------------------------------------------------------------------
 
@@ -115,18 +126,22 @@ class TaichiLimitsPlugin:
         options = self.options
         scope = "every test" if options.supervise_all else "tests marked taichi_limits"
         defaults = resolve({}, options.cli_budget, options.ini_budget)
+        settings = options.settings
         return [
             f"taichi-limits: supervising {scope}; default budget {render.budget_text(defaults)}; "
-            f"sampling down to every {options.settings.interval_s:g} s, "
-            f"grace {options.settings.grace_s:g} s",
-            *self.spawn.header_lines(),
+            f"sampling down to every {settings.interval_s:g} s, grace {settings.grace_s:g} s; "
+            f"start mode {settings.mode}, isolation {settings.isolation}",
         ]
+
+    def pytest_report_collectionfinish(self) -> list[str]:
+        return self.runner.header_lines() if self._budgets else []
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(
         self, session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
     ) -> None:
         kept: list[pytest.Item] = []
+        isolation: dict[str, str] = {}
         for item in items:
             markers = list(item.iter_markers(MARKER_NAME))
             # The taichi_limits_ti fixture initialises Taichi: only ever in a supervised child.
@@ -137,14 +152,19 @@ class TaichiLimitsPlugin:
             try:
                 marked = marker_values(item.nodeid, markers)
                 marker_arch(item.nodeid, markers)
+                isolation[item.nodeid] = marker_isolation(item.nodeid, markers) \
+                    or self.options.settings.isolation
             except BudgetError as error:
                 self._collection_error(item, str(error))
                 continue
-            item.stash[_BUDGET_KEY] = resolve(marked, self.options.cli_budget,
-                                              self.options.ini_budget)
+            budget = resolve(marked, self.options.cli_budget, self.options.ini_budget)
+            item.stash[_BUDGET_KEY] = budget
+            self._budgets[item.nodeid] = budget
             kept.append(item)
         # A test with a bad marker is a collection error (reported above), never run.
         items[:] = kept
+        if not is_worker(config):
+            self.runner.plan(items, isolation)
 
     def _collection_error(self, item: pytest.Item, message: str) -> None:
         report = pytest.CollectReport(item.nodeid, "failed", message, [])
@@ -167,42 +187,23 @@ class TaichiLimitsPlugin:
         adjusted = item.config.hook.pytest_taichi_limits_budget(item=item, budget=budget)
         if adjusted is not None:
             budget = adjusted
-        self.supervised_count += 1
         item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
-        choice = self.spawn.choose()
-        if choice.refusal is not None:  # fork forced, but a fork would hang: fail, never hang
-            for report in _complete_phases(item, {}, choice.refusal):
-                item.ihook.pytest_runtest_logreport(report=report)
-            item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
-            return True
-        if choice.warning is not None:
-            _warn_once(choice.warning, choice.site)
         try:
-            result = self._supervise(item, budget, choice.mode)
-        except SpawnError as error:  # the zygote could not start a worker: this test fails
-            for report in _complete_phases(item, {}, f"taichi_limits: {error}"):
+            result = self.runner.run(item, nextitem, budget, self._budgets)
+        except (Refused, SpawnError) as error:  # never hang: this test fails, the run goes on
+            text = str(error) if isinstance(error, Refused) else f"taichi_limits: {error}"
+            for report in _complete_phases(item, {}, text):
                 item.ihook.pytest_runtest_logreport(report=report)
             item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
             return True
         exit_request = self._replay(item, result)
         item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
         if exit_request is not None:
+            self.runner.stop_worker()
             if exit_request.get("reason") == "interrupt":
                 raise KeyboardInterrupt
             pytest.exit(str(exit_request.get("message")), exit_request.get("returncode"))
         return True
-
-    def _supervise(self, item: pytest.Item, budget: Budget, mode: str) -> RunResult:
-        settings = self.options.settings
-        supervisor = Supervisor(item.nodeid, budget, settings, mode=mode)
-        if mode == "spawn":
-            # The zygote starts here, not inside run(): it is pytest's child, not an orphan.
-            return supervisor.run(self.spawn.launcher(item, budget, settings))
-
-        def in_child(channel_fd: int, stack_fd: int, parent_pid: int) -> None:
-            run_child(item, channel_fd, stack_fd, parent_pid, budget, settings)
-
-        return supervisor.run(lambda: ForkLaunch(in_child))
 
     def _replay(self, item: pytest.Item, result: RunResult) -> dict[str, Any] | None:
         """Hand the child's reports to pytest as if the test had run here."""
@@ -220,7 +221,7 @@ class TaichiLimitsPlugin:
         # After the reports: a log that cannot be written stops the session, and the result
         # of the test that just ran is shown all the same.
         self._append_log(result.usage, result.violation)
-        exits = result.of_kind("exit")
+        exits = result.of_kind(Kind.EXIT)
         return exits[-1] if exits else None
 
     def _received_reports(
@@ -228,7 +229,7 @@ class TaichiLimitsPlugin:
     ) -> tuple[dict[str, pytest.TestReport], str | None]:
         received: dict[str, pytest.TestReport] = {}
         problem = result.channel_problem
-        for message in result.of_kind("report"):
+        for message in result.of_kind(Kind.REPORT):
             try:
                 report = item.config.hook.pytest_report_from_serializable(
                     config=item.config, data=message.get("data")
@@ -241,7 +242,7 @@ class TaichiLimitsPlugin:
                 problem = problem or "the child sent a report that is not for this test"
                 continue
             received[report.when] = report
-        if problem is None and not result.of_kind("exit"):
+        if problem is None and not result.of_kind(Kind.EXIT):
             missing = _missing_phase(item, received)
             if missing is not None:  # e.g. a forged "done": the test must not vanish
                 problem = f"the child sent no report for the {missing} phase"
@@ -260,7 +261,7 @@ class TaichiLimitsPlugin:
         return None
 
     def _emit_warnings(self, result: RunResult) -> None:
-        for message in result.of_kind("warning"):
+        for message in result.of_kind(Kind.WARNING):
             category = _warning_category(str(message.get("category", "")))
             warnings.warn_explicit(
                 str(message.get("message")), category,
@@ -372,16 +373,6 @@ def _warning_category(path: str) -> type[Warning]:
     except Exception:  # noqa: BLE001 - a class defined inside a test cannot be found again
         return UserWarning
     return target if isinstance(target, type) and issubclass(target, Warning) else UserWarning
-
-
-def _warn_once(text: str, site: InitSite | None) -> None:
-    try:
-        if site is None:
-            warnings.warn(SpawnWarning(text), stacklevel=2)
-        else:  # shown at the ti.init call that made spawn mode necessary
-            warnings.warn_explicit(SpawnWarning(text), SpawnWarning, site.filename, site.lineno)
-    except Warning:  # -W error: still say it, but never turn it into an internal error
-        logger.warning("%s", text)
 
 
 def _log_violation(violation: Violation, usage: Usage) -> None:

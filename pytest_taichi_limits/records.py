@@ -53,6 +53,8 @@ class Usage:
     budget: Budget
     mode: str  # "fork" or "spawn"
     ending: Ending | None = None
+    worker_pid: int = 0  # the supervised child (or spawn-mode worker) that ran the test
+    worker_test_number: int = 1  # 1 for its first test; more where a child runs several
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

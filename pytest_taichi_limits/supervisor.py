@@ -1,7 +1,8 @@
-"""Start the test's child, watch its process tree, enforce the budget, and leave nothing behind.
+"""Watch a started child's process tree, test by test, against each test's budget.
 
-The parent measures; it renders nothing. What it hands back is a `RunResult`: the messages the
-child sent, the usage figures, and a Violation or a Crash when there was one.
+The parent measures; it neither renders nor launches. A `Worker` wraps one started child (forked,
+or forked by the spawn-mode zygote): per test it sends the run command, samples the tree, and
+hands back a `RunResult` (the messages, the usage figures, a Violation or Crash from verdict.py).
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ import sys
 import threading
 import time
 import types
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
-from . import gpu, linux, taichi_support
+from . import gpu, linux, verdict
+from .verdict import read_stack
 from .budget import Budget
 from .channel import ChannelReader
-from .child import EXIT_DONE, STACK_SIGNAL
+from .protocol import STACK_SIGNAL, STOP_COMMAND, Kind, RunCommand
 from .proctree import (
     ProcessTree,
     TreeSample,
@@ -31,7 +32,10 @@ from .proctree import (
     stop_then_kill,
     tree_pids,
 )
-from .records import Crash, Ending, Usage, Violation, signal_name
+from .records import Crash, Ending, Usage, Violation
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 _MB = 1024 * 1024
 #: How long the parent waits for faulthandler to write the child's stacks.
@@ -47,16 +51,6 @@ _CPU_COUNT = os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
-class Settings:
-    """How supervision works (as opposed to Budget: how much a test may use)."""
-
-    interval_s: float = 0.01
-    grace_s: float = 2.0
-    mode: str = "auto"
-    arch: str | None = None
-
-
-@dataclass(frozen=True)
 class ExitInfo:
     ending: Ending
     maxrss_bytes: int
@@ -64,16 +58,20 @@ class ExitInfo:
 
 
 class Launched(Protocol):
-    """A started child: the pid to watch, where it writes, and how to learn that it ended."""
+    """A started child: the pid to watch, where it writes and reads, how to learn it ended."""
 
     pid: int
     channel_fd: int
     stack_fd: int
+    control_fd: int
 
     def wait_fd(self) -> int | None:
         """An fd that becomes readable when the child ends (or None: poll)."""
 
     def poll_exit(self, block: bool) -> ExitInfo | None: ...
+
+    def crash_cause(self) -> str | None:
+        """Why the child died when its own end says nothing true (its zygote was killed)."""
 
     def close(self) -> None: ...
 
@@ -86,56 +84,9 @@ class RunResult:
     crash: Crash | None = None
     channel_problem: str | None = None
     phase: str = "setup"
-    survivors_killed: list[int] = field(default_factory=list)
 
-    def of_kind(self, kind: str) -> list[dict[str, Any]]:
-        return [message for message in self.messages if message["t"] == kind]
-
-
-class ForkLaunch:
-    """The fast path: fork this pytest process; the child runs the item's hooks itself."""
-
-    def __init__(self, run_in_child: Callable[[int, int, int], None]) -> None:
-        read_fd, write_fd = os.pipe()
-        linux.enlarge_pipe(write_fd)
-        self.stack_fd = _stack_file()
-        parent_pid = os.getpid()
-        for stream in (sys.stdout, sys.stderr):
-            stream.flush()  # or the child would print the parent's buffered text again
-        pid = os.fork()
-        if pid == 0:
-            if isinstance(signal.getsignal(signal.SIGTERM), TerminateInOrder):
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's, not the test's
-            os.close(read_fd)
-            run_in_child(write_fd, self.stack_fd, parent_pid)
-            os._exit(EXIT_DONE)  # run_in_child never returns; this is a seatbelt
-        os.close(write_fd)
-        os.set_blocking(read_fd, False)
-        self.pid = pid
-        self.channel_fd = read_fd
-        self._pidfd: int | None = _pidfd_open(pid)
-
-    def wait_fd(self) -> int | None:
-        return self._pidfd
-
-    def poll_exit(self, block: bool) -> ExitInfo | None:
-        flags = 0 if block else os.WNOHANG
-        try:
-            pid, status, rusage = os.wait4(self.pid, flags)
-        except ChildProcessError:
-            return ExitInfo(Ending(None, None), 0, 0.0)
-        if pid == 0:
-            return None
-        if os.WIFSIGNALED(status):
-            ending = Ending(None, os.WTERMSIG(status))
-        else:
-            ending = Ending(os.waitstatus_to_exitcode(status), None)
-        return ExitInfo(ending, rusage.ru_maxrss * 1024, rusage.ru_utime + rusage.ru_stime)
-
-    def close(self) -> None:
-        for fd in (self.channel_fd, self.stack_fd, self._pidfd):
-            if fd is not None:
-                os.close(fd)
+    def of_kind(self, kind: Kind) -> list[dict[str, Any]]:
+        return [message for message in self.messages if message["t"] == kind.value]
 
 
 class _Terminated(BaseException):
@@ -179,165 +130,266 @@ class TerminateInOrder:
             os._exit(128 + signal.SIGTERM)  # seatbelt; the signal ends the process first
 
 
-class Supervisor:
-    """Watches one launched child against one budget."""
+class WorkerGone(RuntimeError):
+    """The child ended (or never became ready) before it could run the next test."""
 
-    def __init__(self, nodeid: str, budget: Budget, settings: Settings, mode: str) -> None:
-        self.nodeid = nodeid
-        self.budget = budget
+
+@dataclass
+class _TestStart:
+    nodeid: str
+    budget: Budget
+    started_at: float  # Unix time
+    monotonic: float
+    rss_bytes: int  # RSS of the child when the test started (measured here, not told)
+    cpu_s: float  # CPU time of the tree when the test started
+    gpu_bytes: int  # GPU memory of the tree when the test started
+    first_message: int  # index of the first message that belongs to this test
+    tests_before: int  # tests this child ran before this one
+
+
+class Worker:
+    """One started child that runs tests on command, each watched against its own budget.
+
+    `run_test` returns when the test's `done` message arrives (the child then waits for the
+    next command), or when the child ended or went over the budget (it is then gone).
+    """
+
+    def __init__(self, child: Launched, settings: Settings, mode: str) -> None:
+        self.child = child
         self.settings = settings
         self.mode = mode
+        self.tree = ProcessTree(child.pid)
+        self.reader = ChannelReader(child.channel_fd)
+        self.gpu_probe = gpu.probe_for(child.pid)
+        self.exit_info: ExitInfo | None = None
+        self.tests_run = 0
+        self._terminate = TerminateInOrder()
+        self._sample = TreeSample()
+        self._closed = False
+        self._ready = False
+        self._next_message = 0  # the first message that belongs to the next test
 
-    def run(self, launch: Callable[[], Launched]) -> RunResult:
-        with TerminateInOrder():
-            return self._run(launch)
+    @property
+    def pid(self) -> int:
+        return self.child.pid
 
-    def _run(self, launch: Callable[[], Launched]) -> RunResult:
-        own_children_before = set(child_pids(os.getpid()))
-        # Orphans of a killed child come to us, not to init, so they can be reaped.
-        linux.set_child_subreaper(True)
-        try:
-            child = launch()
+    @property
+    def alive(self) -> bool:
+        return self.exit_info is None
+
+    def _gone_text(self) -> str:
+        ending = self.exit_info.ending.describe if self.exit_info else "did not answer"
+        cause = self.child.crash_cause()
+        problem = self.reader.problem
+        return "; ".join(part for part in (f"the test process {ending}", cause, problem) if part)
+
+    # -- one test ---------------------------------------------------------------------------
+
+    def run_test(self, index: int, next_index: int | None, nodeid: str,
+                 budget: Budget) -> RunResult:
+        if self.exit_info is not None:
+            raise WorkerGone(self._gone_text())
+        with self._terminate:
             try:
-                return self._watch(child)
-            finally:
-                child.close()
-        finally:
-            # Still a subreaper while reaping: children of a killed orphan come here too,
-            # never to init, where nothing would ever end them.
-            _reap_orphans(own_children_before)
-            linux.set_child_subreaper(False)
+                return self._run_test(index, next_index, nodeid, budget)
+            except BaseException:
+                # Ctrl-C, SIGTERM, or a bug of ours: the tree must not outlive our attention.
+                self._stop_tree(grace_s=min(self.settings.grace_s, 0.5))
+                raise
 
-    def _watch(self, child: Launched) -> RunResult:
-        tree = ProcessTree(child.pid)
+    def _run_test(self, index: int, next_index: int | None, nodeid: str,
+                  budget: Budget) -> RunResult:
+        if not self._ready:
+            # Starting up (in a fresh interpreter: importing and collecting the test module)
+            # is watched under the first test's budget; its figures start when it is ready.
+            startup = self._begin(nodeid, budget)
+            peaks = _Peaks(rss_bytes=startup.rss_bytes, cpu_s=startup.cpu_s)
+            violation, ready = self._watch(startup, peaks, Kind.READY)
+            if not ready:
+                return self._result(startup, peaks, violation, finished=False)
+            self._ready = True
+        start = self._begin(nodeid, budget)
+        self.tests_run += 1
+        self._send(RunCommand(index, next_index, budget.cpu_s, budget.gpu_gb).encode())
+        peaks = _Peaks(rss_bytes=start.rss_bytes, cpu_s=start.cpu_s)
+        violation, finished = self._watch(start, peaks, Kind.DONE)
+        return self._result(start, peaks, violation, finished)
+
+    def _send(self, command: bytes) -> None:
         try:
-            return self._watch_tree(child, tree)
-        finally:
-            tree.close()
+            os.write(self.child.control_fd, command)
+        except OSError:
+            pass  # the child is gone: the watch finds out how
 
-    def _watch_tree(self, child: Launched, tree: ProcessTree) -> RunResult:
-        started_at = time.time()
-        start = time.monotonic()
-        reader = ChannelReader(child.channel_fd)
-        gpu_probe = gpu.probe_for(child.pid)
-        gpu_measured = isinstance(gpu_probe, gpu.NvmlProbe)
-        sample = TreeSample()
-        # The child's own figure arrives with its hello; until then ours is the best guess.
-        progress = _Progress(start_rss=linux.rss_bytes())
-        peaks = _Peaks()
-        violation: Violation | None = None
-        exit_info: ExitInfo | None = None
+    def _begin(self, nodeid: str, budget: Budget) -> _TestStart:
+        """The parent's own figures at the start: never the child's word for them."""
+        self.tree.sample(self._sample)
+        linux.reset_peak_rss(self.child.pid)
+        return _TestStart(nodeid, budget, time.time(), time.monotonic(),
+                          linux.rss_bytes(self.child.pid), self._sample.cpu_s,
+                          self.gpu_probe.sample() or 0, self._next_message, self.tests_run)
+
+    def _watch(self, start: _TestStart, peaks: _Peaks,
+               until: Kind) -> tuple[Violation | None, bool]:
+        """Sample and check until the child says `until` (ready, or done with the test),
+        ended, or crossed a limit; (violation, whether `until` came)."""
+        child, reader, sample = self.child, self.reader, self._sample
         waitables = [fd for fd in (child.channel_fd, child.wait_fd()) if fd is not None]
+        progress = _Progress(start.first_message, until)
         sampled_at = heard_at = -math.inf
-        try:
-            while exit_info is None:
-                # Each wake-up costs the parent about 0.2 ms of CPU, and a short test sends eight
-                # messages: after one wake for the channel, the next waits an interval (the
-                # 1 MiB pipe holds what the child writes meanwhile); the child's exit wakes at once.
-                quiet_s = time.monotonic() - heard_at
-                listen = not reader.closed and quiet_s >= self.settings.interval_s
-                ready, _, _ = select.select(
-                    waitables if listen else waitables[1:], [], [],
-                    self._next_sleep(sample, progress, time.monotonic() - start, gpu_measured))
-                if child.channel_fd in ready:
-                    heard_at = time.monotonic()
+        overflow_stopped = False
+        while True:
+            quiet_s = time.monotonic() - heard_at
+            listen = not reader.closed and quiet_s >= self.settings.interval_s
+            ready, _, _ = select.select(
+                waitables if listen else waitables[1:], [], [],
+                self._next_sleep(start, peaks, time.monotonic() - start.monotonic))
+            if child.channel_fd in ready:
+                heard_at = time.monotonic()
+            reader.drain()
+            progress.update(reader.messages, start.nodeid)
+            now = time.monotonic()
+            if progress.done or not ready or now - sampled_at >= self.settings.interval_s:
+                self.tree.sample(sample)
+                peaks.take(sample, self.gpu_probe)
+                sampled_at = now
+            violation = self._check(start, peaks, progress.phase, now - start.monotonic)
+            if violation is not None:
+                self._stop_tree()
+                return violation, False
+            if progress.done:
+                return None, True
+            if reader.overflowed and not overflow_stopped:
+                # Its `done` can no longer be heard: let it finish and leave.
+                overflow_stopped = True
+                self._send(STOP_COMMAND)
+            self.exit_info = child.poll_exit(block=False)
+            if self.exit_info is not None:
                 reader.drain()
-                progress.update(reader.messages)
-                now = time.monotonic()
-                # A message wakes the loop several times per test (hello, phases, reports): a
-                # sample taken less than one interval ago is still fresh; skipping it saves the
-                # parent about 0.4 ms of CPU per short test (benchmarks/bench_overhead.py).
-                if not ready or now - sampled_at >= self.settings.interval_s:
-                    tree.sample(sample)
-                    peaks.take(sample, gpu_probe)
-                    sampled_at = now
-                elapsed = now - start
-                violation = self._check(peaks, sample, progress, elapsed, child, tree)
-                if violation is not None:
-                    exit_info, signals = self._stop(child, tree, reader)
-                    violation = dataclasses.replace(violation, signals_sent=signals)
-                    break
-                exit_info = child.poll_exit(block=False)
-        except BaseException:
-            # Ctrl-C, or a bug of ours: the tree must not outlive the parent's attention.
-            self._stop(child, tree, reader, grace_s=min(self.settings.grace_s, 0.5))
-            raise
-        reader.drain()
-        progress.update(reader.messages)
-        start_rss, phase = progress.start_rss, progress.phase
-        wall_s = time.monotonic() - start
-        survivors = tree.kill_survivors()
-        usage = self._usage(child, started_at, wall_s, start_rss, peaks, exit_info, gpu_probe)
-        clamps = taichi_support.clamp_notes(reader.messages)
-        if clamps:
-            usage.extra["gpu_clamp"] = clamps
-        if violation is None:
-            violation = self._after_the_fact(usage, exit_info, child, phase)
-        if violation is None:
-            violation = self._taichi_device_oom(reader.messages, usage, child)
-        result = RunResult(reader.messages, usage, violation, None, reader.problem, phase,
-                           survivors)
-        if violation is None:
-            result.crash = self._crash(result, exit_info, child, phase)
-        return result
+                return None, False
 
-    def _next_sleep(self, sample: TreeSample, progress: _Progress, elapsed: float,
-                    gpu_measured: bool) -> float:
+    def _next_sleep(self, start: _TestStart, peaks: _Peaks, elapsed_s: float) -> float:
         """A quarter of the shortest time in which any limit could be reached, within bounds."""
-        budget = self.budget
+        budget = start.budget
         headroom_s = _MAX_SLEEP_S * 4
         if budget.mem_bytes is not None:
-            own_bytes = sample.rss_bytes - progress.start_rss
+            own_bytes = self._sample.rss_bytes - start.rss_bytes
             headroom_s = min(headroom_s,
                              (budget.mem_bytes - own_bytes) / _WORST_RSS_GROWTH_BYTES_PER_S)
         if budget.cpu_s is not None:
-            headroom_s = min(headroom_s, (budget.cpu_s - sample.cpu_s) / _CPU_COUNT)
+            headroom_s = min(headroom_s,
+                             (budget.cpu_s - (self._sample.cpu_s - start.cpu_s)) / _CPU_COUNT)
         # No safe growth rate to assume for GPU memory. Without NVML nothing is sampled for it
         # (the ti.init cap still holds), so gpu_gb alone must not make the loop spin: at 0.01 s
         # that cost 2.8 % of a core per test on CPU-only CI (benchmarks/bench_supervisor_cost.py).
-        if budget.gpu_gb is not None and gpu_measured:
+        if budget.gpu_gb is not None and isinstance(self.gpu_probe, gpu.NvmlProbe):
             headroom_s = 0.0
         sleep_s = min(_MAX_SLEEP_S, max(self.settings.interval_s, headroom_s / 4))
         if budget.wall_s is not None:  # the wall-clock deadline is known exactly
-            sleep_s = min(sleep_s, max(0.0, budget.wall_s - elapsed) + 0.001)
+            sleep_s = min(sleep_s, max(0.0, budget.wall_s - elapsed_s) + 0.001)
         return sleep_s
 
-    def _check(self, peaks: _Peaks, sample: TreeSample, progress: _Progress, elapsed: float,
-               child: Launched, tree: ProcessTree) -> Violation | None:
-        budget = self.budget
-        phase = progress.phase
-        own_bytes = sample.rss_bytes - progress.start_rss
+    def _check(self, start: _TestStart, peaks: _Peaks, phase: str,
+               elapsed_s: float) -> Violation | None:
+        budget, sample = start.budget, self._sample
+        own_bytes = sample.rss_bytes - start.rss_bytes
+        cpu_s = sample.cpu_s - start.cpu_s
         if budget.mem_bytes is not None and own_bytes > budget.mem_bytes:
-            return self._violate("mem_mb", budget.mem_mb, own_bytes / _MB, child, tree, phase,
+            return self._violate(start, "mem_mb", budget.mem_mb, own_bytes / _MB, phase,
                                  "supervisor (RSS of the process tree, sampled)")
-        if budget.cpu_s is not None and sample.cpu_s > budget.cpu_s:
+        if budget.cpu_s is not None and cpu_s > budget.cpu_s:
             detected = "supervisor (CPU time of the process tree, sampled)"
-            if os.fstat(child.stack_fd).st_size:  # faulthandler already answered SIGXCPU
+            if os.fstat(self.child.stack_fd).st_size:  # faulthandler already answered SIGXCPU
                 detected = "kernel (RLIMIT_CPU sent SIGXCPU) and supervisor"
-            return self._violate("cpu_s", budget.cpu_s, sample.cpu_s, child, tree, phase, detected)
-        if budget.wall_s is not None and elapsed > budget.wall_s:
-            return self._violate("wall_s", budget.wall_s, elapsed, child, tree, phase,
+            return self._violate(start, "cpu_s", budget.cpu_s, cpu_s, phase, detected)
+        if budget.wall_s is not None and elapsed_s > budget.wall_s:
+            return self._violate(start, "wall_s", budget.wall_s, elapsed_s, phase,
                                  "supervisor (wall clock)")
-        if budget.gpu_bytes is not None and peaks.gpu_now is not None \
-                and peaks.gpu_now > budget.gpu_bytes:
-            return self._violate("gpu_gb", budget.gpu_gb, peaks.gpu_now / 1024**3, child, tree,
-                                 phase, "supervisor (GPU memory of the process tree, NVML)")
+        gpu_now = peaks.gpu_now
+        if budget.gpu_bytes is not None and gpu_now is not None \
+                and gpu_now - start.gpu_bytes > budget.gpu_bytes:
+            return self._violate(start, "gpu_gb", budget.gpu_gb,
+                                 (gpu_now - start.gpu_bytes) / 1024**3, phase,
+                                 "supervisor (GPU memory of the process tree, NVML)")
         return None
 
-    def _violate(self, resource_key: str, limit: float | None, measured: float,
-                 child: Launched, tree: ProcessTree, phase: str, detected_by: str) -> Violation:
-        tree.remember_tree()
-        stack = _request_stack(child)
-        return Violation(self.nodeid, resource_key, float(limit or 0), measured, detected_by,
-                         phase, child.pid, time.time(), (), stack)
+    def _violate(self, start: _TestStart, resource_key: str, limit: float | None,
+                 measured: float, phase: str, detected_by: str) -> Violation:
+        self.tree.remember_tree()
+        stack = _request_stack(self.child)
+        return Violation(start.nodeid, resource_key, float(limit or 0), measured, detected_by,
+                         phase, self.child.pid, time.time(), (), stack)
 
-    def _stop(self, child: Launched, tree: ProcessTree, reader: ChannelReader,
-              grace_s: float | None = None) -> tuple[ExitInfo, tuple[str, ...]]:
+    def _result(self, start: _TestStart, peaks: _Peaks, violation: Violation | None,
+                finished: bool) -> RunResult:
+        messages = self.reader.messages[start.first_message:]
+        self._next_message = len(self.reader.messages)
+        phase = _Progress.last_phase(messages) if self._ready else "collection"
+        peak_rss_bytes = self._peak_rss(start, finished)
+        usage = self._usage(start, peaks, peak_rss_bytes)
+        notes = verdict.clamp_notes(messages)
+        if notes:
+            usage.extra["gpu_clamp"] = notes
+        result = RunResult(messages, usage, violation, None, self.reader.problem, phase)
+        if violation is not None:
+            result.violation = dataclasses.replace(violation, signals_sent=self._signals_sent)
+            return result
+        if self.exit_info is not None:
+            self.tree.kill_survivors()
+        result.violation = verdict.after_the_fact(start.nodeid, start.budget, usage,
+                                                  self.exit_info, self.child.pid, phase,
+                                                  self.child.stack_fd)
+        if result.violation is None:
+            result.violation = verdict.device_oom(start.nodeid, start.budget, usage, messages,
+                                                  self.child.pid)
+        if result.violation is None and not finished:
+            result.crash = verdict.crash(start.nodeid, self.exit_info, result.messages, phase,
+                                         self.reader.problem, self.child)
+        return result
+
+    def _peak_rss(self, start: _TestStart, finished: bool) -> int:
+        """The kernel's exact peak RSS of the child during this test (0: not known)."""
+        if finished:
+            return linux.peak_rss_bytes(self.child.pid)
+        if self.exit_info is not None and start.tests_before == 0:
+            return self.exit_info.maxrss_bytes  # its whole life was this one test
+        return 0
+
+    def _usage(self, start: _TestStart, peaks: _Peaks, kernel_peak_bytes: int) -> Usage:
+        exit_cpu_s = self.exit_info.cpu_s if self.exit_info and start.tests_before == 0 else 0.0
+        gpu_peak = None if peaks.gpu_bytes is None else max(0, peaks.gpu_bytes - start.gpu_bytes)
+        return Usage(
+            nodeid=start.nodeid,
+            pid=self.child.pid,
+            started_at=start.started_at,
+            wall_s=time.monotonic() - start.monotonic,
+            cpu_s=max(peaks.cpu_s - start.cpu_s, exit_cpu_s),
+            start_rss_bytes=start.rss_bytes,
+            peak_own_rss_bytes=max(0, peaks.rss_bytes - start.rss_bytes),
+            peak_rss_bytes=peaks.rss_bytes,
+            peak_vms_bytes=peaks.vms_bytes,
+            kernel_maxrss_bytes=kernel_peak_bytes,
+            gpu_peak_bytes=gpu_peak,
+            gpu_note=self.gpu_probe.note,
+            samples=peaks.samples,
+            budget=start.budget,
+            mode=self.mode,
+            ending=None if self.exit_info is None else self.exit_info.ending,
+            worker_pid=self.child.pid,
+            worker_test_number=start.tests_before + 1,
+        )
+
+    # -- ending the child -------------------------------------------------------------------
+
+    _signals_sent: tuple[str, ...] = ()
+
+    def _stop_tree(self, grace_s: float | None = None) -> None:
         """SIGTERM the tree, wait out the grace period, then SIGKILL whatever is left."""
+        child, tree, reader = self.child, self.tree, self.reader
         grace = self.settings.grace_s if grace_s is None else grace_s
         tree.signal_tree(signal.SIGTERM)
         deadline = time.monotonic() + grace
-        exit_info: ExitInfo | None = None
+        exit_info = self.exit_info
         while time.monotonic() < deadline:
             reader.drain()
             if exit_info is None:
@@ -345,98 +397,79 @@ class Supervisor:
             # Done only when the whole tree is gone: a grandchild that ignores SIGTERM
             # outlives the child and gets SIGKILL below.
             if exit_info is not None and not tree.any_alive():
-                return exit_info, ("SIGTERM",)
+                self.exit_info, self._signals_sent = exit_info, ("SIGTERM",)
+                return
             time.sleep(min(0.01, grace))
         tree.kill_descendants()
         tree.kill_survivors()
-        if exit_info is not None:
-            return exit_info, ("SIGTERM", "SIGKILL")
-        send_signal(child.pid, signal.SIGKILL)
-        exit_info = child.poll_exit(block=True) or ExitInfo(Ending(None, signal.SIGKILL), 0, 0.0)
-        return exit_info, ("SIGTERM", "SIGKILL")
+        self._signals_sent = ("SIGTERM", "SIGKILL")
+        if exit_info is None:
+            send_signal(child.pid, signal.SIGKILL)
+            exit_info = child.poll_exit(block=True) or ExitInfo(Ending(None, signal.SIGKILL),
+                                                                 0, 0.0)
+        self.exit_info = exit_info
 
-    def _usage(self, child: Launched, started_at: float, wall_s: float, start_rss: int,
-               peaks: _Peaks, exit_info: ExitInfo, gpu_probe: gpu.GpuProbe) -> Usage:
-        return Usage(
-            nodeid=self.nodeid,
-            pid=child.pid,
-            started_at=started_at,
-            wall_s=wall_s,
-            cpu_s=max(peaks.cpu_s, exit_info.cpu_s),
-            start_rss_bytes=start_rss,
-            peak_own_rss_bytes=max(0, peaks.rss_bytes - start_rss),
-            peak_rss_bytes=peaks.rss_bytes,
-            peak_vms_bytes=peaks.vms_bytes,
-            kernel_maxrss_bytes=exit_info.maxrss_bytes,
-            gpu_peak_bytes=peaks.gpu_bytes,
-            gpu_note=gpu_probe.note,
-            samples=peaks.samples,
-            budget=self.budget,
-            mode=self.mode,
-            ending=exit_info.ending,
-        )
+    def stop(self, timeout_s: float) -> None:
+        """Ask an idle child to tear down and leave; kill it if it has not within `timeout_s`
+        (its teardown runs the last fixtures' finalizers and writes Taichi's kernel cache)."""
+        if self.exit_info is None:
+            self._send(STOP_COMMAND)
+            deadline = time.monotonic() + timeout_s
+            wait_fd = self.child.wait_fd()
+            while self.exit_info is None and time.monotonic() < deadline:
+                self.reader.drain()
+                self.exit_info = self.child.poll_exit(block=False)
+                if self.exit_info is None:
+                    select.select([wait_fd] if wait_fd is not None else [], [], [],
+                                  0.01 if wait_fd is None else 0.1)
+            self.reader.drain()
+        self.kill()
 
-    def _after_the_fact(self, usage: Usage, exit_info: ExitInfo, child: Launched,
-                        phase: str) -> Violation | None:
-        """The kernel's own accounting can show a peak that fell between two samples."""
-        budget = self.budget
-        ending = exit_info.ending
-        if budget.cpu_s is not None and ending.signal_number in (signal.SIGXCPU, signal.SIGKILL) \
-                and exit_info.cpu_s >= budget.cpu_s:
-            return self._late("cpu_s", budget.cpu_s, exit_info.cpu_s, child, phase,
-                              f"kernel (RLIMIT_CPU: {signal_name(ending.signal_number)})")
-        if budget.mem_bytes is not None and usage.kernel_own_rss_bytes > budget.mem_bytes:
-            return self._late("mem_mb", budget.mem_mb, usage.kernel_own_rss_bytes / _MB, child,
-                              phase, "kernel (peak RSS from wait4, between two samples)")
-        if budget.cpu_s is not None and exit_info.cpu_s > budget.cpu_s:
-            return self._late("cpu_s", budget.cpu_s, exit_info.cpu_s, child, phase,
-                              "kernel (CPU time from wait4, between two samples)")
-        return None
+    def kill(self) -> None:
+        """End the child and everything it started, now."""
+        with self._terminate:
+            if self.exit_info is None:
+                self._stop_tree(grace_s=0.0)
+            self.tree.kill_descendants()
+            self.tree.kill_survivors()
 
-    def _late(self, resource_key: str, limit: float | None, measured: float, child: Launched,
-              phase: str, detected_by: str) -> Violation:
-        return Violation(self.nodeid, resource_key, float(limit or 0), measured, detected_by,
-                         phase, child.pid, time.time(), (), _read_stack(child.stack_fd))
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.kill()
+        self.tree.close()
+        self.child.close()
 
-    def _crash(self, result: RunResult, exit_info: ExitInfo, child: Launched,
-               phase: str) -> Crash | None:
-        ending = exit_info.ending
-        finished = bool(result.of_kind("done") or result.of_kind("exit"))
-        if ending.signal_number is None and ending.exit_code == EXIT_DONE and finished:
-            return None
-        if ending.signal_number is not None:
-            reason = f"the test process was {ending.describe}"
-            if ending.signal_number == signal.SIGKILL:
-                reason += " from outside the plugin (the kernel's OOM killer does this)"
-        elif result.of_kind("internal-error"):
-            reason = "the plugin failed inside the test process: " \
-                     + result.of_kind("internal-error")[-1]["text"]
-        elif not finished and result.channel_problem is not None:
-            # It did send, but what arrived was unusable: say that, not "it sent nothing".
-            reason = (f"{result.channel_problem}; the test process {ending.describe} and its "
-                      "own result is unknown")
-        elif not finished:
-            reason = (f"the test process {ending.describe} before it sent its reports "
-                      "(os._exit, sys.exit from a thread, or a closed report channel)")
-        else:
-            reason = f"the test process {ending.describe}"
-        return Crash(self.nodeid, reason, phase, _read_stack(child.stack_fd),
-                     hint=taichi_support.init_crash_hint(result.messages))
+    def leftover_messages(self) -> list[dict[str, Any]]:
+        """What the child said after its last test (a failed teardown, an internal error)."""
+        return self.reader.messages
 
-    def _taichi_device_oom(self, messages: list[dict[str, Any]], usage: Usage,
-                           child: Launched) -> Violation | None:
-        """Taichi's own device out-of-memory error, under a gpu_gb cap, is that budget's."""
-        found = taichi_support.device_oom(messages)
-        if found is None or self.budget.gpu_gb is None:
-            return None
-        measured = (usage.gpu_peak_bytes or 0) / 1024**3
-        return Violation(
-            self.nodeid, "gpu_gb", self.budget.gpu_gb, measured,
-            f"Taichi (device memory: {found.get('what')}; ti.init capped at "
-            f"device_memory_GB<={self.budget.gpu_gb:g})",
-            str(found.get("phase") or "call"), child.pid, time.time(), (), "",
-            detail=str(found.get("line")),
-        )
+
+class Supervision:
+    """While workers run: pytest is a child subreaper, so orphans of the test's processes come
+    here (never to init, where nothing would end them), and are reaped when the work ends."""
+
+    def __init__(self) -> None:
+        self._children_before: set[int] | None = None
+
+    def begin(self) -> None:
+        if self._children_before is None:
+            self._children_before = set(child_pids(os.getpid()))
+            linux.set_child_subreaper(True)
+
+    def end(self, keep: set[int]) -> None:
+        """Reap what the workers left (never the pids in `keep`: the zygote), stop reaping."""
+        if self._children_before is None:
+            return
+        # Still a subreaper while reaping: children of a killed orphan come here too.
+        _reap_orphans(self._children_before | keep)
+        linux.set_child_subreaper(False)
+        self._children_before = None
+
+    @property
+    def active(self) -> bool:
+        return self._children_before is not None
 
 
 @dataclass
@@ -462,19 +495,29 @@ class _Peaks:
 
 @dataclass
 class _Progress:
-    """What the child has told so far: its starting RSS and the phase it is in."""
+    """What the child has told about the running test: its phase, and whether it said `until`
+    (ready: set up; done: the test `nodeid` is over)."""
 
-    start_rss: int
+    seen: int
+    until: Kind
     phase: str = "setup"
-    seen: int = 0
+    done: bool = False
 
-    def update(self, messages: list[dict[str, Any]]) -> None:
+    def update(self, messages: list[dict[str, Any]], nodeid: str) -> None:
         for message in messages[self.seen:]:
-            if message["t"] == "hello" and isinstance(message.get("rss"), int):
-                self.start_rss = message["rss"]
-            elif message["t"] == "phase" and isinstance(message.get("when"), str):
+            kind = message["t"]
+            if kind == Kind.PHASE.value and isinstance(message.get("when"), str):
                 self.phase = message["when"]
+            elif kind == self.until.value and (self.until is Kind.READY
+                                                or message.get("nodeid") == nodeid):
+                self.done = True
         self.seen = len(messages)
+
+    @staticmethod
+    def last_phase(messages: list[dict[str, Any]]) -> str:
+        phases = [m["when"] for m in messages
+                  if m["t"] == Kind.PHASE.value and isinstance(m.get("when"), str)]
+        return phases[-1] if phases else "setup"
 
 
 def _request_stack(child: Launched) -> str:
@@ -484,7 +527,7 @@ def _request_stack(child: Launched) -> str:
     try:
         os.kill(child.pid, STACK_SIGNAL)
     except ProcessLookupError:
-        return _read_stack(child.stack_fd)
+        return read_stack(child.stack_fd)
     deadline = time.monotonic() + _STACK_WAIT_S
     size = -1
     unchanged_polls = 0
@@ -498,17 +541,10 @@ def _request_stack(child: Launched) -> str:
         if unchanged_polls >= 2:
             break
         size = new_size
-    return _read_stack(child.stack_fd)
+    return read_stack(child.stack_fd)
 
 
-def _read_stack(stack_fd: int) -> str:
-    size = os.fstat(stack_fd).st_size
-    if not size:
-        return ""
-    return os.pread(stack_fd, min(size, 1 << 20), 0).decode("utf-8", "replace")
-
-
-def _stack_file() -> int:
+def stack_file() -> int:
     if hasattr(os, "memfd_create"):
         return os.memfd_create("pytest-taichi-limits-stack")
     import tempfile
@@ -517,7 +553,7 @@ def _stack_file() -> int:
     return os.dup(handle.fileno())
 
 
-def _pidfd_open(pid: int) -> int | None:
+def pidfd_open(pid: int) -> int | None:
     try:
         return os.pidfd_open(pid)
     except (AttributeError, OSError):

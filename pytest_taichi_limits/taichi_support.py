@@ -30,21 +30,23 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from . import taichi_replay
 from .budget import Budget
 from .channel import ChannelWriter
+from .protocol import Kind
 from .taichi_hooks import replace_everywhere, when_taichi_imported
 
 if TYPE_CHECKING:
-    from .supervisor import Settings
+    from .settings import Settings
 
 #: Taichi's own default for device_memory_GB (taichi/program/compile_config.cpp).
 TAICHI_DEFAULT_DEVICE_MEMORY_GB = 1.0
 _GIB = 1024**3
 
 #: Channel message kinds this module sends.
-INIT_STARTED = "taichi_init"
-INIT_DONE = "taichi_init_done"
-DEVICE_OOM = "taichi_device_oom"
+INIT_STARTED = Kind.TAICHI_INIT.value
+INIT_DONE = Kind.TAICHI_INIT_DONE.value
+DEVICE_OOM = Kind.TAICHI_DEVICE_OOM.value
 CLAMP_NOTE = "gpu_clamp"
 
 
@@ -126,7 +128,7 @@ def cap_memory(request: MemoryRequest, cap_gb: float,
     return CappedMemory(granted, 0.0, asked_gb > cap_gb, request, cap_gb)
 
 
-class _Cap:
+class GpuCap:
     """The patched ti.init: caps device memory and tells the parent what it did."""
 
     def __init__(self, budget: Budget, writer: ChannelWriter,
@@ -159,6 +161,7 @@ class _Cap:
 
     def _make_init(self, original: Callable[..., Any]) -> Callable[..., Any]:
         def init(*args: Any, **kwargs: Any) -> Any:
+            taichi_replay.cancel()  # the test's own init: the pytest process's is not replayed
             arch = args[0] if args else kwargs.get("arch")
             self.writer.send(INIT_STARTED, **requested_arch(arch, os.environ))
             if self.cap_gb is not None:
@@ -237,12 +240,14 @@ def arch_name(arch: Any) -> str:
 # -- the child's side ---------------------------------------------------------------------------
 
 
-def prepare_child(budget: Budget, settings: Settings, writer: ChannelWriter) -> None:
-    """Called in the child before the test's phases run: cap every ti.init of this process."""
+def prepare_child(budget: Budget, settings: Settings, writer: ChannelWriter) -> GpuCap:
+    """Called in the child before the test's phases run: cap every ti.init of this process.
+    The child sets `cap_gb` to each test's gpu_gb before it runs that test."""
     from . import gpu
 
-    cap = _Cap(budget, writer, gpu.smallest_device_total_bytes)
+    cap = GpuCap(budget, writer, gpu.smallest_device_total_bytes)
     when_taichi_imported(cap.install)
+    return cap
 
 
 def finish_child(writer: ChannelWriter) -> None:

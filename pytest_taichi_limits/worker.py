@@ -1,15 +1,16 @@
-"""The spawn-mode worker: forked by the zygote, runs one test in a pytest session of its own.
+"""The spawn-mode worker: forked by the zygote, runs a module's tests in a session of its own.
 
 It confines itself and installs the GPU cap exactly as a forked child does (child.start_child),
-then builds a pytest session with this run's rootdir, ini file, plugins and options for the test's
-file, collects it (a module-level `ti.init` happens here, under the cap) and hands the item to
-child.run_item: the phases, reports and messages are the fork path's own code.
+then builds a pytest session with this run's rootdir, ini file, plugins and options for the
+module's file, collects it (a module-level `ti.init` happens here, under the cap), checks that it
+collected what the parent collected (same ids, same parameter values), and serves the parent's
+run commands through child.serve: the phases, reports and messages are the fork path's own code.
 """
 
 from __future__ import annotations
 
-import functools
 import os
+import pickle
 import sys
 import tempfile
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -18,9 +19,11 @@ import pytest
 
 from . import child
 from .channel import ChannelWriter
+from .protocol import CommandReader, Kind
 
 if TYPE_CHECKING:
-    from .spawn import WorkerRequest
+    from .spawn import Fingerprint, WorkerRequest
+    from .taichi_support import GpuCap
 
 #: Name of the worker's plugin object; plugin.py looks for it to know it runs in a worker.
 WORKER_PLUGIN_NAME = "taichi_limits_spawn_worker"
@@ -37,10 +40,13 @@ def is_worker(config: pytest.Config) -> bool:
 class WorkerPlugin:
     """Copies the parent's options, silences the worker's terminal, runs the one item."""
 
-    def __init__(self, request: WorkerRequest, writer: ChannelWriter) -> None:
+    def __init__(self, request: WorkerRequest, writer: ChannelWriter, cap: GpuCap,
+                 control_fd: int) -> None:
         self.__name__ = WORKER_PLUGIN_NAME  # the name pytest registers this object under
         self.request = request
         self.writer = writer
+        self.cap = cap
+        self.control_fd = control_fd
         self.collect_errors: list[str] = []
         self.found = False
         self.saved_fds: tuple[int, int] | None = None
@@ -66,16 +72,27 @@ class WorkerPlugin:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> bool:
-        for item in session.items:
-            if item.nodeid == self.request.nodeid:
-                self.found = True
-                plugin: Any = session.config.pluginmanager.get_plugin("taichi_limits_plugin")
-                if plugin is not None:  # the budget the parent resolved, hooks included
-                    plugin.use_budget(item, self.request.budget)
+        collected = {item.nodeid: item for item in session.items}
+        items: list[pytest.Item] = []
+        for test in self.request.tests:
+            item = collected.get(test.nodeid)
+            if item is None:
+                return True  # why_not_run says which one is missing
+            problem = _differs(test, item)
+            if problem is not None:
                 self.restore_output()
-                run = functools.partial(child.run_item, item, self.writer)
-                child.exit_guarded(self.writer, run)  # never returns
-        return True
+                self.writer.send(Kind.REFUSED, text=problem)
+                child.exit_guarded(self.writer, lambda: None)  # never returns
+            items.append(item)
+        self.found = True
+        plugin: Any = session.config.pluginmanager.get_plugin("taichi_limits_plugin")
+        for item, budget in zip(items, self.request.budgets, strict=True):
+            if plugin is not None:  # the taichi_limits_ti fixture reads the test's budget
+                plugin.use_budget(item, budget)
+        self.restore_output()
+        commands = CommandReader(self.control_fd)
+        child.exit_guarded(self.writer,  # never returns
+                           lambda: child.serve(items, self.writer, commands, self.cap))
 
     def silence_output(self) -> None:
         """Until the test runs: what the session prints before (a conftest's ti.init says
@@ -108,7 +125,8 @@ class WorkerPlugin:
         text = (f"the test could not be collected again in a fresh interpreter (spawn mode; "
                 f"pytest exit code {int(exit_code)})")
         if not self.found:
-            text += f": {self.request.nodeid} was not among the collected items"
+            missing = [t.nodeid for t in self.request.tests]
+            text += f": not all of {', '.join(missing[:3])} were among the collected items"
         if self.collect_errors:
             text += "\n" + "\n".join(self.collect_errors)[-4000:]
         stderr = self._stderr_tail()
@@ -117,14 +135,41 @@ class WorkerPlugin:
         return text
 
 
-def run_worker(request: WorkerRequest, channel_fd: int, stack_fd: int,
+def _differs(test: Fingerprint, item: pytest.Item) -> str | None:
+    """Why the worker's `item` is not the test the parent collected under that id, if it is not.
+
+    With another hash seed, `parametrize` over a set can give the same ids to other values.
+    """
+    params = getattr(getattr(item, "callspec", None), "params", None) or {}
+    if set(params) != set(test.params):
+        return f"{test.nodeid}: the fresh interpreter collected other parameters"
+    for name, pickled in test.params.items():
+        value = params[name]
+        if pickled is not None:
+            try:
+                if pickle.loads(pickled) == value or pickle.dumps(value) == pickled:
+                    continue
+            except Exception:  # noqa: BLE001 - a value that cannot round-trip is not the same
+                pass
+        return (f"{test.nodeid}: different tests were collected in the fresh interpreter "
+                f"(spawn mode): parameter {name!r} has another value under this id, as "
+                "happens when parametrize iterates over a set or a dict and the hash seed "
+                "differs. Set PYTHONHASHSEED (e.g. PYTHONHASHSEED=0) for the pytest run, or "
+                "parametrize over a sorted list")
+    return None
+
+
+def run_worker(request: WorkerRequest, channel_fd: int, stack_fd: int, control_fd: int,
                zygote_pid: int) -> NoReturn:
     writer = ChannelWriter(channel_fd)
 
     def body() -> None:
-        child.start_child(writer, stack_fd, zygote_pid, request.budget, request.settings)
+        start = child.ChildStart(channel_fd, stack_fd, control_fd, zygote_pid, request.settings)
+        cap = child.start_child(writer, start)
+        # The module's own ti.init runs while it is collected here, before any run command.
+        cap.cap_gb = request.budgets[0].gpu_gb if request.budgets else None
         os.chdir(request.invocation_dir)
-        plugin = WorkerPlugin(request, writer)
+        plugin = WorkerPlugin(request, writer, cap, control_fd)
         plugin.silence_output()
         exit_code = pytest.main(request.args, plugins=[plugin])
         plugin.restore_output()

@@ -1,10 +1,11 @@
 """The spawn-mode zygote: a fresh interpreter, started by pytest, that forks one worker per test.
 
-Run as `python -m pytest_taichi_limits.zygote CONTROL_FD PARENT_PID`. It imports pytest, Taichi
-and the installed pytest plugins once (never calling ti.init), so a worker starts in a few
-milliseconds instead of a full interpreter start. Per request (a pickled WorkerRequest plus the
-channel, stack and result fds, over a SEQPACKET socket from the parent) it forks a worker, tells
-the parent its pid, waits for it with wait4 and sends its exit status and rusage: the parent's
+Run as `python -m pytest_taichi_limits.zygote CONTROL_FD PARENT_PID`. It imports pytest, Taichi,
+the installed pytest plugins and the third-party modules the pytest process had imported (listed
+in the file PYTEST_TAICHI_LIMITS_PREIMPORT names) once, never calling ti.init, so a worker only
+imports the test module itself. Per request (a pickled WorkerRequest plus the channel, stack,
+result and control fds, over a SEQPACKET socket from the parent) it forks a worker, tells the
+parent its pid, waits for it with wait4 and sends its exit status and rusage: the parent's
 SpawnLaunch turns those into the same ExitInfo a forked child gives.
 """
 
@@ -50,11 +51,38 @@ def _prewarm() -> None:
                 except Exception:  # noqa: BLE001 - pytest reports a broken plugin itself
                     pass
         _empty_session()
+        _import_listed(os.environ.pop("PYTEST_TAICHI_LIMITS_PREIMPORT", ""))
     finally:
         sys.stdout.flush()
         os.dup2(saved, 1)
         os.close(saved)
         os.close(devnull)
+
+
+def _import_listed(listing: str) -> None:
+    """The suite's third-party stack (numpy, scipy, torch, ...), imported once for all workers."""
+    import importlib
+
+    if not listing:
+        return
+    try:
+        with open(listing) as handle:
+            names = json.load(handle)
+    except (OSError, ValueError):
+        return
+    for name in names:
+        if name in sys.modules:
+            continue
+        try:
+            importlib.import_module(name)
+        except BaseException:  # noqa: BLE001 - only an optimisation; the worker imports it again
+            pass
+    from .taichi_replay import taichi_initialised
+
+    if taichi_initialised():  # a package that calls ti.init at import: workers would hang
+        import taichi
+
+        taichi.reset()
 
 
 def _empty_session() -> None:
@@ -97,7 +125,11 @@ def serve(control: socket.socket) -> None:
             return
         if not data:
             return  # pytest closed the control socket: the session is over
-        channel_fd, stack_fd, result_fd = fds
+        if len(fds) != 4:
+            for fd in fds:
+                os.close(fd)
+            continue
+        channel_fd, stack_fd, result_fd, control_fd = fds
         result = socket.socket(fileno=result_fd)
         try:
             request = pickle.loads(data)
@@ -106,16 +138,16 @@ def serve(control: socket.socket) -> None:
         except Exception as error:  # noqa: BLE001 - the parent must hear why
             result.send(json.dumps({"error": f"{type(error).__name__}: {error}"}).encode())
             result.close()
-            os.close(channel_fd)
-            os.close(stack_fd)
+            for fd in (channel_fd, stack_fd, control_fd):
+                os.close(fd)
             continue
         if pid == 0:
             control.close()
             result.close()
-            run_worker(request, channel_fd, stack_fd, zygote_pid)  # never returns
+            run_worker(request, channel_fd, stack_fd, control_fd, zygote_pid)  # never returns
             os._exit(70)
-        os.close(channel_fd)
-        os.close(stack_fd)
+        for fd in (channel_fd, stack_fd, control_fd):
+            os.close(fd)
         try:
             result.send(json.dumps({"pid": pid}).encode())
         except OSError:

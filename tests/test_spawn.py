@@ -92,13 +92,15 @@ def test_module_level_init_runs_in_spawn_mode(pytester, run_plugin):
     result.assert_outcomes(passed=5)
     modes = _modes(log)
     assert len(modes) == 5 and set(modes.values()) == {"spawn"}
-    # One warning, at the ti.init call, saying why and how to get fork mode back.
+    # Said once, after collection, naming the module and the line that made it necessary.
     result.stdout.fnmatch_lines([
-        ("*test_module.py:4: SpawnWarning: taichi-limits: supervised tests now run in spawn mode*"
-        "because ti.init at test_module.py:4 (in <module>) initialised Taichi in the pytest "
-        "process*call ti.init inside tests or fixtures*"),
+        "taichi-limits: start mode fork, except 1 of 1 modules that run in a worker of its own "
+        "in a fresh interpreter because their import left Taichi state behind:",
+        "  test_module.py: ti.init at test_module.py:4 (module level) while it was imported",
     ])
-    assert result.stdout.str().count("SpawnWarning") == 1
+    assert "SpawnWarning" not in result.stdout.str()
+    # The module's tests share one worker, as they share module state in plain pytest.
+    assert len({event["pid"] for event in _log(log) if event["event"] == "usage"}) == 1
 
 
 def test_conftest_pytest_configure_init_is_named_in_header(pytester, run_plugin):
@@ -109,13 +111,18 @@ def test_conftest_pytest_configure_init_is_named_in_header(pytester, run_plugin)
             ti.init(arch=ti.cpu)
     """)
     pytester.makepyfile(test_inside=FIELD_IN_TEST)
-    result = run_plugin("--taichi-limits")
+    log = pytester.path / "usage.jsonl"
+    result = run_plugin("--taichi-limits", f"--taichi-limits-log={log}")
     result.assert_outcomes(passed=1)
+    # The test relies on the conftest's init: Taichi is reset before the fork and that init
+    # is replayed in the child, which stays on the fast fork path.
     result.stdout.fnmatch_lines([
-        ("taichi-limits: start mode spawn (slower): ti.init at conftest.py:4 (in pytest_configure) "
-        "initialised Taichi in the pytest process*For the fast fork mode, call ti.init inside "
-        "tests or fixtures."),
+        "taichi-limits: start mode fork for all 1 supervised modules (isolation test)",
+        ("taichi-limits: Taichi was initialised in the pytest process (last ti.init at "
+         "conftest.py:4 (in pytest_configure)): it is reset before each fork, and that init is "
+         "replayed in a forked test that uses Taichi without its own ti.init"),
     ])
+    assert set(_modes(log).values()) == {"fork"}
 
 
 def test_helper_module_that_initialises_at_import(pytester, run_plugin):
@@ -143,22 +150,33 @@ def test_helper_module_that_initialises_at_import(pytester, run_plugin):
     result = run_plugin("-p", "no:randomly")
     result.assert_outcomes(passed=1)
     # `from taichi import init` still goes through the recorder: the helper is named.
-    result.stdout.fnmatch_lines(["*ti.init at apphelper.py:4 (in <module>)*"])
+    result.stdout.fnmatch_lines(["*ti.init at apphelper.py:4 (module level)*"])
 
 
 def test_fork_safe_and_initialising_modules_mixed(pytester, run_plugin):
-    # test_a is fork-safe and is collected first, but once test_b's import initialised Taichi
-    # at collection, every supervised test needs a fresh interpreter.
+    # test_b's import initialised Taichi and made a field: only test_b needs a fresh
+    # interpreter; test_a keeps the fork path.
     pytester.makepyfile(test_a=FORK_SAFE, test_b=KERNEL_MODULE)
     log = pytester.path / "usage.jsonl"
     result = run_plugin("--taichi-limits", f"--taichi-limits-log={log}")
     result.assert_outcomes(passed=6)
-    assert set(_modes(log).values()) == {"spawn"}
+    modes = {event["nodeid"]: event["mode"] for event in _log(log) if event["event"] == "usage"}
+    assert {mode for nodeid, mode in modes.items() if nodeid.startswith("test_a")} == {"fork"}
+    assert {mode for nodeid, mode in modes.items() if nodeid.startswith("test_b")} == {"spawn"}
 
 
-def test_mode_is_chosen_per_test(pytester, run_plugin):
-    # An unsupervised test that initialises Taichi in pytest itself: supervised tests before
-    # it fork, the ones after it spawn.
+def test_deselected_initialising_module_decides_nothing(pytester, run_plugin):
+    pytester.makepyfile(test_a=FORK_SAFE, test_b=KERNEL_MODULE)
+    log = pytester.path / "usage.jsonl"
+    result = run_plugin("--taichi-limits", f"--taichi-limits-log={log}", "-k", "test_initialises")
+    result.assert_outcomes(passed=1, deselected=5)
+    assert set(_modes(log).values()) == {"fork"}
+    result.stdout.fnmatch_lines(["taichi-limits: start mode fork for all 1 supervised modules*"])
+
+
+def test_taichi_initialised_by_a_plain_test_is_reset_before_the_next_fork(pytester, run_plugin):
+    # An unsupervised test that initialises Taichi in pytest itself: the supervised test after
+    # it still forks (Taichi is reset first) and its kernel runs.
     pytester.makepyfile(test_order="""
         import pytest
         import taichi as ti
@@ -190,7 +208,7 @@ def test_mode_is_chosen_per_test(pytester, run_plugin):
     log = pytester.path / "usage.jsonl"
     result = run_plugin(f"--taichi-limits-log={log}", "-p", "no:randomly")
     result.assert_outcomes(passed=3)
-    assert _modes(log) == {"test_1_before": "fork", "test_3_after": "spawn"}
+    assert _modes(log) == {"test_1_before": "fork", "test_3_after": "fork"}
 
 
 def test_budgets_enforced_with_the_same_report_in_both_modes(pytester, run_plugin):
@@ -237,9 +255,9 @@ def test_forced_fork_mode_fails_instead_of_hanging(pytester, run_plugin):
     assert time.monotonic() - started < 55
     result.assert_outcomes(failed=5)
     result.stdout.fnmatch_lines([
-        ("*taichi_limits: not started: --taichi-limits-mode=fork, but ti.init at "
-        "test_module.py:4 (in <module>) initialised Taichi in the pytest process*"
-        "Use --taichi-limits-mode=auto*"),
+        ("*taichi_limits: not started: --taichi-limits-mode=fork, but this module needs a fresh "
+         "interpreter: ti.init at test_module.py:4 (module level) while it was imported*"
+         "Use --taichi-limits-mode=auto*"),
     ])
 
 
@@ -339,16 +357,16 @@ def test_worker_that_cannot_collect_the_test_says_why(pytester, run_plugin):
     # Collection that differs in the fresh interpreter (here: an environment variable the
     # parent sets after collection): the test fails with the worker's own explanation.
     pytester.makeconftest("""
-        import os
+        import pathlib
 
         def pytest_collection_finish(session):
-            os.environ["ALREADY_COLLECTED"] = "1"
+            pathlib.Path(session.config.rootpath, "collected.flag").write_text("1")
     """)
     pytester.makepyfile(test_flaky_collection="""
-        import os
+        import pathlib
         import pytest
 
-        if os.environ.get("ALREADY_COLLECTED"):
+        if pathlib.Path(__file__).with_name("collected.flag").exists():
             raise RuntimeError("collected twice")
 
         def test_one():
@@ -369,4 +387,5 @@ def test_spawn_mode_under_xdist(pytester, run_plugin):
     result = run_plugin("--taichi-limits", f"--taichi-limits-log={log}", "-n", "2")
     result.assert_outcomes(passed=5)
     assert set(_modes(log).values()) == {"spawn"}
-    assert len({event["pid"] for event in _log(log) if event["event"] == "usage"}) == 5
+    # A worker per run of the module's tests in each xdist worker, never one per test.
+    assert len({event["pid"] for event in _log(log) if event["event"] == "usage"}) < 5
