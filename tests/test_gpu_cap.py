@@ -195,8 +195,13 @@ def test_every_combination_of_argument_environment_and_budget(pytester, run_plug
     assert "device_memory_GB=7 (from argument) clamped to device_memory_GB=1" in \
         usages["test_init_imported_before_the_patch"]["extra"]["gpu_clamp"][0]
     partial_note = usages["test_init_through_a_partial"]["extra"]["gpu_clamp"][0]
-    assert "device_memory_GB=5 (from ti.init) clamped to device_memory_GB=1" in partial_note
-    assert "a reference the plugin could not replace" in partial_note
+    assert "device_memory_GB=5 (from " in partial_note and "clamped to device_memory_GB=1" \
+        in partial_note
+    # A partial made at collection holds whatever ti.init was then: the wrapper when the pytest
+    # process installed it, else the original, which only the backstop catches. The note says
+    # "could not replace" exactly in the second case (test_init_wrapper.py has the first).
+    through_backstop = "(from ti.init)" in partial_note
+    assert through_backstop == ("a reference the plugin could not replace" in partial_note)
     # The clamp is shown to the user in the test's usage section.
     result.stdout.fnmatch_lines([
         "*GPU cap: ti.init device_memory_GB=3 (from argument) clamped to device_memory_GB=2 "
