@@ -60,10 +60,13 @@ def start_child(writer: ChannelWriter, stack_fd: int, parent_pid: int, budget: B
     """Confine this process and cap Taichi in it; shared by fork and spawn (worker.py) mode,
     which collects the test between this and `run_item`."""
     _confine_self(parent_pid, budget, stack_fd)
+    # Sets this child's context in the ti.init wrapper the process inherited (taichi_hooks).
     taichi_support.prepare_child(budget, settings, writer)
     # Everything inherited stays out of this process's garbage collections: a full collection
-    # would write to every object's header and copy each page of the parent's heap. (After
-    # prepare_child: gc.get_referrers no longer sees frozen objects.)
+    # would write to every object's header and copy each page of the parent's heap (measured
+    # in benchmarks/bench_fork_cost.py; gc.freeze itself is a constant-time list splice). After
+    # prepare_child: where the wrapper was not inherited, it searches the heap once, and
+    # gc.get_referrers does not see frozen objects.
     gc.freeze()
 
 

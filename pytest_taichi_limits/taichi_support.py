@@ -227,14 +227,28 @@ def prepare_child(budget: Budget, settings: Settings, writer: ChannelWriter) -> 
 
 
 def finish_child(writer: ChannelWriter) -> None:
-    """Reset Taichi so that its offline kernel cache is written before the child exits."""
+    """Reset Taichi so that its offline kernel cache is written before the child exits.
+
+    Only where the test left a program: without one there is no cache to write, and the child
+    leaves through os._exit, so nothing else needs the reset.
+    """
     taichi = sys.modules.get("taichi")
-    if taichi is None:
+    if taichi is None or not _has_program():
         return
     try:
         taichi.reset()
     except Exception as error:  # noqa: BLE001 - a failing reset must not hide the test's result
         writer.send("note", key="taichi_reset_failed", text=f"{type(error).__name__}: {error}")
+
+
+def _has_program() -> bool:
+    impl = sys.modules.get("taichi.lang.impl")
+    if impl is None:
+        return False
+    try:
+        return impl.get_runtime().prog is not None
+    except Exception:  # noqa: BLE001 - a Taichi we cannot read gets the reset all the same
+        return True
 
 
 # -- Taichi's own device out-of-memory errors ---------------------------------------------------

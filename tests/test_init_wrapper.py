@@ -212,3 +212,32 @@ def test_one_import_finder_runs_every_callback(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "['first', 'second'] True True"
 
+
+
+def test_forked_child_writes_the_offline_kernel_cache(pytester, run_plugin):
+    # The child leaves through os._exit: only finish_child's ti.reset writes Taichi's cache.
+    cache = pytester.mkdir("kernel-cache")
+    pytester.makepyfile(test_cached=f"""
+        import pytest
+        import taichi as ti
+
+        @pytest.mark.taichi_limits()
+        def test_compiles_a_kernel():
+            ti.init(arch=ti.cpu, offline_cache=True, offline_cache_file_path={str(cache)!r})
+            values = ti.field(ti.i32, shape=4)
+
+            @ti.kernel
+            def fill():
+                for i in values:
+                    values[i] = i
+
+            fill()
+            assert values[3] == 3
+
+        @pytest.mark.taichi_limits()
+        def test_imports_taichi_without_initialising_it():
+            assert ti.lang.impl.get_runtime().prog is None
+        """)
+    result = run_plugin(timeout=180)
+    result.assert_outcomes(passed=2)
+    assert [path for path in cache.rglob("*") if path.is_file()], "no kernel cache written"
