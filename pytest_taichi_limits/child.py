@@ -62,8 +62,10 @@ def start_child(writer: ChannelWriter, start: ChildStart) -> taichi_support.GpuC
     if start.replay is not None:
         taichi_replay.arm(start.replay)
     # Everything inherited stays out of this process's garbage collections: a full collection
-    # would write to every object's header and copy each page of the parent's heap. (After
-    # prepare_child: gc.get_referrers no longer sees frozen objects.)
+    # would write to every object's header and copy each page of the parent's heap (measured
+    # in benchmarks/bench_fork_cost.py; gc.freeze itself is a constant-time list splice). After
+    # prepare_child: where the wrapper was not inherited, it searches the heap once, and
+    # gc.get_referrers does not see frozen objects.
     gc.freeze()
     return cap
 

@@ -48,6 +48,8 @@ class UsageRecord:
     arch: str  # Taichi arch of the child's last ti.init, or "not initialised"
     violation: dict[str, Any] | None
     regression: dict[str, Any] | None
+    worker_pid: int = 0  # the supervised child that ran the test (several tests may share one)
+    worker_test_number: int = 1  # 1 for the first test that child ran, 2 for the next, ...
 
     @property
     def measured(self) -> bool:
@@ -84,6 +86,8 @@ def record_from_usage(nodeid: str, outcome: str, usage: dict[str, Any],
         started_at=float(usage["started_at"]),
         mode=str(usage.get("mode", "fork")),
         arch=str(extra.get("taichi_arch", NO_TAICHI)),
+        worker_pid=int(usage.get("worker_pid") or usage["pid"]),
+        worker_test_number=int(usage.get("worker_test_number") or 1),
         violation=violation,
         regression=regression,
     )

@@ -141,7 +141,8 @@ def trim_stack(stack: str) -> str:
 
 def _init_wrapper_frame(frame: str) -> bool:
     return "pytest_taichi_limits/" in frame and (
-        "pytest_taichi_limits/taichi_support" in frame or frame.rstrip().endswith(" in init"))
+        "pytest_taichi_limits/taichi_support" in frame
+        or "pytest_taichi_limits/taichi_hooks" in frame or frame.rstrip().endswith(" in init"))
 
 
 def _thread_blocks(lines: list[str]) -> list[tuple[str, list[str]]]:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .taichi_hooks import replace_everywhere, when_taichi_imported
+from .taichi_hooks import add_init_listener, install_init_wrapper, when_taichi_imported
 from .taichi_replay import InitCall
 
 _MODULE_CODE = "<module>"
@@ -70,42 +70,42 @@ class InitRecorder:
     def install(self) -> None:
         if not self._installed:
             self._installed = True
-            when_taichi_imported(self._wrap)
+            install_init_wrapper()  # the one wrapper of this process (taichi_hooks)
+            add_init_listener(self._on_init)
+            when_taichi_imported(self._wrap_objects)
 
     @property
     def init_sites(self) -> list[InitSite]:
         return [event.site for event in self.events if event.kind == "init"]
 
-    def _wrap(self) -> None:
-        misc = sys.modules.get("taichi.lang.misc")
-        impl = sys.modules.get("taichi.lang.impl")
-        if misc is None or impl is None or getattr(misc.init, "_taichi_limits_recorder", None):
-            return
-        skip = _package_dirs()
+    def _on_init(self, caller: types.FrameType, args: tuple[Any, ...],
+                 kwargs: dict[str, Any]) -> None:
+        if self.recording:
+            self.events.append(TaichiEvent("init", *_caller(caller, _package_dirs())))
+        self.last_init = InitCall(args, dict(kwargs))
 
-        def note(kind: str) -> None:
-            if self.recording:
-                self.events.append(TaichiEvent(kind, *_caller(skip)))
-
-        def on_init(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            note("init")
-            self.last_init = InitCall(args, dict(kwargs))
-
-        replace_everywhere(misc.init, _wrapped(misc.init, on_init, self))
+    def _wrap_objects(self) -> None:
+        """Note where Taichi fields and ndarrays are made (a reset destroys them)."""
+        impl = sys.modules["taichi.lang.impl"]
         for name in ("create_field_member", "ndarray"):
             original = getattr(impl, name)
-            setattr(impl, name, _wrapped(original, lambda a, k: note("object"), self))
+            if getattr(original, "_taichi_limits_recorder", None) is not None:
+                continue
+            setattr(impl, name, _noting(original, self))
+
+    def _note_object(self, caller: types.FrameType) -> None:
+        if self.recording:
+            self.events.append(TaichiEvent("object", *_caller(caller, _package_dirs())))
 
 
-def _wrapped(original: Callable[..., Any], before: Callable[[tuple[Any, ...], dict[str, Any]],
-             None], owner: object) -> Callable[..., Any]:
+def _noting(original: Callable[..., Any], recorder: InitRecorder) -> Callable[..., Any]:
     def call(*args: Any, **kwargs: Any) -> Any:
-        before(args, kwargs)
+        recorder._note_object(sys._getframe(1))
         return original(*args, **kwargs)
 
     call.__doc__ = original.__doc__
     call.__wrapped__ = original  # type: ignore[attr-defined]
-    call._taichi_limits_recorder = owner  # type: ignore[attr-defined]
+    call._taichi_limits_recorder = recorder  # type: ignore[attr-defined]
     return call
 
 
@@ -115,14 +115,14 @@ def _package_dirs() -> tuple[str, ...]:
                                  or "/nonexistent") + os.sep for name in names)
 
 
-def _caller(skip: tuple[str, ...]) -> tuple[InitSite, tuple[str, ...]]:
+def _caller(start: types.FrameType, skip: tuple[str, ...]) -> tuple[InitSite, tuple[str, ...]]:
     """The call site the user should look at, and the modules being imported around it.
 
     The site is the innermost module-level line (`app/main.py:145`, where the module calls a
     helper that calls ti.init), or the first frame outside Taichi and this plugin when no module
     is being imported (a conftest's pytest_configure).
     """
-    frame: types.FrameType | None = sys._getframe(2)
+    frame: types.FrameType | None = start
     first_outside: InitSite | None = None
     module_site: InitSite | None = None
     importing: list[str] = []

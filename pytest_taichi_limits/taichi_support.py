@@ -14,8 +14,9 @@ resolved configuration inside ti.init itself (at `adaptive_arch_select`, which e
 calls after arguments and environment are applied and before the program is created), so that
 an `init` reached through a reference the plugin could not replace is capped too.
 
-Nothing here depends on how the child was started (fork or a fresh interpreter): it patches
-Taichi in the process it runs in, or as soon as that process imports Taichi.
+The wrapper around ti.init and that backstop are taichi_hooks', installed once per process;
+this module is the context a supervised child puts in it (`_Cap`). Nothing here depends on how
+the child was started (fork or a fresh interpreter).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from . import taichi_replay
 from .budget import Budget
 from .channel import ChannelWriter
 from .protocol import Kind
-from .taichi_hooks import replace_everywhere, when_taichi_imported
+from .taichi_hooks import install_init_wrapper, set_init_context
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -129,64 +130,38 @@ def cap_memory(request: MemoryRequest, cap_gb: float,
 
 
 class GpuCap:
-    """The patched ti.init: caps device memory and tells the parent what it did."""
+    """The supervised child's ti.init context (taichi_hooks.InitContext): caps device memory
+    and tells the parent which arch Taichi was asked for and which it chose. The child sets
+    `cap_gb` to each test's gpu_gb before it runs that test."""
 
     def __init__(self, budget: Budget, writer: ChannelWriter,
                  device_total: Callable[[], int | None]) -> None:
         self.cap_gb = budget.gpu_gb
         self.writer = writer
         self.device_total = device_total
-        self.inside_init = False
 
-    def install(self) -> None:
-        """Replace ti.init under every name it is known by (taichi is imported by now)."""
-        misc = sys.modules["taichi.lang.misc"]
-        original = misc.init
-        if getattr(original, "_taichi_limits_original", None) is not None:
-            return  # already installed in this process
-        capped = self._make_init(original)
-        # `from taichi import init` in any module imported so far (test modules, conftests,
-        # helpers) holds the original function object: swap every such reference.
-        replace_everywhere(original, capped)
-        # A reference the swap cannot reach (a closure, a functools.partial) still goes
-        # through misc's own globals: check the resolved configuration there as well.
-        original_select = misc.adaptive_arch_select
+    def run_init(self, original: Callable[..., Any], args: tuple[Any, ...],
+                 kwargs: dict[str, Any]) -> Any:
+        taichi_replay.cancel()  # the test's own init: the pytest process's is not replayed
+        arch = args[0] if args else kwargs.get("arch")
+        self.writer.send(INIT_STARTED, **requested_arch(arch, os.environ))
+        if self.cap_gb is not None:
+            request = memory_request(kwargs, os.environ)
+            total = self.device_total() if request.fraction else None
+            capped = cap_memory(request, self.cap_gb, total)
+            kwargs["device_memory_GB"] = capped.device_memory_GB
+            kwargs["device_memory_fraction"] = capped.device_memory_fraction
+            if capped.clamped:
+                self._send_clamp(capped, capped.note())
+        try:
+            return original(*args, **kwargs)
+        finally:
+            self.writer.send(INIT_DONE, **_applied_arch())
 
-        def checked_select(*args: Any, **kwargs: Any) -> Any:
-            arch = original_select(*args, **kwargs)
-            self._check_resolved_config()
-            return arch
-
-        setattr(misc, "adaptive_arch_select", checked_select)  # noqa: B010 - a module global
-
-    def _make_init(self, original: Callable[..., Any]) -> Callable[..., Any]:
-        def init(*args: Any, **kwargs: Any) -> Any:
-            taichi_replay.cancel()  # the test's own init: the pytest process's is not replayed
-            arch = args[0] if args else kwargs.get("arch")
-            self.writer.send(INIT_STARTED, **requested_arch(arch, os.environ))
-            if self.cap_gb is not None:
-                request = memory_request(kwargs, os.environ)
-                total = self.device_total() if request.fraction else None
-                capped = cap_memory(request, self.cap_gb, total)
-                kwargs["device_memory_GB"] = capped.device_memory_GB
-                kwargs["device_memory_fraction"] = capped.device_memory_fraction
-                if capped.clamped:
-                    self.writer.send("note", key=CLAMP_NOTE, text=capped.note(),
-                                     asked=request.describe(), granted_gb=capped.device_memory_GB,
-                                     cap_gb=self.cap_gb)
-            self.inside_init = True
-            try:
-                return original(*args, **kwargs)
-            finally:
-                self.inside_init = False
-                self.writer.send(INIT_DONE, **_applied_arch())
-
-        init.__doc__ = original.__doc__
-        init.__wrapped__ = original  # type: ignore[attr-defined]
-        init._taichi_limits_original = original  # type: ignore[attr-defined]
-        return init
-
-    def _check_resolved_config(self) -> None:
+    def check_resolved(self, arch: Any, through_wrapper: bool) -> None:
+        if not through_wrapper:
+            # No INIT_STARTED was sent for this call: at least the record names the arch.
+            self.writer.send(INIT_DONE, arch=arch_name(arch))
         if self.cap_gb is None:
             return
         from taichi.lang import impl
@@ -201,10 +176,13 @@ class GpuCap:
         cfg.device_memory_fraction = capped.device_memory_fraction
         if capped.clamped:
             text = capped.note()
-            if not self.inside_init:
+            if not through_wrapper:  # only then is it true
                 text += " (ti.init was reached through a reference the plugin could not replace)"
-            self.writer.send("note", key=CLAMP_NOTE, text=text, asked=request.describe(),
-                             granted_gb=capped.device_memory_GB, cap_gb=self.cap_gb)
+            self._send_clamp(capped, text)
+
+    def _send_clamp(self, capped: CappedMemory, text: str) -> None:
+        self.writer.send("note", key=CLAMP_NOTE, text=text, asked=capped.request.describe(),
+                         granted_gb=capped.device_memory_GB, cap_gb=capped.cap_gb)
 
 
 def _applied_arch() -> dict[str, str]:
@@ -242,23 +220,36 @@ def arch_name(arch: Any) -> str:
 
 def prepare_child(budget: Budget, settings: Settings, writer: ChannelWriter) -> GpuCap:
     """Called in the child before the test's phases run: cap every ti.init of this process.
-    The child sets `cap_gb` to each test's gpu_gb before it runs that test."""
+
+    The wrapper is normally inherited (installed in the pytest process or the spawn-mode zygote,
+    see taichi_hooks), so this only sets the context; where it is not, it is installed here.
+    """
     from . import gpu
 
+    install_init_wrapper()
     cap = GpuCap(budget, writer, gpu.smallest_device_total_bytes)
-    when_taichi_imported(cap.install)
+    set_init_context(cap)
     return cap
 
 
 def finish_child(writer: ChannelWriter) -> None:
-    """Reset Taichi so that its offline kernel cache is written before the child exits."""
+    """Reset Taichi so that its offline kernel cache is written before the child exits.
+
+    Only where the test left a program: without one there is no cache to write, and the child
+    leaves through os._exit, so nothing else needs the reset.
+    """
     taichi = sys.modules.get("taichi")
-    if taichi is None:
+    if taichi is None or not _has_program():
         return
     try:
         taichi.reset()
     except Exception as error:  # noqa: BLE001 - a failing reset must not hide the test's result
         writer.send("note", key="taichi_reset_failed", text=f"{type(error).__name__}: {error}")
+
+
+def _has_program() -> bool:
+    # Never through `.prog`: that would replay the pytest process's init (taichi_replay).
+    return taichi_replay.taichi_initialised()
 
 
 # -- Taichi's own device out-of-memory errors ---------------------------------------------------

@@ -35,6 +35,10 @@ def _prewarm() -> None:
     import pytest  # noqa: F401
 
     from . import child, plugin, worker  # noqa: F401
+    from .taichi_hooks import install_init_wrapper
+
+    # Wrapped at import: every worker inherits the wrapper and only sets its context.
+    install_init_wrapper()
 
     devnull = os.open(os.devnull, os.O_WRONLY)
     saved = os.dup(1)
