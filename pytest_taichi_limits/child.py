@@ -58,7 +58,7 @@ def start_child(writer: ChannelWriter, start: ChildStart) -> taichi_support.GpuC
     """Confine this process and cap Taichi in it; shared by fork and spawn (worker.py) mode,
     which collects the tests between this and `serve`."""
     _confine_self(start.parent_pid, start.stack_fd)
-    cap = taichi_support.prepare_child(Budget(), start.settings, writer)
+    cap = taichi_support.prepare_child(Budget(), writer)
     if start.replay is not None:
         taichi_replay.arm(start.replay)
     # Everything inherited stays out of this process's garbage collections: a full collection

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from .environment import NO_TAICHI
+from .records import NO_TAICHI
 
 #: Report attributes the runner sets on a supervised test's teardown report (plugin._record) and
 #: the baseline compare sets on it (baseline.py). Plain JSON values, so xdist carries them.

@@ -10,12 +10,10 @@ import platform
 import sys
 from typing import Any
 
-#: Channel message kinds sent by taichi_support's patched ti.init (started / done).
-_INIT_STARTED = "taichi_init"
-_INIT_DONE = "taichi_init_done"
+from .protocol import Kind
+from .records import NO_TAICHI
 
-#: The arch of a supervised test that never called ti.init.
-NO_TAICHI = "not initialised"
+_INIT_KINDS = (Kind.TAICHI_INIT.value, Kind.TAICHI_INIT_DONE.value)
 
 #: Keys of the environment whose difference makes a baseline comparison doubtful.
 COMPARED_KEYS = ("python", "taichi")
@@ -51,7 +49,7 @@ def taichi_arch(messages: list[dict[str, Any]]) -> str:
     arch = NO_TAICHI
     for message in messages:
         kind = message.get("t")
-        if kind in (_INIT_STARTED, _INIT_DONE) and message.get("arch"):
+        if kind in _INIT_KINDS and message.get("arch"):
             arch = str(message["arch"])
     return arch
 

@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 
 from .budget import MARKER_NAME, check_arch, marker_arch
+from .settings import BUDGET_KEY, SETTINGS_KEY
 
 #: Where no marker, option or ini names an arch. Never `gpu`: probing every GPU backend can
 #: crash the process on a machine without a working GPU driver (OpenGL here).
 DEFAULT_ARCH = "cpu"
-PLUGIN_NAME = "taichi_limits_plugin"
 
 
 def fixture_arch(request: pytest.FixtureRequest) -> str:
@@ -20,8 +20,8 @@ def fixture_arch(request: pytest.FixtureRequest) -> str:
     from_marker = marker_arch(request.node.nodeid, request.node.iter_markers(MARKER_NAME))
     if from_marker is not None:
         return from_marker
-    plugin = request.config.pluginmanager.get_plugin(PLUGIN_NAME)
-    configured = getattr(getattr(getattr(plugin, "options", None), "settings", None), "arch", None)
+    settings = request.config.stash.get(SETTINGS_KEY, None)
+    configured = settings.arch if settings is not None else None
     if configured:
         return check_arch(configured, "--taichi-limits-arch / ini taichi_limits_arch")
     return DEFAULT_ARCH
@@ -41,8 +41,7 @@ def taichi_limits_ti(request: pytest.FixtureRequest) -> Iterator[Any]:
     """
     import taichi as ti
 
-    plugin = request.config.pluginmanager.get_plugin(PLUGIN_NAME)
-    budget = plugin.budget_of(request.node) if plugin is not None else None
+    budget = request.node.stash.get(BUDGET_KEY, None)
     options: dict[str, Any] = {}
     if budget is not None and budget.gpu_gb is not None:
         # Ask for exactly the cap: the pool is then as large as the budget allows.

@@ -72,8 +72,5 @@ def wait_child(pid: int, block: bool) -> ExitInfo | None:
         return ExitInfo(Ending(None, None), 0, 0.0)
     if waited == 0:
         return None
-    if os.WIFSIGNALED(status):
-        ending = Ending(None, os.WTERMSIG(status))
-    else:
-        ending = Ending(os.waitstatus_to_exitcode(status), None)
-    return ExitInfo(ending, rusage.ru_maxrss * 1024, rusage.ru_utime + rusage.ru_stime)
+    return ExitInfo(Ending.from_wait_status(status), rusage.ru_maxrss * 1024,
+                    rusage.ru_utime + rusage.ru_stime)

@@ -32,6 +32,7 @@ from .outcomes import parent_report
 from .protocol import Kind
 from .records import Crash, Usage, Violation
 from .runner import Refused, Runner
+from .settings import BUDGET_KEY, SETTINGS_KEY
 from .spawn import SpawnError
 from .startplan import InitRecorder
 from .supervisor import RunResult
@@ -39,7 +40,6 @@ from .worker import is_worker
 
 logger = logging.getLogger("pytest_taichi_limits")
 
-_BUDGET_KEY = pytest.StashKey[Budget]()
 _PLUGIN_NAME = "taichi_limits_plugin"
 _INIT_RECORDER_KEY = pytest.StashKey[InitRecorder]()
 
@@ -89,6 +89,7 @@ class TaichiLimitsPlugin:
     def __init__(self, config: pytest.Config, options: Options) -> None:
         self.config = config
         self.options = options
+        config.stash[SETTINGS_KEY] = options.settings
         recorder = _init_recorder(config)
         if not is_worker(config):
             recorder.install()  # no-op when pytest_load_initial_conftests did it already
@@ -101,14 +102,6 @@ class TaichiLimitsPlugin:
                 raise pytest.UsageError(str(error)) from None
         if options.log_path is not None:
             _check_log_path(options.log_path)  # before any test runs, not after the first
-
-    def budget_of(self, item: pytest.Item) -> Budget | None:
-        """The budget a supervised test runs under (None: not supervised)."""
-        return item.stash.get(_BUDGET_KEY, None)
-
-    def use_budget(self, item: pytest.Item, budget: Budget) -> None:
-        """In a spawn-mode worker: the budget the parent resolved (hooks included)."""
-        item.stash[_BUDGET_KEY] = budget
 
     def pytest_unconfigure(self) -> None:
         self.runner.close()  # the last worker, the zygote, their temporary directories
@@ -158,7 +151,7 @@ class TaichiLimitsPlugin:
                 self._collection_error(item, str(error))
                 continue
             budget = resolve(marked, self.options.cli_budget, self.options.ini_budget)
-            item.stash[_BUDGET_KEY] = budget
+            item.stash[BUDGET_KEY] = budget
             self._budgets[item.nodeid] = budget
             kept.append(item)
         # A test with a bad marker is a collection error (reported above), never run.
@@ -176,9 +169,9 @@ class TaichiLimitsPlugin:
     def pytest_runtest_protocol(
         self, item: pytest.Item, nextitem: pytest.Item | None
     ) -> bool | None:
-        budget = item.stash.get(_BUDGET_KEY, None)
+        budget = item.stash.get(BUDGET_KEY, None)
         if budget is None:
-            if nextitem is not None and _BUDGET_KEY in nextitem.stash:
+            if nextitem is not None and BUDGET_KEY in nextitem.stash:
                 # Fixtures set up here must be torn down here: a forked child would inherit
                 # them and run their finalizers a second time.
                 item.ihook.pytest_runtest_protocol(item=item, nextitem=None)

@@ -38,6 +38,9 @@ class Kind(str, enum.Enum):
 
 KINDS: frozenset[str] = frozenset(kind.value for kind in Kind)
 
+#: The `key` of a NOTE that says a ti.init's device memory was clamped to gpu_gb.
+CLAMP_NOTE = "gpu_clamp"
+
 #: faulthandler dumps every thread's Python stack on this signal, even while native code
 #: (a Taichi kernel) holds the GIL. A real-time signal, so tests that use SIGUSR1/2 keep them.
 STACK_SIGNAL = signal.SIGRTMIN + 7

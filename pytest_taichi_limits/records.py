@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
 from dataclasses import dataclass, field
 from typing import Any
 
 from .budget import Budget
+
+#: The arch of a supervised test that never called ti.init.
+NO_TAICHI = "not initialised"
 
 UNITS = {"cpu_s": "s", "wall_s": "s", "mem_mb": "MB", "gpu_gb": "GB"}
 
@@ -25,6 +29,12 @@ class Ending:
 
     exit_code: int | None  # set when it exited
     signal_number: int | None  # set when a signal killed it
+
+    @classmethod
+    def from_wait_status(cls, status: int) -> Ending:
+        if os.WIFSIGNALED(status):
+            return cls(None, os.WTERMSIG(status))
+        return cls(os.waitstatus_to_exitcode(status), None)
 
     @property
     def describe(self) -> str:

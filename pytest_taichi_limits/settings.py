@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .budget import ISOLATIONS  # how many tests share one supervised child
+import pytest
+
+from .budget import ISOLATIONS, Budget  # ISOLATIONS: how many tests share one supervised child
 
 #: How a supervised test is started: in a forked child, or in a fresh interpreter.
 MODES = ("auto", "fork", "spawn")
 
-__all__ = ["ISOLATIONS", "MODES", "Settings"]
+__all__ = ["BUDGET_KEY", "ISOLATIONS", "MODES", "SETTINGS_KEY", "Settings"]
 
 
 @dataclass(frozen=True)
@@ -19,3 +21,9 @@ class Settings:
     mode: str = "auto"
     arch: str | None = None
     isolation: str = "test"
+
+
+#: A supervised test's resolved budget, on its item (the taichi_limits_ti fixture reads it).
+BUDGET_KEY = pytest.StashKey[Budget]()
+#: This run's settings, on the config.
+SETTINGS_KEY = pytest.StashKey[Settings]()

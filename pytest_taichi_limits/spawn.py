@@ -266,12 +266,8 @@ class SpawnLaunch:
             self._cause = f"{self._zygote_gone()}, and the worker died with it"
             return self._reap_here() or ExitInfo(Ending(None, signal.SIGKILL), 0, 0.0)
         message = json.loads(data)
-        status = int(message["status"])
-        if os.WIFSIGNALED(status):
-            ending = Ending(None, os.WTERMSIG(status))
-        else:
-            ending = Ending(os.waitstatus_to_exitcode(status), None)
-        return ExitInfo(ending, int(message["maxrss_bytes"]), float(message["cpu_s"]))
+        return ExitInfo(Ending.from_wait_status(int(message["status"])),
+                        int(message["maxrss_bytes"]), float(message["cpu_s"]))
 
     def _without_zygote(self) -> ExitInfo | None:
         """The worker ended but the zygote does not say how: after a while, give it up."""

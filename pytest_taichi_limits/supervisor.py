@@ -12,7 +12,6 @@ import math
 import os
 import select
 import signal
-import sys
 import threading
 import time
 import types
@@ -20,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import gpu, linux, verdict
-from .verdict import read_stack
+from .verdict import ExitInfo, read_stack
 from .budget import Budget
 from .channel import ChannelReader
 from .protocol import STACK_SIGNAL, STOP_COMMAND, Kind, RunCommand
@@ -37,6 +36,9 @@ from .records import Crash, Ending, Usage, Violation
 if TYPE_CHECKING:
     from .settings import Settings
 
+__all__ = ["ExitInfo", "Launched", "RunResult", "Supervision", "TerminateInOrder", "Worker",
+           "WorkerGone", "pidfd_open", "stack_file"]
+
 _MB = 1024 * 1024
 #: How long the parent waits for faulthandler to write the child's stacks.
 _STACK_WAIT_S = 0.25
@@ -48,13 +50,6 @@ _MAX_SLEEP_S = 0.1
 #: (about 1-4 GB/s per core), so the supervisor is never late.
 _WORST_RSS_GROWTH_BYTES_PER_S = 8 * 1024**3
 _CPU_COUNT = os.cpu_count() or 1
-
-
-@dataclass(frozen=True)
-class ExitInfo:
-    ending: Ending
-    maxrss_bytes: int
-    cpu_s: float
 
 
 class Launched(Protocol):

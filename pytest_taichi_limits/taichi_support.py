@@ -27,18 +27,15 @@ import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
 from . import taichi_replay
 from .budget import Budget
 from .channel import ChannelWriter
-from .protocol import Kind
+from .protocol import CLAMP_NOTE, Kind
 from .taichi_hooks import install_init_wrapper, set_init_context
-
-if TYPE_CHECKING:
-    from .settings import Settings
 
 #: Taichi's own default for device_memory_GB (taichi/program/compile_config.cpp).
 TAICHI_DEFAULT_DEVICE_MEMORY_GB = 1.0
@@ -48,7 +45,6 @@ _GIB = 1024**3
 INIT_STARTED = Kind.TAICHI_INIT.value
 INIT_DONE = Kind.TAICHI_INIT_DONE.value
 DEVICE_OOM = Kind.TAICHI_DEVICE_OOM.value
-CLAMP_NOTE = "gpu_clamp"
 
 
 # -- the cap ------------------------------------------------------------------------------------
@@ -218,7 +214,7 @@ def arch_name(arch: Any) -> str:
 # -- the child's side ---------------------------------------------------------------------------
 
 
-def prepare_child(budget: Budget, settings: Settings, writer: ChannelWriter) -> GpuCap:
+def prepare_child(budget: Budget, writer: ChannelWriter) -> GpuCap:
     """Called in the child before the test's phases run: cap every ti.init of this process.
 
     The wrapper is normally inherited (installed in the pytest process or the spawn-mode zygote,
@@ -293,40 +289,3 @@ def inspect_report(report: pytest.TestReport, writer: ChannelWriter) -> None:
             what, line = found
             writer.send(DEVICE_OOM, phase=report.when, what=what, line=line)
             return
-
-
-# -- the parent's side: reading what the child told ---------------------------------------------
-
-
-def clamp_notes(messages: list[dict[str, Any]]) -> list[str]:
-    """Distinct clamp notes, in the order the child sent them."""
-    notes: list[str] = []
-    for message in messages:
-        if message.get("t") == "note" and message.get("key") == CLAMP_NOTE:
-            text = str(message.get("text"))
-            if text not in notes:
-                notes.append(text)
-    return notes
-
-
-def device_oom(messages: list[dict[str, Any]]) -> dict[str, Any] | None:
-    found = [message for message in messages if message.get("t") == DEVICE_OOM]
-    return found[0] if found else None
-
-
-def init_crash_hint(messages: list[dict[str, Any]]) -> str:
-    """A hint when the child died inside ti.init (a backend probe that crashed), else ""."""
-    started = None
-    for message in messages:
-        if message.get("t") == INIT_STARTED:
-            started = message
-        elif message.get("t") == INIT_DONE:
-            started = None
-    if started is None:
-        return ""
-    arch, source = started.get("arch"), started.get("arch_from")
-    where = f"TI_ARCH={arch}" if source == "TI_ARCH" else f"arch={arch} ({source})"
-    return (f"it crashed inside ti.init with {where}, while Taichi set up that backend. "
-            "Use a backend that works on this machine: set TI_ARCH=x64 in the environment "
-            "(it overrides arch= in every ti.init; TI_ARCH=cpu is not a valid name), or pass "
-            "arch=ti.cpu / --taichi-limits-arch=cpu")

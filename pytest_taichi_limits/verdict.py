@@ -11,18 +11,23 @@ from __future__ import annotations
 import os
 import signal
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from .budget import Budget
-from .protocol import EXIT_DONE, Kind
+from .protocol import CLAMP_NOTE, EXIT_DONE, Kind
 from .records import Crash, Ending, Usage, Violation, signal_name
 
-if TYPE_CHECKING:
-    from .supervisor import ExitInfo
-
 _MIB = 1024 * 1024
-#: The note key of a ti.init clamp (taichi_support sends it).
-CLAMP_NOTE = "gpu_clamp"
+
+
+@dataclass(frozen=True)
+class ExitInfo:
+    """How a child ended, from wait4: its exact peak RSS and CPU time over its whole life."""
+
+    ending: Ending
+    maxrss_bytes: int
+    cpu_s: float
 
 
 class _Child(Protocol):

@@ -20,6 +20,7 @@ import pytest
 from . import child
 from .channel import ChannelWriter
 from .protocol import CommandReader, Kind
+from .settings import BUDGET_KEY
 
 if TYPE_CHECKING:
     from .spawn import Fingerprint, WorkerRequest
@@ -85,10 +86,8 @@ class WorkerPlugin:
                 child.exit_guarded(self.writer, lambda: None)  # never returns
             items.append(item)
         self.found = True
-        plugin: Any = session.config.pluginmanager.get_plugin("taichi_limits_plugin")
         for item, budget in zip(items, self.request.budgets, strict=True):
-            if plugin is not None:  # the taichi_limits_ti fixture reads the test's budget
-                plugin.use_budget(item, budget)
+            item.stash[BUDGET_KEY] = budget  # the taichi_limits_ti fixture reads it
         self.restore_output()
         commands = CommandReader(self.control_fd)
         child.exit_guarded(self.writer,  # never returns

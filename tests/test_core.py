@@ -6,7 +6,6 @@ import json
 import xml.etree.ElementTree as ET
 
 import psutil
-import pytest
 
 TAICHI_FIELD_TEST = """
 import pytest

@@ -161,7 +161,7 @@ if pid == 0:
         raise AssertionError("gc.get_referrers called in the child")
 
     gc.get_referrers = refuse  # the child must not search the heap
-    taichi_support.prepare_child(Budget(gpu_gb=0.5), None, ChannelWriter(write_fd))
+    taichi_support.prepare_child(Budget(gpu_gb=0.5), ChannelWriter(write_fd))
     imported_init(arch=ti.cpu, device_memory_GB=2)
     cfg = ti.lang.impl.current_cfg()
     ChannelWriter(write_fd).send("applied", gb=cfg.device_memory_GB, sites=len(sites))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_taichi_limits.taichi_support import init_crash_hint, recognise_device_oom
+from pytest_taichi_limits.taichi_support import recognise_device_oom
+from pytest_taichi_limits.verdict import init_crash_hint
 
 # Texts as Taichi 1.7.4 produces them (format strings from its source at tag v1.7.4, filled in
 # the way the CUDA driver and the runtime fill them).

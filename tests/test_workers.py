@@ -336,3 +336,18 @@ def test_a_stopped_or_killed_zygote_never_hangs_pytest(
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines([expected])
     result.stdout.no_fnmatch_line("*OOM killer*")
+
+
+@pytest.mark.parametrize("attack, expected", [
+    ("os.kill(os.getpid(), signal.SIGSTOP)", "*taichi_limits: wall_s exceeded*"),
+    ("os.kill(os.getpid(), signal.SIGKILL)", "*the test process was killed by signal 9 (SIGKILL)*"),
+    ("os.kill(os.getpid(), signal.SIGUSR1)", "*the test process was killed by signal 10 (SIGUSR1)*"),
+])
+def test_a_stopped_or_signalled_worker_is_reported_and_the_module_goes_on(
+        pytester: pytest.Pytester, run_plugin: Any, attack: str, expected: str) -> None:
+    body = ZYGOTE_ATTACK.replace("os.kill(os.getppid(), signal.{signal_name})", attack)
+    pytester.makepyfile(test_attack=body)
+    result = run_plugin("--taichi-limits", "--taichi-limits-grace=0.5", "-p", "no:randomly",
+                        timeout=90)
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines([expected])
