@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from . import environment, hookspecs, render, reports
+from . import admission, environment, hookspecs, render, reports
 from .budget import (
     MARKER_NAME,
     Budget,
@@ -44,6 +44,7 @@ _INIT_RECORDER_KEY = pytest.StashKey[InitRecorder]()
 def pytest_addoption(parser: pytest.Parser) -> None:
     add_options(parser)
     reports.add_options(parser)  # JSON report, baseline, summary, suggestions
+    admission.add_options(parser)  # --taichi-limits-admit, --taichi-limits-capacity
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -97,6 +98,7 @@ class TaichiLimitsPlugin:
                 raise pytest.UsageError(str(error)) from None
         if options.log_path is not None:
             _check_log_path(options.log_path)  # before any test runs, not after the first
+        self.admission = admission.read(config, spawn_worker=is_worker(config))
 
     def budget_of(self, item: pytest.Item) -> Budget | None:
         """The budget a supervised test runs under (None: not supervised)."""
@@ -178,9 +180,14 @@ class TaichiLimitsPlugin:
         if choice.warning is not None:
             _warn_once(choice.warning, choice.site)
         try:
-            result = self._supervise(item, budget, choice.mode)
-        except SpawnError as error:  # the zygote could not start a worker: this test fails
-            for report in _complete_phases(item, {}, f"taichi_limits: {error}"):
+            # Reserved before the child starts, released when it is gone, whatever happens.
+            with self.admission.admitted(item.nodeid, budget) as grant:
+                result = self._supervise(item, budget, choice.mode, grant.env)
+            result.usage.extra.update(grant.extra())
+        except (SpawnError, admission.AdmissionRefused) as error:  # this test fails at once
+            text = str(error) if isinstance(error, admission.AdmissionRefused) \
+                else f"taichi_limits: {error}"
+            for report in _complete_phases(item, {}, text):
                 item.ihook.pytest_runtest_logreport(report=report)
             item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
             return True
@@ -192,7 +199,8 @@ class TaichiLimitsPlugin:
             pytest.exit(str(exit_request.get("message")), exit_request.get("returncode"))
         return True
 
-    def _supervise(self, item: pytest.Item, budget: Budget, mode: str) -> RunResult:
+    def _supervise(self, item: pytest.Item, budget: Budget, mode: str,
+                   env: dict[str, str]) -> RunResult:
         settings = self.options.settings
         supervisor = Supervisor(item.nodeid, budget, settings, mode=mode)
         if mode == "spawn":
@@ -200,6 +208,7 @@ class TaichiLimitsPlugin:
             return supervisor.run(self.spawn.launcher(item, budget, settings))
 
         def in_child(channel_fd: int, stack_fd: int, parent_pid: int) -> None:
+            os.environ.update(env)  # the GPU admission chose (CUDA_VISIBLE_DEVICES, ...)
             run_child(item, channel_fd, stack_fd, parent_pid, budget, settings)
 
         return supervisor.run(lambda: ForkLaunch(in_child))
@@ -275,8 +284,8 @@ class TaichiLimitsPlugin:
         for report in reports:
             report.user_properties = list(report.user_properties) + properties
             if show_usage:  # a failure's own report already has the figures
-                report.sections.append(("taichi_limits usage",
-                                        "\n".join([line, *render.gpu_cap_lines(usage)])))
+                report.sections.append(("taichi_limits usage", "\n".join(
+                    [line, *render.gpu_cap_lines(usage), *admission.report_lines(usage.extra)])))
         teardown = reports[-1]
         teardown.taichi_limits_usage = usage.as_dict()  # type: ignore[attr-defined]
         teardown.taichi_limits_violation = (  # type: ignore[attr-defined]
