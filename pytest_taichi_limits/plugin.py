@@ -179,15 +179,18 @@ class TaichiLimitsPlugin:
             return True
         if choice.warning is not None:
             _warn_once(choice.warning, choice.site)
+        refusal = None
         try:
             # Reserved before the child starts, released when it is gone, whatever happens.
             with self.admission.admitted(item.nodeid, budget) as grant:
                 result = self._supervise(item, budget, choice.mode, grant.env)
             result.usage.extra.update(grant.extra())
-        except (SpawnError, admission.AdmissionRefused) as error:  # this test fails at once
-            text = str(error) if isinstance(error, admission.AdmissionRefused) \
-                else f"taichi_limits: {error}"
-            for report in _complete_phases(item, {}, text):
+        except SpawnError as error:  # the zygote could not start a worker: this test fails
+            refusal = f"taichi_limits: {error}"
+        except admission.AdmissionRefused as error:  # it could never fit: it fails at once
+            refusal = str(error)
+        if refusal is not None:  # reported outside `except`: no "During handling of ..."
+            for report in _complete_phases(item, {}, refusal):
                 item.ihook.pytest_runtest_logreport(report=report)
             item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
             return True
