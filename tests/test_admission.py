@@ -94,8 +94,8 @@ def test_four_tests_under_room_for_two_never_run_more_than_two_at_once(
     assert len(intervals) == 4
     assert _most_at_once(intervals) <= 2
     result.stdout.fnmatch_lines([
-        "*taichi-limits: admission by budget: each supervised test reserves its mem_mb and "
-        "gpu_gb budgets before it starts; capacity *",
+        ("*taichi-limits: admission by budget: each supervised test reserves its mem_mb and "
+        "gpu_gb budgets before it starts; capacity *"),
         "*taichi-limits admission*",
         "4 tests admitted; waited * s in total*",
         "peak reserved * (machine-wide, every session)*",
@@ -125,10 +125,10 @@ def test_with_room_for_all_they_overlap(pytester, run_plugin, admit_env, monkeyp
 
 
 @pytest.mark.parametrize("mark, says", [
-    ("mem_mb=4096", "needs memory 4.0 GB (its budget) but the whole capacity is 2.0 GB "
-                    "(declared): it could never start*"),
-    ("mem_mb=10, gpu_gb=8", "needs GPU memory 8.0 GB (its budget) but the largest device holds "
-                            "4.0 GB: it could never start*"),
+    ("mem_mb=4096", ("needs memory 4.0 GB (its budget) but the whole capacity is 2.0 GB "
+                    "(declared): it could never start*")),
+    ("mem_mb=10, gpu_gb=8", ("needs GPU memory 8.0 GB (its budget) but the largest device holds "
+                            "4.0 GB: it could never start*")),
 ], ids=["memory", "gpu"])
 def test_a_test_larger_than_the_capacity_fails_at_once(pytester, run_plugin, admit_env, mark,
                                                         says):

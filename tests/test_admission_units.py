@@ -197,13 +197,13 @@ def test_need_from_budget_and_from_baseline(tmp_path):
 def test_a_test_larger_than_the_capacity_is_refused_at_once(tmp_path):
     admission = adm.Admission("budget", directory=str(tmp_path), capacity=_capacity(2 * GB),
                               sleep=_no_sleep)
-    with pytest.raises(adm.AdmissionRefused, match=r"needs memory 4\.0 GB .*whole capacity "
-                       r"is 2\.0 GB .*could never start"):
-        with admission.admitted("tests/t.py::big", Budget(mem_mb=4096)):
-            pass
-    with pytest.raises(adm.AdmissionRefused, match="no GPU capacity"):
-        with admission.admitted("tests/t.py::gpu", Budget(mem_mb=1, gpu_gb=1)):
-            pass
+    too_large = r"needs memory 4\.0 GB .*whole capacity is 2\.0 GB .*could never start"
+    with pytest.raises(adm.AdmissionRefused, match=too_large), \
+            admission.admitted("tests/t.py::big", Budget(mem_mb=4096)):
+        pass
+    with pytest.raises(adm.AdmissionRefused, match="no GPU capacity"), \
+            admission.admitted("tests/t.py::gpu", Budget(mem_mb=1, gpu_gb=1)):
+        pass
     assert Ledger(str(tmp_path)).entries() == []
 
 
@@ -274,9 +274,8 @@ def test_full_ledger_waits_until_a_holder_releases(tmp_path):
 def test_reservation_released_when_the_block_raises(tmp_path):
     admission = adm.Admission("budget", directory=str(tmp_path), capacity=_capacity(),
                               sleep=_no_sleep)
-    with pytest.raises(KeyboardInterrupt):
-        with admission.admitted("t", Budget(mem_mb=10)):
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), admission.admitted("t", Budget(mem_mb=10)):
+        raise KeyboardInterrupt
     assert Ledger(str(tmp_path)).entries() == []
 
 
@@ -356,8 +355,8 @@ def test_report_line_from_usage_extra():
     grant = adm.Grant(1.234, adm.Need(GB, 2 * GB, "its budget"), cap.Device(1, 8 * GB), 3 * GB,
                       2 * GB)
     assert adm.report_lines(grant.extra()) == [
-        "admission: waited 1.23 s for memory 1.0 GB, GPU 2.0 GB on device 1 (its budget); "
-        "reserved on the machine then 3.0 GB"]
+        ("admission: waited 1.23 s for memory 1.0 GB, GPU 2.0 GB on device 1 (its budget); "
+        "reserved on the machine then 3.0 GB")]
     assert adm.report_lines({}) == [] and adm.Grant().extra() == {}
 
 
