@@ -217,3 +217,26 @@ def test_shared_ledger_directory_of_another_user_is_refused(pytester, run_plugin
     assert result.ret == 4
     result.stderr.fnmatch_lines(["*not a directory owned by you and writable only by you*"])
     assert os.listdir(shared) == []
+
+
+def test_baseline_mode_reserves_measured_peaks_and_ini_switches_it_on(pytester, run_plugin,
+                                                                      admit_env):
+    pytester.makepyfile(test_small=TESTS.format(mark="mem_mb=1024", count=3))
+    pytester.makeini("[pytest]\ntaichi_limits_admit = baseline\n")
+    saved = run_plugin("--taichi-limits-admit=off", "--taichi-limits-save-baseline=base.json",
+                       "-k", "not 2")  # test_admitted[2] stays out of the baseline
+    saved.assert_outcomes(passed=2)
+    result = run_plugin("--taichi-limits-compare=base.json", "--taichi-limits-log=usage.jsonl",
+                        "--taichi-limits-capacity=mem=1GB")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["*admission by baseline: each supervised test reserves its "
+                                 "baseline peaks plus tolerance*"])
+    extras = {usage["nodeid"]: usage["extra"] for usage in map(
+        json.loads, (pytester.path / "usage.jsonl").read_text().splitlines())}
+    measured = [extras[f"test_small.py::test_admitted[{n}]"] for n in (0, 1)]
+    for extra in measured:
+        assert extra["admission_source"] == "baseline peak plus tolerance, at most the budget"
+        assert extra["admission_mem_bytes"] < 1024**3
+    new = extras["test_small.py::test_admitted[2]"]
+    assert new["admission_mem_bytes"] == 1024**3  # not in the baseline: its budget
+    assert new["admission_source"] == "its budget; not in the baseline"
