@@ -63,7 +63,7 @@ class Capacity:
     physical_devices: int = 0  # NVML's device count: above 1, a test is pointed at its device
 
     def describe(self) -> str:
-        gpu = "GPU none (a gpu_gb budget is not reserved)"
+        gpu = f"GPU not reserved ({self.gpu_source}; declare gpu=... to reserve gpu_gb)"
         if self.devices:
             sizes = sorted({device.total_bytes for device in self.devices})
             each = " / ".join(human(size) for size in sizes)
@@ -193,6 +193,7 @@ class Grant:
     reserved_mem_bytes: int = 0  # held on the machine right after this admission (all sessions)
     reserved_gpu_bytes: int = 0  # held on this test's device right after this admission
     env: dict[str, str] = field(default_factory=dict)  # for the child's environment
+    capacity_mem_bytes: int = 0  # the memory capacity this test was admitted against
 
     def extra(self) -> dict[str, Any]:
         """Fields for Usage.extra (and so the JSON log and records); empty when not admitted."""
@@ -207,6 +208,7 @@ class Grant:
             else self.device.index,
             "admission_reserved_mem_bytes": self.reserved_mem_bytes,
             "admission_reserved_gpu_bytes": self.reserved_gpu_bytes,
+            "admission_capacity_mem_bytes": self.capacity_mem_bytes,
         }
 
 
@@ -262,9 +264,11 @@ class Admission:
         mem_limit = budget.mem_bytes
         gpu_limit = budget.gpu_bytes
         # No memory limit: nobody can say how much it takes, so it runs alone. No GPU limit:
-        # most tests use no GPU at all (gpu_gb is off by default), so none is reserved.
-        mem = self.session_capacity().mem_bytes if mem_limit is None else mem_limit
-        gpu = gpu_limit or 0
+        # most tests use no GPU at all (gpu_gb is off by default), so none is reserved; nor
+        # where there is no GPU capacity (no NVML, none declared): gpu_gb then only caps ti.init.
+        capacity = self.session_capacity()
+        mem = capacity.mem_bytes if mem_limit is None else mem_limit
+        gpu = (gpu_limit or 0) if capacity.devices else 0
         source = "its budget" if mem_limit is not None else "no mem_mb limit: runs alone"
         entry = None if self.mode != "baseline" or self.baseline is None \
             else self.baseline.get(nodeid)
@@ -276,7 +280,7 @@ class Admission:
         measured_gpu = self._allowed("gpu", entry.get("gpu_bytes"))
         if measured_mem is not None:
             mem = measured_mem if mem_limit is None else min(mem_limit, measured_mem)
-        if measured_gpu is not None and gpu_limit is not None:
+        if measured_gpu is not None and gpu_limit is not None and capacity.devices:
             gpu = min(gpu_limit, measured_gpu)
         return Need(mem, gpu, "baseline peak plus tolerance, at most the budget")
 
@@ -296,12 +300,10 @@ class Admission:
                 "--taichi-limits-capacity=mem=...")
         largest = max((device.total_bytes for device in capacity.devices), default=0)
         if need.gpu_bytes > largest:
-            where = (f"the largest device holds {human(largest)}" if capacity.devices
-                     else f"there is no GPU capacity ({capacity.gpu_source})")
             raise AdmissionRefused(
                 f"taichi_limits admission: {nodeid} needs GPU memory {human(need.gpu_bytes)} "
-                f"({need.source}) but {where}: it could never start. Lower its gpu_gb or "
-                "declare --taichi-limits-capacity=gpu=...")
+                f"({need.source}) but the largest device holds {human(largest)}: it could never "
+                "start. Lower its gpu_gb or raise --taichi-limits-capacity=gpu=...")
 
     # -- admitting ------------------------------------------------------------------------------
 
@@ -368,7 +370,7 @@ class Admission:
         if device is not None and device.index >= 0 and capacity.physical_devices > 1:
             env = device.env()
         return Grant(self.clock() - started, need, device, mem,
-                     0 if device is None else gpu.get(device.index, 0), env)
+                     0 if device is None else gpu.get(device.index, 0), env, capacity.mem_bytes)
 
     # -- header, summary, xdist ---------------------------------------------------------------
 

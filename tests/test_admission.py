@@ -110,6 +110,8 @@ def test_four_tests_under_room_for_two_never_run_more_than_two_at_once(
             assert extra["admission_reserved_gpu_bytes"] <= 4 * 1024**3
         else:
             assert extra["admission_reserved_mem_bytes"] <= 2 * 1024**3
+    # Measured once, by the xdist controller, for every worker (gpu case: MemAvailable).
+    assert len({usage["extra"]["admission_capacity_mem_bytes"] for usage in usages}) == 1
     assert _ledger_entries(tmp_path) == []  # every reservation released
 
 

@@ -183,7 +183,7 @@ def test_need_from_budget_and_from_baseline(tmp_path):
     base = {"t": {"own_memory_bytes": 100 * MB, "gpu_bytes": GB}}
     tolerance = parse_tolerance("mem=10%+16MB,gpu=0%+0MB")
     admission = adm.Admission("baseline", baseline=base, allowances=tolerance.allowances,
-                              capacity=_capacity(mem=8 * GB))
+                              capacity=_capacity(8 * GB, (cap.Device(0, 8 * GB),)))
     need = admission.need_of("t", Budget(mem_mb=1024, gpu_gb=2))
     assert need.mem_bytes == 110 * MB + 16 * MB and need.gpu_bytes == GB
     assert admission.need_of("t", Budget(mem_mb=50)).mem_bytes == 50 * MB  # never above budget
@@ -195,16 +195,22 @@ def test_need_from_budget_and_from_baseline(tmp_path):
 
 
 def test_a_test_larger_than_the_capacity_is_refused_at_once(tmp_path):
-    admission = adm.Admission("budget", directory=str(tmp_path), capacity=_capacity(2 * GB),
-                              sleep=_no_sleep)
+    admission = adm.Admission("budget", directory=str(tmp_path), sleep=_no_sleep,
+                              capacity=_capacity(2 * GB, (cap.Device(-1, 4 * GB),)))
     too_large = r"needs memory 4\.0 GB .*whole capacity is 2\.0 GB .*could never start"
     with pytest.raises(adm.AdmissionRefused, match=too_large), \
             admission.admitted("tests/t.py::big", Budget(mem_mb=4096)):
         pass
-    with pytest.raises(adm.AdmissionRefused, match="no GPU capacity"), \
-            admission.admitted("tests/t.py::gpu", Budget(mem_mb=1, gpu_gb=1)):
+    with pytest.raises(adm.AdmissionRefused, match=r"GPU memory 8\.0 GB .*largest device holds "
+                       r"4\.0 GB"), \
+            admission.admitted("tests/t.py::gpu", Budget(mem_mb=1, gpu_gb=8)):
         pass
     assert Ledger(str(tmp_path)).entries() == []
+    # Without GPU capacity (no NVML, none declared) gpu_gb only caps ti.init: nothing reserved.
+    no_gpu = adm.Admission("budget", directory=str(tmp_path), capacity=_capacity(2 * GB),
+                           sleep=_no_sleep)
+    with no_gpu.admitted("tests/t.py::gpu", Budget(mem_mb=1, gpu_gb=64)) as grant:
+        assert grant.need.gpu_bytes == 0 and grant.device is None
 
 
 # -- the ledger ---------------------------------------------------------------------------------
