@@ -231,8 +231,8 @@ def test_baseline_mode_reserves_measured_peaks_and_ini_switches_it_on(pytester, 
     result = run_plugin("--taichi-limits-compare=base.json", "--taichi-limits-log=usage.jsonl",
                         "--taichi-limits-capacity=mem=1GB")
     result.assert_outcomes(passed=3)
-    result.stdout.fnmatch_lines(["*admission by baseline: each supervised test reserves its "
-                                 "baseline peaks plus tolerance*"])
+    result.stdout.fnmatch_lines([("*admission by baseline: each supervised test reserves its "
+                                 "baseline peaks plus tolerance*")])
     extras = {usage["nodeid"]: usage["extra"] for usage in map(
         json.loads, (pytester.path / "usage.jsonl").read_text().splitlines())}
     measured = [extras[f"test_small.py::test_admitted[{n}]"] for n in (0, 1)]
