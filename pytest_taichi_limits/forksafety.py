@@ -6,7 +6,8 @@ CUDA_ERROR_NOT_INITIALIZED / a hang (the driver itself). A supervised test must 
 fresh interpreter (spawn mode), exactly as when Taichi is initialised in the pytest process.
 
 Only libraries that are already imported are asked, through their own cheap state queries:
-nothing here imports a library or initialises CUDA.
+nothing here imports a library or initialises CUDA. (CuPy is not asked: it has no query that does
+not itself initialise CUDA.)
 """
 
 from __future__ import annotations
@@ -24,13 +25,8 @@ def _numba(module: Any) -> bool:
     return bool(module.cuda.cudadrv.driver.driver.is_initialized)
 
 
-def _cupy(module: Any) -> bool:
-    # CuPy creates a context on the first device call; its memory pool holds memory once that
-    # has happened. Importing CuPy alone leaves the pool empty.
-    return bool(module.get_default_memory_pool().total_bytes())
-
-
 def _pycuda(module: Any) -> bool:
+    # Without cuInit this raises (caught by the caller); it never initialises anything.
     return module.Context.get_current() is not None
 
 
@@ -43,7 +39,6 @@ def _jax(module: Any) -> bool:
 CHECKS: tuple[tuple[str, str, Callable[[Any], bool]], ...] = (
     ("torch", "PyTorch (torch.cuda.is_initialized())", _torch),
     ("numba.cuda.cudadrv.driver", "Numba (numba.cuda)", _numba),
-    ("cupy", "CuPy", _cupy),
     ("pycuda.driver", "PyCUDA", _pycuda),
     ("jax._src.xla_bridge", "JAX (a GPU backend)", _jax),
 )
