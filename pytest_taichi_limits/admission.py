@@ -319,13 +319,12 @@ class Admission:
         pid, start = this_process()
         started = self.clock()
         with ledger.transaction() as entries:
-            entry = self._enqueue(entries, pid, start, need, nodeid)
+            mine = [self._enqueue(entries, pid, start, need, nodeid)]  # _wait may re-queue it
         try:
-            grant, entry = self._wait(ledger, entry, need, started)
-            yield grant
+            yield self._wait(ledger, mine, need, started)
         finally:
             with ledger.transaction() as entries:
-                entries[:] = [other for other in entries if not _same(other, entry)]
+                entries[:] = [other for other in entries if not _same(other, mine[0])]
 
     @staticmethod
     def _enqueue(entries: list[Entry], pid: int, start: int, need: Need, nodeid: str,
@@ -338,20 +337,20 @@ class Admission:
         entries.append(entry)
         return entry
 
-    def _wait(self, ledger: Ledger, entry: Entry, need: Need,
-              started: float) -> tuple[Grant, Entry]:
+    def _wait(self, ledger: Ledger, mine: list[Entry], need: Need, started: float) -> Grant:
+        """Wait until `mine[0]` is admitted; `mine[0]` is kept current for the release."""
         capacity = self.session_capacity()
         delay = POLL_MIN_S
         while True:
             with ledger.transaction() as entries:
-                mine = next((other for other in entries if _same(other, entry)), None)
-                if mine is None:  # lost with a damaged ledger: queue again, same place if free
-                    mine = self._enqueue(entries, entry.pid, entry.start, need, entry.nodeid,
-                                         entry.ticket)
-                    entry = mine
-                decision = decide(entries, mine.ticket, capacity)
+                entry = mine[0]
+                if not any(_same(other, entry) for other in entries):
+                    # Lost with a damaged ledger: queue again, at the same place if it is free.
+                    mine[0] = entry = self._enqueue(entries, entry.pid, entry.start, need,
+                                                    entry.nodeid, entry.ticket)
+                decision = decide(entries, entry.ticket, capacity)
                 if decision.admit:
-                    return self._take(entries, mine, decision, need, started, capacity), mine
+                    return self._take(entries, entry, decision, need, started, capacity)
             self.sleep(delay)
             delay = min(POLL_MAX_S, delay * 1.5)
 

@@ -277,6 +277,21 @@ def test_full_ledger_waits_until_a_holder_releases(tmp_path):
     assert sleeps == sorted(sleeps)  # backs off
 
 
+def test_entry_lost_from_a_damaged_ledger_is_queued_again_and_released(tmp_path):
+    ledger = Ledger(str(tmp_path))
+    with ledger.transaction() as entries:
+        entries.append(_entry(1, mem=2 * GB, state=HELD))
+
+    def sleep(_: float) -> None:  # the file is lost: the holder's entry and ours with it
+        Path(ledger.path).write_text("")
+
+    admission = adm.Admission("budget", directory=str(tmp_path), capacity=_capacity(2 * GB),
+                              sleep=sleep)
+    with admission.admitted("t", Budget(mem_mb=1024)):
+        assert [(e.nodeid, e.state) for e in ledger.entries()] == [("t", HELD)]
+    assert ledger.entries() == []
+
+
 def test_reservation_released_when_the_block_raises(tmp_path):
     admission = adm.Admission("budget", directory=str(tmp_path), capacity=_capacity(),
                               sleep=_no_sleep)
