@@ -300,6 +300,21 @@ def test_reservation_released_when_the_block_raises(tmp_path):
     assert Ledger(str(tmp_path)).entries() == []
 
 
+def test_ctrl_c_while_waiting_leaves_nothing_in_the_ledger(tmp_path):
+    ledger = Ledger(str(tmp_path))
+    with ledger.transaction() as entries:
+        entries.append(_entry(1, mem=2 * GB, state=HELD))
+
+    def interrupted(_: float) -> None:
+        raise KeyboardInterrupt
+
+    admission = adm.Admission("budget", directory=str(tmp_path), capacity=_capacity(2 * GB),
+                              sleep=interrupted)
+    with pytest.raises(KeyboardInterrupt), admission.admitted("t", Budget(mem_mb=1024)):
+        raise AssertionError("admitted although the ledger is full")
+    assert [e.ticket for e in ledger.entries()] == [1]
+
+
 def _fork(body) -> int:
     pid = os.fork()
     if pid == 0:
