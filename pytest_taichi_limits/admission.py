@@ -83,9 +83,12 @@ class Capacity:
 
 
 def measure_capacity(declared: Declared, figures: Mapping[str, int] | None = None,
-                     nvml: Callable[[], tuple[list[Device], str]] = capacities.nvml_devices,
+                     nvml: Callable[[], tuple[list[Device], str]] | None = None,
                      cuda_visible: str | None = None) -> Capacity:
-    """The session's capacity: declared values, else the machine's (MemAvailable, NVML)."""
+    """The session's capacity: declared values, else the machine's (MemAvailable, NVML).
+
+    `nvml` lists the devices (default: capacity.nvml_devices, looked up at each call).
+    """
     if declared.mem_bytes is not None:
         mem, mem_source = declared.mem_bytes, "declared"
     else:
@@ -93,7 +96,7 @@ def measure_capacity(declared: Declared, figures: Mapping[str, int] | None = Non
         mem = capacities.machine_memory_bytes(figures)
         mem_source = (f"MemAvailable at session start minus a margin of "
                       f"{capacities.MARGIN_FRACTION:.0%} of MemTotal")
-    found, note = nvml()
+    found, note = (nvml or capacities.nvml_devices)()
     shown = capacities.visible(found, cuda_visible)
     if found and cuda_visible is not None:
         note += f", {len(shown)} visible through CUDA_VISIBLE_DEVICES={cuda_visible!r}"

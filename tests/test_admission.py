@@ -242,3 +242,60 @@ def test_baseline_mode_reserves_measured_peaks_and_ini_switches_it_on(pytester, 
     new = extras["test_small.py::test_admitted[2]"]
     assert new["admission_mem_bytes"] == 1024**3  # not in the baseline: its budget
     assert new["admission_source"] == "its budget; not in the baseline"
+
+
+FAKE_GPUS = '''
+from pytest_taichi_limits import capacity
+
+GB = 1024**3
+
+
+def fake_devices():
+    return ([capacity.Device(index, 16 * GB, f"GPU-fake{index}") for index in range(3)],
+            "fake NVML, 3 device(s)")
+
+
+capacity.nvml_devices = fake_devices
+'''
+
+DEVICE_TESTS = '''
+import json
+import os
+import pathlib
+import time
+
+import pytest
+
+LOG = pathlib.Path(os.environ["ADMIT_LOG"])
+
+
+@pytest.mark.taichi_limits(mem_mb=10, gpu_gb=10)
+@pytest.mark.parametrize("number", range(4))
+def test_on_a_device(number):
+    started = time.time()
+    seen = [os.environ.get("CUDA_VISIBLE_DEVICES"), os.environ.get("TI_VISIBLE_DEVICE")]
+    time.sleep(1.0)
+    (LOG / f"{number}.json").write_text(json.dumps([started, time.time(), *seen]))
+'''
+
+
+def test_each_gpu_test_gets_a_device_with_room_within_cuda_visible_devices(
+        pytester, run_plugin, admit_env, monkeypatch):
+    """Three fake 16 GB devices (NVML replaced in a conftest), CUDA_VISIBLE_DEVICES=2,1 set
+    outside pytest, four gpu_gb=10 tests under -n 3: each child sees one device of 1 and 2,
+    under both names, and no two tests share a device at the same time."""
+    pytester.makeconftest(FAKE_GPUS)
+    pytester.makepyfile(test_devices=DEVICE_TESTS)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,1")
+    result = run_plugin("-n", "3", "--taichi-limits-admit")
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(["*capacity memory * GPU 16.0 GB on each of 2 device(s) (fake "
+                                 "NVML, 3 device(s), 2 visible through "
+                                 "CUDA_VISIBLE_DEVICES='2,1')*"])
+    runs = [json.loads(path.read_text()) for path in sorted(admit_env.glob("*.json"))]
+    assert len(runs) == 4
+    for _, _, cuda, ti_device in runs:
+        assert (cuda, ti_device) in (("GPU-fake1", "1"), ("GPU-fake2", "2"))
+    for start, end, cuda, _ in runs:
+        assert not [other for other in runs if other[2] == cuda and other[0] != start
+                    and other[0] < end and start < other[1]]
