@@ -289,9 +289,9 @@ def test_each_gpu_test_gets_a_device_with_room_within_cuda_visible_devices(
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,1")
     result = run_plugin("-n", "3", "--taichi-limits-admit")
     result.assert_outcomes(passed=4)
-    result.stdout.fnmatch_lines(["*capacity memory * GPU 16.0 GB on each of 2 device(s) (fake "
+    result.stdout.fnmatch_lines([("*capacity memory * GPU 16.0 GB on each of 2 device(s) (fake "
                                  "NVML, 3 device(s), 2 visible through "
-                                 "CUDA_VISIBLE_DEVICES='2,1')*"])
+                                 "CUDA_VISIBLE_DEVICES='2,1')*")])
     runs = [json.loads(path.read_text()) for path in sorted(admit_env.glob("*.json"))]
     assert len(runs) == 4
     for _, _, cuda, ti_device in runs:
