@@ -9,6 +9,11 @@ What it checks, with Taichi on CUDA and a budget of gpu_gb=1:
   dense    a 2 GiB ndarray: dense data is allocated outside Taichi's pool (cuMemAllocAsync), so
            only the NVML measurement can catch it: a gpu_gb violation detected by NVML;
   within   a 64 MiB field: passes, with its measured GPU peak.
+Then admission (a second run, `-n 2 --taichi-limits-admit`, CUDA_VISIBLE_DEVICES=0 so that one
+card is shared): two tests with gpu_gb = 0.6 x the card's memory each hold a small CUDA field for
+3 s and record when they ran; with admission the two intervals must not overlap (0.6 + 0.6 does
+not fit one card), neither test may fail, and the usage records carry admission_wait_s.
+NOT YET RUN on a GPU (written on a machine without one): the first GPU session must run it.
 It prints one line per test with the measured peak and what caught it, and exits 0 when every
 expectation held, 1 when one did not, 2 when the machine cannot run the check (no NVIDIA GPU,
 no NVML, no Taichi).
@@ -99,6 +104,32 @@ def test_within():
     time.sleep(0.5)
 '''
 
+#: Two tests that each reserve 0.6 of the card: admission must run them one after the other.
+ADMISSION_TESTS = '''
+import json
+import os
+import pathlib
+import time
+
+import pytest
+import taichi as ti
+
+LOG = pathlib.Path(os.environ["GPU_CHECK_TIMESTAMPS"])
+
+
+@pytest.mark.taichi_limits(gpu_gb={gpu_gb}, wall_s=180)
+@pytest.mark.parametrize("number", range(2))
+def test_share_card(number):
+    started = time.time()
+    ti.init(arch=ti.cuda)
+    assert ti.lang.impl.current_cfg().arch == ti.cuda, "Taichi did not start on CUDA"
+    x = ti.field(ti.f32, shape=16 * 1024**2)  # 64 MiB
+    x.fill(1.0)
+    ti.sync()
+    time.sleep(3.0)
+    (LOG / f"{{number}}.json").write_text(json.dumps([started, time.time()]))
+'''
+
 
 def fail_setup(message: str) -> int:
     print(f"gpu_check: cannot run here: {message}", flush=True)
@@ -187,6 +218,55 @@ def run_suite(workdir: Path, extra_path: Path) -> tuple[int, str, dict[str, dict
     return done.returncode, done.stdout + done.stderr, events
 
 
+def smallest_card_bytes() -> int:
+    import pynvml
+
+    return min(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(index)).total
+               for index in range(pynvml.nvmlDeviceGetCount()))
+
+
+def run_admission(workdir: Path, extra_path: Path, card_bytes: int) -> int:
+    """Two tests of 0.6 card under -n 2 with admission: no overlap, no failure. 0 when so."""
+    gpu_gb = round(0.6 * card_bytes / GIB, 2)
+    (workdir / "test_gpu_admission.py").write_text(
+        textwrap.dedent(ADMISSION_TESTS.format(gpu_gb=gpu_gb)))
+    timestamps, log = workdir / "timestamps", workdir / "admission.jsonl"
+    timestamps.mkdir()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO), str(extra_path), *filter(None, [env.get("PYTHONPATH")])])
+    env.update(TI_SKIP_VERSION_CHECK="ON", CUDA_VISIBLE_DEVICES="0",
+               GPU_CHECK_TIMESTAMPS=str(timestamps),
+               PYTEST_TAICHI_LIMITS_LEDGER=str(workdir / "ledger"))
+    env.pop("TI_ARCH", None)
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", "-n", "2",
+               "--taichi-limits-admit", f"--taichi-limits-log={log}", "--rootdir", str(workdir),
+               str(workdir / "test_gpu_admission.py")]
+    if not plugin_installed():
+        command[3:3] = ["-p", "pytest_taichi_limits.plugin"]
+    done = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True,
+                          timeout=540, check=False)
+    print((done.stdout + done.stderr)[-8000:], flush=True)
+    problems = []
+    if done.returncode != 0:
+        problems.append(f"pytest exited with {done.returncode} (both tests must pass)")
+    intervals = [json.loads(path.read_text()) for path in sorted(timestamps.glob("*.json"))]
+    if len(intervals) != 2:
+        problems.append(f"{len(intervals)} of 2 tests recorded their run")
+    elif intervals[0][0] < intervals[1][1] and intervals[1][0] < intervals[0][1]:
+        problems.append(f"the two tests of gpu_gb={gpu_gb} ran at the same time: {intervals}")
+    waits = [json.loads(line).get("extra", {}).get("admission_wait_s")
+             for line in (log.read_text().splitlines() if log.exists() else [])
+             if json.loads(line).get("event") == "usage"]
+    if len(waits) != 2 or None in waits:
+        problems.append(f"usage records without admission_wait_s: {waits}")
+    print(f"\ngpu_check admission (2 x gpu_gb={gpu_gb} on one {card_bytes / GIB:.1f} GiB card, "
+          f"-n 2): intervals {intervals}, waits {waits}")
+    for problem in problems:
+        print(f"FAILED: admission: {problem}")
+    return 1 if problems else 0
+
+
 def gb(size: int | None) -> str:
     return "not measured" if size is None else f"{size / GIB:.3f} GiB"
 
@@ -210,7 +290,10 @@ def main() -> int:
         returncode, output, events = run_suite(tests, site)
         print(output[-20000:], flush=True)
         print(f"gpu_check: pytest exited with status {returncode}")
-        return report(events)
+        verdict = report(events)
+        admission_dir = workdir / "admission"
+        admission_dir.mkdir()
+        return max(verdict, run_admission(admission_dir, site, smallest_card_bytes()))
     finally:
         if args.keep:
             print(f"gpu_check: kept {workdir}")

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from . import environment, hookspecs, render, reports
+from . import admission, environment, hookspecs, render, reports
 from .budget import (
     MARKER_NAME,
     Budget,
@@ -47,6 +47,7 @@ _INIT_RECORDER_KEY = pytest.StashKey[InitRecorder]()
 def pytest_addoption(parser: pytest.Parser) -> None:
     add_options(parser)
     reports.add_options(parser)  # JSON report, baseline, summary, suggestions
+    admission.add_options(parser)  # --taichi-limits-admit, --taichi-limits-capacity
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -102,6 +103,7 @@ class TaichiLimitsPlugin:
                 raise pytest.UsageError(str(error)) from None
         if options.log_path is not None:
             _check_log_path(options.log_path)  # before any test runs, not after the first
+        self.admission = admission.read(config, spawn_worker=is_worker(config))
 
     def pytest_unconfigure(self) -> None:
         self.runner.close()  # the last worker, the zygote, their temporary directories
@@ -181,11 +183,18 @@ class TaichiLimitsPlugin:
         if adjusted is not None:
             budget = adjusted
         item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+        text = None
         try:
-            result = self.runner.run(item, nextitem, budget, self._budgets)
-        except (Refused, SpawnError) as error:  # never hang: this test fails, the run goes on
-            text = str(error) if isinstance(error, Refused) else f"taichi_limits: {error}"
-            for report in _complete_phases(item, {}, text):
+            # Reserved before the child starts, released when it is gone, whatever happens.
+            with self.admission.admitted(item.nodeid, budget) as grant:
+                result = self.runner.run(item, nextitem, budget, self._budgets, grant.env)
+            result.usage.extra.update(grant.extra())
+        except (Refused, admission.AdmissionRefused) as error:
+            text = str(error)
+        except SpawnError as error:
+            text = f"taichi_limits: {error}"
+        if text is not None:  # never hang: this test fails, the run goes on (outside `except`,
+            for report in _complete_phases(item, {}, text):  # or pytest chains the two)
                 item.ihook.pytest_runtest_logreport(report=report)
             item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
             return True
@@ -269,8 +278,8 @@ class TaichiLimitsPlugin:
         for report in reports:
             report.user_properties = list(report.user_properties) + properties
             if show_usage:  # a failure's own report already has the figures
-                report.sections.append(("taichi_limits usage",
-                                        "\n".join([line, *render.gpu_cap_lines(usage)])))
+                report.sections.append(("taichi_limits usage", "\n".join(
+                    [line, *render.gpu_cap_lines(usage), *admission.report_lines(usage.extra)])))
         teardown = reports[-1]
         teardown.taichi_limits_usage = usage.as_dict()  # type: ignore[attr-defined]
         teardown.taichi_limits_violation = (  # type: ignore[attr-defined]

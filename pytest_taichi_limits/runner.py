@@ -12,13 +12,15 @@ next test with that key starts a new one. Each test keeps its own budget, figure
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import pytest
 
-from . import startplan, taichi_replay
+from . import forksafety, startplan, taichi_replay
 from .budget import Budget
 from .forking import ForkLaunch
 from .settings import Settings
@@ -55,6 +57,7 @@ class Runner:
         self._isolation: dict[str, str] = {}
         self._worker: Worker | None = None
         self._worker_key: Key | None = None
+        self._worker_env: dict[str, str] = {}
         self._worker_items: list[pytest.Item] = []
         self._supervision = Supervision()
         self._zygote: Zygote | None = None
@@ -74,6 +77,9 @@ class Runner:
         conftests = [str(path) for path in _conftest_paths(self.config)]
         self.modules = startplan.plan_modules(modules, self.recorder.events, conftests,
                                               str(self.config.rootpath))
+        cuda = forksafety.cuda_initialised_here()
+        if cuda is not None:  # "Cannot re-initialize CUDA in forked subprocess"
+            self.modules = {path: startplan.ModuleStart(True, cuda) for path in self.modules}
         if any(plan.fresh for plan in self.modules.values()) or self.settings.mode == "spawn":
             self._start_zygote()  # warms up while the forked tests run
 
@@ -85,11 +91,10 @@ class Runner:
             lines.append("taichi-limits: start mode spawn (--taichi-limits-mode=spawn): every "
                          "supervised test runs in a fresh interpreter")
         elif fresh:
-            how = "in a worker of its own" if self.settings.isolation != "session" \
+            how = "each in a worker of its own" if self.settings.isolation != "session" \
                 else "in one shared worker"
             lines.append(f"taichi-limits: start mode fork, except {len(fresh)} of "
-                         f"{len(self.modules)} modules that run {how} in a fresh interpreter "
-                         "because their import left Taichi state behind:")
+                         f"{len(self.modules)} modules that need a fresh interpreter ({how}):")
             for path, plan in sorted(fresh.items()):
                 lines.append(f"  {os.path.relpath(path, rootpath)}: {plan.reason}")
         else:
@@ -124,11 +129,15 @@ class Runner:
         return Key("fork", {"test": item.nodeid, "module": module}.get(isolation, "session"))
 
     def run(self, item: pytest.Item, nextitem: pytest.Item | None, budget: Budget,
-            budget_of: dict[str, Budget]) -> RunResult:
+            budget_of: dict[str, Budget], env: Mapping[str, str] | None = None) -> RunResult:
+        """`env`: variables for the child (the GPU admission chose): a worker started with
+        other values is not reused, as CUDA reads them once."""
         key = self.key_of(item)
-        if self._worker is None or self._worker_key != key or not self._worker.alive:
+        env = dict(env or {})
+        if self._worker is None or self._worker_key != key or not self._worker.alive \
+                or self._worker_env != env:
             self.stop_worker()
-            self._launch(key, item, budget_of)
+            self._launch(key, item, budget_of, env)
         worker = self._worker
         assert worker is not None
         index = self._worker_index(item)
@@ -155,14 +164,16 @@ class Runner:
         return next(number for number, candidate in enumerate(self._worker_items)
                     if candidate.nodeid == item.nodeid)
 
-    def _launch(self, key: Key, item: pytest.Item, budget_of: dict[str, Budget]) -> None:
+    def _launch(self, key: Key, item: pytest.Item, budget_of: dict[str, Budget],
+                env: dict[str, str]) -> None:
         self._supervision.begin()
         if key.mode == "fork":
             # A forked child of a process holding a Taichi program hangs: reset it here, and
             # let the child (and a plain test here) replay the init lazily.
             taichi_replay.reset_for_fork(self.recorder.last_init)
-            launched: ForkLaunch | SpawnLaunch = ForkLaunch(self._items, self.settings,
-                                                           self.recorder.last_init)
+            with _environment(env):  # the child inherits it at the fork
+                launched: ForkLaunch | SpawnLaunch = ForkLaunch(self._items, self.settings,
+                                                               self.recorder.last_init)
             self._worker_items = self._items
         else:
             self._worker_items = [candidate for candidate in self._items
@@ -170,11 +181,13 @@ class Runner:
                                   and self._same_key(candidate, key)]
             start = self._worker_items.index(item)
             self._worker_items = self._worker_items[start:]
-            launched = self._spawn(self._worker_items, budget_of)
+            launched = self._spawn(self._worker_items, budget_of, env)
         self._worker = Worker(launched, self.settings, key.mode)
         self._worker_key = key
+        self._worker_env = env
 
-    def _spawn(self, items: list[pytest.Item], budget_of: dict[str, Budget]) -> SpawnLaunch:
+    def _spawn(self, items: list[pytest.Item], budget_of: dict[str, Budget],
+               env: dict[str, str]) -> SpawnLaunch:
         zygote = self._start_zygote()
         args, options = worker_args(self.config)
         self._count += 1
@@ -186,6 +199,7 @@ class Runner:
             options=options,
             invocation_dir=str(self.config.invocation_params.dir),
             settings=self.settings,
+            env=env,
         )
         try:
             return SpawnLaunch(zygote, request)
@@ -245,3 +259,18 @@ def _conftest_paths(config: pytest.Config) -> list[str]:
         if path and os.path.basename(path) == "conftest.py":
             paths.append(path)
     return paths
+
+
+@contextlib.contextmanager
+def _environment(values: Mapping[str, str]) -> Iterator[None]:
+    """os.environ with `values` set for the block, then as it was."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -125,6 +125,7 @@ class WorkerRequest:
     options: dict[str, Any]
     invocation_dir: str
     settings: Settings
+    env: dict[str, str]  # set before collection (the device admission chose)
 
 
 class SpawnError(RuntimeError):

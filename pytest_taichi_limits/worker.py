@@ -164,6 +164,7 @@ def run_worker(request: WorkerRequest, channel_fd: int, stack_fd: int, control_f
 
     def body() -> None:
         start = child.ChildStart(channel_fd, stack_fd, control_fd, zygote_pid, request.settings)
+        os.environ.update(request.env)  # CUDA reads its device list once, at its first use
         cap = child.start_child(writer, start)
         # The module's own ti.init runs while it is collected here, before any run command.
         cap.cap_gb = request.budgets[0].gpu_gb if request.budgets else None

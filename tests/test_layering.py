@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "pytest_taichi_limits"
 #: Top to bottom. A module may import its own layer and any layer below it, never one above.
 LAYERS: list[tuple[str, set[str]]] = [
     ("entry points", {"plugin", "zygote", "fixtures", "__main__", "cli", "__init__"}),
-    ("launch", {"runner", "forking", "spawn", "worker", "startplan", "admission", "capacity",
+    ("launch", {"runner", "forking", "spawn", "worker", "startplan", "admission", "capacity", "ledger",
                 "forksafety"}),
     ("child", {"child", "taichi_support", "taichi_hooks", "taichi_replay"}),
     ("supervisor", {"supervisor", "proctree", "gpu", "memory", "cgroup", "timeline"}),

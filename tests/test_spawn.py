@@ -94,8 +94,8 @@ def test_module_level_init_runs_in_spawn_mode(pytester, run_plugin):
     assert len(modes) == 5 and set(modes.values()) == {"spawn"}
     # Said once, after collection, naming the module and the line that made it necessary.
     result.stdout.fnmatch_lines([
-        "taichi-limits: start mode fork, except 1 of 1 modules that run in a worker of its own "
-        "in a fresh interpreter because their import left Taichi state behind:",
+        "taichi-limits: start mode fork, except 1 of 1 modules that need a fresh interpreter "
+        "(each in a worker of its own):",
         "  test_module.py: ti.init at test_module.py:4 (module level) while it was imported",
     ])
     assert "SpawnWarning" not in result.stdout.str()
