@@ -31,7 +31,7 @@ from .proctree import (
     stop_then_kill,
     tree_pids,
 )
-from .records import Crash, Ending, Usage, Violation, signal_name
+from .records import RSS_GROWTH, Crash, Ending, Usage, Violation, signal_name
 
 _MB = 1024 * 1024
 #: How long the parent waits for faulthandler to write the child's stacks.
@@ -268,9 +268,8 @@ class Supervisor:
         wall_s = time.monotonic() - start
         survivors = tree.kill_survivors()
         usage = self._usage(child, started_at, wall_s, start_rss, peaks, exit_info, gpu_probe)
-        clamps = taichi_support.clamp_notes(reader.messages)
-        if clamps:
-            usage.extra["gpu_clamp"] = clamps
+        usage = dataclasses.replace(
+            usage, gpu_clamps=tuple(taichi_support.clamp_notes(reader.messages)))
         if violation is None:
             violation = self._after_the_fact(usage, exit_info, child, phase)
         if violation is None:
@@ -365,6 +364,9 @@ class Supervisor:
             cpu_s=max(peaks.cpu_s, exit_info.cpu_s),
             start_rss_bytes=start_rss,
             peak_own_rss_bytes=max(0, peaks.rss_bytes - start_rss),
+            # Until the own-memory measure of issue 10 lands, mem_mb's figure is the RSS growth.
+            peak_own_memory_bytes=max(0, peaks.rss_bytes - start_rss),
+            memory_method=RSS_GROWTH,
             peak_rss_bytes=peaks.rss_bytes,
             peak_vms_bytes=peaks.vms_bytes,
             kernel_maxrss_bytes=exit_info.maxrss_bytes,

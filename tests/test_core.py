@@ -36,7 +36,7 @@ def test_field_larger_than_mem_mb_fails_with_report(pytester, run_plugin):
     result.stdout.fnmatch_lines([
         "*taichi_limits: mem_mb exceeded: * used, limit mem_mb=100 (over by *",
         "*caught by   supervisor (RSS of the process tree, sampled), during call",
-        "*peak usage  own RSS +*",
+        "*peak usage  own memory +* (rss-growth; kernel peak +*",
         "*budget      cpu_s=off mem_mb=100 wall_s=600 gpu_gb=off",
         "*stopped     signals sent: SIGTERM*",
         "*process     pid *, caught at *",

@@ -100,7 +100,7 @@ def test_workers_compare_with_the_baseline(pytester, run_plugin, monkeypatch):
     result.assert_outcomes(passed=3, failed=3, skipped=1)
     result.stdout.fnmatch_lines([
         "*regressions against base.json (1; these tests fail):",
-        "  test_many.py::test_field?16?  own memory * -> * (+*), allowed up to * (mem=10%+16MB)",
+        "  test_many.py::test_field?16?  own memory * -> * (+*), allowed up to * (mem=10%+16MiB)",
         "new since the baseline, not compared (3;*",
         "FAILED test_many.py::test_field?16? - taichi_limits: grew beyond the *",
     ])
