@@ -13,7 +13,7 @@ from .records import GIB, MIB, Crash, Usage, Violation
 #: never used there.
 CPU_ARCHS = frozenset({"x64", "arm64", "cpu"})
 
-_CLAMPED = re.compile(r" clamped to device_memory_GB=\S+ by gpu_gb=\S+$")
+_CLAMPED = re.compile(r" clamped to device_memory_GB=[0-9.e+-]+ by gpu_gb=[0-9.e+-]+")
 
 
 def human_bytes(size: float) -> str:

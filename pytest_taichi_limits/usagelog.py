@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from .outputs import resolve, shown
+from .outputs import nearest_directory, resolve, shown
 from .records import Usage, Violation
 
 OPTION = "--taichi-limits-log"
@@ -37,7 +37,10 @@ class UsageLog:
 
     def check(self) -> None:
         """Before any test: the file can be appended to. Raises pytest.UsageError."""
+        directory = nearest_directory(self.path)
         try:
+            if not os.path.isdir(directory):
+                raise NotADirectoryError(errno.ENOTDIR, f"{directory!r} is not a directory")
             os.makedirs(os.path.dirname(self.path), exist_ok=True)  # as --junitxml does
             os.close(_open(self.path))
         except OSError as error:
