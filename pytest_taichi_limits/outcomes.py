@@ -37,7 +37,7 @@ def parent_report(item: pytest.Item, when: str, failure_text: str | None = None,
         report.sections = list(keep.sections)
         report.user_properties = list(keep.user_properties)
         report.duration = keep.duration
-    else:
+    if keep is None or is_parent_made(keep):
         _PARENT_MADE.add(report)
     return report
 

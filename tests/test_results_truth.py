@@ -73,9 +73,9 @@ def test_a_test_that_stops_the_session_is_never_passed(pytester: pytest.Pytester
     assert not (pytester.path / "base.json").exists()  # half a run is no baseline
     cases = {case.get("name"): case
              for case in ET.parse(pytester.path / "junit.xml").getroot().iter("testcase")}
-    assert cases["test_b_stops"].find("skipped") is not None  # not passed, not failed
-    assert "the test stopped the session" in cases["test_b_stops"].find("skipped").get(
-        "message", "")
+    skipped = cases["test_b_stops"].find("skipped")  # not passed, not failed
+    assert skipped is not None
+    assert "the test stopped the session" in skipped.get("message", "")
 
 
 # -- output paths resolved once --------------------------------------------------------------------
@@ -242,8 +242,8 @@ def test_short_summary_keeps_the_message_for_a_long_test_id(
     assert line.startswith(f"FAILED test_width.py::{name} - wall_s exceeded"), line
     assert len(line) <= 80
     # The whole headline, however long the id, in the plugin's own summary.
-    result.stdout.fnmatch_lines([f"  FAILED test_width.py::{name} - wall_s exceeded: * s when "
-                                 "caught, limit wall_s=0.3 (over by *)"])
+    result.stdout.fnmatch_lines([(f"  FAILED test_width.py::{name} - wall_s exceeded: * s when "
+                                 "caught, limit wall_s=0.3 (over by *)")])
 
 
 def test_usage_log_lines_come_from_the_hooks(pytester: pytest.Pytester, run_plugin: Run) -> None:

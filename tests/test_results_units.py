@@ -36,8 +36,8 @@ def make_usage(**changes: Any) -> Usage:
         peak_vms_bytes=500 * MIB, kernel_maxrss_bytes=90 * MIB, gpu_peak_bytes=None,
         gpu_note="not measured (no NVML)", samples=12, budget=Budget(None, 1024.0, 600.0, None),
         mode="fork", peak_own_memory_bytes=30 * MIB, memory_method=RSS_GROWTH, arch="x64",
-        gpu_clamps=("ti.init device_memory_GB=4 (from argument) clamped to device_memory_GB=1 "
-                    "by gpu_gb=1",),
+        gpu_clamps=(("ti.init device_memory_GB=4 (from argument) clamped to device_memory_GB=1 "
+                    "by gpu_gb=1"),),
     )
     return replace(usage, **changes)
 
@@ -293,15 +293,15 @@ def test_binary_units_are_named_so() -> None:
 
 def test_cpu_arch_says_the_gpu_cap_does_not_apply() -> None:
     on_cpu = render.gpu_cap_lines(make_usage(arch="x64"))
-    assert on_cpu == ["GPU cap: ti.init device_memory_GB=4 (from argument): the gpu_gb cap does "
+    assert on_cpu == [("GPU cap: ti.init device_memory_GB=4 (from argument): the gpu_gb cap does "
                       "not apply on arch x64 (device_memory_GB is a GPU pool; the CPU backend's "
-                      "memory counts against mem_mb)"]
+                      "memory counts against mem_mb)")]
     assert "clamped to device_memory_GB=1 by gpu_gb=1" in render.gpu_cap_lines(
         make_usage(arch="cuda"))[0]
 
 
 def test_violation_summary_line_is_the_report_headline() -> None:
     record = make_record(outcome="failed", violation=make_violation())
-    [title, line] = summary.violations([record])
+    [_title, line] = summary.violations([record])
     assert line == ("  FAILED test_x.py::test_x - mem_mb exceeded: 300.5 MiB when caught, limit "
                     "mem_mb=64 (over by 236.5 MiB, +369.5%)")
