@@ -11,6 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from pytest_taichi_limits import jsonreport
+
+jsonschema = pytest.importorskip("jsonschema")
+
 Run = Callable[..., pytest.RunResult]
 
 # -- durations ------------------------------------------------------------------------------------
@@ -66,6 +70,8 @@ def test_a_test_that_stops_the_session_is_never_passed(pytester: pytest.Pytester
                         "--taichi-limits-save-baseline=base.json")
     assert result.ret == returncode
     document = json.loads((pytester.path / "report.json").read_text())
+    jsonschema.validate(document, jsonreport.REPORT_SCHEMA)  # "interrupted" is in schema 2
+    assert document["version"] == 2
     outcomes = {record["nodeid"].split("::")[1]: record["outcome"]
                 for record in document["records"]}
     assert outcomes == {"test_a_first": "passed", "test_b_stops": "interrupted"}
