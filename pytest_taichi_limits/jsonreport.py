@@ -57,7 +57,7 @@ _RECORD_SCHEMA: dict[str, Any] = {
     "required": ["nodeid", "outcome", "own_memory_bytes", "peak_own_memory_bytes",
                  "memory_method", "gpu_clamps", "peak_own_rss_bytes", "kernel_own_rss_bytes", "peak_rss_bytes", "start_rss_bytes", "peak_vms_bytes",
                  "cpu_s", "wall_s", "gpu_peak_bytes", "gpu_note", "budget", "pid", "started_at",
-                 "mode", "arch", "violation", "regression"],
+                 "mode", "arch", "worker_pid", "worker_test_number", "violation", "regression"],
     "additionalProperties": False,
     "properties": {
         "nodeid": _STRING,
@@ -86,6 +86,8 @@ _RECORD_SCHEMA: dict[str, Any] = {
         "started_at": _NUMBER,
         "mode": {"enum": ["fork", "spawn"]},
         "arch": _STRING,
+        "worker_pid": {"type": "integer", "minimum": 1},
+        "worker_test_number": {"type": "integer", "minimum": 1},
         "violation": {
             "type": ["object", "null"],
             "required": ["nodeid", "resource", "limit", "measured", "unit", "over_by",

@@ -90,6 +90,8 @@ class Usage:
     peak_own_memory_bytes: int
     memory_method: str  # e.g. "rss-growth"
     ending: Ending | None = None
+    worker_pid: int = 0  # the supervised child (or spawn-mode worker) that ran the test
+    worker_test_number: int = 1  # 1 for its first test; more where a child runs several
     arch: str = NO_TAICHI  # Taichi arch of the child's last ti.init
     gpu_clamps: tuple[str, ...] = ()  # what the gpu_gb cap took from the test's ti.init calls
     interrupted: str = ""  # why the test stopped the session (pytest.exit, Ctrl-C); "" if not
@@ -220,6 +222,8 @@ class UsageRecord:
     arch: str  # Taichi arch of the child's last ti.init, or "not initialised"
     violation: Violation | None
     regression: Mapping[str, Any] | None  # the baseline comparison that failed or warned
+    worker_pid: int = 0  # the supervised child that ran the test (several tests may share one)
+    worker_test_number: int = 1  # 1 for the first test that child ran, 2 for the next, ...
 
     @property
     def measured(self) -> bool:
@@ -253,6 +257,8 @@ class UsageRecord:
             arch=usage.arch,
             violation=violation,
             regression=regression,
+            worker_pid=usage.worker_pid or usage.pid,
+            worker_test_number=usage.worker_test_number,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -308,6 +314,8 @@ class UsageRecord:
             arch=_text(fields, "arch", where),
             violation=None if violation is None else Violation.from_json(violation),
             regression=None if regression is None else dict(regression),
+            worker_pid=_integer(fields, "worker_pid", where),
+            worker_test_number=_integer(fields, "worker_test_number", where),
         )
 
 
