@@ -10,12 +10,12 @@ import platform
 import sys
 from typing import Any
 
+from .records import NO_TAICHI
+
 #: Channel message kinds sent by taichi_support's patched ti.init (started / done).
 _INIT_STARTED = "taichi_init"
 _INIT_DONE = "taichi_init_done"
 
-#: The arch of a supervised test that never called ti.init.
-NO_TAICHI = "not initialised"
 
 #: Keys of the environment whose difference makes a baseline comparison doubtful.
 COMPARED_KEYS = ("python", "taichi")

@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from .budget import BUDGET_KEYS, Budget
-from .environment import NO_TAICHI
+
+#: The arch of a supervised test that never called ti.init.
+NO_TAICHI = "not initialised"
 
 #: Bytes per MiB and per GiB: the units of the budget keys mem_mb and gpu_gb (one place).
 MIB = 1024 * 1024
@@ -54,6 +57,12 @@ class Ending:
 
     exit_code: int | None  # set when it exited
     signal_number: int | None  # set when a signal killed it
+
+    @classmethod
+    def from_wait_status(cls, status: int) -> Ending:
+        if os.WIFSIGNALED(status):
+            return cls(None, os.WTERMSIG(status))
+        return cls(os.waitstatus_to_exitcode(status), None)
 
     @property
     def describe(self) -> str:
