@@ -313,7 +313,7 @@ def report(events: dict[str, dict]) -> int:
             continue
         outcome = "passed budget" if violation is None else \
             f"{violation['resource']} by {violation['detected_by']}"
-        clamp = "; ".join(usage.get("extra", {}).get("gpu_clamp", [])) or "-"
+        clamp = "; ".join(usage.get("gpu_clamps", [])) or "-"
         peak = usage["gpu_peak_bytes"]
         print(f"{name:<8} {gb(peak):<18} {outcome:<44} {clamp}")
         if peak is None:

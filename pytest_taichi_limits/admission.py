@@ -11,7 +11,7 @@ stream of small ones. A test that could never fit fails at once.
 Integration (plugin.py): `read(config)` once per process validates the options and registers this
 object for the header, the terminal summary and the xdist hand-over of the capacity; around each
 supervised run `with admission.admitted(nodeid, budget) as grant:` (AdmissionRefused: fail the
-test with its message); `grant.env` goes into the child's environment and `grant.extra()` into
+test with its message); `grant.env` goes into the child's environment and `grant.facts()` into
 the usage record.
 """
 
@@ -29,6 +29,7 @@ import pytest
 from . import capacity as capacities
 from .budget import Budget
 from .capacity import Declared, Device, human
+from .collect import RECORD_ATTRIBUTE
 from .ledger import HELD, WAITING, Entry, Ledger, LedgerError, default_directory, this_process
 
 PLUGIN_NAME = "taichi_limits_admission"
@@ -198,10 +199,10 @@ class Grant:
     env: dict[str, str] = field(default_factory=dict)  # for the child's environment
     capacity_mem_bytes: int = 0  # the memory capacity this test was admitted against
 
-    def extra(self) -> dict[str, Any]:
-        """Fields for Usage.extra (and so the JSON log and records); empty when not admitted."""
+    def facts(self) -> dict[str, Any] | None:
+        """Usage.admission (and so the JSON log and records); None when not admitted."""
         if self.need is None:
-            return {}
+            return None
         return {
             "admission_wait_s": round(self.wait_s, 4),
             "admission_mem_bytes": self.need.mem_bytes,
@@ -215,9 +216,10 @@ class Grant:
         }
 
 
-def report_lines(extra: Mapping[str, Any]) -> list[str]:
-    """The admission line of a test's usage section, from its Usage.extra (none if not admitted)."""
-    if "admission_wait_s" not in extra:
+def report_lines(extra: Mapping[str, Any] | None) -> list[str]:
+    """The admission line of a test's usage section, from Usage.admission (none if it was not
+    admitted)."""
+    if not extra:
         return []
     gpu = ""
     if extra.get("admission_gpu_bytes"):
@@ -396,10 +398,10 @@ class Admission:
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         # Where reports are logged: the only process, or the xdist controller.
-        usage = getattr(report, "taichi_limits_usage", None)
-        if report.when != "teardown" or not isinstance(usage, dict):
+        record = getattr(report, RECORD_ATTRIBUTE, None)
+        if report.when != "teardown" or not isinstance(record, dict):
             return
-        extra = usage.get("extra") or {}
+        extra = record.get("admission") or {}
         if "admission_wait_s" in extra:
             self.waits[report.nodeid] = (float(extra["admission_wait_s"]),
                                          int(extra.get("admission_reserved_mem_bytes") or 0),

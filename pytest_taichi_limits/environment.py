@@ -15,6 +15,7 @@ from .records import NO_TAICHI
 
 _INIT_KINDS = (Kind.TAICHI_INIT.value, Kind.TAICHI_INIT_DONE.value)
 
+
 #: Keys of the environment whose difference makes a baseline comparison doubtful.
 COMPARED_KEYS = ("python", "taichi")
 

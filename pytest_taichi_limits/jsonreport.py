@@ -1,22 +1,29 @@
 """`--taichi-limits-json PATH`: one JSON document per session, written atomically.
 
-Schema "pytest-taichi-limits/report", version 1 (REPORT_SCHEMA below is its JSON Schema; a field
-is only ever added in a later version, never renamed or removed, without a version change):
+Schema "pytest-taichi-limits/report", version 2 (REPORT_SCHEMA below is its JSON Schema; a field
+is only ever added in a later version, never renamed or removed, without a version change).
+Version 2 (from version 1): records are `UsageRecord.to_json()`; new `peak_own_memory_bytes` (the
+figure mem_mb is checked against), `memory_method` (how it was measured) and `gpu_clamps`;
+outcome "interrupted"; `violation.unit` of mem_mb is "MiB" and of gpu_gb "GiB"; regression
+growths carry `before_min` and `runs` (the baseline's range).
 
 - `schema`, `version`: identify the document.
 - `created_at`: ISO 8601 UTC time the document was written.
-- `complete`: false when the session was interrupted (Ctrl-C, -x, pytest.exit): tests that did
-  not run have no record.
+- `complete`: false when the session was interrupted (Ctrl-C, -x, pytest.exit, also with
+  returncode 0, or a test that raised KeyboardInterrupt): tests that did not run have no record.
 - `exit_status`: pytest's exit status (0 all passed, 1 failures, 2 interrupted, ...).
 - `environment`: Python, pytest, Taichi and plugin versions, host, platform, machine.
 - `records`: one per supervised test, sorted by node id: `nodeid`, `outcome` (passed, failed,
-  error, skipped, xfailed, xpassed), `own_memory_bytes` (the figure the baseline compares: the
-  larger of the sampled tree growth and the kernel's exact peak growth), `peak_own_rss_bytes`,
-  `kernel_own_rss_bytes`, `peak_rss_bytes`, `start_rss_bytes`, `peak_vms_bytes`, `cpu_s`,
-  `wall_s`, `gpu_peak_bytes` (null when not measured) and `gpu_note` (why), `budget` (the limits
-  in force, null = off), `pid`, `started_at` (Unix time), `mode` (fork/spawn), `arch` (Taichi
-  arch of the test's last ti.init, or "not initialised"), `violation` (null or the violation),
-  `regression` (null or the baseline comparison that failed or warned).
+  error, skipped, xfailed, xpassed, or interrupted: the test stopped the session before it
+  finished), `own_memory_bytes` (the figure shown and compared with a baseline: the larger of
+  `peak_own_memory_bytes` and the kernel's exact peak growth), `peak_own_memory_bytes`,
+  `memory_method`, `peak_own_rss_bytes`, `kernel_own_rss_bytes`, `peak_rss_bytes`,
+  `start_rss_bytes`, `peak_vms_bytes`, `cpu_s`, `wall_s`, `gpu_peak_bytes` (null when not
+  measured) and `gpu_note` (why), `gpu_clamps` (what the gpu_gb cap took from ti.init calls),
+  `budget` (the limits in force, null = off; mem_mb in MiB, gpu_gb in GiB), `pid`, `started_at`
+  (Unix time), `mode` (fork/spawn), `arch` (Taichi arch of the test's last ti.init, or "not
+  initialised"), `violation` (null or the violation), `regression` (null or the baseline
+  comparison that failed or warned).
 - `violations`: every violation of the session (the same objects as in the records).
 - `baseline`: null without --taichi-limits-compare; else its `path`, `tolerance`, `warn_only`,
   `regressions` (node ids), `new_tests` (measured now, not in the baseline) and `missing_tests`
@@ -35,8 +42,10 @@ import tempfile
 from collections.abc import Mapping
 from typing import Any
 
+from .records import OUTCOMES
+
 SCHEMA = "pytest-taichi-limits/report"
-VERSION = 1
+VERSION = 2
 
 _NUMBER = {"type": "number"}
 _INTEGER = {"type": "integer", "minimum": 0}
@@ -45,15 +54,18 @@ _NULLABLE_OBJECT = {"type": ["object", "null"]}
 
 _RECORD_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "required": ["nodeid", "outcome", "own_memory_bytes", "peak_own_rss_bytes",
-                 "kernel_own_rss_bytes", "peak_rss_bytes", "start_rss_bytes", "peak_vms_bytes",
+    "required": ["nodeid", "outcome", "own_memory_bytes", "peak_own_memory_bytes",
+                 "memory_method", "gpu_clamps", "peak_own_rss_bytes", "kernel_own_rss_bytes", "peak_rss_bytes", "start_rss_bytes", "peak_vms_bytes",
                  "cpu_s", "wall_s", "gpu_peak_bytes", "gpu_note", "budget", "pid", "started_at",
                  "mode", "arch", "worker_pid", "worker_test_number", "violation", "regression"],
     "additionalProperties": False,
     "properties": {
         "nodeid": _STRING,
-        "outcome": {"enum": ["passed", "failed", "error", "skipped", "xfailed", "xpassed"]},
+        "outcome": {"enum": list(OUTCOMES)},
         "own_memory_bytes": _INTEGER,
+        "peak_own_memory_bytes": _INTEGER,
+        "memory_method": _STRING,
+        "gpu_clamps": {"type": "array", "items": _STRING},
         "peak_own_rss_bytes": _INTEGER,
         "kernel_own_rss_bytes": _INTEGER,
         "peak_rss_bytes": _INTEGER,
@@ -76,6 +88,7 @@ _RECORD_SCHEMA: dict[str, Any] = {
         "arch": _STRING,
         "worker_pid": {"type": "integer", "minimum": 1},
         "worker_test_number": {"type": "integer", "minimum": 1},
+        "admission": {"type": ["object", "null"]},
         "violation": {
             "type": ["object", "null"],
             "required": ["nodeid", "resource", "limit", "measured", "unit", "over_by",
@@ -90,8 +103,8 @@ _RECORD_SCHEMA: dict[str, Any] = {
                 "text": _STRING,
                 "growths": {"type": "array", "items": {
                     "type": "object",
-                    "required": ["resource", "before", "after", "growth", "allowed",
-                                 "tolerance", "exceeded", "unit"],
+                    "required": ["resource", "before", "before_min", "runs", "after", "growth",
+                                 "allowed", "tolerance", "exceeded", "unit"],
                 }},
             },
         },
@@ -101,7 +114,7 @@ _RECORD_SCHEMA: dict[str, Any] = {
 #: JSON Schema (draft 2020-12) of the document.
 REPORT_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "title": "pytest-taichi-limits session report, version 1",
+    "title": "pytest-taichi-limits session report, version 2",
     "type": "object",
     "required": ["schema", "version", "created_at", "complete", "exit_status", "environment",
                  "records", "violations", "baseline"],

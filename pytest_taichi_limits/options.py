@@ -11,16 +11,17 @@ from dataclasses import dataclass
 
 import pytest
 
-from .budget import BUDGET_KEYS, BUILTIN_DEFAULTS, BudgetError, allowed_text, parse_text
+from .budget import BUDGET_KEYS, BUILTIN_DEFAULTS, BudgetError, parse_text
 from .settings import ISOLATIONS, MODES, Settings
 
 _BUDGET_HELP = {
     "cpu_s": "CPU seconds (user+system, all threads and subprocesses)",
-    "mem_mb": "megabytes of resident memory the test adds (peak RSS of its process tree "
-    "above what it started with; never an address-space limit)",
+    "mem_mb": "MiB (2**20 bytes, despite the key's name) of memory the test makes the machine "
+    "hold (today the peak RSS of its process tree above what it started with; never an "
+    "address-space limit)",
     "wall_s": "wall-clock seconds, enforced from outside so native code holding the GIL "
     "is stopped too",
-    "gpu_gb": "gigabytes of GPU memory: caps ti.init(device_memory_GB=...) and, where NVML "
+    "gpu_gb": "GiB (2**30 bytes) of GPU memory: caps ti.init(device_memory_GB=...) and, where NVML "
     "is available, the measured GPU memory of the test's processes",
 }
 
@@ -102,12 +103,6 @@ def add_options(parser: pytest.Parser) -> None:
         "cpu. (ini: taichi_limits_arch)",
     )
     parser.addini("taichi_limits_arch", "arch for the taichi_limits_ti fixture")
-    group.addoption(
-        "--taichi-limits-log", dest="taichi_limits_log", metavar="PATH", default=None,
-        help="append one JSON line per supervised test (usage) and per violation to PATH "
-        "(ini: taichi_limits_log)",
-    )
-    parser.addini("taichi_limits_log", "append JSON lines of usage and violations here")
 
 
 @dataclass(frozen=True)
@@ -116,7 +111,6 @@ class Options:
     cli_budget: dict[str, float | None]
     ini_budget: dict[str, float | None]
     settings: Settings
-    log_path: str | None
 
 
 def _raw(config: pytest.Config, key: str) -> tuple[str | None, str | None]:
@@ -183,7 +177,6 @@ def read_options(config: pytest.Config) -> Options:
             f"ini option taichi_limits_isolation must be one of {', '.join(ISOLATIONS)}, got "
             f"{isolation!r}")
     cli_arch, ini_arch = _raw(config, "taichi_limits_arch")
-    cli_log, ini_log = _raw(config, "taichi_limits_log")
     settings = Settings(
         interval_s=_seconds(config, "interval", 0.001, 10.0),
         grace_s=_seconds(config, "grace", 0.0, 600.0),
@@ -196,9 +189,4 @@ def read_options(config: pytest.Config) -> Options:
         cli_budget=_budget_layer(config, 0),
         ini_budget=_budget_layer(config, 1),
         settings=settings,
-        log_path=cli_log or ini_log,
     )
-
-
-def budget_help_lines() -> list[str]:
-    return [f"{key}: {allowed_text(key)}" for key in BUDGET_KEYS]

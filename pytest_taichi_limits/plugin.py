@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import errno
-import fcntl
 import importlib
-import json
 import logging
-import os
-import stat
 import warnings
 from typing import Any
 
@@ -28,7 +23,7 @@ from .budget import (
 )
 from .fixtures import taichi_limits_ti  # noqa: F401 - pytest finds fixtures in plugin modules
 from .options import Options, add_options, read_options
-from .outcomes import parent_report
+from .outcomes import describe_exit, parent_report
 from .protocol import Kind
 from .records import Crash, Usage, Violation
 from .runner import Refused, Runner
@@ -76,9 +71,10 @@ def pytest_configure(config: pytest.Config) -> None:
         "Precedence per key: marker > command line > ini > built-in default.",
     )
     if is_worker(config):
-        # A spawn-mode worker runs one test for the parent: options and fixtures, nothing else.
-        options = dataclasses.replace(read_options(config), log_path=None)
-        config.pluginmanager.register(TaichiLimitsPlugin(config, options), _PLUGIN_NAME)
+        # A spawn-mode worker runs one test for the parent: options and fixtures, nothing else
+        # (no results plugin, so no log, JSON or baseline written from there).
+        config.pluginmanager.register(TaichiLimitsPlugin(config, read_options(config)),
+                                      _PLUGIN_NAME)
         return
     config.pluginmanager.register(TaichiLimitsPlugin(config, read_options(config)), _PLUGIN_NAME)
     reports.register(config)
@@ -101,8 +97,6 @@ class TaichiLimitsPlugin:
                 check_arch(options.settings.arch, "--taichi-limits-arch / ini taichi_limits_arch")
             except BudgetError as error:
                 raise pytest.UsageError(str(error)) from None
-        if options.log_path is not None:
-            _check_log_path(options.log_path)  # before any test runs, not after the first
         self.admission = admission.read(config, spawn_worker=is_worker(config))
 
     def pytest_unconfigure(self) -> None:
@@ -188,7 +182,7 @@ class TaichiLimitsPlugin:
             # Reserved before the child starts, released when it is gone, whatever happens.
             with self.admission.admitted(item.nodeid, budget) as grant:
                 result = self.runner.run(item, nextitem, budget, self._budgets, grant.env)
-            result.usage.extra.update(grant.extra())
+            result.usage = dataclasses.replace(result.usage, admission=grant.facts())
         except (Refused, admission.AdmissionRefused) as error:
             text = str(error)
         except SpawnError as error:
@@ -209,21 +203,21 @@ class TaichiLimitsPlugin:
 
     def _replay(self, item: pytest.Item, result: RunResult) -> dict[str, Any] | None:
         """Hand the child's reports to pytest as if the test had run here."""
+        exits = result.of_kind(Kind.EXIT)
+        # Facts only the messages tell, before anything renders the usage (frozen: replaced).
+        result.usage = dataclasses.replace(
+            result.usage, arch=environment.taichi_arch(result.messages),
+            interrupted=describe_exit(exits[-1]) if exits else "")
         received, problem = self._received_reports(item, result)
         failure_text = self._failure_text(result, problem)
         reports = _complete_phases(item, received, failure_text)
         self._emit_warnings(result)
-        result.usage.extra["taichi_arch"] = environment.taichi_arch(result.messages)
         # Seam for the baseline compare: it may turn the call report into a failure.
         item.config.hook.pytest_taichi_limits_reports(
             item=item, usage=result.usage, violation=result.violation, reports=reports)
         self._record(item, result, reports, show_usage=failure_text is None)
         for report in reports:
             item.ihook.pytest_runtest_logreport(report=report)
-        # After the reports: a log that cannot be written stops the session, and the result
-        # of the test that just ran is shown all the same.
-        self._append_log(result.usage, result.violation)
-        exits = result.of_kind(Kind.EXIT)
         return exits[-1] if exits else None
 
     def _received_reports(
@@ -279,63 +273,13 @@ class TaichiLimitsPlugin:
             report.user_properties = list(report.user_properties) + properties
             if show_usage:  # a failure's own report already has the figures
                 report.sections.append(("taichi_limits usage", "\n".join(
-                    [line, *render.gpu_cap_lines(usage), *admission.report_lines(usage.extra)])))
-        teardown = reports[-1]
-        teardown.taichi_limits_usage = usage.as_dict()  # type: ignore[attr-defined]
-        teardown.taichi_limits_violation = (  # type: ignore[attr-defined]
-            None if violation is None else violation.as_dict()
-        )
+                    [line, *render.gpu_cap_lines(usage), *admission.report_lines(usage.admission)])))
         item.config.hook.pytest_taichi_limits_usage(item=item, usage=usage)
         if violation is not None:
             _log_violation(violation, usage)
             item.config.hook.pytest_taichi_limits_violation(
                 item=item, violation=violation, usage=usage
             )
-
-    def _append_log(self, usage: Usage, violation: Violation | None) -> None:
-        path = self.options.log_path
-        if path is None:
-            return
-        lines = [json.dumps({"event": "usage", **usage.as_dict()}, default=str)]
-        if violation is not None:
-            lines.append(json.dumps({"event": "violation", **violation.as_dict()}, default=str))
-        try:
-            _append_whole_lines(path, ("\n".join(lines) + "\n").encode())
-        except OSError as error:
-            raise pytest.UsageError(
-                f"--taichi-limits-log: cannot append to {path!r}: {error}; the lines already in "
-                "it are left as they were"
-            ) from None
-
-
-def _check_log_path(path: str) -> None:
-    try:
-        os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644))
-    except OSError as error:
-        raise pytest.UsageError(
-            f"--taichi-limits-log: cannot append to {path!r}: {error.strerror} (give a file "
-            "in an existing, writable directory)"
-        ) from None
-
-
-def _append_whole_lines(path: str, data: bytes) -> None:
-    """Append `data` in one write, or not at all: a full disk must not leave half a line."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        regular = stat.S_ISREG(os.fstat(fd).st_mode)
-        if regular:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # xdist workers append to the same file
-        size = os.fstat(fd).st_size
-        try:
-            written = os.write(fd, data)  # one write with O_APPEND: lines never interleave
-            if written != len(data):
-                raise OSError(errno.ENOSPC, f"only {written} of {len(data)} bytes written")
-        except OSError:
-            if regular:
-                os.ftruncate(fd, size)  # take back the part of a line that was written
-            raise
-    finally:
-        os.close(fd)
 
 
 def _missing_phase(item: pytest.Item, received: dict[str, pytest.TestReport]) -> str | None:
@@ -380,6 +324,6 @@ def _warning_category(path: str) -> type[Warning]:
 def _log_violation(violation: Violation, usage: Usage) -> None:
     logger.warning(
         "%s", render.violation_headline(violation) + f" in {violation.nodeid}",
-        extra={"taichi_limits_violation": violation.as_dict(),
-               "taichi_limits_usage": usage.as_dict()},
+        extra={"taichi_limits_violation": violation.to_json(),
+               "taichi_limits_usage": usage.to_json()},
     )

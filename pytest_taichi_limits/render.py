@@ -3,24 +3,28 @@
 from __future__ import annotations
 
 import datetime
+import re
 from typing import Any
 
 from .budget import BUDGET_KEYS, Budget
-from .records import Crash, Usage, Violation
+from .records import GIB, MIB, Crash, Usage, Violation
 
-_MB = 1024 * 1024
-REPORT_SECTION = "taichi_limits"
+#: Taichi archs that run on the host: device_memory_GB (the GPU pool the gpu_gb cap sets) is
+#: never used there.
+CPU_ARCHS = frozenset({"x64", "arm64", "cpu"})
+
+_CLAMPED = re.compile(r" clamped to device_memory_GB=[0-9.e+-]+ by gpu_gb=[0-9.e+-]+")
 
 
 def human_bytes(size: float) -> str:
-    """Binary units with one decimal: 512.0 MB, 1.5 GB."""
+    """Binary units, said so, with one decimal: 512.0 MiB, 1.5 GiB."""
     sign = "-" if size < 0 else ""
     size = abs(size)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
             return f"{sign}{size:.0f} {unit}" if unit == "B" else f"{sign}{size:.1f} {unit}"
         size /= 1024
-    return f"{sign}{size:.1f} TB"
+    return f"{sign}{size:.1f} GiB"
 
 
 def budget_text(budget: Budget) -> str:
@@ -38,27 +42,37 @@ def gpu_text(usage: Usage) -> str:
 
 def gpu_cap_lines(usage: Usage) -> list[str]:
     """What the gpu_gb cap took away from the test's ti.init calls, one line each."""
-    return [f"GPU cap: {note}" for note in usage.extra.get("gpu_clamp", ())]
+    return [f"GPU cap: {clamp_note(note, usage.arch)}" for note in usage.gpu_clamps]
+
+
+def clamp_note(note: str, arch: str) -> str:
+    """A clamp note as the user should read it on `arch`: on a CPU arch the cap was passed to
+    ti.init but takes nothing away, since Taichi's CPU backend never uses that pool."""
+    if arch not in CPU_ARCHS:
+        return note
+    return _CLAMPED.sub(f": the gpu_gb cap does not apply on arch {arch} (device_memory_GB is "
+                        "a GPU pool; the CPU backend's memory counts against mem_mb)", note)
 
 
 def usage_line(usage: Usage) -> str:
+    kernel = f"kernel peak +{human_bytes(usage.kernel_own_rss_bytes)}"
     if usage.peak_rss_bytes:
-        sampled = (f"own RSS +{human_bytes(usage.peak_own_rss_bytes)} "
-                   f"(kernel peak +{human_bytes(usage.kernel_own_rss_bytes)}) | "
+        sampled = (f"own memory +{human_bytes(usage.peak_own_memory_bytes)} "
+                   f"({usage.memory_method}; {kernel}) | "
                    f"RSS {human_bytes(usage.peak_rss_bytes)} "
                    f"(started at {human_bytes(usage.start_rss_bytes)}) | "
                    f"VMS {human_bytes(usage.peak_vms_bytes)}")
     else:  # the test ended before the first sample: only the kernel's figure exists
-        sampled = (f"own RSS not sampled (kernel peak +{human_bytes(usage.kernel_own_rss_bytes)}, "
+        sampled = (f"own memory not sampled ({kernel}, "
                    f"started at {human_bytes(usage.start_rss_bytes)})")
     return f"{sampled} | CPU {usage.cpu_s:.2f} s | wall {usage.wall_s:.2f} s | {gpu_text(usage)}"
 
 
 def _measure(resource_key: str, value: float) -> str:
     if resource_key == "mem_mb":
-        return human_bytes(value * _MB)
+        return human_bytes(value * MIB)
     if resource_key == "gpu_gb":
-        return human_bytes(value * 1024**3)
+        return human_bytes(value * GIB)
     return f"{value:.2f} s"
 
 
@@ -80,7 +94,7 @@ def violation_headline(violation: Violation) -> str:
     return (
         f"taichi_limits: {violation.resource} exceeded: "
         f"{_measure(violation.resource, violation.measured)}"
-        f" used, limit {_limit(violation.resource, violation.limit)}"
+        f" when caught, limit {_limit(violation.resource, violation.limit)}"
         f" (over by {_measure(violation.resource, violation.over_by)}, +{percent:.1f}%)"
     )
 
@@ -99,8 +113,8 @@ def violation_report(violation: Violation, usage: Usage) -> str:
         *[f"  gpu cap     {line[len('GPU cap: '):]}" for line in gpu_cap_lines(usage)],
         f"  budget      {budget_text(usage.budget)}",
         f"  stopped     signals sent: {signals}; the test process {ending}",
-        f"  process     pid {violation.pid}, caught at {_timestamp(violation.at)}, "
-        f"ran {usage.wall_s:.2f} s ({usage.mode} mode)",
+        (f"  process     pid {violation.pid}, caught at {_timestamp(violation.at)}, "
+         f"ran {usage.wall_s:.2f} s ({usage.mode} mode)"),
     ]
     lines += _stack_lines("stack at the moment of violation (all threads)", violation.stack)
     return "\n".join(lines)
@@ -113,8 +127,8 @@ def crash_report(crash: Crash, usage: Usage) -> str:
         *([f"  hint        {crash.hint}"] if crash.hint else []),
         f"  last usage  {usage_line(usage)}",
         f"  budget      {budget_text(usage.budget)}",
-        f"  process     pid {usage.pid}, started at {_timestamp(usage.started_at)} "
-        f"({usage.mode} mode)",
+        (f"  process     pid {usage.pid}, started at {_timestamp(usage.started_at)} "
+         f"({usage.mode} mode)"),
     ]
     lines += _stack_lines("stack written by faulthandler", crash.stack)
     return "\n".join(lines)
@@ -169,6 +183,8 @@ def _stack_lines(title: str, stack: str) -> list[str]:
 def user_properties(usage: Usage, violation: Violation | None) -> list[tuple[str, Any]]:
     """Usage as (name, value) pairs: they land in junitxml as <property> elements."""
     properties: list[tuple[str, Any]] = [
+        ("taichi_limits_own_memory_bytes", usage.own_memory_bytes),
+        ("taichi_limits_memory_method", usage.memory_method),
         ("taichi_limits_own_rss_bytes", usage.peak_own_rss_bytes),
         ("taichi_limits_rss_bytes", usage.peak_rss_bytes),
         ("taichi_limits_kernel_maxrss_bytes", usage.kernel_maxrss_bytes),

@@ -4,10 +4,10 @@ Headroom and rounding (each figure is what the supervisor measured for the test)
 
 | key    | suggested value                                   | rounded up to      |
 |--------|---------------------------------------------------|--------------------|
-| mem_mb | 1.5 x own memory + 64 MB                          | a multiple of 32   |
+| mem_mb | 1.5 x own memory + 64 MiB                         | a multiple of 32   |
 | cpu_s  | 2 x CPU seconds + 2 s                             | a whole second     |
 | wall_s | 3 x wall seconds + 10 s                           | a multiple of 5    |
-| gpu_gb | 1.25 x GPU peak + 0.25 GB (only where measured)   | a multiple of 0.25 |
+| gpu_gb | 1.25 x GPU peak + 0.25 GiB (only where measured)  | a multiple of 0.25 |
 
 The fixed part keeps a test that uses almost nothing from failing on noise; the factor leaves room
 for slower or busier machines (CPU and wall time vary far more between machines than memory).
@@ -21,10 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .budget import BUDGET_KEYS, MARKER_NAME, check_value
-from .collect import UsageRecord
-
-_MB = 1024 * 1024
-_GB = 1024**3
+from .records import GIB, MIB, UsageRecord
 
 #: key: (factor, fixed addition in the key's unit, rounding step in the key's unit)
 HEADROOM: dict[str, tuple[float, float, float]] = {
@@ -64,15 +61,15 @@ def _number(value: float) -> str:
 
 def suggestion_for(record: UsageRecord) -> Suggestion:
     values = {
-        "mem_mb": _suggest("mem_mb", record.own_memory_bytes / _MB),
+        "mem_mb": _suggest("mem_mb", record.own_memory_bytes / MIB),
         "cpu_s": _suggest("cpu_s", record.cpu_s),
         "wall_s": _suggest("wall_s", record.wall_s),
     }
     gpu_text = "GPU not measured"
     if record.gpu_peak_bytes is not None:
-        values["gpu_gb"] = _suggest("gpu_gb", record.gpu_peak_bytes / _GB)
-        gpu_text = f"GPU {record.gpu_peak_bytes / _MB:.1f} MB"
-    measured = (f"measured own memory {record.own_memory_bytes / _MB:.1f} MB, CPU "
+        values["gpu_gb"] = _suggest("gpu_gb", record.gpu_peak_bytes / GIB)
+        gpu_text = f"GPU {record.gpu_peak_bytes / MIB:.1f} MiB"
+    measured = (f"measured own memory {record.own_memory_bytes / MIB:.1f} MiB, CPU "
                 f"{record.cpu_s:.2f} s, wall {record.wall_s:.2f} s, {gpu_text}")
     return Suggestion(record.nodeid, values, measured,
                       lower_bound=record.outcome in ("failed", "error"))
@@ -87,8 +84,8 @@ def lines(found: list[Suggestion]) -> list[str]:
     """Marker lines (valid Python: the marker, then a comment naming the test), an ini snippet."""
     if not found:
         return []
-    out = [("suggested budgets (headroom: mem 1.5x+64 MB, cpu 2x+2 s, wall 3x+10 s, gpu "
-           "1.25x+0.25 GB; rounded up):")]
+    out = [("suggested budgets (headroom: mem 1.5x+64 MiB, cpu 2x+2 s, wall 3x+10 s, gpu "
+           "1.25x+0.25 GiB; rounded up):")]
     for suggestion in found:
         note = "; FAILED: peaks are lower bounds" if suggestion.lower_bound else ""
         out.append(f"{suggestion.marker()}  # {suggestion.nodeid} ({suggestion.measured}{note})")

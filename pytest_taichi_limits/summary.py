@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from . import render
-from .baseline import RESOURCES, amount
-from .collect import UsageRecord
-from .records import Violation
+from .baseline import RESOURCES, Growth, growth_text
+from .records import UsageRecord
 
 #: How many missing tests are named before the rest are only counted (all of them with -v).
 MISSING_SHOWN = 20
@@ -30,8 +29,8 @@ def top_consumers(records: list[UsageRecord], top: int) -> list[str]:
     if top <= 0 or not measured:
         return []
     shown = min(top, len(measured))
-    lines = [(f"top {shown} by own memory (peak RSS growth of the test's processes; absolute "
-             "peak RSS in brackets):")]
+    lines = [(f"top {shown} by own memory (peak: the measured figure, or the kernel's exact "
+              "peak where larger; absolute peak RSS in brackets):")]
     lines += _table(measured, lambda r: r.own_memory_bytes,
                     lambda r: (render.human_bytes(r.own_memory_bytes),
                                f"({render.human_bytes(r.peak_rss_bytes)})"), top)
@@ -50,29 +49,18 @@ def top_consumers(records: list[UsageRecord], top: int) -> list[str]:
 
 
 def violations(records: list[UsageRecord]) -> list[str]:
-    """One line per violation: outcome, test, what was exceeded by how much."""
-    found = [record for record in records if record.violation]
+    """One line per violation: outcome, test, and the report's own headline, whole (pytest's
+    short summary trims it to the terminal's width, and drops it for a long test id)."""
+    found = [(record, record.violation) for record in records if record.violation is not None]
     if not found:
         return []
     lines = [f"budget violations ({len(found)}):"]
-    width = max(len(record.outcome.upper()) for record in found)
-    for record in found:
-        violation = record.violation or {}
-        headline = _headline(violation)
+    width = max(len(record.outcome.upper()) for record, _ in found)
+    for record, violation in found:
+        headline = render.violation_headline(violation)
         lines.append(f"  {record.outcome.upper():{width}} {record.nodeid} - "
                      f"{headline.removeprefix('taichi_limits: ')}")
     return lines
-
-
-def _headline(violation: dict) -> str:
-    """render's own headline, from the violation as it travelled (a dict)."""
-    fields = {name: violation[name] for name in Violation.__dataclass_fields__
-              if name in violation}
-    fields["signals_sent"] = tuple(fields.get("signals_sent", ()))
-    try:
-        return render.violation_headline(Violation(**fields))
-    except (TypeError, KeyError):  # a record from another version of the plugin
-        return f"{violation.get('resource')} exceeded"
 
 
 def regressions(records: list[UsageRecord], baseline_path: str) -> list[str]:
@@ -85,17 +73,11 @@ def regressions(records: list[UsageRecord], baseline_path: str) -> list[str]:
     verdict = "warnings only (--taichi-limits-compare-warn)" if warn_only else "these tests fail"
     lines = [f"regressions against {baseline_path} ({len(grown)}; {verdict}):"]
     for record in grown:
-        for growth in (record.regression or {}).get("growths", []):
-            if not growth.get("exceeded"):
-                continue
-            kind = RESOURCES[growth["resource"]][1]
-            percent = growth.get("growth_percent")
-            lines.append(
-                f"  {record.nodeid}  {RESOURCES[growth['resource']][2]} "
-                f"{amount(growth['before'], kind)} -> {amount(growth['after'], kind)} "
-                f"({amount(growth['growth'], kind, signed=True)}"
-                f"{'' if percent is None else f', {percent:+.1f}%'}), allowed up to "
-                f"{amount(growth['allowed'], kind)} ({growth['resource']}={growth['tolerance']})")
+        for data in (record.regression or {}).get("growths", []):
+            growth = Growth.from_json(data)
+            if growth.exceeded:
+                lines.append(f"  {record.nodeid}  {RESOURCES[growth.resource][2]} "
+                             f"{growth_text(growth)}")
     return lines
 
 

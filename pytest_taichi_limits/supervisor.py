@@ -31,7 +31,7 @@ from .proctree import (
     stop_then_kill,
     tree_pids,
 )
-from .records import Crash, Ending, Usage, Violation
+from .records import MIB, RSS_GROWTH, Crash, Ending, Usage, Violation
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 __all__ = ["ExitInfo", "Launched", "RunResult", "Supervision", "TerminateInOrder", "Worker",
            "WorkerGone", "pidfd_open", "stack_file"]
 
-_MB = 1024 * 1024
 #: How long the parent waits for faulthandler to write the child's stacks.
 _STACK_WAIT_S = 0.25
 _STACK_POLL_S = 0.001
@@ -220,9 +219,12 @@ class Worker:
         """The parent's own figures at the start: never the child's word for them."""
         self.tree.sample(self._sample)
         linux.reset_peak_rss(self.child.pid)
+        # What a child holds on the GPU before its first test is that test's (a fresh child
+        # holds nothing; a fresh interpreter's module import is charged to its first test).
+        gpu_start = self.gpu_probe.sample() or 0 if self.tests_run else 0
         return _TestStart(nodeid, budget, time.time(), time.monotonic(),
-                          linux.rss_bytes(self.child.pid), self._sample.cpu_s,
-                          self.gpu_probe.sample() or 0, self._next_message, self.tests_run)
+                          linux.rss_bytes(self.child.pid), self._sample.cpu_s, gpu_start,
+                          self._next_message, self.tests_run)
 
     def _watch(self, start: _TestStart, peaks: _Peaks,
                until: Kind) -> tuple[Violation | None, bool]:
@@ -290,7 +292,7 @@ class Worker:
         own_bytes = sample.rss_bytes - start.rss_bytes
         cpu_s = sample.cpu_s - start.cpu_s
         if budget.mem_bytes is not None and own_bytes > budget.mem_bytes:
-            return self._violate(start, "mem_mb", budget.mem_mb, own_bytes / _MB, phase,
+            return self._violate(start, "mem_mb", budget.mem_mb, own_bytes / MIB, phase,
                                  "supervisor (RSS of the process tree, sampled)")
         if budget.cpu_s is not None and cpu_s > budget.cpu_s:
             detected = "supervisor (CPU time of the process tree, sampled)"
@@ -322,9 +324,7 @@ class Worker:
         phase = _Progress.last_phase(messages) if self._ready else "collection"
         peak_rss_bytes = self._peak_rss(start, finished)
         usage = self._usage(start, peaks, peak_rss_bytes)
-        notes = verdict.clamp_notes(messages)
-        if notes:
-            usage.extra["gpu_clamp"] = notes
+        usage = dataclasses.replace(usage, gpu_clamps=tuple(verdict.clamp_notes(messages)))
         result = RunResult(messages, usage, violation, None, self.reader.problem, phase)
         if violation is not None:
             result.violation = dataclasses.replace(violation, signals_sent=self._signals_sent)
@@ -361,6 +361,8 @@ class Worker:
             cpu_s=max(peaks.cpu_s - start.cpu_s, exit_cpu_s),
             start_rss_bytes=start.rss_bytes,
             peak_own_rss_bytes=max(0, peaks.rss_bytes - start.rss_bytes),
+            peak_own_memory_bytes=max(0, peaks.rss_bytes - start.rss_bytes),
+            memory_method=RSS_GROWTH,
             peak_rss_bytes=peaks.rss_bytes,
             peak_vms_bytes=peaks.vms_bytes,
             kernel_maxrss_bytes=kernel_peak_bytes,

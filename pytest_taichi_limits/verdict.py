@@ -16,9 +16,8 @@ from typing import Any, Protocol
 
 from .budget import Budget
 from .protocol import CLAMP_NOTE, EXIT_DONE, Kind
-from .records import Crash, Ending, Usage, Violation, signal_name
+from .records import MIB, Crash, Ending, Usage, Violation, signal_name
 
-_MIB = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -58,7 +57,7 @@ def after_the_fact(nodeid: str, budget: Budget, usage: Usage, exit_info: ExitInf
         return late("cpu_s", budget.cpu_s, usage.cpu_s,
                     f"kernel (RLIMIT_CPU: {signal_name(ending.signal_number or 0)})")
     if budget.mem_bytes is not None and usage.kernel_own_rss_bytes > budget.mem_bytes:
-        return late("mem_mb", budget.mem_mb, usage.kernel_own_rss_bytes / _MIB,
+        return late("mem_mb", budget.mem_mb, usage.kernel_own_rss_bytes / MIB,
                     "kernel (peak RSS of the test process, between two samples)")
     if budget.cpu_s is not None and usage.cpu_s > budget.cpu_s:
         return late("cpu_s", budget.cpu_s, usage.cpu_s,

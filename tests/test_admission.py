@@ -103,7 +103,7 @@ def test_four_tests_under_room_for_two_never_run_more_than_two_at_once(
     usages = [json.loads(line) for line in (pytester.path / "usage.jsonl").read_text().splitlines()]
     assert len(usages) == 4
     for usage in usages:
-        extra = usage["extra"]
+        extra = usage["admission"]
         assert extra["admission_wait_s"] >= 0 and extra["admission_source"] == "its budget"
         if capacity == "gpu=4GB":
             assert extra["admission_gpu_bytes"] == 2 * 1024**3
@@ -111,7 +111,7 @@ def test_four_tests_under_room_for_two_never_run_more_than_two_at_once(
         else:
             assert extra["admission_reserved_mem_bytes"] <= 2 * 1024**3
     # Measured once, by the xdist controller, for every worker (gpu case: MemAvailable).
-    assert len({usage["extra"]["admission_capacity_mem_bytes"] for usage in usages}) == 1
+    assert len({usage["admission"]["admission_capacity_mem_bytes"] for usage in usages}) == 1
     assert _ledger_entries(tmp_path) == []  # every reservation released
 
 
@@ -233,7 +233,7 @@ def test_baseline_mode_reserves_measured_peaks_and_ini_switches_it_on(pytester, 
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines([("*admission by baseline: each supervised test reserves its "
                                  "baseline peaks plus tolerance*")])
-    extras = {usage["nodeid"]: usage["extra"] for usage in map(
+    extras = {usage["nodeid"]: usage["admission"] for usage in map(
         json.loads, (pytester.path / "usage.jsonl").read_text().splitlines())}
     measured = [extras[f"test_small.py::test_admitted[{n}]"] for n in (0, 1)]
     for extra in measured:

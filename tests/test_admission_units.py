@@ -118,7 +118,7 @@ def test_admitted_gpu_test_gets_a_device_with_room_and_its_environment(tmp_path)
         assert {first.device.index, second.device.index} == {0, 1}
         assert second.env["TI_VISIBLE_DEVICE"] == str(second.device.index)
         assert second.env["CUDA_VISIBLE_DEVICES"] == second.device.uuid
-        assert second.extra()["admission_reserved_gpu_bytes"] == 10 * GB
+        assert second.facts()["admission_reserved_gpu_bytes"] == 10 * GB
     one_card = adm.Admission("budget", directory=str(tmp_path), sleep=_no_sleep,
                              capacity=adm.Capacity(GB, "declared", (cap.Device(0, 16 * GB),),
                                                    "test", physical_devices=1))
@@ -390,10 +390,10 @@ def test_summary_lines_say_total_wait_and_peak_reserved():
 def test_report_line_from_usage_extra():
     grant = adm.Grant(1.234, adm.Need(GB, 2 * GB, "its budget"), cap.Device(1, 8 * GB), 3 * GB,
                       2 * GB)
-    assert adm.report_lines(grant.extra()) == [
+    assert adm.report_lines(grant.facts()) == [
         ("admission: waited 1.23 s for memory 1.0 GB, GPU 2.0 GB on device 1 (its budget); "
         "reserved on the machine then 3.0 GB")]
-    assert adm.report_lines({}) == [] and adm.Grant().extra() == {}
+    assert adm.report_lines({}) == [] and adm.Grant().facts() is None
 
 
 # -- fork safety --------------------------------------------------------------------------------

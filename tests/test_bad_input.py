@@ -20,9 +20,11 @@ _MARK = "@pytest.mark.taichi_limits"
 #: (test name, marker arguments, the exact message of its collection error)
 BAD_MARKERS = [
     ("test_unknown_key", "memory_mb=1",
-     f"{_MARK} got unknown argument 'memory_mb'; allowed: cpu_s, mem_mb, wall_s, gpu_gb, arch"),
+     f"{_MARK} got unknown argument 'memory_mb'; allowed: cpu_s, mem_mb, wall_s, gpu_gb, arch, "
+     "isolation"),
     ("test_positional", "100",
-     f"{_MARK} takes keyword arguments only (cpu_s, mem_mb, wall_s, gpu_gb, arch), got "
+     f"{_MARK} takes keyword arguments only (cpu_s, mem_mb, wall_s, gpu_gb, arch, isolation), "
+     "got "
      "positional (100,)"),
     ("test_bool", "cpu_s=True", f"{_MARK}: cpu_s must be {_CPU} or None for no limit, got True"),
     ("test_string", "mem_mb='1024'",

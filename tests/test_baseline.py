@@ -67,20 +67,20 @@ def test_grown_field_fails_showing_before_after_growth_and_tolerance(growing, ru
     result.assert_outcomes(failed=1, passed=1)
     result.stdout.fnmatch_lines([
         ("*taichi-limits: comparing with baseline base.json (2 tests); tolerance "
-        "mem=10%+16MB,cpu=50%+1s,wall=off,gpu=10%+64MB; a test that grew beyond it will fail"),
+        "mem=10%+16MiB,cpu=50%+1s,wall=off,gpu=10%+64MiB; a test that grew beyond it will fail"),
         "*_ test_grows _*",
-        ("taichi_limits: grew beyond the baseline's tolerance: own memory * MB -> * MB "
-        "(+* MB, +*%), allowed up to * MB (mem=10%+16MB)*"),
-        "*before*after*growth*allowed*tolerance",
-        "*own memory*MB*MB*+*MB*MB*mem=10%+16MB*EXCEEDED",
-        "*baseline    base.json, saved * with Python *, Taichi *, arch x64 (fork mode)",
+        ("taichi_limits: grew beyond the baseline's tolerance: own memory * MiB -> * MiB "
+        "(+* MiB, +*%), allowed up to * MiB (mem=10%+16MiB)*"),
+        "*baseline*after*growth*allowed*tolerance",
+        "*own memory*MiB*MiB*+*MiB*MiB*mem=10%+16MiB*EXCEEDED",
+        "*baseline    base.json, 1 run (growth is measured above the largest), last saved * with Python *, Taichi *, arch x64 (fork mode)",
         "*regressions against base.json (1; these tests fail):",
         "*test_growing.py::test_grows  own memory * -> * (+*), allowed up to *",
-        "FAILED test_growing.py::test_grows - taichi_limits: grew beyond*",
+        "FAILED test_growing.py::test_grows - grew beyond*",
     ])
     growth_line = next(line for line in result.outlines
                        if line.startswith("  test_growing.py::test_grows  own memory"))
-    grown_mb = float(growth_line.split("(+")[1].split(" MB")[0])
+    grown_mb = float(growth_line.split("(+")[1].split(" MiB")[0])
     assert 170 < grown_mb < 230  # 192 MB more floats, as measured (not a rounding artefact)
 
 
@@ -90,7 +90,7 @@ def test_same_run_within_tolerance_passes(growing, run_plugin, monkeypatch):
     result = run_plugin("--taichi-limits", "--taichi-limits-compare=base.json")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(
-        ["no test grew beyond tolerance (mem=10%+16MB,*) against base.json"])
+        ["no test grew beyond tolerance (mem=10%+16MiB,*) against base.json"])
 
 
 def test_tolerance_option_widens_and_narrows(growing, run_plugin, monkeypatch):
@@ -105,7 +105,7 @@ def test_tolerance_option_widens_and_narrows(growing, run_plugin, monkeypatch):
     result = run_plugin("--taichi-limits", "--taichi-limits-compare=base.json",
                         "--taichi-limits-tolerance=mem=0%+8MB")
     result.assert_outcomes(failed=1, passed=1)
-    result.stdout.fnmatch_lines(["*allowed up to * MB (mem=8MB)*"])
+    result.stdout.fnmatch_lines(["*allowed up to * MiB (mem=8MiB)*"])
 
 
 def test_warn_mode_passes_with_a_warning(growing, run_plugin, monkeypatch):
@@ -169,8 +169,12 @@ def test_subset_run_merges_unless_told_to_replace(growing, run_plugin, monkeypat
     steady = "test_growing.py::test_steady"
     assert merged["tests"][steady] == before["tests"][steady]  # untouched by the subset run
     grows = "test_growing.py::test_grows"
-    assert merged["tests"][grows]["own_memory_bytes"] > \
-        before["tests"][grows]["own_memory_bytes"] + 24 * 1024 * 1024
+    # Saving again widens the range: the larger figure is the new max, the old one the min.
+    assert merged["tests"][grows]["runs"] == 2
+    assert merged["tests"][grows]["own_memory_bytes"]["max"] > \
+        before["tests"][grows]["own_memory_bytes"]["max"] + 24 * 1024 * 1024
+    assert merged["tests"][grows]["own_memory_bytes"]["min"] == \
+        before["tests"][grows]["own_memory_bytes"]["min"]
     run_plugin("--taichi-limits", "--taichi-limits-save-baseline=base.json", "-k", "grows",
                "--taichi-limits-baseline-replace").assert_outcomes(passed=1)
     replaced = json.loads((pytester.path / "base.json").read_text())
@@ -191,8 +195,8 @@ def test_failed_test_keeps_its_baseline_entry(pytester, run_plugin, monkeypatch)
     monkeypatch.setenv("BREAK", "1")
     result = run_plugin("--taichi-limits-save-baseline=base.json")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines([("baseline saved to base.json: 0 tests written, 1 not (failed or "
-                                 "skipped), 1 in the file")])
+    result.stdout.fnmatch_lines([("baseline saved to base.json: 0 tests written, 1 not (failed, "
+                                 "skipped or interrupted), 1 in the file")])
     assert json.loads((pytester.path / "base.json").read_text())["tests"] == \
         json.loads(saved)["tests"]
 
@@ -228,7 +232,7 @@ def test_unusable_baseline_and_tolerance_are_usage_errors(pytester, run_plugin):
     result = run_plugin("--taichi-limits-tolerance=mem=10 percent")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
-        ["*--taichi-limits-tolerance: mem: unit 'percent' is not one of %, B, KB, MB, GB. *"])
+        ["*--taichi-limits-tolerance: mem: unit 'percent' is not one of %, B, KiB, MiB, GiB (KB, MB, GB mean the same). *"])
 
 
 @pytest.mark.parametrize("spec, key, limit_of_100", [
@@ -250,7 +254,7 @@ def test_tolerance_defaults_and_errors():
     assert defaults.describe() == DEFAULT_TOLERANCE_SPEC
     assert defaults.allowances["wall"] is None
     assert parse_tolerance("mem=off").allowances["mem"] is None
-    assert parse_tolerance("cpu=1s").describe() == "mem=10%+16MB,cpu=1s,wall=off,gpu=10%+64MB"
+    assert parse_tolerance("cpu=1s").describe() == "mem=10%+16MiB,cpu=1s,wall=off,gpu=10%+64MiB"
     for bad in ("mem=10s", "cpu=8MB", "disk=5%", "mem", "mem=ten%", "cpu=inf s"):
         with pytest.raises(BaselineError, match="A tolerance is comma-separated KEY=SPEC"):
             parse_tolerance(bad)

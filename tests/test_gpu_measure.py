@@ -14,7 +14,9 @@ import pytest
 
 from pytest_taichi_limits import gpu
 from pytest_taichi_limits.budget import Budget
-from pytest_taichi_limits.supervisor import ForkLaunch, Settings, Supervisor
+from pytest_taichi_limits.forking import wait_child
+from pytest_taichi_limits.settings import Settings
+from pytest_taichi_limits.supervisor import ExitInfo, Worker, stack_file
 
 pynvml = pytest.importorskip("pynvml", reason="nvidia-ml-py (the [gpu] extra) is not installed")
 
@@ -114,20 +116,52 @@ def test_without_nvml_the_note_says_why_never_zero():
     assert gpu.smallest_device_total_bytes() is None
 
 
-def test_supervisor_enforces_gpu_gb_on_the_measured_figure(monkeypatch):
-    # A real forked child; NVML's answer for it is the structs above, 3 GiB against a 1 GB cap.
-    def in_child(channel_fd: int, stack_fd: int, parent_pid: int) -> None:
-        os.write(channel_fd, b'{"t": "hello", "pid": 0, "rss": 0}\n')
-        time.sleep(30)
-        os._exit(0)
+class _BareChild:
+    """A real forked child that says it is ready, takes one command and then sleeps: only the
+    supervisor's side of the protocol, none of the plugin's child code."""
 
+    def __init__(self) -> None:
+        channel_read, channel_write = os.pipe()
+        control_read, control_write = os.pipe()
+        self.stack_fd = stack_file()
+        pid = os.fork()
+        if pid == 0:
+            os.write(channel_write, b'{"t": "ready", "pid": 0}\n')
+            os.read(control_read, 4096)
+            time.sleep(30)
+            os._exit(0)
+        os.close(channel_write)
+        os.close(control_read)
+        os.set_blocking(channel_read, False)
+        self.pid, self.channel_fd, self.control_fd = pid, channel_read, control_write
+
+    def wait_fd(self) -> int | None:
+        return None
+
+    def poll_exit(self, block: bool) -> ExitInfo | None:
+        return wait_child(self.pid, block)
+
+    def crash_cause(self) -> str | None:
+        return None
+
+    def close(self) -> None:
+        for fd in (self.channel_fd, self.control_fd, self.stack_fd):
+            os.close(fd)
+
+
+def test_supervisor_enforces_gpu_gb_on_the_measured_figure(monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    # A real forked child; NVML's answer for it is the structs above, 3 GiB against a 1 GiB cap.
     def probe_for(root_pid: int) -> gpu.NvmlProbe:
         return gpu.NvmlProbe(root_pid, [lambda: nvml_processes((root_pid, 3 * GIB))])
 
     monkeypatch.setattr(gpu, "probe_for", probe_for)
-    supervisor = Supervisor("t::gpu", Budget(wall_s=20, gpu_gb=1), Settings(grace_s=0.5), "fork")
+    worker = Worker(_BareChild(), Settings(grace_s=0.5), "fork")
     started = time.monotonic()
-    result = supervisor.run(lambda: ForkLaunch(in_child))
+    try:
+        result = worker.run_test(0, None, "t::gpu", Budget(wall_s=20, gpu_gb=1))
+    finally:
+        worker.close()
     assert time.monotonic() - started < 15
     violation = result.violation
     assert violation is not None and violation.resource == "gpu_gb"

@@ -72,7 +72,7 @@ def test_budget_usage_violation_and_reports_hooks(pytester, run_plugin, monkeypa
     # wall_s 1 -> 4: the sleeper passes; mem_mb 4000 -> 40 (from the hook): 120 MB fails.
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines([
-        "taichi_limits: mem_mb exceeded: * used, limit mem_mb=40 (over by *",
+        "taichi_limits: mem_mb exceeded: * when caught, limit mem_mb=40 (over by *",
         "*budget      cpu_s=off mem_mb=40 wall_s=2400 gpu_gb=off",
     ])
     result.stdout.fnmatch_lines(["*- dashboard -*", "posted usage of test_needs_more_time*"])
@@ -92,6 +92,6 @@ def test_without_the_factor_the_budget_stays(pytester, run_plugin, monkeypatch):
     monkeypatch.setenv("SLOW_RUNNER_FACTOR", "1")
     result = run_plugin("--taichi-limits-grace=0.5", "-k", "slow_runner")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["taichi_limits: wall_s exceeded: * used, limit wall_s=1 *"])
+    result.stdout.fnmatch_lines(["taichi_limits: wall_s exceeded: * when caught, limit wall_s=1 *"])
     [violation] = [call for call in _calls(pytester) if call["hook"] == "violation"]
     assert violation["resource"] == "wall_s"

@@ -53,12 +53,12 @@ def test_spawn_worker_records_the_arch_and_caps_through_the_wrapper(pytester, ru
     usages = _usages(log)
     assert {usage["mode"] for usage in usages.values()} == {"spawn"}
     # The arch Taichi chose in the worker, as in fork mode (was "not initialised").
-    assert usages["test_plain_init"]["extra"]["taichi_arch"] == "x64"
-    assert usages["test_init_imported_by_name"]["extra"]["taichi_arch"] == "x64"
-    assert usages["test_no_init"]["extra"]["taichi_arch"] == "not initialised"
+    assert usages["test_plain_init"]["arch"] == "x64"
+    assert usages["test_init_imported_by_name"]["arch"] == "x64"
+    assert usages["test_no_init"]["arch"] == "not initialised"
     # The wrapper saw the call ("from argument"), not the backstop.
     for name, asked in (("test_plain_init", 5), ("test_init_imported_by_name", 3)):
-        notes = usages[name]["extra"]["gpu_clamp"]
+        notes = usages[name]["gpu_clamps"]
         assert notes == [(f"ti.init device_memory_GB={asked} (from argument) clamped to "
                           "device_memory_GB=1 by gpu_gb=1")], name
 
@@ -123,15 +123,15 @@ def test_backstop_note_names_an_unreplaced_reference_only_when_true(pytester, ru
                         f"--taichi-limits-log={log}", timeout=180)
     result.assert_outcomes(passed=2)
     usages = _usages(log)
-    partial_notes = usages["test_partial_taken_before_the_plugin"]["extra"]["gpu_clamp"]
+    partial_notes = usages["test_partial_taken_before_the_plugin"]["gpu_clamps"]
     assert len(partial_notes) == 1
     assert "device_memory_GB=5 (from " in partial_notes[0]
     if "(from ti.init)" in partial_notes[0]:  # caught by the backstop: then, and only then
         assert "a reference the plugin could not replace" in partial_notes[0]
     else:  # the worker imported the plugin after the wrapper existed: the wrapper caught it
         assert mode == "spawn" and "could not replace" not in partial_notes[0]
-    assert usages["test_partial_taken_before_the_plugin"]["extra"]["taichi_arch"] == "x64"
-    plain = usages["test_plain_init_after_it"]["extra"]["gpu_clamp"]
+    assert usages["test_partial_taken_before_the_plugin"]["arch"] == "x64"
+    plain = usages["test_plain_init_after_it"]["gpu_clamps"]
     assert plain == [("ti.init device_memory_GB=4 (from argument) clamped to "
                       "device_memory_GB=1 by gpu_gb=1")]
 
@@ -286,5 +286,5 @@ def test_forked_children_never_search_the_heap(pytester, run_plugin, monkeypatch
     result.assert_outcomes(passed=3)
     assert not scan_log.exists(), scan_log.read_text()
     for name, usage in _usages(log).items():
-        assert usage["extra"]["taichi_arch"] == "x64", name
-        assert "(from argument) clamped" in usage["extra"]["gpu_clamp"][0], name
+        assert usage["arch"] == "x64", name
+        assert "(from argument) clamped" in usage["gpu_clamps"][0], name

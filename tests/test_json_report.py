@@ -200,5 +200,5 @@ def test_unsafe_output_paths_are_refused_before_any_test(pytester, run_plugin, o
     pytester.makepyfile("def test_a():\n    pass\n")
     result = run_plugin("--taichi-limits", f"{option}={target}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines([f"ERROR: {option}: cannot write {target!r}: *"])
+    result.stderr.fnmatch_lines([f"ERROR: {option}: cannot write {target!r}*: *"])
     assert os.path.exists("/dev/null") and not os.path.isfile("/dev/null")

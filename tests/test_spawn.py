@@ -233,10 +233,10 @@ def test_budgets_enforced_with_the_same_report_in_both_modes(pytester, run_plugi
         result = run_plugin(f"--taichi-limits-mode={mode}", "--taichi-limits-grace=0.5")
         result.assert_outcomes(failed=2)
         result.stdout.fnmatch_lines([
-            "*taichi_limits: mem_mb exceeded: * used, limit mem_mb=150 (over by *",
+            "*taichi_limits: mem_mb exceeded: * when caught, limit mem_mb=150 (over by *",
             f"*process     pid *, caught at *({mode} mode)",
             "*test_memory*",
-            "*taichi_limits: wall_s exceeded: * used, limit wall_s=1.5 (over by *",
+            "*taichi_limits: wall_s exceeded: * when caught, limit wall_s=1.5 (over by *",
             f"*process     pid *, caught at *({mode} mode)",
             "*test_wall*",
         ])

@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 from pytest_taichi_limits.budget import marker_values
-from pytest_taichi_limits.collect import UsageRecord
+from pytest_taichi_limits.records import UsageRecord
 from pytest_taichi_limits.suggest import HEADROOM, suggestion_for
 
 BODIES = """
@@ -97,10 +97,11 @@ def _record(own_mb: float, cpu_s: float, wall_s: float, gpu_mb: float | None,
     mb = 1024 * 1024
     return UsageRecord(
         nodeid="t.py::t", outcome=outcome, own_memory_bytes=int(own_mb * mb),
+        peak_own_memory_bytes=int(own_mb * mb), memory_method="rss-growth",
         peak_own_rss_bytes=int(own_mb * mb), kernel_own_rss_bytes=0, peak_rss_bytes=0,
         start_rss_bytes=0, peak_vms_bytes=0, cpu_s=cpu_s, wall_s=wall_s,
         gpu_peak_bytes=None if gpu_mb is None else int(gpu_mb * mb), gpu_note="",
-        budget={}, pid=1, started_at=0.0, mode="fork", arch="x64", violation=None,
+        gpu_clamps=(), budget={}, pid=1, started_at=0.0, mode="fork", arch="x64", violation=None,
         regression=None)
 
 
@@ -120,4 +121,4 @@ def test_headroom_and_rounding(own_mb, cpu_s, wall_s, gpu_mb, expected):
 def test_failed_test_is_marked_as_a_lower_bound():
     suggestion = suggestion_for(_record(50, 1, 1, None, outcome="failed"))
     assert suggestion.lower_bound
-    assert textwrap.shorten(suggestion.measured, 200).startswith("measured own memory 50.0 MB")
+    assert textwrap.shorten(suggestion.measured, 200).startswith("measured own memory 50.0 MiB")

@@ -58,9 +58,9 @@ def test_channel_cut_mid_message_is_a_problem():
 
 def test_human_bytes():
     assert human_bytes(512) == "512 B"
-    assert human_bytes(1536) == "1.5 KB"
-    assert human_bytes(3 * 1024**3) == "3.0 GB"
-    assert human_bytes(-2 * 1024**2) == "-2.0 MB"
+    assert human_bytes(1536) == "1.5 KiB"
+    assert human_bytes(3 * 1024**3) == "3.0 GiB"
+    assert human_bytes(-2 * 1024**2) == "-2.0 MiB"
 
 
 def test_trim_stack_drops_plumbing_below_the_test():

@@ -86,7 +86,7 @@ def test_records_json_and_baseline_are_the_same_with_two_workers(pytester, run_p
             "top 5 by own memory*",
             "*test_many.py::test_field?64?",
             "budget violations (1):",
-            "  FAILED test_many.py::test_over_budget - mem_mb exceeded: * used, limit mem_mb=40 *",
+            "  FAILED test_many.py::test_over_budget - mem_mb exceeded: * when caught, limit mem_mb=40 *",
         ])
 
 
@@ -100,9 +100,9 @@ def test_workers_compare_with_the_baseline(pytester, run_plugin, monkeypatch):
     result.assert_outcomes(passed=3, failed=3, skipped=1)
     result.stdout.fnmatch_lines([
         "*regressions against base.json (1; these tests fail):",
-        "  test_many.py::test_field?16?  own memory * -> * (+*), allowed up to * (mem=10%+16MB)",
+        "  test_many.py::test_field?16?  own memory * -> * (+*), allowed up to * (mem=10%+16MiB)",
         "new since the baseline, not compared (3;*",
-        "FAILED test_many.py::test_field?16? - taichi_limits: grew beyond the *",
+        "FAILED test_many.py::test_field?16? - grew beyond the *",
     ])
     document = json.loads((pytester.path / "report.json").read_text())
     assert document["baseline"]["regressions"] == ["test_many.py::test_field[16]"]
