@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from . import baseline as baselines
 from . import capacity as capacities
 from .budget import Budget
 from .capacity import Declared, Device, human
@@ -216,6 +217,11 @@ class Grant:
         }
 
 
+def _highest(entry: baselines.Entry, field_name: str) -> float | None:
+    found = entry.ranges.get(field_name)
+    return None if found is None else found.high
+
+
 def report_lines(extra: Mapping[str, Any] | None) -> list[str]:
     """The admission line of a test's usage section, from Usage.admission (none if it was not
     admitted)."""
@@ -239,7 +245,7 @@ class Admission:
     mode: str | None
     declared: Declared = field(default_factory=Declared)
     directory: str = ""
-    baseline: Mapping[str, Mapping[str, Any]] | None = None
+    baseline: Mapping[str, baselines.Entry] | None = None
     allowances: Mapping[str, Any] = field(default_factory=dict)
     capacity: Capacity | None = None
     sleep: Callable[[float], None] = time.sleep
@@ -281,8 +287,9 @@ class Admission:
             if self.mode == "baseline":
                 source += "; not in the baseline"
             return Need(mem, gpu, source)
-        measured_mem = self._allowed("mem", entry.get("own_memory_bytes"))
-        measured_gpu = self._allowed("gpu", entry.get("gpu_bytes"))
+        # The largest figure the baseline saw, over all its runs.
+        measured_mem = self._allowed("mem", _highest(entry, "own_memory_bytes"))
+        measured_gpu = self._allowed("gpu", _highest(entry, "gpu_bytes"))
         if measured_mem is not None:
             mem = measured_mem if mem_limit is None else min(mem_limit, measured_mem)
         if measured_gpu is not None and gpu_limit is not None and capacity.devices:
@@ -520,7 +527,6 @@ def read(config: pytest.Config, spawn_worker: bool = False) -> Admission:
 
 
 def _read_baseline(config: pytest.Config, admission: Admission) -> None:
-    from . import baseline as baselines
 
     path = config.getoption("taichi_limits_compare", None)
     if path is None:

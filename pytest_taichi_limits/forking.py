@@ -1,33 +1,35 @@
-"""The fast start: fork this pytest process; the child runs the tests it is told to, in order."""
+"""The fast start: fork this pytest process; the child runs the tests it is told to, in order.
+
+Two bodies run in such a child: `child.run_forked` (the parent's own collected items), and
+`worker.reimport_worker` for a module whose import left Taichi state behind (its modules are
+imported again in the child, after the parent reset Taichi, and the child collects them anew).
+"""
 
 from __future__ import annotations
 
 import os
 import signal
 import sys
-from collections.abc import Sequence
-
-import pytest
+from collections.abc import Callable
 
 from . import linux
-from .child import ChildStart, run_forked
 from .protocol import EXIT_DONE
 from .records import Ending
-from .settings import Settings
 from .supervisor import ExitInfo, TerminateInOrder, pidfd_open, stack_file
-from .taichi_replay import InitCall
+
+#: What runs in the child: given (channel fd, stack fd, control fd, parent pid); never returns.
+ChildBody = Callable[[int, int, int, int], None]
 
 
 class ForkLaunch:
-    """A forked child that runs `items` on command: implements supervisor.Launched."""
+    """A forked child that runs `body`: implements supervisor.Launched."""
 
-    def __init__(self, items: Sequence[pytest.Item], settings: Settings,
-                 replay: InitCall | None) -> None:
+    def __init__(self, body: ChildBody) -> None:
         read_fd, write_fd = os.pipe()
         control_read, control_write = os.pipe()
         linux.enlarge_pipe(write_fd)
         self.stack_fd = stack_file()
-        start = ChildStart(write_fd, self.stack_fd, control_read, os.getpid(), settings, replay)
+        parent_pid = os.getpid()
         for stream in (sys.stdout, sys.stderr):
             stream.flush()  # or the child would print the parent's buffered text again
         pid = os.fork()
@@ -36,8 +38,8 @@ class ForkLaunch:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's, not the test's
             os.close(read_fd)
             os.close(control_write)
-            run_forked(items, start)
-            os._exit(EXIT_DONE)  # run_forked never returns; this is a seatbelt
+            body(write_fd, self.stack_fd, control_read, parent_pid)
+            os._exit(EXIT_DONE)  # body never returns; this is a seatbelt
         os.close(write_fd)
         os.close(control_read)
         os.set_blocking(read_fd, False)

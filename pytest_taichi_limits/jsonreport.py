@@ -84,7 +84,7 @@ _RECORD_SCHEMA: dict[str, Any] = {
         },
         "pid": {"type": "integer", "minimum": 1},
         "started_at": _NUMBER,
-        "mode": {"enum": ["fork", "spawn"]},
+        "mode": {"enum": ["fork", "reimport", "spawn"]},
         "arch": _STRING,
         "worker_pid": {"type": "integer", "minimum": 1},
         "worker_test_number": {"type": "integer", "minimum": 1},

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import logging
-import warnings
 from typing import Any
 
 import pytest
 
-from . import admission, environment, hookspecs, render, reports
+from . import admission, environment, hookspecs, render, replay, reports
 from .budget import (
     MARKER_NAME,
     Budget,
@@ -23,17 +20,14 @@ from .budget import (
 )
 from .fixtures import taichi_limits_ti  # noqa: F401 - pytest finds fixtures in plugin modules
 from .options import Options, add_options, read_options
-from .outcomes import describe_exit, parent_report
+from .outcomes import describe_exit
 from .protocol import Kind
-from .records import Crash, Usage, Violation
+from .records import RunResult
 from .runner import Refused, Runner
 from .settings import BUDGET_KEY, SETTINGS_KEY
 from .spawn import SpawnError
 from .startplan import InitRecorder
-from .supervisor import RunResult
 from .worker import is_worker
-
-logger = logging.getLogger("pytest_taichi_limits")
 
 _PLUGIN_NAME = "taichi_limits_plugin"
 _INIT_RECORDER_KEY = pytest.StashKey[InitRecorder]()
@@ -188,8 +182,7 @@ class TaichiLimitsPlugin:
         except SpawnError as error:
             text = f"taichi_limits: {error}"
         if text is not None:  # never hang: this test fails, the run goes on (outside `except`,
-            for report in _complete_phases(item, {}, text):  # or pytest chains the two)
-                item.ihook.pytest_runtest_logreport(report=report)
+            replay.fail_without_running(item, text)  # or pytest chains the two)
             item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
             return True
         exit_request = self._replay(item, result)
@@ -202,128 +195,12 @@ class TaichiLimitsPlugin:
         return True
 
     def _replay(self, item: pytest.Item, result: RunResult) -> dict[str, Any] | None:
-        """Hand the child's reports to pytest as if the test had run here."""
+        """Hand the child's reports to pytest as if the test had run here; the exit request
+        (pytest.exit, Ctrl-C) the test made, if any."""
         exits = result.of_kind(Kind.EXIT)
         # Facts only the messages tell, before anything renders the usage (frozen: replaced).
         result.usage = dataclasses.replace(
             result.usage, arch=environment.taichi_arch(result.messages),
             interrupted=describe_exit(exits[-1]) if exits else "")
-        received, problem = self._received_reports(item, result)
-        failure_text = self._failure_text(result, problem)
-        reports = _complete_phases(item, received, failure_text)
-        self._emit_warnings(result)
-        # Seam for the baseline compare: it may turn the call report into a failure.
-        item.config.hook.pytest_taichi_limits_reports(
-            item=item, usage=result.usage, violation=result.violation, reports=reports)
-        self._record(item, result, reports, show_usage=failure_text is None)
-        for report in reports:
-            item.ihook.pytest_runtest_logreport(report=report)
+        replay.replay(item, result, admission.report_lines(result.usage.admission))
         return exits[-1] if exits else None
-
-    def _received_reports(
-        self, item: pytest.Item, result: RunResult
-    ) -> tuple[dict[str, pytest.TestReport], str | None]:
-        received: dict[str, pytest.TestReport] = {}
-        problem = result.channel_problem
-        for message in result.of_kind(Kind.REPORT):
-            try:
-                report = item.config.hook.pytest_report_from_serializable(
-                    config=item.config, data=message.get("data")
-                )
-            except Exception as error:  # noqa: BLE001 - a forged report is a failure, not a crash
-                problem = problem or f"the child sent an unreadable report ({error})"
-                continue
-            if not isinstance(report, pytest.TestReport) or report.nodeid != item.nodeid \
-                    or report.when not in ("setup", "call", "teardown"):
-                problem = problem or "the child sent a report that is not for this test"
-                continue
-            received[report.when] = report
-        if problem is None and not result.of_kind(Kind.EXIT):
-            missing = _missing_phase(item, received)
-            if missing is not None:  # e.g. a forged "done": the test must not vanish
-                problem = f"the child sent no report for the {missing} phase"
-        return received, problem
-
-    @staticmethod
-    def _failure_text(result: RunResult, problem: str | None) -> str | None:
-        if result.violation is not None:
-            return render.violation_report(result.violation, result.usage)
-        if result.crash is not None:
-            return render.crash_report(result.crash, result.usage)
-        if problem is not None:
-            crash = Crash(result.usage.nodeid, problem + "; the test's own result is unknown",
-                          result.phase, "")
-            return render.crash_report(crash, result.usage)
-        return None
-
-    def _emit_warnings(self, result: RunResult) -> None:
-        for message in result.of_kind(Kind.WARNING):
-            category = _warning_category(str(message.get("category", "")))
-            warnings.warn_explicit(
-                str(message.get("message")), category,
-                str(message.get("filename", "?")), int(message.get("lineno") or 0),
-            )
-
-    def _record(self, item: pytest.Item, result: RunResult,
-                reports: list[pytest.TestReport], show_usage: bool) -> None:
-        usage, violation = result.usage, result.violation
-        properties = render.user_properties(usage, violation)
-        line = render.usage_line(usage)
-        for report in reports:
-            report.user_properties = list(report.user_properties) + properties
-            if show_usage:  # a failure's own report already has the figures
-                report.sections.append(("taichi_limits usage", "\n".join(
-                    [line, *render.gpu_cap_lines(usage), *admission.report_lines(usage.admission)])))
-        item.config.hook.pytest_taichi_limits_usage(item=item, usage=usage)
-        if violation is not None:
-            _log_violation(violation, usage)
-            item.config.hook.pytest_taichi_limits_violation(
-                item=item, violation=violation, usage=usage
-            )
-
-
-def _missing_phase(item: pytest.Item, received: dict[str, pytest.TestReport]) -> str | None:
-    """The first phase whose report a child that ran the whole protocol must have sent."""
-    if "setup" not in received:
-        return "setup"
-    if received["setup"].passed and "call" not in received \
-            and not item.config.getoption("setuponly", False):
-        return "call"
-    return None if "teardown" in received else "teardown"
-
-
-def _complete_phases(
-    item: pytest.Item, received: dict[str, pytest.TestReport], failure_text: str | None
-) -> list[pytest.TestReport]:
-    """setup, call (when setup passed) and teardown, with any failure put on the test itself."""
-    setup = received.get("setup") or parent_report(item, "setup", None)
-    reports = [setup]
-    teardown = received.get("teardown") or parent_report(item, "teardown", None)
-    if failure_text is None:
-        if "call" in received:
-            reports.append(received["call"])
-        return reports + [teardown]
-    if not setup.passed:
-        # The test never ran; what went wrong afterwards belongs to teardown.
-        return reports + [parent_report(item, "teardown", failure_text, keep=teardown)]
-    reports.append(parent_report(item, "call", failure_text, keep=received.get("call")))
-    return reports + [teardown]
-
-
-def _warning_category(path: str) -> type[Warning]:
-    module_name, _, qualname = path.partition(":")
-    try:
-        target: Any = importlib.import_module(module_name)
-        for part in qualname.split("."):
-            target = getattr(target, part)
-    except Exception:  # noqa: BLE001 - a class defined inside a test cannot be found again
-        return UserWarning
-    return target if isinstance(target, type) and issubclass(target, Warning) else UserWarning
-
-
-def _log_violation(violation: Violation, usage: Usage) -> None:
-    logger.warning(
-        "%s", render.violation_headline(violation) + f" in {violation.nodeid}",
-        extra={"taichi_limits_violation": violation.to_json(),
-               "taichi_limits_usage": usage.to_json()},
-    )

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .budget import BUDGET_KEYS, Budget
+from .protocol import Kind
 
 #: The arch of a supervised test that never called ti.init.
 NO_TAICHI = "not initialised"
@@ -382,3 +383,18 @@ def _optional_object(fields: Mapping[str, Any], name: str, where: str) -> dict[s
     if value is not None and not isinstance(value, dict):
         raise RecordError(f"{where}: {name} must be an object or null")
     return value
+
+
+@dataclass
+class RunResult:
+    """One test's end: what the child said, what it used, and what that means."""
+
+    messages: list[dict[str, Any]]
+    usage: Usage
+    violation: Violation | None = None
+    crash: Crash | None = None
+    channel_problem: str | None = None
+    phase: str = "setup"
+
+    def of_kind(self, kind: Kind) -> list[dict[str, Any]]:
+        return [message for message in self.messages if message["t"] == kind.value]

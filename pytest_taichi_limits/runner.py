@@ -13,6 +13,7 @@ next test with that key starts a new one. Each test keeps its own budget, figure
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 from collections.abc import Iterator, Mapping
@@ -22,11 +23,21 @@ import pytest
 
 from . import forksafety, startplan, taichi_replay
 from .budget import Budget
-from .forking import ForkLaunch
+from .child import ChildStart, run_forked
+from .forking import ChildBody, ForkLaunch
+from .records import RunResult
 from .settings import Settings
-from .spawn import SpawnError, SpawnLaunch, WorkerRequest, Zygote, fingerprint, new_temp_dir, \
-    worker_args
-from .supervisor import RunResult, Supervision, Worker, WorkerGone
+from .spawn import (
+    SpawnError,
+    SpawnLaunch,
+    WorkerRequest,
+    Zygote,
+    fingerprint,
+    new_temp_dir,
+    worker_args,
+)
+from .supervisor import Supervision, Worker, WorkerGone
+from .worker import reimport_worker
 
 #: How long a worker may take to tear down after its last test (module and session fixtures'
 #: finalizers, Taichi's offline cache) before it is killed.
@@ -59,8 +70,10 @@ class Runner:
         self._worker_key: Key | None = None
         self._worker_env: dict[str, str] = {}
         self._worker_items: list[pytest.Item] = []
+        self._budgets: dict[str, Budget] = {}
         self._supervision = Supervision()
         self._zygote: Zygote | None = None
+        self._cuda: str | None = None
         self._temp_dir: str | None = None
         self._count = 0
 
@@ -77,11 +90,19 @@ class Runner:
         conftests = [str(path) for path in _conftest_paths(self.config)]
         self.modules = startplan.plan_modules(modules, self.recorder.events, conftests,
                                               str(self.config.rootpath))
-        cuda = forksafety.cuda_initialised_here()
-        if cuda is not None:  # "Cannot re-initialize CUDA in forked subprocess"
-            self.modules = {path: startplan.ModuleStart(True, cuda) for path in self.modules}
-        if any(plan.fresh for plan in self.modules.values()) or self.settings.mode == "spawn":
+        self._cuda = forksafety.cuda_initialised_here()
+        if self._cuda is not None:  # "Cannot re-initialize CUDA in forked subprocess"
+            self.modules = {path: startplan.ModuleStart(True, self._cuda)
+                            for path in self.modules}
+        if self._fresh_kind() == "spawn" and (self.settings.mode == "spawn" or self.modules):
             self._start_zygote()  # warms up while the forked tests run
+
+    def _fresh_kind(self) -> str:
+        """How a module that cannot simply fork starts: imported again in a forked child
+        (after a Taichi reset here), or in a fresh interpreter where nothing in this process
+        can be reset (CUDA initialised by another library) or spawn mode was asked for."""
+        return "spawn" if self.settings.mode == "spawn" or self._cuda is not None \
+            else "reimport"
 
     def header_lines(self) -> list[str]:
         rootpath = self.config.rootpath
@@ -93,8 +114,13 @@ class Runner:
         elif fresh:
             how = "each in a worker of its own" if self.settings.isolation != "session" \
                 else "in one shared worker"
+            if self._fresh_kind() == "spawn":
+                what = f"need a fresh interpreter ({how})"
+            else:
+                what = (f"import Taichi state, and run {how} that imports them again (forked "
+                        "after a Taichi reset)")
             lines.append(f"taichi-limits: start mode fork, except {len(fresh)} of "
-                         f"{len(self.modules)} modules that need a fresh interpreter ({how}):")
+                         f"{len(self.modules)} modules that {what}:")
             for path, plan in sorted(fresh.items()):
                 lines.append(f"  {os.path.relpath(path, rootpath)}: {plan.reason}")
         else:
@@ -121,17 +147,18 @@ class Runner:
             if self.settings.mode == "fork":
                 raise Refused(
                     f"taichi_limits: not started: --taichi-limits-mode=fork, but this module "
-                    f"needs a fresh interpreter: {plan.reason}. A forked child of a process "
-                    "holding that Taichi state hangs at its first kernel launch. Use "
+                    f"cannot simply be forked: {plan.reason}. A forked child of a process "
+                    "holding that state hangs at its first kernel launch. Use "
                     "--taichi-limits-mode=auto, or create the Taichi state inside tests or "
                     "fixtures so that fork mode works.")
-            return Key("spawn", "session" if isolation == "session" else module)
+            return Key(self._fresh_kind(), "session" if isolation == "session" else module)
         return Key("fork", {"test": item.nodeid, "module": module}.get(isolation, "session"))
 
     def run(self, item: pytest.Item, nextitem: pytest.Item | None, budget: Budget,
             budget_of: dict[str, Budget], env: Mapping[str, str] | None = None) -> RunResult:
         """`env`: variables for the child (the GPU admission chose): a worker started with
         other values is not reused, as CUDA reads them once."""
+        self._budgets = budget_of
         key = self.key_of(item)
         env = dict(env or {})
         if self._worker is None or self._worker_key != key or not self._worker.alive \
@@ -167,32 +194,49 @@ class Runner:
     def _launch(self, key: Key, item: pytest.Item, budget_of: dict[str, Budget],
                 env: dict[str, str]) -> None:
         self._supervision.begin()
-        if key.mode == "fork":
+        if key.mode != "fork":
+            self._worker_items = [candidate for candidate in self._items
+                                  if candidate.nodeid in budget_of
+                                  and self._same_key(candidate, key)]
+            self._worker_items = self._worker_items[self._worker_items.index(item):]
+        launched: ForkLaunch | SpawnLaunch
+        if key.mode == "spawn":
+            launched = self._spawn(self._request(self._worker_items, budget_of, env))
+        else:
             # A forked child of a process holding a Taichi program hangs: reset it here, and
             # let the child (and a plain test here) replay the init lazily.
             taichi_replay.reset_for_fork(self.recorder.last_init)
             with _environment(env):  # the child inherits it at the fork
-                launched: ForkLaunch | SpawnLaunch = ForkLaunch(self._items, self.settings,
-                                                               self.recorder.last_init)
-            self._worker_items = self._items
-        else:
-            self._worker_items = [candidate for candidate in self._items
-                                  if candidate.nodeid in budget_of
-                                  and self._same_key(candidate, key)]
-            start = self._worker_items.index(item)
-            self._worker_items = self._worker_items[start:]
-            launched = self._spawn(self._worker_items, budget_of, env)
+                launched = ForkLaunch(self._fork_body(key))
         self._worker = Worker(launched, self.settings, key.mode)
         self._worker_key = key
         self._worker_env = env
 
-    def _spawn(self, items: list[pytest.Item], budget_of: dict[str, Budget],
-               env: dict[str, str]) -> SpawnLaunch:
-        zygote = self._start_zygote()
+    def _fork_body(self, key: Key) -> ChildBody:
+        if key.mode == "fork":
+            self._worker_items = items = self._items
+            settings, replay = self.settings, self.recorder.last_init
+
+            def run_items(channel_fd: int, stack_fd: int, control_fd: int,
+                          parent_pid: int) -> None:
+                run_forked(items, ChildStart(channel_fd, stack_fd, control_fd, parent_pid,
+                                             settings, replay))
+
+            return run_items
+        request = self._request(self._worker_items, self._budgets_of(self._worker_items), {})
+        modules = startplan.modules_to_import_again(
+            self.recorder.events, [str(item.path) for item in self._worker_items])
+        return functools.partial(reimport_worker, request, modules)
+
+    def _budgets_of(self, items: list[pytest.Item]) -> dict[str, Budget]:
+        return {item.nodeid: self._budgets[item.nodeid] for item in items}
+
+    def _request(self, items: list[pytest.Item], budget_of: dict[str, Budget],
+                 env: dict[str, str]) -> WorkerRequest:
         args, options = worker_args(self.config)
         self._count += 1
         files = list(dict.fromkeys(str(item.path) for item in items))
-        request = WorkerRequest(
+        return WorkerRequest(
             tests=[fingerprint(item) for item in items],
             budgets=[budget_of[item.nodeid] for item in items],
             args=[*args, f"--basetemp={self._basetemp(self._count)}", *files],
@@ -201,8 +245,10 @@ class Runner:
             settings=self.settings,
             env=env,
         )
+
+    def _spawn(self, request: WorkerRequest) -> SpawnLaunch:
         try:
-            return SpawnLaunch(zygote, request)
+            return SpawnLaunch(self._start_zygote(), request)
         except SpawnError:
             self._close_zygote()  # the next test gets a new one
             raise

@@ -244,3 +244,14 @@ def third_party_modules() -> list[str]:
         if os.path.abspath(path).startswith(outside):
             names.append(name)
     return names
+
+
+def modules_to_import_again(events: Iterable[TaichiEvent], test_files: Iterable[str]) -> list[str]:
+    """Names in sys.modules of what a reimport worker must import anew: every module whose
+    import made Taichi state (a reset in the parent destroyed it) and the tests' own modules
+    (they hold references to that state)."""
+    files = {os.path.abspath(path) for event in events for path in event.importing}
+    files |= {os.path.abspath(path) for path in test_files}
+    return [name for name, module in list(sys.modules.items())
+            if isinstance(getattr(module, "__file__", None), str)
+            and os.path.abspath(module.__file__) in files]

@@ -19,10 +19,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import gpu, linux, verdict
-from .verdict import ExitInfo, read_stack
 from .budget import Budget
 from .channel import ChannelReader
-from .protocol import STACK_SIGNAL, STOP_COMMAND, Kind, RunCommand
 from .proctree import (
     ProcessTree,
     TreeSample,
@@ -31,7 +29,9 @@ from .proctree import (
     stop_then_kill,
     tree_pids,
 )
-from .records import MIB, RSS_GROWTH, Crash, Ending, Usage, Violation
+from .protocol import STACK_SIGNAL, STOP_COMMAND, Kind, RunCommand
+from .records import MIB, RSS_GROWTH, Ending, RunResult, Usage, Violation
+from .verdict import ExitInfo, read_stack
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -68,19 +68,6 @@ class Launched(Protocol):
         """Why the child died when its own end says nothing true (its zygote was killed)."""
 
     def close(self) -> None: ...
-
-
-@dataclass
-class RunResult:
-    messages: list[dict[str, Any]]
-    usage: Usage
-    violation: Violation | None = None
-    crash: Crash | None = None
-    channel_problem: str | None = None
-    phase: str = "setup"
-
-    def of_kind(self, kind: Kind) -> list[dict[str, Any]]:
-        return [message for message in self.messages if message["t"] == kind.value]
 
 
 class _Terminated(BaseException):

@@ -19,7 +19,6 @@ from .protocol import CLAMP_NOTE, EXIT_DONE, Kind
 from .records import MIB, Crash, Ending, Usage, Violation, signal_name
 
 
-
 @dataclass(frozen=True)
 class ExitInfo:
     """How a child ended, from wait4: its exact peak RSS and CPU time over its whole life."""

@@ -176,3 +176,15 @@ def run_worker(request: WorkerRequest, channel_fd: int, stack_fd: int, control_f
         raise WorkerError(plugin.why_not_run(exit_code))
 
     child.exit_guarded(writer, body)
+
+
+def reimport_worker(request: WorkerRequest, modules: list[str], channel_fd: int, stack_fd: int,
+                    control_fd: int, parent_pid: int) -> NoReturn:
+    """In a child forked from pytest after it reset Taichi: forget `modules` (those whose
+    import made Taichi state, and the test modules that use it) and serve as a worker that
+    imports and collects them again, so their module-level ti.init and fields are made here.
+    Everything else pytest imported (numpy, torch, the plugins) is inherited, not imported again.
+    """
+    for name in modules:
+        sys.modules.pop(name, None)
+    run_worker(request, channel_fd, stack_fd, control_fd, parent_pid)

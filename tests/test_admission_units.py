@@ -16,7 +16,8 @@ import pytest
 from pytest_taichi_limits import admission as adm
 from pytest_taichi_limits import capacity as cap
 from pytest_taichi_limits import forksafety
-from pytest_taichi_limits.baseline import parse_tolerance
+from pytest_taichi_limits.baseline import Entry as BaselineEntry
+from pytest_taichi_limits.baseline import Range, parse_tolerance
 from pytest_taichi_limits.budget import Budget
 from pytest_taichi_limits.ledger import (
     HELD,
@@ -180,7 +181,9 @@ def test_tests_on_different_resources_do_not_block_each_other():
 
 
 def test_need_from_budget_and_from_baseline(tmp_path):
-    base = {"t": {"own_memory_bytes": 100 * MB, "gpu_bytes": GB}}
+    ranges = {"own_memory_bytes": Range(90 * MB, 100 * MB), "gpu_bytes": Range(GB, GB)}
+    base = {"t": BaselineEntry(runs=2, ranges=ranges, memory_method="rss-growth", arch="x64",
+                               mode="fork", environment="e", saved_at="now")}
     tolerance = parse_tolerance("mem=10%+16MB,gpu=0%+0MB")
     admission = adm.Admission("baseline", baseline=base, allowances=tolerance.allowances,
                               capacity=_capacity(8 * GB, (cap.Device(0, 8 * GB),)))

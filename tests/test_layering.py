@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("verdict", {"verdict"}),
     ("replay", {"replay"}),
     ("results", {"reports", "render", "summary", "suggest", "jsonreport", "baseline",
-                 "environment", "markdown", "html", "jsonlog"}),
+                 "environment", "markdown", "html", "jsonlog", "outputs", "usagelog"}),
     ("records", {"records", "collect", "outcomes", "units", "hookspecs"}),
     ("protocol", {"protocol", "channel"}),
     ("configuration", {"options", "settings", "budget"}),

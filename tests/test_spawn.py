@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 
 import psutil
+import pytest
 
 KERNEL_MODULE = """
 import pytest
@@ -91,11 +92,11 @@ def test_module_level_init_runs_in_spawn_mode(pytester, run_plugin):
     result = run_plugin("--taichi-limits", f"--taichi-limits-log={log}", "-v")
     result.assert_outcomes(passed=5)
     modes = _modes(log)
-    assert len(modes) == 5 and set(modes.values()) == {"spawn"}
+    assert len(modes) == 5 and set(modes.values()) == {"reimport"}
     # Said once, after collection, naming the module and the line that made it necessary.
     result.stdout.fnmatch_lines([
-        "taichi-limits: start mode fork, except 1 of 1 modules that need a fresh interpreter "
-        "(each in a worker of its own):",
+        "taichi-limits: start mode fork, except 1 of 1 modules that import Taichi state, and run "
+        "each in a worker of its own that imports them again (forked after a Taichi reset):",
         "  test_module.py: ti.init at test_module.py:4 (module level) while it was imported",
     ])
     assert "SpawnWarning" not in result.stdout.str()
@@ -162,7 +163,7 @@ def test_fork_safe_and_initialising_modules_mixed(pytester, run_plugin):
     result.assert_outcomes(passed=6)
     modes = {event["nodeid"]: event["mode"] for event in _log(log) if event["event"] == "usage"}
     assert {mode for nodeid, mode in modes.items() if nodeid.startswith("test_a")} == {"fork"}
-    assert {mode for nodeid, mode in modes.items() if nodeid.startswith("test_b")} == {"spawn"}
+    assert {mode for nodeid, mode in modes.items() if nodeid.startswith("test_b")} == {"reimport"}
 
 
 def test_deselected_initialising_module_decides_nothing(pytester, run_plugin):
@@ -255,8 +256,8 @@ def test_forced_fork_mode_fails_instead_of_hanging(pytester, run_plugin):
     assert time.monotonic() - started < 55
     result.assert_outcomes(failed=5)
     result.stdout.fnmatch_lines([
-        ("*taichi_limits: not started: --taichi-limits-mode=fork, but this module needs a fresh "
-         "interpreter: ti.init at test_module.py:4 (module level) while it was imported*"
+        ("*taichi_limits: not started: --taichi-limits-mode=fork, but this module cannot simply "
+         "be forked: ti.init at test_module.py:4 (module level) while it was imported*"
          "Use --taichi-limits-mode=auto*"),
     ])
 
@@ -318,7 +319,8 @@ def test_zygote_and_workers_leave_nothing_behind(pytester, run_plugin, monkeypat
     assert _tagged(tag) == []
 
 
-def test_zygote_and_worker_die_with_a_killed_pytest(pytester):
+@pytest.mark.parametrize("mode", ["auto", "spawn"])
+def test_zygote_and_worker_die_with_a_killed_pytest(pytester, mode):
     tag = uuid.uuid4().hex
     pytester.makepyfile(test_hang="""
         import time
@@ -330,16 +332,17 @@ def test_zygote_and_worker_die_with_a_killed_pytest(pytester):
     """)
     environment = {**os.environ, "TAICHI_LIMITS_TEST_TAG": tag}
     pytest_process = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "--taichi-limits", "-p", "no:cacheprovider", "-q"],
+        [sys.executable, "-m", "pytest", "--taichi-limits", f"--taichi-limits-mode={mode}",
+         "-p", "no:cacheprovider", "-q"],
         cwd=pytester.path, env=environment,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 90
-        # pytest itself, the zygote and the worker that runs the test.
-        while len(_tagged(tag)) < 3 and time.monotonic() < deadline:
+        # pytest itself and the worker that runs the test (forked; with a zygote in spawn mode).
+        while len(_tagged(tag)) < 2 and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert len(_tagged(tag)) >= 3, "the spawn-mode worker never started"
+        assert len(_tagged(tag)) >= 2, "the worker never started"
         pytest_process.send_signal(signal.SIGKILL)
         pytest_process.wait(timeout=10)
         deadline = time.monotonic() + 10
@@ -386,6 +389,6 @@ def test_spawn_mode_under_xdist(pytester, run_plugin):
     log = pytester.path / "usage.jsonl"
     result = run_plugin("--taichi-limits", f"--taichi-limits-log={log}", "-n", "2")
     result.assert_outcomes(passed=5)
-    assert set(_modes(log).values()) == {"spawn"}
+    assert set(_modes(log).values()) == {"reimport"}
     # A worker per run of the module's tests in each xdist worker, never one per test.
     assert len({event["pid"] for event in _log(log) if event["event"] == "usage"}) < 5

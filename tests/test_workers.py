@@ -58,7 +58,7 @@ def test_module_fixture_is_set_up_once_per_fresh_interpreter_worker(
     result = run_plugin("--taichi-limits", f"--taichi-limits-log={log}")
     result.assert_outcomes(passed=4)
     usage = _usage(log)
-    assert {event["mode"] for event in usage.values()} == {"spawn"}
+    assert {event["mode"] for event in usage.values()} == {"reimport"}
     assert len({event["worker_pid"] for event in usage.values()}) == 1
     assert sorted(event["worker_test_number"] for event in usage.values()) == [1, 2, 3, 4]
     assert len(_setups(pytester)) == 1
@@ -331,8 +331,8 @@ def test_a_stopped_or_killed_zygote_never_hangs_pytest(
     # In spawn mode the test's parent is the zygote: stopping it used to hang pytest forever,
     # and a zygote killed by SIGUSR1 was reported as "SIGKILL from outside (the OOM killer)".
     pytester.makepyfile(test_attack=ZYGOTE_ATTACK.replace("{signal_name}", signal_name))
-    result = run_plugin("--taichi-limits", "--taichi-limits-grace=0.5", "-p", "no:randomly",
-                        timeout=90)
+    result = run_plugin("--taichi-limits", "--taichi-limits-mode=spawn",
+                        "--taichi-limits-grace=0.5", "-p", "no:randomly", timeout=90)
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines([expected])
     result.stdout.no_fnmatch_line("*OOM killer*")
