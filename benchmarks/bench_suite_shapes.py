@@ -539,7 +539,7 @@ class ShapeResult:
     tests: int
     trials: dict[str, list[Trial]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
-    mismatched: set[str] = field(default_factory=set)
+    mismatched: set[str] = field(default_factory=set)  # variants whose outcomes differed
     headers: dict[str, list[str]] = field(default_factory=dict)
 
 
@@ -594,7 +594,6 @@ def _problems(name: str, repeat: int, done: Trial, reference: dict[str, str],
     label = f"({result.shape.key}) {name} run {repeat + 1}"
     problems = []
     if done.exit_code is None:
-        result.mismatched.add(name)
         problems.append(f"TIMEOUT {label}: killed after {done.wall_s:.0f} s (output in "
                         f"{done.log})")
     elif done.outcomes != reference:
