@@ -447,6 +447,7 @@ class Bounded:
     cpu_s: float
     exit_code: int | None  # None: killed at the timeout
     leftovers: int  # processes of the run still alive after it ended (then killed)
+    max_rss_mb: float  # the largest peak RSS of pytest and the processes it waited for
 
 
 def run_bounded(cmd: Sequence[str], cwd: Path, env: Mapping[str, str], timeout_s: float,
@@ -478,7 +479,8 @@ def run_bounded(cmd: Sequence[str], cwd: Path, env: Mapping[str, str], timeout_s
         time.sleep(0.01)
     wall_s = time.perf_counter() - start
     proc.returncode = -signal.SIGKILL if exit_code is None else exit_code  # reaped above
-    return Bounded(wall_s, usage.ru_utime + usage.ru_stime, exit_code, _reap_leftovers(proc.pid))
+    return Bounded(wall_s, usage.ru_utime + usage.ru_stime, exit_code, _reap_leftovers(proc.pid),
+                   usage.ru_maxrss / 1024)  # Linux gives kilobytes
 
 
 def _session(sid: int) -> list[int]:
@@ -530,6 +532,7 @@ class Trial:
     exit_code: int | None
     outcomes: dict[str, str]
     leftovers: int
+    max_rss_mb: float
     log: Path
 
 
@@ -570,7 +573,7 @@ def measure(shape: Shape, quick: bool, repeats: int, isolations: Sequence[str],
         outcomes = junit_outcomes(junit) if junit.exists() and bounded.exit_code is not None \
             else {}
         done = Trial(bounded.wall_s, bounded.cpu_s, bounded.exit_code, outcomes,
-                     bounded.leftovers, log)
+                     bounded.leftovers, bounded.max_rss_mb, log)
         print(f"  {label}: {_progress(done)}", flush=True)
         result.headers.setdefault(name, _header_lines(log))
         return done
@@ -618,8 +621,8 @@ def _progress(done: Trial) -> str:
     for outcome in done.outcomes.values():
         counts[outcome] = counts.get(outcome, 0) + 1
     summary = ", ".join(f"{count} {outcome}" for outcome, count in sorted(counts.items()))
-    return (f"{done.wall_s:.1f} s wall, {done.cpu_s:.1f} s CPU, exit {done.exit_code}, "
-            f"{summary or 'no junit report'}")
+    return (f"{done.wall_s:.1f} s wall, {done.cpu_s:.1f} s CPU, max RSS {done.max_rss_mb:.0f} MB, "
+            f"exit {done.exit_code}, {summary or 'no junit report'}")
 
 
 def _header_lines(log: Path) -> list[str]:
