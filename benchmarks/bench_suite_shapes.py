@@ -630,7 +630,14 @@ def _header_lines(log: Path) -> list[str]:
         lines = log.read_text(errors="replace").splitlines()
     except OSError:
         return []
-    return [line for line in lines if line.startswith("taichi-limits")]
+    kept: list[str] = []
+    continuing = False
+    for line in lines:
+        # The plugin's header lines, and the indented lines that continue one (a module list).
+        continuing = line.startswith("taichi-limits") or (continuing and line.startswith("  "))
+        if continuing:
+            kept.append(line)
+    return kept
 
 
 # --------------------------------------------------------------------------------------------
