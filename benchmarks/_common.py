@@ -11,6 +11,7 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -121,7 +123,7 @@ def machine_line() -> str:
             f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})")
 
 
-def read_log(path: Path) -> list[dict]:
+def read_log(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -149,3 +151,46 @@ def ensure_pytest8_venv(quiet: bool = True) -> Path | None:
         return None
     marker.write_text("ok\n")
     return python
+
+
+#: The values of --taichi-limits-isolation, in the order the tables show them.
+ISOLATION_MODES = ("test", "module", "session")
+
+
+def isolation_modes(python: str = sys.executable, timeout_s: float = 120) -> tuple[str, ...]:
+    """The --taichi-limits-isolation values the installed plugin offers; () when it has none.
+
+    Read from `pytest --help`, so a benchmark measures the plugin that is installed rather than
+    failing on an option an older one does not have.
+    """
+    try:
+        proc = subprocess.run([python, "-m", "pytest", "--help", "-p", "no:cacheprovider"],
+                              cwd=tempfile.gettempdir(), env=bench_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, timeout=timeout_s,
+                              check=False)
+    except subprocess.TimeoutExpired:
+        print(f"TIMEOUT: `pytest --help` took over {timeout_s:g} s; isolation columns stay n/a")
+        return ()
+    match = re.search(r"--taichi-limits-isolation(?:=\{([a-z,]+)\})?", proc.stdout)
+    if match is None:
+        return ()
+    if match.group(1) is None:  # the help names no choices: try all three
+        return ISOLATION_MODES
+    offered = match.group(1).split(",")
+    return tuple(mode for mode in ISOLATION_MODES if mode in offered)
+
+
+def junit_outcomes(junit: Path) -> dict[str, str]:
+    """Node id (classname::name) -> passed, failed, error or skipped, from a --junitxml file."""
+    from xml.etree import ElementTree
+
+    result: dict[str, str] = {}
+    for case in ElementTree.parse(junit).getroot().iter("testcase"):
+        name = f"{case.get('classname')}::{case.get('name')}"
+        outcome = "passed"
+        for child in case:
+            if child.tag in ("failure", "error", "skipped"):
+                outcome = {"failure": "failed"}.get(child.tag, child.tag)
+                break
+        result[name] = outcome
+    return result

@@ -5,24 +5,30 @@ part of this repository:
 
     git clone --depth 1 --branch v1.7.4 https://github.com/taichi-dev/taichi /tmp/taichi-src
     python benchmarks/bench_taichi_suite.py --taichi-src /tmp/taichi-src [--quick] [--repeats N]
+        [--isolation test module session]
 
 Runs from the checkout's root (the folder above tests/) with TI_WANTED_ARCHS=cpu. Taichi's
 conftest imports pytest_rerunfailures only to patch one attribute; a one-line stand-in module is
 put on PYTHONPATH so that plugin need not be installed. Both variants share one offline kernel
 cache (in the work folder), warmed by an untimed plain run first. Pass/fail/skip of every test is
-read from --junitxml and compared; the wall-time ratio is taken from the medians.
+read from --junitxml and compared; the wall-time ratio is taken from the medians. Where the
+installed plugin has --taichi-limits-isolation, each of its values is a variant of its own
+(`--isolation` picks some; `--isolation` with no value runs plain against the default only).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import sys
 from pathlib import Path
-from xml.etree import ElementTree
 
 from _common import (
+    ISOLATION_MODES,
     bench_env,
+    isolation_modes,
+    junit_outcomes,
     machine_line,
     median,
     pytest_cmd,
@@ -45,19 +51,6 @@ QUICK_SUBSET = ("test_abs.py", "test_bit_operations.py", "test_static.py", "test
 LIMITS = ("--taichi-limits", "--taichi-limits-mem-mb=8192", "--taichi-limits-wall-s=600")
 
 
-def outcomes(junit: Path) -> dict[str, str]:
-    result: dict[str, str] = {}
-    for case in ElementTree.parse(junit).getroot().iter("testcase"):
-        name = f"{case.get('classname')}::{case.get('name')}"
-        outcome = "passed"
-        for child in case:
-            if child.tag in ("failure", "error", "skipped"):
-                outcome = {"failure": "failed"}.get(child.tag, child.tag)
-                break
-        result[name] = outcome
-    return result
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--taichi-src", required=True, type=Path,
@@ -65,6 +58,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="4 small files, one repeat")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--files", nargs="*", help="test files under tests/python to run instead")
+    parser.add_argument("--isolation", nargs="*", choices=ISOLATION_MODES, default=None,
+                        help="also run --taichi-limits with each of these "
+                        "--taichi-limits-isolation values (default: every value the installed "
+                        "plugin offers; none when it has no such option)")
     args = parser.parse_args()
     src = args.taichi_src.resolve()
     if not (src / "tests" / "python" / "conftest.py").exists():
@@ -75,7 +72,9 @@ def main() -> None:
 
     root = workdir("taichi-suite")
     write(root / "shim" / "pytest_rerunfailures.py", "works_with_current_xdist = lambda: True\n")
-    env = bench_env(TI_WANTED_ARCHS="cpu", PYTHONPATH=str(root / "shim"),
+    # The shim goes in front of any PYTHONPATH already set (a worktree's copy of the plugin).
+    pythonpath = os.pathsep.join(filter(None, [str(root / "shim"), os.environ.get("PYTHONPATH")]))
+    env = bench_env(TI_WANTED_ARCHS="cpu", PYTHONPATH=pythonpath,
                     TI_OFFLINE_CACHE_FILE_PATH=str(root / "ticache"))
     print(machine_line())
     print(f"{len(files)} files from {src}; repeats: {repeats}; workdir {root}\n", flush=True)
@@ -90,20 +89,24 @@ def main() -> None:
             raise SystemExit(f"{name}: no junit report (rc {timed.returncode}):\n"
                              + timed.stdout[-3000:])
         cpu_s = _children_cpu_s() - cpu_before
-        return timed.wall_s, cpu_s, outcomes(junit), timed.stdout.strip().splitlines()[-1]
+        return timed.wall_s, cpu_s, junit_outcomes(junit), timed.stdout.strip().splitlines()[-1]
 
     run("warm-up", 0)
-    walls: dict[str, list[float]] = {"plain": [], "taichi-limits": []}
-    cpus: dict[str, list[float]] = {"plain": [], "taichi-limits": []}
-    seen: dict[str, list[dict[str, str]]] = {"plain": [], "taichi-limits": []}
-    summary: dict[str, str] = {}
+    isolations = isolation_modes() if args.isolation is None else tuple(args.isolation)
+    variants: dict[str, tuple[str, ...]] = {"plain": ()}
+    if "test" not in isolations:  # isolation=test is the default: no need to run it twice
+        variants["taichi-limits"] = LIMITS
+    for mode in isolations:
+        variants[f"isolation={mode}"] = (*LIMITS, f"--taichi-limits-isolation={mode}")
+    walls: dict[str, list[float]] = {name: [] for name in variants}
+    cpus: dict[str, list[float]] = {name: [] for name in variants}
+    seen: dict[str, list[dict[str, str]]] = {name: [] for name in variants}
     for index in range(repeats):
-        for name, options in (("plain", ()), ("taichi-limits", LIMITS)):
+        for name, options in variants.items():
             wall, cpu, result, last_line = run(name, index, *options)
             walls[name].append(wall)
             cpus[name].append(cpu)
             seen[name].append(result)
-            summary[name] = last_line
             print(f"{name} #{index + 1}: {wall:.1f} s wall, {cpu:.1f} s CPU  {last_line}",
                   flush=True)
 
@@ -114,27 +117,27 @@ def main() -> None:
             counts[outcome] = counts.get(outcome, 0) + 1
         rows.append([name, len(seen[name][-1]), counts.get("passed", 0), counts.get("failed", 0),
                      counts.get("error", 0), counts.get("skipped", 0),
-                     f"{median(name_walls):.1f} s", f"{median(cpus[name]):.1f} s"])
-    ratio = median(walls["taichi-limits"]) / median(walls["plain"])
-    cpu_ratio = median(cpus["taichi-limits"]) / median(cpus["plain"])
+                     f"{median(name_walls):.1f} s", f"{median(cpus[name]):.1f} s",
+                     f"{median(name_walls) / median(walls['plain']):.2f}x",
+                     f"{median(cpus[name]) / median(cpus['plain']):.2f}x"])
     print()
     print(table(["run", "tests", "passed", "failed", "errors", "skipped", "wall (median)",
-                 "CPU, all processes (median)"], rows,
-                f"Taichi v1.7.4 tests/python subset on the CPU ({len(files)} files): "
-                f"--taichi-limits / plain = {ratio:.2f}x wall, {cpu_ratio:.2f}x CPU"))
-    differ = sorted(
-        nodeid for nodeid in set(seen["plain"][-1]) | set(seen["taichi-limits"][-1])
-        if seen["plain"][-1].get(nodeid) != seen["taichi-limits"][-1].get(nodeid)
-    )
+                 "CPU, all processes (median)", "wall / plain", "CPU / plain"], rows,
+                f"Taichi v1.7.4 tests/python subset on the CPU ({len(files)} files)"))
     print()
-    if differ:
-        print("Tests whose outcome differs (plain -> taichi-limits); the runs' output is in "
-              f"{root}:")
-        for nodeid in differ:
-            print(f"  {nodeid}: {seen['plain'][-1].get(nodeid)} -> "
-                  f"{seen['taichi-limits'][-1].get(nodeid)}")
-    else:
-        print("Every test has the same outcome in both runs.")
+    plain = seen["plain"][-1]
+    for name in variants:
+        if name == "plain":
+            continue
+        differ = sorted(nodeid for nodeid in set(plain) | set(seen[name][-1])
+                        if plain.get(nodeid) != seen[name][-1].get(nodeid))
+        if differ:
+            print(f"MISMATCH: tests whose outcome differs (plain -> {name}); the runs' output "
+                  f"is in {root}:")
+            for nodeid in differ:
+                print(f"  {nodeid}: {plain.get(nodeid)} -> {seen[name][-1].get(nodeid)}")
+        else:
+            print(f"{name}: every test has the same outcome as plain.")
 
 
 def _children_cpu_s() -> float:

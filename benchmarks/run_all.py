@@ -1,4 +1,4 @@
-"""Run every benchmark in turn and print their tables (about half an hour on 2 quiet cores).
+"""Run every benchmark in turn and print their tables (about an hour on 2 quiet cores).
 
     python benchmarks/run_all.py [--quick] [--taichi-src PATH] [--only NAME ...]
 
@@ -10,6 +10,9 @@ Each script also runs alone (`--quick` for a fast pass):
     python benchmarks/bench_accuracy.py          # 4. peak RSS and CPU seconds against the kernel's
     python benchmarks/bench_supervisor_cost.py   # 5. parent CPU while watching a 30 s test
     python benchmarks/bench_taichi_suite.py --taichi-src PATH   # 6. Taichi's own tests/python
+    python benchmarks/bench_suite_shapes.py      # 7. issue 9's suite shapes, each isolation
+
+run_all runs bench_suite_shapes with `--only a,b,c,e`: its (d) and (f) are scripts 6 and 1.
 
 Timings are only meaningful on a machine with nothing else running: the scripts interleave the
 variants they compare and take medians, which evens out noise but does not remove it.
@@ -24,7 +27,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SCRIPTS = ("bench_overhead", "bench_spawn", "bench_latency", "bench_accuracy",
-           "bench_supervisor_cost", "bench_taichi_suite")
+           "bench_supervisor_cost", "bench_taichi_suite", "bench_suite_shapes")
 
 
 def main() -> None:
@@ -42,6 +45,8 @@ def main() -> None:
                 print(f"\n== {name}: skipped (no --taichi-src)")
                 continue
             command += ["--taichi-src", args.taichi_src]
+        if name == "bench_suite_shapes":
+            command += ["--only", "a,b,c,e"]  # (d) and (f) are bench_taichi_suite, bench_overhead
         print(f"\n== {name}", flush=True)
         if subprocess.run(command, cwd=HERE, check=False).returncode != 0:
             failed.append(name)
