@@ -187,4 +187,9 @@ def reimport_worker(request: WorkerRequest, modules: list[str], channel_fd: int,
     """
     for name in modules:
         sys.modules.pop(name, None)
+        package, _, child_name = name.rpartition(".")
+        # `from app import kernels` takes the package's attribute when it has one: the old
+        # module, whose fields the reset destroyed.
+        if package in sys.modules and getattr(sys.modules[package], child_name, None) is not None:
+            delattr(sys.modules[package], child_name)
     run_worker(request, channel_fd, stack_fd, control_fd, parent_pid)

@@ -351,3 +351,28 @@ def test_a_stopped_or_signalled_worker_is_reported_and_the_module_goes_on(
                         timeout=90)
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines([expected])
+
+
+def test_an_application_package_made_at_import_is_imported_again_in_each_worker(
+        pytester: pytest.Pytester, run_plugin: Any) -> None:
+    # The shape of a real application suite: `from app import kernels` where app/kernels.py
+    # calls ti.init and makes fields at import. After the reset in pytest, the worker must use
+    # a fresh app.kernels, never the package's attribute holding the old module.
+    pytester.mkpydir("app")
+    pytester.path.joinpath("app", "kernels.py").write_text(
+        "import taichi as ti\nti.init(arch=ti.cpu)\nx = ti.field(ti.f64, shape=16)\n\n"
+        "@ti.kernel\ndef ramp():\n    for i in x:\n        x[i] = i\n\n"
+        "@ti.kernel\ndef total() -> ti.f64:\n    s = 0.0\n    for i in x:\n        s += x[i]\n"
+        "    return s\n")
+    for number in range(2):
+        pytester.makepyfile(**{f"test_app_{number}": """
+            from app import kernels as k
+
+            def test_total():
+                k.ramp()
+                assert k.total() == sum(range(16))
+        """})
+    log = pytester.path / "usage.jsonl"
+    result = run_plugin("--taichi-limits", f"--taichi-limits-log={log}")
+    result.assert_outcomes(passed=2)
+    assert {event["mode"] for event in _usage(log).values()} == {"reimport"}
