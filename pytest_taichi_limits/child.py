@@ -74,12 +74,14 @@ def serve(items: Sequence[pytest.Item], writer: ChannelWriter, commands: Command
           cap: taichi_support.GpuCap) -> None:
     """Wait for a command, run that test, tell the parent, wait again; tear down on stop."""
     writer.send(Kind.READY, pid=os.getpid())
+    commands.ring()
     last: pytest.Item | None = None
     while (command := commands.next()) is not None:
         _set_cpu_limit(command.cpu_s)
         cap.cap_gb = command.gpu_gb
         nextitem = None if command.next_index is None else items[command.next_index]
         run_item(items[command.index], writer, nextitem)
+        commands.ring()
         last = None if nextitem is None else items[command.index]
     if last is not None:
         # Stopped before the test it expected next (-x, Ctrl-C): the fixtures kept up for it

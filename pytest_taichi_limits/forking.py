@@ -15,7 +15,7 @@ from collections.abc import Callable
 from . import linux
 from .protocol import EXIT_DONE
 from .records import Ending
-from .supervisor import ExitInfo, TerminateInOrder, pidfd_open, stack_file
+from .supervisor import ExitInfo, TerminateInOrder, control_pair, pidfd_open, stack_file
 
 #: What runs in the child: given (channel fd, stack fd, control fd, parent pid); never returns.
 ChildBody = Callable[[int, int, int, int], None]
@@ -26,7 +26,7 @@ class ForkLaunch:
 
     def __init__(self, body: ChildBody) -> None:
         read_fd, write_fd = os.pipe()
-        control_read, control_write = os.pipe()
+        control_write, control_read = control_pair()
         linux.enlarge_pipe(write_fd)
         self.stack_fd = stack_file()
         parent_pid = os.getpid()

@@ -68,13 +68,24 @@ class RunCommand:
 
 STOP_COMMAND = b'{"c": "stop"}\n'
 
+#: What the child writes back on the control socket after `ready` and `done`: the parent's
+#: loop wakes for it at once, while it reads other messages at most once per interval.
+BELL = b"!"
+
 
 class CommandReader:
-    """The child's side of the command pipe: blocking reads, one command per line."""
+    """The child's side of the control socket: blocking reads, one command per line; `ring`
+    tells the parent to read the channel now."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self._pending = b""
+
+    def ring(self) -> None:
+        try:
+            os.write(self.fd, BELL)
+        except OSError:
+            pass  # the parent is gone: PDEATHSIG ends this process
 
     def next(self) -> RunCommand | None:
         """The next run command, or None: stop (or the parent is gone)."""

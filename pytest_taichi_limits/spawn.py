@@ -38,7 +38,7 @@ from .budget import Budget
 from .proctree import child_pids
 from .records import Ending, signal_name
 from .settings import Settings
-from .supervisor import ExitInfo, pidfd_open, stack_file
+from .supervisor import ExitInfo, control_pair, pidfd_open, stack_file
 
 #: How long the parent waits for the zygote to fork a worker; the first time this includes the
 #: zygote's own start (importing pytest, Taichi, the plugins and the suite's third-party stack).
@@ -195,7 +195,7 @@ class SpawnLaunch:
 
     def __init__(self, zygote: Zygote, request: WorkerRequest) -> None:
         read_fd, write_fd = os.pipe()
-        control_read, control_write = os.pipe()
+        control_write, control_read = control_pair()
         linux.enlarge_pipe(write_fd)
         self.stack_fd = stack_file()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)

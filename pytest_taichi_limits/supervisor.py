@@ -12,6 +12,7 @@ import math
 import os
 import select
 import signal
+import socket
 import threading
 import time
 import types
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     from .settings import Settings
 
 __all__ = ["ExitInfo", "Launched", "RunResult", "Supervision", "TerminateInOrder", "Worker",
-           "WorkerGone", "pidfd_open", "stack_file"]
+           "WorkerGone", "control_pair", "pidfd_open", "stack_file"]
 
 #: How long the parent waits for faulthandler to write the child's stacks.
 _STACK_WAIT_S = 0.25
@@ -218,7 +219,11 @@ class Worker:
         """Sample and check until the child says `until` (ready, or done with the test),
         ended, or crossed a limit; (violation, whether `until` came)."""
         child, reader, sample = self.child, self.reader, self._sample
-        waitables = [fd for fd in (child.channel_fd, child.wait_fd()) if fd is not None]
+        # The child rings the control socket after `ready` and `done`: those wake the loop at
+        # once. Other messages wake it at most once per interval (each wake-up costs the parent
+        # about 0.2 ms of CPU; the 1 MiB pipe holds what the child writes meanwhile).
+        always = [fd for fd in (child.control_fd, child.wait_fd()) if fd is not None]
+        with_channel = [child.channel_fd, *always]
         progress = _Progress(start.first_message, until)
         sampled_at = heard_at = -math.inf
         overflow_stopped = False
@@ -226,10 +231,12 @@ class Worker:
             quiet_s = time.monotonic() - heard_at
             listen = not reader.closed and quiet_s >= self.settings.interval_s
             ready, _, _ = select.select(
-                waitables if listen else waitables[1:], [], [],
+                with_channel if listen else always, [], [],
                 self._next_sleep(start, peaks, time.monotonic() - start.monotonic))
             if child.channel_fd in ready:
                 heard_at = time.monotonic()
+            if child.control_fd in ready:
+                _take_bells(child.control_fd)
             reader.drain()
             progress.update(reader.messages, start.nodeid)
             now = time.monotonic()
@@ -504,6 +511,13 @@ class _Progress:
         return phases[-1] if phases else "setup"
 
 
+def _take_bells(control_fd: int) -> None:
+    try:
+        os.read(control_fd, 4096)
+    except OSError:
+        pass  # the child's end is gone: its exit is seen through wait_fd / poll_exit
+
+
 def _request_stack(child: Launched) -> str:
     # Only the stack of this moment: an earlier SIGXCPU dump would be read as part of it.
     os.ftruncate(child.stack_fd, 0)
@@ -526,6 +540,12 @@ def _request_stack(child: Launched) -> str:
             break
         size = new_size
     return read_stack(child.stack_fd)
+
+
+def control_pair() -> tuple[int, int]:
+    """(parent's end, child's end) of the control socket: commands one way, bells the other."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    return ours.detach(), theirs.detach()
 
 
 def stack_file() -> int:
