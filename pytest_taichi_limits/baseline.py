@@ -209,12 +209,16 @@ class Entry:
     mode: str
     environment: str  # key into Baseline.environments
     saved_at: str
+    #: the last saved run's timeline (timeline.py), with --taichi-limits-timeline-in-baseline
+    timeline: Mapping[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {name: None if value is None else value.to_json()
                                 for name, value in self.ranges.items()}
         data.update(runs=self.runs, memory_method=self.memory_method, arch=self.arch,
                     mode=self.mode, environment=self.environment, saved_at=self.saved_at)
+        if self.timeline is not None:
+            data["timeline"] = dict(self.timeline)
         return data
 
 
@@ -306,7 +310,10 @@ def _entry(path: str, nodeid: str, data: Any) -> Entry:
         if not isinstance(data.get(name), str):
             raise bad(name, f"must be a string, got {data.get(name)!r}")
         texts[name] = str(data[name])
-    return Entry(runs=runs, ranges=ranges, **texts)
+    timeline = data.get("timeline")
+    if timeline is not None and not isinstance(timeline, dict):
+        raise bad("timeline", f"must be an object or absent, got {timeline!r}")
+    return Entry(runs=runs, ranges=ranges, timeline=timeline, **texts)
 
 
 def _is_figure(value: Any) -> TypeGuard[float]:
@@ -322,7 +329,7 @@ def _figures(record: UsageRecord) -> dict[str, float | None]:
 
 def merged_entry(previous: Entry | None, record: UsageRecord, environment_id: str,
                  environment: Mapping[str, Any], previous_environment: Mapping[str, Any],
-                 saved_at: str) -> Entry:
+                 saved_at: str, timeline: bool = False) -> Entry:
     """`record`'s figures, as a new entry or widening `previous`.
 
     A range only spans runs that are comparable: another arch, start mode, memory method, Python
@@ -341,7 +348,8 @@ def merged_entry(previous: Entry | None, record: UsageRecord, environment_id: st
             ranges[name] = Range(value, value) if before is None else before.widened(value)
     runs = previous.runs + 1 if comparable and previous is not None else 1
     return Entry(runs=runs, ranges=ranges, memory_method=record.memory_method, arch=record.arch,
-                 mode=record.mode, environment=environment_id, saved_at=saved_at)
+                 mode=record.mode, environment=environment_id, saved_at=saved_at,
+                 timeline=record.timeline if timeline else None)
 
 
 def savable(records: Iterable[UsageRecord]) -> list[UsageRecord]:
@@ -360,7 +368,7 @@ def previous_for_save(path: str, replace: bool) -> Baseline:
 
 
 def save(path: str, records: Iterable[UsageRecord], environment: Mapping[str, Any],
-         replace: bool) -> tuple[int, int]:
+         replace: bool, timelines: bool = False) -> tuple[int, int]:
     """Write (atomically) the baseline; merge into the existing file unless `replace`.
 
     Returns (tests written by this run, tests in the file).
@@ -374,7 +382,7 @@ def save(path: str, records: Iterable[UsageRecord], environment: Mapping[str, An
         before = tests.get(record.nodeid)
         before_environment = {} if before is None else previous.environment_of(record.nodeid)
         tests[record.nodeid] = merged_entry(before, record, environment_id, environment,
-                                            before_environment, saved_at)
+                                            before_environment, saved_at, timelines)
         written += 1
     environments = {key: dict(value) for key, value in previous.environments.items()}
     environments[environment_id] = dict(environment)

@@ -23,7 +23,8 @@ growths carry `before_min` and `runs` (the baseline's range).
   `budget` (the limits in force, null = off; mem_mb in MiB, gpu_gb in GiB), `pid`, `started_at`
   (Unix time), `mode` (fork/spawn), `arch` (Taichi arch of the test's last ti.init, or "not
   initialised"), `violation` (null or the violation), `regression` (null or the baseline
-  comparison that failed or warned).
+  comparison that failed or warned), `timeline` (optional: what the supervisor sampled, at most
+  200 points, documented in timeline.py).
 - `violations`: every violation of the session (the same objects as in the records).
 - `baseline`: null without --taichi-limits-compare; else its `path`, `tolerance`, `warn_only`,
   `regressions` (node ids), `new_tests` (measured now, not in the baseline) and `missing_tests`
@@ -43,6 +44,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .records import OUTCOMES
+from .timeline import TIMELINE_SCHEMA
 
 SCHEMA = "pytest-taichi-limits/report"
 VERSION = 2
@@ -95,6 +97,7 @@ _RECORD_SCHEMA: dict[str, Any] = {
                          "detected_by", "phase", "pid", "at", "signals_sent", "stack"],
             "properties": {"resource": {"enum": ["cpu_s", "mem_mb", "wall_s", "gpu_gb"]}},
         },
+        "timeline": TIMELINE_SCHEMA,
         "regression": {
             "type": ["object", "null"],
             "required": ["warn_only", "growths", "text"],

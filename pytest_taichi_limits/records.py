@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from . import timeline as timelines
 from .budget import BUDGET_KEYS, Budget
 from .protocol import Kind
 
@@ -108,6 +109,7 @@ class Usage:
     #: what admission reserved and how long the test waited for it (admission.Grant.facts);
     #: None when admission is off
     admission: Mapping[str, Any] | None = None
+    timeline: Mapping[str, Any] | None = None  # timeline.Timeline.to_json(): for the reports
 
     @property
     def kernel_own_rss_bytes(self) -> int:
@@ -127,6 +129,7 @@ class Usage:
         data["gpu_clamps"] = list(self.gpu_clamps)
         data["kernel_own_rss_bytes"] = self.kernel_own_rss_bytes
         data["own_memory_bytes"] = self.own_memory_bytes
+        del data["timeline"]  # for the JSON and HTML reports (on the record), never a log line
         return data
 
     as_dict = to_json  # the name of version 1 (README's hook example), kept for conftest code
@@ -238,6 +241,7 @@ class UsageRecord:
     worker_pid: int = 0  # the supervised child that ran the test (several tests may share one)
     worker_test_number: int = 1  # 1 for the first test that child ran, 2 for the next, ...
     admission: Mapping[str, Any] | None = None  # admission's reservation and wait, if it was on
+    timeline: Mapping[str, Any] | None = None  # timeline.py: what the supervisor sampled
 
     @property
     def measured(self) -> bool:
@@ -274,6 +278,7 @@ class UsageRecord:
             worker_pid=usage.worker_pid or usage.pid,
             worker_test_number=usage.worker_test_number,
             admission=None if usage.admission is None else dict(usage.admission),
+            timeline=None if usage.timeline is None else dict(usage.timeline),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -283,6 +288,7 @@ class UsageRecord:
         data["violation"] = None if self.violation is None else self.violation.to_json()
         data["regression"] = None if self.regression is None else dict(self.regression)
         data["admission"] = None if self.admission is None else dict(self.admission)
+        data["timeline"] = None if self.timeline is None else dict(self.timeline)
         return data
 
     @classmethod
@@ -333,6 +339,7 @@ class UsageRecord:
             worker_pid=_integer(fields, "worker_pid", where),
             worker_test_number=_integer(fields, "worker_test_number", where),
             admission=_optional_object(fields, "admission", where),
+            timeline=_timeline(fields, where),
         )
 
 
@@ -376,6 +383,17 @@ def _text(fields: Mapping[str, Any], name: str, where: str) -> str:
     if not isinstance(value, str):
         raise RecordError(f"{where}: {name} must be a string, got {value!r}")
     return value
+
+
+def _timeline(fields: Mapping[str, Any], where: str) -> dict[str, Any] | None:
+    """The optional timeline (absent in a report written without one)."""
+    data = _optional_object(fields, "timeline", where)
+    if data is not None:
+        try:
+            timelines.check(data)
+        except timelines.TimelineError as error:
+            raise RecordError(f"{where}: {error}") from None
+    return data
 
 
 def _optional_object(fields: Mapping[str, Any], name: str, where: str) -> dict[str, Any] | None:

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from . import baseline as baselines
-from . import jsonreport, suggest, summary
+from . import cireports, jsonreport, suggest, summary
 from .collect import RecordCollector, attach
 from .environment import session_environment
 from .outcomes import (
@@ -36,6 +36,13 @@ from .usagelog import UsageLog
 PLUGIN_NAME = "taichi_limits_reports"
 LOG_PLUGIN_NAME = "taichi_limits_log"
 DEFAULT_TOP = 5
+
+
+def _complete(exitstatus: int) -> bool:
+    """False for a session cut short: tests that did not run have no record."""
+    return int(exitstatus) not in (int(pytest.ExitCode.INTERRUPTED),
+                                   int(pytest.ExitCode.INTERNAL_ERROR),
+                                   int(pytest.ExitCode.USAGE_ERROR))
 
 
 class TaichiLimitsRegressionWarning(pytest.PytestWarning):
@@ -105,6 +112,7 @@ def add_options(parser: pytest.Parser) -> None:
         default=False,
         help="after the tests, print the taichi_limits marker each supervised test should "
         "carry (measured peaks plus headroom) and an ini snippet every test fits under")
+    cireports.add_options(parser)  # Markdown and HTML reports, timelines in the baseline
 
 
 def _value(config: pytest.Config, name: str) -> tuple[str | None, str]:
@@ -210,6 +218,7 @@ def register(config: pytest.Config) -> None:
         log.check()
         config.pluginmanager.register(log, LOG_PLUGIN_NAME)
     config.pluginmanager.register(TaichiLimitsReports(config, options), PLUGIN_NAME)
+    cireports.register(config)
 
 
 def _mark_interrupted(item: pytest.Item, reports: list[pytest.TestReport], reason: str) -> None:
@@ -347,6 +356,13 @@ class TaichiLimitsReports:
         relative = os.path.relpath(path, start)
         return path if relative.startswith(os.pardir) else relative
 
+    def session_document(self, exitstatus: int) -> dict[str, Any]:
+        """The JSON report of this session (also what the Markdown and HTML reports show)."""
+        records = self.collector.records
+        return jsonreport.document([record.to_json() for record in records], self.environment,
+                                   self._complete(exitstatus, records), int(exitstatus),
+                                   self._baseline_section(records))
+
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if self.is_worker:
@@ -355,9 +371,7 @@ class TaichiLimitsReports:
         self.write_errors += self.collector.problems
         complete = self._complete(exitstatus, records)
         if self.options.json_path is not None:
-            document = jsonreport.document([record.to_json() for record in records],
-                                           self.environment, complete, int(exitstatus),
-                                           self._baseline_section(records))
+            document = self.session_document(exitstatus)
             self._write("JSON report", self.options.json_path,
                         lambda path: jsonreport.write(path, document))
         if self.options.save_path is not None:
@@ -372,8 +386,9 @@ class TaichiLimitsReports:
 
     def _save_baseline(self, path: str, records: list[UsageRecord]) -> None:
         def save(target: str) -> None:
-            written, total = baselines.save(target, records, self.environment,
-                                            self.options.replace)
+            written, total = baselines.save(
+                target, records, self.environment, self.options.replace,
+                timelines=bool(self.config.getoption(cireports.TIMELINE_IN_BASELINE, False)))
             skipped = len(records) - written
             self.written.append(
                 f"baseline saved to {self._shown(target)}: {written} tests written"

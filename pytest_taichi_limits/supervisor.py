@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import gpu, linux, verdict
@@ -32,6 +32,7 @@ from .proctree import (
 )
 from .protocol import STACK_SIGNAL, STOP_COMMAND, Kind, RunCommand
 from .records import MIB, RSS_GROWTH, Ending, RunResult, Usage, Violation
+from .timeline import Timeline
 from .verdict import ExitInfo, read_stack
 
 if TYPE_CHECKING:
@@ -243,6 +244,9 @@ class Worker:
             if progress.done or not ready or now - sampled_at >= self.settings.interval_s:
                 self.tree.sample(sample)
                 peaks.take(sample, self.gpu_probe)
+                if sample.processes:  # the report's timeline (timeline.py)
+                    peaks.timeline.add(now - start.monotonic, sample.rss_bytes - start.rss_bytes,
+                                       sample.cpu_s - start.cpu_s, peaks.gpu_own(start.gpu_bytes))
                 sampled_at = now
             violation = self._check(start, peaks, progress.phase, now - start.monotonic)
             if violation is not None:
@@ -318,7 +322,10 @@ class Worker:
         phase = _Progress.last_phase(messages) if self._ready else "collection"
         peak_rss_bytes = self._peak_rss(start, finished)
         usage = self._usage(start, peaks, peak_rss_bytes)
-        usage = dataclasses.replace(usage, gpu_clamps=tuple(verdict.clamp_notes(messages)))
+        usage = dataclasses.replace(
+            usage, gpu_clamps=tuple(verdict.clamp_notes(messages)),
+            timeline=peaks.timeline.to_json(
+                None if violation is None else violation.at - start.started_at))
         result = RunResult(messages, usage, violation, None, self.reader.problem, phase)
         if violation is not None:
             result.violation = dataclasses.replace(violation, signals_sent=self._signals_sent)
@@ -471,6 +478,11 @@ class _Peaks:
     gpu_bytes: int | None = None
     gpu_now: int | None = None
     samples: int = 0
+    timeline: Timeline = field(default_factory=Timeline)
+
+    def gpu_own(self, start_bytes: int) -> int | None:
+        """GPU memory of the tree now, above what it held when the test started."""
+        return None if self.gpu_now is None else max(0, self.gpu_now - start_bytes)
 
     def take(self, sample: TreeSample, gpu_probe: gpu.GpuProbe) -> None:
         self.samples += 1
