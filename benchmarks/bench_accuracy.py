@@ -9,7 +9,16 @@ CPU: tests burn 0.05 ... 2 CPU seconds. The reported `cpu_s` is compared with th
 the pytest process's RUSAGE_CHILDREN grew by around that test (measured by a small plugin in the
 inner run) and with the CPU time the test itself saw (getrusage in the test, end of the call).
 
-    python benchmarks/bench_accuracy.py [--quick]
+The memory figure (`mem_mb`, docs/memory.md): one test per way of holding memory -- a plain
+allocation, an allocation shared copy-on-write with 4 forked children, pages inherited from
+pytest that the test overwrites, a memfd, a MAP_SHARED anonymous mapping, a file in /dev/shm --
+each holding `--memory-case-mb` (default 300) to its end. The new figure
+(`peak_own_memory_bytes`) is shown against the size held, the old one (`peak_own_rss_bytes`:
+RSS growth of the tree, summed per process), the kernel's ru_maxrss minus the start, and the
+USS (Private_Clean + Private_Dirty from smaps_rollup) of the test's processes that the test
+reads itself at its end.
+
+    python benchmarks/bench_accuracy.py [--quick] [--memory-case-mb N]
 """
 
 from __future__ import annotations
@@ -74,11 +83,116 @@ def test_cpu(request, seconds):
 """
 
 
+MEMORY_CONFTEST = """
+import os
+# Made in the pytest process and inherited by every supervised child, resident already.
+INHERITED = bytearray(b"\\x01") * (int(os.environ["BENCH_CASE_MB"]) << 20)
+"""
+
+MEMORY_CASES = """
+import json, mmap, os, time
+from conftest import INHERITED
+
+SIZE = int(os.environ["BENCH_CASE_MB"]) << 20
+CHUNK = b"\\x01" * (1 << 20)  # written in chunks: never the whole size privately at once
+HELD = []
+
+
+def _uss(pids):
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/smaps_rollup") as handle:
+            for line in handle:
+                name, _, rest = line.partition(":")
+                if name in ("Private_Clean", "Private_Dirty"):
+                    total += int(rest.split()[0]) * 1024
+    return total
+
+
+def _record(request, pids):
+    with open(os.environ["BENCH_MEM_FILE"], "a") as out:
+        out.write(json.dumps({"nodeid": request.node.nodeid, "uss_bytes": _uss(pids)}) + "\\n")
+
+
+def test_plain_allocation(request):
+    HELD.append(b"\\x01" * SIZE)
+    _record(request, [os.getpid()])
+
+
+def test_fork_with_shared_pages(request):
+    HELD.append(b"\\x01" * SIZE)
+    children = []
+    for _ in range(4):
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(3600)  # killed with the test's tree
+            os._exit(0)
+        children.append(pid)
+    _record(request, [os.getpid(), *children])
+
+
+def test_dirtied_inherited_pages(request):
+    for offset in range(0, len(INHERITED), 4096):
+        INHERITED[offset] = 2
+    _record(request, [os.getpid()])
+
+
+def test_memfd(request):
+    fd = os.memfd_create("bench")
+    for _ in range(SIZE >> 20):
+        os.write(fd, CHUNK)
+    HELD.append(fd)
+    _record(request, [os.getpid()])
+
+
+def test_map_shared_anonymous(request):
+    mapping = mmap.mmap(-1, SIZE, flags=mmap.MAP_SHARED)
+    for _ in range(SIZE >> 20):
+        mapping.write(CHUNK)
+    HELD.append(mapping)
+    _record(request, [os.getpid()])
+
+
+def test_tmpfs_file(request):
+    with open(f"/dev/shm/ptl-bench-accuracy-{os.getpid()}", "wb") as handle:
+        for _ in range(SIZE >> 20):
+            handle.write(CHUNK)
+    _record(request, [os.getpid()])
+"""
+
+
+def memory_cases(case_mb: int) -> None:
+    root = workdir("accuracy-memory")
+    write(root / "conftest.py", MEMORY_CONFTEST)
+    write(root / "test_cases.py", MEMORY_CASES)
+    log, mem_file = root / "log.jsonl", root / "mem.jsonl"
+    cmd = pytest_cmd(sys.executable, "--taichi-limits", f"--taichi-limits-log={log}",
+                     f"--taichi-limits-mem-mb={8 * case_mb}", "--taichi-limits-clean-shm",
+                     "test_cases.py")
+    env = bench_env(BENCH_MEM_FILE=str(mem_file), BENCH_CASE_MB=str(case_mb))
+    check(run_timed(cmd, root, env), "memory cases")
+    usage = {event["nodeid"]: event for event in read_log(log) if event["event"] == "usage"}
+    uss = {row["nodeid"]: row["uss_bytes"] for row in _lines(mem_file)}
+    rows = []
+    for nodeid, record in usage.items():
+        rows.append([nodeid.split("::test_")[-1].replace("_", " "), case_mb,
+                     f"{record['peak_own_memory_bytes'] / MB:.1f}", record["memory_method"],
+                     f"{record['peak_own_rss_bytes'] / MB:.1f}",
+                     f"{record['kernel_own_rss_bytes'] / MB:.1f}",
+                     f"{uss.get(nodeid, 0) / MB:.1f}"])
+    print(table(["case", "held (MB)", "mem_mb figure (MB)", "method",
+                 "old: RSS growth (MB)", "kernel: ru_maxrss - start (MB)",
+                 "USS at the end (MB)"], rows,
+                "The memory figure against the kernel's own (MB = MiB)"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer, smaller tests")
     parser.add_argument("--interval", type=float, default=None,
                         help="--taichi-limits-interval (default: the plugin's)")
+    parser.add_argument("--memory-case-mb", type=int, default=None,
+                        help="MB each memory case holds (default 300; --quick: 100)")
     args = parser.parse_args()
     memory = MEMORY_MB[:2] if args.quick else MEMORY_MB
     cpu = CPU_S[:2] if args.quick else CPU_S
@@ -119,6 +233,8 @@ def main() -> None:
     print(table(["burned", "reported cpu_s", "RUSAGE_CHILDREN delta", "reported - rusage",
                  "test's own getrusage", "reported - test's own"], rows,
                 "CPU seconds: reported against rusage"))
+    print()
+    memory_cases(args.memory_case_mb or (100 if args.quick else 300))
 
 
 def _lines(path: Path) -> list[dict]:

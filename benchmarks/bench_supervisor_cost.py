@@ -12,14 +12,25 @@ away (supervisor.py, _next_sleep). Two budgets are measured for each interval:
   samples at the interval all the time -- the worst case. (A gpu_gb budget does the same where
   NVML measures GPU memory.)
 
-    python benchmarks/bench_supervisor_cost.py [--quick] [--seconds S]
+Then the cost of the memory figure (mem_mb, memory.py) for tests that hold 100 MB, 1 GB and
+8 GB (`--sizes`): the parent's CPU time for one cheap sample (statm + stat of every process) and
+for one exact reading (smaps_rollup of the test's processes, the keeper and the origin, tmpfs and
+memfds), read directly in a forked origin/keeper/test trio; how often the supervisor takes an
+exact reading at that cost (every max(0.05 s, cost / 0.5 %)); and the parent CPU per second of a
+supervised test that holds that much and sleeps (`mem_mb` twice the size, so the figure is read
+but never reached).
+
+    python benchmarks/bench_supervisor_cost.py [--quick] [--seconds S] [--sizes 100,1024,8192]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 from _common import (
@@ -60,11 +71,80 @@ def test_sleep():
 """
 
 
+HOLD_TEST = """
+import os, time
+
+def test_holds():
+    block = b"\\x01" * (int(os.environ["BENCH_HOLD_MB"]) << 20)
+    time.sleep(float(os.environ["BENCH_SLEEP_S"]))
+    del block
+"""
+
+
+def _hold_and_wait(megabytes: int, ready_fd: int) -> None:
+    block = b"\x01" * (megabytes << 20)
+    os.write(ready_fd, b"r")
+    time.sleep(3600)
+    del block
+
+
+def _trio(megabytes: int) -> tuple[int, int]:
+    """A keeper forked from here, and below it a test process holding `megabytes`."""
+    ready_read, ready_write = os.pipe()
+    keeper = os.fork()
+    if keeper == 0:
+        if os.fork() == 0:
+            _hold_and_wait(megabytes, ready_write)
+        time.sleep(3600)
+        os._exit(0)
+    os.read(ready_read, 1)
+    os.close(ready_read)
+    os.close(ready_write)
+    from pytest_taichi_limits.proctree import tree_pids
+
+    return keeper, tree_pids(keeper)[1]
+
+
+def reading_costs(sizes: list[int], repeats: int = 20) -> list[list[object]]:
+    from pytest_taichi_limits import memory, supervisor
+    from pytest_taichi_limits.proctree import ProcessTree, TreeSample
+
+    rows: list[list[object]] = []
+    for megabytes in sizes:
+        keeper, test_pid = _trio(megabytes)
+        try:
+            tree = ProcessTree(keeper, include_root=False)
+            sample = TreeSample()
+            start = time.thread_time()
+            for _ in range(repeats):
+                tree.sample(sample)
+            statm_s = (time.thread_time() - start) / repeats
+            meter = memory.MemoryMeter(os.getpid(), keeper)
+            start = time.thread_time()
+            for _ in range(repeats):
+                meter.read(tree.members())
+            exact_s = (time.thread_time() - start) / repeats
+            tree.close()
+        finally:
+            os.kill(keeper, signal.SIGKILL)
+            os.kill(test_pid, signal.SIGKILL)
+            os.waitpid(keeper, 0)
+        gap_s = max(supervisor._MIN_EXACT_GAP_S, exact_s / supervisor._EXACT_CPU_SHARE)
+        rows.append([f"{megabytes} MB", f"{statm_s * 1000:.3f} ms", f"{exact_s * 1000:.2f} ms",
+                     f"{gap_s:.2f} s", f"{exact_s / gap_s * 100:.2f} %"])
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a 3-second test")
     parser.add_argument("--seconds", type=float, default=None, help="how long the test sleeps")
+    parser.add_argument("--sizes", default=None,
+                        help="MB held by the memory-figure tests (default 100,1024,8192; "
+                        "--quick: 100)")
     args = parser.parse_args()
+    sizes = [int(word) for word in (args.sizes or ("100" if args.quick else "100,1024,8192"))
+             .split(",")]
     seconds = args.seconds or (3.0 if args.quick else 30.0)
     root = workdir("supervisor-cost")
     write(root / "bench_selfcpu.py", SELF_CPU_PLUGIN)
@@ -100,6 +180,26 @@ def main() -> None:
                  "parent CPU, mem_mb=5 (samples every interval)", "% of one core"], rows,
                 f"Supervisor cost: parent CPU while a test sleeps {seconds:g} s "
                 "(minus the plain run's)"))
+    print()
+    print(table(["test holds", "cheap sample (statm)", "exact reading (smaps_rollup)",
+                 "exact every", "exact: % of one core"], reading_costs(sizes),
+                "The memory figure: parent CPU per reading (origin: this small process)"))
+    print()
+    write(root / "test_holds.py", HOLD_TEST)
+    rows = []
+    for megabytes in sizes:
+        cost_file = root / f"cost-hold-{megabytes}.jsonl"
+        cmd = pytest_cmd(sys.executable, "-p", "bench_selfcpu", "--taichi-limits",
+                         f"--taichi-limits-mem-mb={2 * megabytes}", "test_holds.py")
+        check(run_timed(cmd, root, bench_env(BENCH_COST_FILE=str(cost_file),
+                                             BENCH_SLEEP_S=str(seconds),
+                                             BENCH_HOLD_MB=str(megabytes))), "hold")
+        row = json.loads(Path(cost_file).read_text().splitlines()[-1])
+        rows.append([f"{megabytes} MB", f"{row['cpu_s'] * 1000:.0f} ms",
+                     f"{(row['cpu_s'] - plain_cpu) / row['wall_s'] * 100:.3f} %"])
+    print(table(["test holds", "parent CPU", "% of one core (minus plain)"], rows,
+                f"Supervisor cost with the memory figure: a test holds memory and sleeps "
+                f"{seconds:g} s under mem_mb = twice that"))
 
 
 if __name__ == "__main__":

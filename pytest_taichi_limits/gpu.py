@@ -114,7 +114,8 @@ def _versioned(pynvml: Any, name: str) -> Callable[[Any], Sequence[Any]]:
         last_error: Exception | None = None
         for function in functions:
             try:
-                return function(handle)
+                found: Sequence[Any] = function(handle)
+                return found
             except pynvml.NVMLError_FunctionNotFound as error:
                 last_error = error
             except pynvml.NVMLLibraryMismatchError as error:

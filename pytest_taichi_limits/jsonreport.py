@@ -91,6 +91,7 @@ _RECORD_SCHEMA: dict[str, Any] = {
         "worker_pid": {"type": "integer", "minimum": 1},
         "worker_test_number": {"type": "integer", "minimum": 1},
         "admission": {"type": ["object", "null"]},
+        "shm_files_left": {"type": "array", "items": _STRING},
         "violation": {
             "type": ["object", "null"],
             "required": ["nodeid", "resource", "limit", "measured", "unit", "over_by",

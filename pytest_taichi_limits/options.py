@@ -98,6 +98,12 @@ def add_options(parser: pytest.Parser) -> None:
     )
     parser.addini("taichi_limits_isolation", "test, module or session")
     group.addoption(
+        "--taichi-limits-clean-shm", dest="taichi_limits_clean_shm", action="store_true",
+        default=False,
+        help="remove what a supervised test created in /dev/shm and left there (each test's "
+        "report lists such files either way)",
+    )
+    group.addoption(
         "--taichi-limits-arch", dest="taichi_limits_arch", metavar="ARCH", default=None,
         help="arch for the taichi_limits_ti fixture (cpu, x64, cuda, vulkan, ...). Default "
         "cpu. (ini: taichi_limits_arch)",
@@ -183,6 +189,7 @@ def read_options(config: pytest.Config) -> Options:
         mode=mode,
         arch=cli_arch or ini_arch,
         isolation=isolation,
+        clean_shm=bool(config.getoption("taichi_limits_clean_shm", False)),
     )
     return Options(
         supervise_all=supervise_all,

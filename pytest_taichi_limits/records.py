@@ -110,6 +110,7 @@ class Usage:
     #: None when admission is off
     admission: Mapping[str, Any] | None = None
     timeline: Mapping[str, Any] | None = None  # timeline.Timeline.to_json(): for the reports
+    shm_files_left: tuple[str, ...] = ()  # what the test created in /dev/shm and left there
 
     @property
     def kernel_own_rss_bytes(self) -> int:
@@ -127,6 +128,7 @@ class Usage:
         data["budget"] = self.budget.as_dict()
         data["ending"] = None if self.ending is None else self.ending.describe
         data["gpu_clamps"] = list(self.gpu_clamps)
+        data["shm_files_left"] = list(self.shm_files_left)
         data["kernel_own_rss_bytes"] = self.kernel_own_rss_bytes
         data["own_memory_bytes"] = self.own_memory_bytes
         del data["timeline"]  # for the JSON and HTML reports (on the record), never a log line
@@ -242,6 +244,7 @@ class UsageRecord:
     worker_test_number: int = 1  # 1 for the first test that child ran, 2 for the next, ...
     admission: Mapping[str, Any] | None = None  # admission's reservation and wait, if it was on
     timeline: Mapping[str, Any] | None = None  # timeline.py: what the supervisor sampled
+    shm_files_left: tuple[str, ...] = ()  # what the test created in /dev/shm and left there
 
     @property
     def measured(self) -> bool:
@@ -279,6 +282,7 @@ class UsageRecord:
             worker_test_number=usage.worker_test_number,
             admission=None if usage.admission is None else dict(usage.admission),
             timeline=None if usage.timeline is None else dict(usage.timeline),
+            shm_files_left=usage.shm_files_left,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -289,6 +293,7 @@ class UsageRecord:
         data["regression"] = None if self.regression is None else dict(self.regression)
         data["admission"] = None if self.admission is None else dict(self.admission)
         data["timeline"] = None if self.timeline is None else dict(self.timeline)
+        data["shm_files_left"] = list(self.shm_files_left)
         return data
 
     @classmethod
@@ -340,6 +345,7 @@ class UsageRecord:
             worker_test_number=_integer(fields, "worker_test_number", where),
             admission=_optional_object(fields, "admission", where),
             timeline=_timeline(fields, where),
+            shm_files_left=tuple(str(path) for path in fields.get("shm_files_left") or ()),
         )
 
 

@@ -41,8 +41,13 @@ def gpu_text(usage: Usage) -> str:
 
 
 def gpu_cap_lines(usage: Usage) -> list[str]:
-    """What the gpu_gb cap took away from the test's ti.init calls, one line each."""
-    return [f"GPU cap: {clamp_note(note, usage.arch)}" for note in usage.gpu_clamps]
+    """What the gpu_gb cap took away from the test's ti.init calls, one line each, and what
+    the test left in /dev/shm."""
+    lines = [f"GPU cap: {clamp_note(note, usage.arch)}" for note in usage.gpu_clamps]
+    if usage.shm_files_left:
+        lines.append(f"left in /dev/shm (memory the machine still holds; "
+                     f"--taichi-limits-clean-shm removes it): {', '.join(usage.shm_files_left)}")
+    return lines
 
 
 def clamp_note(note: str, arch: str) -> str:

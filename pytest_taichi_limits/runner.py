@@ -16,15 +16,16 @@ import contextlib
 import functools
 import os
 import shutil
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import pytest
 
-from . import forksafety, startplan, taichi_replay
+from . import cgroup, forksafety, startplan, taichi_replay
 from .budget import Budget
 from .child import ChildStart, run_forked
-from .forking import ChildBody, ForkLaunch
+from .forking import ChildBody, ForkLaunch, LaunchError
 from .records import RunResult
 from .settings import Settings
 from .spawn import (
@@ -36,7 +37,7 @@ from .spawn import (
     new_temp_dir,
     worker_args,
 )
-from .supervisor import Supervision, Worker, WorkerGone
+from .supervisor import Worker, WorkerGone
 from .worker import reimport_worker
 
 #: How long a worker may take to tear down after its last test (module and session fixtures'
@@ -71,7 +72,7 @@ class Runner:
         self._worker_env: dict[str, str] = {}
         self._worker_items: list[pytest.Item] = []
         self._budgets: dict[str, Budget] = {}
-        self._supervision = Supervision()
+        self._cgroup: cgroup.TestCgroup | None = None  # the current worker's, where writable
         self._zygote: Zygote | None = None
         self._cuda: str | None = None
         self._temp_dir: str | None = None
@@ -193,7 +194,6 @@ class Runner:
 
     def _launch(self, key: Key, item: pytest.Item, budget_of: dict[str, Budget],
                 env: dict[str, str]) -> None:
-        self._supervision.begin()
         if key.mode != "fork":
             self._worker_items = [candidate for candidate in self._items
                                   if candidate.nodeid in budget_of
@@ -206,9 +206,16 @@ class Runner:
             # A forked child of a process holding a Taichi program hangs: reset it here, and
             # let the child (and a plain test here) replay the init lazily.
             taichi_replay.reset_for_fork(self.recorder.last_init)
-            with _environment(env):  # the child inherits it at the fork
-                launched = ForkLaunch(self._fork_body(key))
-        self._worker = Worker(launched, self.settings, key.mode)
+            self._cgroup = _new_cgroup()
+            procs = None if self._cgroup is None else self._cgroup.procs_file()
+            try:
+                with _environment(env):  # the child inherits it at the fork
+                    launched = ForkLaunch(self._fork_body(key), procs)
+            except LaunchError as error:
+                self._close_cgroup()
+                raise SpawnError(str(error)) from None
+            self._cgroup = _joined(self._cgroup, launched.pid)
+        self._worker = Worker(launched, self.settings, key.mode, self._cgroup)
         self._worker_key = key
         self._worker_env = env
 
@@ -282,8 +289,13 @@ class Runner:
                 worker.stop(STOP_TIMEOUT_S)
             finally:
                 worker.close()
-        keep = {self._zygote.process.pid} if self._zygote is not None else set()
-        self._supervision.end(keep)
+        self._close_cgroup()
+
+    def _close_cgroup(self) -> None:
+        if self._cgroup is not None:
+            self._cgroup.kill()  # whatever of the test is left, wherever it was re-parented
+            self._cgroup.remove()
+            self._cgroup = None
 
     def _close_zygote(self) -> None:
         if self._zygote is not None:
@@ -296,6 +308,35 @@ class Runner:
         if self._temp_dir is not None:
             shutil.rmtree(self._temp_dir, ignore_errors=True)
             self._temp_dir = None
+
+
+@functools.cache
+def _cgroup_support() -> cgroup.CgroupSupport | str:
+    return cgroup.detect()
+
+
+def _new_cgroup() -> cgroup.TestCgroup | None:
+    """A cgroup v2 of its own for the next worker, where this machine has a writable one."""
+    support = _cgroup_support()
+    if isinstance(support, str):
+        return None
+    try:
+        return cgroup.TestCgroup.create(support, f"taichi-limits-{os.getpid()}-{time.time_ns()}")
+    except OSError:
+        return None
+
+
+def _joined(test_cgroup: cgroup.TestCgroup | None, pid: int) -> cgroup.TestCgroup | None:
+    """The cgroup, if the worker is in it (its keeper moved itself there before forking)."""
+    if test_cgroup is None:
+        return None
+    if pid not in test_cgroup.pids():
+        try:
+            test_cgroup.add(pid)
+        except OSError:
+            test_cgroup.remove()
+            return None
+    return test_cgroup
 
 
 def _conftest_paths(config: pytest.Config) -> list[str]:

@@ -21,6 +21,7 @@ class Settings:
     mode: str = "auto"
     arch: str | None = None
     isolation: str = "test"
+    clean_shm: bool = False  # --taichi-limits-clean-shm: remove what a test left in /dev/shm
 
 
 #: A supervised test's resolved budget, on its item (the taichi_limits_ti fixture reads it).

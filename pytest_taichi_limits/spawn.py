@@ -35,7 +35,6 @@ import pytest
 
 from . import linux
 from .budget import Budget
-from .proctree import child_pids
 from .records import Ending, signal_name
 from .settings import Settings
 from .supervisor import ExitInfo, control_pair, pidfd_open, stack_file
@@ -223,6 +222,8 @@ class SpawnLaunch:
                              f"({first.get('error', 'no answer')})")
         zygote.started_workers += 1
         self.pid = int(first["pid"])
+        # The zygote is a child subreaper that forks the worker and holds nothing else.
+        self.keeper_pid = self.origin_pid = zygote.process.pid
         self._pidfd = pidfd_open(self.pid)
         os.set_blocking(read_fd, False)
         ours.setblocking(False)
@@ -265,7 +266,7 @@ class SpawnLaunch:
             data = b""
         if not data:  # the zygote died: its PDEATHSIG took the worker with it
             self._cause = f"{self._zygote_gone()}, and the worker died with it"
-            return self._reap_here() or ExitInfo(Ending(None, signal.SIGKILL), 0, 0.0)
+            return ExitInfo(Ending(None, signal.SIGKILL), 0, 0.0)
         message = json.loads(data)
         return ExitInfo(Ending.from_wait_status(int(message["status"])),
                         int(message["maxrss_bytes"]), float(message["cpu_s"]))
@@ -278,20 +279,11 @@ class SpawnLaunch:
         self._ended_at = self._ended_at or now
         if now - self._ended_at < STATUS_TIMEOUT_S and self.zygote.usable():
             return None
-        self._cause = None
-        self.zygote.process.kill()  # the worker's zombie is re-parented to us: reap it here
+        self._cause = ("the spawn-mode zygote stopped answering (stopped by a signal?): it "
+                       "was killed, and will be replaced; the worker's exit status is unknown")
+        self.zygote.process.kill()
         self.zygote.process.wait()
-        return self._reap_here() or ExitInfo(Ending(None, None), 0, 0.0)
-
-    def _reap_here(self) -> ExitInfo | None:
-        from .forking import wait_child
-
-        deadline = time.monotonic() + 1.0
-        while time.monotonic() < deadline:
-            if self.pid in child_pids(os.getpid()):
-                return wait_child(self.pid, block=True)
-            time.sleep(0.01)
-        return None
+        return ExitInfo(Ending(None, None), 0, 0.0)
 
     def crash_cause(self) -> str | None:
         return self._cause

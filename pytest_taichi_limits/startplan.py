@@ -252,6 +252,9 @@ def modules_to_import_again(events: Iterable[TaichiEvent], test_files: Iterable[
     (they hold references to that state)."""
     files = {os.path.abspath(path) for event in events for path in event.importing}
     files |= {os.path.abspath(path) for path in test_files}
-    return [name for name, module in list(sys.modules.items())
-            if isinstance(getattr(module, "__file__", None), str)
-            and os.path.abspath(module.__file__) in files]
+    names = []
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if isinstance(path, str) and os.path.abspath(path) in files:
+            names.append(name)
+    return names

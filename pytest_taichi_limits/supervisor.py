@@ -19,26 +19,23 @@ import types
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from . import gpu, linux, verdict
+from . import cgroup, gpu, linux, memory, verdict
 from .budget import Budget
 from .channel import ChannelReader
 from .proctree import (
     ProcessTree,
     TreeSample,
-    child_pids,
     send_signal,
-    stop_then_kill,
-    tree_pids,
 )
 from .protocol import STACK_SIGNAL, STOP_COMMAND, Kind, RunCommand
-from .records import MIB, RSS_GROWTH, Ending, RunResult, Usage, Violation
+from .records import MIB, Crash, Ending, RunResult, Usage, Violation
 from .timeline import Timeline
 from .verdict import ExitInfo, read_stack
 
 if TYPE_CHECKING:
     from .settings import Settings
 
-__all__ = ["ExitInfo", "Launched", "RunResult", "Supervision", "TerminateInOrder", "Worker",
+__all__ = ["ExitInfo", "Launched", "RunResult", "TerminateInOrder", "Worker",
            "WorkerGone", "control_pair", "pidfd_open", "stack_file"]
 
 #: How long the parent waits for faulthandler to write the child's stacks.
@@ -57,6 +54,11 @@ class Launched(Protocol):
     """A started child: the pid to watch, where it writes and reads, how to learn it ended."""
 
     pid: int
+    #: the plugin's subreaper above the test (the keeper; the zygote in spawn mode): every
+    #: process below it is the test's, its orphans included, none above it
+    keeper_pid: int
+    #: the process the test was forked from (it shares copy-on-write pages with the test)
+    origin_pid: int
     channel_fd: int
     stack_fd: int
     control_fd: int
@@ -128,6 +130,8 @@ class _TestStart:
     gpu_bytes: int  # GPU memory of the tree when the test started
     first_message: int  # index of the first message that belongs to this test
     tests_before: int  # tests this child ran before this one
+    mem: memory.MemoryWatch  # the test's own memory (memory.py)
+    shm_before: frozenset[tuple[str, int]]  # what /dev/shm held when the test started
 
 
 class Worker:
@@ -137,13 +141,18 @@ class Worker:
     next command), or when the child ended or went over the budget (it is then gone).
     """
 
-    def __init__(self, child: Launched, settings: Settings, mode: str) -> None:
+    def __init__(self, child: Launched, settings: Settings, mode: str,
+                 test_cgroup: cgroup.TestCgroup | None = None) -> None:
         self.child = child
+        self.test_cgroup = test_cgroup  # the worker's own cgroup v2 (cgroup.py), where writable
         self.settings = settings
         self.mode = mode
-        self.tree = ProcessTree(child.pid)
+        self.tree = ProcessTree(child.keeper_pid, include_root=False)
         self.reader = ChannelReader(child.channel_fd)
         self.gpu_probe = gpu.probe_for(child.pid)
+        if isinstance(self.gpu_probe, gpu.NvmlProbe):  # orphans below the keeper count too
+            tree = self.tree
+            self.gpu_probe.pids = lambda _root: tree.pids()
         self.exit_info: ExitInfo | None = None
         self.tests_run = 0
         self._terminate = TerminateInOrder()
@@ -175,10 +184,32 @@ class Worker:
         with self._terminate:
             try:
                 return self._run_test(index, next_index, nodeid, budget)
+            except Exception as error:  # noqa: BLE001 - a failure to watch fails this test only
+                return self._watch_failed(nodeid, budget, error)
             except BaseException:
-                # Ctrl-C, SIGTERM, or a bug of ours: the tree must not outlive our attention.
+                # Ctrl-C, SIGTERM: the tree must not outlive our attention.
                 self._stop_tree(grace_s=min(self.settings.grace_s, 0.5))
                 raise
+
+    def _watch_failed(self, nodeid: str, budget: Budget, error: Exception) -> RunResult:
+        """An error while watching (out of file descriptors, /proc unreadable): the test fails
+        with it, its whole tree is ended, and the session goes on."""
+        try:
+            self._stop_tree(grace_s=min(self.settings.grace_s, 0.5))
+        except Exception:  # noqa: BLE001 - the first error is the one reported
+            send_signal(self.child.pid, signal.SIGKILL)
+            self.exit_info = self.exit_info or ExitInfo(Ending(None, signal.SIGKILL), 0, 0.0)
+        usage = Usage(nodeid=nodeid, pid=self.child.pid, started_at=time.time(), wall_s=0.0,
+                      cpu_s=0.0, start_rss_bytes=0, peak_own_rss_bytes=0, peak_rss_bytes=0,
+                      peak_vms_bytes=0, kernel_maxrss_bytes=0, gpu_peak_bytes=None,
+                      gpu_note="not measured", samples=0, budget=budget, mode=self.mode,
+                      ending=None if self.exit_info is None else self.exit_info.ending,
+                      peak_own_memory_bytes=0, memory_method="not measured",
+                      worker_pid=self.child.pid)
+        crash = Crash(nodeid, f"taichi_limits could not watch this test "
+                      f"({type(error).__name__}: {error})", "call", "")
+        return RunResult(self.reader.messages[self._next_message:], usage, None, crash, None,
+                         "call")
 
     def _run_test(self, index: int, next_index: int | None, nodeid: str,
                   budget: Budget) -> RunResult:
@@ -205,15 +236,19 @@ class Worker:
             pass  # the child is gone: the watch finds out how
 
     def _begin(self, nodeid: str, budget: Budget) -> _TestStart:
-        """The parent's own figures at the start: never the child's word for them."""
+        """The parent's own figures at the start, read while the child is idle (waiting for
+        its command): never the child's word for them."""
         self.tree.sample(self._sample)
         linux.reset_peak_rss(self.child.pid)
         # What a child holds on the GPU before its first test is that test's (a fresh child
         # holds nothing; a fresh interpreter's module import is charged to its first test).
         gpu_start = self.gpu_probe.sample() or 0 if self.tests_run else 0
+        mem = memory.MemoryWatch.start_for(self.child.origin_pid, self.child.keeper_pid,
+                                           budget.mem_bytes, self.test_cgroup)
+        mem.begin(self.child.pid, self.tree, self._sample, time.monotonic())
         return _TestStart(nodeid, budget, time.time(), time.monotonic(),
                           linux.rss_bytes(self.child.pid), self._sample.cpu_s, gpu_start,
-                          self._next_message, self.tests_run)
+                          self._next_message, self.tests_run, mem, memory.shm_entries())
 
     def _watch(self, start: _TestStart, peaks: _Peaks,
                until: Kind) -> tuple[Violation | None, bool]:
@@ -244,8 +279,13 @@ class Worker:
             if progress.done or not ready or now - sampled_at >= self.settings.interval_s:
                 self.tree.sample(sample)
                 peaks.take(sample, self.gpu_probe)
+                mem = start.mem
+                if progress.done or mem.due(sample, now):
+                    # At `done` the child is idle: the exact figure of the finished test.
+                    mem.exact(self.tree, sample, now)
+                own_bytes = mem.estimate(sample)  # where only RSS can be read, this keeps its peak
                 if sample.processes:  # the report's timeline (timeline.py)
-                    peaks.timeline.add(now - start.monotonic, sample.rss_bytes - start.rss_bytes,
+                    peaks.timeline.add(now - start.monotonic, own_bytes,
                                        sample.cpu_s - start.cpu_s, peaks.gpu_own(start.gpu_bytes))
                 sampled_at = now
             violation = self._check(start, peaks, progress.phase, now - start.monotonic)
@@ -267,10 +307,9 @@ class Worker:
         """A quarter of the shortest time in which any limit could be reached, within bounds."""
         budget = start.budget
         headroom_s = _MAX_SLEEP_S * 4
-        if budget.mem_bytes is not None:
-            own_bytes = self._sample.rss_bytes - start.rss_bytes
-            headroom_s = min(headroom_s,
-                             (budget.mem_bytes - own_bytes) / _WORST_RSS_GROWTH_BYTES_PER_S)
+        if budget.mem_bytes is not None and start.mem.started:
+            headroom_s = min(headroom_s, (budget.mem_bytes - start.mem.estimate(self._sample))
+                             / _WORST_RSS_GROWTH_BYTES_PER_S)
         if budget.cpu_s is not None:
             headroom_s = min(headroom_s,
                              (budget.cpu_s - (self._sample.cpu_s - start.cpu_s)) / _CPU_COUNT)
@@ -286,12 +325,11 @@ class Worker:
 
     def _check(self, start: _TestStart, peaks: _Peaks, phase: str,
                elapsed_s: float) -> Violation | None:
-        budget, sample = start.budget, self._sample
-        own_bytes = sample.rss_bytes - start.rss_bytes
+        budget, sample, mem = start.budget, self._sample, start.mem
         cpu_s = sample.cpu_s - start.cpu_s
-        if budget.mem_bytes is not None and own_bytes > budget.mem_bytes:
-            return self._violate(start, "mem_mb", budget.mem_mb, own_bytes / MIB, phase,
-                                 "supervisor (RSS of the process tree, sampled)")
+        if budget.mem_bytes is not None and mem.over(budget.mem_bytes, sample):
+            return self._violate(start, "mem_mb", budget.mem_mb, mem.verdict_bytes(sample) / MIB,
+                                 phase, f"supervisor ({mem.describe()}, sampled)")
         if budget.cpu_s is not None and cpu_s > budget.cpu_s:
             detected = "supervisor (CPU time of the process tree, sampled)"
             if os.fstat(self.child.stack_fd).st_size:  # faulthandler already answered SIGXCPU
@@ -325,7 +363,8 @@ class Worker:
         usage = dataclasses.replace(
             usage, gpu_clamps=tuple(verdict.clamp_notes(messages)),
             timeline=peaks.timeline.to_json(
-                None if violation is None else violation.at - start.started_at))
+                None if violation is None else violation.at - start.started_at),
+            shm_files_left=self._shm_left(start))
         result = RunResult(messages, usage, violation, None, self.reader.problem, phase)
         if violation is not None:
             result.violation = dataclasses.replace(violation, signals_sent=self._signals_sent)
@@ -334,7 +373,8 @@ class Worker:
             self.tree.kill_survivors()
         result.violation = verdict.after_the_fact(start.nodeid, start.budget, usage,
                                                   self.exit_info, self.child.pid, phase,
-                                                  self.child.stack_fd)
+                                                  self.child.stack_fd,
+                                                  start.mem.cgroup_oom_kills())
         if result.violation is None:
             result.violation = verdict.device_oom(start.nodeid, start.budget, usage, messages,
                                                   self.child.pid)
@@ -342,6 +382,14 @@ class Worker:
             result.crash = verdict.crash(start.nodeid, self.exit_info, result.messages, phase,
                                          self.reader.problem, self.child)
         return result
+
+    def _shm_left(self, start: _TestStart) -> tuple[str, ...]:
+        """What the test created in /dev/shm and left there (removed with
+        --taichi-limits-clean-shm; listed in its report either way)."""
+        left = memory.files_left(start.shm_before)
+        if left and self.settings.clean_shm:
+            memory.remove_files(left)
+        return left
 
     def _peak_rss(self, start: _TestStart, finished: bool) -> int:
         """The kernel's exact peak RSS of the child during this test (0: not known)."""
@@ -362,8 +410,8 @@ class Worker:
             cpu_s=max(peaks.cpu_s - start.cpu_s, exit_cpu_s),
             start_rss_bytes=start.rss_bytes,
             peak_own_rss_bytes=max(0, peaks.rss_bytes - start.rss_bytes),
-            peak_own_memory_bytes=max(0, peaks.rss_bytes - start.rss_bytes),
-            memory_method=RSS_GROWTH,
+            peak_own_memory_bytes=start.mem.peak_bytes,
+            memory_method=start.mem.method,
             peak_rss_bytes=peaks.rss_bytes,
             peak_vms_bytes=peaks.vms_bytes,
             kernel_maxrss_bytes=kernel_peak_bytes,
@@ -442,32 +490,6 @@ class Worker:
     def leftover_messages(self) -> list[dict[str, Any]]:
         """What the child said after its last test (a failed teardown, an internal error)."""
         return self.reader.messages
-
-
-class Supervision:
-    """While workers run: pytest is a child subreaper, so orphans of the test's processes come
-    here (never to init, where nothing would end them), and are reaped when the work ends."""
-
-    def __init__(self) -> None:
-        self._children_before: set[int] | None = None
-
-    def begin(self) -> None:
-        if self._children_before is None:
-            self._children_before = set(child_pids(os.getpid()))
-            linux.set_child_subreaper(True)
-
-    def end(self, keep: set[int]) -> None:
-        """Reap what the workers left (never the pids in `keep`: the zygote), stop reaping."""
-        if self._children_before is None:
-            return
-        # Still a subreaper while reaping: children of a killed orphan come here too.
-        _reap_orphans(self._children_before | keep)
-        linux.set_child_subreaper(False)
-        self._children_before = None
-
-    @property
-    def active(self) -> bool:
-        return self._children_before is not None
 
 
 @dataclass
@@ -574,21 +596,3 @@ def pidfd_open(pid: int) -> int | None:
         return os.pidfd_open(pid)
     except (AttributeError, OSError):
         return None
-
-
-def _reap_orphans(before: set[int], rounds: int = 100) -> None:
-    """Kill and reap processes that were re-parented to us while a test ran.
-
-    Each round freezes every orphan's whole subtree before killing it (a stopped process cannot
-    fork), and the next round finds whatever a dying orphan left behind: a fork storm ends.
-    """
-    for _ in range(rounds):
-        orphans = set(child_pids(os.getpid())) - before
-        if not orphans:
-            return
-        stop_then_kill([pid for orphan in orphans for pid in tree_pids(orphan)])
-        for pid in orphans:
-            try:
-                os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass

@@ -42,7 +42,8 @@ def read_stack(stack_fd: int) -> str:
 
 
 def after_the_fact(nodeid: str, budget: Budget, usage: Usage, exit_info: ExitInfo | None,
-                   pid: int, phase: str, stack_fd: int) -> Violation | None:
+                   pid: int, phase: str, stack_fd: int,
+                   cgroup_oom_kills: int = 0) -> Violation | None:
     """The kernel's own accounting can show a peak that fell between two samples."""
 
     def late(key: str, limit: float | None, measured: float, detected_by: str) -> Violation:
@@ -50,6 +51,9 @@ def after_the_fact(nodeid: str, budget: Budget, usage: Usage, exit_info: ExitInf
                          time.time(), (), read_stack(stack_fd))
 
     ending = exit_info.ending if exit_info is not None else Ending(None, None)
+    if budget.mem_bytes is not None and cgroup_oom_kills:
+        return late("mem_mb", budget.mem_mb, usage.own_memory_bytes / MIB,
+                    "kernel (the test's cgroup reached memory.max and the OOM killer ran)")
     if budget.cpu_s is not None and exit_info is not None \
             and ending.signal_number in (signal.SIGXCPU, signal.SIGKILL) \
             and usage.cpu_s >= budget.cpu_s:

@@ -118,7 +118,8 @@ class WorkerPlugin:
         if self.stderr_file is None:
             return ""
         self.stderr_file.seek(0)
-        return self.stderr_file.read()[-4000:].decode("utf-8", "replace").strip()
+        tail: bytes = self.stderr_file.read()[-4000:]
+        return tail.decode("utf-8", "replace").strip()
 
     def why_not_run(self, exit_code: int | pytest.ExitCode) -> str:
         text = (f"the test could not be collected again in a fresh interpreter (spawn mode; "

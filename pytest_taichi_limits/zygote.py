@@ -120,6 +120,7 @@ def _empty_session() -> None:
 
 
 def serve(control: socket.socket) -> None:
+    from .proctree import reap_own_children
     from .worker import run_worker
 
     while True:
@@ -157,6 +158,7 @@ def serve(control: socket.socket) -> None:
         except OSError:
             pass
         _, status, rusage = os.wait4(pid, 0)
+        reap_own_children()  # the test's orphans came here (a subreaper): none outlives it
         try:
             result.send(json.dumps({
                 "status": status,
@@ -171,6 +173,11 @@ def serve(control: socket.socket) -> None:
 def main(argv: list[str]) -> None:
     control_fd, parent_pid = int(argv[1]), int(argv[2])
     _die_with_parent(parent_pid)
+    from .linux import set_child_subreaper
+
+    # The test's orphans are re-parented here, never to pytest (whose own children they
+    # would be mistaken for): this process is the keeper of every worker's tree.
+    set_child_subreaper(True)
     # Its own process group: a Ctrl-C at the terminal is pytest's to handle, not ours.
     os.setpgid(0, 0)
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -34,8 +34,9 @@ def test_field_larger_than_mem_mb_fails_with_report(pytester, run_plugin):
     result.assert_outcomes(failed=1, passed=1)
     result.stdout.fnmatch_lines([
         "*taichi_limits: mem_mb exceeded: * when caught, limit mem_mb=100 (over by *",
-        "*caught by   supervisor (RSS of the process tree, sampled), during call",
-        "*peak usage  own memory +* (rss-growth; kernel peak +*",
+        "*caught by   supervisor (private and shared memory of the process tree, smaps_rollup, "
+        "sampled), during call",
+        "*peak usage  own memory +* (smaps; kernel peak +*",
         "*budget      cpu_s=off mem_mb=100 wall_s=600 gpu_gb=off",
         "*stopped     signals sent: SIGTERM*",
         "*process     pid *, caught at *",

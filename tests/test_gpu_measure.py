@@ -134,6 +134,7 @@ class _BareChild:
         os.close(control_read)
         os.set_blocking(channel_read, False)
         self.pid, self.channel_fd, self.control_fd = pid, channel_read, control_write
+        self.keeper_pid = self.origin_pid = os.getpid()  # no keeper: the child is ours
 
     def wait_fd(self) -> int | None:
         return None
