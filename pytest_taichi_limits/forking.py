@@ -32,6 +32,9 @@ from .protocol import EXIT_DONE, EXIT_INTERNAL_ERROR
 from .records import Ending
 from .supervisor import ExitInfo, TerminateInOrder, control_pair, stack_file
 
+#: How long a keeper may take to report its child's end once that child was killed.
+_KEEPER_ANSWER_S = 5.0
+
 #: What runs in the child: given (channel fd, stack fd, control fd, parent pid); never returns.
 ChildBody = Callable[[int, int, int, int], None]
 
@@ -89,6 +92,12 @@ class ForkLaunch:
     def poll_exit(self, block: bool) -> ExitInfo | None:
         if self._exit is not None:
             return self._exit
+        if block:
+            # A test may have stopped its parent (the keeper): wake it so that it can reap and
+            # report; one that still does not answer is killed, and its pipe closes.
+            send_signal(self.keeper_pid, signal.SIGCONT)
+            if not select.select([self._status.fd], [], [], _KEEPER_ANSWER_S)[0]:
+                send_signal(self.keeper_pid, signal.SIGKILL)
         message = self._status.next(block)
         if message is None and not self._status.ended:
             return None

@@ -376,3 +376,22 @@ def test_an_application_package_made_at_import_is_imported_again_in_each_worker(
     result = run_plugin("--taichi-limits", f"--taichi-limits-log={log}")
     result.assert_outcomes(passed=2)
     assert {event["mode"] for event in _usage(log).values()} == {"reimport"}
+
+
+@pytest.mark.parametrize("signal_name, expected", [
+    ("SIGSTOP", "*taichi_limits: wall_s exceeded*"),
+    ("SIGKILL", "*the plugin's keeper process above the test was killed*"),
+    ("SIGUSR1", "*the plugin's keeper process above the test was killed*"),
+])
+def test_a_test_that_attacks_its_parent_in_fork_mode_hits_the_keeper_not_pytest(
+        pytester: pytest.Pytester, run_plugin: Any, signal_name: str, expected: str) -> None:
+    # In fork mode the test's parent is the plugin's keeper, never pytest: stopping or killing
+    # it fails that test, and the next one runs.
+    body = ZYGOTE_ATTACK.replace("{signal_name}", signal_name).replace(
+        "ti.init(arch=ti.cpu)\nvalues = ti.field(ti.i32, shape=4)\n", "")
+    body = body.replace("    values[1] = 5\n    assert values[1] == 5\n", "    pass\n")
+    pytester.makepyfile(test_attack=body)
+    result = run_plugin("--taichi-limits", "--taichi-limits-grace=0.5", "-p", "no:randomly",
+                        timeout=90)
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines([expected])
