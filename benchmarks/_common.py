@@ -77,11 +77,20 @@ class Timed:
     stdout: str
 
 
-def run_timed(cmd: Sequence[str], cwd: Path, env: dict[str, str] | None = None,
-              timeout: float = 1800) -> Timed:
+def run_timed(
+    cmd: Sequence[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 1800
+) -> Timed:
     start = time.perf_counter()
-    proc = subprocess.run(list(cmd), cwd=cwd, env=env or bench_env(), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=timeout, check=False)
+    proc = subprocess.run(
+        list(cmd),
+        cwd=cwd,
+        env=env or bench_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     return Timed(time.perf_counter() - start, proc.returncode, proc.stdout)
 
 
@@ -96,15 +105,17 @@ def median(values: Sequence[float]) -> float:
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]], title: str = "") -> str:
     """A GitHub-flavoured markdown table (readable in a terminal too)."""
     cells = [[_cell(value) for value in row] for row in rows]
-    widths = [max(len(h), *(len(row[i]) for row in cells)) if cells else len(h)
-              for i, h in enumerate(headers)]
+    widths = [
+        max(len(h), *(len(row[i]) for row in cells)) if cells else len(h)
+        for i, h in enumerate(headers)
+    ]
     lines = []
     if title:
         lines += [f"### {title}", ""]
-    lines.append("| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |")
+    lines.append("| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |")
     lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in cells:
-        lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |")
+        lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
     return "\n".join(lines)
 
 
@@ -118,9 +129,11 @@ def _cell(value: object) -> str:
 
 def machine_line() -> str:
     load = os.getloadavg()
-    return (f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
-            f"{platform.python_version()}, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
-            f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})")
+    return (
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
+        f"{platform.python_version()}, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
+        f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})"
+    )
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:
@@ -144,8 +157,20 @@ def ensure_pytest8_venv(quiet: bool = True) -> Path | None:
     print(f"creating {VENV_PYTEST8} (pytest 8 + pytest-forked + taichi; once) ...", flush=True)
     try:
         subprocess.run([sys.executable, "-m", "venv", str(VENV_PYTEST8)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", *(["-q"] if quiet else []),
-                        "pytest>=8,<9", "pytest-forked", "taichi==1.7.4", "psutil"], check=True)
+        subprocess.run(
+            [
+                str(python),
+                "-m",
+                "pip",
+                "install",
+                *(["-q"] if quiet else []),
+                "pytest>=8,<9",
+                "pytest-forked",
+                "taichi==1.7.4",
+                "psutil",
+            ],
+            check=True,
+        )
     except (subprocess.CalledProcessError, OSError) as error:
         print(f"  could not create it ({error}); pytest-forked columns stay empty")
         return None
@@ -164,10 +189,16 @@ def isolation_modes(python: str = sys.executable, timeout_s: float = 120) -> tup
     failing on an option an older one does not have.
     """
     try:
-        proc = subprocess.run([python, "-m", "pytest", "--help", "-p", "no:cacheprovider"],
-                              cwd=tempfile.gettempdir(), env=bench_env(), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, timeout=timeout_s,
-                              check=False)
+        proc = subprocess.run(
+            [python, "-m", "pytest", "--help", "-p", "no:cacheprovider"],
+            cwd=tempfile.gettempdir(),
+            env=bench_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         print(f"TIMEOUT: `pytest --help` took over {timeout_s:g} s; isolation columns stay n/a")
         return ()

@@ -166,33 +166,63 @@ def memory_cases(case_mb: int) -> None:
     write(root / "conftest.py", MEMORY_CONFTEST)
     write(root / "test_cases.py", MEMORY_CASES)
     log, mem_file = root / "log.jsonl", root / "mem.jsonl"
-    cmd = pytest_cmd(sys.executable, "--taichi-limits", f"--taichi-limits-log={log}",
-                     f"--taichi-limits-mem-mb={8 * case_mb}", "--taichi-limits-clean-shm",
-                     "test_cases.py")
+    cmd = pytest_cmd(
+        sys.executable,
+        "--taichi-limits",
+        f"--taichi-limits-log={log}",
+        f"--taichi-limits-mem-mb={8 * case_mb}",
+        "--taichi-limits-clean-shm",
+        "test_cases.py",
+    )
     env = bench_env(BENCH_MEM_FILE=str(mem_file), BENCH_CASE_MB=str(case_mb))
     check(run_timed(cmd, root, env), "memory cases")
     usage = {event["nodeid"]: event for event in read_log(log) if event["event"] == "usage"}
     uss = {row["nodeid"]: row["uss_bytes"] for row in _lines(mem_file)}
     rows = []
     for nodeid, record in usage.items():
-        rows.append([nodeid.split("::test_")[-1].replace("_", " "), case_mb,
-                     f"{record['peak_own_memory_bytes'] / MB:.1f}", record["memory_method"],
-                     f"{record['peak_own_rss_bytes'] / MB:.1f}",
-                     f"{record['kernel_own_rss_bytes'] / MB:.1f}",
-                     f"{uss.get(nodeid, 0) / MB:.1f}"])
-    print(table(["case", "held (MB)", "mem_mb figure (MB)", "method",
-                 "old: RSS growth (MB)", "kernel: ru_maxrss - start (MB)",
-                 "USS at the end (MB)"], rows,
-                "The memory figure against the kernel's own (MB = MiB)"))
+        rows.append(
+            [
+                nodeid.split("::test_")[-1].replace("_", " "),
+                case_mb,
+                f"{record['peak_own_memory_bytes'] / MB:.1f}",
+                record["memory_method"],
+                f"{record['peak_own_rss_bytes'] / MB:.1f}",
+                f"{record['kernel_own_rss_bytes'] / MB:.1f}",
+                f"{uss.get(nodeid, 0) / MB:.1f}",
+            ]
+        )
+    print(
+        table(
+            [
+                "case",
+                "held (MB)",
+                "mem_mb figure (MB)",
+                "method",
+                "old: RSS growth (MB)",
+                "kernel: ru_maxrss - start (MB)",
+                "USS at the end (MB)",
+            ],
+            rows,
+            "The memory figure against the kernel's own (MB = MiB)",
+        )
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer, smaller tests")
-    parser.add_argument("--interval", type=float, default=None,
-                        help="--taichi-limits-interval (default: the plugin's)")
-    parser.add_argument("--memory-case-mb", type=int, default=None,
-                        help="MB each memory case holds (default 300; --quick: 100)")
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=None,
+        help="--taichi-limits-interval (default: the plugin's)",
+    )
+    parser.add_argument(
+        "--memory-case-mb",
+        type=int,
+        default=None,
+        help="MB each memory case holds (default 300; --quick: 100)",
+    )
     args = parser.parse_args()
     memory = MEMORY_MB[:2] if args.quick else MEMORY_MB
     cpu = CPU_S[:2] if args.quick else CPU_S
@@ -201,8 +231,15 @@ def main() -> None:
     write(root / "test_accuracy.py", TESTS.format(memory=list(memory), cpu=list(cpu)))
     log, rusage_file, self_file = root / "log.jsonl", root / "rusage.jsonl", root / "self.jsonl"
     extra = [] if args.interval is None else [f"--taichi-limits-interval={args.interval}"]
-    cmd = pytest_cmd(sys.executable, "-p", "bench_rusage", "--taichi-limits",
-                     f"--taichi-limits-log={log}", *extra, "test_accuracy.py")
+    cmd = pytest_cmd(
+        sys.executable,
+        "-p",
+        "bench_rusage",
+        "--taichi-limits",
+        f"--taichi-limits-log={log}",
+        *extra,
+        "test_accuracy.py",
+    )
     env = bench_env(BENCH_RUSAGE_FILE=str(rusage_file), BENCH_SELF_FILE=str(self_file))
     print(machine_line())
     print(f"workdir {root}\n", flush=True)
@@ -217,22 +254,57 @@ def main() -> None:
         record = usage[f"test_accuracy.py::test_memory[{megabytes}]"]
         sampled = record["peak_own_rss_bytes"] / MB
         kernel = record["kernel_own_rss_bytes"] / MB
-        rows.append([f"{megabytes} MB", f"{sampled:.1f}", f"{kernel:.1f}",
-                     f"{sampled - kernel:+.2f} MB", record["samples"]])
-    print(table(["allocated", "sampled own peak (MB)", "kernel: ru_maxrss - start (MB)",
-                 "sampled - kernel", "samples"], rows,
-                "Own peak RSS: sampled against the kernel's figure"))
+        rows.append(
+            [
+                f"{megabytes} MB",
+                f"{sampled:.1f}",
+                f"{kernel:.1f}",
+                f"{sampled - kernel:+.2f} MB",
+                record["samples"],
+            ]
+        )
+    print(
+        table(
+            [
+                "allocated",
+                "sampled own peak (MB)",
+                "kernel: ru_maxrss - start (MB)",
+                "sampled - kernel",
+                "samples",
+            ],
+            rows,
+            "Own peak RSS: sampled against the kernel's figure",
+        )
+    )
     print()
     rows = []
     for seconds in cpu:
         nodeid = f"test_accuracy.py::test_cpu[{seconds}]"
         reported = usage[nodeid]["cpu_s"]
-        rows.append([f"{seconds:g} s", f"{reported:.3f}", f"{rusage[nodeid]:.3f}",
-                     f"{(reported - rusage[nodeid]) * 1000:+.1f} ms", f"{own[nodeid]:.3f}",
-                     f"{(reported - own[nodeid]) * 1000:+.1f} ms"])
-    print(table(["burned", "reported cpu_s", "RUSAGE_CHILDREN delta", "reported - rusage",
-                 "test's own getrusage", "reported - test's own"], rows,
-                "CPU seconds: reported against rusage"))
+        rows.append(
+            [
+                f"{seconds:g} s",
+                f"{reported:.3f}",
+                f"{rusage[nodeid]:.3f}",
+                f"{(reported - rusage[nodeid]) * 1000:+.1f} ms",
+                f"{own[nodeid]:.3f}",
+                f"{(reported - own[nodeid]) * 1000:+.1f} ms",
+            ]
+        )
+    print(
+        table(
+            [
+                "burned",
+                "reported cpu_s",
+                "RUSAGE_CHILDREN delta",
+                "reported - rusage",
+                "test's own getrusage",
+                "reported - test's own",
+            ],
+            rows,
+            "CPU seconds: reported against rusage",
+        )
+    )
     print()
     memory_cases(args.memory_case_mb or (100 if args.quick else 300))
 

@@ -123,8 +123,14 @@ class PeakSampler(threading.Thread):
 def run_variant(cwd: Path, args: list[str], ledger: str) -> tuple[float, int, int, str]:
     env = bench_env(PYTEST_TAICHI_LIMITS_LEDGER=ledger)
     start = time.perf_counter()
-    process = subprocess.Popen(pytest_cmd(sys.executable, *args), cwd=cwd, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        pytest_cmd(sys.executable, *args),
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     sampler = PeakSampler(process.pid)
     sampler.start()
     output, _ = process.communicate(timeout=3600)
@@ -142,8 +148,12 @@ def _result_line(output: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="--scale 0.05 --tests 20")
-    parser.add_argument("--scale", type=float, default=1.0,
-                        help="multiply allocations, budgets and capacity (default 1)")
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="multiply allocations, budgets and capacity (default 1)",
+    )
     parser.add_argument("--tests", type=int, default=40, help="tests; every tenth is large")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--no-unsafe", action="store_true", help="skip -n 2 without admission")
@@ -153,14 +163,26 @@ def main() -> None:
     big_mb, small_mb = round(3072 * args.scale), max(1, round(100 * args.scale))
     capacity_mb = round(6144 * args.scale)
     directory = workdir("admission")
-    write(directory / "test_admission_bench.py", TESTS.format(
-        big_mb=big_mb, small_mb=small_mb, big_hold_s=2.0, small_hold_s=0.2, tests=args.tests,
-        big_budget_mb=big_mb + max(16, round(128 * args.scale)),
-        small_budget_mb=small_mb + max(16, round(64 * args.scale))))
+    write(
+        directory / "test_admission_bench.py",
+        TESTS.format(
+            big_mb=big_mb,
+            small_mb=small_mb,
+            big_hold_s=2.0,
+            small_hold_s=0.2,
+            tests=args.tests,
+            big_budget_mb=big_mb + max(16, round(128 * args.scale)),
+            small_budget_mb=small_mb + max(16, round(64 * args.scale)),
+        ),
+    )
     write(directory / "pytest.ini", "[pytest]\n")
     variants = {
-        "-n 2 + admission": ["-n", "2", "--taichi-limits-admit",
-                             f"--taichi-limits-capacity=mem={capacity_mb}MB"],
+        "-n 2 + admission": [
+            "-n",
+            "2",
+            "--taichi-limits-admit",
+            f"--taichi-limits-capacity=mem={capacity_mb}MB",
+        ],
         "-n 1": ["-n", "1"],
     }
     if not args.no_unsafe:
@@ -184,18 +206,40 @@ def main() -> None:
     rows = []
     for name, outcome in outcomes.items():
         test_peak = max(outcome.test_peak_bytes)
-        rows.append([name, median(outcome.wall_s), f"{test_peak / MB:.0f} MB",
-                     "yes" if test_peak <= capacity_mb * MB else "NO",
-                     f"{max(outcome.tree_peak_bytes) / MB:.0f} MB",
-                     f"{median(outcome.waited_s):.1f} s" if outcome.waited_s else "-",
-                     outcome.reserved[-1] if outcome.reserved else "-", outcome.results[-1]])
+        rows.append(
+            [
+                name,
+                median(outcome.wall_s),
+                f"{test_peak / MB:.0f} MB",
+                "yes" if test_peak <= capacity_mb * MB else "NO",
+                f"{max(outcome.tree_peak_bytes) / MB:.0f} MB",
+                f"{median(outcome.waited_s):.1f} s" if outcome.waited_s else "-",
+                outcome.reserved[-1] if outcome.reserved else "-",
+                outcome.results[-1],
+            ]
+        )
     print(machine_line())
-    print(f"{args.tests} tests ({len(range(0, args.tests, 10))} x {big_mb} MB, the rest "
-          f"{small_mb} MB), capacity {capacity_mb} MB, {args.repeats} repeat(s), "
-          f"{os.cpu_count()} CPUs\n")
-    print(table(["variant", "wall s (median)", "peak test PSS", "under capacity",
-                 "peak tree PSS", "total wait", "peak reserved", "result"], rows,
-                title="Admission: -n 2 with admission against -n 1"))
+    print(
+        f"{args.tests} tests ({len(range(0, args.tests, 10))} x {big_mb} MB, the rest "
+        f"{small_mb} MB), capacity {capacity_mb} MB, {args.repeats} repeat(s), "
+        f"{os.cpu_count()} CPUs\n"
+    )
+    print(
+        table(
+            [
+                "variant",
+                "wall s (median)",
+                "peak test PSS",
+                "under capacity",
+                "peak tree PSS",
+                "total wait",
+                "peak reserved",
+                "result",
+            ],
+            rows,
+            title="Admission: -n 2 with admission against -n 1",
+        )
+    )
 
 
 if __name__ == "__main__":

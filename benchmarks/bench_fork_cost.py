@@ -42,7 +42,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from _common import machine_line, table
+from _common import machine_line, table  # noqa: E402 - after the path insert above
 
 ChildStep = Callable[[], dict[str, float]]
 
@@ -75,8 +75,16 @@ def build_heap(objects: int) -> list[Any]:
 
 def heavy_imports() -> list[str]:
     names = []
-    for name in ("numpy", "pandas", "scipy", "scipy.linalg", "scipy.sparse", "scipy.signal",
-                 "scipy.optimize", "scipy.stats"):
+    for name in (
+        "numpy",
+        "pandas",
+        "scipy",
+        "scipy.linalg",
+        "scipy.sparse",
+        "scipy.signal",
+        "scipy.optimize",
+        "scipy.stats",
+    ):
         try:
             __import__(name)
             names.append(name)
@@ -105,8 +113,9 @@ def timed(step: Callable[[], object]) -> dict[str, float]:
     return {"ms": (time.perf_counter() - start) * 1000, "faults": _minflt() - faults}
 
 
-def fork_once(in_child: ChildStep | None,
-              while_alive: Callable[[], dict[str, float]] | None = None) -> dict[str, float]:
+def fork_once(
+    in_child: ChildStep | None, while_alive: Callable[[], dict[str, float]] | None = None
+) -> dict[str, float]:
     """Fork; the child runs `in_child` (and reports what it measured); the parent runs
     `while_alive` meanwhile. Fork-to-reaped wall time and the child's faults come from wait4."""
     read_fd, write_fd = os.pipe()
@@ -147,8 +156,11 @@ def medians(runs: list[dict[str, float]]) -> dict[str, float]:
     return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
 
 
-def repeat(times: int, in_child: ChildStep | None,
-           while_alive: Callable[[], dict[str, float]] | None = None) -> dict[str, float]:
+def repeat(
+    times: int,
+    in_child: ChildStep | None,
+    while_alive: Callable[[], dict[str, float]] | None = None,
+) -> dict[str, float]:
     return medians([fork_once(in_child, while_alive) for _ in range(times)])
 
 
@@ -160,8 +172,12 @@ def child_full_collection(freeze_first: bool) -> ChildStep:
         if freeze_first:
             freeze = timed(gc.freeze)
         collect = timed(gc.collect)
-        return {"ms": collect["ms"], "faults": collect["faults"],
-                **({"freeze_ms": freeze["ms"]} if freeze_first else {})}
+        return {
+            "ms": collect["ms"],
+            "faults": collect["faults"],
+            **({"freeze_ms": freeze["ms"]} if freeze_first else {}),
+        }
+
     return step
 
 
@@ -180,6 +196,7 @@ def child_prepare(writer_fd: int) -> ChildStep:
         writer = ChannelWriter(writer_fd)
         settings: Any = None  # prepare_child does not read it
         return timed(lambda: taichi_support.prepare_child(Budget(gpu_gb=1), settings, writer))
+
     return step
 
 
@@ -207,9 +224,14 @@ def taichi_steps() -> dict[str, float]:
 
     launch = timed(fill)
     reset = timed(ti.reset)
-    return {"init_ms": init["ms"], "init_faults": init["faults"],
-            "launch_ms": launch["ms"], "launch_faults": launch["faults"],
-            "reset_ms": reset["ms"], "reset_faults": reset["faults"]}
+    return {
+        "init_ms": init["ms"],
+        "init_faults": init["faults"],
+        "launch_ms": launch["ms"],
+        "launch_faults": launch["faults"],
+        "reset_ms": reset["ms"],
+        "reset_faults": reset["faults"],
+    }
 
 
 def child_reports(writer_fd: int) -> ChildStep:
@@ -226,13 +248,22 @@ def child_reports(writer_fd: int) -> ChildStep:
                 report = pytest.TestReport(
                     "tests/test_module.py::test_case[param]",
                     ("tests/test_module.py", 10, "test_case[param]"),
-                    {"test_case": 1, "taichi_limits": 1}, "passed", None, when,
-                    captured if when == "call" else [], 0.01, 1.0, 1.01)
+                    {"test_case": 1, "taichi_limits": 1},
+                    "passed",
+                    None,
+                    when,
+                    captured if when == "call" else [],
+                    0.01,
+                    1.0,
+                    1.01,
+                )
                 # What pytest's own pytest_report_to_serializable returns for a TestReport.
                 data = report._to_json()
                 data["$report_type"] = "TestReport"
                 writer.send("report", data=data)
+
         return timed(send_three)
+
     return step
 
 
@@ -318,36 +349,76 @@ def main() -> None:
 
     print(f"parent: {size}", file=sys.stderr)
     base = repeat(times, None)
-    row("fork + exit (nothing else)", base["total_ms"], base["total_faults"],
-        "fork to reaped; faults of the child")
+    row(
+        "fork + exit (nothing else)",
+        base["total_ms"],
+        base["total_faults"],
+        "fork to reaped; faults of the child",
+    )
     thawed = repeat(times, child_full_collection(freeze_first=False))
-    row("full gc.collect() in the child, nothing frozen", thawed["child_ms"],
-        thawed["child_faults"], "any test whose allocations trigger a gen-2 collection")
+    row(
+        "full gc.collect() in the child, nothing frozen",
+        thawed["child_ms"],
+        thawed["child_faults"],
+        "any test whose allocations trigger a gen-2 collection",
+    )
     frozen = repeat(times, child_full_collection(freeze_first=True))
-    row("gc.freeze() in the child right after the fork", frozen["child_freeze_ms"], 0,
-        "what child.start_child does")
-    row("full gc.collect() in the child after its gc.freeze()", frozen["child_ms"],
-        frozen["child_faults"])
+    row(
+        "gc.freeze() in the child right after the fork",
+        frozen["child_freeze_ms"],
+        0,
+        "what child.start_child does",
+    )
+    row(
+        "full gc.collect() in the child after its gc.freeze()",
+        frozen["child_ms"],
+        frozen["child_faults"],
+    )
     old = repeat(times, child_old_scan)
-    row("old: gc.get_referrers(ti.init) in the child", old["child_ms"], old["child_faults"],
-        "per test, before this change")
+    row(
+        "old: gc.get_referrers(ti.init) in the child",
+        old["child_ms"],
+        old["child_faults"],
+        "per test, before this change",
+    )
     new = repeat(times, child_prepare(sink_write))
     drain_sink()
-    row("new: prepare_child with the inherited wrapper", new["child_ms"], new["child_faults"],
-        "per test now")
+    row(
+        "new: prepare_child with the inherited wrapper",
+        new["child_ms"],
+        new["child_faults"],
+        "per test now",
+    )
     parent_thawed = repeat(times, None, lambda: timed(gc.collect))
-    row("full gc.collect() in the parent while a child lives", parent_thawed["parent_ms"],
-        parent_thawed["parent_faults"], "faults: the parent's own copies")
+    row(
+        "full gc.collect() in the parent while a child lives",
+        parent_thawed["parent_ms"],
+        parent_thawed["parent_faults"],
+        "faults: the parent's own copies",
+    )
     forked_taichi = repeat(max(3, times // 3), child_taichi)
-    row("ti.init(arch=cpu) in the child", forked_taichi["child_init_ms"],
-        forked_taichi["child_init_faults"])
-    row("first kernel launch (offline cache warm)", forked_taichi["child_launch_ms"],
-        forked_taichi["child_launch_faults"])
-    row("ti.reset() in the child (writes the offline cache)", forked_taichi["child_reset_ms"],
-        forked_taichi["child_reset_faults"])
+    row(
+        "ti.init(arch=cpu) in the child",
+        forked_taichi["child_init_ms"],
+        forked_taichi["child_init_faults"],
+    )
+    row(
+        "first kernel launch (offline cache warm)",
+        forked_taichi["child_launch_ms"],
+        forked_taichi["child_launch_faults"],
+    )
+    row(
+        "ti.reset() in the child (writes the offline cache)",
+        forked_taichi["child_reset_ms"],
+        forked_taichi["child_reset_faults"],
+    )
     never = repeat(times, child_reset_uninitialised)
-    row("ti.reset() in the child, Taichi never initialised", never["child_ms"],
-        never["child_faults"], "finish_child for a test without ti.init")
+    row(
+        "ti.reset() in the child, Taichi never initialised",
+        never["child_ms"],
+        never["child_faults"],
+        "finish_child for a test without ti.init",
+    )
     sent = repeat(times, child_reports(sink_write))
     drain_sink()
     row("3 phase reports: serialise + send (child)", sent["child_ms"], sent["child_faults"])
@@ -358,31 +429,53 @@ def main() -> None:
     # Last: the parent freezes its heap once, as the plugin would before its first fork.
     collect_before = timed(gc.collect)
     freeze = timed(gc.freeze)
-    row("once: gc.collect() + gc.freeze() in the parent", collect_before["ms"] + freeze["ms"],
-        collect_before["faults"] + freeze["faults"], "one time, before the first fork")
+    row(
+        "once: gc.collect() + gc.freeze() in the parent",
+        collect_before["ms"] + freeze["ms"],
+        collect_before["faults"] + freeze["faults"],
+        "one time, before the first fork",
+    )
     frozen_parent = repeat(times, child_full_collection(freeze_first=False))
-    row("full gc.collect() in the child, parent froze first", frozen_parent["child_ms"],
-        frozen_parent["child_faults"])
+    row(
+        "full gc.collect() in the child, parent froze first",
+        frozen_parent["child_ms"],
+        frozen_parent["child_faults"],
+    )
     base_frozen = repeat(times, None)
     row("fork + exit, parent froze first", base_frozen["total_ms"], base_frozen["total_faults"])
     parent_frozen = repeat(times, None, lambda: timed(gc.collect))
-    row("full gc.collect() in the parent while a child lives, parent froze first",
-        parent_frozen["parent_ms"], parent_frozen["parent_faults"])
+    row(
+        "full gc.collect() in the parent while a child lives, parent froze first",
+        parent_frozen["parent_ms"],
+        parent_frozen["parent_faults"],
+    )
     gc.unfreeze()
     # Plain pytest's cost for the same steps: a second ti.init in one process (after a reset).
     # Last, since a fork after ti.init hangs at its first kernel launch.
     taichi_steps()
     again = medians([taichi_steps() for _ in range(max(3, times // 3))])
-    row("ti.init(arch=cpu), in-process again (plain pytest)", again["init_ms"],
-        again["init_faults"], "no fork: the same process re-initialises")
-    row("first kernel launch, in-process again (plain pytest)", again["launch_ms"],
-        again["launch_faults"])
+    row(
+        "ti.init(arch=cpu), in-process again (plain pytest)",
+        again["init_ms"],
+        again["init_faults"],
+        "no fork: the same process re-initialises",
+    )
+    row(
+        "first kernel launch, in-process again (plain pytest)",
+        again["launch_ms"],
+        again["launch_faults"],
+    )
 
     print(machine_line())
     print(f"parent: {size}; medians of {times} forks (Taichi steps: {max(3, times // 3)})")
     print()
-    print(table(["step", "median ms", "minor faults", "note"], rows,
-                title="Per forked test, in a torch-sized parent"))
+    print(
+        table(
+            ["step", "median ms", "minor faults", "note"],
+            rows,
+            title="Per forked test, in a torch-sized parent",
+        )
+    )
     del heap
 
 

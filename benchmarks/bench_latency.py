@@ -74,28 +74,50 @@ def test_grow():
 
 def run_plugin(root: Path, interval: float, env: dict[str, str]) -> dict[str, float]:
     log = root / f"log-{interval}-{time.monotonic_ns()}.jsonl"
-    cmd = pytest_cmd(sys.executable, "--taichi-limits", f"--taichi-limits-mem-mb={LIMIT_MB}",
-                     f"--taichi-limits-interval={interval}", f"--taichi-limits-log={log}",
-                     "test_grow.py")
-    proc = subprocess.run(cmd, cwd=root, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=300, check=False)
+    cmd = pytest_cmd(
+        sys.executable,
+        "--taichi-limits",
+        f"--taichi-limits-mem-mb={LIMIT_MB}",
+        f"--taichi-limits-interval={interval}",
+        f"--taichi-limits-log={log}",
+        "test_grow.py",
+    )
+    proc = subprocess.run(
+        cmd,
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     events = read_log(log)
     usage = next((e for e in events if e["event"] == "usage"), None)
     violation = next((e for e in events if e["event"] == "violation"), None)
     if usage is None or violation is None or violation["resource"] != "mem_mb":
-        raise SystemExit(f"no mem_mb violation at interval {interval} (rc {proc.returncode}):\n"
-                         + proc.stdout[-3000:])
-    return {"detected_mb": float(violation["measured"]),
-            "peak_mb": usage["kernel_own_rss_bytes"] / MB,
-            "wall_s": float(usage["wall_s"])}
+        raise SystemExit(
+            f"no mem_mb violation at interval {interval} (rc {proc.returncode}):\n"
+            + proc.stdout[-3000:]
+        )
+    return {
+        "detected_mb": float(violation["measured"]),
+        "peak_mb": usage["kernel_own_rss_bytes"] / MB,
+        "wall_s": float(usage["wall_s"]),
+    }
 
 
 def run_psutil_recipe(root: Path, env: dict[str, str]) -> dict[str, float]:
     """The usual watchdog: poll RSS once a second, kill when over the limit."""
     start_file = root / f"start-{time.monotonic_ns()}.txt"
     env = dict(env, BENCH_START_FILE=str(start_file))
-    proc = subprocess.Popen(pytest_cmd(sys.executable, "test_grow.py"), cwd=root, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        pytest_cmd(sys.executable, "test_grow.py"),
+        cwd=root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     watched = psutil.Process(proc.pid)
     detected = float("nan")
     begin = time.monotonic()
@@ -119,31 +141,45 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one repeat")
     parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--rate-mb-s", type=float, default=1000.0,
-                        help="growth rate of the test (MB/s)")
+    parser.add_argument(
+        "--rate-mb-s", type=float, default=1000.0, help="growth rate of the test (MB/s)"
+    )
     args = parser.parse_args()
     repeats = args.repeats or (1 if args.quick else 5)
     root = workdir("latency")
     write(root / "test_grow.py", GROW_TEST)
     rate_file = root / "rate.txt"
-    env = bench_env(BENCH_RATE_BYTES_PER_S=str(args.rate_mb_s * MB),
-                    BENCH_CAP_BYTES=str(3 * LIMIT_MB * MB), BENCH_RATE_FILE=str(rate_file))
+    env = bench_env(
+        BENCH_RATE_BYTES_PER_S=str(args.rate_mb_s * MB),
+        BENCH_CAP_BYTES=str(3 * LIMIT_MB * MB),
+        BENCH_RATE_FILE=str(rate_file),
+    )
 
     # The rate the test reaches on this machine (page faults may be slower than asked for).
-    subprocess.run(pytest_cmd(sys.executable, "test_grow.py"), cwd=root,
-                   env=dict(env, BENCH_CAP_BYTES=str(LIMIT_MB * MB)),
-                   stdout=subprocess.DEVNULL, timeout=120, check=False)
+    subprocess.run(
+        pytest_cmd(sys.executable, "test_grow.py"),
+        cwd=root,
+        env=dict(env, BENCH_CAP_BYTES=str(LIMIT_MB * MB)),
+        stdout=subprocess.DEVNULL,
+        timeout=120,
+        check=False,
+    )
     reached = float(rate_file.read_text()) / MB if rate_file.exists() else float("nan")
 
     print(machine_line())
-    print(f"limit mem_mb={LIMIT_MB}; asked growth {args.rate_mb_s:g} MB/s, reached "
-          f"{reached:.0f} MB/s; repeats: {repeats}; workdir {root}\n", flush=True)
-    variants = [f"taichi-limits, interval {interval:g} s" + (" (default)" if interval == 0.01
-                                                              else "") for interval in INTERVALS]
+    print(
+        f"limit mem_mb={LIMIT_MB}; asked growth {args.rate_mb_s:g} MB/s, reached "
+        f"{reached:.0f} MB/s; repeats: {repeats}; workdir {root}\n",
+        flush=True,
+    )
+    variants = [
+        f"taichi-limits, interval {interval:g} s" + (" (default)" if interval == 0.01 else "")
+        for interval in INTERVALS
+    ]
     variants.append("psutil loop, 1 s polls")
     results: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
     for _ in range(repeats):
-        for name, interval in zip(variants, INTERVALS):
+        for name, interval in zip(variants, INTERVALS, strict=True):
             results[name].append(run_plugin(root, interval, env))
         results[variants[-1]].append(run_psutil_recipe(root, env))
 
@@ -152,12 +188,29 @@ def main() -> None:
         detected = median([run["detected_mb"] for run in runs])
         peak = median([run["peak_mb"] for run in runs])
         over = peak - LIMIT_MB
-        rows.append([name, f"{detected:.0f}", f"{peak:.0f}", f"{over:+.0f} MB",
-                     f"{over / LIMIT_MB * 100:+.1f} %"])
-    print(table(["watcher", "own RSS when caught (MB)", "peak own RSS (kernel, MB)",
-                 "past the limit", "past the limit (%)"], rows,
-                f"Enforcement latency: mem_mb={LIMIT_MB}, test growing at ~{reached:.0f} MB/s "
-                f"(median of {repeats})"))
+        rows.append(
+            [
+                name,
+                f"{detected:.0f}",
+                f"{peak:.0f}",
+                f"{over:+.0f} MB",
+                f"{over / LIMIT_MB * 100:+.1f} %",
+            ]
+        )
+    print(
+        table(
+            [
+                "watcher",
+                "own RSS when caught (MB)",
+                "peak own RSS (kernel, MB)",
+                "past the limit",
+                "past the limit (%)",
+            ],
+            rows,
+            f"Enforcement latency: mem_mb={LIMIT_MB}, test growing at ~{reached:.0f} MB/s "
+            f"(median of {repeats})",
+        )
+    )
 
 
 if __name__ == "__main__":

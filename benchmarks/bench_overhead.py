@@ -123,8 +123,7 @@ def main() -> None:
     }
     if forked_python is not None:
         variants["plain (pytest 8)"] = pytest_cmd(str(forked_python), "-p", "bench_timer")
-        variants["pytest-forked"] = pytest_cmd(str(forked_python), "-p", "bench_timer",
-                                               "--forked")
+        variants["pytest-forked"] = pytest_cmd(str(forked_python), "-p", "bench_timer", "--forked")
 
     print(machine_line())
     print(f"tests: {counts}; repeats: {repeats}; workdir {root}\n", flush=True)
@@ -132,14 +131,16 @@ def main() -> None:
     for kind in counts:
         test_file = f"test_{kind}.py"
         # Warm Taichi's offline kernel cache (kept in the workdir) before anything is timed.
-        check(run_timed(variants["plain"] + [test_file], root, _env(root, kind, "warm")),
-              f"{kind} warm-up")
+        check(
+            run_timed(variants["plain"] + [test_file], root, _env(root, kind, "warm")),
+            f"{kind} warm-up",
+        )
         for repeat in range(repeats):
             for name, cmd in variants.items():
                 if name == "floor+run" and kind == "kernel":
                     continue  # the parent has run ti.init: a forked child would hang in Taichi
                 loop_file = root / f"loop-{kind}-{name}-{repeat}.txt"
-                timed = run_timed(cmd + [test_file], root, _env(root, kind, str(loop_file)))
+                timed = run_timed([*cmd, test_file], root, _env(root, kind, str(loop_file)))
                 check(timed, f"{name} on {test_file}")
                 wall, cpu = (float(word) for word in loop_file.read_text().split())
                 results.setdefault((kind, name), []).append((wall, cpu))
@@ -147,39 +148,71 @@ def main() -> None:
 
     for index, what in ((0, "wall time"), (1, "CPU time, all processes")):
         print()
-        print(render({key: [run[index] for run in runs] for key, runs in results.items()},
-                     counts, forked_python is not None, what))
+        print(
+            render(
+                {key: [run[index] for run in runs] for key, runs in results.items()},
+                counts,
+                forked_python is not None,
+                what,
+            )
+        )
 
 
 def _env(root: Path, kind: str, loop_file: str) -> dict[str, str]:
-    return bench_env(BENCH_LOOP_FILE=loop_file if loop_file != "warm" else str(root / "warm.txt"),
-                     TI_OFFLINE_CACHE_FILE_PATH=str(root / "ticache"))
+    return bench_env(
+        BENCH_LOOP_FILE=loop_file if loop_file != "warm" else str(root / "warm.txt"),
+        TI_OFFLINE_CACHE_FILE_PATH=str(root / "ticache"),
+    )
 
 
-def render(results: dict[tuple[str, str], list[float]], counts: dict[str, int],
-           with_forked: bool, what: str) -> str:
-    headers = ["tests", "plain ms/test", "floor: fork+wait4", "fork+run in child",
-               "taichi-limits", "taichi-limits / floor", "taichi-limits / fork+run"]
+def render(
+    results: dict[tuple[str, str], list[float]],
+    counts: dict[str, int],
+    with_forked: bool,
+    what: str,
+) -> str:
+    headers = [
+        "tests",
+        "plain ms/test",
+        "floor: fork+wait4",
+        "fork+run in child",
+        "taichi-limits",
+        "taichi-limits / floor",
+        "taichi-limits / fork+run",
+    ]
     if with_forked:
         headers += ["pytest-forked (pytest 8)", "taichi-limits / pytest-forked"]
     rows = []
     for kind, count in counts.items():
+
         def per_test(name: str, kind: str = kind, count: int = count) -> float:
             return median(results[(kind, name)]) / count * 1000
 
         plain = per_test("plain")
         floor = per_test("floor") - plain
-        floor_run = per_test("floor+run") - 2 * plain if (kind, "floor+run") in results \
-            else float("nan")
+        floor_run = (
+            per_test("floor+run") - 2 * plain if (kind, "floor+run") in results else float("nan")
+        )
         ours = per_test("taichi-limits") - plain
-        row: list[object] = [f"{count} {kind}", plain, f"+{floor:.2f} ms", _plus(floor_run),
-                             f"+{ours:.2f} ms", _ratio(ours, floor), _ratio(ours, floor_run)]
+        row: list[object] = [
+            f"{count} {kind}",
+            plain,
+            f"+{floor:.2f} ms",
+            _plus(floor_run),
+            f"+{ours:.2f} ms",
+            _ratio(ours, floor),
+            _ratio(ours, floor_run),
+        ]
         if with_forked:
             forked = per_test("pytest-forked") - per_test("plain (pytest 8)")
             row += [f"+{forked:.2f} ms", _ratio(ours, forked)]
         rows.append(row)
-    return table(headers, rows, f"Isolation overhead per test ({what} of the test loop, median; "
-                                "overhead = variant - plain)")
+    return table(
+        headers,
+        rows,
+        f"Isolation overhead per test ({what} of the test loop, median; "
+        "overhead = variant - plain)",
+    )
 
 
 def _ratio(ours: float, reference: float) -> str:

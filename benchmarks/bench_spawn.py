@@ -70,25 +70,37 @@ def main() -> None:
     env_extra = {"TI_OFFLINE_CACHE_FILE_PATH": str(root / "ticache")}
     variants = {
         "plain": pytest_cmd(sys.executable, "-p", "bench_timer", "test_module_init.py"),
-        "spawn": pytest_cmd(sys.executable, "-p", "bench_timer", "--taichi-limits",
-                            "--taichi-limits-mode=spawn", f"--taichi-limits-log={log}",
-                            "test_module_init.py"),
+        "spawn": pytest_cmd(
+            sys.executable,
+            "-p",
+            "bench_timer",
+            "--taichi-limits",
+            "--taichi-limits-mode=spawn",
+            f"--taichi-limits-log={log}",
+            "test_module_init.py",
+        ),
     }
     print(machine_line())
     print(f"{count} tests; repeats: {repeats}; workdir {root}\n", flush=True)
-    check(run_timed(variants["plain"], root, bench_env(BENCH_LOOP_FILE=str(root / "warm"),
-                                                       **env_extra)), "warm-up")
+    check(
+        run_timed(
+            variants["plain"], root, bench_env(BENCH_LOOP_FILE=str(root / "warm"), **env_extra)
+        ),
+        "warm-up",
+    )
     loops: dict[str, list[float]] = {name: [] for name in variants}
     references: dict[str, list[float]] = {name: [] for name in REFERENCES}
     reference_cpu: dict[str, list[float]] = {name: [] for name in REFERENCES}
     for repeat in range(repeats):
         for name, cmd in variants.items():
             loop_file = root / f"loop-{name}-{repeat}.txt"
-            check(run_timed(cmd, root, bench_env(BENCH_LOOP_FILE=str(loop_file), **env_extra)),
-                  name)
+            check(
+                run_timed(cmd, root, bench_env(BENCH_LOOP_FILE=str(loop_file), **env_extra)), name
+            )
             # The main session's loop encloses anything a worker might time: take the longest.
-            loops[name].append(max(float(line.split()[0])
-                                   for line in loop_file.read_text().splitlines()))
+            loops[name].append(
+                max(float(line.split()[0]) for line in loop_file.read_text().splitlines())
+            )
         for name, code in REFERENCES.items():
             cpu_before = _children_cpu_s()
             timed = run_timed([sys.executable, "-c", code], root, bench_env(**env_extra))
@@ -99,19 +111,44 @@ def main() -> None:
     per_test = (median(loops["spawn"]) - median(loops["plain"])) / count * 1000
     # CPU seconds are steadier than wall time on a loaded machine: the worker's (test
     # included) from the usage log, the reference's from RUSAGE_CHILDREN.
-    worker_cpu = median([event["cpu_s"] for event in read_log(log)
-                         if event["event"] == "usage"]) * 1000
-    rows = [["spawn mode: extra wall time per test", f"{per_test:.0f} ms", "1.00x",
-             f"{worker_cpu:.0f} ms (worker)", "1.00x"]]
+    worker_cpu = (
+        median([event["cpu_s"] for event in read_log(log) if event["event"] == "usage"]) * 1000
+    )
+    rows = [
+        [
+            "spawn mode: extra wall time per test",
+            f"{per_test:.0f} ms",
+            "1.00x",
+            f"{worker_cpu:.0f} ms (worker)",
+            "1.00x",
+        ]
+    ]
     for name, walls in references.items():
         reference = median(walls) * 1000
         cpu = median(reference_cpu[name]) * 1000
-        rows.append([name, f"{reference:.0f} ms", f"{per_test / reference:.2f}x",
-                     f"{cpu:.0f} ms", f"{worker_cpu / cpu:.2f}x"])
-    print(table(["what", "wall (median)", "spawn wall / this", "CPU (median)",
-                 "spawn worker CPU / this"], rows,
-                f"Spawn mode per-test cost ({count} tests, module-level ti.init; plain "
-                f"{median(loops['plain']) / count * 1000:.0f} ms/test)"))
+        rows.append(
+            [
+                name,
+                f"{reference:.0f} ms",
+                f"{per_test / reference:.2f}x",
+                f"{cpu:.0f} ms",
+                f"{worker_cpu / cpu:.2f}x",
+            ]
+        )
+    print(
+        table(
+            [
+                "what",
+                "wall (median)",
+                "spawn wall / this",
+                "CPU (median)",
+                "spawn worker CPU / this",
+            ],
+            rows,
+            f"Spawn mode per-test cost ({count} tests, module-level ti.init; plain "
+            f"{median(loops['plain']) / count * 1000:.0f} ms/test)",
+        )
+    )
 
 
 def _children_cpu_s() -> float:

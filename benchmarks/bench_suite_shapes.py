@@ -385,8 +385,10 @@ def build_app(root: Path, size: Size, conftest_init: bool) -> None:
         raise ValueError(f"the app suites have 1 to {len(APP_TESTS)} tests per module")
     tests = "\n".join(APP_TESTS[: size.tests_per_module])
     for index in range(size.modules):
-        write(root / "tests" / f"test_app_{index}.py",
-              APP_TESTS_HEAD.format(factor=index + 2) + "\n" + tests)
+        write(
+            root / "tests" / f"test_app_{index}.py",
+            APP_TESTS_HEAD.format(factor=index + 2) + "\n" + tests,
+        )
 
 
 def build_big(root: Path, size: Size) -> None:
@@ -395,8 +397,9 @@ def build_big(root: Path, size: Size) -> None:
     write(root / "big_state.py", BIG_STATE.format(records=size.records))
     write(root / "lib_kernels.py", LIB_KERNELS)
     for index in range(size.modules):
-        write(root / "tests" / f"test_big_{index}.py",
-              BIG_TESTS.format(count=size.tests_per_module))
+        write(
+            root / "tests" / f"test_big_{index}.py", BIG_TESTS.format(count=size.tests_per_module)
+        )
 
 
 def build_shared(root: Path, size: Size) -> None:
@@ -404,8 +407,10 @@ def build_shared(root: Path, size: Size) -> None:
     write(root / "conftest.py", CONFTEST_EMPTY)
     write(root / "shared_kernels.py", SHARED_KERNELS)
     for index in range(size.modules):
-        write(root / "tests" / f"test_shared_{index}.py",
-              SHARED_TESTS.format(count=size.tests_per_module))
+        write(
+            root / "tests" / f"test_shared_{index}.py",
+            SHARED_TESTS.format(count=size.tests_per_module),
+        )
 
 
 @dataclass(frozen=True)
@@ -422,16 +427,38 @@ class Shape:
 
 APP_TARGETS = {"test": 1.5, "module": 1.2, "session": 1.1}
 SHAPES = (
-    Shape("a", "app module calls ti.init at import; numpy/pandas/scipy",
-          lambda root, size: build_app(root, size, conftest_init=False),
-          Size(5, 6), Size(2, 3), APP_TARGETS),
-    Shape("b", "conftest calls ti.init in pytest_configure; numpy/pandas/scipy",
-          lambda root, size: build_app(root, size, conftest_init=True),
-          Size(5, 6), Size(2, 3), APP_TARGETS),
-    Shape("c", "each test calls ti.init; ~3M live objects, ~700 MB RSS (fork)", build_big,
-          Size(3, 8, records=750_000), Size(2, 3, records=75_000), {"test": 1.15}),
-    Shape("e", "many tests share a few kernels; ti.init in a module fixture", build_shared,
-          Size(4, 16), Size(2, 4), {"module": 1.2}),
+    Shape(
+        "a",
+        "app module calls ti.init at import; numpy/pandas/scipy",
+        lambda root, size: build_app(root, size, conftest_init=False),
+        Size(5, 6),
+        Size(2, 3),
+        APP_TARGETS,
+    ),
+    Shape(
+        "b",
+        "conftest calls ti.init in pytest_configure; numpy/pandas/scipy",
+        lambda root, size: build_app(root, size, conftest_init=True),
+        Size(5, 6),
+        Size(2, 3),
+        APP_TARGETS,
+    ),
+    Shape(
+        "c",
+        "each test calls ti.init; ~3M live objects, ~700 MB RSS (fork)",
+        build_big,
+        Size(3, 8, records=750_000),
+        Size(2, 3, records=75_000),
+        {"test": 1.15},
+    ),
+    Shape(
+        "e",
+        "many tests share a few kernels; ti.init in a module fixture",
+        build_shared,
+        Size(4, 16),
+        Size(2, 4),
+        {"module": 1.2},
+    ),
 )
 SUB_BENCHMARKS = {"d": "bench_taichi_suite", "f": "bench_overhead"}
 ALL_KEYS = ("a", "b", "c", "d", "e", "f")
@@ -450,8 +477,9 @@ class Bounded:
     max_rss_mb: float  # the largest peak RSS of pytest and the processes it waited for
 
 
-def run_bounded(cmd: Sequence[str], cwd: Path, env: Mapping[str, str], timeout_s: float,
-                log: Path | None) -> Bounded:
+def run_bounded(
+    cmd: Sequence[str], cwd: Path, env: Mapping[str, str], timeout_s: float, log: Path | None
+) -> Bounded:
     """Run cmd in a session of its own; at timeout_s kill that session and every descendant.
 
     The CPU time is the run's own plus that of every process it waited for (wait4's rusage).
@@ -459,9 +487,14 @@ def run_bounded(cmd: Sequence[str], cwd: Path, env: Mapping[str, str], timeout_s
     """
     out = log.open("wb") if log is not None else None
     try:
-        proc = subprocess.Popen(list(cmd), cwd=cwd, env=dict(env), stdout=out,
-                                stderr=subprocess.STDOUT if out is not None else None,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            list(cmd),
+            cwd=cwd,
+            env=dict(env),
+            stdout=out,
+            stderr=subprocess.STDOUT if out is not None else None,
+            start_new_session=True,
+        )
     finally:
         if out is not None:
             out.close()
@@ -479,8 +512,13 @@ def run_bounded(cmd: Sequence[str], cwd: Path, env: Mapping[str, str], timeout_s
         time.sleep(0.01)
     wall_s = time.perf_counter() - start
     proc.returncode = -signal.SIGKILL if exit_code is None else exit_code  # reaped above
-    return Bounded(wall_s, usage.ru_utime + usage.ru_stime, exit_code, _reap_leftovers(proc.pid),
-                   usage.ru_maxrss / 1024)  # Linux gives kilobytes
+    return Bounded(
+        wall_s,
+        usage.ru_utime + usage.ru_stime,
+        exit_code,
+        _reap_leftovers(proc.pid),
+        usage.ru_maxrss / 1024,
+    )  # Linux gives kilobytes
 
 
 def _session(sid: int) -> list[int]:
@@ -488,8 +526,11 @@ def _session(sid: int) -> list[int]:
     pids = []
     for pid in psutil.pids():
         try:
-            if pid != sid and os.getsid(pid) == sid \
-                    and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+            if (
+                pid != sid
+                and os.getsid(pid) == sid
+                and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+            ):
                 pids.append(pid)
         except (OSError, psutil.Error):
             continue
@@ -555,8 +596,9 @@ def variants(isolations: Sequence[str]) -> dict[str, list[str]]:
     return chosen
 
 
-def measure(shape: Shape, quick: bool, repeats: int, isolations: Sequence[str],
-            timeout_s: float) -> ShapeResult:
+def measure(
+    shape: Shape, quick: bool, repeats: int, isolations: Sequence[str], timeout_s: float
+) -> ShapeResult:
     size = shape.quick if quick else shape.full
     root = workdir(f"shape-{shape.key}")
     suite = root / "suite"
@@ -567,23 +609,41 @@ def measure(shape: Shape, quick: bool, repeats: int, isolations: Sequence[str],
 
     def trial(name: str, options: Sequence[str], label: str) -> Trial:
         junit, log = root / f"{label}.xml", root / f"{label}.log"
-        cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", f"--junitxml={junit}",
-               *options]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            f"--junitxml={junit}",
+            *options,
+        ]
         bounded = run_bounded(cmd, suite, env, timeout_s, log)
-        outcomes = junit_outcomes(junit) if junit.exists() and bounded.exit_code is not None \
-            else {}
-        done = Trial(bounded.wall_s, bounded.cpu_s, bounded.exit_code, outcomes,
-                     bounded.leftovers, bounded.max_rss_mb, log)
+        outcomes = junit_outcomes(junit) if junit.exists() and bounded.exit_code is not None else {}
+        done = Trial(
+            bounded.wall_s,
+            bounded.cpu_s,
+            bounded.exit_code,
+            outcomes,
+            bounded.leftovers,
+            bounded.max_rss_mb,
+            log,
+        )
         print(f"  {label}: {_progress(done)}", flush=True)
         result.headers.setdefault(name, _header_lines(log))
         return done
 
     warm = trial("plain", [], "warm-up")  # fills the offline kernel cache; not timed
     reference = warm.outcomes
-    if warm.exit_code != 0 or len(reference) != result.tests \
-            or set(reference.values()) != {"passed"}:
-        result.problems.append(f"plain pytest did not pass the generated suite: {_progress(warm)}"
-                               f" (output in {warm.log})")
+    if (
+        warm.exit_code != 0
+        or len(reference) != result.tests
+        or set(reference.values()) != {"passed"}
+    ):
+        result.problems.append(
+            f"plain pytest did not pass the generated suite: {_progress(warm)}"
+            f" (output in {warm.log})"
+        )
     for repeat in range(repeats):
         for name, options in variants(isolations).items():
             done = trial(name, options, f"{name}-{repeat + 1}")
@@ -592,25 +652,34 @@ def measure(shape: Shape, quick: bool, repeats: int, isolations: Sequence[str],
     return result
 
 
-def _problems(name: str, repeat: int, done: Trial, reference: dict[str, str],
-              result: ShapeResult) -> list[str]:
+def _problems(
+    name: str, repeat: int, done: Trial, reference: dict[str, str], result: ShapeResult
+) -> list[str]:
     label = f"({result.shape.key}) {name} run {repeat + 1}"
     problems = []
     if done.exit_code is None:
-        problems.append(f"TIMEOUT {label}: killed after {done.wall_s:.0f} s (output in "
-                        f"{done.log})")
+        problems.append(f"TIMEOUT {label}: killed after {done.wall_s:.0f} s (output in {done.log})")
     elif done.outcomes != reference:
         result.mismatched.add(name)
-        differ = sorted(nodeid for nodeid in set(reference) | set(done.outcomes)
-                        if reference.get(nodeid) != done.outcomes.get(nodeid))
-        shown = "; ".join(f"{nodeid}: {reference.get(nodeid, 'absent')} -> "
-                          f"{done.outcomes.get(nodeid, 'absent')}" for nodeid in differ[:5])
+        differ = sorted(
+            nodeid
+            for nodeid in set(reference) | set(done.outcomes)
+            if reference.get(nodeid) != done.outcomes.get(nodeid)
+        )
+        shown = "; ".join(
+            f"{nodeid}: {reference.get(nodeid, 'absent')} -> {done.outcomes.get(nodeid, 'absent')}"
+            for nodeid in differ[:5]
+        )
         more = f" (and {len(differ) - 5} more)" if len(differ) > 5 else ""
-        problems.append(f"MISMATCH {label}: {len(differ)} of {len(reference)} outcomes differ "
-                        f"from plain: {shown}{more} (output in {done.log})")
+        problems.append(
+            f"MISMATCH {label}: {len(differ)} of {len(reference)} outcomes differ "
+            f"from plain: {shown}{more} (output in {done.log})"
+        )
     if done.leftovers:
-        problems.append(f"LEFTOVER {label}: {done.leftovers} processes still alive "
-                        f"{LEFTOVER_GRACE_S:g} s after pytest ended (killed)")
+        problems.append(
+            f"LEFTOVER {label}: {done.leftovers} processes still alive "
+            f"{LEFTOVER_GRACE_S:g} s after pytest ended (killed)"
+        )
     return problems
 
 
@@ -621,8 +690,10 @@ def _progress(done: Trial) -> str:
     for outcome in done.outcomes.values():
         counts[outcome] = counts.get(outcome, 0) + 1
     summary = ", ".join(f"{count} {outcome}" for outcome, count in sorted(counts.items()))
-    return (f"{done.wall_s:.1f} s wall, {done.cpu_s:.1f} s CPU, max RSS {done.max_rss_mb:.0f} MB, "
-            f"exit {done.exit_code}, {summary or 'no junit report'}")
+    return (
+        f"{done.wall_s:.1f} s wall, {done.cpu_s:.1f} s CPU, max RSS {done.max_rss_mb:.0f} MB, "
+        f"exit {done.exit_code}, {summary or 'no junit report'}"
+    )
 
 
 def _header_lines(log: Path) -> list[str]:
@@ -663,23 +734,46 @@ def _cell(result: ShapeResult, name: str, what: str, isolations: Sequence[str]) 
 
 
 def render(results: Sequence[ShapeResult], isolations: Sequence[str], repeats: int) -> str:
-    headers = ["suite", "tests", "plain", *(f"--taichi-limits {column}" if column == "default"
-                                           else f"isolation={column}" for column in COLUMNS)]
+    headers = [
+        "suite",
+        "tests",
+        "plain",
+        *(
+            f"--taichi-limits {column}" if column == "default" else f"isolation={column}"
+            for column in COLUMNS
+        ),
+    ]
     blocks = []
-    for what, title in (("wall", "wall time of the whole run"),
-                        ("cpu", "CPU time, pytest and the processes it waited for")):
+    for what, title in (
+        ("wall", "wall time of the whole run"),
+        ("cpu", "CPU time, pytest and the processes it waited for"),
+    ):
         rows: list[list[object]] = []
         for result in results:
             plain = _median_of(result.trials.get("plain", []), what)
-            rows.append([f"({result.shape.key}) {result.shape.title}", result.tests,
-                         f"{plain:.1f} s",
-                         *(_cell(result, column, what, isolations) for column in COLUMNS)])
+            rows.append(
+                [
+                    f"({result.shape.key}) {result.shape.title}",
+                    result.tests,
+                    f"{plain:.1f} s",
+                    *(_cell(result, column, what, isolations) for column in COLUMNS),
+                ]
+            )
             if result.mismatched:
-                rows.append([f"**MISMATCH** ({result.shape.key})", "", "outcomes differ:",
-                             *("**MISMATCH**" if column in result.mismatched else ""
-                               for column in COLUMNS)])
-        blocks.append(table(headers, rows, f"Suite shapes: {title} (median of {repeats}; "
-                                           "ratio to plain)"))
+                rows.append(
+                    [
+                        f"**MISMATCH** ({result.shape.key})",
+                        "",
+                        "outcomes differ:",
+                        *(
+                            "**MISMATCH**" if column in result.mismatched else ""
+                            for column in COLUMNS
+                        ),
+                    ]
+                )
+        blocks.append(
+            table(headers, rows, f"Suite shapes: {title} (median of {repeats}; ratio to plain)")
+        )
     blocks.append(render_targets(results, isolations))
     return "\n\n".join(blocks)
 
@@ -689,8 +783,13 @@ def render_targets(results: Sequence[ShapeResult], isolations: Sequence[str]) ->
     for result in results:
         for mode, target in result.shape.targets.items():
             # Without the isolation option, the plugin's default stands in for isolation=test.
-            name = mode if mode in isolations else "default" if not isolations and mode == "test" \
+            name = (
+                mode
+                if mode in isolations
+                else "default"
+                if not isolations and mode == "test"
                 else ""
+            )
             column = "--taichi-limits (default)" if name == "default" else f"isolation={mode}"
             trials = result.trials.get(name, [])
             if not trials:
@@ -704,8 +803,9 @@ def render_targets(results: Sequence[ShapeResult], isolations: Sequence[str]) ->
             if name in result.mismatched:
                 met = "no: MISMATCH"
             rows.append([f"({result.shape.key})", column, ratio_text, f"<= {target:g}x", met])
-    return table(["suite", "run", "wall / plain", "target", "met?"], rows,
-                 "Targets of issue 9 (wall time)")
+    return table(
+        ["suite", "run", "wall / plain", "target", "met?"], rows, "Targets of issue 9 (wall time)"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -719,14 +819,18 @@ def run_sub_benchmark(key: str, args: argparse.Namespace) -> str | None:
     command = [sys.executable, str(HERE / f"{name}.py")]
     if key == "d":
         if args.taichi_src is None:
-            print(f"\n({key}) Taichi's own tests: skipped (no --taichi-src). Run:\n"
-                  f"    python benchmarks/{name}.py --taichi-src PATH  # a v1.7.4 checkout\n"
-                  "It runs plain against every --taichi-limits-isolation value the plugin "
-                  "offers; targets <= 1.15x (test), <= 1.1x (session).", flush=True)
+            print(
+                f"\n({key}) Taichi's own tests: skipped (no --taichi-src). Run:\n"
+                f"    python benchmarks/{name}.py --taichi-src PATH  # a v1.7.4 checkout\n"
+                "It runs plain against every --taichi-limits-isolation value the plugin "
+                "offers; targets <= 1.15x (test), <= 1.1x (session).",
+                flush=True,
+            )
             return None
         command += ["--taichi-src", str(args.taichi_src)]
     command += (["--quick"] if args.quick else []) + (
-        ["--repeats", str(args.repeats)] if args.repeats else [])
+        ["--repeats", str(args.repeats)] if args.repeats else []
+    )
     timeout_s = args.sub_timeout_s or (1200.0 if args.quick else 4 * 3600.0)
     print(f"\n({key}) {name}.py: {' '.join(command[2:])}", flush=True)
     done = run_bounded(command, HERE, bench_env(), timeout_s, None)
@@ -741,36 +845,64 @@ def parse_only(text: str) -> list[str]:
     keys = [key.strip() for key in text.split(",") if key.strip()]
     unknown = [key for key in keys if key not in ALL_KEYS]
     if unknown or not keys:
-        raise argparse.ArgumentTypeError(f"--only takes a comma-separated list of "
-                                         f"{','.join(ALL_KEYS)}; got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"--only takes a comma-separated list of {','.join(ALL_KEYS)}; got {text!r}"
+        )
     return keys
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny suites and one repeat (a smoke run; timings mean little)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny suites and one repeat (a smoke run; timings mean little)",
+    )
     parser.add_argument("--repeats", type=int, default=None, help="runs per variant (3; quick 1)")
-    parser.add_argument("--only", type=parse_only, default=list(ALL_KEYS),
-                        help="comma-separated shapes to run, e.g. a,b,e (default: all)")
-    parser.add_argument("--taichi-src", type=Path, default=None,
-                        help="Taichi v1.7.4 checkout for (d); skipped without it")
-    parser.add_argument("--timeout-s", type=float, default=None,
-                        help="hard limit per pytest run (900 s; quick 300 s)")
-    parser.add_argument("--sub-timeout-s", type=float, default=None,
-                        help="hard limit for (d) and (f) each (4 h; quick 20 min)")
+    parser.add_argument(
+        "--only",
+        type=parse_only,
+        default=list(ALL_KEYS),
+        help="comma-separated shapes to run, e.g. a,b,e (default: all)",
+    )
+    parser.add_argument(
+        "--taichi-src",
+        type=Path,
+        default=None,
+        help="Taichi v1.7.4 checkout for (d); skipped without it",
+    )
+    parser.add_argument(
+        "--timeout-s",
+        type=float,
+        default=None,
+        help="hard limit per pytest run (900 s; quick 300 s)",
+    )
+    parser.add_argument(
+        "--sub-timeout-s",
+        type=float,
+        default=None,
+        help="hard limit for (d) and (f) each (4 h; quick 20 min)",
+    )
     args = parser.parse_args()
     repeats = args.repeats or (1 if args.quick else 3)
     timeout_s = args.timeout_s or (300.0 if args.quick else 900.0)
 
     missing = [name for name in ("numpy", "pandas", "scipy") if find_spec(name) is None]
     if missing and set(args.only) & {shape.key for shape in SHAPES}:
-        raise SystemExit(f"the generated suites import {', '.join(missing)}: "
-                         "pip install -e '.[bench]' (or pip install numpy pandas scipy)")
+        raise SystemExit(
+            f"the generated suites import {', '.join(missing)}: "
+            "pip install -e '.[bench]' (or pip install numpy pandas scipy)"
+        )
     isolations = isolation_modes()
     print(machine_line())
-    print("--taichi-limits-isolation: " + (", ".join(isolations) if isolations else
-                                          "not offered by the installed plugin (columns n/a)"))
+    print(
+        "--taichi-limits-isolation: "
+        + (
+            ", ".join(isolations)
+            if isolations
+            else "not offered by the installed plugin (columns n/a)"
+        )
+    )
     print(f"repeats: {repeats}; hard timeout per run: {timeout_s:g} s\n", flush=True)
     results: list[ShapeResult] = []
     problems: list[str] = []

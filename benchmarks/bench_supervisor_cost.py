@@ -130,8 +130,15 @@ def reading_costs(sizes: list[int], repeats: int = 20) -> list[list[object]]:
             os.kill(test_pid, signal.SIGKILL)
             os.waitpid(keeper, 0)
         gap_s = max(supervisor._MIN_EXACT_GAP_S, exact_s / supervisor._EXACT_CPU_SHARE)
-        rows.append([f"{megabytes} MB", f"{statm_s * 1000:.3f} ms", f"{exact_s * 1000:.2f} ms",
-                     f"{gap_s:.2f} s", f"{exact_s / gap_s * 100:.2f} %"])
+        rows.append(
+            [
+                f"{megabytes} MB",
+                f"{statm_s * 1000:.3f} ms",
+                f"{exact_s * 1000:.2f} ms",
+                f"{gap_s:.2f} s",
+                f"{exact_s / gap_s * 100:.2f} %",
+            ]
+        )
     return rows
 
 
@@ -139,12 +146,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a 3-second test")
     parser.add_argument("--seconds", type=float, default=None, help="how long the test sleeps")
-    parser.add_argument("--sizes", default=None,
-                        help="MB held by the memory-figure tests (default 100,1024,8192; "
-                        "--quick: 100)")
+    parser.add_argument(
+        "--sizes",
+        default=None,
+        help="MB held by the memory-figure tests (default 100,1024,8192; --quick: 100)",
+    )
     args = parser.parse_args()
-    sizes = [int(word) for word in (args.sizes or ("100" if args.quick else "100,1024,8192"))
-             .split(",")]
+    sizes = [
+        int(word) for word in (args.sizes or ("100" if args.quick else "100,1024,8192")).split(",")
+    ]
     seconds = args.seconds or (3.0 if args.quick else 30.0)
     root = workdir("supervisor-cost")
     write(root / "bench_selfcpu.py", SELF_CPU_PLUGIN)
@@ -155,51 +165,117 @@ def main() -> None:
     def measure(name: str, *options: str) -> tuple[float, float]:
         cost_file = root / f"cost-{name}.jsonl"
         cmd = pytest_cmd(sys.executable, "-p", "bench_selfcpu", *options, "test_sleep.py")
-        check(run_timed(cmd, root, bench_env(BENCH_COST_FILE=str(cost_file),
-                                             BENCH_SLEEP_S=str(seconds))), name)
+        check(
+            run_timed(
+                cmd, root, bench_env(BENCH_COST_FILE=str(cost_file), BENCH_SLEEP_S=str(seconds))
+            ),
+            name,
+        )
         row = json.loads(Path(cost_file).read_text().splitlines()[-1])
         return row["cpu_s"], row["wall_s"]
 
     plain_cpu, plain_wall = measure("plain")
-    rows: list[list[object]] = [["plain pytest (no supervision)", "-",
-                                 f"{plain_cpu * 1000:.0f} ms",
-                                 f"{plain_cpu / plain_wall * 100:.3f} %", "-", "-"]]
+    rows: list[list[object]] = [
+        [
+            "plain pytest (no supervision)",
+            "-",
+            f"{plain_cpu * 1000:.0f} ms",
+            f"{plain_cpu / plain_wall * 100:.3f} %",
+            "-",
+            "-",
+        ]
+    ]
     for interval in INTERVALS:
         label = f"{interval:g} s" + (" (default)" if interval == 0.01 else "")
-        default_cpu, default_wall = measure(f"default-{interval}", "--taichi-limits",
-                                            f"--taichi-limits-interval={interval}")
-        near_cpu, near_wall = measure(f"near-{interval}", "--taichi-limits",
-                                      f"--taichi-limits-interval={interval}",
-                                      "--taichi-limits-mem-mb=5")
-        rows.append(["--taichi-limits", label,
-                     f"{default_cpu * 1000:.0f} ms",
-                     f"{(default_cpu - plain_cpu) / default_wall * 100:.3f} %",
-                     f"{near_cpu * 1000:.0f} ms",
-                     f"{(near_cpu - plain_cpu) / near_wall * 100:.3f} %"])
-    print(table(["run", "interval", "parent CPU, default budget", "% of one core",
-                 "parent CPU, mem_mb=5 (samples every interval)", "% of one core"], rows,
-                f"Supervisor cost: parent CPU while a test sleeps {seconds:g} s "
-                "(minus the plain run's)"))
+        default_cpu, default_wall = measure(
+            f"default-{interval}", "--taichi-limits", f"--taichi-limits-interval={interval}"
+        )
+        near_cpu, near_wall = measure(
+            f"near-{interval}",
+            "--taichi-limits",
+            f"--taichi-limits-interval={interval}",
+            "--taichi-limits-mem-mb=5",
+        )
+        rows.append(
+            [
+                "--taichi-limits",
+                label,
+                f"{default_cpu * 1000:.0f} ms",
+                f"{(default_cpu - plain_cpu) / default_wall * 100:.3f} %",
+                f"{near_cpu * 1000:.0f} ms",
+                f"{(near_cpu - plain_cpu) / near_wall * 100:.3f} %",
+            ]
+        )
+    print(
+        table(
+            [
+                "run",
+                "interval",
+                "parent CPU, default budget",
+                "% of one core",
+                "parent CPU, mem_mb=5 (samples every interval)",
+                "% of one core",
+            ],
+            rows,
+            f"Supervisor cost: parent CPU while a test sleeps {seconds:g} s "
+            "(minus the plain run's)",
+        )
+    )
     print()
-    print(table(["test holds", "cheap sample (statm)", "exact reading (smaps_rollup)",
-                 "exact every", "exact: % of one core"], reading_costs(sizes),
-                "The memory figure: parent CPU per reading (origin: this small process)"))
+    print(
+        table(
+            [
+                "test holds",
+                "cheap sample (statm)",
+                "exact reading (smaps_rollup)",
+                "exact every",
+                "exact: % of one core",
+            ],
+            reading_costs(sizes),
+            "The memory figure: parent CPU per reading (origin: this small process)",
+        )
+    )
     print()
     write(root / "test_holds.py", HOLD_TEST)
     rows = []
     for megabytes in sizes:
         cost_file = root / f"cost-hold-{megabytes}.jsonl"
-        cmd = pytest_cmd(sys.executable, "-p", "bench_selfcpu", "--taichi-limits",
-                         f"--taichi-limits-mem-mb={2 * megabytes}", "test_holds.py")
-        check(run_timed(cmd, root, bench_env(BENCH_COST_FILE=str(cost_file),
-                                             BENCH_SLEEP_S=str(seconds),
-                                             BENCH_HOLD_MB=str(megabytes))), "hold")
+        cmd = pytest_cmd(
+            sys.executable,
+            "-p",
+            "bench_selfcpu",
+            "--taichi-limits",
+            f"--taichi-limits-mem-mb={2 * megabytes}",
+            "test_holds.py",
+        )
+        check(
+            run_timed(
+                cmd,
+                root,
+                bench_env(
+                    BENCH_COST_FILE=str(cost_file),
+                    BENCH_SLEEP_S=str(seconds),
+                    BENCH_HOLD_MB=str(megabytes),
+                ),
+            ),
+            "hold",
+        )
         row = json.loads(Path(cost_file).read_text().splitlines()[-1])
-        rows.append([f"{megabytes} MB", f"{row['cpu_s'] * 1000:.0f} ms",
-                     f"{(row['cpu_s'] - plain_cpu) / row['wall_s'] * 100:.3f} %"])
-    print(table(["test holds", "parent CPU", "% of one core (minus plain)"], rows,
-                f"Supervisor cost with the memory figure: a test holds memory and sleeps "
-                f"{seconds:g} s under mem_mb = twice that"))
+        rows.append(
+            [
+                f"{megabytes} MB",
+                f"{row['cpu_s'] * 1000:.0f} ms",
+                f"{(row['cpu_s'] - plain_cpu) / row['wall_s'] * 100:.3f} %",
+            ]
+        )
+    print(
+        table(
+            ["test holds", "parent CPU", "% of one core (minus plain)"],
+            rows,
+            f"Supervisor cost with the memory figure: a test holds memory and sleeps "
+            f"{seconds:g} s under mem_mb = twice that",
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -41,10 +41,24 @@ from _common import (
 #: Files that run in about 2 minutes together on 2 cores, with kernels of many kinds (atomics,
 #: autodiff, sparse SNodes, reductions, real functions, struct-for, offsets, casts).
 SUBSET = (
-    "test_abs.py", "test_api.py", "test_atomic.py", "test_bit_operations.py", "test_cast.py",
-    "test_function.py", "test_loops.py", "test_ndrange.py", "test_offset.py",
-    "test_reduction.py", "test_return.py", "test_static.py", "test_struct_for.py",
-    "test_types.py", "test_while.py", "test_sparse_basics.py", "test_listgen.py", "test_bls.py",
+    "test_abs.py",
+    "test_api.py",
+    "test_atomic.py",
+    "test_bit_operations.py",
+    "test_cast.py",
+    "test_function.py",
+    "test_loops.py",
+    "test_ndrange.py",
+    "test_offset.py",
+    "test_reduction.py",
+    "test_return.py",
+    "test_static.py",
+    "test_struct_for.py",
+    "test_types.py",
+    "test_while.py",
+    "test_sparse_basics.py",
+    "test_listgen.py",
+    "test_bls.py",
     "test_ad_basics.py",
 )
 QUICK_SUBSET = ("test_abs.py", "test_bit_operations.py", "test_static.py", "test_api.py")
@@ -53,15 +67,24 @@ LIMITS = ("--taichi-limits", "--taichi-limits-mem-mb=8192", "--taichi-limits-wal
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--taichi-src", required=True, type=Path,
-                        help="checkout of taichi-dev/taichi at v1.7.4 (holds tests/python)")
+    parser.add_argument(
+        "--taichi-src",
+        required=True,
+        type=Path,
+        help="checkout of taichi-dev/taichi at v1.7.4 (holds tests/python)",
+    )
     parser.add_argument("--quick", action="store_true", help="4 small files, one repeat")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--files", nargs="*", help="test files under tests/python to run instead")
-    parser.add_argument("--isolation", nargs="*", choices=ISOLATION_MODES, default=None,
-                        help="also run --taichi-limits with each of these "
-                        "--taichi-limits-isolation values (default: every value the installed "
-                        "plugin offers; none when it has no such option)")
+    parser.add_argument(
+        "--isolation",
+        nargs="*",
+        choices=ISOLATION_MODES,
+        default=None,
+        help="also run --taichi-limits with each of these "
+        "--taichi-limits-isolation values (default: every value the installed "
+        "plugin offers; none when it has no such option)",
+    )
     args = parser.parse_args()
     src = args.taichi_src.resolve()
     if not (src / "tests" / "python" / "conftest.py").exists():
@@ -74,20 +97,28 @@ def main() -> None:
     write(root / "shim" / "pytest_rerunfailures.py", "works_with_current_xdist = lambda: True\n")
     # The shim goes in front of any PYTHONPATH already set (a worktree's copy of the plugin).
     pythonpath = os.pathsep.join(filter(None, [str(root / "shim"), os.environ.get("PYTHONPATH")]))
-    env = bench_env(TI_WANTED_ARCHS="cpu", PYTHONPATH=pythonpath,
-                    TI_OFFLINE_CACHE_FILE_PATH=str(root / "ticache"))
+    env = bench_env(
+        TI_WANTED_ARCHS="cpu",
+        PYTHONPATH=pythonpath,
+        TI_OFFLINE_CACHE_FILE_PATH=str(root / "ticache"),
+    )
     print(machine_line())
     print(f"{len(files)} files from {src}; repeats: {repeats}; workdir {root}\n", flush=True)
 
     def run(name: str, index: int, *options: str) -> tuple[float, float, dict[str, str], str]:
         junit = root / f"{name}-{index}.xml"
         cpu_before = _children_cpu_s()
-        timed = run_timed(pytest_cmd(sys.executable, f"--junitxml={junit}", *options, *paths),
-                          src, env, timeout=3600)
+        timed = run_timed(
+            pytest_cmd(sys.executable, f"--junitxml={junit}", *options, *paths),
+            src,
+            env,
+            timeout=3600,
+        )
         (root / f"{name}-{index}.txt").write_text(timed.stdout)
         if not junit.exists():
-            raise SystemExit(f"{name}: no junit report (rc {timed.returncode}):\n"
-                             + timed.stdout[-3000:])
+            raise SystemExit(
+                f"{name}: no junit report (rc {timed.returncode}):\n" + timed.stdout[-3000:]
+            )
         cpu_s = _children_cpu_s() - cpu_before
         return timed.wall_s, cpu_s, junit_outcomes(junit), timed.stdout.strip().splitlines()[-1]
 
@@ -107,33 +138,63 @@ def main() -> None:
             walls[name].append(wall)
             cpus[name].append(cpu)
             seen[name].append(result)
-            print(f"{name} #{index + 1}: {wall:.1f} s wall, {cpu:.1f} s CPU  {last_line}",
-                  flush=True)
+            print(
+                f"{name} #{index + 1}: {wall:.1f} s wall, {cpu:.1f} s CPU  {last_line}", flush=True
+            )
 
     rows = []
     for name, name_walls in walls.items():
         counts: dict[str, int] = {}
         for outcome in seen[name][-1].values():
             counts[outcome] = counts.get(outcome, 0) + 1
-        rows.append([name, len(seen[name][-1]), counts.get("passed", 0), counts.get("failed", 0),
-                     counts.get("error", 0), counts.get("skipped", 0),
-                     f"{median(name_walls):.1f} s", f"{median(cpus[name]):.1f} s",
-                     f"{median(name_walls) / median(walls['plain']):.2f}x",
-                     f"{median(cpus[name]) / median(cpus['plain']):.2f}x"])
+        rows.append(
+            [
+                name,
+                len(seen[name][-1]),
+                counts.get("passed", 0),
+                counts.get("failed", 0),
+                counts.get("error", 0),
+                counts.get("skipped", 0),
+                f"{median(name_walls):.1f} s",
+                f"{median(cpus[name]):.1f} s",
+                f"{median(name_walls) / median(walls['plain']):.2f}x",
+                f"{median(cpus[name]) / median(cpus['plain']):.2f}x",
+            ]
+        )
     print()
-    print(table(["run", "tests", "passed", "failed", "errors", "skipped", "wall (median)",
-                 "CPU, all processes (median)", "wall / plain", "CPU / plain"], rows,
-                f"Taichi v1.7.4 tests/python subset on the CPU ({len(files)} files)"))
+    print(
+        table(
+            [
+                "run",
+                "tests",
+                "passed",
+                "failed",
+                "errors",
+                "skipped",
+                "wall (median)",
+                "CPU, all processes (median)",
+                "wall / plain",
+                "CPU / plain",
+            ],
+            rows,
+            f"Taichi v1.7.4 tests/python subset on the CPU ({len(files)} files)",
+        )
+    )
     print()
     plain = seen["plain"][-1]
     for name in variants:
         if name == "plain":
             continue
-        differ = sorted(nodeid for nodeid in set(plain) | set(seen[name][-1])
-                        if plain.get(nodeid) != seen[name][-1].get(nodeid))
+        differ = sorted(
+            nodeid
+            for nodeid in set(plain) | set(seen[name][-1])
+            if plain.get(nodeid) != seen[name][-1].get(nodeid)
+        )
         if differ:
-            print(f"MISMATCH: tests whose outcome differs (plain -> {name}); the runs' output "
-                  f"is in {root}:")
+            print(
+                f"MISMATCH: tests whose outcome differs (plain -> {name}); the runs' output "
+                f"is in {root}:"
+            )
             for nodeid in differ:
                 print(f"  {nodeid}: {plain.get(nodeid)} -> {seen[name][-1].get(nodeid)}")
         else:

@@ -26,9 +26,13 @@ from pytest_taichi_limits.timeline import Timeline
 
 #: The watch loop's own CPU per wake-up (README, "Supervisor cost"), for scale.
 LOOP_WAKE_S = 0.0002
-CASES = (("0.5 s test, far from limits", 0.5, 0.1), ("0.5 s test, near a limit", 0.5, 0.01),
-         ("60 s test, far from limits", 60.0, 0.1), ("60 s test, near a limit", 60.0, 0.01),
-         ("1 h test, far from limits", 3600.0, 0.1))
+CASES = (
+    ("0.5 s test, far from limits", 0.5, 0.1),
+    ("0.5 s test, near a limit", 0.5, 0.01),
+    ("60 s test, far from limits", 60.0, 0.1),
+    ("60 s test, near a limit", 60.0, 0.01),
+    ("1 h test, far from limits", 3600.0, 0.1),
+)
 
 
 def per_add_s(calls: int) -> float:
@@ -68,11 +72,30 @@ def main() -> None:
         json_s, size = to_json_s(samples)
         loop_s = samples * LOOP_WAKE_S
         added_s = samples * add_s + json_s
-        rows.append([name, samples, f"{loop_s * 1000:.1f} ms", f"{added_s * 1000:.2f} ms",
-                     f"{100 * added_s / loop_s:.1f} %", f"{size / 1024:.1f} KB"])
-    print(table(["test", "samples", "parent CPU without timeline (loop)",
-                 "added by the timeline", "added, share", "JSON per record"], rows,
-                "Timeline cost per test"))
+        rows.append(
+            [
+                name,
+                samples,
+                f"{loop_s * 1000:.1f} ms",
+                f"{added_s * 1000:.2f} ms",
+                f"{100 * added_s / loop_s:.1f} %",
+                f"{size / 1024:.1f} KB",
+            ]
+        )
+    print(
+        table(
+            [
+                "test",
+                "samples",
+                "parent CPU without timeline (loop)",
+                "added by the timeline",
+                "added, share",
+                "JSON per record",
+            ],
+            rows,
+            "Timeline cost per test",
+        )
+    )
 
 
 if __name__ == "__main__":

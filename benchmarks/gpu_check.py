@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parent.parent
 GIB = 1024**3
 CAP_GB = 1
 
-TESTS = f'''
+TESTS = f"""
 import time
 
 import pytest
@@ -102,10 +102,10 @@ def test_within():
     ti.sync()
     assert x[123] == 2.0
     time.sleep(0.5)
-'''
+"""
 
 #: Two tests that each reserve 0.6 of the card: admission must run them one after the other.
-ADMISSION_TESTS = '''
+ADMISSION_TESTS = """
 import json
 import os
 import pathlib
@@ -128,7 +128,7 @@ def test_share_card(number):
     ti.sync()
     time.sleep(3.0)
     (LOG / f"{{number}}.json").write_text(json.dumps([started, time.time()]))
-'''
+"""
 
 
 def fail_setup(message: str) -> int:
@@ -137,8 +137,11 @@ def fail_setup(message: str) -> int:
 
 
 def default_wheels() -> Path | None:
-    for candidate in (os.environ.get("GPU_CHECK_WHEELS"), REPO / "shared" / "wheels",
-                      REPO / "benchmarks" / "wheels"):
+    for candidate in (
+        os.environ.get("GPU_CHECK_WHEELS"),
+        REPO / "shared" / "wheels",
+        REPO / "benchmarks" / "wheels",
+    ):
         if candidate and Path(candidate).is_dir():
             return Path(candidate)
     return None
@@ -146,20 +149,37 @@ def default_wheels() -> Path | None:
 
 def install_missing(wheels: Path | None, target: Path) -> str | None:
     """Install taichi, dill, nvidia-ml-py from local wheels where missing; None or a reason."""
-    missing = [name for name, module in (("taichi", "taichi"), ("dill", "dill"),
-                                         ("nvidia-ml-py", "pynvml"))
-               if importlib.util.find_spec(module) is None]
+    missing = [
+        name
+        for name, module in (("taichi", "taichi"), ("dill", "dill"), ("nvidia-ml-py", "pynvml"))
+        if importlib.util.find_spec(module) is None
+    ]
     if not missing:
         return None
     if wheels is None:
-        return (f"{', '.join(missing)} not installed and no wheel directory "
-                "(--wheels DIR or $GPU_CHECK_WHEELS)")
-    files = [str(path) for path in sorted(wheels.glob("*.whl"))
-             if any(path.name.lower().replace("_", "-").startswith(name) for name in missing)]
+        return (
+            f"{', '.join(missing)} not installed and no wheel directory "
+            "(--wheels DIR or $GPU_CHECK_WHEELS)"
+        )
+    files = [
+        str(path)
+        for path in sorted(wheels.glob("*.whl"))
+        if any(path.name.lower().replace("_", "-").startswith(name) for name in missing)
+    ]
     if not files:
         return f"{', '.join(missing)} not installed and no matching wheel in {wheels}"
-    command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps",
-               "--target", str(target), *files]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--no-index",
+        "--no-deps",
+        "--target",
+        str(target),
+        *files,
+    ]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         return f"pip could not install {files}: {done.stderr.strip()[-2000:]}"
@@ -191,8 +211,9 @@ def gpu_reason() -> str | None:
 
 
 def plugin_installed() -> bool:
-    return any(entry.name == "taichi_limits"
-               for entry in importlib.metadata.entry_points(group="pytest11"))
+    return any(
+        entry.name == "taichi_limits" for entry in importlib.metadata.entry_points(group="pytest11")
+    )
 
 
 def run_suite(workdir: Path, extra_path: Path) -> tuple[int, str, dict[str, dict]]:
@@ -200,15 +221,28 @@ def run_suite(workdir: Path, extra_path: Path) -> tuple[int, str, dict[str, dict
     log = workdir / "usage.jsonl"
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO), str(extra_path), *filter(None, [env.get("PYTHONPATH")])])
+        [str(REPO), str(extra_path), *filter(None, [env.get("PYTHONPATH")])]
+    )
     env["TI_SKIP_VERSION_CHECK"] = "ON"
     env.pop("TI_ARCH", None)
-    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", "-v",
-               f"--taichi-limits-log={log}", "--rootdir", str(workdir), str(workdir)]
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "-rA",
+        "-v",
+        f"--taichi-limits-log={log}",
+        "--rootdir",
+        str(workdir),
+        str(workdir),
+    ]
     if not plugin_installed():
         command[3:3] = ["-p", "pytest_taichi_limits.plugin"]
-    done = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True,
-                          timeout=540, check=False)
+    done = subprocess.run(
+        command, cwd=workdir, env=env, capture_output=True, text=True, timeout=540, check=False
+    )
     events: dict[str, dict] = {}
     if log.exists():
         for line in log.read_text().splitlines():
@@ -221,31 +255,51 @@ def run_suite(workdir: Path, extra_path: Path) -> tuple[int, str, dict[str, dict
 def smallest_card_bytes() -> int:
     import pynvml
 
-    return min(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(index)).total
-               for index in range(pynvml.nvmlDeviceGetCount()))
+    return min(
+        pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(index)).total
+        for index in range(pynvml.nvmlDeviceGetCount())
+    )
 
 
 def run_admission(workdir: Path, extra_path: Path, card_bytes: int) -> int:
     """Two tests of 0.6 card under -n 2 with admission: no overlap, no failure. 0 when so."""
     gpu_gb = round(0.6 * card_bytes / GIB, 2)
     (workdir / "test_gpu_admission.py").write_text(
-        textwrap.dedent(ADMISSION_TESTS.format(gpu_gb=gpu_gb)))
+        textwrap.dedent(ADMISSION_TESTS.format(gpu_gb=gpu_gb))
+    )
     timestamps, log = workdir / "timestamps", workdir / "admission.jsonl"
     timestamps.mkdir()
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO), str(extra_path), *filter(None, [env.get("PYTHONPATH")])])
-    env.update(TI_SKIP_VERSION_CHECK="ON", CUDA_VISIBLE_DEVICES="0",
-               GPU_CHECK_TIMESTAMPS=str(timestamps),
-               PYTEST_TAICHI_LIMITS_LEDGER=str(workdir / "ledger"))
+        [str(REPO), str(extra_path), *filter(None, [env.get("PYTHONPATH")])]
+    )
+    env.update(
+        TI_SKIP_VERSION_CHECK="ON",
+        CUDA_VISIBLE_DEVICES="0",
+        GPU_CHECK_TIMESTAMPS=str(timestamps),
+        PYTEST_TAICHI_LIMITS_LEDGER=str(workdir / "ledger"),
+    )
     env.pop("TI_ARCH", None)
-    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", "-n", "2",
-               "--taichi-limits-admit", f"--taichi-limits-log={log}", "--rootdir", str(workdir),
-               str(workdir / "test_gpu_admission.py")]
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "-rA",
+        "-n",
+        "2",
+        "--taichi-limits-admit",
+        f"--taichi-limits-log={log}",
+        "--rootdir",
+        str(workdir),
+        str(workdir / "test_gpu_admission.py"),
+    ]
     if not plugin_installed():
         command[3:3] = ["-p", "pytest_taichi_limits.plugin"]
-    done = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True,
-                          timeout=540, check=False)
+    done = subprocess.run(
+        command, cwd=workdir, env=env, capture_output=True, text=True, timeout=540, check=False
+    )
     print((done.stdout + done.stderr)[-8000:], flush=True)
     problems = []
     if done.returncode != 0:
@@ -255,13 +309,17 @@ def run_admission(workdir: Path, extra_path: Path, card_bytes: int) -> int:
         problems.append(f"{len(intervals)} of 2 tests recorded their run")
     elif intervals[0][0] < intervals[1][1] and intervals[1][0] < intervals[0][1]:
         problems.append(f"the two tests of gpu_gb={gpu_gb} ran at the same time: {intervals}")
-    waits = [json.loads(line).get("extra", {}).get("admission_wait_s")
-             for line in (log.read_text().splitlines() if log.exists() else [])
-             if json.loads(line).get("event") == "usage"]
+    waits = [
+        json.loads(line).get("extra", {}).get("admission_wait_s")
+        for line in (log.read_text().splitlines() if log.exists() else [])
+        if json.loads(line).get("event") == "usage"
+    ]
     if len(waits) != 2 or None in waits:
         problems.append(f"usage records without admission_wait_s: {waits}")
-    print(f"\ngpu_check admission (2 x gpu_gb={gpu_gb} on one {card_bytes / GIB:.1f} GiB card, "
-          f"-n 2): intervals {intervals}, waits {waits}")
+    print(
+        f"\ngpu_check admission (2 x gpu_gb={gpu_gb} on one {card_bytes / GIB:.1f} GiB card, "
+        f"-n 2): intervals {intervals}, waits {waits}"
+    )
     for problem in problems:
         print(f"FAILED: admission: {problem}")
     return 1 if problems else 0
@@ -311,8 +369,11 @@ def report(events: dict[str, dict]) -> int:
         if usage is None:
             problems.append(f"test_{name}: no usage record (did the run start?)")
             continue
-        outcome = "passed budget" if violation is None else \
-            f"{violation['resource']} by {violation['detected_by']}"
+        outcome = (
+            "passed budget"
+            if violation is None
+            else f"{violation['resource']} by {violation['detected_by']}"
+        )
         clamp = "; ".join(usage.get("gpu_clamps", [])) or "-"
         peak = usage["gpu_peak_bytes"]
         print(f"{name:<8} {gb(peak):<18} {outcome:<44} {clamp}")
@@ -324,16 +385,20 @@ def report(events: dict[str, dict]) -> int:
             if "clamped to device_memory_GB=1" not in clamp:
                 problems.append("test_sparse: ti.init(device_memory_GB=4) was not clamped to 1")
             if violation is not None and not violation["detected_by"].startswith("Taichi"):
-                print("  note: the NVML measurement caught the sparse test before Taichi's pool "
-                      "ran out (pool of 1 GB plus the CUDA context is above 1 GB)")
+                print(
+                    "  note: the NVML measurement caught the sparse test before Taichi's pool "
+                    "ran out (pool of 1 GB plus the CUDA context is above 1 GB)"
+                )
         if name == "dense" and violation is not None and "NVML" not in violation["detected_by"]:
             problems.append(f"test_dense: expected detection by NVML, got {outcome}")
         if name == "within" and violation is not None:
             problems.append(f"test_within: expected to pass, got {outcome}")
     for problem in problems:
         print(f"FAILED: {problem}")
-    print("gpu_check: " + ("all expectations held" if not problems else
-                           f"{len(problems)} expectation(s) failed"))
+    print(
+        "gpu_check: "
+        + ("all expectations held" if not problems else f"{len(problems)} expectation(s) failed")
+    )
     return 1 if problems else 0
 
 

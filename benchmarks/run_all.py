@@ -26,15 +26,23 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ("bench_overhead", "bench_spawn", "bench_latency", "bench_accuracy",
-           "bench_supervisor_cost", "bench_taichi_suite", "bench_suite_shapes")
+SCRIPTS = (
+    "bench_overhead",
+    "bench_spawn",
+    "bench_latency",
+    "bench_accuracy",
+    "bench_supervisor_cost",
+    "bench_taichi_suite",
+    "bench_suite_shapes",
+)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="pass --quick to every script")
-    parser.add_argument("--taichi-src", help="Taichi v1.7.4 checkout for bench_taichi_suite "
-                        "(skipped without it)")
+    parser.add_argument(
+        "--taichi-src", help="Taichi v1.7.4 checkout for bench_taichi_suite (skipped without it)"
+    )
     parser.add_argument("--only", nargs="*", choices=SCRIPTS, help="run only these")
     args = parser.parse_args()
     failed = []

@@ -73,20 +73,32 @@ class Capacity:
         return f"memory {human(self.mem_bytes)} ({self.mem_source}); {gpu}"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"mem_bytes": self.mem_bytes, "mem_source": self.mem_source,
-                "devices": [[d.index, d.total_bytes, d.uuid] for d in self.devices],
-                "gpu_source": self.gpu_source, "physical_devices": self.physical_devices}
+        return {
+            "mem_bytes": self.mem_bytes,
+            "mem_source": self.mem_source,
+            "devices": [[d.index, d.total_bytes, d.uuid] for d in self.devices],
+            "gpu_source": self.gpu_source,
+            "physical_devices": self.physical_devices,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Capacity:
         devices = tuple(Device(int(i), int(total), str(uuid)) for i, total, uuid in data["devices"])
-        return cls(int(data["mem_bytes"]), str(data["mem_source"]), devices,
-                   str(data["gpu_source"]), int(data["physical_devices"]))
+        return cls(
+            int(data["mem_bytes"]),
+            str(data["mem_source"]),
+            devices,
+            str(data["gpu_source"]),
+            int(data["physical_devices"]),
+        )
 
 
-def measure_capacity(declared: Declared, figures: Mapping[str, int] | None = None,
-                     nvml: Callable[[], tuple[list[Device], str]] | None = None,
-                     cuda_visible: str | None = None) -> Capacity:
+def measure_capacity(
+    declared: Declared,
+    figures: Mapping[str, int] | None = None,
+    nvml: Callable[[], tuple[list[Device], str]] | None = None,
+    cuda_visible: str | None = None,
+) -> Capacity:
     """The session's capacity: declared values, else the machine's (MemAvailable, NVML).
 
     `nvml` lists the devices (default: capacity.nvml_devices, looked up at each call).
@@ -96,16 +108,19 @@ def measure_capacity(declared: Declared, figures: Mapping[str, int] | None = Non
     else:
         figures = capacities.meminfo() if figures is None else figures
         mem = capacities.machine_memory_bytes(figures)
-        mem_source = (f"MemAvailable at session start minus a margin of "
-                      f"{capacities.MARGIN_FRACTION:.0%} of MemTotal")
+        mem_source = (
+            f"MemAvailable at session start minus a margin of "
+            f"{capacities.MARGIN_FRACTION:.0%} of MemTotal"
+        )
     found, note = (nvml or capacities.nvml_devices)()
     shown = capacities.visible(found, cuda_visible)
     if found and cuda_visible is not None:
         note += f", {len(shown)} visible through CUDA_VISIBLE_DEVICES={cuda_visible!r}"
     devices = capacities.with_declared(shown, declared.gpu_bytes)
     if declared.gpu_bytes is not None:
-        note = "declared" + (f" per device; devices from {note}" if found else
-                             f", no device list ({note})")
+        note = "declared" + (
+            f" per device; devices from {note}" if found else f", no device list ({note})"
+        )
     return Capacity(mem, mem_source, tuple(devices), note, len(found))
 
 
@@ -130,8 +145,9 @@ def _held(entries: Iterable[Entry]) -> tuple[int, dict[int, int]]:
     return mem, gpu
 
 
-def _place(entry: Entry, mem: int, gpu: Mapping[int, int],
-           capacity: Capacity) -> tuple[bool, Device | None]:
+def _place(
+    entry: Entry, mem: int, gpu: Mapping[int, int], capacity: Capacity
+) -> tuple[bool, Device | None]:
     """Whether `entry` fits next to what is held, and on which device."""
     if entry.mem_bytes and mem + entry.mem_bytes > capacity.mem_bytes:
         return False, None
@@ -145,8 +161,9 @@ def _shares(one: Entry, other: Entry) -> bool:
     return bool(one.mem_bytes and other.mem_bytes) or bool(one.gpu_bytes and other.gpu_bytes)
 
 
-def decide(entries: Sequence[Entry], ticket: int, capacity: Capacity,
-           max_overtakes: int = MAX_OVERTAKES) -> Decision:
+def decide(
+    entries: Sequence[Entry], ticket: int, capacity: Capacity, max_overtakes: int = MAX_OVERTAKES
+) -> Decision:
     """Whether the waiting entry `ticket` may start now.
 
     Earlier waiting entries come first: one that fits counts as started (its process will take
@@ -155,8 +172,9 @@ def decide(entries: Sequence[Entry], ticket: int, capacity: Capacity,
     """
     mem, gpu = _held(entries)
     passed: list[int] = []
-    waiting = sorted((entry for entry in entries if entry.state == WAITING),
-                     key=lambda entry: entry.ticket)
+    waiting = sorted(
+        (entry for entry in entries if entry.state == WAITING), key=lambda entry: entry.ticket
+    )
     mine = next((entry for entry in waiting if entry.ticket == ticket), None)
     if mine is None:
         return Decision(False)
@@ -209,7 +227,8 @@ class Grant:
             "admission_mem_bytes": self.need.mem_bytes,
             "admission_gpu_bytes": self.need.gpu_bytes,
             "admission_source": self.need.source,
-            "admission_device": None if self.device is None or self.device.index < 0
+            "admission_device": None
+            if self.device is None or self.device.index < 0
             else self.device.index,
             "admission_reserved_mem_bytes": self.reserved_mem_bytes,
             "admission_reserved_gpu_bytes": self.reserved_gpu_bytes,
@@ -230,12 +249,17 @@ def report_lines(extra: Mapping[str, Any] | None) -> list[str]:
     gpu = ""
     if extra.get("admission_gpu_bytes"):
         device = extra.get("admission_device")
-        gpu = f", GPU {human(extra['admission_gpu_bytes'])}" + \
-            ("" if device is None else f" on device {device}")
-    return [(f"admission: waited {extra['admission_wait_s']:.2f} s for memory "
-             f"{human(extra.get('admission_mem_bytes') or 0)}{gpu} "
-             f"({extra.get('admission_source')}); reserved on the machine then "
-             f"{human(extra.get('admission_reserved_mem_bytes') or 0)}")]
+        gpu = f", GPU {human(extra['admission_gpu_bytes'])}" + (
+            "" if device is None else f" on device {device}"
+        )
+    return [
+        (
+            f"admission: waited {extra['admission_wait_s']:.2f} s for memory "
+            f"{human(extra.get('admission_mem_bytes') or 0)}{gpu} "
+            f"({extra.get('admission_source')}); reserved on the machine then "
+            f"{human(extra.get('admission_reserved_mem_bytes') or 0)}"
+        )
+    ]
 
 
 @dataclass(eq=False)  # registered as a plugin: compared by identity
@@ -261,7 +285,8 @@ class Admission:
     def session_capacity(self) -> Capacity:
         if self.capacity is None:
             self.capacity = measure_capacity(
-                self.declared, cuda_visible=os.environ.get("CUDA_VISIBLE_DEVICES"))
+                self.declared, cuda_visible=os.environ.get("CUDA_VISIBLE_DEVICES")
+            )
         return self.capacity
 
     def ledger(self) -> Ledger:
@@ -281,8 +306,9 @@ class Admission:
         mem = capacity.mem_bytes if mem_limit is None else mem_limit
         gpu = (gpu_limit or 0) if capacity.devices else 0
         source = "its budget" if mem_limit is not None else "no mem_mb limit: runs alone"
-        entry = None if self.mode != "baseline" or self.baseline is None \
-            else self.baseline.get(nodeid)
+        entry = (
+            None if self.mode != "baseline" or self.baseline is None else self.baseline.get(nodeid)
+        )
         if entry is None:
             if self.mode == "baseline":
                 source += "; not in the baseline"
@@ -309,13 +335,15 @@ class Admission:
                 f"taichi_limits admission: {nodeid} needs memory {human(need.mem_bytes)} "
                 f"({need.source}) but the whole capacity is {human(capacity.mem_bytes)} "
                 f"({capacity.mem_source}): it could never start. Lower its mem_mb or raise "
-                "--taichi-limits-capacity=mem=...")
+                "--taichi-limits-capacity=mem=..."
+            )
         largest = max((device.total_bytes for device in capacity.devices), default=0)
         if need.gpu_bytes > largest:
             raise AdmissionRefused(
                 f"taichi_limits admission: {nodeid} needs GPU memory {human(need.gpu_bytes)} "
                 f"({need.source}) but the largest device holds {human(largest)}: it could never "
-                "start. Lower its gpu_gb or raise --taichi-limits-capacity=gpu=...")
+                "start. Lower its gpu_gb or raise --taichi-limits-capacity=gpu=..."
+            )
 
     # -- admitting ------------------------------------------------------------------------------
 
@@ -339,13 +367,20 @@ class Admission:
                 entries[:] = [other for other in entries if not _same(other, mine[0])]
 
     @staticmethod
-    def _enqueue(entries: list[Entry], pid: int, start: int, need: Need, nodeid: str,
-                 ticket: int | None = None) -> Entry:
+    def _enqueue(
+        entries: list[Entry],
+        pid: int,
+        start: int,
+        need: Need,
+        nodeid: str,
+        ticket: int | None = None,
+    ) -> Entry:
         taken = {entry.ticket for entry in entries}
         if ticket is None or ticket in taken:
             ticket = max(taken, default=0) + 1
-        entry = Entry(ticket, pid, start, WAITING, need.mem_bytes, need.gpu_bytes, None,
-                      time.time(), nodeid)
+        entry = Entry(
+            ticket, pid, start, WAITING, need.mem_bytes, need.gpu_bytes, None, time.time(), nodeid
+        )
         entries.append(entry)
         return entry
 
@@ -358,41 +393,71 @@ class Admission:
                 entry = mine[0]
                 if not any(_same(other, entry) for other in entries):
                     # Lost with a damaged ledger: queue again, at the same place if it is free.
-                    mine[0] = entry = self._enqueue(entries, entry.pid, entry.start, need,
-                                                    entry.nodeid, entry.ticket)
+                    mine[0] = entry = self._enqueue(
+                        entries, entry.pid, entry.start, need, entry.nodeid, entry.ticket
+                    )
                 decision = decide(entries, entry.ticket, capacity)
                 if decision.admit:
                     return self._take(entries, entry, decision, need, started, capacity)
             self.sleep(delay)
             delay = min(POLL_MAX_S, delay * 1.5)
 
-    def _take(self, entries: list[Entry], mine: Entry, decision: Decision, need: Need,
-              started: float, capacity: Capacity) -> Grant:
+    def _take(
+        self,
+        entries: list[Entry],
+        mine: Entry,
+        decision: Decision,
+        need: Need,
+        started: float,
+        capacity: Capacity,
+    ) -> Grant:
         device = decision.device
         for index, other in enumerate(entries):
             if _same(other, mine):
                 entries[index] = Entry(
-                    mine.ticket, mine.pid, mine.start, HELD, mine.mem_bytes, mine.gpu_bytes,
-                    None if device is None else device.index, mine.since, mine.nodeid)
+                    mine.ticket,
+                    mine.pid,
+                    mine.start,
+                    HELD,
+                    mine.mem_bytes,
+                    mine.gpu_bytes,
+                    None if device is None else device.index,
+                    mine.since,
+                    mine.nodeid,
+                )
             elif other.ticket in decision.overtaken and other.state == WAITING:
                 entries[index] = _passed(other)
         mem, gpu = _held(entries)
         env = {}
         if device is not None and device.index >= 0 and capacity.physical_devices > 1:
             env = device.env()
-        return Grant(self.clock() - started, need, device, mem,
-                     0 if device is None else gpu.get(device.index, 0), env, capacity.mem_bytes)
+        return Grant(
+            self.clock() - started,
+            need,
+            device,
+            mem,
+            0 if device is None else gpu.get(device.index, 0),
+            env,
+            capacity.mem_bytes,
+        )
 
     # -- header, summary, xdist ---------------------------------------------------------------
 
     def header_lines(self) -> list[str]:
         if not self.enabled:
             return []
-        what = "mem_mb and gpu_gb budgets" if self.mode == "budget" else \
-            "baseline peaks plus tolerance (budgets for tests not in the baseline)"
-        return [(f"taichi-limits: admission by {self.mode}: each supervised test reserves its "
-                 f"{what} before it starts; capacity {self.session_capacity().describe()}; "
-                 f"ledger {self.directory}")]
+        what = (
+            "mem_mb and gpu_gb budgets"
+            if self.mode == "budget"
+            else "baseline peaks plus tolerance (budgets for tests not in the baseline)"
+        )
+        return [
+            (
+                f"taichi-limits: admission by {self.mode}: each supervised test reserves its "
+                f"{what} before it starts; capacity {self.session_capacity().describe()}; "
+                f"ledger {self.directory}"
+            )
+        ]
 
     def pytest_report_header(self) -> list[str]:
         return self.header_lines()
@@ -410,9 +475,11 @@ class Admission:
             return
         extra = record.get("admission") or {}
         if "admission_wait_s" in extra:
-            self.waits[report.nodeid] = (float(extra["admission_wait_s"]),
-                                         int(extra.get("admission_reserved_mem_bytes") or 0),
-                                         int(extra.get("admission_reserved_gpu_bytes") or 0))
+            self.waits[report.nodeid] = (
+                float(extra["admission_wait_s"]),
+                int(extra.get("admission_reserved_mem_bytes") or 0),
+                int(extra.get("admission_reserved_gpu_bytes") or 0),
+            )
 
     def pytest_terminal_summary(self, terminalreporter: Any, config: pytest.Config) -> None:
         if not self.enabled or hasattr(config, "workerinput"):
@@ -429,12 +496,23 @@ def _same(one: Entry, other: Entry) -> bool:
 
 
 def _passed(entry: Entry) -> Entry:
-    return Entry(entry.ticket, entry.pid, entry.start, entry.state, entry.mem_bytes,
-                 entry.gpu_bytes, entry.device, entry.since, entry.nodeid, entry.overtaken + 1)
+    return Entry(
+        entry.ticket,
+        entry.pid,
+        entry.start,
+        entry.state,
+        entry.mem_bytes,
+        entry.gpu_bytes,
+        entry.device,
+        entry.since,
+        entry.nodeid,
+        entry.overtaken + 1,
+    )
 
 
-def summary_lines(waits: Mapping[str, tuple[float, int, int]],
-                  capacity: Capacity | None) -> list[str]:
+def summary_lines(
+    waits: Mapping[str, tuple[float, int, int]], capacity: Capacity | None
+) -> list[str]:
     """The terminal summary: total and longest wait, peak reserved memory against capacity.
 
     `waits`: node id -> (wait in seconds, memory and GPU memory reserved on the machine right
@@ -447,11 +525,12 @@ def summary_lines(waits: Mapping[str, tuple[float, int, int]],
     peak_mem = max(mem for _, mem, _ in waits.values())
     peak_gpu = max(gpu for _, _, gpu in waits.values())
     of = "" if capacity is None else f" of {human(capacity.mem_bytes)}"
-    lines = [f"{len(waits)} tests admitted; waited {total:.1f} s in total"
-             + (f" (longest {longest_s:.1f} s: {longest_id})" if longest_s >= 0.05 else ""),
-             f"peak reserved memory {human(peak_mem)}{of} (machine-wide, every session)"
-             + (f"; peak reserved GPU memory on one device {human(peak_gpu)}" if peak_gpu
-                else "")]
+    lines = [
+        f"{len(waits)} tests admitted; waited {total:.1f} s in total"
+        + (f" (longest {longest_s:.1f} s: {longest_id})" if longest_s >= 0.05 else ""),
+        f"peak reserved memory {human(peak_mem)}{of} (machine-wide, every session)"
+        + (f"; peak reserved GPU memory on one device {human(peak_gpu)}" if peak_gpu else ""),
+    ]
     if total < 0.05 * len(waits):
         lines.append("tests hardly waited: more workers (-n) could run at once")
     return lines
@@ -463,19 +542,29 @@ def summary_lines(waits: Mapping[str, tuple[float, int, int]],
 def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("taichi-limits")
     group.addoption(
-        "--taichi-limits-admit", dest="taichi_limits_admit", nargs="?", const="budget",
-        default=None, choices=(*MODES, "off"), metavar="budget|baseline|off",
+        "--taichi-limits-admit",
+        dest="taichi_limits_admit",
+        nargs="?",
+        const="budget",
+        default=None,
+        choices=(*MODES, "off"),
+        metavar="budget|baseline|off",
         help="start a supervised test only when what it may use fits what the machine has "
         "left (shared by xdist workers and by other pytest sessions of this user): 'budget' "
         "(the default) reserves its mem_mb and gpu_gb; 'baseline' its measured peaks from "
         "--taichi-limits-compare plus the tolerance. Write --taichi-limits-admit=MODE before "
-        "test paths. (ini: taichi_limits_admit)")
+        "test paths. (ini: taichi_limits_admit)",
+    )
     parser.addini("taichi_limits_admit", "admission: budget, baseline, or off")
     group.addoption(
-        "--taichi-limits-capacity", dest="taichi_limits_capacity", metavar="SPEC", default=None,
+        "--taichi-limits-capacity",
+        dest="taichi_limits_capacity",
+        metavar="SPEC",
+        default=None,
         help="capacity for admission, e.g. 'mem=20GB,gpu=80GB' (gpu per device); default: "
         "MemAvailable at session start minus a margin, GPUs from NVML "
-        "(ini: taichi_limits_capacity)")
+        "(ini: taichi_limits_capacity)",
+    )
     parser.addini("taichi_limits_capacity", "capacity for admission, e.g. mem=20GB,gpu=80GB")
 
 
@@ -530,8 +619,10 @@ def _read_baseline(config: pytest.Config, admission: Admission) -> None:
 
     path = config.getoption("taichi_limits_compare", None)
     if path is None:
-        raise pytest.UsageError("--taichi-limits-admit=baseline needs a baseline to read peaks "
-                                "from: add --taichi-limits-compare=PATH")
+        raise pytest.UsageError(
+            "--taichi-limits-admit=baseline needs a baseline to read peaks "
+            "from: add --taichi-limits-compare=PATH"
+        )
     tolerance_text, _ = _value(config, "taichi_limits_tolerance")
     try:
         admission.baseline = baselines.load(str(path)).tests

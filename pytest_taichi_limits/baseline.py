@@ -102,8 +102,10 @@ class Tolerance:
     allowances: Mapping[str, Allowance | None]
 
     def describe(self) -> str:
-        return ",".join(f"{key}={'off' if value is None else value.describe()}"
-                        for key, value in self.allowances.items())
+        return ",".join(
+            f"{key}={'off' if value is None else value.describe()}"
+            for key, value in self.allowances.items()
+        )
 
 
 def _format_amount(amount: float, kind: str) -> str:
@@ -148,9 +150,11 @@ def _unit_size(key: str, kind: str, written: str) -> float:
 
 
 def _tolerance_help(problem: str) -> str:
-    return (f"{problem}. A tolerance is comma-separated KEY=SPEC with KEY one of "
-            f"{', '.join(RESOURCES)}, each at most once, and SPEC like 10%+8MiB, 25%+0.5s, 5% "
-            f"or off (default {DEFAULT_TOLERANCE_SPEC})")
+    return (
+        f"{problem}. A tolerance is comma-separated KEY=SPEC with KEY one of "
+        f"{', '.join(RESOURCES)}, each at most once, and SPEC like 10%+8MiB, 25%+0.5s, 5% "
+        f"or off (default {DEFAULT_TOLERANCE_SPEC})"
+    )
 
 
 def _parse_spec(spec: str) -> dict[str, Allowance | None]:
@@ -213,10 +217,17 @@ class Entry:
     timeline: Mapping[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {name: None if value is None else value.to_json()
-                                for name, value in self.ranges.items()}
-        data.update(runs=self.runs, memory_method=self.memory_method, arch=self.arch,
-                    mode=self.mode, environment=self.environment, saved_at=self.saved_at)
+        data: dict[str, Any] = {
+            name: None if value is None else value.to_json() for name, value in self.ranges.items()
+        }
+        data.update(
+            runs=self.runs,
+            memory_method=self.memory_method,
+            arch=self.arch,
+            mode=self.mode,
+            environment=self.environment,
+            saved_at=self.saved_at,
+        )
         if self.timeline is not None:
             data["timeline"] = dict(self.timeline)
         return data
@@ -239,12 +250,15 @@ class Baseline:
             counts[entry.environment] = counts.get(entry.environment, 0) + 1
         lines = []
         for environment_id, count in sorted(counts.items()):
-            changed = env.differences(dict(self.environments.get(environment_id, {})),
-                                      dict(current))
+            changed = env.differences(
+                dict(self.environments.get(environment_id, {})), dict(current)
+            )
             if changed:
-                lines.append(f"{count} of {len(self.tests)} baseline tests were measured with "
-                             f"another {' and '.join(c.split()[0] for c in changed)} "
-                             f"({'; '.join(changed)}): their figures may differ for that reason")
+                lines.append(
+                    f"{count} of {len(self.tests)} baseline tests were measured with "
+                    f"another {' and '.join(c.split()[0] for c in changed)} "
+                    f"({'; '.join(changed)}): their figures may differ for that reason"
+                )
         return lines
 
 
@@ -259,32 +273,41 @@ def load(path: str) -> Baseline:
         with open(path, encoding="utf-8") as stream:
             data = json.load(stream)
     except FileNotFoundError:
-        raise BaselineError(f"baseline {path!r} does not exist; create it with "
-                            f"--taichi-limits-save-baseline={path}") from None
+        raise BaselineError(
+            f"baseline {path!r} does not exist; create it with --taichi-limits-save-baseline={path}"
+        ) from None
     except (OSError, ValueError) as error:
-        raise BaselineError(f"baseline {path!r} cannot be read: {error} (a file with git "
-                            "conflict markers reads so: resolve them, or save a new one)") from None
+        raise BaselineError(
+            f"baseline {path!r} cannot be read: {error} (a file with git "
+            "conflict markers reads so: resolve them, or save a new one)"
+        ) from None
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-        raise BaselineError(f"{path!r} is not a pytest-taichi-limits baseline "
-                            f"(no \"schema\": \"{SCHEMA}\")")
+        raise BaselineError(
+            f'{path!r} is not a pytest-taichi-limits baseline (no "schema": "{SCHEMA}")'
+        )
     if data.get("version") != VERSION:
         raise BaselineError(
             f"baseline {path!r} has version {data.get('version')!r}; this plugin reads version "
             f"{VERSION} (own memory is measured differently since version 2, and a baseline now "
             f"holds a range over several runs): record a new one with "
-            f"--taichi-limits-save-baseline={path} --taichi-limits-baseline-replace")
+            f"--taichi-limits-save-baseline={path} --taichi-limits-baseline-replace"
+        )
     tests, environments = data.get("tests"), data.get("environments")
     if not isinstance(tests, dict) or not isinstance(environments, dict):
-        raise BaselineError(f"baseline {path!r} is damaged: \"tests\" and \"environments\" "
-                            "must be objects")
-    return Baseline(path, {nodeid: _entry(path, nodeid, entry) for nodeid, entry in tests.items()},
-                    environments)
+        raise BaselineError(
+            f'baseline {path!r} is damaged: "tests" and "environments" must be objects'
+        )
+    return Baseline(
+        path, {nodeid: _entry(path, nodeid, entry) for nodeid, entry in tests.items()}, environments
+    )
 
 
 def _entry(path: str, nodeid: str, data: Any) -> Entry:
     def bad(field_name: str, problem: str) -> BaselineError:
-        return BaselineError(f"baseline {path!r}, test {nodeid!r}: field {field_name!r} "
-                             f"{problem}; fix or remove the entry, or save a new baseline")
+        return BaselineError(
+            f"baseline {path!r}, test {nodeid!r}: field {field_name!r} "
+            f"{problem}; fix or remove the entry, or save a new baseline"
+        )
 
     if not isinstance(data, dict):
         raise bad("(entry)", "must be an object")
@@ -302,8 +325,10 @@ def _entry(path: str, nodeid: str, data: Any) -> Entry:
         low = value.get("min") if isinstance(value, dict) else None
         high = value.get("max") if isinstance(value, dict) else None
         if not (_is_figure(low) and _is_figure(high)) or float(low) > float(high):
-            raise bad(name, f"must be {{\"min\": number, \"max\": number}} with 0 <= min <= "
-                            f"max, got {value!r}")
+            raise bad(
+                name,
+                f'must be {{"min": number, "max": number}} with 0 <= min <= max, got {value!r}',
+            )
         ranges[name] = Range(float(low), float(high))
     texts = {}
     for name in ("memory_method", "arch", "mode", "environment", "saved_at"):
@@ -317,28 +342,46 @@ def _entry(path: str, nodeid: str, data: Any) -> Entry:
 
 
 def _is_figure(value: Any) -> TypeGuard[float]:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) \
-        and math.isfinite(value) and value >= 0
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0
+    )
 
 
 def _figures(record: UsageRecord) -> dict[str, float | None]:
     """The record's figures under their baseline field names."""
-    return {"own_memory_bytes": record.own_memory_bytes, "cpu_s": record.cpu_s,
-            "wall_s": record.wall_s, "gpu_bytes": record.gpu_peak_bytes}
+    return {
+        "own_memory_bytes": record.own_memory_bytes,
+        "cpu_s": record.cpu_s,
+        "wall_s": record.wall_s,
+        "gpu_bytes": record.gpu_peak_bytes,
+    }
 
 
-def merged_entry(previous: Entry | None, record: UsageRecord, environment_id: str,
-                 environment: Mapping[str, Any], previous_environment: Mapping[str, Any],
-                 saved_at: str, timeline: bool = False) -> Entry:
+def merged_entry(
+    previous: Entry | None,
+    record: UsageRecord,
+    environment_id: str,
+    environment: Mapping[str, Any],
+    previous_environment: Mapping[str, Any],
+    saved_at: str,
+    timeline: bool = False,
+) -> Entry:
     """`record`'s figures, as a new entry or widening `previous`.
 
     A range only spans runs that are comparable: another arch, start mode, memory method, Python
     or Taichi starts the range over (its figures would differ for that reason alone).
     """
     figures = _figures(record)
-    comparable = previous is not None and previous.arch == record.arch \
-        and previous.mode == record.mode and previous.memory_method == record.memory_method \
+    comparable = (
+        previous is not None
+        and previous.arch == record.arch
+        and previous.mode == record.mode
+        and previous.memory_method == record.memory_method
         and not env.differences(dict(previous_environment), dict(environment))
+    )
     ranges: dict[str, Range | None] = {}
     for name, value in figures.items():
         before = previous.ranges.get(name) if comparable and previous is not None else None
@@ -347,9 +390,16 @@ def merged_entry(previous: Entry | None, record: UsageRecord, environment_id: st
         else:
             ranges[name] = Range(value, value) if before is None else before.widened(value)
     runs = previous.runs + 1 if comparable and previous is not None else 1
-    return Entry(runs=runs, ranges=ranges, memory_method=record.memory_method, arch=record.arch,
-                 mode=record.mode, environment=environment_id, saved_at=saved_at,
-                 timeline=record.timeline if timeline else None)
+    return Entry(
+        runs=runs,
+        ranges=ranges,
+        memory_method=record.memory_method,
+        arch=record.arch,
+        mode=record.mode,
+        environment=environment_id,
+        saved_at=saved_at,
+        timeline=record.timeline if timeline else None,
+    )
 
 
 def savable(records: Iterable[UsageRecord]) -> list[UsageRecord]:
@@ -367,8 +417,13 @@ def previous_for_save(path: str, replace: bool) -> Baseline:
     return load(path)
 
 
-def save(path: str, records: Iterable[UsageRecord], environment: Mapping[str, Any],
-         replace: bool, timelines: bool = False) -> tuple[int, int]:
+def save(
+    path: str,
+    records: Iterable[UsageRecord],
+    environment: Mapping[str, Any],
+    replace: bool,
+    timelines: bool = False,
+) -> tuple[int, int]:
     """Write (atomically) the baseline; merge into the existing file unless `replace`.
 
     Returns (tests written by this run, tests in the file).
@@ -381,8 +436,9 @@ def save(path: str, records: Iterable[UsageRecord], environment: Mapping[str, An
     for record in savable(records):
         before = tests.get(record.nodeid)
         before_environment = {} if before is None else previous.environment_of(record.nodeid)
-        tests[record.nodeid] = merged_entry(before, record, environment_id, environment,
-                                            before_environment, saved_at, timelines)
+        tests[record.nodeid] = merged_entry(
+            before, record, environment_id, environment, before_environment, saved_at, timelines
+        )
         written += 1
     environments = {key: dict(value) for key, value in previous.environments.items()}
     environments[environment_id] = dict(environment)
@@ -430,17 +486,31 @@ class Growth:
         return None if self.before <= 0 else 100.0 * self.growth / self.before
 
     def to_json(self) -> dict[str, Any]:
-        return {"resource": self.resource, "before": self.before, "before_min": self.before_min,
-                "runs": self.runs, "after": self.after, "growth": self.growth,
-                "growth_percent": self.growth_percent, "allowed": self.allowed,
-                "tolerance": self.tolerance, "exceeded": self.exceeded,
-                "unit": "B" if self.kind == "bytes" else "s"}
+        return {
+            "resource": self.resource,
+            "before": self.before,
+            "before_min": self.before_min,
+            "runs": self.runs,
+            "after": self.after,
+            "growth": self.growth,
+            "growth_percent": self.growth_percent,
+            "allowed": self.allowed,
+            "tolerance": self.tolerance,
+            "exceeded": self.exceeded,
+            "unit": "B" if self.kind == "bytes" else "s",
+        }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Growth:
-        return cls(str(data["resource"]), float(data["before"]), float(data["before_min"]),
-                   int(data["runs"]), float(data["after"]), float(data["allowed"]),
-                   str(data["tolerance"]))
+        return cls(
+            str(data["resource"]),
+            float(data["before"]),
+            float(data["before_min"]),
+            int(data["runs"]),
+            float(data["after"]),
+            float(data["allowed"]),
+            str(data["tolerance"]),
+        )
 
 
 def compare(record: UsageRecord, entry: Entry, tolerance: Tolerance) -> list[Growth]:
@@ -452,8 +522,17 @@ def compare(record: UsageRecord, entry: Entry, tolerance: Tolerance) -> list[Gro
         seen, after = entry.ranges.get(name), figures[name]
         if allowance is None or seen is None or after is None:
             continue
-        growths.append(Growth(key, seen.high, seen.low, entry.runs, float(after),
-                              allowance.limit(seen.high), allowance.describe()))
+        growths.append(
+            Growth(
+                key,
+                seen.high,
+                seen.low,
+                entry.runs,
+                float(after),
+                allowance.limit(seen.high),
+                allowance.describe(),
+            )
+        )
     return growths
 
 
@@ -476,22 +555,31 @@ def growth_text(growth: Growth) -> str:
     kind = growth.kind
     percent = growth.growth_percent
     percent_text = "" if percent is None else f", {percent:+.1f}%"
-    return (f"{_seen(growth)} -> {amount(growth.after, kind)} "
-            f"({amount(growth.growth, kind, signed=True)}{percent_text}), allowed up to "
-            f"{amount(growth.allowed, kind)} ({growth.resource}={growth.tolerance})")
+    return (
+        f"{_seen(growth)} -> {amount(growth.after, kind)} "
+        f"({amount(growth.growth, kind, signed=True)}{percent_text}), allowed up to "
+        f"{amount(growth.allowed, kind)} ({growth.resource}={growth.tolerance})"
+    )
 
 
 def regression_headline(exceeded: list[Growth]) -> str:
-    return ("taichi_limits: grew beyond the baseline's tolerance: "
-            + "; ".join(f"{RESOURCES[g.resource][2]} {growth_text(g)}" for g in exceeded))
+    return "taichi_limits: grew beyond the baseline's tolerance: " + "; ".join(
+        f"{RESOURCES[g.resource][2]} {growth_text(g)}" for g in exceeded
+    )
 
 
 def _runs_text(runs: int) -> str:
     return "1 run" if runs == 1 else f"{runs} runs"
 
 
-def regression_report(exceeded: list[Growth], compared: list[Growth], baseline: Baseline,
-                      nodeid: str, record: UsageRecord, warn_only: bool) -> str:
+def regression_report(
+    exceeded: list[Growth],
+    compared: list[Growth],
+    baseline: Baseline,
+    nodeid: str,
+    record: UsageRecord,
+    warn_only: bool,
+) -> str:
     """The text a grown test fails (or warns) with: before, after, growth and the tolerance."""
     entry = baseline.tests[nodeid]
     made_with = baseline.environment_of(nodeid)
@@ -499,12 +587,18 @@ def regression_report(exceeded: list[Growth], compared: list[Growth], baseline: 
     rows = []
     for growth in compared:
         kind, percent = growth.kind, growth.growth_percent
-        rows.append((RESOURCES[growth.resource][2], _seen(growth),
-                     amount(growth.after, kind),
-                     amount(growth.growth, kind, True)
-                     + ("" if percent is None else f" ({percent:+.1f}%)"),
-                     amount(growth.allowed, kind), f"{growth.resource}={growth.tolerance}",
-                     "EXCEEDED" if growth.exceeded else "ok"))
+        rows.append(
+            (
+                RESOURCES[growth.resource][2],
+                _seen(growth),
+                amount(growth.after, kind),
+                amount(growth.growth, kind, True)
+                + ("" if percent is None else f" ({percent:+.1f}%)"),
+                amount(growth.allowed, kind),
+                f"{growth.resource}={growth.tolerance}",
+                "EXCEEDED" if growth.exceeded else "ok",
+            )
+        )
     header = ("", "baseline", "after", "growth", "allowed up to", "tolerance", "")
     widths = [max(len(row[column]) for row in [header, *rows]) for column in range(7)]
     for row in [header, *rows]:
@@ -512,15 +606,21 @@ def regression_report(exceeded: list[Growth], compared: list[Growth], baseline: 
         cells += [f"{cell:>{width}}" for cell, width in zip(row[1:5], widths[1:5], strict=True)]
         cells += [f"{row[5]:<{widths[5]}}", row[6]]
         lines.append(("  " + "  ".join(cells)).rstrip())
-    lines.append(f"  baseline    {baseline.path}, {_runs_text(entry.runs)} (growth is measured "
-                 f"above the largest), last saved {entry.saved_at} with Python "
-                 f"{made_with.get('python', '?')}, Taichi {made_with.get('taichi', '?')}, arch "
-                 f"{entry.arch} ({entry.mode} mode)")
+    lines.append(
+        f"  baseline    {baseline.path}, {_runs_text(entry.runs)} (growth is measured "
+        f"above the largest), last saved {entry.saved_at} with Python "
+        f"{made_with.get('python', '?')}, Taichi {made_with.get('taichi', '?')}, arch "
+        f"{entry.arch} ({entry.mode} mode)"
+    )
     if entry.arch != record.arch or entry.mode != record.mode:
-        lines.append(f"  note        this run used arch {record.arch} ({record.mode} mode): "
-                     "figures of another arch or start mode are not comparable (spawn mode "
-                     "counts the interpreter's own start-up)")
-    lines.append("  what to do  find what grew, or accept the new figures with "
-                 "--taichi-limits-save-baseline (or widen --taichi-limits-tolerance)"
-                 + (" [warning only: --taichi-limits-compare-warn]" if warn_only else ""))
+        lines.append(
+            f"  note        this run used arch {record.arch} ({record.mode} mode): "
+            "figures of another arch or start mode are not comparable (spawn mode "
+            "counts the interpreter's own start-up)"
+        )
+    lines.append(
+        "  what to do  find what grew, or accept the new figures with "
+        "--taichi-limits-save-baseline (or widen --taichi-limits-tolerance)"
+        + (" [warning only: --taichi-limits-compare-warn]" if warn_only else "")
+    )
     return "\n".join(lines)

@@ -38,8 +38,20 @@ BUILTIN_DEFAULTS: Mapping[str, float | None] = {
 #: Arch names the `arch` marker key and --taichi-limits-arch accept: Taichi 1.7.4's arch names
 #: plus its `cpu` (the host) and `gpu` (the first GPU backend that works) groups. Checked here,
 #: without importing Taichi: its own lookup (arch_from_name) aborts the process on a bad name.
-ARCH_NAMES = ("cpu", "gpu", "x64", "arm64", "cuda", "amdgpu", "vulkan", "opengl", "gles",
-              "metal", "dx11", "dx12")
+ARCH_NAMES = (
+    "cpu",
+    "gpu",
+    "x64",
+    "arm64",
+    "cuda",
+    "amdgpu",
+    "vulkan",
+    "opengl",
+    "gles",
+    "metal",
+    "dx11",
+    "dx12",
+)
 MARKER_ARCH_KEY = "arch"
 MARKER_ISOLATION_KEY = "isolation"
 #: Marker keys that are settings, not budgets.
@@ -161,8 +173,9 @@ def marker_arch(nodeid: str, markers: Iterable[Any]) -> str | None:
     """The closest `taichi_limits` marker's `arch`, checked; None where no marker sets one."""
     for marker in markers:
         if MARKER_ARCH_KEY in marker.kwargs:
-            return check_arch(marker.kwargs[MARKER_ARCH_KEY],
-                              f"{nodeid}: @pytest.mark.{MARKER_NAME}")
+            return check_arch(
+                marker.kwargs[MARKER_ARCH_KEY], f"{nodeid}: @pytest.mark.{MARKER_NAME}"
+            )
     return None
 
 
@@ -174,7 +187,8 @@ def marker_isolation(nodeid: str, markers: Iterable[Any]) -> str | None:
             if value not in ISOLATIONS:
                 raise BudgetError(
                     f"{nodeid}: @pytest.mark.{MARKER_NAME}: isolation must be one of "
-                    f"{', '.join(ISOLATIONS)} (a string), got {value!r}")
+                    f"{', '.join(ISOLATIONS)} (a string), got {value!r}"
+                )
             return str(value)
     return None
 

@@ -49,9 +49,10 @@ def parse_amount(text: str) -> int:
     unit = match.group(2).lower() if match else ""
     if unit in ("k", "m", "g", "t"):
         unit += "b"
-    if match is None or unit not in _UNITS and unit != "":
-        raise CapacityError(f"cannot read the amount {text.strip()!r} (write e.g. 20GB, "
-                            "512MB, 1.5GB)")
+    if match is None or (unit not in _UNITS and unit != ""):
+        raise CapacityError(
+            f"cannot read the amount {text.strip()!r} (write e.g. 20GB, 512MB, 1.5GB)"
+        )
     value = float(match.group(1)) * _UNITS[unit or "b"]
     if not math.isfinite(value) or value <= 0:
         raise CapacityError(f"the amount {text.strip()!r} must be more than 0")
@@ -67,8 +68,9 @@ def parse_capacity(spec: str) -> Declared:
         key, sep, amount = part.partition("=")
         key = key.strip().lower()
         if not sep or key not in CAPACITY_KEYS:
-            raise CapacityError(f"{part.strip()!r} is not KEY=AMOUNT with KEY mem or gpu "
-                                "(e.g. mem=20GB,gpu=80GB)")
+            raise CapacityError(
+                f"{part.strip()!r} is not KEY=AMOUNT with KEY mem or gpu (e.g. mem=20GB,gpu=80GB)"
+            )
         if key in values:
             raise CapacityError(f"{key} is given twice in {spec!r}")
         values[key] = parse_amount(amount)
@@ -110,8 +112,10 @@ class Device:
     def env(self) -> dict[str, str]:
         """The child's environment for this device: CUDA sees only it; Taichi's Vulkan
         backend is pointed at it by index."""
-        return {"CUDA_VISIBLE_DEVICES": self.uuid or str(self.index),
-                "TI_VISIBLE_DEVICE": str(self.index)}
+        return {
+            "CUDA_VISIBLE_DEVICES": self.uuid or str(self.index),
+            "TI_VISIBLE_DEVICE": str(self.index),
+        }
 
 
 def visible(devices: Sequence[Device], cuda_visible_devices: str | None) -> list[Device]:
@@ -153,8 +157,9 @@ def with_declared(devices: Sequence[Device], declared_gpu_bytes: int | None) -> 
     return [Device(device.index, declared_gpu_bytes, device.uuid) for device in devices]
 
 
-def choose_device(devices: Sequence[Device], held_bytes: Mapping[int, int],
-                  need_bytes: int) -> Device | None:
+def choose_device(
+    devices: Sequence[Device], held_bytes: Mapping[int, int], need_bytes: int
+) -> Device | None:
     """The device with the most room left that `need_bytes` fits on (ties: lowest index);
     None when none has room. Spreading keeps one device from filling while others idle."""
     best: Device | None = None
@@ -179,8 +184,9 @@ def nvml_devices() -> tuple[list[Device], str]:
         for index, handle in enumerate(handles):
             total = int(pynvml.nvmlDeviceGetMemoryInfo(handle).total)
             uuid = pynvml.nvmlDeviceGetUUID(handle)
-            devices.append(Device(index, total, uuid.decode() if isinstance(uuid, bytes)
-                                  else str(uuid)))
+            devices.append(
+                Device(index, total, uuid.decode() if isinstance(uuid, bytes) else str(uuid))
+            )
     except pynvml.NVMLError as error:
         return [], f"NVML failed: {error}"
     return devices, f"NVML, {len(devices)} device(s)"

@@ -96,8 +96,9 @@ class ChannelReader:
                 self._fail(f"the report channel carried garbage: {line[:80]!r}")
                 continue
             if message["t"] not in KINDS:
-                self._fail(f"the report channel carried an unknown message kind "
-                           f"{message['t'][:40]!r}")
+                self._fail(
+                    f"the report channel carried an unknown message kind {message['t'][:40]!r}"
+                )
                 continue
             self.messages.append(message)
 

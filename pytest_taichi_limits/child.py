@@ -70,8 +70,12 @@ def start_child(writer: ChannelWriter, start: ChildStart) -> taichi_support.GpuC
     return cap
 
 
-def serve(items: Sequence[pytest.Item], writer: ChannelWriter, commands: CommandReader,
-          cap: taichi_support.GpuCap) -> None:
+def serve(
+    items: Sequence[pytest.Item],
+    writer: ChannelWriter,
+    commands: CommandReader,
+    cap: taichi_support.GpuCap,
+) -> None:
     """Wait for a command, run that test, tell the parent, wait again; tear down on stop."""
     writer.send(Kind.READY, pid=os.getpid())
     commands.ring()
@@ -91,8 +95,9 @@ def serve(items: Sequence[pytest.Item], writer: ChannelWriter, commands: Command
             try:
                 last.ihook.pytest_runtest_teardown(item=last, nextitem=None)
             except Exception as error:  # noqa: BLE001 - reported, never hidden
-                writer.send(Kind.NOTE, key="teardown_failed",
-                            text=f"{type(error).__name__}: {error}")
+                writer.send(
+                    Kind.NOTE, key="teardown_failed", text=f"{type(error).__name__}: {error}"
+                )
     taichi_support.finish_child(writer)
     writer.send(Kind.FINISHED)
 
@@ -116,12 +121,14 @@ def exit_guarded(writer: ChannelWriter, body: Callable[[], None]) -> NoReturn:
         body()
         exit_code = EXIT_DONE
     except pytest.exit.Exception as stop:
-        _send_quietly(writer, Kind.EXIT, reason="exit", message=str(stop.msg),
-                      returncode=stop.returncode)
+        _send_quietly(
+            writer, Kind.EXIT, reason="exit", message=str(stop.msg), returncode=stop.returncode
+        )
         exit_code = EXIT_DONE
     except KeyboardInterrupt:
-        _send_quietly(writer, Kind.EXIT, reason="interrupt", message="KeyboardInterrupt",
-                      returncode=2)
+        _send_quietly(
+            writer, Kind.EXIT, reason="interrupt", message="KeyboardInterrupt", returncode=2
+        )
         exit_code = EXIT_DONE
     except BaseException as error:  # noqa: BLE001 - the parent must hear about anything
         _send_quietly(writer, Kind.INTERNAL_ERROR, text=f"{type(error).__name__}: {error}")
@@ -149,7 +156,7 @@ def _confine_self(parent_pid: int, stack_fd: int) -> None:
 def _set_cpu_limit(cpu_s: float | None) -> None:
     """The kernel is the backstop for the parent's watch: RLIMIT_CPU counts this process's
     whole life, so each test's limit is what it used so far plus the test's budget."""
-    soft_now, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
     if cpu_s is None:
         resource.setrlimit(resource.RLIMIT_CPU, (hard, hard))
         return

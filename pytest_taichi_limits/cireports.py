@@ -41,23 +41,33 @@ class OutputOptions:
 def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("taichi-limits")
     group.addoption(
-        "--taichi-limits-markdown", dest="taichi_limits_markdown", metavar="PATH|off",
+        "--taichi-limits-markdown",
+        dest="taichi_limits_markdown",
+        metavar="PATH|off",
         default=None,
         help="write a Markdown summary (verdict, violations, regressions, top consumers, new and "
         f"missing tests) to PATH. Without it, under GitHub Actions (${STEP_SUMMARY_VARIABLE} "
         "set) the summary is appended to the job summary; 'off' stops that "
-        "(ini: taichi_limits_markdown)")
+        "(ini: taichi_limits_markdown)",
+    )
     parser.addini("taichi_limits_markdown", "write the Markdown summary here ('off': nowhere)")
     group.addoption(
-        "--taichi-limits-html", dest="taichi_limits_html", metavar="PATH", default=None,
+        "--taichi-limits-html",
+        dest="taichi_limits_html",
+        metavar="PATH",
+        default=None,
         help="write a self-contained HTML report (sortable table, a memory/CPU chart per test, "
-        "violations and regressions) to PATH (ini: taichi_limits_html)")
+        "violations and regressions) to PATH (ini: taichi_limits_html)",
+    )
     parser.addini("taichi_limits_html", "write the HTML report here")
     group.addoption(
-        "--taichi-limits-timeline-in-baseline", dest=TIMELINE_IN_BASELINE, action="store_true",
+        "--taichi-limits-timeline-in-baseline",
+        dest=TIMELINE_IN_BASELINE,
+        action="store_true",
         default=False,
         help="with --taichi-limits-save-baseline: store each test's timeline in the baseline too "
-        "(larger file; off by default)")
+        "(larger file; off by default)",
+    )
 
 
 def _value(config: pytest.Config, name: str) -> str | None:
@@ -76,8 +86,10 @@ def read_options(config: pytest.Config) -> OutputOptions:
     elif markdown_path is None and os.environ.get(STEP_SUMMARY_VARIABLE):
         markdown_path, append = os.environ[STEP_SUMMARY_VARIABLE], True
     html_path = _value(config, "taichi_limits_html")
-    for option, path in (("--taichi-limits-markdown", None if append else markdown_path),
-                         ("--taichi-limits-html", html_path)):
+    for option, path in (
+        ("--taichi-limits-markdown", None if append else markdown_path),
+        ("--taichi-limits-html", html_path),
+    ):
         if path is not None:
             try:
                 check_replaceable(option, path)
@@ -109,8 +121,7 @@ class TaichiLimitsCiReports:
         nothing_asked = self.options.markdown_path is None and self.options.html_path is None
         if self.is_worker or nothing_asked:
             return
-        source: _SessionDocument | None = self.config.pluginmanager.get_plugin(
-            REPORTS_PLUGIN_NAME)
+        source: _SessionDocument | None = self.config.pluginmanager.get_plugin(REPORTS_PLUGIN_NAME)
         if source is None:
             return
         document = source.session_document(int(exitstatus))
@@ -118,11 +129,15 @@ class TaichiLimitsCiReports:
         # An automatic job summary only for a run that supervised something: a plain pytest
         # step of the same job must not add an empty one.
         if self.options.markdown_path is not None and (
-                not self.options.markdown_append or document["records"]):
+            not self.options.markdown_append or document["records"]
+        ):
             self._markdown(self.options.markdown_path, markdown.summary(document, top))
         if self.options.html_path is not None:
-            self._write("HTML report", self.options.html_path,
-                        lambda path: write_atomic(path, htmlreport.render(document)))
+            self._write(
+                "HTML report",
+                self.options.html_path,
+                lambda path: write_atomic(path, htmlreport.render(document)),
+            )
         if self.errors and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
 

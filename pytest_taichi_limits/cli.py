@@ -28,15 +28,23 @@ from .reportdata import InputError
 EXIT_OK, EXIT_REGRESSIONS, EXIT_ERROR = 0, 1, 2
 PROG = "taichi-limits"
 #: Environment keys whose difference between merged files is reported.
-MERGE_COMPARED_KEYS = ("python", "pytest", "taichi", "pytest_taichi_limits", "platform",
-                       "machine", "host")
+MERGE_COMPARED_KEYS = (
+    "python",
+    "pytest",
+    "taichi",
+    "pytest_taichi_limits",
+    "platform",
+    "machine",
+    "host",
+)
 
 
 # -- compare ------------------------------------------------------------------------------------
 
 
-def compare_document(document: dict[str, Any], baseline: baselines.Baseline,
-                     tolerance: baselines.Tolerance) -> dict[str, Any]:
+def compare_document(
+    document: dict[str, Any], baseline: baselines.Baseline, tolerance: baselines.Tolerance
+) -> dict[str, Any]:
     """The report with each record's `regression` and the `baseline` section recomputed against
     `baseline`, as --taichi-limits-compare would have set them."""
     compared_records = []
@@ -50,8 +58,9 @@ def compare_document(document: dict[str, Any], baseline: baselines.Baseline,
             if exceeded:
                 data["regression"] = {
                     "warn_only": False,
-                    "text": baselines.regression_report(exceeded, growths, baseline, nodeid,
-                                                        record, False),
+                    "text": baselines.regression_report(
+                        exceeded, growths, baseline, nodeid, record, False
+                    ),
                     "growths": [growth.to_json() for growth in growths],
                 }
         compared_records.append(data)
@@ -79,11 +88,14 @@ def _summary_lines(document: dict[str, Any], top: int, verbose: bool) -> list[st
     if section is not None:
         lines += [f"WARNING: {line}" for line in section.get("environment_warnings") or []]
         lines += summary.regressions(records, str(section.get("path")))
-        lines += summary.test_lists(list(section.get("new_tests") or []),
-                                    list(section.get("missing_tests") or []), verbose)
+        lines += summary.test_lists(
+            list(section.get("new_tests") or []), list(section.get("missing_tests") or []), verbose
+        )
         if not section.get("regressions"):
-            lines.append(f"no test grew beyond tolerance ({section.get('tolerance')}) against "
-                         f"{section.get('path')}")
+            lines.append(
+                f"no test grew beyond tolerance ({section.get('tolerance')}) against "
+                f"{section.get('path')}"
+            )
     return lines
 
 
@@ -95,24 +107,33 @@ def run_compare(args: argparse.Namespace) -> int:
     except baselines.BaselineError as error:
         raise InputError(f"--tolerance: {error}") from None
     compared = compare_document(document, baseline, tolerance)
-    count = sum(1 for record in compared["records"]
-                if reportdata.comparable(record) and record["nodeid"] in baseline.tests)
-    lines = [(f"{args.report}: {count} of {len(compared['records'])} tests compared with "
-              f"{args.baseline} ({len(baseline.tests)} tests), tolerance {tolerance.describe()}")]
+    count = sum(
+        1
+        for record in compared["records"]
+        if reportdata.comparable(record) and record["nodeid"] in baseline.tests
+    )
+    lines = [
+        (
+            f"{args.report}: {count} of {len(compared['records'])} tests compared with "
+            f"{args.baseline} ({len(baseline.tests)} tests), tolerance {tolerance.describe()}"
+        )
+    ]
     section = compared["baseline"]
     lines += [f"WARNING: {line}" for line in section["environment_warnings"]]
     records = [reportdata.usage_record(data) for data in compared["records"]]
     lines += summary.regressions(records, baseline.path)
     lines += summary.test_lists(section["new_tests"], section["missing_tests"], args.verbose)
     if not section["regressions"]:
-        lines.append(f"no test grew beyond tolerance ({tolerance.describe()}) against "
-                     f"{baseline.path}")
+        lines.append(
+            f"no test grew beyond tolerance ({tolerance.describe()}) against {baseline.path}"
+        )
     print("\n".join(lines))
     if args.markdown:
         _write(args.markdown, markdown.summary(compared, args.top), "Markdown summary")
     if args.output:
-        _write(args.output, json.dumps(compared, indent=2, default=str) + "\n",
-               "compared JSON report")
+        _write(
+            args.output, json.dumps(compared, indent=2, default=str) + "\n", "compared JSON report"
+        )
     return EXIT_REGRESSIONS if section["regressions"] else EXIT_OK
 
 
@@ -126,18 +147,23 @@ def _environment_notes(sources: list[tuple[str, dict[str, Any]]]) -> list[str]:
     for path, environment in sources[1:]:
         changed = differences(first, environment, MERGE_COMPARED_KEYS)
         if changed:
-            notes.append(f"note: {path} was made in another environment than {first_path}: "
-                         + "; ".join(changed))
+            notes.append(
+                f"note: {path} was made in another environment than {first_path}: "
+                + "; ".join(changed)
+            )
     return notes
 
 
 def _duplicate(nodeid: str, kept: str, other: str) -> InputError:
-    return InputError(f"test {nodeid!r} is in both {kept} and {other}: shards must not overlap "
-                      "(or pass --prefer newest to keep the newer figures)")
+    return InputError(
+        f"test {nodeid!r} is in both {kept} and {other}: shards must not overlap "
+        "(or pass --prefer newest to keep the newer figures)"
+    )
 
 
-def merge_reports(loaded: list[tuple[str, dict[str, Any]]], prefer_newest: bool
-                  ) -> tuple[dict[str, Any], list[str]]:
+def merge_reports(
+    loaded: list[tuple[str, dict[str, Any]]], prefer_newest: bool
+) -> tuple[dict[str, Any], list[str]]:
     chosen: dict[str, tuple[str, dict[str, Any]]] = {}
     for path, document in loaded:
         for record in reportdata.records(document):
@@ -146,7 +172,8 @@ def merge_reports(loaded: list[tuple[str, dict[str, Any]]], prefer_newest: bool
                 if not prefer_newest:
                     raise _duplicate(nodeid, chosen[nodeid][0], path)
                 if float(record.get("started_at") or 0) < float(
-                        chosen[nodeid][1].get("started_at") or 0):
+                    chosen[nodeid][1].get("started_at") or 0
+                ):
                     continue
             chosen[nodeid] = (path, record)
     records: list[Mapping[str, Any]] = [chosen[nodeid][1] for nodeid in sorted(chosen)]
@@ -157,24 +184,35 @@ def merge_reports(loaded: list[tuple[str, dict[str, Any]]], prefer_newest: bool
         for key in ("path", "tolerance"):
             values = sorted({str(found.get(key)) for _, found in sections})
             if len(values) > 1:
-                notes.append(f"note: the reports were compared with different baseline {key}s: "
-                             + ", ".join(values))
+                notes.append(
+                    f"note: the reports were compared with different baseline {key}s: "
+                    + ", ".join(values)
+                )
         first = sections[0][1]
-        union = {key: sorted({str(nodeid) for _, found in sections
-                              for nodeid in found.get(key) or []})
-                 for key in ("regressions", "new_tests", "environment_warnings")}
+        union = {
+            key: sorted({str(nodeid) for _, found in sections for nodeid in found.get(key) or []})
+            for key in ("regressions", "new_tests", "environment_warnings")
+        }
         missing = {str(n) for _, found in sections for n in found.get("missing_tests") or []}
-        section = {**first, **union, "missing_tests": sorted(missing - set(chosen)),
-                   "warn_only": all(bool(found.get("warn_only")) for _, found in sections)}
+        section = {
+            **first,
+            **union,
+            "missing_tests": sorted(missing - set(chosen)),
+            "warn_only": all(bool(found.get("warn_only")) for _, found in sections),
+        }
     document = jsonreport.document(
-        records, loaded[0][1]["environment"],
+        records,
+        loaded[0][1]["environment"],
         all(bool(doc.get("complete")) for _, doc in loaded),
-        max(int(doc.get("exit_status") or 0) for _, doc in loaded), section)
+        max(int(doc.get("exit_status") or 0) for _, doc in loaded),
+        section,
+    )
     return document, notes
 
 
-def merge_baselines(loaded: list[baselines.Baseline], prefer_newest: bool
-                    ) -> tuple[dict[str, Any], list[str]]:
+def merge_baselines(
+    loaded: list[baselines.Baseline], prefer_newest: bool
+) -> tuple[dict[str, Any], list[str]]:
     tests: dict[str, tuple[str, baselines.Entry]] = {}
     environments: dict[str, dict[str, Any]] = {}
     for found in loaded:
@@ -189,10 +227,17 @@ def merge_baselines(loaded: list[baselines.Baseline], prefer_newest: bool
     used = {entry.environment for _, entry in tests.values()}
     kept = {key: value for key, value in environments.items() if key in used}
     distinct = sorted(kept.items())
-    notes = _environment_notes([(f"environment {key}", value) for key, value in distinct]) \
-        if len(distinct) > 1 else []
-    document = {"schema": baselines.SCHEMA, "version": baselines.VERSION, "environments": kept,
-                "tests": {nodeid: entry.to_json() for nodeid, (_, entry) in sorted(tests.items())}}
+    notes = (
+        _environment_notes([(f"environment {key}", value) for key, value in distinct])
+        if len(distinct) > 1
+        else []
+    )
+    document = {
+        "schema": baselines.SCHEMA,
+        "version": baselines.VERSION,
+        "environments": kept,
+        "tests": {nodeid: entry.to_json() for nodeid, (_, entry) in sorted(tests.items())},
+    }
     return document, notes
 
 
@@ -202,20 +247,25 @@ def run_merge(args: argparse.Namespace) -> int:
     kinds = {path: reportdata.kind_of(reportdata.read_json(path)) for path in args.files}
     unknown = [path for path, kind in kinds.items() if kind == "unknown"]
     if unknown:
-        raise InputError(f"{unknown[0]} is neither a pytest-taichi-limits JSON report nor a "
-                         "baseline")
+        raise InputError(
+            f"{unknown[0]} is neither a pytest-taichi-limits JSON report nor a baseline"
+        )
     if len(set(kinds.values())) > 1:
-        raise InputError("merge: give files of one kind: "
-                         + ", ".join(f"{path} is a {kind}" for path, kind in kinds.items()))
+        raise InputError(
+            "merge: give files of one kind: "
+            + ", ".join(f"{path} is a {kind}" for path, kind in kinds.items())
+        )
     prefer_newest = args.prefer == "newest"
     if set(kinds.values()) == {"report"}:
         document, notes = merge_reports(
-            [(path, reportdata.load_report(path)) for path in args.files], prefer_newest)
+            [(path, reportdata.load_report(path)) for path in args.files], prefer_newest
+        )
         what = f"JSON report of {len(document['records'])} tests"
         text = json.dumps(document, indent=2, default=str) + "\n"
     else:
         document, notes = merge_baselines(
-            [reportdata.load_baseline(path) for path in args.files], prefer_newest)
+            [reportdata.load_baseline(path) for path in args.files], prefer_newest
+        )
         what = f"baseline of {len(document['tests'])} tests"
         text = json.dumps(document, indent=2, sort_keys=True) + "\n"
     for note in notes:
@@ -243,9 +293,11 @@ def run_markdown(args: argparse.Namespace) -> int:
 
 def run_show(args: argparse.Namespace) -> int:
     document = reportdata.load_report(args.report)
-    header = (f"{args.report}: {len(document['records'])} supervised tests, written "
-              f"{document.get('created_at', '?')}"
-              + ("" if document.get("complete", True) else " (session interrupted: incomplete)"))
+    header = (
+        f"{args.report}: {len(document['records'])} supervised tests, written "
+        f"{document.get('created_at', '?')}"
+        + ("" if document.get("complete", True) else " (session interrupted: incomplete)")
+    )
     print("\n".join([header, *_summary_lines(document, args.top, args.verbose)]))
     return EXIT_OK
 
@@ -273,29 +325,48 @@ def _top(text: str) -> int:
 
 def parser() -> argparse.ArgumentParser:
     main_parser = argparse.ArgumentParser(
-        prog=PROG, description="Compare, merge and render pytest-taichi-limits reports.")
+        prog=PROG, description="Compare, merge and render pytest-taichi-limits reports."
+    )
     commands = main_parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     compare = commands.add_parser(
-        "compare", help="compare a JSON report with a baseline; exit 1 on regressions")
+        "compare", help="compare a JSON report with a baseline; exit 1 on regressions"
+    )
     compare.add_argument("baseline", metavar="BASELINE")
     compare.add_argument("report", metavar="REPORT.json")
-    compare.add_argument("--tolerance", metavar="SPEC", default=None,
-                         help="allowed growth per resource, as --taichi-limits-tolerance "
-                         f"(default {baselines.DEFAULT_TOLERANCE_SPEC.replace('%', '%%')})")
-    compare.add_argument("--markdown", metavar="PATH", default=None,
-                         help="also write the Markdown summary of the comparison here")
-    compare.add_argument("-o", "--output", metavar="PATH", default=None,
-                         help="also write the report with the comparison in it here")
+    compare.add_argument(
+        "--tolerance",
+        metavar="SPEC",
+        default=None,
+        help="allowed growth per resource, as --taichi-limits-tolerance "
+        f"(default {baselines.DEFAULT_TOLERANCE_SPEC.replace('%', '%%')})",
+    )
+    compare.add_argument(
+        "--markdown",
+        metavar="PATH",
+        default=None,
+        help="also write the Markdown summary of the comparison here",
+    )
+    compare.add_argument(
+        "-o",
+        "--output",
+        metavar="PATH",
+        default=None,
+        help="also write the report with the comparison in it here",
+    )
     compare.set_defaults(run=run_compare)
 
     merge = commands.add_parser(
-        "merge", help="merge the JSON reports (or the baselines) of sharded runs into one")
+        "merge", help="merge the JSON reports (or the baselines) of sharded runs into one"
+    )
     merge.add_argument("files", nargs="+", metavar="FILE")
     merge.add_argument("-o", "--output", metavar="OUT", required=True)
-    merge.add_argument("--prefer", choices=["newest"], default=None,
-                       help="a test in several files: keep the newest figures instead of "
-                       "failing")
+    merge.add_argument(
+        "--prefer",
+        choices=["newest"],
+        default=None,
+        help="a test in several files: keep the newest figures instead of failing",
+    )
     merge.set_defaults(run=run_merge)
 
     html = commands.add_parser("html", help="write the self-contained HTML report")
@@ -313,11 +384,15 @@ def parser() -> argparse.ArgumentParser:
     show.set_defaults(run=run_show)
 
     for sub in (compare, md, show):
-        sub.add_argument("--top", type=_top, default=5, metavar="N",
-                         help="how many top consumers to list (default 5)")
+        sub.add_argument(
+            "--top",
+            type=_top,
+            default=5,
+            metavar="N",
+            help="how many top consumers to list (default 5)",
+        )
     for sub in (compare, show):
-        sub.add_argument("-v", "--verbose", action="store_true",
-                         help="list every missing test")
+        sub.add_argument("-v", "--verbose", action="store_true", help="list every missing test")
     return main_parser
 
 
@@ -331,6 +406,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as error:  # noqa: BLE001 - the promise is: never a traceback
-        print(f"{PROG}: error: unexpected {type(error).__name__}: {error} (a bug in "
-              "pytest-taichi-limits: please report it with the files given)", file=sys.stderr)
+        print(
+            f"{PROG}: error: unexpected {type(error).__name__}: {error} (a bug in "
+            "pytest-taichi-limits: please report it with the files given)",
+            file=sys.stderr,
+        )
         return EXIT_ERROR

@@ -55,8 +55,12 @@ def taichi_arch(messages: list[dict[str, Any]]) -> str:
     return arch
 
 
-def differences(baseline: dict[str, Any], current: dict[str, Any],
-                keys: tuple[str, ...] = COMPARED_KEYS) -> list[str]:
+def differences(
+    baseline: dict[str, Any], current: dict[str, Any], keys: tuple[str, ...] = COMPARED_KEYS
+) -> list[str]:
     """'taichi 1.7.3 -> 1.7.4' for each compared key whose value changed."""
-    return [f"{key} {baseline.get(key, 'unknown')} -> {current.get(key, 'unknown')}"
-            for key in keys if baseline.get(key) != current.get(key)]
+    return [
+        f"{key} {baseline.get(key, 'unknown')} -> {current.get(key, 'unknown')}"
+        for key in keys
+        if baseline.get(key) != current.get(key)
+    ]

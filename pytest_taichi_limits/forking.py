@@ -65,8 +65,14 @@ class ForkLaunch:
             try:
                 for fd in (read_fd, control_write, status_read, release_write):
                     os.close(fd)
-                _keep(body, (write_fd, self.stack_fd, control_read), status_write,
-                      release_read, parent_pid, cgroup_procs)
+                _keep(
+                    body,
+                    (write_fd, self.stack_fd, control_read),
+                    status_write,
+                    release_read,
+                    parent_pid,
+                    cgroup_procs,
+                )
             finally:
                 os._exit(EXIT_INTERNAL_ERROR)
         for fd in (write_fd, control_read, status_write, release_read):
@@ -80,8 +86,9 @@ class ForkLaunch:
         first = self._status.next(block=True)
         if first is None or not isinstance(first.get("pid"), int):
             self.close()
-            raise LaunchError("the keeper process could not fork the test's child (out of "
-                              "processes or memory?)")
+            raise LaunchError(
+                "the keeper process could not fork the test's child (out of processes or memory?)"
+            )
         self.pid: int = first["pid"]
         os.set_blocking(read_fd, False)
         self._exit: ExitInfo | None = None
@@ -104,15 +111,24 @@ class ForkLaunch:
         if message is None:  # the keeper was killed: PDEATHSIG took the test's child with it
             self._exit = ExitInfo(Ending(None, signal.SIGKILL), 0, 0.0)
         else:
-            self._exit = ExitInfo(Ending.from_wait_status(int(message["status"])),
-                                  int(message["maxrss_bytes"]), float(message["cpu_s"]))
+            self._exit = ExitInfo(
+                Ending.from_wait_status(int(message["status"])),
+                int(message["maxrss_bytes"]),
+                float(message["cpu_s"]),
+            )
         return self._exit
 
     def crash_cause(self) -> str | None:
-        if self._exit is not None and self._status.ended and self._exit.maxrss_bytes == 0 \
-                and self._exit.ending.signal_number == signal.SIGKILL:
-            return ("the plugin's keeper process above the test was killed (by the test?), "
-                    "and the test process died with it")
+        if (
+            self._exit is not None
+            and self._status.ended
+            and self._exit.maxrss_bytes == 0
+            and self._exit.ending.signal_number == signal.SIGKILL
+        ):
+            return (
+                "the plugin's keeper process above the test was killed (by the test?), "
+                "and the test process died with it"
+            )
         return None
 
     def close(self) -> None:
@@ -123,8 +139,14 @@ class ForkLaunch:
         _reap_keeper(self.keeper_pid)
 
 
-def _keep(body: ChildBody, child_fds: tuple[int, int, int], status_fd: int, release_fd: int,
-          parent_pid: int, cgroup_procs: str | None) -> None:
+def _keep(
+    body: ChildBody,
+    child_fds: tuple[int, int, int],
+    status_fd: int,
+    release_fd: int,
+    parent_pid: int,
+    cgroup_procs: str | None,
+) -> None:
     """The keeper's whole life (in a fork of pytest): fork the test, wait, report, clean up."""
     gc.disable()  # a collection would write to every inherited object and copy its page
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not pytest's TerminateInOrder
@@ -154,8 +176,14 @@ def _keep(body: ChildBody, child_fds: tuple[int, int, int], status_fd: int, rele
         os.close(fd)
     _write_line(status_fd, {"pid": pid})
     _, status, rusage = os.wait4(pid, 0)
-    _write_line(status_fd, {"status": status, "maxrss_bytes": rusage.ru_maxrss * 1024,
-                            "cpu_s": rusage.ru_utime + rusage.ru_stime})
+    _write_line(
+        status_fd,
+        {
+            "status": status,
+            "maxrss_bytes": rusage.ru_maxrss * 1024,
+            "cpu_s": rusage.ru_utime + rusage.ru_stime,
+        },
+    )
     os.read(release_fd, 1)  # EOF: the parent is done (or gone)
     reap_own_children()  # whatever of the test is left: killed here, never seen by pytest
     os._exit(0)
@@ -230,5 +258,6 @@ def wait_child(pid: int, block: bool) -> ExitInfo | None:
         return ExitInfo(Ending(None, None), 0, 0.0)
     if waited == 0:
         return None
-    return ExitInfo(Ending.from_wait_status(status), rusage.ru_maxrss * 1024,
-                    rusage.ru_utime + rusage.ru_stime)
+    return ExitInfo(
+        Ending.from_wait_status(status), rusage.ru_maxrss * 1024, rusage.ru_utime + rusage.ru_stime
+    )

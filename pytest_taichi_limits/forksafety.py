@@ -61,9 +61,11 @@ def cuda_initialised_here(modules: dict[str, Any] | None = None) -> str | None:
                 continue
         try:
             initialised = query(module)
-        except Exception:  # noqa: BLE001, S112 - a library version we do not know: no verdict
+        except Exception:  # noqa: BLE001 - a library version we do not know: no verdict
             continue
         if initialised:
-            return (f"{label} initialised CUDA in the pytest process, and a forked child "
-                    "cannot use CUDA after that")
+            return (
+                f"{label} initialised CUDA in the pytest process, and a forked child "
+                "cannot use CUDA after that"
+            )
     return None

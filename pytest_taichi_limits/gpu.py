@@ -62,9 +62,14 @@ def tree_gpu_bytes(devices: Iterable[Sequence[Any]], pids: Iterable[int]) -> int
 class NvmlProbe(GpuProbe):
     """The tree's GPU memory from NVML, read at most every `min_gap_s` seconds."""
 
-    def __init__(self, root_pid: int, devices: Sequence[DeviceReader], min_gap_s: float = 0.05,
-                 clock: Callable[[], float] = time.monotonic,
-                 pids: Callable[[int], list[int]] = tree_pids) -> None:
+    def __init__(
+        self,
+        root_pid: int,
+        devices: Sequence[DeviceReader],
+        min_gap_s: float = 0.05,
+        clock: Callable[[], float] = time.monotonic,
+        pids: Callable[[int], list[int]] = tree_pids,
+    ) -> None:
         super().__init__(f"measured by NVML on {len(devices)} device(s)")
         self.root_pid = root_pid
         self.devices = devices

@@ -32,8 +32,9 @@ def pytest_taichi_limits_violation(item: pytest.Item, violation: Violation, usag
 
 
 @pytest.hookspec
-def pytest_taichi_limits_reports(item: pytest.Item, usage: Usage, violation: Violation | None,
-                                 reports: list[pytest.TestReport]) -> None:
+def pytest_taichi_limits_reports(
+    item: pytest.Item, usage: Usage, violation: Violation | None, reports: list[pytest.TestReport]
+) -> None:
     """Called with a supervised test's setup/call/teardown reports just before they are logged.
 
     Runs in the process that ran the test (an xdist worker under xdist). An implementation may

@@ -32,16 +32,19 @@ def _e(value: object) -> str:
 
 def _script_json(value: object) -> str:
     """JSON that cannot end the <script> element it sits in."""
-    return json.dumps(value, separators=(",", ":")).replace("<", "\\u003c").replace(
-        ">", "\\u003e").replace("&", "\\u0026")
+    return (
+        json.dumps(value, separators=(",", ":"))
+        .replace("<", "\\u003c")
+        .replace(">", "\\u003e")
+        .replace("&", "\\u0026")
+    )
 
 
 # -- text of a violation ------------------------------------------------------------------------
 
 
 def violation_headline(violation: Mapping[str, Any]) -> str:
-    fields = {name: violation[name] for name in Violation.__dataclass_fields__
-              if name in violation}
+    fields = {name: violation[name] for name in Violation.__dataclass_fields__ if name in violation}
     fields["signals_sent"] = tuple(fields.get("signals_sent", ()))
     try:
         return render_headline(Violation(**fields))
@@ -54,9 +57,13 @@ def violation_text(record: Mapping[str, Any]) -> str:
     violation = record.get("violation") or {}
     budget = record.get("budget") or {}
     gpu = record.get("gpu_peak_bytes")
-    lines = [violation_headline(violation),
-             (f"  caught by   {violation.get('detected_by', '?')}, during "
-             f"{violation.get('phase', '?')}")]
+    lines = [
+        violation_headline(violation),
+        (
+            f"  caught by   {violation.get('detected_by', '?')}, during "
+            f"{violation.get('phase', '?')}"
+        ),
+    ]
     if violation.get("detail"):
         lines.append(f"  detail      {violation['detail']}")
     lines += [
@@ -64,14 +71,21 @@ def violation_text(record: Mapping[str, Any]) -> str:
         f"RSS {human_bytes(float(record.get('peak_rss_bytes') or 0))} | "
         f"CPU {float(record.get('cpu_s') or 0):.2f} s | "
         f"wall {float(record.get('wall_s') or 0):.2f} s | "
-        + (f"GPU {human_bytes(float(gpu))}" if gpu is not None
-           else f"GPU {record.get('gpu_note') or 'not measured'}"),
-        "  budget      " + " ".join(
+        + (
+            f"GPU {human_bytes(float(gpu))}"
+            if gpu is not None
+            else f"GPU {record.get('gpu_note') or 'not measured'}"
+        ),
+        "  budget      "
+        + " ".join(
             f"{key}={'off' if budget.get(key) is None else f'{budget[key]:g}'}"
-            for key in _BUDGET_KEYS),
+            for key in _BUDGET_KEYS
+        ),
         f"  stopped     signals sent: {', '.join(violation.get('signals_sent') or []) or 'none'}",
-        (f"  process     pid {violation.get('pid', record.get('pid'))} "
-        f"({record.get('mode', '?')} mode, arch {record.get('arch', '?')})"),
+        (
+            f"  process     pid {violation.get('pid', record.get('pid'))} "
+            f"({record.get('mode', '?')} mode, arch {record.get('arch', '?')})"
+        ),
     ]
     stack = trim_stack(str(violation.get("stack") or "")).rstrip()
     if stack.strip():
@@ -88,9 +102,13 @@ def violation_text(record: Mapping[str, Any]) -> str:
 def chart_data(record: Mapping[str, Any]) -> dict[str, Any]:
     """What one test's charts need, compact: MiB, GiB and seconds, rounded."""
     budget = record.get("budget") or {}
-    data: dict[str, Any] = {"lm": budget.get("mem_mb"), "lc": budget.get("cpu_s"),
-                            "lg": budget.get("gpu_gb"), "va": timeline.violation_moment(record),
-                            "vr": (record.get("violation") or {}).get("resource")}
+    data: dict[str, Any] = {
+        "lm": budget.get("mem_mb"),
+        "lc": budget.get("cpu_s"),
+        "lg": budget.get("gpu_gb"),
+        "va": timeline.violation_moment(record),
+        "vr": (record.get("violation") or {}).get("resource"),
+    }
     line = record.get("timeline")
     if isinstance(line, Mapping):
         try:
@@ -102,8 +120,10 @@ def chart_data(record: Mapping[str, Any]) -> dict[str, Any]:
         data["m"] = [round(float(value) / _MB, 2) for value in line["mem_bytes"]]
         data["c"] = [round(float(value), 3) for value in line["cpu_s"]]
         if line.get("gpu_bytes") is not None:
-            data["g"] = [None if value is None else round(float(value) / 1024**3, 4)
-                         for value in line["gpu_bytes"]]
+            data["g"] = [
+                None if value is None else round(float(value) / 1024**3, 4)
+                for value in line["gpu_bytes"]
+            ]
     return data
 
 
@@ -114,21 +134,28 @@ def _header(document: Mapping[str, Any]) -> str:
     verdict = markdown.verdict(document, marks=False).removeprefix("### taichi-limits: ")
     failing = reportdata.failing(document)
     environment = document.get("environment") or {}
-    rows = "".join(f"<dt>{_e(key)}</dt><dd>{_e(value)}</dd>"
-                   for key, value in sorted(environment.items()))
+    rows = "".join(
+        f"<dt>{_e(key)}</dt><dd>{_e(value)}</dd>" for key, value in sorted(environment.items())
+    )
     baseline = document.get("baseline")
     compared = ""
     if baseline is not None:
-        compared = (f"<p>Compared with the baseline <code>{_e(baseline.get('path'))}</code>, "
-                    f"tolerance <code>{_e(baseline.get('tolerance'))}</code>.</p>")
-        compared += "".join(f'<p class="warn" role="note"><strong>Warning:</strong> {_e(line)}</p>'
-                            for line in baseline.get("environment_warnings") or [])
-    return (f'<header><h1>taichi-limits report</h1>'
-            f'<p id="verdict" class="verdict {"bad" if failing else "good"}">{_e(verdict)}</p>'
-            f'<p class="when">Written {_e(document.get("created_at", "?"))}; pytest exit status '
-            f'{_e(document.get("exit_status", "?"))}.</p>{compared}'
-            f'<details><summary>Environment</summary><dl class="env">{rows}</dl></details>'
-            f'</header>')
+        compared = (
+            f"<p>Compared with the baseline <code>{_e(baseline.get('path'))}</code>, "
+            f"tolerance <code>{_e(baseline.get('tolerance'))}</code>.</p>"
+        )
+        compared += "".join(
+            f'<p class="warn" role="note"><strong>Warning:</strong> {_e(line)}</p>'
+            for line in baseline.get("environment_warnings") or []
+        )
+    return (
+        f"<header><h1>taichi-limits report</h1>"
+        f'<p id="verdict" class="verdict {"bad" if failing else "good"}">{_e(verdict)}</p>'
+        f'<p class="when">Written {_e(document.get("created_at", "?"))}; pytest exit status '
+        f"{_e(document.get('exit_status', '?'))}.</p>{compared}"
+        f'<details><summary>Environment</summary><dl class="env">{rows}</dl></details>'
+        f"</header>"
+    )
 
 
 def _violations(records: list[dict[str, Any]], index: Mapping[str, int]) -> str:
@@ -140,7 +167,8 @@ def _violations(records: list[dict[str, Any]], index: Mapping[str, int]) -> str:
         parts.append(
             f'<article class="violation"><h3>{_e(record["nodeid"])}</h3>'
             f'<div class="charts" data-i="{index[record["nodeid"]]}"></div>'
-            f'<pre>{_e(violation_text(record))}</pre></article>')
+            f"<pre>{_e(violation_text(record))}</pre></article>"
+        )
     parts.append("</section>")
     return "".join(parts)
 
@@ -149,10 +177,12 @@ def _bars(before: float, after: float) -> str:
     """Two horizontal bars, before and after, scaled to the larger."""
     top = max(before, after, 1e-12)
     width_before, width_after = 140 * before / top, 140 * after / top
-    return (f'<svg class="bars" width="150" height="26" role="img" '
-            f'aria-label="before and after"><rect x="0" y="2" height="9" '
-            f'width="{width_before:.1f}" class="before"/><rect x="0" y="15" height="9" '
-            f'width="{width_after:.1f}" class="after"/></svg>')
+    return (
+        f'<svg class="bars" width="150" height="26" role="img" '
+        f'aria-label="before and after"><rect x="0" y="2" height="9" '
+        f'width="{width_before:.1f}" class="before"/><rect x="0" y="15" height="9" '
+        f'width="{width_after:.1f}" class="after"/></svg>'
+    )
 
 
 def _regressions(document: Mapping[str, Any], records: list[dict[str, Any]]) -> str:
@@ -160,8 +190,10 @@ def _regressions(document: Mapping[str, Any], records: list[dict[str, Any]]) -> 
         return ""
     grown = sorted((r for r in records if r.get("regression")), key=lambda r: str(r["nodeid"]))
     if not grown:
-        return ('<section id="regressions"><h2>Regressions</h2><p>No test grew beyond the '
-                'tolerance.</p></section>')
+        return (
+            '<section id="regressions"><h2>Regressions</h2><p>No test grew beyond the '
+            "tolerance.</p></section>"
+        )
     rows = []
     for record in grown:
         regression = record["regression"]
@@ -172,19 +204,22 @@ def _regressions(document: Mapping[str, Any], records: list[dict[str, Any]]) -> 
             percent = growth.get("growth_percent")
             rows.append(
                 f'<tr><td class="id">{_e(record["nodeid"])}</td>'
-                f'<td>{_e(RESOURCES[growth["resource"]][2])}</td>'
+                f"<td>{_e(RESOURCES[growth['resource']][2])}</td>"
                 f'<td class="n">{_e(amount(growth["before"], kind))}</td>'
                 f'<td class="n">{_e(amount(growth["after"], kind))}</td>'
                 f'<td class="n">{_e(amount(growth["growth"], kind, signed=True))}'
-                f'{"" if percent is None else f" ({percent:+.1f}%)"}</td>'
-                f'<td>{_bars(float(growth["before"]), float(growth["after"]))}</td>'
-                f'<td>{_e(growth["resource"])}={_e(growth["tolerance"])}'
-                f'{" (warning only)" if regression.get("warn_only") else ""}</td></tr>')
-    return (f'<section id="regressions"><h2>Regressions against the baseline ({len(grown)})</h2>'
-            '<div class="scroll"><table><thead><tr><th>Test</th><th>Resource</th>'
-            '<th>Before</th><th>After</th><th>Growth</th><th>Before / after</th>'
-            f'<th>Tolerance</th></tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
-            '</section>')
+                f"{'' if percent is None else f' ({percent:+.1f}%)'}</td>"
+                f"<td>{_bars(float(growth['before']), float(growth['after']))}</td>"
+                f"<td>{_e(growth['resource'])}={_e(growth['tolerance'])}"
+                f"{' (warning only)' if regression.get('warn_only') else ''}</td></tr>"
+            )
+    return (
+        f'<section id="regressions"><h2>Regressions against the baseline ({len(grown)})</h2>'
+        '<div class="scroll"><table><thead><tr><th>Test</th><th>Resource</th>'
+        "<th>Before</th><th>After</th><th>Growth</th><th>Before / after</th>"
+        f"<th>Tolerance</th></tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+        "</section>"
+    )
 
 
 def _row(record: Mapping[str, Any], position: int) -> str:
@@ -195,43 +230,62 @@ def _row(record: Mapping[str, Any], position: int) -> str:
     memory = float(record.get("own_memory_bytes") or 0)
     cpu, wall = float(record.get("cpu_s") or 0), float(record.get("wall_s") or 0)
     gpu = record.get("gpu_peak_bytes")
-    flags = " ".join(flag for flag, on in (("violation", record.get("violation")),
-                                           ("regression", record.get("regression"))) if on)
+    flags = " ".join(
+        flag
+        for flag, on in (
+            ("violation", record.get("violation")),
+            ("regression", record.get("regression")),
+        )
+        if on
+    )
     use_text = "—" if not use else f"{100 * use_max:.0f}%"
     use_title = ", ".join(f"{key} {100 * value:.0f}%" for key, value in sorted(use.items()))
     badges = "".join(f' <span class="badge {flag}">{flag}</span>' for flag in flags.split())
-    return (f'<tr{hidden} data-i="{position}" data-o="{_e(outcome)}" data-f="{flags}" '
-            f'data-k="{memory:.0f} {cpu:.4f} {wall:.4f} {-1 if gpu is None else gpu} '
-            f'{use_max:.4f}">'
-            f'<td class="id">{_e(record["nodeid"])}{badges}</td>'
-            f'<td><span class="o {_e(outcome)}">{_e(outcome)}</span></td>'
-            f'<td class="n">{human_bytes(memory)}</td><td class="n">{cpu:.2f} s</td>'
-            f'<td class="n">{wall:.2f} s</td>'
-            f'<td class="n">{"—" if gpu is None else human_bytes(float(gpu))}</td>'
-            f'<td class="n" title="{_e(use_title)}">{use_text}</td>'
-            f'<td><button type="button" class="show" aria-expanded="false">chart</button></td>'
-            f'</tr>')
+    return (
+        f'<tr{hidden} data-i="{position}" data-o="{_e(outcome)}" data-f="{flags}" '
+        f'data-k="{memory:.0f} {cpu:.4f} {wall:.4f} {-1 if gpu is None else gpu} '
+        f'{use_max:.4f}">'
+        f'<td class="id">{_e(record["nodeid"])}{badges}</td>'
+        f'<td><span class="o {_e(outcome)}">{_e(outcome)}</span></td>'
+        f'<td class="n">{human_bytes(memory)}</td><td class="n">{cpu:.2f} s</td>'
+        f'<td class="n">{wall:.2f} s</td>'
+        f'<td class="n">{"—" if gpu is None else human_bytes(float(gpu))}</td>'
+        f'<td class="n" title="{_e(use_title)}">{use_text}</td>'
+        f'<td><button type="button" class="show" aria-expanded="false">chart</button></td>'
+        f"</tr>"
+    )
 
 
 def _table(records: list[dict[str, Any]]) -> str:
-    headers = [("Test", "s"), ("Outcome", "s"), ("Own memory", "n0"), ("CPU", "n1"),
-               ("Wall", "n2"), ("GPU", "n3"), ("Budget use", "n4")]
-    head = "".join(f'<th aria-sort="none"><button type="button" data-sort="{key}" '
-                   f'data-col="{column}">{name}</button></th>'
-                   for column, (name, key) in enumerate(headers))
+    headers = [
+        ("Test", "s"),
+        ("Outcome", "s"),
+        ("Own memory", "n0"),
+        ("CPU", "n1"),
+        ("Wall", "n2"),
+        ("GPU", "n3"),
+        ("Budget use", "n4"),
+    ]
+    head = "".join(
+        f'<th aria-sort="none"><button type="button" data-sort="{key}" '
+        f'data-col="{column}">{name}</button></th>'
+        for column, (name, key) in enumerate(headers)
+    )
     outcomes = sorted({str(record.get("outcome")) for record in records})
     options = "".join(f'<option value="{_e(o)}">{_e(o)}</option>' for o in outcomes)
     body = "".join(_row(record, position) for position, record in enumerate(records))
-    return (f'<section id="tests"><h2>All supervised tests ({len(records)})</h2>'
-            '<div class="filters"><label>Filter <input id="filter" type="search" '
-            'placeholder="part of a test id" autocomplete="off"></label> '
-            '<label>Show <select id="show"><option value="">all outcomes</option>'
-            '<option value="violation">violations</option>'
-            f'<option value="regression">regressions</option>{options}</select></label> '
-            '<span id="count" aria-live="polite"></span> '
-            '<button type="button" id="more" hidden>show all</button></div>'
-            f'<div class="scroll"><table id="table"><thead><tr>{head}<th>Timeline</th></tr>'
-            f'</thead><tbody>{body}</tbody></table></div></section>')
+    return (
+        f'<section id="tests"><h2>All supervised tests ({len(records)})</h2>'
+        '<div class="filters"><label>Filter <input id="filter" type="search" '
+        'placeholder="part of a test id" autocomplete="off"></label> '
+        '<label>Show <select id="show"><option value="">all outcomes</option>'
+        '<option value="violation">violations</option>'
+        f'<option value="regression">regressions</option>{options}</select></label> '
+        '<span id="count" aria-live="polite"></span> '
+        '<button type="button" id="more" hidden>show all</button></div>'
+        f'<div class="scroll"><table id="table"><thead><tr>{head}<th>Timeline</th></tr>'
+        f"</thead><tbody>{body}</tbody></table></div></section>"
+    )
 
 
 _CSS = """
@@ -396,10 +450,11 @@ def render(document: Mapping[str, Any]) -> str:
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f'<title>taichi-limits report</title><style>{_CSS}</style></head><body>'
-        f'{_header(document)}<main>{_violations(records, index)}'
-        f'{_regressions(document, records)}{_table(records)}</main>'
+        f"<title>taichi-limits report</title><style>{_CSS}</style></head><body>"
+        f"{_header(document)}<main>{_violations(records, index)}"
+        f"{_regressions(document, records)}{_table(records)}</main>"
         f'<script type="application/json" id="data">{_script_json(data)}</script>'
-        f'<script>{_JS.replace("__PAGE_ROWS__", str(PAGE_ROWS))}</script>'
-        '<noscript><style>#table tr[hidden]{display:table-row}</style></noscript>'
-        '</body></html>\n')
+        f"<script>{_JS.replace('__PAGE_ROWS__', str(PAGE_ROWS))}</script>"
+        "<noscript><style>#table tr[hidden]{display:table-row}</style></noscript>"
+        "</body></html>\n"
+    )

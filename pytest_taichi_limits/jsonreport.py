@@ -56,10 +56,32 @@ _NULLABLE_OBJECT = {"type": ["object", "null"]}
 
 _RECORD_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "required": ["nodeid", "outcome", "own_memory_bytes", "peak_own_memory_bytes",
-                 "memory_method", "gpu_clamps", "peak_own_rss_bytes", "kernel_own_rss_bytes", "peak_rss_bytes", "start_rss_bytes", "peak_vms_bytes",
-                 "cpu_s", "wall_s", "gpu_peak_bytes", "gpu_note", "budget", "pid", "started_at",
-                 "mode", "arch", "worker_pid", "worker_test_number", "violation", "regression"],
+    "required": [
+        "nodeid",
+        "outcome",
+        "own_memory_bytes",
+        "peak_own_memory_bytes",
+        "memory_method",
+        "gpu_clamps",
+        "peak_own_rss_bytes",
+        "kernel_own_rss_bytes",
+        "peak_rss_bytes",
+        "start_rss_bytes",
+        "peak_vms_bytes",
+        "cpu_s",
+        "wall_s",
+        "gpu_peak_bytes",
+        "gpu_note",
+        "budget",
+        "pid",
+        "started_at",
+        "mode",
+        "arch",
+        "worker_pid",
+        "worker_test_number",
+        "violation",
+        "regression",
+    ],
     "additionalProperties": False,
     "properties": {
         "nodeid": _STRING,
@@ -81,8 +103,10 @@ _RECORD_SCHEMA: dict[str, Any] = {
             "type": "object",
             "required": ["cpu_s", "mem_mb", "wall_s", "gpu_gb"],
             "additionalProperties": False,
-            "properties": {key: {"type": ["number", "null"], "exclusiveMinimum": 0}
-                           for key in ("cpu_s", "mem_mb", "wall_s", "gpu_gb")},
+            "properties": {
+                key: {"type": ["number", "null"], "exclusiveMinimum": 0}
+                for key in ("cpu_s", "mem_mb", "wall_s", "gpu_gb")
+            },
         },
         "pid": {"type": "integer", "minimum": 1},
         "started_at": _NUMBER,
@@ -94,8 +118,20 @@ _RECORD_SCHEMA: dict[str, Any] = {
         "shm_files_left": {"type": "array", "items": _STRING},
         "violation": {
             "type": ["object", "null"],
-            "required": ["nodeid", "resource", "limit", "measured", "unit", "over_by",
-                         "detected_by", "phase", "pid", "at", "signals_sent", "stack"],
+            "required": [
+                "nodeid",
+                "resource",
+                "limit",
+                "measured",
+                "unit",
+                "over_by",
+                "detected_by",
+                "phase",
+                "pid",
+                "at",
+                "signals_sent",
+                "stack",
+            ],
             "properties": {"resource": {"enum": ["cpu_s", "mem_mb", "wall_s", "gpu_gb"]}},
         },
         "timeline": TIMELINE_SCHEMA,
@@ -105,11 +141,24 @@ _RECORD_SCHEMA: dict[str, Any] = {
             "properties": {
                 "warn_only": {"type": "boolean"},
                 "text": _STRING,
-                "growths": {"type": "array", "items": {
-                    "type": "object",
-                    "required": ["resource", "before", "before_min", "runs", "after", "growth",
-                                 "allowed", "tolerance", "exceeded", "unit"],
-                }},
+                "growths": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": [
+                            "resource",
+                            "before",
+                            "before_min",
+                            "runs",
+                            "after",
+                            "growth",
+                            "allowed",
+                            "tolerance",
+                            "exceeded",
+                            "unit",
+                        ],
+                    },
+                },
             },
         },
     },
@@ -120,8 +169,17 @@ REPORT_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "pytest-taichi-limits session report, version 2",
     "type": "object",
-    "required": ["schema", "version", "created_at", "complete", "exit_status", "environment",
-                 "records", "violations", "baseline"],
+    "required": [
+        "schema",
+        "version",
+        "created_at",
+        "complete",
+        "exit_status",
+        "environment",
+        "records",
+        "violations",
+        "baseline",
+    ],
     "additionalProperties": False,
     "properties": {
         "schema": {"const": SCHEMA},
@@ -138,8 +196,15 @@ REPORT_SCHEMA: dict[str, Any] = {
         "violations": {"type": "array", "items": {"type": "object"}},
         "baseline": {
             "type": ["object", "null"],
-            "required": ["path", "tolerance", "warn_only", "regressions", "new_tests",
-                         "missing_tests", "environment_warnings"],
+            "required": [
+                "path",
+                "tolerance",
+                "warn_only",
+                "regressions",
+                "new_tests",
+                "missing_tests",
+                "environment_warnings",
+            ],
             "properties": {
                 "path": _STRING,
                 "tolerance": _STRING,
@@ -154,13 +219,19 @@ REPORT_SCHEMA: dict[str, Any] = {
 }
 
 
-def document(records: list[Mapping[str, Any]], environment: Mapping[str, str], complete: bool,
-             exit_status: int, baseline: Mapping[str, Any] | None) -> dict[str, Any]:
+def document(
+    records: list[Mapping[str, Any]],
+    environment: Mapping[str, str],
+    complete: bool,
+    exit_status: int,
+    baseline: Mapping[str, Any] | None,
+) -> dict[str, Any]:
     return {
         "schema": SCHEMA,
         "version": VERSION,
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
-            timespec="milliseconds"),
+            timespec="milliseconds"
+        ),
         "complete": complete,
         "exit_status": exit_status,
         "environment": dict(environment),
@@ -189,8 +260,9 @@ def write_atomic(path: str, text: str) -> None:
     refuse_unsafe_target(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
-                                     dir=directory)
+    fd, temporary = tempfile.mkstemp(
+        prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory
+    )
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as stream:
             stream.write(text)

@@ -71,12 +71,21 @@ class Entry:
         if not isinstance(data, dict) or data.pop("v", None) != FORMAT_VERSION:
             raise ValueError("not a version 1 ledger entry")
         entry = cls(**data)
-        numbers = (entry.ticket, entry.pid, entry.start, entry.mem_bytes, entry.gpu_bytes,
-                   entry.overtaken)
-        if not all(type(number) is int and number >= 0 for number in numbers) \
-                or entry.state not in (WAITING, HELD) or not isinstance(entry.nodeid, str) \
-                or not (entry.device is None or type(entry.device) is int) \
-                or not isinstance(entry.since, (int, float)):
+        numbers = (
+            entry.ticket,
+            entry.pid,
+            entry.start,
+            entry.mem_bytes,
+            entry.gpu_bytes,
+            entry.overtaken,
+        )
+        if (
+            not all(type(number) is int and number >= 0 for number in numbers)
+            or entry.state not in (WAITING, HELD)
+            or not isinstance(entry.nodeid, str)
+            or not (entry.device is None or type(entry.device) is int)
+            or not isinstance(entry.since, (int, float))
+        ):
             raise ValueError("an entry field has the wrong type")
         return entry
 
@@ -89,7 +98,7 @@ def process_start(pid: int) -> int | None:
     except OSError:
         return None
     # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
-    fields = text[text.rfind(b")") + 2:].split()
+    fields = text[text.rfind(b")") + 2 :].split()
     try:
         if fields[0] == b"Z":  # a zombie holds no memory and will never release anything
             return None
@@ -119,21 +128,29 @@ def private_directory(path: str) -> str:
         os.makedirs(path, mode=0o700, exist_ok=True)
         info = os.lstat(path)
     except OSError as error:
-        raise LedgerError(error.errno, f"cannot create the admission ledger directory {path!r}: "
-                          f"{error.strerror}; set {LEDGER_DIR_ENV} to a writable directory")
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() \
-            or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise LedgerError(0, f"the admission ledger directory {path!r} is not a directory "
-                          "owned by you and writable only by you; remove it or set "
-                          f"{LEDGER_DIR_ENV} to another directory")
+        raise LedgerError(
+            error.errno,
+            f"cannot create the admission ledger directory {path!r}: "
+            f"{error.strerror}; set {LEDGER_DIR_ENV} to a writable directory",
+        ) from None
+    if (
+        not stat.S_ISDIR(info.st_mode)
+        or info.st_uid != os.getuid()
+        or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    ):
+        raise LedgerError(
+            0,
+            f"the admission ledger directory {path!r} is not a directory "
+            "owned by you and writable only by you; remove it or set "
+            f"{LEDGER_DIR_ENV} to another directory",
+        )
     return path
 
 
 class Ledger:
     """The ledger file of one directory. `transaction()` is the only way to read or change it."""
 
-    def __init__(self, directory: str,
-                 alive: Callable[[Entry], bool] = owner_alive) -> None:
+    def __init__(self, directory: str, alive: Callable[[Entry], bool] = owner_alive) -> None:
         self.directory = private_directory(directory)
         self.path = os.path.join(directory, LEDGER_NAME)
         self.lock_path = os.path.join(directory, LOCK_NAME)
@@ -171,11 +188,15 @@ class Ledger:
             except (ValueError, TypeError, KeyError):
                 bad += 1
         if bad or (text and not text.endswith("\n")):
-            warnings.warn(LedgerWarning(
-                f"the admission ledger {self.path} was damaged ({bad} unreadable line(s)); it "
-                f"was rebuilt from the {len(entries)} entries that could be read. Tests whose "
-                "reservations were lost may run alongside more than the capacity allows until "
-                "they end."), stacklevel=4)
+            warnings.warn(
+                LedgerWarning(
+                    f"the admission ledger {self.path} was damaged ({bad} unreadable line(s)); it "
+                    f"was rebuilt from the {len(entries)} entries that could be read. Tests whose "
+                    "reservations were lost may run alongside more than the capacity allows until "
+                    "they end."
+                ),
+                stacklevel=4,
+            )
             return entries, True
         return entries, False
 

@@ -79,7 +79,6 @@ def process_state(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
             text = handle.read()
-        return text[text.rindex(b")") + 2:].split()[0].decode()
+        return text[text.rindex(b")") + 2 :].split()[0].decode()
     except (OSError, ValueError, IndexError):
         return ""
-

@@ -44,20 +44,20 @@ def shorten(nodeid: str, limit: int = MAX_ID_CHARS) -> str:
     file_start = nodeid.rfind("/", 0, path_end if path_end >= 0 else len(nodeid))
     tail = nodeid[file_start:] if file_start > 0 else nodeid
     if len(tail) <= limit - 12:
-        return nodeid[:limit - len(tail) - 1] + "…" + tail
+        return nodeid[: limit - len(tail) - 1] + "…" + tail
     start = (limit - 2) // 2
-    return "…" + tail[:start] + "…" + tail[-(limit - 2 - start):]
+    return "…" + tail[:start] + "…" + tail[-(limit - 2 - start) :]
 
 
 def test_id(nodeid: str) -> str:
     return escape(shorten(nodeid))
 
 
-def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]], right: set[int]
-           ) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |",
-             "|" + "|".join("---:" if index in right else "---"
-                            for index in range(len(header))) + "|"]
+def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]], right: set[int]) -> list[str]:
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---:" if index in right else "---" for index in range(len(header))) + "|",
+    ]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return lines
 
@@ -79,21 +79,27 @@ def verdict(document: Mapping[str, Any], marks: bool = True) -> str:
     mark = "FAILED" if failing else "PASSED"
     if marks:
         mark = ("❌ " if failing else "✅ ") + mark
-    outcomes = ", ".join(f"{counts[name]} {name}" for name in
-                         ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
-                         if counts.get(name))
+    outcomes = ", ".join(
+        f"{counts[name]} {name}"
+        for name in ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
+        if counts.get(name)
+    )
     parts = [f"{violations} budget violation{'s' if violations != 1 else ''}"]
     if document.get("baseline") is not None:
         parts.append(f"{regressions} regression{'s' if regressions != 1 else ''}")
-    parts.append(f"{total} supervised test{'s' if total != 1 else ''}"
-                 + (f" ({outcomes})" if outcomes else ""))
+    parts.append(
+        f"{total} supervised test{'s' if total != 1 else ''}"
+        + (f" ({outcomes})" if outcomes else "")
+    )
     incomplete = "" if document.get("complete", True) else " — session interrupted, incomplete"
     return f"### taichi-limits: {mark} — {', '.join(parts)}{incomplete}"
 
 
 def violations_section(document: Mapping[str, Any]) -> list[str]:
-    found = sorted((record for record in reportdata.records(document) if record.get("violation")),
-                   key=lambda record: str(record["nodeid"]))
+    found = sorted(
+        (record for record in reportdata.records(document) if record.get("violation")),
+        key=lambda record: str(record["nodeid"]),
+    )
     if not found:
         return []
     rows = []
@@ -101,30 +107,49 @@ def violations_section(document: Mapping[str, Any]) -> list[str]:
         violation = record["violation"]
         resource = str(violation.get("resource"))
         limit, measured = float(violation.get("limit", 0)), float(violation.get("measured", 0))
-        over = "—" if measured <= limit else (
-            f"{_measure(resource, measured - limit)} (+{100 * (measured - limit) / limit:.1f}%)"
-            if limit else _measure(resource, measured - limit))
-        rows.append((test_id(record["nodeid"]), escape(resource),
-                     f"{limit:g} {UNITS.get(resource, '')}".strip(),
-                     _measure(resource, measured) if measured > limit else "over the limit",
-                     over))
-    return ["", f"#### Budget violations ({len(found)})", "",
-            *_table(("Test", "Resource", "Limit", "Used", "Over by"), rows, {2, 3, 4})]
+        over = (
+            "—"
+            if measured <= limit
+            else (
+                f"{_measure(resource, measured - limit)} (+{100 * (measured - limit) / limit:.1f}%)"
+                if limit
+                else _measure(resource, measured - limit)
+            )
+        )
+        rows.append(
+            (
+                test_id(record["nodeid"]),
+                escape(resource),
+                f"{limit:g} {UNITS.get(resource, '')}".strip(),
+                _measure(resource, measured) if measured > limit else "over the limit",
+                over,
+            )
+        )
+    return [
+        "",
+        f"#### Budget violations ({len(found)})",
+        "",
+        *_table(("Test", "Resource", "Limit", "Used", "Over by"), rows, {2, 3, 4}),
+    ]
 
 
 def regressions_section(document: Mapping[str, Any]) -> list[str]:
     section = document.get("baseline")
     if section is None:
         return []
-    grown = sorted((record for record in reportdata.records(document) if record.get("regression")),
-                   key=lambda record: str(record["nodeid"]))
+    grown = sorted(
+        (record for record in reportdata.records(document) if record.get("regression")),
+        key=lambda record: str(record["nodeid"]),
+    )
     lines = [""]
     for warning in section.get("environment_warnings") or []:
         lines.append(f"> **Warning:** {escape(str(warning))}")
         lines.append("")
     if not grown:
-        lines.append(f"No test grew beyond the tolerance ({escape(str(section.get('tolerance')))})"
-                     f" against the baseline `{str(section.get('path')).replace('`', '')}`.")
+        lines.append(
+            f"No test grew beyond the tolerance ({escape(str(section.get('tolerance')))})"
+            f" against the baseline `{str(section.get('path')).replace('`', '')}`."
+        )
         return lines
     rows = []
     for record in grown:
@@ -134,20 +159,33 @@ def regressions_section(document: Mapping[str, Any]) -> list[str]:
                 continue
             kind = RESOURCES[growth["resource"]][1]
             percent = growth.get("growth_percent")
-            rows.append((test_id(record["nodeid"]), RESOURCES[growth["resource"]][2],
-                         amount(growth["before"], kind), amount(growth["after"], kind),
-                         amount(growth["growth"], kind, signed=True)
-                         + ("" if percent is None else f" ({percent:+.1f}%)"),
-                         escape(f"{growth['resource']}={growth['tolerance']}")
-                         + (" (warning only)" if regression.get("warn_only") else "")))
-    lines += [f"#### Regressions against the baseline ({len(grown)})", "",
-              *_table(("Test", "Resource", "Before", "After", "Growth", "Tolerance"), rows,
-                      {2, 3, 4})]
+            rows.append(
+                (
+                    test_id(record["nodeid"]),
+                    RESOURCES[growth["resource"]][2],
+                    amount(growth["before"], kind),
+                    amount(growth["after"], kind),
+                    amount(growth["growth"], kind, signed=True)
+                    + ("" if percent is None else f" ({percent:+.1f}%)"),
+                    escape(f"{growth['resource']}={growth['tolerance']}")
+                    + (" (warning only)" if regression.get("warn_only") else ""),
+                )
+            )
+    lines += [
+        f"#### Regressions against the baseline ({len(grown)})",
+        "",
+        *_table(("Test", "Resource", "Before", "After", "Growth", "Tolerance"), rows, {2, 3, 4}),
+    ]
     return lines
 
 
-def _top(records: list[dict[str, Any]], title: str, figure: Callable[[dict[str, Any]], float],
-         cell: Callable[[dict[str, Any]], str], top: int) -> list[str]:
+def _top(
+    records: list[dict[str, Any]],
+    title: str,
+    figure: Callable[[dict[str, Any]], float],
+    cell: Callable[[dict[str, Any]], str],
+    top: int,
+) -> list[str]:
     ranked = sorted(records, key=lambda record: (-figure(record), str(record["nodeid"])))[:top]
     rows = [(test_id(record["nodeid"]), cell(record)) for record in ranked]
     return ["", f"**{title}**", "", *_table(("Test", title.split(" by ")[-1]), rows, {1})]
@@ -159,16 +197,29 @@ def top_section(document: Mapping[str, Any], top: int) -> list[str]:
         return []
     shown = min(top, len(measured))
     lines = ["", "#### Top consumers"]
-    lines += _top(measured, f"Top {shown} by own memory",
-                  lambda r: float(r.get("own_memory_bytes") or 0),
-                  lambda r: human_bytes(float(r.get("own_memory_bytes") or 0)), top)
-    lines += _top(measured, f"Top {shown} by CPU time", lambda r: float(r.get("cpu_s") or 0),
-                  lambda r: f"{float(r.get('cpu_s') or 0):.2f} s", top)
+    lines += _top(
+        measured,
+        f"Top {shown} by own memory",
+        lambda r: float(r.get("own_memory_bytes") or 0),
+        lambda r: human_bytes(float(r.get("own_memory_bytes") or 0)),
+        top,
+    )
+    lines += _top(
+        measured,
+        f"Top {shown} by CPU time",
+        lambda r: float(r.get("cpu_s") or 0),
+        lambda r: f"{float(r.get('cpu_s') or 0):.2f} s",
+        top,
+    )
     on_gpu = [record for record in measured if record.get("gpu_peak_bytes") is not None]
     if on_gpu:
-        lines += _top(on_gpu, f"Top {min(top, len(on_gpu))} by GPU memory",
-                      lambda r: float(r["gpu_peak_bytes"]),
-                      lambda r: human_bytes(float(r["gpu_peak_bytes"])), top)
+        lines += _top(
+            on_gpu,
+            f"Top {min(top, len(on_gpu))} by GPU memory",
+            lambda r: float(r["gpu_peak_bytes"]),
+            lambda r: human_bytes(float(r["gpu_peak_bytes"])),
+            top,
+        )
     return lines
 
 
@@ -187,9 +238,11 @@ def tests_section(document: Mapping[str, Any]) -> list[str]:
     section = document.get("baseline")
     if section is None:
         return []
-    return (_listed("New since the baseline, not compared", list(section.get("new_tests") or []))
-            + _listed("In the baseline but not measured in this run",
-                      list(section.get("missing_tests") or [])))
+    return _listed(
+        "New since the baseline, not compared", list(section.get("new_tests") or [])
+    ) + _listed(
+        "In the baseline but not measured in this run", list(section.get("missing_tests") or [])
+    )
 
 
 def summary(document: Mapping[str, Any], top: int = 5, limit_bytes: int = LIMIT_BYTES) -> str:
@@ -211,9 +264,14 @@ def _fit(lines: list[str], limit_bytes: int) -> str:
         line_size = len(line.encode("utf-8")) + 1
         if size + line_size > limit_bytes - note_room:
             left = len(lines) - index
-            kept += ["", (f"> **Note:** truncated to stay under {limit_bytes // 1024} KiB "
-                     f"(GitHub's job summary limit): {left} more lines left out. The JSON and "
-                     "HTML reports hold everything.")]
+            kept += [
+                "",
+                (
+                    f"> **Note:** truncated to stay under {limit_bytes // 1024} KiB "
+                    f"(GitHub's job summary limit): {left} more lines left out. The JSON and "
+                    "HTML reports hold everything."
+                ),
+            ]
             break
         kept.append(line)
         size += line_size

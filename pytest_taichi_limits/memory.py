@@ -67,8 +67,9 @@ def smaps_rollup_available() -> bool:
     return rollup(os.getpid()) is not None
 
 
-def tmpfs_mounts(candidates: Iterable[str] = ("/dev/shm", "/tmp"),
-                 mounts_text: str | None = None) -> tuple[str, ...]:
+def tmpfs_mounts(
+    candidates: Iterable[str] = ("/dev/shm", "/tmp"), mounts_text: str | None = None
+) -> tuple[str, ...]:
     """Which of `candidates` are tmpfs mount points (memory, not disk)."""
     if mounts_text is None:
         try:
@@ -76,8 +77,11 @@ def tmpfs_mounts(candidates: Iterable[str] = ("/dev/shm", "/tmp"),
                 mounts_text = handle.read()
         except OSError:
             return ()
-    tmpfs = {words[1] for words in (line.split() for line in mounts_text.splitlines())
-             if len(words) >= 3 and words[2] == "tmpfs"}
+    tmpfs = {
+        words[1]
+        for words in (line.split() for line in mounts_text.splitlines())
+        if len(words) >= 3 and words[2] == "tmpfs"
+    }
     return tuple(path for path in candidates if path in tmpfs)
 
 
@@ -128,8 +132,9 @@ def shm_entries(directory: str = "/dev/shm") -> frozenset[tuple[str, int]]:
 
 def files_left(before: frozenset[tuple[str, int]], directory: str = "/dev/shm") -> tuple[str, ...]:
     """Paths in `directory` that were not there (by name and inode) in `before`."""
-    return tuple(sorted(os.path.join(directory, name)
-                        for name, _ in shm_entries(directory) - before))
+    return tuple(
+        sorted(os.path.join(directory, name) for name, _ in shm_entries(directory) - before)
+    )
 
 
 def remove_files(paths: Iterable[str]) -> list[str]:
@@ -223,8 +228,10 @@ class MemoryMeter:
 def own_bytes(reading: Reading, baseline: Reading) -> int:
     """What the test holds at `reading`, above what was there at `baseline` (its start)."""
     anon = reading.anon_bytes - baseline.anon_bytes
-    shm = max(reading.mapped_shm_bytes - baseline.mapped_shm_bytes,
-              reading.unmapped_shm_bytes - baseline.unmapped_shm_bytes)
+    shm = max(
+        reading.mapped_shm_bytes - baseline.mapped_shm_bytes,
+        reading.unmapped_shm_bytes - baseline.unmapped_shm_bytes,
+    )
     return max(0, anon + max(0, shm))
 
 
@@ -265,8 +272,13 @@ class MemoryWatch:
     next_forced_at: float = 0.0
 
     @classmethod
-    def start_for(cls, origin_pid: int, keeper_pid: int, limit: int | None,
-                  test_cgroup: cgroup.TestCgroup | None = None) -> MemoryWatch:
+    def start_for(
+        cls,
+        origin_pid: int,
+        keeper_pid: int,
+        limit: int | None,
+        test_cgroup: cgroup.TestCgroup | None = None,
+    ) -> MemoryWatch:
         meter = MemoryMeter(origin_pid, keeper_pid) if smaps_rollup_available() else None
         return cls(meter, limit, linux.rss_bytes(origin_pid), test_cgroup)
 
@@ -332,8 +344,11 @@ class MemoryWatch:
             return False
         if now >= self.next_exact_at:
             return True
-        return self.limit is not None and now >= self.next_forced_at \
+        return (
+            self.limit is not None
+            and now >= self.next_forced_at
             and self.estimate(sample) > self.limit
+        )
 
     def exact(self, tree: ProcessTree, sample: TreeSample, now: float) -> None:
         if self.test_cgroup is not None:

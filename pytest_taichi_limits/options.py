@@ -51,8 +51,9 @@ def add_options(parser: pytest.Parser) -> None:
         "marked @pytest.mark.taichi_limits(...) are supervised even without it. "
         "(ini: taichi_limits = true)",
     )
-    parser.addini("taichi_limits", "supervise every test (like --taichi-limits)", type="bool",
-                  default=False)
+    parser.addini(
+        "taichi_limits", "supervise every test (like --taichi-limits)", type="bool", default=False
+    )
     for key in BUDGET_KEYS:
         default = BUILTIN_DEFAULTS[key]
         shown = "off" if default is None else f"{default:g}"
@@ -66,7 +67,9 @@ def add_options(parser: pytest.Parser) -> None:
         )
         parser.addini(_ini(key), f"default {key} for supervised tests ('off' for none)")
     group.addoption(
-        "--taichi-limits-interval", dest="taichi_limits_interval", metavar="SECONDS",
+        "--taichi-limits-interval",
+        dest="taichi_limits_interval",
+        metavar="SECONDS",
         default=None,
         help="finest interval at which the supervisor samples memory and CPU of the test's "
         "processes, used as a limit comes near; far from every limit it samples every 0.1 s "
@@ -74,20 +77,28 @@ def add_options(parser: pytest.Parser) -> None:
     )
     parser.addini("taichi_limits_interval", "supervisor sampling interval in seconds")
     group.addoption(
-        "--taichi-limits-grace", dest="taichi_limits_grace", metavar="SECONDS", default=None,
+        "--taichi-limits-grace",
+        dest="taichi_limits_grace",
+        metavar="SECONDS",
+        default=None,
         help="after a violation, seconds between SIGTERM and SIGKILL "
         f"(default {_SETTING_DEFAULTS['grace']:g}; ini: taichi_limits_grace)",
     )
     parser.addini("taichi_limits_grace", "seconds between SIGTERM and SIGKILL")
     group.addoption(
-        "--taichi-limits-mode", dest="taichi_limits_mode", choices=MODES, default=None,
+        "--taichi-limits-mode",
+        dest="taichi_limits_mode",
+        choices=MODES,
+        default=None,
         help="how the child starts: fork (fast), spawn (a fresh interpreter, needed once Taichi "
         "was initialised in the pytest process), auto (fork unless Taichi is initialised). "
         "Default auto. (ini: taichi_limits_mode)",
     )
     parser.addini("taichi_limits_mode", "auto, fork or spawn")
     group.addoption(
-        "--taichi-limits-isolation", dest="taichi_limits_isolation", choices=ISOLATIONS,
+        "--taichi-limits-isolation",
+        dest="taichi_limits_isolation",
+        choices=ISOLATIONS,
         default=None,
         help="how many tests share one supervised child: test (a fresh child per test; a "
         "module that needs a fresh interpreter still shares one worker), module (one child "
@@ -98,13 +109,18 @@ def add_options(parser: pytest.Parser) -> None:
     )
     parser.addini("taichi_limits_isolation", "test, module or session")
     group.addoption(
-        "--taichi-limits-clean-shm", dest="taichi_limits_clean_shm", action="store_true",
+        "--taichi-limits-clean-shm",
+        dest="taichi_limits_clean_shm",
+        action="store_true",
         default=False,
         help="remove what a supervised test created in /dev/shm and left there (each test's "
         "report lists such files either way)",
     )
     group.addoption(
-        "--taichi-limits-arch", dest="taichi_limits_arch", metavar="ARCH", default=None,
+        "--taichi-limits-arch",
+        dest="taichi_limits_arch",
+        metavar="ARCH",
+        default=None,
         help="arch for the taichi_limits_ti fixture (cpu, x64, cuda, vulkan, ...). Default "
         "cpu. (ini: taichi_limits_arch)",
     )
@@ -181,7 +197,8 @@ def read_options(config: pytest.Config) -> Options:
     if isolation not in ISOLATIONS:
         raise pytest.UsageError(
             f"ini option taichi_limits_isolation must be one of {', '.join(ISOLATIONS)}, got "
-            f"{isolation!r}")
+            f"{isolation!r}"
+        )
     cli_arch, ini_arch = _raw(config, "taichi_limits_arch")
     settings = Settings(
         interval_s=_seconds(config, "interval", 0.001, 10.0),

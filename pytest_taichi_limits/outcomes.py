@@ -17,8 +17,12 @@ _PARENT_MADE: weakref.WeakSet[pytest.TestReport] = weakref.WeakSet()
 INTERRUPTED = "interrupted"
 
 
-def parent_report(item: pytest.Item, when: str, failure_text: str | None = None,
-                  keep: pytest.TestReport | None = None) -> pytest.TestReport:
+def parent_report(
+    item: pytest.Item,
+    when: str,
+    failure_text: str | None = None,
+    keep: pytest.TestReport | None = None,
+) -> pytest.TestReport:
     """A report for `item`'s `when` phase: passed, or failed with `failure_text` (no traceback).
 
     `keep` is the child's own report of that phase, if it sent one: what it captured stays

@@ -51,8 +51,10 @@ def check_replaceable(option: str, typed: str) -> None:
         # The only sure test of a directory (/proc, a read-only mount, root's access() lies).
         fd, probe = tempfile.mkstemp(prefix=".taichi-limits-probe-", dir=directory)
     except OSError as error:
-        raise OutputError(f"{option}: cannot write {where}: cannot create a file in "
-                          f"{directory!r} ({error.strerror or error})") from None
+        raise OutputError(
+            f"{option}: cannot write {where}: cannot create a file in "
+            f"{directory!r} ({error.strerror or error})"
+        ) from None
     os.close(fd)
     os.unlink(probe)
 
@@ -66,6 +68,8 @@ def check_distinct(paths: Mapping[str, str | None]) -> None:
             continue
         key = os.path.realpath(resolve(path))
         if key in seen:
-            raise OutputError(f"{seen[key]} and {option} name the same file {path!r}: give each "
-                              "output its own file")
+            raise OutputError(
+                f"{seen[key]} and {option} name the same file {path!r}: give each "
+                "output its own file"
+            )
         seen[key] = option

@@ -67,8 +67,9 @@ def pytest_configure(config: pytest.Config) -> None:
     if is_worker(config):
         # A spawn-mode worker runs one test for the parent: options and fixtures, nothing else
         # (no results plugin, so no log, JSON or baseline written from there).
-        config.pluginmanager.register(TaichiLimitsPlugin(config, read_options(config)),
-                                      _PLUGIN_NAME)
+        config.pluginmanager.register(
+            TaichiLimitsPlugin(config, read_options(config)), _PLUGIN_NAME
+        )
         return
     config.pluginmanager.register(TaichiLimitsPlugin(config, read_options(config)), _PLUGIN_NAME)
     reports.register(config)
@@ -135,8 +136,9 @@ class TaichiLimitsPlugin:
             try:
                 marked = marker_values(item.nodeid, markers)
                 marker_arch(item.nodeid, markers)
-                isolation[item.nodeid] = marker_isolation(item.nodeid, markers) \
-                    or self.options.settings.isolation
+                isolation[item.nodeid] = (
+                    marker_isolation(item.nodeid, markers) or self.options.settings.isolation
+                )
             except BudgetError as error:
                 self._collection_error(item, str(error))
                 continue
@@ -200,7 +202,9 @@ class TaichiLimitsPlugin:
         exits = result.of_kind(Kind.EXIT)
         # Facts only the messages tell, before anything renders the usage (frozen: replaced).
         result.usage = dataclasses.replace(
-            result.usage, arch=environment.taichi_arch(result.messages),
-            interrupted=describe_exit(exits[-1]) if exits else "")
+            result.usage,
+            arch=environment.taichi_arch(result.messages),
+            interrupted=describe_exit(exits[-1]) if exits else "",
+        )
         replay.replay(item, result, admission.report_lines(result.usage.admission))
         return exits[-1] if exits else None

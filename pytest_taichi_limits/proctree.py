@@ -82,7 +82,7 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 def start_ticks(stat: bytes) -> int:
     """Field 22 of /proc/<pid>/stat: when the process started, in clock ticks after boot."""
-    return int(stat[stat.rindex(b")") + 2:].split()[19])
+    return int(stat[stat.rindex(b")") + 2 :].split()[19])
 
 
 def _add_figures(statm_text: bytes, stat: bytes, into: TreeSample) -> bool:
@@ -93,7 +93,7 @@ def _add_figures(statm_text: bytes, stat: bytes, into: TreeSample) -> bool:
     into.rss_bytes += int(statm[1]) * _PAGE_SIZE
     # Fields after the command name (which may hold spaces): utime stime cutime cstime are
     # fields 14-17 of proc(5). Reaped descendants are folded into cutime/cstime.
-    fields = stat[stat.rindex(b")") + 2:].split()
+    fields = stat[stat.rindex(b")") + 2 :].split()
     ticks = int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
     into.cpu_s += ticks / _CLOCK_TICKS
     into.processes += 1
@@ -164,7 +164,7 @@ class _Seen:
             os.close(fd)
         if not stat or start_ticks(stat) != self.ticks:
             return False
-        state = stat[stat.rindex(b")") + 2:][:1]
+        state = stat[stat.rindex(b")") + 2 :][:1]
         return state not in (b"Z", b"X")
 
 
@@ -186,8 +186,9 @@ class ProcessTree:
     it is the test's.
     """
 
-    def __init__(self, root_pid: int, include_root: bool = True,
-                 keep_open: int = KEEP_OPEN_MEMBERS) -> None:
+    def __init__(
+        self, root_pid: int, include_root: bool = True, keep_open: int = KEEP_OPEN_MEMBERS
+    ) -> None:
         self.root_pid = root_pid
         self.include_root = include_root
         self.keep_open = keep_open

@@ -1,4 +1,4 @@
-"""The wire between the supervised child and the parent: one closed vocabulary, decoded in one place.
+"""The wire between the supervised child and the parent: one closed vocabulary, decoded once.
 
 Two pipes join them. The child writes *messages* (JSON lines, `channel.py`) about the test it
 runs; the parent writes *commands* (JSON lines) telling an idle child which test to run next. A
@@ -61,8 +61,13 @@ class RunCommand:
     gpu_gb: float | None  # the test's GPU budget, for the ti.init cap
 
     def encode(self) -> bytes:
-        fields = {"c": "run", "index": self.index, "next": self.next_index,
-                  "cpu_s": self.cpu_s, "gpu_gb": self.gpu_gb}
+        fields = {
+            "c": "run",
+            "index": self.index,
+            "next": self.next_index,
+            "cpu_s": self.cpu_s,
+            "gpu_gb": self.gpu_gb,
+        }
         return (json.dumps(fields) + "\n").encode()
 
 
@@ -101,8 +106,9 @@ class CommandReader:
         fields: Any = json.loads(line)
         if fields.get("c") != "run":
             return None
-        return RunCommand(int(fields["index"]), fields.get("next"), fields.get("cpu_s"),
-                          fields.get("gpu_gb"))
+        return RunCommand(
+            int(fields["index"]), fields.get("next"), fields.get("cpu_s"), fields.get("gpu_gb")
+        )
 
 
 def kind_of(message: dict[str, Any]) -> str:

@@ -176,8 +176,7 @@ class Violation:
         fields = _object(data, "violation")
         resource = _text(fields, "resource", "violation")
         if resource not in UNITS:
-            raise RecordError(f"violation: resource {resource!r} is not one of "
-                              f"{', '.join(UNITS)}")
+            raise RecordError(f"violation: resource {resource!r} is not one of {', '.join(UNITS)}")
         signals = fields.get("signals_sent")
         if not isinstance(signals, list) or not all(isinstance(s, str) for s in signals):
             raise RecordError("violation: signals_sent must be a list of signal names")
@@ -253,8 +252,13 @@ class UsageRecord:
         return self.outcome not in ("skipped", "interrupted")
 
     @classmethod
-    def from_usage(cls, usage: Usage, outcome: str, violation: Violation | None,
-                   regression: Mapping[str, Any] | None = None) -> UsageRecord:
+    def from_usage(
+        cls,
+        usage: Usage,
+        outcome: str,
+        violation: Violation | None,
+        regression: Mapping[str, Any] | None = None,
+    ) -> UsageRecord:
         return cls(
             nodeid=usage.nodeid,
             outcome=outcome,
@@ -306,9 +310,11 @@ class UsageRecord:
             raise RecordError(f"{where}: outcome {outcome!r} is not one of {', '.join(OUTCOMES)}")
         budget = _object(_field(fields, "budget", where), f"{where}: budget")
         if set(budget) != set(BUDGET_KEYS) or not all(
-                value is None or _is_number(value) for value in budget.values()):
-            raise RecordError(f"{where}: budget must map {', '.join(BUDGET_KEYS)} to numbers "
-                              "or null")
+            value is None or _is_number(value) for value in budget.values()
+        ):
+            raise RecordError(
+                f"{where}: budget must map {', '.join(BUDGET_KEYS)} to numbers or null"
+            )
         clamps = _field(fields, "gpu_clamps", where)
         if not isinstance(clamps, list) or not all(isinstance(note, str) for note in clamps):
             raise RecordError(f"{where}: gpu_clamps must be a list of strings")
@@ -333,8 +339,7 @@ class UsageRecord:
             gpu_peak_bytes=None if gpu is None else _integer(fields, "gpu_peak_bytes", where),
             gpu_note=_text(fields, "gpu_note", where),
             gpu_clamps=tuple(clamps),
-            budget={key: None if value is None else float(value)
-                    for key, value in budget.items()},
+            budget={key: None if value is None else float(value) for key, value in budget.items()},
             pid=_integer(fields, "pid", where),
             started_at=_number(fields, "started_at", where),
             mode=_text(fields, "mode", where),
@@ -354,8 +359,7 @@ class UsageRecord:
 
 def _is_number(value: Any) -> bool:
     # bool is an int to Python, never a figure; NaN and infinity are no measurement either.
-    return isinstance(value, (int, float)) and not isinstance(value, bool) \
-        and math.isfinite(value)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _object(value: Any, where: str) -> dict[str, Any]:

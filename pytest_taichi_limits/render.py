@@ -45,8 +45,10 @@ def gpu_cap_lines(usage: Usage) -> list[str]:
     the test left in /dev/shm."""
     lines = [f"GPU cap: {clamp_note(note, usage.arch)}" for note in usage.gpu_clamps]
     if usage.shm_files_left:
-        lines.append(f"left in /dev/shm (memory the machine still holds; "
-                     f"--taichi-limits-clean-shm removes it): {', '.join(usage.shm_files_left)}")
+        lines.append(
+            f"left in /dev/shm (memory the machine still holds; "
+            f"--taichi-limits-clean-shm removes it): {', '.join(usage.shm_files_left)}"
+        )
     return lines
 
 
@@ -55,21 +57,27 @@ def clamp_note(note: str, arch: str) -> str:
     ti.init but takes nothing away, since Taichi's CPU backend never uses that pool."""
     if arch not in CPU_ARCHS:
         return note
-    return _CLAMPED.sub(f": the gpu_gb cap does not apply on arch {arch} (device_memory_GB is "
-                        "a GPU pool; the CPU backend's memory counts against mem_mb)", note)
+    return _CLAMPED.sub(
+        f": the gpu_gb cap does not apply on arch {arch} (device_memory_GB is "
+        "a GPU pool; the CPU backend's memory counts against mem_mb)",
+        note,
+    )
 
 
 def usage_line(usage: Usage) -> str:
     kernel = f"kernel peak +{human_bytes(usage.kernel_own_rss_bytes)}"
     if usage.peak_rss_bytes:
-        sampled = (f"own memory +{human_bytes(usage.peak_own_memory_bytes)} "
-                   f"({usage.memory_method}; {kernel}) | "
-                   f"RSS {human_bytes(usage.peak_rss_bytes)} "
-                   f"(started at {human_bytes(usage.start_rss_bytes)}) | "
-                   f"VMS {human_bytes(usage.peak_vms_bytes)}")
+        sampled = (
+            f"own memory +{human_bytes(usage.peak_own_memory_bytes)} "
+            f"({usage.memory_method}; {kernel}) | "
+            f"RSS {human_bytes(usage.peak_rss_bytes)} "
+            f"(started at {human_bytes(usage.start_rss_bytes)}) | "
+            f"VMS {human_bytes(usage.peak_vms_bytes)}"
+        )
     else:  # the test ended before the first sample: only the kernel's figure exists
-        sampled = (f"own memory not sampled ({kernel}, "
-                   f"started at {human_bytes(usage.start_rss_bytes)})")
+        sampled = (
+            f"own memory not sampled ({kernel}, started at {human_bytes(usage.start_rss_bytes)})"
+        )
     return f"{sampled} | CPU {usage.cpu_s:.2f} s | wall {usage.wall_s:.2f} s | {gpu_text(usage)}"
 
 
@@ -93,8 +101,10 @@ def _timestamp(unix_time: float) -> str:
 def violation_headline(violation: Violation) -> str:
     if violation.measured <= violation.limit:
         # Caught by Taichi itself (its pool ran out at the cap): there is no figure above it.
-        return (f"taichi_limits: {violation.resource} exceeded: the test needed more than the "
-                f"limit {_limit(violation.resource, violation.limit)}")
+        return (
+            f"taichi_limits: {violation.resource} exceeded: the test needed more than the "
+            f"limit {_limit(violation.resource, violation.limit)}"
+        )
     percent = 100.0 * violation.over_by / violation.limit if violation.limit else 0.0
     return (
         f"taichi_limits: {violation.resource} exceeded: "
@@ -115,11 +125,13 @@ def violation_report(violation: Violation, usage: Usage) -> str:
         lines.append(f"  detail      {violation.detail}")
     lines += [
         f"  peak usage  {usage_line(usage)}",
-        *[f"  gpu cap     {line[len('GPU cap: '):]}" for line in gpu_cap_lines(usage)],
+        *[f"  gpu cap     {line[len('GPU cap: ') :]}" for line in gpu_cap_lines(usage)],
         f"  budget      {budget_text(usage.budget)}",
         f"  stopped     signals sent: {signals}; the test process {ending}",
-        (f"  process     pid {violation.pid}, caught at {_timestamp(violation.at)}, "
-         f"ran {usage.wall_s:.2f} s ({usage.mode} mode)"),
+        (
+            f"  process     pid {violation.pid}, caught at {_timestamp(violation.at)}, "
+            f"ran {usage.wall_s:.2f} s ({usage.mode} mode)"
+        ),
     ]
     lines += _stack_lines("stack at the moment of violation (all threads)", violation.stack)
     return "\n".join(lines)
@@ -132,8 +144,10 @@ def crash_report(crash: Crash, usage: Usage) -> str:
         *([f"  hint        {crash.hint}"] if crash.hint else []),
         f"  last usage  {usage_line(usage)}",
         f"  budget      {budget_text(usage.budget)}",
-        (f"  process     pid {usage.pid}, started at {_timestamp(usage.started_at)} "
-         f"({usage.mode} mode)"),
+        (
+            f"  process     pid {usage.pid}, started at {_timestamp(usage.started_at)} "
+            f"({usage.mode} mode)"
+        ),
     ]
     lines += _stack_lines("stack written by faulthandler", crash.stack)
     return "\n".join(lines)
@@ -147,8 +161,11 @@ def trim_stack(stack: str) -> str:
         # between the test and Taichi: the frames above and below them belong to the test.
         frames = [frame for frame in frames if not _init_wrapper_frame(frame)]
         plugin_frame = next(
-            (index for index, frame in enumerate(frames) if "pytest_taichi_limits" in frame
-             and "pytest_taichi_limits/fixtures" not in frame),
+            (
+                index
+                for index, frame in enumerate(frames)
+                if "pytest_taichi_limits" in frame and "pytest_taichi_limits/fixtures" not in frame
+            ),
             len(frames),
         )
         frames = frames[:plugin_frame]  # below it is how the plugin called the test
@@ -161,7 +178,9 @@ def trim_stack(stack: str) -> str:
 def _init_wrapper_frame(frame: str) -> bool:
     return "pytest_taichi_limits/" in frame and (
         "pytest_taichi_limits/taichi_support" in frame
-        or "pytest_taichi_limits/taichi_hooks" in frame or frame.rstrip().endswith(" in init"))
+        or "pytest_taichi_limits/taichi_hooks" in frame
+        or frame.rstrip().endswith(" in init")
+    )
 
 
 def _thread_blocks(lines: list[str]) -> list[tuple[str, list[str]]]:
@@ -196,8 +215,10 @@ def user_properties(usage: Usage, violation: Violation | None) -> list[tuple[str
         ("taichi_limits_vms_bytes", usage.peak_vms_bytes),
         ("taichi_limits_cpu_s", round(usage.cpu_s, 4)),
         ("taichi_limits_wall_s", round(usage.wall_s, 4)),
-        ("taichi_limits_gpu_bytes",
-         usage.gpu_peak_bytes if usage.gpu_peak_bytes is not None else usage.gpu_note),
+        (
+            "taichi_limits_gpu_bytes",
+            usage.gpu_peak_bytes if usage.gpu_peak_bytes is not None else usage.gpu_note,
+        ),
     ]
     for key in BUDGET_KEYS:
         value = getattr(usage.budget, key)

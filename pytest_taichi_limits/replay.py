@@ -36,7 +36,8 @@ def replay(item: pytest.Item, result: RunResult, usage_lines: list[str]) -> None
     emit_warnings(result)
     # Seam for the baseline compare: it may turn the call report into a failure.
     item.config.hook.pytest_taichi_limits_reports(
-        item=item, usage=result.usage, violation=result.violation, reports=reports)
+        item=item, usage=result.usage, violation=result.violation, reports=reports
+    )
     _record(item, result, reports, usage_lines, show_usage=failure_text is None)
     for report in reports:
         item.ihook.pytest_runtest_logreport(report=report)
@@ -48,19 +49,24 @@ def fail_without_running(item: pytest.Item, text: str) -> None:
         item.ihook.pytest_runtest_logreport(report=report)
 
 
-def received_reports(item: pytest.Item,
-                     result: RunResult) -> tuple[dict[str, pytest.TestReport], str | None]:
+def received_reports(
+    item: pytest.Item, result: RunResult
+) -> tuple[dict[str, pytest.TestReport], str | None]:
     received: dict[str, pytest.TestReport] = {}
     problem = result.channel_problem
     for message in result.of_kind(Kind.REPORT):
         try:
             report = item.config.hook.pytest_report_from_serializable(
-                config=item.config, data=message.get("data"))
+                config=item.config, data=message.get("data")
+            )
         except Exception as error:  # noqa: BLE001 - a forged report is a failure, not a crash
             problem = problem or f"the child sent an unreadable report ({error})"
             continue
-        if not isinstance(report, pytest.TestReport) or report.nodeid != item.nodeid \
-                or report.when not in PHASES:
+        if (
+            not isinstance(report, pytest.TestReport)
+            or report.nodeid != item.nodeid
+            or report.when not in PHASES
+        ):
             problem = problem or "the child sent a report that is not for this test"
             continue
         received[report.when] = report
@@ -77,8 +83,9 @@ def failure_text_of(result: RunResult, problem: str | None) -> str | None:
     if result.crash is not None:
         return render.crash_report(result.crash, result.usage)
     if problem is not None:
-        crash = Crash(result.usage.nodeid, problem + "; the test's own result is unknown",
-                      result.phase, "")
+        crash = Crash(
+            result.usage.nodeid, problem + "; the test's own result is unknown", result.phase, ""
+        )
         return render.crash_report(crash, result.usage)
     return None
 
@@ -87,12 +94,20 @@ def emit_warnings(result: RunResult) -> None:
     for message in result.of_kind(Kind.WARNING):
         category = _warning_category(str(message.get("category", "")))
         warnings.warn_explicit(
-            str(message.get("message")), category,
-            str(message.get("filename", "?")), int(message.get("lineno") or 0))
+            str(message.get("message")),
+            category,
+            str(message.get("filename", "?")),
+            int(message.get("lineno") or 0),
+        )
 
 
-def _record(item: pytest.Item, result: RunResult, reports: list[pytest.TestReport],
-            usage_lines: list[str], show_usage: bool) -> None:
+def _record(
+    item: pytest.Item,
+    result: RunResult,
+    reports: list[pytest.TestReport],
+    usage_lines: list[str],
+    show_usage: bool,
+) -> None:
     usage, violation = result.usage, result.violation
     properties = render.user_properties(usage, violation)
     section = "\n".join([render.usage_line(usage), *render.gpu_cap_lines(usage), *usage_lines])
@@ -103,22 +118,25 @@ def _record(item: pytest.Item, result: RunResult, reports: list[pytest.TestRepor
     item.config.hook.pytest_taichi_limits_usage(item=item, usage=usage)
     if violation is not None:
         _log_violation(violation, usage)
-        item.config.hook.pytest_taichi_limits_violation(item=item, violation=violation,
-                                                        usage=usage)
+        item.config.hook.pytest_taichi_limits_violation(item=item, violation=violation, usage=usage)
 
 
 def _missing_phase(item: pytest.Item, received: dict[str, pytest.TestReport]) -> str | None:
     """The first phase whose report a child that ran the whole protocol must have sent."""
     if "setup" not in received:
         return "setup"
-    if received["setup"].passed and "call" not in received \
-            and not item.config.getoption("setuponly", False):
+    if (
+        received["setup"].passed
+        and "call" not in received
+        and not item.config.getoption("setuponly", False)
+    ):
         return "call"
     return None if "teardown" in received else "teardown"
 
 
-def complete_phases(item: pytest.Item, received: dict[str, pytest.TestReport],
-                    failure_text: str | None) -> list[pytest.TestReport]:
+def complete_phases(
+    item: pytest.Item, received: dict[str, pytest.TestReport], failure_text: str | None
+) -> list[pytest.TestReport]:
     """setup, call (when setup passed) and teardown, with any failure put on the test itself."""
     setup = received.get("setup") or parent_report(item, "setup", None)
     reports = [setup]
@@ -147,6 +165,10 @@ def _warning_category(path: str) -> type[Warning]:
 
 def _log_violation(violation: Violation, usage: Usage) -> None:
     logger.warning(
-        "%s", render.violation_headline(violation) + f" in {violation.nodeid}",
-        extra={"taichi_limits_violation": violation.to_json(),
-               "taichi_limits_usage": usage.to_json()})
+        "%s",
+        render.violation_headline(violation) + f" in {violation.nodeid}",
+        extra={
+            "taichi_limits_violation": violation.to_json(),
+            "taichi_limits_usage": usage.to_json(),
+        },
+    )

@@ -38,7 +38,7 @@ def read_json(path: str) -> Any:
 
 
 def kind_of(data: Any) -> str:
-    """"report", "baseline" or "unknown"."""
+    """ "report", "baseline" or "unknown"."""
     if isinstance(data, dict):
         if data.get("schema") == jsonreport.SCHEMA:
             return "report"
@@ -51,23 +51,28 @@ def check_report(path: str, data: Any) -> dict[str, Any]:
     """`data` as a JSON report of the version this plugin writes; InputError otherwise."""
     kind = kind_of(data)
     if kind == "baseline":
-        raise InputError(f"{path} is a baseline, not a JSON report: give the file written by "
-                         "--taichi-limits-json")
+        raise InputError(
+            f"{path} is a baseline, not a JSON report: give the file written by "
+            "--taichi-limits-json"
+        )
     if kind != "report":
-        raise InputError(f"{path} is not a pytest-taichi-limits JSON report (no \"schema\": "
-                         f"\"{jsonreport.SCHEMA}\"); write one with --taichi-limits-json")
+        raise InputError(
+            f'{path} is not a pytest-taichi-limits JSON report (no "schema": '
+            f'"{jsonreport.SCHEMA}"); write one with --taichi-limits-json'
+        )
     if data.get("version") != jsonreport.VERSION:
-        raise InputError(f"{path} is a JSON report of version {data.get('version')!r}; this "
-                         f"version of pytest-taichi-limits reads version {jsonreport.VERSION}: "
-                         "write it again with this version")
+        raise InputError(
+            f"{path} is a JSON report of version {data.get('version')!r}; this "
+            f"version of pytest-taichi-limits reads version {jsonreport.VERSION}: "
+            "write it again with this version"
+        )
     records = data.get("records")
     if not isinstance(records, list) or not all(
-            isinstance(record, dict) and isinstance(record.get("nodeid"), str)
-            for record in records):
-        raise InputError(f"{path} is damaged: \"records\" must be a list of records with a "
-                         "\"nodeid\"")
+        isinstance(record, dict) and isinstance(record.get("nodeid"), str) for record in records
+    ):
+        raise InputError(f'{path} is damaged: "records" must be a list of records with a "nodeid"')
     if not isinstance(data.get("environment"), dict):
-        raise InputError(f"{path} is damaged: \"environment\" must be an object")
+        raise InputError(f'{path} is damaged: "environment" must be an object')
     return dict(data)
 
 
@@ -79,8 +84,10 @@ def load_baseline(path: str) -> baselines.Baseline:
     """A baseline file, through baseline.load; a JSON report given instead is named as such."""
     data = read_json(path)
     if kind_of(data) == "report":
-        raise InputError(f"{path} is a JSON report, not a baseline: give the file written by "
-                         "--taichi-limits-save-baseline")
+        raise InputError(
+            f"{path} is a JSON report, not a baseline: give the file written by "
+            "--taichi-limits-save-baseline"
+        )
     try:
         return baselines.load(path)
     except baselines.BaselineError as error:
@@ -151,6 +158,9 @@ def regression_fails(record: Mapping[str, Any]) -> bool:
 
 def failing(document: Mapping[str, Any]) -> bool:
     """A violation, a failing regression, or a failed or erroring test."""
-    return any(record.get("violation") or regression_fails(record)
-               or record.get("outcome") in ("failed", "error")
-               for record in records(document))
+    return any(
+        record.get("violation")
+        or regression_fails(record)
+        or record.get("outcome") in ("failed", "error")
+        for record in records(document)
+    )

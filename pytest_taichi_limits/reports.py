@@ -40,9 +40,11 @@ DEFAULT_TOP = 5
 
 def _complete(exitstatus: int) -> bool:
     """False for a session cut short: tests that did not run have no record."""
-    return int(exitstatus) not in (int(pytest.ExitCode.INTERRUPTED),
-                                   int(pytest.ExitCode.INTERNAL_ERROR),
-                                   int(pytest.ExitCode.USAGE_ERROR))
+    return int(exitstatus) not in (
+        int(pytest.ExitCode.INTERRUPTED),
+        int(pytest.ExitCode.INTERNAL_ERROR),
+        int(pytest.ExitCode.USAGE_ERROR),
+    )
 
 
 class TaichiLimitsRegressionWarning(pytest.PytestWarning):
@@ -66,52 +68,83 @@ class ReportOptions:
 def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("taichi-limits")
     group.addoption(
-        "--taichi-limits-json", dest="taichi_limits_json", metavar="PATH", default=None,
+        "--taichi-limits-json",
+        dest="taichi_limits_json",
+        metavar="PATH",
+        default=None,
         help="write one JSON document with every supervised test's usage record and every "
-        "violation to PATH, atomically (ini: taichi_limits_json)")
+        "violation to PATH, atomically (ini: taichi_limits_json)",
+    )
     parser.addini("taichi_limits_json", "write the session's JSON report here")
     group.addoption(
-        "--taichi-limits-log", dest="taichi_limits_log", metavar="PATH", default=None,
+        "--taichi-limits-log",
+        dest="taichi_limits_log",
+        metavar="PATH",
+        default=None,
         help="append one JSON line per supervised test (usage) and per violation to PATH "
         "(ini: taichi_limits_log)",
     )
     parser.addini("taichi_limits_log", "append JSON lines of usage and violations here")
     group.addoption(
-        "--taichi-limits-top", dest="taichi_limits_top", metavar="N", default=None,
+        "--taichi-limits-top",
+        dest="taichi_limits_top",
+        metavar="N",
+        default=None,
         help=f"terminal summary: the N largest users of own memory, CPU and GPU (default "
-        f"{DEFAULT_TOP}; 0 hides the tables) (ini: taichi_limits_top)")
+        f"{DEFAULT_TOP}; 0 hides the tables) (ini: taichi_limits_top)",
+    )
     parser.addini("taichi_limits_top", "how many top consumers the terminal summary lists")
     group.addoption(
-        "--taichi-limits-save-baseline", dest="taichi_limits_save_baseline", metavar="PATH",
+        "--taichi-limits-save-baseline",
+        dest="taichi_limits_save_baseline",
+        metavar="PATH",
         default=None,
         help="save the figures of the tests that passed to PATH (atomically); saving again "
         "widens each test's range (min, max, number of runs); tests this run did not measure "
-        "keep their entries unless --taichi-limits-baseline-replace")
+        "keep their entries unless --taichi-limits-baseline-replace",
+    )
     group.addoption(
-        "--taichi-limits-baseline-replace", dest="taichi_limits_baseline_replace",
-        action="store_true", default=False,
+        "--taichi-limits-baseline-replace",
+        dest="taichi_limits_baseline_replace",
+        action="store_true",
+        default=False,
         help="with --taichi-limits-save-baseline: write only this run's tests, dropping the rest "
-        "and starting every range over")
+        "and starting every range over",
+    )
     group.addoption(
-        "--taichi-limits-compare", dest="taichi_limits_compare", metavar="PATH", default=None,
+        "--taichi-limits-compare",
+        dest="taichi_limits_compare",
+        metavar="PATH",
+        default=None,
         help="compare every supervised test with the baseline in PATH: a test that grew beyond "
-        "the tolerance above the largest figure the baseline saw fails")
+        "the tolerance above the largest figure the baseline saw fails",
+    )
     group.addoption(
-        "--taichi-limits-tolerance", dest="taichi_limits_tolerance", metavar="SPEC", default=None,
+        "--taichi-limits-tolerance",
+        dest="taichi_limits_tolerance",
+        metavar="SPEC",
+        default=None,
         help="allowed growth per resource, relative plus absolute, e.g. "
         f"'mem=10%%+8MiB,cpu=25%%+0.5s,wall=off'; keys mem, cpu, wall, gpu, each once; byte "
         "units are binary (MB = MiB); unnamed keys keep their default "
-        f"({baselines.DEFAULT_TOLERANCE_SPEC.replace('%', '%%')}) (ini: taichi_limits_tolerance)")
+        f"({baselines.DEFAULT_TOLERANCE_SPEC.replace('%', '%%')}) (ini: taichi_limits_tolerance)",
+    )
     parser.addini("taichi_limits_tolerance", "allowed growth against the baseline, per resource")
     group.addoption(
-        "--taichi-limits-compare-warn", dest="taichi_limits_compare_warn", action="store_true",
+        "--taichi-limits-compare-warn",
+        dest="taichi_limits_compare_warn",
+        action="store_true",
         default=False,
-        help="with --taichi-limits-compare: a test that grew gets a warning instead of failing")
+        help="with --taichi-limits-compare: a test that grew gets a warning instead of failing",
+    )
     group.addoption(
-        "--taichi-limits-suggest", dest="taichi_limits_suggest", action="store_true",
+        "--taichi-limits-suggest",
+        dest="taichi_limits_suggest",
+        action="store_true",
         default=False,
         help="after the tests, print the taichi_limits marker each supervised test should "
-        "carry (measured peaks plus headroom) and an ini snippet every test fits under")
+        "carry (measured peaks plus headroom) and an ini snippet every test fits under",
+    )
     cireports.add_options(parser)  # Markdown and HTML reports, timelines in the baseline
 
 
@@ -155,9 +188,11 @@ def _path(config: pytest.Config, name: str) -> str | None:
 
 
 #: Output options, by their dest.
-OUTPUTS = {"taichi_limits_json": "--taichi-limits-json",
-           "taichi_limits_save_baseline": "--taichi-limits-save-baseline",
-           "taichi_limits_log": "--taichi-limits-log"}
+OUTPUTS = {
+    "taichi_limits_json": "--taichi-limits-json",
+    "taichi_limits_save_baseline": "--taichi-limits-save-baseline",
+    "taichi_limits_log": "--taichi-limits-log",
+}
 
 
 def read_options(config: pytest.Config) -> ReportOptions:
@@ -168,11 +203,13 @@ def read_options(config: pytest.Config) -> ReportOptions:
     save_path = _path(config, "taichi_limits_save_baseline")
     # A modifier without its option would be ignored silently: the user meant something.
     if replace and save_path is None:
-        raise pytest.UsageError("--taichi-limits-baseline-replace only works with "
-                                "--taichi-limits-save-baseline=PATH")
+        raise pytest.UsageError(
+            "--taichi-limits-baseline-replace only works with --taichi-limits-save-baseline=PATH"
+        )
     if warn_only and compare_path is None:
-        raise pytest.UsageError("--taichi-limits-compare-warn only works with "
-                                "--taichi-limits-compare=PATH")
+        raise pytest.UsageError(
+            "--taichi-limits-compare-warn only works with --taichi-limits-compare=PATH"
+        )
     return ReportOptions(
         json_path=_path(config, "taichi_limits_json"),
         top=_top(config),
@@ -204,7 +241,8 @@ def check_outputs(config: pytest.Config, options: ReportOptions) -> None:
         except baselines.BaselineError as error:
             raise pytest.UsageError(
                 f"--taichi-limits-save-baseline: {error} (or overwrite it with "
-                "--taichi-limits-baseline-replace)") from None
+                "--taichi-limits-baseline-replace)"
+            ) from None
 
 
 def register(config: pytest.Config) -> None:
@@ -256,34 +294,46 @@ class TaichiLimitsReports:
         lines = []
         if self.baseline is not None:
             verdict = "warn" if self.options.warn_only else "fail"
-            lines.append(f"taichi-limits: comparing with baseline {self.baseline.path} "
-                         f"({len(self.baseline.tests)} tests); tolerance "
-                         f"{self.options.tolerance.describe()}; a test that grew beyond it "
-                         f"will {verdict}")
-            lines += [f"taichi-limits: WARNING: {line}"
-                      for line in self.baseline.environment_warnings(self.environment)]
+            lines.append(
+                f"taichi-limits: comparing with baseline {self.baseline.path} "
+                f"({len(self.baseline.tests)} tests); tolerance "
+                f"{self.options.tolerance.describe()}; a test that grew beyond it "
+                f"will {verdict}"
+            )
+            lines += [
+                f"taichi-limits: WARNING: {line}"
+                for line in self.baseline.environment_warnings(self.environment)
+            ]
         if self.options.save_path is not None:
             how = "replacing it" if self.options.replace else "merging into it"
-            lines.append(f"taichi-limits: saving the figures of passed tests to "
-                         f"{self._shown(self.options.save_path)} ({how})")
+            lines.append(
+                f"taichi-limits: saving the figures of passed tests to "
+                f"{self._shown(self.options.save_path)} ({how})"
+            )
         return lines
 
     # -- in the process that ran the test: durations, compare, the record -----------------------
 
     @pytest.hookimpl(trylast=True)  # after any other implementation changed the reports
-    def pytest_taichi_limits_reports(self, item: pytest.Item, usage: Usage,
-                                     violation: Violation | None,
-                                     reports: list[pytest.TestReport]) -> None:
+    def pytest_taichi_limits_reports(
+        self,
+        item: pytest.Item,
+        usage: Usage,
+        violation: Violation | None,
+        reports: list[pytest.TestReport],
+    ) -> None:
         if usage.interrupted:
             _mark_interrupted(item, reports, usage.interrupted)
         give_durations(reports, usage.wall_s)
         regression = None if usage.interrupted else self._compare(item, usage, reports)
-        outcome = combined_outcome({report.when: report for report in reports},
-                                   interrupted=bool(usage.interrupted))
+        outcome = combined_outcome(
+            {report.when: report for report in reports}, interrupted=bool(usage.interrupted)
+        )
         attach(reports[-1], UsageRecord.from_usage(usage, outcome, violation, regression))
 
-    def _compare(self, item: pytest.Item, usage: Usage,
-                 reports: list[pytest.TestReport]) -> Mapping[str, Any] | None:
+    def _compare(
+        self, item: pytest.Item, usage: Usage, reports: list[pytest.TestReport]
+    ) -> Mapping[str, Any] | None:
         """The regression against the baseline, if the test grew beyond tolerance (and the
         call report turned into a failure unless only warned)."""
         if self.baseline is None or item.nodeid not in self.baseline.tests:
@@ -292,21 +342,26 @@ class TaichiLimitsReports:
         if call_index is None or reports[call_index].skipped:
             return None  # the test body did not run: its figures say nothing
         record = UsageRecord.from_usage(usage, "passed", None)
-        compared = baselines.compare(record, self.baseline.tests[item.nodeid],
-                                     self.options.tolerance)
+        compared = baselines.compare(
+            record, self.baseline.tests[item.nodeid], self.options.tolerance
+        )
         exceeded = [growth for growth in compared if growth.exceeded]
         if not exceeded:
             return None
         warn_only = self.options.warn_only
-        text = baselines.regression_report(exceeded, compared, self.baseline, item.nodeid,
-                                           record, warn_only)
+        text = baselines.regression_report(
+            exceeded, compared, self.baseline, item.nodeid, record, warn_only
+        )
         if warn_only:
             try:
                 # Attributed to the test's own line, where the user will look.
                 path, line_index, _ = item.location
-                warnings.warn_explicit(TaichiLimitsRegressionWarning(text),
-                                       TaichiLimitsRegressionWarning,
-                                       str(item.config.rootpath / path), (line_index or 0) + 1)
+                warnings.warn_explicit(
+                    TaichiLimitsRegressionWarning(text),
+                    TaichiLimitsRegressionWarning,
+                    str(item.config.rootpath / path),
+                    (line_index or 0) + 1,
+                )
             except TaichiLimitsRegressionWarning:
                 warn_only = False  # -W error::...: the user asked for warnings to fail
         call = reports[call_index]
@@ -315,8 +370,11 @@ class TaichiLimitsReports:
                 reports[call_index] = parent_report(item, "call", text, call)
             else:  # already failed (or an xfail): the regression is added to what it says
                 call.sections.append(("taichi_limits regression", text))
-        return {"warn_only": warn_only, "text": text,
-                "growths": [growth.to_json() for growth in compared]}
+        return {
+            "warn_only": warn_only,
+            "text": text,
+            "growths": [growth.to_json() for growth in compared],
+        }
 
     # -- records, where reports are logged ------------------------------------------------------
 
@@ -346,9 +404,11 @@ class TaichiLimitsReports:
     def _complete(self, exitstatus: int, records: list[UsageRecord]) -> bool:
         if self.interrupted or any(record.outcome == "interrupted" for record in records):
             return False
-        return int(exitstatus) not in (int(pytest.ExitCode.INTERRUPTED),
-                                       int(pytest.ExitCode.INTERNAL_ERROR),
-                                       int(pytest.ExitCode.USAGE_ERROR))
+        return int(exitstatus) not in (
+            int(pytest.ExitCode.INTERRUPTED),
+            int(pytest.ExitCode.INTERNAL_ERROR),
+            int(pytest.ExitCode.USAGE_ERROR),
+        )
 
     def _shown(self, path: str) -> str:
         """A path as the user gave it: relative to where pytest was started, if inside it."""
@@ -359,9 +419,13 @@ class TaichiLimitsReports:
     def session_document(self, exitstatus: int) -> dict[str, Any]:
         """The JSON report of this session (also what the Markdown and HTML reports show)."""
         records = self.collector.records
-        return jsonreport.document([record.to_json() for record in records], self.environment,
-                                   self._complete(exitstatus, records), int(exitstatus),
-                                   self._baseline_section(records))
+        return jsonreport.document(
+            [record.to_json() for record in records],
+            self.environment,
+            self._complete(exitstatus, records),
+            int(exitstatus),
+            self._baseline_section(records),
+        )
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
@@ -372,13 +436,16 @@ class TaichiLimitsReports:
         complete = self._complete(exitstatus, records)
         if self.options.json_path is not None:
             document = self.session_document(exitstatus)
-            self._write("JSON report", self.options.json_path,
-                        lambda path: jsonreport.write(path, document))
+            self._write(
+                "JSON report", self.options.json_path, lambda path: jsonreport.write(path, document)
+            )
         if self.options.save_path is not None:
             if not complete:
-                self.written.append(f"baseline not saved to "
-                                    f"{self._shown(self.options.save_path)}: the session was "
-                                    "interrupted")
+                self.written.append(
+                    f"baseline not saved to "
+                    f"{self._shown(self.options.save_path)}: the session was "
+                    "interrupted"
+                )
             else:
                 self._save_baseline(self.options.save_path, records)
         if self.write_errors and session.exitstatus == pytest.ExitCode.OK:
@@ -387,13 +454,18 @@ class TaichiLimitsReports:
     def _save_baseline(self, path: str, records: list[UsageRecord]) -> None:
         def save(target: str) -> None:
             written, total = baselines.save(
-                target, records, self.environment, self.options.replace,
-                timelines=bool(self.config.getoption(cireports.TIMELINE_IN_BASELINE, False)))
+                target,
+                records,
+                self.environment,
+                self.options.replace,
+                timelines=bool(self.config.getoption(cireports.TIMELINE_IN_BASELINE, False)),
+            )
             skipped = len(records) - written
             self.written.append(
                 f"baseline saved to {self._shown(target)}: {written} tests written"
                 + (f", {skipped} not (failed, skipped or interrupted)" if skipped else "")
-                + f", {total} in the file")
+                + f", {total} in the file"
+            )
 
         self._write("baseline", path, save, announce=False)
 
@@ -419,11 +491,14 @@ class TaichiLimitsReports:
         section = self._baseline_section(records)
         if section is not None:
             lines += summary.regressions(records, section["path"])
-            lines += summary.test_lists(section["new_tests"], section["missing_tests"],
-                                        self.config.get_verbosity() > 0)
+            lines += summary.test_lists(
+                section["new_tests"], section["missing_tests"], self.config.get_verbosity() > 0
+            )
             if not section["regressions"]:
-                lines.append(f"no test grew beyond tolerance ({self.options.tolerance.describe()})"
-                             f" against {section['path']}")
+                lines.append(
+                    f"no test grew beyond tolerance ({self.options.tolerance.describe()})"
+                    f" against {section['path']}"
+                )
         if self.options.suggest:
             lines += suggest.lines(suggest.suggestions(records))
         lines += self.written

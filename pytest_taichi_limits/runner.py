@@ -58,8 +58,9 @@ class Refused(Exception):
 class Runner:
     """Owns the workers, the zygote and the start plan of one pytest process."""
 
-    def __init__(self, config: pytest.Config, settings: Settings,
-                 recorder: startplan.InitRecorder) -> None:
+    def __init__(
+        self, config: pytest.Config, settings: Settings, recorder: startplan.InitRecorder
+    ) -> None:
         self.config = config
         self.settings = settings
         self.recorder = recorder
@@ -86,15 +87,18 @@ class Runner:
         self._items = list(items)
         self._index = {item.nodeid: number for number, item in enumerate(items)}
         self._isolation = dict(supervised)
-        modules = {str(item.path): getattr(item, "module", None)
-                   for item in items if item.nodeid in supervised}
+        modules = {
+            str(item.path): getattr(item, "module", None)
+            for item in items
+            if item.nodeid in supervised
+        }
         conftests = [str(path) for path in _conftest_paths(self.config)]
-        self.modules = startplan.plan_modules(modules, self.recorder.events, conftests,
-                                              str(self.config.rootpath))
+        self.modules = startplan.plan_modules(
+            modules, self.recorder.events, conftests, str(self.config.rootpath)
+        )
         self._cuda = forksafety.cuda_initialised_here()
         if self._cuda is not None:  # "Cannot re-initialize CUDA in forked subprocess"
-            self.modules = {path: startplan.ModuleStart(True, self._cuda)
-                            for path in self.modules}
+            self.modules = {path: startplan.ModuleStart(True, self._cuda) for path in self.modules}
         if self._fresh_kind() == "spawn" and (self.settings.mode == "spawn" or self.modules):
             self._start_zygote()  # warms up while the forked tests run
 
@@ -102,37 +106,49 @@ class Runner:
         """How a module that cannot simply fork starts: imported again in a forked child
         (after a Taichi reset here), or in a fresh interpreter where nothing in this process
         can be reset (CUDA initialised by another library) or spawn mode was asked for."""
-        return "spawn" if self.settings.mode == "spawn" or self._cuda is not None \
-            else "reimport"
+        return "spawn" if self.settings.mode == "spawn" or self._cuda is not None else "reimport"
 
     def header_lines(self) -> list[str]:
         rootpath = self.config.rootpath
         fresh = {path: plan for path, plan in self.modules.items() if plan.fresh}
         lines: list[str] = []
         if self.settings.mode == "spawn":
-            lines.append("taichi-limits: start mode spawn (--taichi-limits-mode=spawn): every "
-                         "supervised test runs in a fresh interpreter")
+            lines.append(
+                "taichi-limits: start mode spawn (--taichi-limits-mode=spawn): every "
+                "supervised test runs in a fresh interpreter"
+            )
         elif fresh:
-            how = "each in a worker of its own" if self.settings.isolation != "session" \
+            how = (
+                "each in a worker of its own"
+                if self.settings.isolation != "session"
                 else "in one shared worker"
+            )
             if self._fresh_kind() == "spawn":
                 what = f"need a fresh interpreter ({how})"
             else:
-                what = (f"import Taichi state, and run {how} that imports them again (forked "
-                        "after a Taichi reset)")
-            lines.append(f"taichi-limits: start mode fork, except {len(fresh)} of "
-                         f"{len(self.modules)} modules that {what}:")
+                what = (
+                    f"import Taichi state, and run {how} that imports them again (forked "
+                    "after a Taichi reset)"
+                )
+            lines.append(
+                f"taichi-limits: start mode fork, except {len(fresh)} of "
+                f"{len(self.modules)} modules that {what}:"
+            )
             for path, plan in sorted(fresh.items()):
                 lines.append(f"  {os.path.relpath(path, rootpath)}: {plan.reason}")
         else:
-            lines.append(f"taichi-limits: start mode fork for all {len(self.modules)} "
-                         f"supervised modules (isolation {self.settings.isolation})")
-        sites = [site for site in self.recorder.init_sites]
+            lines.append(
+                f"taichi-limits: start mode fork for all {len(self.modules)} "
+                f"supervised modules (isolation {self.settings.isolation})"
+            )
+        sites = self.recorder.init_sites
         if sites and self.settings.mode != "spawn" and len(fresh) < len(self.modules):
             shown = sites[-1].describe(rootpath)
-            lines.append(f"taichi-limits: Taichi was initialised in the pytest process (last "
-                         f"ti.init at {shown}): it is reset before each fork, and that init "
-                         "is replayed in a forked test that uses Taichi without its own ti.init")
+            lines.append(
+                f"taichi-limits: Taichi was initialised in the pytest process (last "
+                f"ti.init at {shown}): it is reset before each fork, and that init "
+                "is replayed in a forked test that uses Taichi without its own ti.init"
+            )
         return lines
 
     # -- one test ---------------------------------------------------------------------------
@@ -151,19 +167,30 @@ class Runner:
                     f"cannot simply be forked: {plan.reason}. A forked child of a process "
                     "holding that state hangs at its first kernel launch. Use "
                     "--taichi-limits-mode=auto, or create the Taichi state inside tests or "
-                    "fixtures so that fork mode works.")
+                    "fixtures so that fork mode works."
+                )
             return Key(self._fresh_kind(), "session" if isolation == "session" else module)
         return Key("fork", {"test": item.nodeid, "module": module}.get(isolation, "session"))
 
-    def run(self, item: pytest.Item, nextitem: pytest.Item | None, budget: Budget,
-            budget_of: dict[str, Budget], env: Mapping[str, str] | None = None) -> RunResult:
+    def run(
+        self,
+        item: pytest.Item,
+        nextitem: pytest.Item | None,
+        budget: Budget,
+        budget_of: dict[str, Budget],
+        env: Mapping[str, str] | None = None,
+    ) -> RunResult:
         """`env`: variables for the child (the GPU admission chose): a worker started with
         other values is not reused, as CUDA reads them once."""
         self._budgets = budget_of
         key = self.key_of(item)
         env = dict(env or {})
-        if self._worker is None or self._worker_key != key or not self._worker.alive \
-                or self._worker_env != env:
+        if (
+            self._worker is None
+            or self._worker_key != key
+            or not self._worker.alive
+            or self._worker_env != env
+        ):
             self.stop_worker()
             self._launch(key, item, budget_of, env)
         worker = self._worker
@@ -189,16 +216,22 @@ class Runner:
     def _worker_index(self, item: pytest.Item) -> int:
         if self._worker_key is not None and self._worker_key.mode == "fork":
             return self._index[item.nodeid]
-        return next(number for number, candidate in enumerate(self._worker_items)
-                    if candidate.nodeid == item.nodeid)
+        return next(
+            number
+            for number, candidate in enumerate(self._worker_items)
+            if candidate.nodeid == item.nodeid
+        )
 
-    def _launch(self, key: Key, item: pytest.Item, budget_of: dict[str, Budget],
-                env: dict[str, str]) -> None:
+    def _launch(
+        self, key: Key, item: pytest.Item, budget_of: dict[str, Budget], env: dict[str, str]
+    ) -> None:
         if key.mode != "fork":
-            self._worker_items = [candidate for candidate in self._items
-                                  if candidate.nodeid in budget_of
-                                  and self._same_key(candidate, key)]
-            self._worker_items = self._worker_items[self._worker_items.index(item):]
+            self._worker_items = [
+                candidate
+                for candidate in self._items
+                if candidate.nodeid in budget_of and self._same_key(candidate, key)
+            ]
+            self._worker_items = self._worker_items[self._worker_items.index(item) :]
         launched: ForkLaunch | SpawnLaunch
         if key.mode == "spawn":
             launched = self._spawn(self._request(self._worker_items, budget_of, env))
@@ -224,22 +257,25 @@ class Runner:
             self._worker_items = items = self._items
             settings, replay = self.settings, self.recorder.last_init
 
-            def run_items(channel_fd: int, stack_fd: int, control_fd: int,
-                          parent_pid: int) -> None:
-                run_forked(items, ChildStart(channel_fd, stack_fd, control_fd, parent_pid,
-                                             settings, replay))
+            def run_items(channel_fd: int, stack_fd: int, control_fd: int, parent_pid: int) -> None:
+                run_forked(
+                    items,
+                    ChildStart(channel_fd, stack_fd, control_fd, parent_pid, settings, replay),
+                )
 
             return run_items
         request = self._request(self._worker_items, self._budgets_of(self._worker_items), {})
         modules = startplan.modules_to_import_again(
-            self.recorder.events, [str(item.path) for item in self._worker_items])
+            self.recorder.events, [str(item.path) for item in self._worker_items]
+        )
         return functools.partial(reimport_worker, request, modules)
 
     def _budgets_of(self, items: list[pytest.Item]) -> dict[str, Budget]:
         return {item.nodeid: self._budgets[item.nodeid] for item in items}
 
-    def _request(self, items: list[pytest.Item], budget_of: dict[str, Budget],
-                 env: dict[str, str]) -> WorkerRequest:
+    def _request(
+        self, items: list[pytest.Item], budget_of: dict[str, Budget], env: dict[str, str]
+    ) -> WorkerRequest:
         args, options = worker_args(self.config)
         self._count += 1
         files = list(dict.fromkeys(str(item.path) for item in items))
@@ -265,8 +301,9 @@ class Runner:
             self._close_zygote()
         if self._zygote is None:
             self._temp_dir = self._temp_dir or new_temp_dir()
-            self._zygote = Zygote.start(self.config.invocation_params.dir,
-                                        startplan.third_party_modules(), self._temp_dir)
+            self._zygote = Zygote.start(
+                self.config.invocation_params.dir, startplan.third_party_modules(), self._temp_dir
+            )
         return self._zygote
 
     def _basetemp(self, number: int) -> str:

@@ -48,16 +48,62 @@ STATUS_TIMEOUT_S = 2.0
 
 #: Options of the parent that the worker must not copy: they select, distribute or end the run
 #: (the worker runs exactly one test), or they are passed on its command line instead.
-_NOT_COPIED = frozenset({
-    "file_or_dir", "keyword", "markexpr", "deselect", "ignore", "ignore_glob", "lf", "failedfirst",
-    "last_failed_no_failures", "newfirst", "cacheclear", "stepwise", "stepwise_skip",
-    "stepwise_reset", "exitfirst", "maxfail", "collectonly", "continue_on_collection_errors",
-    "numprocesses", "maxprocesses", "dist", "tx", "px", "rsyncdir", "rsyncignore", "looponfail",
-    "maxworkerrestart", "maxschedchunk", "testrunuid", "distload", "basetemp", "plugins",
-    "override_ini", "inifilename", "rootdir", "confcutdir", "noconftest", "importmode",
-    "capture", "help", "version", "showfixtures", "show_fixtures_per_test", "markers", "debug",
-    "traceconfig", "pastebin", "xmlpath", "reportlog", "usepdb", "trace", "setupplan",
-})
+_NOT_COPIED = frozenset(
+    {
+        "file_or_dir",
+        "keyword",
+        "markexpr",
+        "deselect",
+        "ignore",
+        "ignore_glob",
+        "lf",
+        "failedfirst",
+        "last_failed_no_failures",
+        "newfirst",
+        "cacheclear",
+        "stepwise",
+        "stepwise_skip",
+        "stepwise_reset",
+        "exitfirst",
+        "maxfail",
+        "collectonly",
+        "continue_on_collection_errors",
+        "numprocesses",
+        "maxprocesses",
+        "dist",
+        "tx",
+        "px",
+        "rsyncdir",
+        "rsyncignore",
+        "looponfail",
+        "maxworkerrestart",
+        "maxschedchunk",
+        "testrunuid",
+        "distload",
+        "basetemp",
+        "plugins",
+        "override_ini",
+        "inifilename",
+        "rootdir",
+        "confcutdir",
+        "noconftest",
+        "importmode",
+        "capture",
+        "help",
+        "version",
+        "showfixtures",
+        "show_fixtures_per_test",
+        "markers",
+        "debug",
+        "traceconfig",
+        "pastebin",
+        "xmlpath",
+        "reportlog",
+        "usepdb",
+        "trace",
+        "setupplan",
+    }
+)
 
 
 def worker_args(config: pytest.Config) -> tuple[list[str], dict[str, Any]]:
@@ -71,8 +117,11 @@ def worker_args(config: pytest.Config) -> tuple[list[str], dict[str, Any]]:
         args += ["-p", str(plugin)]
     for override in getattr(option, "override_ini", None) or []:
         args += ["-o", str(override)]
-    for name, flag in (("confcutdir", "--confcutdir"), ("importmode", "--import-mode"),
-                       ("capture", "--capture")):
+    for name, flag in (
+        ("confcutdir", "--confcutdir"),
+        ("importmode", "--import-mode"),
+        ("capture", "--capture"),
+    ):
         value = getattr(option, name, None)
         if value is not None:
             args.append(f"{flag}={value}")
@@ -90,8 +139,6 @@ def worker_args(config: pytest.Config) -> tuple[list[str], dict[str, Any]]:
             continue
         copied[name] = value
     return args, copied
-
-
 
 
 @dataclass(frozen=True)
@@ -152,9 +199,17 @@ class Zygote:
         environment["PYTEST_TAICHI_LIMITS_PREIMPORT"] = listing
         try:
             process = subprocess.Popen(
-                [sys.executable, "-m", "pytest_taichi_limits.zygote",
-                 str(theirs.fileno()), str(os.getpid())],
-                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, cwd=cwd, env=environment,
+                [
+                    sys.executable,
+                    "-m",
+                    "pytest_taichi_limits.zygote",
+                    str(theirs.fileno()),
+                    str(os.getpid()),
+                ],
+                pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL,
+                cwd=cwd,
+                env=environment,
             )
         finally:
             theirs.close()
@@ -218,8 +273,9 @@ class SpawnLaunch:
         first = self._receive_start(timeout_s)
         if "pid" not in first:
             self._close_fds()
-            raise SpawnError(f"the spawn-mode zygote did not start a worker "
-                             f"({first.get('error', 'no answer')})")
+            raise SpawnError(
+                f"the spawn-mode zygote did not start a worker ({first.get('error', 'no answer')})"
+            )
         zygote.started_workers += 1
         self.pid = int(first["pid"])
         # The zygote is a child subreaper that forks the worker and holds nothing else.
@@ -268,8 +324,11 @@ class SpawnLaunch:
             self._cause = f"{self._zygote_gone()}, and the worker died with it"
             return ExitInfo(Ending(None, signal.SIGKILL), 0, 0.0)
         message = json.loads(data)
-        return ExitInfo(Ending.from_wait_status(int(message["status"])),
-                        int(message["maxrss_bytes"]), float(message["cpu_s"]))
+        return ExitInfo(
+            Ending.from_wait_status(int(message["status"])),
+            int(message["maxrss_bytes"]),
+            float(message["cpu_s"]),
+        )
 
     def _without_zygote(self) -> ExitInfo | None:
         """The worker ended but the zygote does not say how: after a while, give it up."""
@@ -279,8 +338,10 @@ class SpawnLaunch:
         self._ended_at = self._ended_at or now
         if now - self._ended_at < STATUS_TIMEOUT_S and self.zygote.usable():
             return None
-        self._cause = ("the spawn-mode zygote stopped answering (stopped by a signal?): it "
-                       "was killed, and will be replaced; the worker's exit status is unknown")
+        self._cause = (
+            "the spawn-mode zygote stopped answering (stopped by a signal?): it "
+            "was killed, and will be replaced; the worker's exit status is unknown"
+        )
         self.zygote.process.kill()
         self.zygote.process.wait()
         return ExitInfo(Ending(None, None), 0, 0.0)

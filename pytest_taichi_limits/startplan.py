@@ -78,8 +78,9 @@ class InitRecorder:
     def init_sites(self) -> list[InitSite]:
         return [event.site for event in self.events if event.kind == "init"]
 
-    def _on_init(self, caller: types.FrameType, args: tuple[Any, ...],
-                 kwargs: dict[str, Any]) -> None:
+    def _on_init(
+        self, caller: types.FrameType, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
         if self.recording:
             self.events.append(TaichiEvent("init", *_caller(caller, _package_dirs())))
         self.last_init = InitCall(args, dict(kwargs))
@@ -111,8 +112,10 @@ def _noting(original: Callable[..., Any], recorder: InitRecorder) -> Callable[..
 
 def _package_dirs() -> tuple[str, ...]:
     names = ("taichi", __package__ or "pytest_taichi_limits")
-    return tuple(os.path.dirname(getattr(sys.modules.get(name), "__file__", None)
-                                 or "/nonexistent") + os.sep for name in names)
+    return tuple(
+        os.path.dirname(getattr(sys.modules.get(name), "__file__", None) or "/nonexistent") + os.sep
+        for name in names
+    )
 
 
 def _caller(start: types.FrameType, skip: tuple[str, ...]) -> tuple[InitSite, tuple[str, ...]]:
@@ -134,9 +137,12 @@ def _caller(start: types.FrameType, skip: tuple[str, ...]) -> tuple[InitSite, tu
             first_outside = first_outside or here
             # Module-level code being imported; not `python -m pytest`'s own __main__, nor
             # pytest's and pluggy's frames around a conftest's hook.
-            if code.co_name == _MODULE_CODE and not code.co_filename.startswith("<") \
-                    and frame.f_globals.get("__name__") != "__main__" \
-                    and not code.co_filename.startswith(installed):
+            if (
+                code.co_name == _MODULE_CODE
+                and not code.co_filename.startswith("<")
+                and frame.f_globals.get("__name__") != "__main__"
+                and not code.co_filename.startswith(installed)
+            ):
                 module_site = module_site or here
                 importing.append(code.co_filename)
         frame = frame.f_back
@@ -155,8 +161,12 @@ class ModuleStart:
     reason: str  # why a fresh interpreter is needed ("" when forked)
 
 
-def plan_modules(modules: dict[str, types.ModuleType | None], events: Iterable[TaichiEvent],
-                 conftest_files: Iterable[str], rootpath: str) -> dict[str, ModuleStart]:
+def plan_modules(
+    modules: dict[str, types.ModuleType | None],
+    events: Iterable[TaichiEvent],
+    conftest_files: Iterable[str],
+    rootpath: str,
+) -> dict[str, ModuleStart]:
     """Per test module file: fresh interpreter or fork, with the reason (file:line)."""
     events = list(events)
     conftests = {os.path.abspath(path) for path in conftest_files}
@@ -176,21 +186,29 @@ def plan_modules(modules: dict[str, types.ModuleType | None], events: Iterable[T
     return plans
 
 
-def _decide(path: str, module: types.ModuleType | None, by_file: dict[str, TaichiEvent],
-            stateful_dirs: dict[str, TaichiEvent], tainted_names: dict[str, TaichiEvent],
-            rootpath: str) -> ModuleStart:
+def _decide(
+    path: str,
+    module: types.ModuleType | None,
+    by_file: dict[str, TaichiEvent],
+    stateful_dirs: dict[str, TaichiEvent],
+    tainted_names: dict[str, TaichiEvent],
+    rootpath: str,
+) -> ModuleStart:
     event = by_file.get(path)
     if event is not None:
         return ModuleStart(True, _what(event, rootpath) + " while it was imported")
     for directory, conftest_event in stateful_dirs.items():
         if path.startswith(directory + os.sep):
-            return ModuleStart(True, _what(conftest_event, rootpath)
-                               + " while a conftest.py above it was imported")
+            return ModuleStart(
+                True, _what(conftest_event, rootpath) + " while a conftest.py above it was imported"
+            )
     used = _uses_taichi_state(module, tainted_names)
     if used is not None:
         name, event = used
-        return ModuleStart(True, f"it uses {name}, made with Taichi state at import ("
-                                 + _what(event, rootpath) + ")")
+        return ModuleStart(
+            True,
+            f"it uses {name}, made with Taichi state at import (" + _what(event, rootpath) + ")",
+        )
     return ModuleStart(False, "")
 
 
@@ -209,15 +227,19 @@ def _module_names(by_file: dict[str, TaichiEvent], conftests: set[str]) -> dict[
     return names
 
 
-def _uses_taichi_state(module: types.ModuleType | None,
-                       tainted: dict[str, TaichiEvent]) -> tuple[str, TaichiEvent] | None:
+def _uses_taichi_state(
+    module: types.ModuleType | None, tainted: dict[str, TaichiEvent]
+) -> tuple[str, TaichiEvent] | None:
     """A name in `module` that holds a module (or an object of one) whose import made Taichi
     state, e.g. `from app.backend import solver` after another test module imported it."""
     if module is None or not tainted:
         return None
     for name, value in list(vars(module).items()):
-        owner = value.__name__ if isinstance(value, types.ModuleType) \
+        owner = (
+            value.__name__
+            if isinstance(value, types.ModuleType)
             else getattr(value, "__module__", None)
+        )
         if isinstance(owner, str) and owner in tainted:
             return name, tainted[owner]
     return None
@@ -227,8 +249,12 @@ def _installed_dirs() -> tuple[str, ...]:
     """Where the stdlib and installed packages live (a venv inside the project included)."""
     import sysconfig
 
-    return tuple({os.path.abspath(sysconfig.get_paths()[key]) + os.sep
-                  for key in ("stdlib", "platstdlib", "purelib", "platlib")})
+    return tuple(
+        {
+            os.path.abspath(sysconfig.get_paths()[key]) + os.sep
+            for key in ("stdlib", "platstdlib", "purelib", "platlib")
+        }
+    )
 
 
 def third_party_modules() -> list[str]:

@@ -69,10 +69,13 @@ def suggestion_for(record: UsageRecord) -> Suggestion:
     if record.gpu_peak_bytes is not None:
         values["gpu_gb"] = _suggest("gpu_gb", record.gpu_peak_bytes / GIB)
         gpu_text = f"GPU {record.gpu_peak_bytes / MIB:.1f} MiB"
-    measured = (f"measured own memory {record.own_memory_bytes / MIB:.1f} MiB, CPU "
-                f"{record.cpu_s:.2f} s, wall {record.wall_s:.2f} s, {gpu_text}")
-    return Suggestion(record.nodeid, values, measured,
-                      lower_bound=record.outcome in ("failed", "error"))
+    measured = (
+        f"measured own memory {record.own_memory_bytes / MIB:.1f} MiB, CPU "
+        f"{record.cpu_s:.2f} s, wall {record.wall_s:.2f} s, {gpu_text}"
+    )
+    return Suggestion(
+        record.nodeid, values, measured, lower_bound=record.outcome in ("failed", "error")
+    )
 
 
 def suggestions(records: Iterable[UsageRecord]) -> list[Suggestion]:
@@ -84,14 +87,20 @@ def lines(found: list[Suggestion]) -> list[str]:
     """Marker lines (valid Python: the marker, then a comment naming the test), an ini snippet."""
     if not found:
         return []
-    out = [("suggested budgets (headroom: mem 1.5x+64 MiB, cpu 2x+2 s, wall 3x+10 s, gpu "
-           "1.25x+0.25 GiB; rounded up):")]
+    out = [
+        (
+            "suggested budgets (headroom: mem 1.5x+64 MiB, cpu 2x+2 s, wall 3x+10 s, gpu "
+            "1.25x+0.25 GiB; rounded up):"
+        )
+    ]
     for suggestion in found:
         note = "; FAILED: peaks are lower bounds" if suggestion.lower_bound else ""
         out.append(f"{suggestion.marker()}  # {suggestion.nodeid} ({suggestion.measured}{note})")
     fitting = [suggestion for suggestion in found if not suggestion.lower_bound] or found
-    out.append("suite-wide defaults every measured test fits under (pytest.ini; in "
-               "pyproject.toml under [tool.pytest.ini_options] as strings):")
+    out.append(
+        "suite-wide defaults every measured test fits under (pytest.ini; in "
+        "pyproject.toml under [tool.pytest.ini_options] as strings):"
+    )
     out.append("[pytest]")
     for key in BUDGET_KEYS:
         values = [s.values[key] for s in fitting if key in s.values]

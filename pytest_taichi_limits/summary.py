@@ -12,15 +12,24 @@ from .records import UsageRecord
 MISSING_SHOWN = 20
 
 
-def _table(records: list[UsageRecord], figure: Callable[[UsageRecord], float],
-           columns: Callable[[UsageRecord], tuple[str, ...]], top: int) -> list[str]:
+def _table(
+    records: list[UsageRecord],
+    figure: Callable[[UsageRecord], float],
+    columns: Callable[[UsageRecord], tuple[str, ...]],
+    top: int,
+) -> list[str]:
     """The `top` largest by `figure`; each column right-aligned, then the test id."""
     ranked = sorted(records, key=lambda record: (-figure(record), record.nodeid))[:top]
     rows = [columns(record) for record in ranked]
-    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))] \
-        if rows else []
-    return ["  " + " ".join(f"{cell:>{width}}" for cell, width in zip(row, widths, strict=True))
-            + f"  {record.nodeid}" for row, record in zip(rows, ranked, strict=True)]
+    widths = (
+        [max(len(row[column]) for row in rows) for column in range(len(rows[0]))] if rows else []
+    )
+    return [
+        "  "
+        + " ".join(f"{cell:>{width}}" for cell, width in zip(row, widths, strict=True))
+        + f"  {record.nodeid}"
+        for row, record in zip(rows, ranked, strict=True)
+    ]
 
 
 def top_consumers(records: list[UsageRecord], top: int) -> list[str]:
@@ -29,19 +38,34 @@ def top_consumers(records: list[UsageRecord], top: int) -> list[str]:
     if top <= 0 or not measured:
         return []
     shown = min(top, len(measured))
-    lines = [(f"top {shown} by own memory (peak: the measured figure, or the kernel's exact "
-              "peak where larger; absolute peak RSS in brackets):")]
-    lines += _table(measured, lambda r: r.own_memory_bytes,
-                    lambda r: (render.human_bytes(r.own_memory_bytes),
-                               f"({render.human_bytes(r.peak_rss_bytes)})"), top)
+    lines = [
+        (
+            f"top {shown} by own memory (peak: the measured figure, or the kernel's exact "
+            "peak where larger; absolute peak RSS in brackets):"
+        )
+    ]
+    lines += _table(
+        measured,
+        lambda r: r.own_memory_bytes,
+        lambda r: (
+            render.human_bytes(r.own_memory_bytes),
+            f"({render.human_bytes(r.peak_rss_bytes)})",
+        ),
+        top,
+    )
     lines.append(f"top {shown} by CPU time (wall time in brackets):")
-    lines += _table(measured, lambda r: r.cpu_s,
-                    lambda r: (f"{r.cpu_s:.2f} s", f"({r.wall_s:.2f} s)"), top)
+    lines += _table(
+        measured, lambda r: r.cpu_s, lambda r: (f"{r.cpu_s:.2f} s", f"({r.wall_s:.2f} s)"), top
+    )
     on_gpu = [record for record in measured if record.gpu_peak_bytes is not None]
     if on_gpu:
         lines.append(f"top {min(top, len(on_gpu))} by GPU memory:")
-        lines += _table(on_gpu, lambda r: float(r.gpu_peak_bytes or 0),
-                        lambda r: (render.human_bytes(r.gpu_peak_bytes or 0),), top)
+        lines += _table(
+            on_gpu,
+            lambda r: float(r.gpu_peak_bytes or 0),
+            lambda r: (render.human_bytes(r.gpu_peak_bytes or 0),),
+            top,
+        )
     else:
         notes = sorted({record.gpu_note for record in measured if record.gpu_note})
         lines.append(f"GPU memory: {'; '.join(notes) or 'not measured'}")
@@ -58,8 +82,10 @@ def violations(records: list[UsageRecord]) -> list[str]:
     width = max(len(record.outcome.upper()) for record, _ in found)
     for record, violation in found:
         headline = render.violation_headline(violation)
-        lines.append(f"  {record.outcome.upper():{width}} {record.nodeid} - "
-                     f"{headline.removeprefix('taichi_limits: ')}")
+        lines.append(
+            f"  {record.outcome.upper():{width}} {record.nodeid} - "
+            f"{headline.removeprefix('taichi_limits: ')}"
+        )
     return lines
 
 
@@ -76,8 +102,9 @@ def regressions(records: list[UsageRecord], baseline_path: str) -> list[str]:
         for data in (record.regression or {}).get("growths", []):
             growth = Growth.from_json(data)
             if growth.exceeded:
-                lines.append(f"  {record.nodeid}  {RESOURCES[growth.resource][2]} "
-                             f"{growth_text(growth)}")
+                lines.append(
+                    f"  {record.nodeid}  {RESOURCES[growth.resource][2]} {growth_text(growth)}"
+                )
     return lines
 
 
@@ -85,8 +112,10 @@ def test_lists(new_tests: list[str], missing_tests: list[str], verbose: bool) ->
     """Tests measured now but not in the baseline, and the reverse: listed, never failed."""
     lines: list[str] = []
     if new_tests:
-        lines.append(f"new since the baseline, not compared ({len(new_tests)}; "
-                     "--taichi-limits-save-baseline adds them):")
+        lines.append(
+            f"new since the baseline, not compared ({len(new_tests)}; "
+            "--taichi-limits-save-baseline adds them):"
+        )
         lines += [f"  {nodeid}" for nodeid in new_tests]
     if missing_tests:
         shown = missing_tests if verbose else missing_tests[:MISSING_SHOWN]

@@ -35,8 +35,17 @@ from .verdict import ExitInfo, read_stack
 if TYPE_CHECKING:
     from .settings import Settings
 
-__all__ = ["ExitInfo", "Launched", "RunResult", "TerminateInOrder", "Worker",
-           "WorkerGone", "control_pair", "pidfd_open", "stack_file"]
+__all__ = [
+    "ExitInfo",
+    "Launched",
+    "RunResult",
+    "TerminateInOrder",
+    "Worker",
+    "WorkerGone",
+    "control_pair",
+    "pidfd_open",
+    "stack_file",
+]
 
 #: How long the parent waits for faulthandler to write the child's stacks.
 _STACK_WAIT_S = 0.25
@@ -99,14 +108,20 @@ class TerminateInOrder:
         raise _Terminated()
 
     def __enter__(self) -> TerminateInOrder:
-        if threading.current_thread() is threading.main_thread() \
-                and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+        ):
             signal.signal(signal.SIGTERM, self)
             self.installed = True
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 traceback: types.TracebackType | None) -> None:
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: types.TracebackType | None,
+    ) -> None:
         if not self.installed:
             return
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -141,8 +156,13 @@ class Worker:
     next command), or when the child ended or went over the budget (it is then gone).
     """
 
-    def __init__(self, child: Launched, settings: Settings, mode: str,
-                 test_cgroup: cgroup.TestCgroup | None = None) -> None:
+    def __init__(
+        self,
+        child: Launched,
+        settings: Settings,
+        mode: str,
+        test_cgroup: cgroup.TestCgroup | None = None,
+    ) -> None:
         self.child = child
         self.test_cgroup = test_cgroup  # the worker's own cgroup v2 (cgroup.py), where writable
         self.settings = settings
@@ -177,8 +197,9 @@ class Worker:
 
     # -- one test ---------------------------------------------------------------------------
 
-    def run_test(self, index: int, next_index: int | None, nodeid: str,
-                 budget: Budget) -> RunResult:
+    def run_test(
+        self, index: int, next_index: int | None, nodeid: str, budget: Budget
+    ) -> RunResult:
         if self.exit_info is not None:
             raise WorkerGone(self._gone_text())
         with self._terminate:
@@ -199,20 +220,40 @@ class Worker:
         except Exception:  # noqa: BLE001 - the first error is the one reported
             send_signal(self.child.pid, signal.SIGKILL)
             self.exit_info = self.exit_info or ExitInfo(Ending(None, signal.SIGKILL), 0, 0.0)
-        usage = Usage(nodeid=nodeid, pid=self.child.pid, started_at=time.time(), wall_s=0.0,
-                      cpu_s=0.0, start_rss_bytes=0, peak_own_rss_bytes=0, peak_rss_bytes=0,
-                      peak_vms_bytes=0, kernel_maxrss_bytes=0, gpu_peak_bytes=None,
-                      gpu_note="not measured", samples=0, budget=budget, mode=self.mode,
-                      ending=None if self.exit_info is None else self.exit_info.ending,
-                      peak_own_memory_bytes=0, memory_method="not measured",
-                      worker_pid=self.child.pid)
-        crash = Crash(nodeid, f"taichi_limits could not watch this test "
-                      f"({type(error).__name__}: {error})", "call", "")
-        return RunResult(self.reader.messages[self._next_message:], usage, None, crash, None,
-                         "call")
+        usage = Usage(
+            nodeid=nodeid,
+            pid=self.child.pid,
+            started_at=time.time(),
+            wall_s=0.0,
+            cpu_s=0.0,
+            start_rss_bytes=0,
+            peak_own_rss_bytes=0,
+            peak_rss_bytes=0,
+            peak_vms_bytes=0,
+            kernel_maxrss_bytes=0,
+            gpu_peak_bytes=None,
+            gpu_note="not measured",
+            samples=0,
+            budget=budget,
+            mode=self.mode,
+            ending=None if self.exit_info is None else self.exit_info.ending,
+            peak_own_memory_bytes=0,
+            memory_method="not measured",
+            worker_pid=self.child.pid,
+        )
+        crash = Crash(
+            nodeid,
+            f"taichi_limits could not watch this test ({type(error).__name__}: {error})",
+            "call",
+            "",
+        )
+        return RunResult(
+            self.reader.messages[self._next_message :], usage, None, crash, None, "call"
+        )
 
-    def _run_test(self, index: int, next_index: int | None, nodeid: str,
-                  budget: Budget) -> RunResult:
+    def _run_test(
+        self, index: int, next_index: int | None, nodeid: str, budget: Budget
+    ) -> RunResult:
         if not self._ready:
             # Starting up (in a fresh interpreter: importing and collecting the test module)
             # is watched under the first test's budget; its figures start when it is ready.
@@ -243,15 +284,27 @@ class Worker:
         # What a child holds on the GPU before its first test is that test's (a fresh child
         # holds nothing; a fresh interpreter's module import is charged to its first test).
         gpu_start = self.gpu_probe.sample() or 0 if self.tests_run else 0
-        mem = memory.MemoryWatch.start_for(self.child.origin_pid, self.child.keeper_pid,
-                                           budget.mem_bytes, self.test_cgroup)
+        mem = memory.MemoryWatch.start_for(
+            self.child.origin_pid, self.child.keeper_pid, budget.mem_bytes, self.test_cgroup
+        )
         mem.begin(self.child.pid, self.tree, self._sample, time.monotonic())
-        return _TestStart(nodeid, budget, time.time(), time.monotonic(),
-                          linux.rss_bytes(self.child.pid), self._sample.cpu_s, gpu_start,
-                          self._next_message, self.tests_run, mem, memory.shm_entries())
+        return _TestStart(
+            nodeid,
+            budget,
+            time.time(),
+            time.monotonic(),
+            linux.rss_bytes(self.child.pid),
+            self._sample.cpu_s,
+            gpu_start,
+            self._next_message,
+            self.tests_run,
+            mem,
+            memory.shm_entries(),
+        )
 
-    def _watch(self, start: _TestStart, peaks: _Peaks,
-               until: Kind) -> tuple[Violation | None, bool]:
+    def _watch(
+        self, start: _TestStart, peaks: _Peaks, until: Kind
+    ) -> tuple[Violation | None, bool]:
         """Sample and check until the child says `until` (ready, or done with the test),
         ended, or crossed a limit; (violation, whether `until` came)."""
         child, reader, sample = self.child, self.reader, self._sample
@@ -267,8 +320,11 @@ class Worker:
             quiet_s = time.monotonic() - heard_at
             listen = not reader.closed and quiet_s >= self.settings.interval_s
             ready, _, _ = select.select(
-                with_channel if listen else always, [], [],
-                self._next_sleep(start, peaks, time.monotonic() - start.monotonic))
+                with_channel if listen else always,
+                [],
+                [],
+                self._next_sleep(start, peaks, time.monotonic() - start.monotonic),
+            )
             if child.channel_fd in ready:
                 heard_at = time.monotonic()
             if child.control_fd in ready:
@@ -285,8 +341,12 @@ class Worker:
                     mem.exact(self.tree, sample, now)
                 own_bytes = mem.estimate(sample)  # where only RSS can be read, this keeps its peak
                 if sample.processes:  # the report's timeline (timeline.py)
-                    peaks.timeline.add(now - start.monotonic, own_bytes,
-                                       sample.cpu_s - start.cpu_s, peaks.gpu_own(start.gpu_bytes))
+                    peaks.timeline.add(
+                        now - start.monotonic,
+                        own_bytes,
+                        sample.cpu_s - start.cpu_s,
+                        peaks.gpu_own(start.gpu_bytes),
+                    )
                 sampled_at = now
             violation = self._check(start, peaks, progress.phase, now - start.monotonic)
             if violation is not None:
@@ -308,11 +368,15 @@ class Worker:
         budget = start.budget
         headroom_s = _MAX_SLEEP_S * 4
         if budget.mem_bytes is not None and start.mem.started:
-            headroom_s = min(headroom_s, (budget.mem_bytes - start.mem.estimate(self._sample))
-                             / _WORST_RSS_GROWTH_BYTES_PER_S)
+            headroom_s = min(
+                headroom_s,
+                (budget.mem_bytes - start.mem.estimate(self._sample))
+                / _WORST_RSS_GROWTH_BYTES_PER_S,
+            )
         if budget.cpu_s is not None:
-            headroom_s = min(headroom_s,
-                             (budget.cpu_s - (self._sample.cpu_s - start.cpu_s)) / _CPU_COUNT)
+            headroom_s = min(
+                headroom_s, (budget.cpu_s - (self._sample.cpu_s - start.cpu_s)) / _CPU_COUNT
+            )
         # No safe growth rate to assume for GPU memory. Without NVML nothing is sampled for it
         # (the ti.init cap still holds), so gpu_gb alone must not make the loop spin: at 0.01 s
         # that cost 2.8 % of a core per test on CPU-only CI (benchmarks/bench_supervisor_cost.py).
@@ -323,64 +387,114 @@ class Worker:
             sleep_s = min(sleep_s, max(0.0, budget.wall_s - elapsed_s) + 0.001)
         return sleep_s
 
-    def _check(self, start: _TestStart, peaks: _Peaks, phase: str,
-               elapsed_s: float) -> Violation | None:
+    def _check(
+        self, start: _TestStart, peaks: _Peaks, phase: str, elapsed_s: float
+    ) -> Violation | None:
         budget, sample, mem = start.budget, self._sample, start.mem
         cpu_s = sample.cpu_s - start.cpu_s
         if budget.mem_bytes is not None and mem.over(budget.mem_bytes, sample):
-            return self._violate(start, "mem_mb", budget.mem_mb, mem.verdict_bytes(sample) / MIB,
-                                 phase, f"supervisor ({mem.describe()}, sampled)")
+            return self._violate(
+                start,
+                "mem_mb",
+                budget.mem_mb,
+                mem.verdict_bytes(sample) / MIB,
+                phase,
+                f"supervisor ({mem.describe()}, sampled)",
+            )
         if budget.cpu_s is not None and cpu_s > budget.cpu_s:
             detected = "supervisor (CPU time of the process tree, sampled)"
             if os.fstat(self.child.stack_fd).st_size:  # faulthandler already answered SIGXCPU
                 detected = "kernel (RLIMIT_CPU sent SIGXCPU) and supervisor"
             return self._violate(start, "cpu_s", budget.cpu_s, cpu_s, phase, detected)
         if budget.wall_s is not None and elapsed_s > budget.wall_s:
-            return self._violate(start, "wall_s", budget.wall_s, elapsed_s, phase,
-                                 "supervisor (wall clock)")
+            return self._violate(
+                start, "wall_s", budget.wall_s, elapsed_s, phase, "supervisor (wall clock)"
+            )
         gpu_now = peaks.gpu_now
-        if budget.gpu_bytes is not None and gpu_now is not None \
-                and gpu_now - start.gpu_bytes > budget.gpu_bytes:
-            return self._violate(start, "gpu_gb", budget.gpu_gb,
-                                 (gpu_now - start.gpu_bytes) / 1024**3, phase,
-                                 "supervisor (GPU memory of the process tree, NVML)")
+        if (
+            budget.gpu_bytes is not None
+            and gpu_now is not None
+            and gpu_now - start.gpu_bytes > budget.gpu_bytes
+        ):
+            return self._violate(
+                start,
+                "gpu_gb",
+                budget.gpu_gb,
+                (gpu_now - start.gpu_bytes) / 1024**3,
+                phase,
+                "supervisor (GPU memory of the process tree, NVML)",
+            )
         return None
 
-    def _violate(self, start: _TestStart, resource_key: str, limit: float | None,
-                 measured: float, phase: str, detected_by: str) -> Violation:
+    def _violate(
+        self,
+        start: _TestStart,
+        resource_key: str,
+        limit: float | None,
+        measured: float,
+        phase: str,
+        detected_by: str,
+    ) -> Violation:
         self.tree.remember_tree()
         stack = _request_stack(self.child)
-        return Violation(start.nodeid, resource_key, float(limit or 0), measured, detected_by,
-                         phase, self.child.pid, time.time(), (), stack)
+        return Violation(
+            start.nodeid,
+            resource_key,
+            float(limit or 0),
+            measured,
+            detected_by,
+            phase,
+            self.child.pid,
+            time.time(),
+            (),
+            stack,
+        )
 
-    def _result(self, start: _TestStart, peaks: _Peaks, violation: Violation | None,
-                finished: bool) -> RunResult:
-        messages = self.reader.messages[start.first_message:]
+    def _result(
+        self, start: _TestStart, peaks: _Peaks, violation: Violation | None, finished: bool
+    ) -> RunResult:
+        messages = self.reader.messages[start.first_message :]
         self._next_message = len(self.reader.messages)
         phase = _Progress.last_phase(messages) if self._ready else "collection"
         peak_rss_bytes = self._peak_rss(start, finished)
         usage = self._usage(start, peaks, peak_rss_bytes)
         usage = dataclasses.replace(
-            usage, gpu_clamps=tuple(verdict.clamp_notes(messages)),
+            usage,
+            gpu_clamps=tuple(verdict.clamp_notes(messages)),
             timeline=peaks.timeline.to_json(
-                None if violation is None else violation.at - start.started_at),
-            shm_files_left=self._shm_left(start))
+                None if violation is None else violation.at - start.started_at
+            ),
+            shm_files_left=self._shm_left(start),
+        )
         result = RunResult(messages, usage, violation, None, self.reader.problem, phase)
         if violation is not None:
             result.violation = dataclasses.replace(violation, signals_sent=self._signals_sent)
             return result
         if self.exit_info is not None:
             self.tree.kill_survivors()
-        result.violation = verdict.after_the_fact(start.nodeid, start.budget, usage,
-                                                  self.exit_info, self.child.pid, phase,
-                                                  self.child.stack_fd,
-                                                  start.mem.cgroup_oom_kills())
+        result.violation = verdict.after_the_fact(
+            start.nodeid,
+            start.budget,
+            usage,
+            self.exit_info,
+            self.child.pid,
+            phase,
+            self.child.stack_fd,
+            start.mem.cgroup_oom_kills(),
+        )
         if result.violation is None:
-            result.violation = verdict.device_oom(start.nodeid, start.budget, usage, messages,
-                                                  self.child.pid)
+            result.violation = verdict.device_oom(
+                start.nodeid, start.budget, usage, messages, self.child.pid
+            )
         if result.violation is None and not finished:
-            result.crash = verdict.crash(start.nodeid, self.exit_info, result.messages, phase,
-                                         self.reader.problem, self.child)
+            result.crash = verdict.crash(
+                start.nodeid,
+                self.exit_info,
+                result.messages,
+                phase,
+                self.reader.problem,
+                self.child,
+            )
         return result
 
     def _shm_left(self, start: _TestStart) -> tuple[str, ...]:
@@ -451,8 +565,9 @@ class Worker:
         self._signals_sent = ("SIGTERM", "SIGKILL")
         if exit_info is None:
             send_signal(child.pid, signal.SIGKILL)
-            exit_info = child.poll_exit(block=True) or ExitInfo(Ending(None, signal.SIGKILL),
-                                                                 0, 0.0)
+            exit_info = child.poll_exit(block=True) or ExitInfo(
+                Ending(None, signal.SIGKILL), 0, 0.0
+            )
         self.exit_info = exit_info
 
     def stop(self, timeout_s: float) -> None:
@@ -466,8 +581,12 @@ class Worker:
                 self.reader.drain()
                 self.exit_info = self.child.poll_exit(block=False)
                 if self.exit_info is None:
-                    select.select([wait_fd] if wait_fd is not None else [], [], [],
-                                  0.01 if wait_fd is None else 0.1)
+                    select.select(
+                        [wait_fd] if wait_fd is not None else [],
+                        [],
+                        [],
+                        0.01 if wait_fd is None else 0.1,
+                    )
             self.reader.drain()
         self.kill()
 
@@ -529,19 +648,23 @@ class _Progress:
     done: bool = False
 
     def update(self, messages: list[dict[str, Any]], nodeid: str) -> None:
-        for message in messages[self.seen:]:
+        for message in messages[self.seen :]:
             kind = message["t"]
             if kind == Kind.PHASE.value and isinstance(message.get("when"), str):
                 self.phase = message["when"]
-            elif kind == self.until.value and (self.until is Kind.READY
-                                                or message.get("nodeid") == nodeid):
+            elif kind == self.until.value and (
+                self.until is Kind.READY or message.get("nodeid") == nodeid
+            ):
                 self.done = True
         self.seen = len(messages)
 
     @staticmethod
     def last_phase(messages: list[dict[str, Any]]) -> str:
-        phases = [m["when"] for m in messages
-                  if m["t"] == Kind.PHASE.value and isinstance(m.get("when"), str)]
+        phases = [
+            m["when"]
+            for m in messages
+            if m["t"] == Kind.PHASE.value and isinstance(m.get("when"), str)
+        ]
         return phases[-1] if phases else "setup"
 
 
@@ -587,8 +710,8 @@ def stack_file() -> int:
         return os.memfd_create("pytest-taichi-limits-stack")
     import tempfile
 
-    handle = tempfile.TemporaryFile()
-    return os.dup(handle.fileno())
+    with tempfile.TemporaryFile() as handle:  # deleted at once; the duplicate keeps it open
+        return os.dup(handle.fileno())
 
 
 def pidfd_open(pid: int) -> int | None:

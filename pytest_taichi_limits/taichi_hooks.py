@@ -34,8 +34,9 @@ WRAPPER_MARK = "_taichi_limits_init_wrapper"
 class InitContext(Protocol):
     """What a supervised child does with ti.init (taichi_support._Cap)."""
 
-    def run_init(self, original: Callable[..., Any], args: tuple[Any, ...],
-                 kwargs: dict[str, Any]) -> Any:
+    def run_init(
+        self, original: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         """Call `original(*args, **kwargs)`, with whatever the child adds around it."""
 
     def check_resolved(self, arch: Any, through_wrapper: bool) -> None:
@@ -141,8 +142,11 @@ def _replace_in(namespace: dict[str, Any], original: object, replacement: object
 
 
 def _taichi_modules() -> list[ModuleType]:
-    return [module for name, module in list(sys.modules.items())
-            if (name == "taichi" or name.startswith("taichi.")) and isinstance(module, ModuleType)]
+    return [
+        module
+        for name, module in list(sys.modules.items())
+        if (name == "taichi" or name.startswith("taichi.")) and isinstance(module, ModuleType)
+    ]
 
 
 def _wrap_taichi_init(search_heap: bool) -> None:

@@ -77,8 +77,9 @@ def _lazy_class(base: type) -> type:
     if base in _LAZY_CLASSES.values():
         return base
     if base not in _LAZY_CLASSES:
-        _LAZY_CLASSES[base] = type("LazyInitRuntime", (base,), {"prog": property(_get_prog,
-                                                                                _set_prog)})
+        _LAZY_CLASSES[base] = type(
+            "LazyInitRuntime", (base,), {"prog": property(_get_prog, _set_prog)}
+        )
     return _LAZY_CLASSES[base]
 
 
@@ -106,7 +107,7 @@ def _inside_ti_init() -> bool:
     frame = sys._getframe(2)
     while frame is not None:
         code = frame.f_code
-        if code.co_name == "init" and code.co_filename.endswith(("taichi/lang/misc.py")):
+        if code.co_name == "init" and code.co_filename.endswith("taichi/lang/misc.py"):
             return True
         frame = frame.f_back  # type: ignore[assignment]
     return False

@@ -76,8 +76,10 @@ class CappedMemory:
     cap_gb: float
 
     def note(self) -> str:
-        return (f"ti.init {self.request.describe()} clamped to "
-                f"device_memory_GB={self.device_memory_GB:g} by gpu_gb={self.cap_gb:g}")
+        return (
+            f"ti.init {self.request.describe()} clamped to "
+            f"device_memory_GB={self.device_memory_GB:g} by gpu_gb={self.cap_gb:g}"
+        )
 
 
 def _env_number(environ: Mapping[str, str], name: str) -> float | None:
@@ -107,8 +109,9 @@ def memory_request(kwargs: Mapping[str, Any], environ: Mapping[str, str]) -> Mem
     return MemoryRequest(gb, gb_from, fraction, fraction_from)
 
 
-def cap_memory(request: MemoryRequest, cap_gb: float,
-               device_total_bytes: int | None) -> CappedMemory:
+def cap_memory(
+    request: MemoryRequest, cap_gb: float, device_total_bytes: int | None
+) -> CappedMemory:
     """At most `cap_gb`, always as device_memory_GB with the fraction switched off.
 
     A fraction can only be kept as its size in GB when the device's size is known; otherwise the
@@ -130,14 +133,16 @@ class GpuCap:
     and tells the parent which arch Taichi was asked for and which it chose. The child sets
     `cap_gb` to each test's gpu_gb before it runs that test."""
 
-    def __init__(self, budget: Budget, writer: ChannelWriter,
-                 device_total: Callable[[], int | None]) -> None:
+    def __init__(
+        self, budget: Budget, writer: ChannelWriter, device_total: Callable[[], int | None]
+    ) -> None:
         self.cap_gb = budget.gpu_gb
         self.writer = writer
         self.device_total = device_total
 
-    def run_init(self, original: Callable[..., Any], args: tuple[Any, ...],
-                 kwargs: dict[str, Any]) -> Any:
+    def run_init(
+        self, original: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         taichi_replay.cancel()  # the test's own init: the pytest process's is not replayed
         arch = args[0] if args else kwargs.get("arch")
         self.writer.send(INIT_STARTED, **requested_arch(arch, os.environ))
@@ -177,8 +182,14 @@ class GpuCap:
             self._send_clamp(capped, text)
 
     def _send_clamp(self, capped: CappedMemory, text: str) -> None:
-        self.writer.send("note", key=CLAMP_NOTE, text=text, asked=capped.request.describe(),
-                         granted_gb=capped.device_memory_GB, cap_gb=capped.cap_gb)
+        self.writer.send(
+            "note",
+            key=CLAMP_NOTE,
+            text=text,
+            asked=capped.request.describe(),
+            granted_gb=capped.device_memory_GB,
+            cap_gb=capped.cap_gb,
+        )
 
 
 def _applied_arch() -> dict[str, str]:
@@ -255,8 +266,10 @@ def _has_program() -> bool:
 #: from a device-side assert, the host-side check raises the second), the CUDA/AMDGPU driver
 #: wrappers' "CUDA Error {name}: {text} while calling ..." and device_memory_pool.cpp.
 DEVICE_OOM_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("the device_memory_GB pool is exhausted",
-     re.compile(r"Out of CUDA pre-allocated memory[^\n]*")),
+    (
+        "the device_memory_GB pool is exhausted",
+        re.compile(r"Out of CUDA pre-allocated memory[^\n]*"),
+    ),
     ("the device_memory_GB pool is exhausted", re.compile(r"Out of pre-allocated memory[^\n]*")),
     ("the GPU driver is out of memory", re.compile(r"CUDA_ERROR_OUT_OF_MEMORY[^\n]*")),
     ("the GPU driver is out of memory", re.compile(r"hipErrorOutOfMemory[^\n]*")),

@@ -109,7 +109,8 @@ class Timeline:
             "mem_bytes": [int(value) for value in self._mem[:count]],
             "cpu_s": [round(value, 4) for value in self._cpu[:count]],
             "gpu_bytes": [None if value < 0 else int(value) for value in self._gpu[:count]]
-            if self._gpu_seen else None,
+            if self._gpu_seen
+            else None,
             "violation_at_s": None if violation_at_s is None else round(violation_at_s, 4),
         }
 
@@ -124,7 +125,8 @@ def check(data: Mapping[str, Any]) -> None:
     for key in ("t_s", "mem_bytes", "cpu_s"):
         values = data.get(key)
         if not isinstance(values, list) or not all(
-                isinstance(value, (int, float)) for value in values):
+            isinstance(value, (int, float)) for value in values
+        ):
             raise TimelineError(f"timeline: {key!r} must be a list of numbers")
         lengths.add(len(values))
     gpu = data.get("gpu_bytes")

@@ -46,13 +46,15 @@ class UsageLog:
         except OSError as error:
             raise pytest.UsageError(
                 f"{OPTION}: cannot append to {self.shown}: {_reason(error)} (give a regular "
-                "file, or a FIFO that is being read, in a writable directory)") from None
+                "file, or a FIFO that is being read, in a writable directory)"
+            ) from None
 
     def pytest_taichi_limits_usage(self, item: pytest.Item, usage: Usage) -> None:
         self._pending.append({"event": "usage", **usage.to_json()})
 
-    def pytest_taichi_limits_violation(self, item: pytest.Item, violation: Violation,
-                                       usage: Usage) -> None:
+    def pytest_taichi_limits_violation(
+        self, item: pytest.Item, violation: Violation, usage: Usage
+    ) -> None:
         self._pending.append({"event": "violation", **violation.to_json()})
 
     def pytest_runtest_logfinish(self) -> None:
@@ -71,7 +73,8 @@ class UsageLog:
         except OSError as error:
             raise pytest.UsageError(
                 f"{OPTION}: cannot append to {self.shown}: {error}; the lines already in it "
-                "are left as they were") from None
+                "are left as they were"
+            ) from None
 
 
 def _open(path: str) -> int:

@@ -41,56 +41,105 @@ def read_stack(stack_fd: int) -> str:
     return os.pread(stack_fd, min(size, 1 << 20), 0).decode("utf-8", "replace")
 
 
-def after_the_fact(nodeid: str, budget: Budget, usage: Usage, exit_info: ExitInfo | None,
-                   pid: int, phase: str, stack_fd: int,
-                   cgroup_oom_kills: int = 0) -> Violation | None:
+def after_the_fact(
+    nodeid: str,
+    budget: Budget,
+    usage: Usage,
+    exit_info: ExitInfo | None,
+    pid: int,
+    phase: str,
+    stack_fd: int,
+    cgroup_oom_kills: int = 0,
+) -> Violation | None:
     """The kernel's own accounting can show a peak that fell between two samples."""
 
     def late(key: str, limit: float | None, measured: float, detected_by: str) -> Violation:
-        return Violation(nodeid, key, float(limit or 0), measured, detected_by, phase, pid,
-                         time.time(), (), read_stack(stack_fd))
+        return Violation(
+            nodeid,
+            key,
+            float(limit or 0),
+            measured,
+            detected_by,
+            phase,
+            pid,
+            time.time(),
+            (),
+            read_stack(stack_fd),
+        )
 
     ending = exit_info.ending if exit_info is not None else Ending(None, None)
     if budget.mem_bytes is not None and cgroup_oom_kills:
-        return late("mem_mb", budget.mem_mb, usage.own_memory_bytes / MIB,
-                    "kernel (the test's cgroup reached memory.max and the OOM killer ran)")
-    if budget.cpu_s is not None and exit_info is not None \
-            and ending.signal_number in (signal.SIGXCPU, signal.SIGKILL) \
-            and usage.cpu_s >= budget.cpu_s:
-        return late("cpu_s", budget.cpu_s, usage.cpu_s,
-                    f"kernel (RLIMIT_CPU: {signal_name(ending.signal_number or 0)})")
+        return late(
+            "mem_mb",
+            budget.mem_mb,
+            usage.own_memory_bytes / MIB,
+            "kernel (the test's cgroup reached memory.max and the OOM killer ran)",
+        )
+    if (
+        budget.cpu_s is not None
+        and exit_info is not None
+        and ending.signal_number in (signal.SIGXCPU, signal.SIGKILL)
+        and usage.cpu_s >= budget.cpu_s
+    ):
+        return late(
+            "cpu_s",
+            budget.cpu_s,
+            usage.cpu_s,
+            f"kernel (RLIMIT_CPU: {signal_name(ending.signal_number or 0)})",
+        )
     if budget.mem_bytes is not None and usage.kernel_own_rss_bytes > budget.mem_bytes:
-        return late("mem_mb", budget.mem_mb, usage.kernel_own_rss_bytes / MIB,
-                    "kernel (peak RSS of the test process, between two samples)")
+        return late(
+            "mem_mb",
+            budget.mem_mb,
+            usage.kernel_own_rss_bytes / MIB,
+            "kernel (peak RSS of the test process, between two samples)",
+        )
     if budget.cpu_s is not None and usage.cpu_s > budget.cpu_s:
-        return late("cpu_s", budget.cpu_s, usage.cpu_s,
-                    "kernel (CPU time of the test's processes, between two samples)")
+        return late(
+            "cpu_s",
+            budget.cpu_s,
+            usage.cpu_s,
+            "kernel (CPU time of the test's processes, between two samples)",
+        )
     return None
 
 
-def device_oom(nodeid: str, budget: Budget, usage: Usage, messages: list[dict[str, Any]],
-               pid: int) -> Violation | None:
+def device_oom(
+    nodeid: str, budget: Budget, usage: Usage, messages: list[dict[str, Any]], pid: int
+) -> Violation | None:
     """Taichi's own device out-of-memory error, under a gpu_gb cap, is that budget's."""
     found = next((m for m in messages if m["t"] == Kind.TAICHI_DEVICE_OOM.value), None)
     if found is None or budget.gpu_gb is None:
         return None
     measured = (usage.gpu_peak_bytes or 0) / 1024**3
     return Violation(
-        nodeid, "gpu_gb", budget.gpu_gb, measured,
+        nodeid,
+        "gpu_gb",
+        budget.gpu_gb,
+        measured,
         f"Taichi (device memory: {found.get('what')}; ti.init capped at "
         f"device_memory_GB<={budget.gpu_gb:g})",
-        str(found.get("phase") or "call"), pid, time.time(), (), "",
+        str(found.get("phase") or "call"),
+        pid,
+        time.time(),
+        (),
+        "",
         detail=str(found.get("line")),
     )
 
 
-def crash(nodeid: str, exit_info: ExitInfo | None, messages: list[dict[str, Any]], phase: str,
-          channel_problem: str | None, child: _Child) -> Crash | None:
+def crash(
+    nodeid: str,
+    exit_info: ExitInfo | None,
+    messages: list[dict[str, Any]],
+    phase: str,
+    channel_problem: str | None,
+    child: _Child,
+) -> Crash | None:
     """Why a test that did not finish ended (None: it ended as the protocol says)."""
     kinds = {message["t"] for message in messages}
     ending = exit_info.ending if exit_info is not None else Ending(None, None)
-    if Kind.EXIT.value in kinds and ending.signal_number is None \
-            and ending.exit_code == EXIT_DONE:
+    if Kind.EXIT.value in kinds and ending.signal_number is None and ending.exit_code == EXIT_DONE:
         return None
     cause = child.crash_cause()
     internal = [m for m in messages if m["t"] == Kind.INTERNAL_ERROR.value]
@@ -107,13 +156,15 @@ def crash(nodeid: str, exit_info: ExitInfo | None, messages: list[dict[str, Any]
         reason = "the plugin failed inside the test process: " + str(internal[-1].get("text"))
     elif channel_problem is not None:
         # It did send, but what arrived was unusable: say that, not "it sent nothing".
-        reason = (f"{channel_problem}; the test process {ending.describe} and its "
-                  "own result is unknown")
+        reason = (
+            f"{channel_problem}; the test process {ending.describe} and its own result is unknown"
+        )
     else:
-        reason = (f"the test process {ending.describe} before it sent its reports "
-                  "(os._exit, sys.exit from a thread, or a closed report channel)")
-    return Crash(nodeid, reason, phase, read_stack(child.stack_fd),
-                 hint=init_crash_hint(messages))
+        reason = (
+            f"the test process {ending.describe} before it sent its reports "
+            "(os._exit, sys.exit from a thread, or a closed report channel)"
+        )
+    return Crash(nodeid, reason, phase, read_stack(child.stack_fd), hint=init_crash_hint(messages))
 
 
 def clamp_notes(messages: list[dict[str, Any]]) -> list[str]:
@@ -139,7 +190,9 @@ def init_crash_hint(messages: list[dict[str, Any]]) -> str:
         return ""
     arch, source = started.get("arch"), started.get("arch_from")
     where = f"TI_ARCH={arch}" if source == "TI_ARCH" else f"arch={arch} ({source})"
-    return (f"it crashed inside ti.init with {where}, while Taichi set up that backend. "
-            "Use a backend that works on this machine: set TI_ARCH=x64 in the environment "
-            "(it overrides arch= in every ti.init; TI_ARCH=cpu is not a valid name), or pass "
-            "arch=ti.cpu / --taichi-limits-arch=cpu")
+    return (
+        f"it crashed inside ti.init with {where}, while Taichi set up that backend. "
+        "Use a backend that works on this machine: set TI_ARCH=x64 in the environment "
+        "(it overrides arch= in every ti.init; TI_ARCH=cpu is not a valid name), or pass "
+        "arch=ti.cpu / --taichi-limits-arch=cpu"
+    )

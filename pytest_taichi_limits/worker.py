@@ -41,8 +41,9 @@ def is_worker(config: pytest.Config) -> bool:
 class WorkerPlugin:
     """Copies the parent's options, silences the worker's terminal, runs the one item."""
 
-    def __init__(self, request: WorkerRequest, writer: ChannelWriter, cap: GpuCap,
-                 control_fd: int) -> None:
+    def __init__(
+        self, request: WorkerRequest, writer: ChannelWriter, cap: GpuCap, control_fd: int
+    ) -> None:
         self.__name__ = WORKER_PLUGIN_NAME  # the name pytest registers this object under
         self.request = request
         self.writer = writer
@@ -90,8 +91,10 @@ class WorkerPlugin:
             item.stash[BUDGET_KEY] = budget  # the taichi_limits_ti fixture reads it
         self.restore_output()
         commands = CommandReader(self.control_fd)
-        child.exit_guarded(self.writer,  # never returns
-                           lambda: child.serve(items, self.writer, commands, self.cap))
+        child.exit_guarded(
+            self.writer,  # never returns
+            lambda: child.serve(items, self.writer, commands, self.cap),
+        )
 
     def silence_output(self) -> None:
         """Until the test runs: what the session prints before (a conftest's ti.init says
@@ -101,7 +104,8 @@ class WorkerPlugin:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 1)
         os.close(devnull)
-        self.stderr_file = tempfile.TemporaryFile()
+        # Kept open for the worker's whole life (it explains a session that cannot start).
+        self.stderr_file = tempfile.TemporaryFile()  # noqa: SIM115
         os.dup2(self.stderr_file.fileno(), 2)
 
     def restore_output(self) -> None:
@@ -122,8 +126,10 @@ class WorkerPlugin:
         return tail.decode("utf-8", "replace").strip()
 
     def why_not_run(self, exit_code: int | pytest.ExitCode) -> str:
-        text = (f"the test could not be collected again in a fresh interpreter (spawn mode; "
-                f"pytest exit code {int(exit_code)})")
+        text = (
+            f"the test could not be collected again in a fresh interpreter (spawn mode; "
+            f"pytest exit code {int(exit_code)})"
+        )
         if not self.found:
             missing = [t.nodeid for t in self.request.tests]
             text += f": not all of {', '.join(missing[:3])} were among the collected items"
@@ -151,16 +157,19 @@ def _differs(test: Fingerprint, item: pytest.Item) -> str | None:
                     continue
             except Exception:  # noqa: BLE001 - a value that cannot round-trip is not the same
                 pass
-        return (f"{test.nodeid}: different tests were collected in the fresh interpreter "
-                f"(spawn mode): parameter {name!r} has another value under this id, as "
-                "happens when parametrize iterates over a set or a dict and the hash seed "
-                "differs. Set PYTHONHASHSEED (e.g. PYTHONHASHSEED=0) for the pytest run, or "
-                "parametrize over a sorted list")
+        return (
+            f"{test.nodeid}: different tests were collected in the fresh interpreter "
+            f"(spawn mode): parameter {name!r} has another value under this id, as "
+            "happens when parametrize iterates over a set or a dict and the hash seed "
+            "differs. Set PYTHONHASHSEED (e.g. PYTHONHASHSEED=0) for the pytest run, or "
+            "parametrize over a sorted list"
+        )
     return None
 
 
-def run_worker(request: WorkerRequest, channel_fd: int, stack_fd: int, control_fd: int,
-               zygote_pid: int) -> NoReturn:
+def run_worker(
+    request: WorkerRequest, channel_fd: int, stack_fd: int, control_fd: int, zygote_pid: int
+) -> NoReturn:
     writer = ChannelWriter(channel_fd)
 
     def body() -> None:
@@ -179,8 +188,14 @@ def run_worker(request: WorkerRequest, channel_fd: int, stack_fd: int, control_f
     child.exit_guarded(writer, body)
 
 
-def reimport_worker(request: WorkerRequest, modules: list[str], channel_fd: int, stack_fd: int,
-                    control_fd: int, parent_pid: int) -> NoReturn:
+def reimport_worker(
+    request: WorkerRequest,
+    modules: list[str],
+    channel_fd: int,
+    stack_fd: int,
+    control_fd: int,
+    parent_pid: int,
+) -> NoReturn:
     """In a child forked from pytest after it reset Taichi: forget `modules` (those whose
     import made Taichi state, and the test modules that use it) and serve as a worker that
     imports and collects them again, so their module-level ti.init and fields are made here.

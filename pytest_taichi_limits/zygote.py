@@ -105,9 +105,21 @@ def _empty_session() -> None:
             ini = os.path.join(empty, "pytest.ini")
             with open(ini, "w") as handle:
                 handle.write("[pytest]\n")
-            pytest.main(["-q", "--collect-only", "-p", "no:cacheprovider",
-                         "-p", "no:taichi_limits", "--rootdir", empty,
-                         "-c", ini, empty])
+            pytest.main(
+                [
+                    "-q",
+                    "--collect-only",
+                    "-p",
+                    "no:cacheprovider",
+                    "-p",
+                    "no:taichi_limits",
+                    "--rootdir",
+                    empty,
+                    "-c",
+                    ini,
+                    empty,
+                ]
+            )
     except BaseException:  # noqa: BLE001 - only an optimisation
         pass
     finally:
@@ -160,11 +172,15 @@ def serve(control: socket.socket) -> None:
         _, status, rusage = os.wait4(pid, 0)
         reap_own_children()  # the test's orphans came here (a subreaper): none outlives it
         try:
-            result.send(json.dumps({
-                "status": status,
-                "maxrss_bytes": rusage.ru_maxrss * 1024,
-                "cpu_s": rusage.ru_utime + rusage.ru_stime,
-            }).encode())
+            result.send(
+                json.dumps(
+                    {
+                        "status": status,
+                        "maxrss_bytes": rusage.ru_maxrss * 1024,
+                        "cpu_s": rusage.ru_utime + rusage.ru_stime,
+                    }
+                ).encode()
+            )
         except OSError:
             pass
         result.close()

@@ -22,18 +22,25 @@ def find_browser() -> tuple[str | None, str]:
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
-        return None, ("the Python package 'playwright' is not installed (pip install "
-                      "'.[test]'; no browser download is needed)")
+        return None, (
+            "the Python package 'playwright' is not installed (pip install "
+            "'.[test]'; no browser download is needed)"
+        )
     named = os.environ.get("TAICHI_LIMITS_CHROMIUM")
     if named:
-        return (named, "") if os.access(named, os.X_OK) else (
-            None, f"TAICHI_LIMITS_CHROMIUM={named} is not an executable")
+        return (
+            (named, "")
+            if os.access(named, os.X_OK)
+            else (None, f"TAICHI_LIMITS_CHROMIUM={named} is not an executable")
+        )
     for name in CANDIDATES:
         found = shutil.which(name)
         if found:
             return found, ""
-    return None, ("no Chromium found (" + ", ".join(CANDIDATES) + "); install one, e.g. "
-                  "`apt-get install -y chromium`, or set TAICHI_LIMITS_CHROMIUM")
+    return None, (
+        "no Chromium found (" + ", ".join(CANDIDATES) + "); install one, e.g. "
+        "`apt-get install -y chromium`, or set TAICHI_LIMITS_CHROMIUM"
+    )
 
 
 @contextmanager

@@ -153,8 +153,11 @@ def survivors(root: Path, settle_s: float = 3.0) -> list[str]:
                 continue
         for process in psutil.process_iter():
             try:
-                if os.getpgid(process.pid) in groups and process.pid != os.getpid() \
-                        and _running(process):
+                if (
+                    os.getpgid(process.pid) in groups
+                    and process.pid != os.getpid()
+                    and _running(process)
+                ):
                     alive.append(f"pid {process.pid} in process group {os.getpgid(process.pid)}")
             except (OSError, psutil.Error):
                 continue

@@ -20,7 +20,7 @@ import pytest
 
 pytest.importorskip("xdist")
 
-TESTS = '''
+TESTS = """
 import json
 import os
 import pathlib
@@ -53,7 +53,7 @@ def run(name):
 @pytest.mark.parametrize("number", range({count}))
 def test_admitted(number):
     run(f"{{__name__}}-{{number}}")
-'''
+"""
 
 
 @pytest.fixture
@@ -71,8 +71,9 @@ def _intervals(log: Path) -> list[tuple[float, float]]:
 
 
 def _most_at_once(intervals: list[tuple[float, float]]) -> int:
-    return max(sum(1 for start, end in intervals if start <= moment < end)
-               for moment, _ in intervals)
+    return max(
+        sum(1 for start, end in intervals if start <= moment < end) for moment, _ in intervals
+    )
 
 
 def _ledger_entries(tmp_path: Path) -> list[str]:
@@ -80,26 +81,38 @@ def _ledger_entries(tmp_path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
-@pytest.mark.parametrize("mark, capacity", [("mem_mb=1024", "mem=2GB"),
-                                            ("mem_mb=10, gpu_gb=2", "gpu=4GB")],
-                         ids=["memory", "gpu"])
+@pytest.mark.parametrize(
+    "mark, capacity",
+    [("mem_mb=1024", "mem=2GB"), ("mem_mb=10, gpu_gb=2", "gpu=4GB")],
+    ids=["memory", "gpu"],
+)
 def test_four_tests_under_room_for_two_never_run_more_than_two_at_once(
-        pytester, run_plugin, admit_env, monkeypatch, tmp_path, mark, capacity):
+    pytester, run_plugin, admit_env, monkeypatch, tmp_path, mark, capacity
+):
     pytester.makepyfile(test_four=TESTS.format(mark=mark, count=4))
     monkeypatch.setenv("ADMIT_WAIT_FOR", "3")  # a third test would start if it could
-    result = run_plugin("-n", "4", "--taichi-limits-admit", f"--taichi-limits-capacity={capacity}",
-                        "--taichi-limits-log=usage.jsonl")
+    result = run_plugin(
+        "-n",
+        "4",
+        "--taichi-limits-admit",
+        f"--taichi-limits-capacity={capacity}",
+        "--taichi-limits-log=usage.jsonl",
+    )
     result.assert_outcomes(passed=4)
     intervals = _intervals(admit_env)
     assert len(intervals) == 4
     assert _most_at_once(intervals) <= 2
-    result.stdout.fnmatch_lines([
-        ("*taichi-limits: admission by budget: each supervised test reserves its mem_mb and "
-        "gpu_gb budgets before it starts; capacity *"),
-        "*taichi-limits admission*",
-        "4 tests admitted; waited * s in total*",
-        "peak reserved * (machine-wide, every session)*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            (
+                "*taichi-limits: admission by budget: each supervised test reserves its mem_mb and "
+                "gpu_gb budgets before it starts; capacity *"
+            ),
+            "*taichi-limits admission*",
+            "4 tests admitted; waited * s in total*",
+            "peak reserved * (machine-wide, every session)*",
+        ]
+    )
     usages = [json.loads(line) for line in (pytester.path / "usage.jsonl").read_text().splitlines()]
     assert len(usages) == 4
     for usage in usages:
@@ -120,20 +133,34 @@ def test_with_room_for_all_they_overlap(pytester, run_plugin, admit_env, monkeyp
     monkeypatch.setenv("ADMIT_WAIT_FOR", "2")
     monkeypatch.setenv("ADMIT_MUST", "1")
     monkeypatch.setenv("ADMIT_PATIENCE_S", "60")
-    result = run_plugin("-n", "4", "--taichi-limits-admit=budget",
-                        "--taichi-limits-capacity=mem=8GB")
+    result = run_plugin(
+        "-n", "4", "--taichi-limits-admit=budget", "--taichi-limits-capacity=mem=8GB"
+    )
     result.assert_outcomes(passed=4)
     assert _most_at_once(_intervals(admit_env)) >= 2
 
 
-@pytest.mark.parametrize("mark, says", [
-    ("mem_mb=4096", ("needs memory 4.0 GB (its budget) but the whole capacity is 2.0 GB "
-                    "(declared): it could never start*")),
-    ("mem_mb=10, gpu_gb=8", ("needs GPU memory 8.0 GB (its budget) but the largest device holds "
-                            "4.0 GB: it could never start*")),
-], ids=["memory", "gpu"])
-def test_a_test_larger_than_the_capacity_fails_at_once(pytester, run_plugin, admit_env, mark,
-                                                        says):
+@pytest.mark.parametrize(
+    "mark, says",
+    [
+        (
+            "mem_mb=4096",
+            (
+                "needs memory 4.0 GB (its budget) but the whole capacity is 2.0 GB "
+                "(declared): it could never start*"
+            ),
+        ),
+        (
+            "mem_mb=10, gpu_gb=8",
+            (
+                "needs GPU memory 8.0 GB (its budget) but the largest device holds "
+                "4.0 GB: it could never start*"
+            ),
+        ),
+    ],
+    ids=["memory", "gpu"],
+)
+def test_a_test_larger_than_the_capacity_fails_at_once(pytester, run_plugin, admit_env, mark, says):
     pytester.makepyfile(test_big=TESTS.format(mark=mark, count=1))
     result = run_plugin("--taichi-limits-admit", "--taichi-limits-capacity=mem=2GB,gpu=4GB")
     result.assert_outcomes(failed=1)
@@ -146,13 +173,28 @@ def test_two_sessions_started_together_share_one_ledger(pytester, admit_env, mon
     for name in ("test_first", "test_second"):
         pytester.makepyfile(**{name: TESTS.format(mark="mem_mb=1024", count=2)})
     monkeypatch.setenv("ADMIT_WAIT_FOR", "2")  # a test of the other session would start if it could
-    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist",
-               "--taichi-limits-admit", "--taichi-limits-capacity=mem=1GB"]
-    sessions = [subprocess.Popen([*command, f"{name}.py"], cwd=pytester.path,
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-                for name in ("test_first", "test_second")]
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:xdist",
+        "--taichi-limits-admit",
+        "--taichi-limits-capacity=mem=1GB",
+    ]
+    sessions = [
+        subprocess.Popen(
+            [*command, f"{name}.py"],
+            cwd=pytester.path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for name in ("test_first", "test_second")
+    ]
     outputs = [session.communicate(timeout=120)[0].decode() for session in sessions]
-    for session, output in zip(sessions, outputs):
+    for session, output in zip(sessions, outputs, strict=True):
         assert session.returncode == 0, output
         assert "2 passed" in output
     intervals = _intervals(admit_env)
@@ -160,7 +202,7 @@ def test_two_sessions_started_together_share_one_ledger(pytester, admit_env, mon
     assert _most_at_once(intervals) == 1  # 1 GB each under 1 GB: one at a time, both sessions
 
 
-KILLER = '''
+KILLER = """
 import os
 import signal
 import time
@@ -182,11 +224,12 @@ def test_a_kills_its_worker():
 @pytest.mark.parametrize("number", range(2))
 def test_b_after(number):
     pass
-'''
+"""
 
 
 def test_worker_killed_while_holding_a_reservation_does_not_block_the_rest(
-        pytester, run_plugin, admit_env, tmp_path):
+    pytester, run_plugin, admit_env, tmp_path
+):
     pytester.makepyfile(test_killer=KILLER)
     # One worker, so the other tests run after the kill, in the replacement worker; each needs
     # the whole capacity that the dead worker's reservation holds.
@@ -200,20 +243,27 @@ def test_bad_admission_options_are_usage_errors(pytester, run_plugin, admit_env)
     pytester.makepyfile(test_ok="def test_ok():\n    pass\n")
     for args, says in [
         (["--taichi-limits-admit=maybe"], "*--taichi-limits-admit*invalid choice*'maybe'*"),
-        (["--taichi-limits-admit", "--taichi-limits-capacity=mem=lots"],
-         "*--taichi-limits-capacity: cannot read the amount 'lots'*"),
-        (["--taichi-limits-admit=baseline"],
-         "*--taichi-limits-admit=baseline needs a baseline*--taichi-limits-compare=PATH*"),
-        (["-o", "taichi_limits_admit=sometimes"],
-         "*ini option taichi_limits_admit must be budget, baseline or off, got 'sometimes'*"),
+        (
+            ["--taichi-limits-admit", "--taichi-limits-capacity=mem=lots"],
+            "*--taichi-limits-capacity: cannot read the amount 'lots'*",
+        ),
+        (
+            ["--taichi-limits-admit=baseline"],
+            "*--taichi-limits-admit=baseline needs a baseline*--taichi-limits-compare=PATH*",
+        ),
+        (
+            ["-o", "taichi_limits_admit=sometimes"],
+            "*ini option taichi_limits_admit must be budget, baseline or off, got 'sometimes'*",
+        ),
     ]:
         result = run_plugin(*args)
         assert result.ret == 4, args
         result.stderr.fnmatch_lines([says])
 
 
-def test_shared_ledger_directory_of_another_user_is_refused(pytester, run_plugin, monkeypatch,
-                                                            tmp_path):
+def test_shared_ledger_directory_of_another_user_is_refused(
+    pytester, run_plugin, monkeypatch, tmp_path
+):
     shared = tmp_path / "open"
     shared.mkdir()
     shared.chmod(0o777)
@@ -225,20 +275,33 @@ def test_shared_ledger_directory_of_another_user_is_refused(pytester, run_plugin
     assert os.listdir(shared) == []
 
 
-def test_baseline_mode_reserves_measured_peaks_and_ini_switches_it_on(pytester, run_plugin,
-                                                                      admit_env):
+def test_baseline_mode_reserves_measured_peaks_and_ini_switches_it_on(
+    pytester, run_plugin, admit_env
+):
     pytester.makepyfile(test_small=TESTS.format(mark="mem_mb=1024", count=3))
     pytester.makeini("[pytest]\ntaichi_limits_admit = baseline\n")
-    saved = run_plugin("--taichi-limits-admit=off", "--taichi-limits-save-baseline=base.json",
-                       "-k", "not 2")  # test_admitted[2] stays out of the baseline
+    saved = run_plugin(
+        "--taichi-limits-admit=off", "--taichi-limits-save-baseline=base.json", "-k", "not 2"
+    )  # test_admitted[2] stays out of the baseline
     saved.assert_outcomes(passed=2)
-    result = run_plugin("--taichi-limits-compare=base.json", "--taichi-limits-log=usage.jsonl",
-                        "--taichi-limits-capacity=mem=1GB")
+    result = run_plugin(
+        "--taichi-limits-compare=base.json",
+        "--taichi-limits-log=usage.jsonl",
+        "--taichi-limits-capacity=mem=1GB",
+    )
     result.assert_outcomes(passed=3)
-    result.stdout.fnmatch_lines([("*admission by baseline: each supervised test reserves its "
-                                 "baseline peaks plus tolerance*")])
-    extras = {usage["nodeid"]: usage["admission"] for usage in map(
-        json.loads, (pytester.path / "usage.jsonl").read_text().splitlines())}
+    result.stdout.fnmatch_lines(
+        [
+            (
+                "*admission by baseline: each supervised test reserves its "
+                "baseline peaks plus tolerance*"
+            )
+        ]
+    )
+    extras = {
+        usage["nodeid"]: usage["admission"]
+        for usage in map(json.loads, (pytester.path / "usage.jsonl").read_text().splitlines())
+    }
     measured = [extras[f"test_small.py::test_admitted[{n}]"] for n in (0, 1)]
     for extra in measured:
         assert extra["admission_source"] == "baseline peak plus tolerance, at most the budget"
@@ -248,7 +311,7 @@ def test_baseline_mode_reserves_measured_peaks_and_ini_switches_it_on(pytester, 
     assert new["admission_source"] == "its budget; not in the baseline"
 
 
-FAKE_GPUS = '''
+FAKE_GPUS = """
 from pytest_taichi_limits import capacity
 
 GB = 1024**3
@@ -260,9 +323,9 @@ def fake_devices():
 
 
 capacity.nvml_devices = fake_devices
-'''
+"""
 
-DEVICE_TESTS = '''
+DEVICE_TESTS = """
 import json
 import os
 import pathlib
@@ -280,11 +343,12 @@ def test_on_a_device(number):
     seen = [os.environ.get("CUDA_VISIBLE_DEVICES"), os.environ.get("TI_VISIBLE_DEVICE")]
     time.sleep(1.0)
     (LOG / f"{number}.json").write_text(json.dumps([started, time.time(), *seen]))
-'''
+"""
 
 
 def test_each_gpu_test_gets_a_device_with_room_within_cuda_visible_devices(
-        pytester, run_plugin, admit_env, monkeypatch):
+    pytester, run_plugin, admit_env, monkeypatch
+):
     """Three fake 16 GB devices (NVML replaced in a conftest), CUDA_VISIBLE_DEVICES=2,1 set
     outside pytest, four gpu_gb=10 tests under -n 3: each child sees one device of 1 and 2,
     under both names, and no two tests share a device at the same time."""
@@ -293,13 +357,22 @@ def test_each_gpu_test_gets_a_device_with_room_within_cuda_visible_devices(
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,1")
     result = run_plugin("-n", "3", "--taichi-limits-admit")
     result.assert_outcomes(passed=4)
-    result.stdout.fnmatch_lines([("*capacity memory * GPU 16.0 GB on each of 2 device(s) (fake "
-                                 "NVML, 3 device(s), 2 visible through "
-                                 "CUDA_VISIBLE_DEVICES='2,1')*")])
+    result.stdout.fnmatch_lines(
+        [
+            (
+                "*capacity memory * GPU 16.0 GB on each of 2 device(s) (fake "
+                "NVML, 3 device(s), 2 visible through "
+                "CUDA_VISIBLE_DEVICES='2,1')*"
+            )
+        ]
+    )
     runs = [json.loads(path.read_text()) for path in sorted(admit_env.glob("*.json"))]
     assert len(runs) == 4
     for _, _, cuda, ti_device in runs:
         assert (cuda, ti_device) in (("GPU-fake1", "1"), ("GPU-fake2", "2"))
     for start, end, cuda, _ in runs:
-        assert not [other for other in runs if other[2] == cuda and other[0] != start
-                    and other[0] < end and start < other[1]]
+        assert not [
+            other
+            for other in runs
+            if other[2] == cuda and other[0] != start and other[0] < end and start < other[1]
+        ]

@@ -34,11 +34,16 @@ MB = 1024**2
 GB = 1024**3
 
 
-def _entry(ticket: int, mem: int = 0, gpu: int = 0, state: str = WAITING,
-           device: int | None = None, overtaken: int = 0) -> Entry:
+def _entry(
+    ticket: int,
+    mem: int = 0,
+    gpu: int = 0,
+    state: str = WAITING,
+    device: int | None = None,
+    overtaken: int = 0,
+) -> Entry:
     pid, start = this_process()
-    return Entry(ticket, pid, start, state, mem, gpu, device, time.time(), f"t{ticket}",
-                 overtaken)
+    return Entry(ticket, pid, start, state, mem, gpu, device, time.time(), f"t{ticket}", overtaken)
 
 
 def _capacity(mem: int = 2 * GB, devices: tuple[cap.Device, ...] = ()) -> adm.Capacity:
@@ -56,8 +61,13 @@ def test_capacity_spec_parses_units_and_rejects_typos():
     assert cap.parse_capacity("mem=20GB,gpu=80GB") == cap.Declared(20 * GB, 80 * GB)
     assert cap.parse_capacity(" gpu = 1.5 GB ") == cap.Declared(None, int(1.5 * GB))
     assert cap.parse_capacity("mem=512M") == cap.Declared(512 * MB, None)
-    for bad, says in (("mem=20XB", "cannot read"), ("ram=1GB", "KEY=AMOUNT"),
-                      ("mem=0GB", "more than 0"), ("mem=1GB,mem=2GB", "twice"), (",", "names no")):
+    for bad, says in (
+        ("mem=20XB", "cannot read"),
+        ("ram=1GB", "KEY=AMOUNT"),
+        ("mem=0GB", "more than 0"),
+        ("mem=1GB,mem=2GB", "twice"),
+        (",", "names no"),
+    ):
         with pytest.raises(cap.CapacityError, match=says):
             cap.parse_capacity(bad)
 
@@ -71,15 +81,18 @@ def test_machine_memory_is_available_minus_a_margin():
 
 def test_capacity_from_declared_values_and_fake_nvml():
     devices = [cap.Device(0, 80 * GB, "GPU-aaa"), cap.Device(1, 80 * GB, "GPU-bbb")]
-    measured = adm.measure_capacity(cap.Declared(None, 40 * GB),
-                                    figures={"MemTotal": 10 * GB, "MemAvailable": 9 * GB},
-                                    nvml=lambda: (devices, "NVML, 2 device(s)"),
-                                    cuda_visible="1")
+    measured = adm.measure_capacity(
+        cap.Declared(None, 40 * GB),
+        figures={"MemTotal": 10 * GB, "MemAvailable": 9 * GB},
+        nvml=lambda: (devices, "NVML, 2 device(s)"),
+        cuda_visible="1",
+    )
     assert measured.mem_bytes == 8 * GB
     assert [(d.index, d.total_bytes) for d in measured.devices] == [(1, 40 * GB)]
     assert measured.physical_devices == 2
-    without_nvml = adm.measure_capacity(cap.Declared(2 * GB, 4 * GB),
-                                        nvml=lambda: ([], "NVML unavailable"))
+    without_nvml = adm.measure_capacity(
+        cap.Declared(2 * GB, 4 * GB), nvml=lambda: ([], "NVML unavailable")
+    )
     assert without_nvml.mem_source == "declared"
     assert [(d.index, d.total_bytes) for d in without_nvml.devices] == [(-1, 4 * GB)]
     assert "GPU 4.0 GB on each of 1 device(s)" in without_nvml.describe()
@@ -89,8 +102,11 @@ def test_capacity_from_declared_values_and_fake_nvml():
 # -- devices ----------------------------------------------------------------------------------
 
 
-DEVICES = [cap.Device(0, 16 * GB, "GPU-0a"), cap.Device(1, 16 * GB, "GPU-1b"),
-           cap.Device(2, 16 * GB, "GPU-2c")]
+DEVICES = [
+    cap.Device(0, 16 * GB, "GPU-0a"),
+    cap.Device(1, 16 * GB, "GPU-1b"),
+    cap.Device(2, 16 * GB, "GPU-2c"),
+]
 
 
 def test_cuda_visible_devices_set_outside_pytest_is_respected():
@@ -112,17 +128,26 @@ def test_device_with_most_room_is_chosen_and_a_full_one_never():
 
 
 def test_admitted_gpu_test_gets_a_device_with_room_and_its_environment(tmp_path):
-    admission = adm.Admission("budget", directory=str(tmp_path),
-                              capacity=_capacity(devices=tuple(DEVICES)), sleep=_no_sleep)
+    admission = adm.Admission(
+        "budget",
+        directory=str(tmp_path),
+        capacity=_capacity(devices=tuple(DEVICES)),
+        sleep=_no_sleep,
+    )
     budget = Budget(mem_mb=100, gpu_gb=10)
     with admission.admitted("a", budget) as first, admission.admitted("b", budget) as second:
         assert {first.device.index, second.device.index} == {0, 1}
         assert second.env["TI_VISIBLE_DEVICE"] == str(second.device.index)
         assert second.env["CUDA_VISIBLE_DEVICES"] == second.device.uuid
         assert second.facts()["admission_reserved_gpu_bytes"] == 10 * GB
-    one_card = adm.Admission("budget", directory=str(tmp_path), sleep=_no_sleep,
-                             capacity=adm.Capacity(GB, "declared", (cap.Device(0, 16 * GB),),
-                                                   "test", physical_devices=1))
+    one_card = adm.Admission(
+        "budget",
+        directory=str(tmp_path),
+        sleep=_no_sleep,
+        capacity=adm.Capacity(
+            GB, "declared", (cap.Device(0, 16 * GB),), "test", physical_devices=1
+        ),
+    )
     with one_card.admitted("c", budget) as grant:
         assert grant.device.index == 0 and grant.env == {}  # nothing to choose between
 
@@ -160,8 +185,9 @@ def test_large_test_starts_after_its_overtakes_are_used_up(tmp_path):
             if decision.admit:
                 admitted_small += 1
                 entries[:] = [e for e in entries if e.ticket != ticket]  # ran and ended
-                entries[:] = [adm._passed(e) if e.ticket in decision.overtaken else e
-                              for e in entries]
+                entries[:] = [
+                    adm._passed(e) if e.ticket in decision.overtaken else e for e in entries
+                ]
     assert admitted_small == adm.MAX_OVERTAKES
     with ledger.transaction() as entries:
         entries[:] = [e for e in entries if e.ticket != 1]  # the holder ends
@@ -171,8 +197,11 @@ def test_large_test_starts_after_its_overtakes_are_used_up(tmp_path):
 
 def test_tests_on_different_resources_do_not_block_each_other():
     gpu_only = _capacity(devices=(cap.Device(0, 4 * GB),))
-    entries = [_entry(1, gpu=3 * GB, state=HELD, device=0),
-               _entry(2, gpu=2 * GB, overtaken=adm.MAX_OVERTAKES), _entry(3, mem=GB)]
+    entries = [
+        _entry(1, gpu=3 * GB, state=HELD, device=0),
+        _entry(2, gpu=2 * GB, overtaken=adm.MAX_OVERTAKES),
+        _entry(3, mem=GB),
+    ]
     assert adm.decide(entries, 3, gpu_only).admit
     assert not adm.decide(entries, 2, gpu_only).admit
 
@@ -182,11 +211,24 @@ def test_tests_on_different_resources_do_not_block_each_other():
 
 def test_need_from_budget_and_from_baseline(tmp_path):
     ranges = {"own_memory_bytes": Range(90 * MB, 100 * MB), "gpu_bytes": Range(GB, GB)}
-    base = {"t": BaselineEntry(runs=2, ranges=ranges, memory_method="rss-growth", arch="x64",
-                               mode="fork", environment="e", saved_at="now")}
+    base = {
+        "t": BaselineEntry(
+            runs=2,
+            ranges=ranges,
+            memory_method="rss-growth",
+            arch="x64",
+            mode="fork",
+            environment="e",
+            saved_at="now",
+        )
+    }
     tolerance = parse_tolerance("mem=10%+16MB,gpu=0%+0MB")
-    admission = adm.Admission("baseline", baseline=base, allowances=tolerance.allowances,
-                              capacity=_capacity(8 * GB, (cap.Device(0, 8 * GB),)))
+    admission = adm.Admission(
+        "baseline",
+        baseline=base,
+        allowances=tolerance.allowances,
+        capacity=_capacity(8 * GB, (cap.Device(0, 8 * GB),)),
+    )
     need = admission.need_of("t", Budget(mem_mb=1024, gpu_gb=2))
     assert need.mem_bytes == 110 * MB + 16 * MB and need.gpu_bytes == GB
     assert admission.need_of("t", Budget(mem_mb=50)).mem_bytes == 50 * MB  # never above budget
@@ -198,20 +240,32 @@ def test_need_from_budget_and_from_baseline(tmp_path):
 
 
 def test_a_test_larger_than_the_capacity_is_refused_at_once(tmp_path):
-    admission = adm.Admission("budget", directory=str(tmp_path), sleep=_no_sleep,
-                              capacity=_capacity(2 * GB, (cap.Device(-1, 4 * GB),)))
+    admission = adm.Admission(
+        "budget",
+        directory=str(tmp_path),
+        sleep=_no_sleep,
+        capacity=_capacity(2 * GB, (cap.Device(-1, 4 * GB),)),
+    )
     too_large = r"needs memory 4\.0 GB .*whole capacity is 2\.0 GB .*could never start"
-    with pytest.raises(adm.AdmissionRefused, match=too_large), \
-            admission.admitted("tests/t.py::big", Budget(mem_mb=4096)):
+    with (
+        pytest.raises(adm.AdmissionRefused, match=too_large),
+        admission.admitted("tests/t.py::big", Budget(mem_mb=4096)),
+    ):
         pass
-    with pytest.raises(adm.AdmissionRefused, match=r"GPU memory 8\.0 GB .*largest device holds "
-                       r"4\.0 GB"), \
-            admission.admitted("tests/t.py::gpu", Budget(mem_mb=1, gpu_gb=8)):
+    with (
+        pytest.raises(
+            adm.AdmissionRefused,
+            match=r"GPU memory 8\.0 GB .*largest device holds "
+            r"4\.0 GB",
+        ),
+        admission.admitted("tests/t.py::gpu", Budget(mem_mb=1, gpu_gb=8)),
+    ):
         pass
     assert Ledger(str(tmp_path)).entries() == []
     # Without GPU capacity (no NVML, none declared) gpu_gb only caps ti.init: nothing reserved.
-    no_gpu = adm.Admission("budget", directory=str(tmp_path), capacity=_capacity(2 * GB),
-                           sleep=_no_sleep)
+    no_gpu = adm.Admission(
+        "budget", directory=str(tmp_path), capacity=_capacity(2 * GB), sleep=_no_sleep
+    )
     with no_gpu.admitted("tests/t.py::gpu", Budget(mem_mb=1, gpu_gb=64)) as grant:
         assert grant.need.gpu_bytes == 0 and grant.device is None
 
@@ -253,7 +307,7 @@ def test_ledger_directory_must_be_private(tmp_path):
 def test_damaged_ledger_is_rebuilt_with_a_warning(tmp_path):
     ledger = Ledger(str(tmp_path))
     good = _entry(4, mem=GB, state=HELD)
-    Path(ledger.path).write_text("garbage\n" + good.line() + "\n{\"v\": 1, \"ticket\"")
+    Path(ledger.path).write_text("garbage\n" + good.line() + '\n{"v": 1, "ticket"')
     with pytest.warns(LedgerWarning, match=r"damaged \(2 unreadable line\(s\)\).*1 entries"):
         assert ledger.entries() == [good]
     assert Path(ledger.path).read_text() == good.line() + "\n"
@@ -271,8 +325,9 @@ def test_full_ledger_waits_until_a_holder_releases(tmp_path):
             with ledger.transaction() as entries:
                 entries[:] = [e for e in entries if e.ticket != 1]
 
-    admission = adm.Admission("budget", directory=str(tmp_path), capacity=_capacity(2 * GB),
-                              sleep=sleep)
+    admission = adm.Admission(
+        "budget", directory=str(tmp_path), capacity=_capacity(2 * GB), sleep=sleep
+    )
     with admission.admitted("t", Budget(mem_mb=1024)) as grant:
         assert len(sleeps) == 3 and grant.reserved_mem_bytes == 2 * GB
         assert sorted(e.ticket for e in ledger.entries()) == [2, 3]
@@ -288,16 +343,18 @@ def test_entry_lost_from_a_damaged_ledger_is_queued_again_and_released(tmp_path)
     def sleep(_: float) -> None:  # the file is lost: the holder's entry and ours with it
         Path(ledger.path).write_text("")
 
-    admission = adm.Admission("budget", directory=str(tmp_path), capacity=_capacity(2 * GB),
-                              sleep=sleep)
+    admission = adm.Admission(
+        "budget", directory=str(tmp_path), capacity=_capacity(2 * GB), sleep=sleep
+    )
     with admission.admitted("t", Budget(mem_mb=1024)):
         assert [(e.nodeid, e.state) for e in ledger.entries()] == [("t", HELD)]
     assert ledger.entries() == []
 
 
 def test_reservation_released_when_the_block_raises(tmp_path):
-    admission = adm.Admission("budget", directory=str(tmp_path), capacity=_capacity(),
-                              sleep=_no_sleep)
+    admission = adm.Admission(
+        "budget", directory=str(tmp_path), capacity=_capacity(), sleep=_no_sleep
+    )
     with pytest.raises(KeyboardInterrupt), admission.admitted("t", Budget(mem_mb=10)):
         raise KeyboardInterrupt
     assert Ledger(str(tmp_path)).entries() == []
@@ -311,8 +368,9 @@ def test_ctrl_c_while_waiting_leaves_nothing_in_the_ledger(tmp_path):
     def interrupted(_: float) -> None:
         raise KeyboardInterrupt
 
-    admission = adm.Admission("budget", directory=str(tmp_path), capacity=_capacity(2 * GB),
-                              sleep=interrupted)
+    admission = adm.Admission(
+        "budget", directory=str(tmp_path), capacity=_capacity(2 * GB), sleep=interrupted
+    )
     with pytest.raises(KeyboardInterrupt), admission.admitted("t", Budget(mem_mb=1024)):
         raise AssertionError("admitted although the ledger is full")
     assert [e.ticket for e in ledger.entries()] == [1]
@@ -371,8 +429,9 @@ def test_holder_killed_with_sigkill_does_not_block_the_rest(tmp_path):
     assert [e.nodeid for e in Ledger(ledger_dir).entries()] == ["holder"]
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
-    admission = adm.Admission("budget", directory=ledger_dir, capacity=_capacity(2 * GB),
-                              sleep=_no_sleep)
+    admission = adm.Admission(
+        "budget", directory=ledger_dir, capacity=_capacity(2 * GB), sleep=_no_sleep
+    )
     with admission.admitted("next", Budget(mem_mb=2048)):
         assert [e.nodeid for e in Ledger(ledger_dir).entries()] == ["next"]
 
@@ -384,18 +443,24 @@ def test_summary_lines_say_total_wait_and_peak_reserved():
     waits = {"a": (0.0, GB, 0), "b": (2.5, 2 * GB, 0), "c": (0.5, GB, 3 * GB)}
     lines = adm.summary_lines(waits, _capacity(6 * GB))
     assert lines[0] == "3 tests admitted; waited 3.0 s in total (longest 2.5 s: b)"
-    assert lines[1] == ("peak reserved memory 2.0 GB of 6.0 GB (machine-wide, every session); "
-                        "peak reserved GPU memory on one device 3.0 GB")
+    assert lines[1] == (
+        "peak reserved memory 2.0 GB of 6.0 GB (machine-wide, every session); "
+        "peak reserved GPU memory on one device 3.0 GB"
+    )
     assert adm.summary_lines({}, None) == []
     assert adm.summary_lines({"a": (0.0, GB, 0)}, None)[-1].startswith("tests hardly waited")
 
 
 def test_report_line_from_usage_extra():
-    grant = adm.Grant(1.234, adm.Need(GB, 2 * GB, "its budget"), cap.Device(1, 8 * GB), 3 * GB,
-                      2 * GB)
+    grant = adm.Grant(
+        1.234, adm.Need(GB, 2 * GB, "its budget"), cap.Device(1, 8 * GB), 3 * GB, 2 * GB
+    )
     assert adm.report_lines(grant.facts()) == [
-        ("admission: waited 1.23 s for memory 1.0 GB, GPU 2.0 GB on device 1 (its budget); "
-        "reserved on the machine then 3.0 GB")]
+        (
+            "admission: waited 1.23 s for memory 1.0 GB, GPU 2.0 GB on device 1 (its budget); "
+            "reserved on the machine then 3.0 GB"
+        )
+    ]
     assert adm.report_lines({}) == [] and adm.Grant().facts() is None
 
 

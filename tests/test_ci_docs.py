@@ -27,8 +27,14 @@ def _blocks(language: str) -> list[str]:
 
 
 def _help(*command: str) -> set[str]:
-    result = subprocess.run([sys.executable, *command, "--help"], capture_output=True, text=True,
-                            timeout=120, check=False, cwd=ROOT / "docs")
+    result = subprocess.run(
+        [sys.executable, *command, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=ROOT / "docs",
+    )
     assert result.returncode == 0, result.stderr
     return set(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", result.stdout))
 
@@ -66,19 +72,24 @@ def _check_command(line: str) -> list[str]:
     problems = []
     if re.search(r"-m pytest\b", line) and "pytest_taichi_limits" not in line:
         tail = line.split("-m pytest", 1)[1]
-        problems += [option for option in _OPTION.findall(tail)
-                     if option not in pytest_options()]
+        problems += [option for option in _OPTION.findall(tail) if option not in pytest_options()]
     elif "taichi-limits " not in line:  # arguments gathered for pytest (args+=(...))
-        problems += [option for option in re.findall(r"--taichi-limits[\w-]*", line)
-                     if option not in pytest_options()]
+        problems += [
+            option
+            for option in re.findall(r"--taichi-limits[\w-]*", line)
+            if option not in pytest_options()
+        ]
     match = re.search(r"(?:taichi-limits|-m pytest_taichi_limits)\s+(\w+)(.*)", line)
     if match and "pytest --" not in line:
         command, tail = match.groups()
         if command not in ("compare", "merge", "html", "markdown", "show"):
             problems.append(f"taichi-limits {command}")
         else:
-            problems += [f"{command} {option}" for option in _OPTION.findall(tail)
-                         if option not in cli_options(command)]
+            problems += [
+                f"{command} {option}"
+                for option in _OPTION.findall(tail)
+                if option not in cli_options(command)
+            ]
     return problems
 
 
@@ -88,12 +99,22 @@ def test_workflow_is_valid_yaml_with_the_steps_the_docs_promise() -> None:
     assert {"push", "pull_request"} <= set(triggers)
     steps = workflow["jobs"]["tests"]["steps"]
     uses = [step.get("uses", "").split("@")[0] for step in steps]
-    assert {"actions/checkout", "actions/setup-python", "actions/cache/restore",
-            "actions/cache/save", "actions/upload-artifact"} <= set(uses)
+    assert {
+        "actions/checkout",
+        "actions/setup-python",
+        "actions/cache/restore",
+        "actions/cache/save",
+        "actions/upload-artifact",
+    } <= set(uses)
     script = "\n".join(_run_scripts(workflow))
     assert "python -m venv" in script  # PEP 668
-    for needed in ("--taichi-limits ", "--taichi-limits-json=", "--taichi-limits-html=",
-                   "--taichi-limits-compare=", "--taichi-limits-save-baseline="):
+    for needed in (
+        "--taichi-limits ",
+        "--taichi-limits-json=",
+        "--taichi-limits-html=",
+        "--taichi-limits-compare=",
+        "--taichi-limits-save-baseline=",
+    ):
         assert needed in script
     upload = next(step for step in steps if "upload-artifact" in step.get("uses", ""))
     assert upload["if"] == "always()" and "taichi-limits.html" in upload["with"]["path"]
@@ -119,14 +140,16 @@ def test_commands_use_only_options_that_exist() -> None:
         lines += _commands(block)
     checked = [line for line in lines if "pytest" in line or "taichi-limits" in line]
     assert sum("taichi-limits merge" in line for line in checked) >= 1
-    problems = [f"{line.strip()}: {problem}" for line in checked
-                for problem in _check_command(line)]
+    problems = [
+        f"{line.strip()}: {problem}" for line in checked for problem in _check_command(line)
+    ]
     assert problems == []
 
 
 def test_the_check_itself_catches_a_wrong_option() -> None:
     assert _check_command(".venv/bin/python -m pytest --taichi-limits-jsn=x.json") == [
-        "--taichi-limits-jsn"]
+        "--taichi-limits-jsn"
+    ]
     assert _check_command("taichi-limits compare a b --markdon x") == ["compare --markdon"]
     assert _check_command("taichi-limits frobnicate x") == ["taichi-limits frobnicate"]
     assert _check_command("args+=(--taichi-limits-compar=b.json)") == ["--taichi-limits-compar"]

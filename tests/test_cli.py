@@ -18,8 +18,13 @@ jsonschema = pytest.importorskip("jsonschema")
 
 
 def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pytest_taichi_limits", *map(str, args)],
-                          capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest_taichi_limits", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def _write(path: Path, data: Any) -> Path:
@@ -27,23 +32,41 @@ def _write(path: Path, data: Any) -> Path:
     return path
 
 
-def _baseline(path: Path, tests: dict[str, dict[str, Any]],
-              environment: dict[str, str] | None = None,
-              saved_at: str = "2027-01-01T00:00:00+00:00") -> Path:
+def _baseline(
+    path: Path,
+    tests: dict[str, dict[str, Any]],
+    environment: dict[str, str] | None = None,
+    saved_at: str = "2027-01-01T00:00:00+00:00",
+) -> Path:
     environment_id = "e" + str(abs(hash(json.dumps(environment or _reports.ENVIRONMENT))))[:8]
+
     def span(value: float) -> dict[str, float]:
         return {"min": value, "max": value}
 
-    entries = {nodeid: {"own_memory_bytes": span(figures.get("own_memory_bytes",
-                                                             10 * _reports.MB)),
-                        "cpu_s": span(figures.get("cpu_s", 0.5)), "wall_s": span(0.6),
-                        "gpu_bytes": None, "runs": 1, "memory_method": "rss-growth",
-                        "arch": "x64", "mode": "fork", "environment": environment_id,
-                        "saved_at": saved_at}
-               for nodeid, figures in tests.items()}
-    return _write(path, {"schema": baselines.SCHEMA, "version": baselines.VERSION,
-                         "environments": {environment_id: environment or _reports.ENVIRONMENT},
-                         "tests": entries})
+    entries = {
+        nodeid: {
+            "own_memory_bytes": span(figures.get("own_memory_bytes", 10 * _reports.MB)),
+            "cpu_s": span(figures.get("cpu_s", 0.5)),
+            "wall_s": span(0.6),
+            "gpu_bytes": None,
+            "runs": 1,
+            "memory_method": "rss-growth",
+            "arch": "x64",
+            "mode": "fork",
+            "environment": environment_id,
+            "saved_at": saved_at,
+        }
+        for nodeid, figures in tests.items()
+    }
+    return _write(
+        path,
+        {
+            "schema": baselines.SCHEMA,
+            "version": baselines.VERSION,
+            "environments": {environment_id: environment or _reports.ENVIRONMENT},
+            "tests": entries,
+        },
+    )
 
 
 def _no_traceback(result: subprocess.CompletedProcess[str]) -> None:
@@ -54,19 +77,31 @@ def _no_traceback(result: subprocess.CompletedProcess[str]) -> None:
 
 
 def test_compare_finds_regressions_and_exits_1(tmp_path: Path) -> None:
-    report = _write(tmp_path / "report.json", _reports.document([
-        _reports.record("t.py::test_grown", memory_mb=200.0),
-        _reports.record("t.py::test_steady", memory_mb=10.0),
-        _reports.record("t.py::test_new"),
-    ]))
-    base = _baseline(tmp_path / "base.json", {
-        "t.py::test_grown": {"own_memory_bytes": 100 * _reports.MB},
-        "t.py::test_steady": {}, "t.py::test_gone": {}})
-    result = cli("compare", base, report, "--markdown", tmp_path / "s.md",
-                 "-o", tmp_path / "compared.json")
+    report = _write(
+        tmp_path / "report.json",
+        _reports.document(
+            [
+                _reports.record("t.py::test_grown", memory_mb=200.0),
+                _reports.record("t.py::test_steady", memory_mb=10.0),
+                _reports.record("t.py::test_new"),
+            ]
+        ),
+    )
+    base = _baseline(
+        tmp_path / "base.json",
+        {
+            "t.py::test_grown": {"own_memory_bytes": 100 * _reports.MB},
+            "t.py::test_steady": {},
+            "t.py::test_gone": {},
+        },
+    )
+    result = cli(
+        "compare", base, report, "--markdown", tmp_path / "s.md", "-o", tmp_path / "compared.json"
+    )
     assert result.returncode == 1, result.stderr
-    assert "t.py::test_grown  own memory 100.0 MiB -> 200.0 MiB (+100.0 MiB, +100.0%)" \
-        in result.stdout
+    assert (
+        "t.py::test_grown  own memory 100.0 MiB -> 200.0 MiB (+100.0 MiB, +100.0%)" in result.stdout
+    )
     assert "test_steady" not in result.stdout.split("regressions against")[1].split("new")[0]
     assert "new since the baseline" in result.stdout and "t.py::test_new" in result.stdout
     assert "t.py::test_gone" in result.stdout
@@ -79,10 +114,10 @@ def test_compare_finds_regressions_and_exits_1(tmp_path: Path) -> None:
 
 
 def test_compare_tolerance_decides(tmp_path: Path) -> None:
-    report = _write(tmp_path / "r.json",
-                    _reports.document([_reports.record("t.py::test_a", memory_mb=200.0)]))
-    base = _baseline(tmp_path / "b.json",
-                     {"t.py::test_a": {"own_memory_bytes": 100 * _reports.MB}})
+    report = _write(
+        tmp_path / "r.json", _reports.document([_reports.record("t.py::test_a", memory_mb=200.0)])
+    )
+    base = _baseline(tmp_path / "b.json", {"t.py::test_a": {"own_memory_bytes": 100 * _reports.MB}})
     assert cli("compare", base, report, "--tolerance", "mem=150%").returncode == 0
     result = cli("compare", base, report, "--tolerance", "mem=bogus")
     assert result.returncode == 2
@@ -90,10 +125,12 @@ def test_compare_tolerance_decides(tmp_path: Path) -> None:
     _no_traceback(result)
 
 
-def test_compare_gives_the_plugins_verdict(pytester: pytest.Pytester, run_plugin: Any,
-                                           tmp_path: Path) -> None:
+def test_compare_gives_the_plugins_verdict(
+    pytester: pytest.Pytester, run_plugin: Any, tmp_path: Path
+) -> None:
     """One baseline, one run: --taichi-limits-compare and `compare` name the same tests."""
-    pytester.makepyfile(test_mem="""
+    pytester.makepyfile(
+        test_mem="""
         import pytest
 
         @pytest.mark.taichi_limits(mem_mb=1024)
@@ -105,7 +142,8 @@ def test_compare_gives_the_plugins_verdict(pytester: pytest.Pytester, run_plugin
         @pytest.mark.taichi_limits(mem_mb=1024)
         def test_small():
             pass
-    """)
+    """
+    )
     base = tmp_path / "base.json"
     run_plugin(f"--taichi-limits-save-baseline={base}").assert_outcomes(passed=2)
     data = json.loads(base.read_text())
@@ -118,32 +156,50 @@ def test_compare_gives_the_plugins_verdict(pytester: pytest.Pytester, run_plugin
     assert plugin_verdict == ["test_mem.py::test_big"]
     result = cli("compare", base, report, "-o", tmp_path / "again.json")
     assert result.returncode == 1
-    assert json.loads((tmp_path / "again.json").read_text())["baseline"]["regressions"] \
+    assert (
+        json.loads((tmp_path / "again.json").read_text())["baseline"]["regressions"]
         == plugin_verdict
+    )
 
 
 # -- merge --------------------------------------------------------------------------------------
 
 
 def test_merge_reports_of_shards(tmp_path: Path) -> None:
-    first = _write(tmp_path / "a.json", _reports.document(
-        [_reports.record("t.py::test_1"), _reports.record("t.py::test_3")]))
+    first = _write(
+        tmp_path / "a.json",
+        _reports.document([_reports.record("t.py::test_1"), _reports.record("t.py::test_3")]),
+    )
     other_env = dict(_reports.ENVIRONMENT, host="runner-2", taichi="1.7.3")
-    second = _write(tmp_path / "b.json", _reports.document(
-        [_reports.record("t.py::test_2", "failed",
-                         violation=_reports.violation("t.py::test_2", "mem_mb", 1, 2))],
-        exit_status=1, environment=other_env))
+    second = _write(
+        tmp_path / "b.json",
+        _reports.document(
+            [
+                _reports.record(
+                    "t.py::test_2",
+                    "failed",
+                    violation=_reports.violation("t.py::test_2", "mem_mb", 1, 2),
+                )
+            ],
+            exit_status=1,
+            environment=other_env,
+        ),
+    )
     out = tmp_path / "all.json"
     result = cli("merge", first, second, "-o", out)
     assert result.returncode == 0, result.stderr
     merged = json.loads(out.read_text())
     jsonschema.validate(merged, jsonreport.REPORT_SCHEMA)
-    assert [r["nodeid"] for r in merged["records"]] == ["t.py::test_1", "t.py::test_2",
-                                                         "t.py::test_3"]
+    assert [r["nodeid"] for r in merged["records"]] == [
+        "t.py::test_1",
+        "t.py::test_2",
+        "t.py::test_3",
+    ]
     assert merged["exit_status"] == 1 and len(merged["violations"]) == 1
     assert "b.json was made in another environment than" in result.stderr
-    assert "taichi 1.7.4 -> 1.7.3" in result.stderr and "host ci-runner -> runner-2" \
-        in result.stderr
+    assert (
+        "taichi 1.7.4 -> 1.7.3" in result.stderr and "host ci-runner -> runner-2" in result.stderr
+    )
 
 
 def test_merge_duplicates_are_an_error_unless_newest_preferred(tmp_path: Path) -> None:
@@ -158,16 +214,20 @@ def test_merge_duplicates_are_an_error_unless_newest_preferred(tmp_path: Path) -
     assert "--prefer newest" in result.stderr
     _no_traceback(result)
     assert not (tmp_path / "m.json").exists()
-    assert cli("merge", first, second, "-o", tmp_path / "m.json", "--prefer", "newest"
-               ).returncode == 0
+    assert (
+        cli("merge", first, second, "-o", tmp_path / "m.json", "--prefer", "newest").returncode == 0
+    )
     kept = json.loads((tmp_path / "m.json").read_text())["records"]
     assert [r["own_memory_bytes"] for r in kept] == [2 * _reports.MB]
 
 
 def test_merge_baselines(tmp_path: Path) -> None:
     first = _baseline(tmp_path / "a.json", {"t.py::test_1": {}, "t.py::test_2": {}})
-    second = _baseline(tmp_path / "b.json", {"t.py::test_3": {"cpu_s": 9.0}},
-                       environment=dict(_reports.ENVIRONMENT, python="3.12.1"))
+    second = _baseline(
+        tmp_path / "b.json",
+        {"t.py::test_3": {"cpu_s": 9.0}},
+        environment=dict(_reports.ENVIRONMENT, python="3.12.1"),
+    )
     out = tmp_path / "merged.json"
     result = cli("merge", first, second, "-o", out)
     assert result.returncode == 0, result.stderr
@@ -175,10 +235,10 @@ def test_merge_baselines(tmp_path: Path) -> None:
     assert sorted(merged.tests) == ["t.py::test_1", "t.py::test_2", "t.py::test_3"]
     assert merged.tests["t.py::test_3"].ranges["cpu_s"].high == 9.0
     assert len(merged.environments) == 2
-    assert "python 3.11.7 -> 3.12.1" in result.stderr or "python 3.12.1 -> 3.11.7" \
-        in result.stderr
-    clash = _baseline(tmp_path / "c.json", {"t.py::test_2": {}},
-                      saved_at="2027-02-01T00:00:00+00:00")
+    assert "python 3.11.7 -> 3.12.1" in result.stderr or "python 3.12.1 -> 3.11.7" in result.stderr
+    clash = _baseline(
+        tmp_path / "c.json", {"t.py::test_2": {}}, saved_at="2027-02-01T00:00:00+00:00"
+    )
     refused = cli("merge", first, clash, "-o", out)
     assert refused.returncode == 2 and "'t.py::test_2' is in both" in refused.stderr
     assert cli("merge", first, clash, "-o", out, "--prefer", "newest").returncode == 0
@@ -215,19 +275,38 @@ def test_html_show_and_markdown(tmp_path: Path) -> None:
 # -- bad files ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("content", "command", "message"), [
-    ("not json at all", "show", "not a JSON file"),
-    ('{"schema": "something/else"}', "show", "is not a pytest-taichi-limits JSON report"),
-    ('{"schema": "pytest-taichi-limits/report", "version": 99}', "html",
-     "version 99; this version of pytest-taichi-limits reads version"),
-    (('{"schema": "pytest-taichi-limits/baseline", "version": 2, "tests": {}, '
-     '"environments": {}}'), "show", "is a baseline, not a JSON report"),
-    (('{"schema": "pytest-taichi-limits/report", "version": 2, "records": 5, '
-     '"environment": {}}'), "show", "is damaged"),
-    ("\xff\xfe", "show", "not a JSON file"),
-])
-def test_bad_files_exit_2_with_a_clear_message(tmp_path: Path, content: str, command: str,
-                                               message: str) -> None:
+@pytest.mark.parametrize(
+    ("content", "command", "message"),
+    [
+        ("not json at all", "show", "not a JSON file"),
+        ('{"schema": "something/else"}', "show", "is not a pytest-taichi-limits JSON report"),
+        (
+            '{"schema": "pytest-taichi-limits/report", "version": 99}',
+            "html",
+            "version 99; this version of pytest-taichi-limits reads version",
+        ),
+        (
+            (
+                '{"schema": "pytest-taichi-limits/baseline", "version": 2, "tests": {}, '
+                '"environments": {}}'
+            ),
+            "show",
+            "is a baseline, not a JSON report",
+        ),
+        (
+            (
+                '{"schema": "pytest-taichi-limits/report", "version": 2, "records": 5, '
+                '"environment": {}}'
+            ),
+            "show",
+            "is damaged",
+        ),
+        ("\xff\xfe", "show", "not a JSON file"),
+    ],
+)
+def test_bad_files_exit_2_with_a_clear_message(
+    tmp_path: Path, content: str, command: str, message: str
+) -> None:
     path = tmp_path / "bad.json"
     path.write_bytes(content.encode("latin-1"))
     args: list[str | Path] = [command, path]
@@ -261,14 +340,22 @@ def test_help_of_every_command(command: str) -> None:
 
 def test_compare_skips_what_the_plugin_skips(tmp_path: Path) -> None:
     """An xfail or a skip is not compared by --taichi-limits-compare: nor by `compare`."""
-    report = _write(tmp_path / "r.json", _reports.document([
-        _reports.record("t.py::test_xfail", "xfailed", memory_mb=500.0),
-        _reports.record("t.py::test_skip", "skipped", memory_mb=500.0),
-        _reports.record("t.py::test_xpass", "xpassed", memory_mb=500.0),
-    ]))
-    base = _baseline(tmp_path / "b.json", {name: {} for name in (
-        "t.py::test_xfail", "t.py::test_skip", "t.py::test_xpass")})
+    report = _write(
+        tmp_path / "r.json",
+        _reports.document(
+            [
+                _reports.record("t.py::test_xfail", "xfailed", memory_mb=500.0),
+                _reports.record("t.py::test_skip", "skipped", memory_mb=500.0),
+                _reports.record("t.py::test_xpass", "xpassed", memory_mb=500.0),
+            ]
+        ),
+    )
+    base = _baseline(
+        tmp_path / "b.json",
+        {name: {} for name in ("t.py::test_xfail", "t.py::test_skip", "t.py::test_xpass")},
+    )
     result = cli("compare", base, report, "-o", tmp_path / "c.json")
     assert result.returncode == 1
     assert json.loads((tmp_path / "c.json").read_text())["baseline"]["regressions"] == [
-        "t.py::test_xpass"]
+        "t.py::test_xpass"
+    ]

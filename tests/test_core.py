@@ -32,18 +32,20 @@ def test_field_larger_than_mem_mb_fails_with_report(pytester, run_plugin):
     pytester.makepyfile(TAICHI_FIELD_TEST.format(mem_mb=100, elements=64 * 1024 * 1024))
     result = run_plugin()
     result.assert_outcomes(failed=1, passed=1)
-    result.stdout.fnmatch_lines([
-        "*taichi_limits: mem_mb exceeded: * when caught, limit mem_mb=100 (over by *",
-        "*caught by   supervisor (private and shared memory of the process tree, smaps_rollup, "
-        "sampled), during call",
-        "*peak usage  own memory +* (smaps; kernel peak +*",
-        "*budget      cpu_s=off mem_mb=100 wall_s=600 gpu_gb=off",
-        "*stopped     signals sent: SIGTERM*",
-        "*process     pid *, caught at *",
-        "*stack at the moment of violation (all threads):",
-        "*test_big_field*",
-        "*FAILED test_*.py::test_big_field*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*taichi_limits: mem_mb exceeded: * when caught, limit mem_mb=100 (over by *",
+            "*caught by   supervisor (private and shared memory of the process tree, smaps_rollup, "
+            "sampled), during call",
+            "*peak usage  own memory +* (smaps; kernel peak +*",
+            "*budget      cpu_s=off mem_mb=100 wall_s=600 gpu_gb=off",
+            "*stopped     signals sent: SIGTERM*",
+            "*process     pid *, caught at *",
+            "*stack at the moment of violation (all threads):",
+            "*test_big_field*",
+            "*FAILED test_*.py::test_big_field*",
+        ]
+    )
 
 
 def test_field_within_mem_mb_passes_and_records_usage(pytester, run_plugin):
@@ -74,10 +76,12 @@ def test_cpu_loop_over_cpu_s(pytester, run_plugin):
     )
     result = run_plugin()
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines([
-        "*taichi_limits: cpu_s exceeded: * s when caught, limit cpu_s=0.5*",
-        "*test_spin*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*taichi_limits: cpu_s exceeded: * s when caught, limit cpu_s=0.5*",
+            "*test_spin*",
+        ]
+    )
 
 
 def test_taichi_kernel_over_cpu_s(pytester, run_plugin):
@@ -123,10 +127,12 @@ def test_sleep_over_wall_s_shows_where_it_was(pytester, run_plugin):
     )
     result = run_plugin("--taichi-limits")
     result.assert_outcomes(failed=1, passed=1)
-    result.stdout.fnmatch_lines([
-        "*wall_s exceeded: * s when caught, limit wall_s=0.5*",
-        '*File "*test_sleep_over_wall_s_shows_where_it_was.py", line 6 in test_sleeper',
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*wall_s exceeded: * s when caught, limit wall_s=0.5*",
+            '*File "*test_sleep_over_wall_s_shows_where_it_was.py", line 6 in test_sleeper',
+        ]
+    )
     assert result.duration < 60
 
 
@@ -174,11 +180,13 @@ def test_segfault_is_reported_and_the_run_goes_on(pytester, run_plugin):
     )
     result = run_plugin()
     result.assert_outcomes(failed=1, passed=1)
-    result.stdout.fnmatch_lines([
-        "*taichi_limits: the test process was killed by signal 11 (SIGSEGV)",
-        "*during      call",
-        "*Fatal Python error: Segmentation fault*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*taichi_limits: the test process was killed by signal 11 (SIGSEGV)",
+            "*during      call",
+            "*Fatal Python error: Segmentation fault*",
+        ]
+    )
 
 
 def test_exit_without_reporting_is_a_failure(pytester, run_plugin):
@@ -226,8 +234,11 @@ def test_spawns():
 
 
 def _alive(pids: list[int]) -> list[int]:
-    return [pid for pid in pids if psutil.pid_exists(pid)
-            and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    return [
+        pid
+        for pid in pids
+        if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    ]
 
 
 def test_grandchildren_are_all_killed(pytester, run_plugin):
@@ -274,7 +285,8 @@ def _budgets_from_junit(path) -> dict[str, dict[str, str]]:
     for case in ET.parse(path).iter("testcase"):
         props = {p.get("name"): p.get("value") for p in case.iter("property")}
         budgets[case.get("name")] = {
-            key: props[f"taichi_limits_budget_{key}"] for key in ("cpu_s", "mem_mb", "wall_s", "gpu_gb")
+            key: props[f"taichi_limits_budget_{key}"]
+            for key in ("cpu_s", "mem_mb", "wall_s", "gpu_gb")
         }
     return budgets
 
@@ -290,14 +302,24 @@ def test_precedence_marker_over_cli_over_ini_over_default(pytester, run_plugin):
         """
     )
     junit = pytester.path / "junit.xml"
-    result = run_plugin("--taichi-limits-gpu-gb=3", "--taichi-limits-cpu-s=99", f"--junitxml={junit}")
+    result = run_plugin(
+        "--taichi-limits-gpu-gb=3", "--taichi-limits-cpu-s=99", f"--junitxml={junit}"
+    )
     result.assert_outcomes(passed=2)
     budgets = _budgets_from_junit(junit)
     # function marker > class marker > module marker > command line > ini > built-in default
-    assert budgets["test_marked"] == {"cpu_s": "22.0", "mem_mb": "700.0", "wall_s": "44.0",
-                                      "gpu_gb": "3.0"}
-    assert budgets["test_module_only"] == {"cpu_s": "11.0", "mem_mb": "700.0", "wall_s": "70.0",
-                                           "gpu_gb": "3.0"}
+    assert budgets["test_marked"] == {
+        "cpu_s": "22.0",
+        "mem_mb": "700.0",
+        "wall_s": "44.0",
+        "gpu_gb": "3.0",
+    }
+    assert budgets["test_module_only"] == {
+        "cpu_s": "11.0",
+        "mem_mb": "700.0",
+        "wall_s": "70.0",
+        "gpu_gb": "3.0",
+    }
 
 
 def test_builtin_defaults_and_off(pytester, run_plugin):
@@ -305,10 +327,18 @@ def test_builtin_defaults_and_off(pytester, run_plugin):
     junit = pytester.path / "junit.xml"
     result = run_plugin("--taichi-limits", "--taichi-limits-wall-s=off", f"--junitxml={junit}")
     result.assert_outcomes(passed=1)
-    assert _budgets_from_junit(junit)["test_a"] == {"cpu_s": "off", "mem_mb": "4096.0",
-                                                    "wall_s": "off", "gpu_gb": "off"}
-    result.stdout.fnmatch_lines(["taichi-limits: supervising every test; default budget cpu_s=off"
-                                 " mem_mb=4096 wall_s=off gpu_gb=off*"])
+    assert _budgets_from_junit(junit)["test_a"] == {
+        "cpu_s": "off",
+        "mem_mb": "4096.0",
+        "wall_s": "off",
+        "gpu_gb": "off",
+    }
+    result.stdout.fnmatch_lines(
+        [
+            "taichi-limits: supervising every test; default budget cpu_s=off"
+            " mem_mb=4096 wall_s=off gpu_gb=off*"
+        ]
+    )
 
 
 def test_unsupervised_tests_run_in_the_pytest_process(pytester, run_plugin):
@@ -400,22 +430,26 @@ def test_capture_logging_properties_and_outcomes_arrive(pytester, run_plugin):
     junit = pytester.path / "junit.xml"
     result = run_plugin("--taichi-limits", "-rA", f"--junitxml={junit}")
     result.assert_outcomes(failed=2, passed=1, xfailed=1, xpassed=1, skipped=2, errors=1)
-    result.stdout.fnmatch_lines_random([
-        "*- Captured stdout call -*",
-        "to stdout",
-        "*- Captured stderr call -*",
-        "to stderr",
-        "*- Captured log call -*",
-        "*a log line*",
-        "*AssertionError: numbers differ*",
-        "*UserWarning: careful now*",
-        "*explicit failure message*",
-        "*RuntimeError: fixture broke*",
-        "SKIPPED [[]1[]] test_capture_*.py:*: not today",
-        "*decided at run time*",
-        "XFAIL *test_xfail* - known bug",
-    ])
-    case = next(c for c in ET.parse(junit).iter("testcase") if c.get("name") == "test_fails_with_output")
+    result.stdout.fnmatch_lines_random(
+        [
+            "*- Captured stdout call -*",
+            "to stdout",
+            "*- Captured stderr call -*",
+            "to stderr",
+            "*- Captured log call -*",
+            "*a log line*",
+            "*AssertionError: numbers differ*",
+            "*UserWarning: careful now*",
+            "*explicit failure message*",
+            "*RuntimeError: fixture broke*",
+            "SKIPPED [[]1[]] test_capture_*.py:*: not today",
+            "*decided at run time*",
+            "XFAIL *test_xfail* - known bug",
+        ]
+    )
+    case = next(
+        c for c in ET.parse(junit).iter("testcase") if c.get("name") == "test_fails_with_output"
+    )
     properties = {p.get("name"): p.get("value") for p in case.iter("property")}
     assert properties["answer"] == "42"
     assert "taichi_limits_own_rss_bytes" in properties
@@ -436,12 +470,21 @@ def test_log_file_and_logger(pytester, run_plugin):
         """
     )
     log = pytester.path / "usage.jsonl"
-    result = run_plugin("--taichi-limits", f"--taichi-limits-log={log}", "-rA",
-                        "-o", "log_cli=true", "--log-cli-level=WARNING")
+    result = run_plugin(
+        "--taichi-limits",
+        f"--taichi-limits-log={log}",
+        "-rA",
+        "-o",
+        "log_cli=true",
+        "--log-cli-level=WARNING",
+    )
     result.assert_outcomes(passed=1, failed=1)
     events = [json.loads(line) for line in log.read_text().splitlines()]
     assert [(e["event"], e["nodeid"].split("::")[1]) for e in events] == [
-        ("usage", "test_ok"), ("usage", "test_slow"), ("violation", "test_slow")]
+        ("usage", "test_ok"),
+        ("usage", "test_slow"),
+        ("violation", "test_slow"),
+    ]
     violation = events[2]
     assert violation["resource"] == "wall_s" and violation["limit"] == 0.3
     assert violation["measured"] >= 0.3 and violation["signals_sent"] == ["SIGTERM"]
@@ -491,7 +534,6 @@ def test_pytest_exit_in_a_child_stops_the_session(pytester, run_plugin):
     assert result.ret == 3
     result.stdout.fnmatch_lines(["*Exit: enough*"])
     result.stdout.no_fnmatch_line("*test_never*PASSED*")
-
 
 
 def test_mixed_supervised_and_plain_tests_run_each_finalizer_once(pytester, run_plugin):

@@ -49,7 +49,9 @@ def usage_of(log: list[dict], name: str) -> dict:
 
 
 def test_segfault_and_abort_fail_with_the_signal(pytester, run_plugin):
-    root = make_tests(pytester, """
+    root = make_tests(
+        pytester,
+        """
         import ctypes, os
 
         @pytest.mark.taichi_limits(wall_s=30)
@@ -61,21 +63,26 @@ def test_segfault_and_abort_fail_with_the_signal(pytester, run_plugin):
         def test_abort():
             record_pid()
             os.abort()
-    """)
+    """,
+    )
     result = run_plugin()
     result.assert_outcomes(failed=2, passed=1)
-    result.stdout.fnmatch_lines([
-        "*taichi_limits: the test process was killed by signal 11 (SIGSEGV)",
-        "*during      call",
-        "*stack written by faulthandler:",
-        "*Fatal Python error: Segmentation fault*",
-        "*in test_null_read",
-    ])
-    result.stdout.fnmatch_lines([
-        "*taichi_limits: the test process was killed by signal 6 (SIGABRT)",
-        "*Fatal Python error: Aborted*",
-        "*in test_abort",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*taichi_limits: the test process was killed by signal 11 (SIGSEGV)",
+            "*during      call",
+            "*stack written by faulthandler:",
+            "*Fatal Python error: Segmentation fault*",
+            "*in test_null_read",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "*taichi_limits: the test process was killed by signal 6 (SIGABRT)",
+            "*Fatal Python error: Aborted*",
+            "*in test_abort",
+        ]
+    )
     assert_clean(root, expected_tests=3, processes=3)
 
 
@@ -83,7 +90,9 @@ def test_segfault_and_abort_fail_with_the_signal(pytester, run_plugin):
 
 
 def test_sigkill_from_outside_says_so(pytester, run_plugin):
-    root = make_tests(pytester, """
+    root = make_tests(
+        pytester,
+        """
         import os, subprocess, time
 
         @pytest.mark.taichi_limits(wall_s=30)
@@ -92,13 +101,16 @@ def test_sigkill_from_outside_says_so(pytester, run_plugin):
             # Another process sends it, as the kernel's OOM killer would.
             subprocess.run(["kill", "-KILL", str(os.getpid())])
             time.sleep(30)
-    """)
+    """,
+    )
     result = run_plugin()
     result.assert_outcomes(failed=1, passed=1)
-    result.stdout.fnmatch_lines([
-        "*taichi_limits: the test process was killed by signal 9 (SIGKILL) from outside the "
-        "plugin (the kernel's OOM killer does this)",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*taichi_limits: the test process was killed by signal 9 (SIGKILL) from outside the "
+            "plugin (the kernel's OOM killer does this)",
+        ]
+    )
     assert_reason(result, "test_killed", "taichi_limits: the test process was killed by signal 9*")
     assert_clean(root, expected_tests=2, processes=2)
 
@@ -107,7 +119,9 @@ def test_sigkill_from_outside_says_so(pytester, run_plugin):
 
 
 def test_sigterm_refused_is_escalated_to_sigkill_within_the_grace(pytester, run_plugin):
-    root = make_tests(pytester, """
+    root = make_tests(
+        pytester,
+        """
         import signal, time
 
         @pytest.mark.taichi_limits(wall_s=1)
@@ -128,17 +142,20 @@ def test_sigterm_refused_is_escalated_to_sigkill_within_the_grace(pytester, run_
             signal.signal(signal.SIGTERM, lambda *_: None)
             while True:
                 time.sleep(0.01)
-    """)
+    """,
+    )
     log = pytester.path / "usage.jsonl"
     result = run_plugin("--taichi-limits-grace=0.5", f"--taichi-limits-log={log}")
     result.assert_outcomes(failed=3, passed=1)
     for name in ("test_ignores", "test_blocks", "test_swallows"):
-        result.stdout.fnmatch_lines([
-            f"*_ {name} _*",
-            "*wall_s exceeded: * s when caught, limit wall_s=1 *",
-            "*stopped     signals sent: SIGTERM, SIGKILL; the test process killed by signal 9 "
-            "(SIGKILL)",
-        ])
+        result.stdout.fnmatch_lines(
+            [
+                f"*_ {name} _*",
+                "*wall_s exceeded: * s when caught, limit wall_s=1 *",
+                "*stopped     signals sent: SIGTERM, SIGKILL; the test process killed by signal 9 "
+                "(SIGKILL)",
+            ]
+        )
         # wall_s + grace, plus a generous margin for a loaded machine.
         assert usage_of(log_lines(log), name)["wall_s"] < 1 + 0.5 + 3
     assert_clean(root, expected_tests=4, processes=4)
@@ -148,7 +165,9 @@ def test_sigterm_refused_is_escalated_to_sigkill_within_the_grace(pytester, run_
 
 
 def test_taichi_kernel_holding_the_gil_is_stopped_with_its_stack(pytester, run_plugin):
-    root = make_tests(pytester, """
+    root = make_tests(
+        pytester,
+        """
         import taichi as ti
 
         @pytest.mark.taichi_limits(wall_s=5)
@@ -165,22 +184,27 @@ def test_taichi_kernel_holding_the_gil_is_stopped_with_its_stack(pytester, run_p
                         flag[None] = 0
 
             endless()
-    """)
+    """,
+    )
     result = run_plugin("--taichi-limits-grace=0.5")
     result.assert_outcomes(failed=1, passed=1)
-    result.stdout.fnmatch_lines([
-        "*wall_s exceeded: * s when caught, limit wall_s=5 *",
-        "*caught by   supervisor (wall clock), during call",
-        "*stack at the moment of violation (all threads):",
-        "*line * in test_endless_kernel",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*wall_s exceeded: * s when caught, limit wall_s=5 *",
+            "*caught by   supervisor (wall clock), during call",
+            "*stack at the moment of violation (all threads):",
+            "*line * in test_endless_kernel",
+        ]
+    )
     assert_clean(root, expected_tests=2, processes=2)
 
 
 def test_c_call_holding_the_gil_is_stopped_with_its_stack(pytester, run_plugin):
     # ctypes.PyDLL keeps the GIL across the call (CDLL would release it): no Python-level
     # timer or signal handler in the child can run while it waits in pause().
-    root = make_tests(pytester, """
+    root = make_tests(
+        pytester,
+        """
         import ctypes, ctypes.util
 
         @pytest.mark.taichi_limits(wall_s=1)
@@ -189,20 +213,23 @@ def test_c_call_holding_the_gil_is_stopped_with_its_stack(pytester, run_plugin):
             libc = ctypes.PyDLL(ctypes.util.find_library("c"))
             while True:
                 libc.pause()
-    """)
+    """,
+    )
     result = run_plugin("--taichi-limits-grace=0.5")
     result.assert_outcomes(failed=1, passed=1)
-    result.stdout.fnmatch_lines([
-        "*wall_s exceeded: * s when caught, limit wall_s=1 *",
-        "*stack at the moment of violation (all threads):",
-        "*line * in test_pause_with_the_gil",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*wall_s exceeded: * s when caught, limit wall_s=1 *",
+            "*stack at the moment of violation (all threads):",
+            "*line * in test_pause_with_the_gil",
+        ]
+    )
     assert_clean(root, expected_tests=2, processes=2)
 
 
 # -- 5. grandchildren ---------------------------------------------------------------------------
 
-GRANDCHILD = '''
+GRANDCHILD = """
 import os, signal, sys, time
 if sys.argv[1] == "setsid":        # double fork + setsid: a daemon that left the tree
     if os.fork():
@@ -216,13 +243,15 @@ sys.path.insert(0, sys.argv[2])
 from test_fault import record_pid
 record_pid()
 time.sleep(300)
-'''
+"""
 
 
 @pytest.mark.parametrize("outcome", ["violation", "pass"])
 def test_grandchildren_are_all_reaped(pytester, run_plugin, outcome):
     wall_s, sleep_s = (2, 60) if outcome == "violation" else (30, 0)
-    root = make_tests(pytester, f"""
+    root = make_tests(
+        pytester,
+        f"""
         import os, subprocess, sys, time
 
         GRANDCHILD = {GRANDCHILD!r}
@@ -236,7 +265,8 @@ def test_grandchildren_are_all_reaped(pytester, run_plugin, outcome):
             while len(open(_PIDS).read().split("\\n")) < 5 and time.time() < deadline:
                 time.sleep(0.05)
             time.sleep({sleep_s})
-    """)
+    """,
+    )
     result = run_plugin("--taichi-limits-grace=0.5")
     if outcome == "violation":
         result.assert_outcomes(failed=1, passed=1)
@@ -255,7 +285,9 @@ def test_fork_storm_is_stopped_and_reaped(pytester, run_plugin, on_sigterm):
     # Every process ignores SIGTERM (or dies of it, orphaning its children) and keeps forking (8 children each, 3 levels deep at most:
     # a bound that keeps the machine usable even if the supervisor failed; the budget stops it
     # far earlier). Each forked pytest process holds tens of MB of RSS, so mem_mb trips.
-    root = make_tests(pytester, f"""
+    root = make_tests(
+        pytester,
+        f"""
         import os, signal, time
 
         @pytest.mark.taichi_limits(mem_mb=300, wall_s=20)
@@ -278,13 +310,16 @@ def test_fork_storm_is_stopped_and_reaped(pytester, run_plugin, on_sigterm):
                     forked += 1
                 time.sleep(0.005)
             time.sleep(300)
-    """)
+    """,
+    )
     result = run_plugin("--taichi-limits-grace=0.5", timeout=90)
     result.assert_outcomes(failed=1, passed=1)
-    result.stdout.fnmatch_lines([
-        "*mem_mb exceeded: * when caught, limit mem_mb=300 *",
-        "*signals sent: SIGTERM*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*mem_mb exceeded: * when caught, limit mem_mb=300 *",
+            "*signals sent: SIGTERM*",
+        ]
+    )
     # The storm really stormed before it was stopped, and not one of its processes is left.
     assert_clean(root, expected_tests=2, processes=6)
 
@@ -293,7 +328,9 @@ def test_fork_storm_is_stopped_and_reaped(pytester, run_plugin, on_sigterm):
 
 
 def test_raising_its_own_rlimit_cpu_does_not_escape_cpu_s(pytester, run_plugin):
-    root = make_tests(pytester, """
+    root = make_tests(
+        pytester,
+        """
         import resource
 
         @pytest.mark.taichi_limits(cpu_s=1, wall_s=30)
@@ -308,19 +345,24 @@ def test_raising_its_own_rlimit_cpu_does_not_escape_cpu_s(pytester, run_plugin):
             assert lifted == resource.RLIM_INFINITY or lifted > soft
             while True:
                 pass
-    """)
+    """,
+    )
     result = run_plugin("--taichi-limits-grace=0.5")
     result.assert_outcomes(failed=1, passed=1)
-    result.stdout.fnmatch_lines([
-        "*cpu_s exceeded: * s when caught, limit cpu_s=1 *",
-        "*caught by   supervisor (CPU time of the process tree, sampled)*",
-        "*in test_lifts_rlimit",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*cpu_s exceeded: * s when caught, limit cpu_s=1 *",
+            "*caught by   supervisor (CPU time of the process tree, sampled)*",
+            "*in test_lifts_rlimit",
+        ]
+    )
     assert_clean(root, expected_tests=2, processes=2)
 
 
 def test_asking_taichi_for_100_gb_does_not_turn_a_violation_into_a_pass(pytester, run_plugin):
-    root = make_tests(pytester, """
+    root = make_tests(
+        pytester,
+        """
         import taichi as ti
 
         @pytest.mark.taichi_limits(gpu_gb=1, mem_mb=150, wall_s=60)
@@ -329,7 +371,8 @@ def test_asking_taichi_for_100_gb_does_not_turn_a_violation_into_a_pass(pytester
             ti.init(arch=ti.cpu, device_memory_GB=100)
             hog = b"x" * (400 * 1024 * 1024)
             assert len(hog)
-    """)
+    """,
+    )
     result = run_plugin("--taichi-limits-grace=0.5")
     result.assert_outcomes(failed=1, passed=1)
     result.stdout.fnmatch_lines(["*mem_mb exceeded: * when caught, limit mem_mb=150 *"])
@@ -357,7 +400,10 @@ def channel_fds():
 
 
 def test_tampering_with_the_report_channel_is_a_failure(pytester, run_plugin):
-    root = make_tests(pytester, prelude="import os\n" + FIND_CHANNEL, body="""
+    root = make_tests(
+        pytester,
+        prelude="import os\n" + FIND_CHANNEL,
+        body="""
         @pytest.mark.taichi_limits(wall_s=30)
         def test_closes_channel():
             record_pid()
@@ -391,18 +437,33 @@ def test_tampering_with_the_report_channel_is_a_failure(pytester, run_plugin):
                 os.write(fd, b"garbage\\n")
             while True:
                 pass
-    """)
+    """,
+    )
     result = run_plugin("--taichi-limits-grace=0.5")
     result.assert_outcomes(failed=5, passed=1)
-    assert_reason(result, "test_closes_channel", "taichi_limits: the test process exited with "
-                  "status 70 before it sent its reports*")
-    assert_reason(result, "test_writes_garbage", "taichi_limits: the report channel carried "
-                  "garbage: *; the test's own result is unknown")
-    assert_reason(result, "test_forges_done_and_leaves", "taichi_limits: the child sent no "
-                  "report for the call phase; the test's own result is unknown")
-    assert_reason(result, "test_half_a_message_then_exit", "taichi_limits: the report channel "
-                  "ended in the middle of a message; the test process exited with status 0 and "
-                  "its own result is unknown")
+    assert_reason(
+        result,
+        "test_closes_channel",
+        "taichi_limits: the test process exited with status 70 before it sent its reports*",
+    )
+    assert_reason(
+        result,
+        "test_writes_garbage",
+        "taichi_limits: the report channel carried garbage: *; the test's own result is unknown",
+    )
+    assert_reason(
+        result,
+        "test_forges_done_and_leaves",
+        "taichi_limits: the child sent no "
+        "report for the call phase; the test's own result is unknown",
+    )
+    assert_reason(
+        result,
+        "test_half_a_message_then_exit",
+        "taichi_limits: the report channel "
+        "ended in the middle of a message; the test process exited with status 0 and "
+        "its own result is unknown",
+    )
     assert_reason(result, "test_garbage_then_violation", "taichi_limits: wall_s exceeded*")
     result.stdout.no_fnmatch_line("*INTERNALERROR*")
     assert_clean(root, expected_tests=6, processes=6)
@@ -411,7 +472,10 @@ def test_tampering_with_the_report_channel_is_a_failure(pytester, run_plugin):
 def test_flooding_the_report_channel_is_a_failure_not_a_hang(pytester, run_plugin):
     # 300 MB without a newline, past the channel's 256 MB limit. The parent used to stop
     # reading there, and the child, blocked on the full pipe, was only stopped by wall_s.
-    root = make_tests(pytester, prelude="import os\n" + FIND_CHANNEL, body="""
+    root = make_tests(
+        pytester,
+        prelude="import os\n" + FIND_CHANNEL,
+        body="""
         @pytest.mark.taichi_limits(wall_s=60, mem_mb=None)
         def test_floods_channel():
             record_pid()
@@ -419,19 +483,26 @@ def test_flooding_the_report_channel_is_a_failure_not_a_hang(pytester, run_plugi
             for fd in channel_fds():
                 for _ in range(300):
                     os.write(fd, chunk)
-    """)
+    """,
+    )
     log = pytester.path / "usage.jsonl"
     result = run_plugin(f"--taichi-limits-log={log}")
     result.assert_outcomes(failed=1, passed=1)
-    assert_reason(result, "test_floods_channel", "taichi_limits: the child sent more than "
-                  "268435456 bytes of reports; the test process exited with status 0 and its "
-                  "own result is unknown")
+    assert_reason(
+        result,
+        "test_floods_channel",
+        "taichi_limits: the child sent more than "
+        "268435456 bytes of reports; the test process exited with status 0 and its "
+        "own result is unknown",
+    )
     assert usage_of(log_lines(log), "test_floods_channel")["wall_s"] < 40
     assert_clean(root, expected_tests=2, processes=2)
 
 
 def test_megabytes_on_stdout_do_not_break_the_report(pytester, run_plugin):
-    root = make_tests(pytester, """
+    root = make_tests(
+        pytester,
+        """
         import sys, time
 
         @pytest.mark.taichi_limits(wall_s=30)
@@ -453,7 +524,8 @@ def test_megabytes_on_stdout_do_not_break_the_report(pytester, run_plugin):
             for _ in range(20):
                 sys.stdout.write("w" * (1024 * 1024) + "\\n")
             assert False, "own failure"
-    """)
+    """,
+    )
     result = run_plugin("--taichi-limits-grace=0.5")
     result.assert_outcomes(failed=2, passed=2)
     assert_reason(result, "test_prints_then_hangs", "taichi_limits: wall_s exceeded*")
@@ -462,7 +534,9 @@ def test_megabytes_on_stdout_do_not_break_the_report(pytester, run_plugin):
 
 
 def test_os_exit_before_reporting_is_a_failure_never_a_pass(pytester, run_plugin):
-    root = make_tests(pytester, """
+    root = make_tests(
+        pytester,
+        """
         import os
 
         @pytest.mark.taichi_limits(wall_s=30)
@@ -484,14 +558,18 @@ def test_os_exit_before_reporting_is_a_failure_never_a_pass(pytester, run_plugin
             record_pid()
             hog = b"x" * (300 * 1024 * 1024)
             os._exit(0)
-    """)
+    """,
+    )
     log = pytester.path / "usage.jsonl"
     result = run_plugin(f"--taichi-limits-log={log}")
     # A crash in teardown fails the test itself: the plugin puts every failure on the call.
     result.assert_outcomes(failed=3, passed=1)
     for name in ("test_exit_zero", "test_exit_zero_in_teardown"):
-        assert_reason(result, name, "taichi_limits: the test process exited with status 0 before "
-                      "it sent its reports*")
+        assert_reason(
+            result,
+            name,
+            "taichi_limits: the test process exited with status 0 before it sent its reports*",
+        )
     assert_reason(result, "test_violation_then_exit_zero", "taichi_limits: mem_mb exceeded*")
     assert_clean(root, expected_tests=4, processes=4)
 
@@ -511,19 +589,24 @@ def test_second():
 """
 
 
-@pytest.mark.parametrize("where, reason", [
-    ("file/usage.jsonl", "* is not a directory"),
-    (".", "Is a directory"),
-])
+@pytest.mark.parametrize(
+    "where, reason",
+    [
+        ("file/usage.jsonl", "* is not a directory"),
+        (".", "Is a directory"),
+    ],
+)
 def test_unwritable_log_path_stops_before_any_test(pytester, run_plugin, where, reason):
     pytester.makepyfile(TWO_TESTS)
     (pytester.path / "file").write_text("")
     result = run_plugin(f"--taichi-limits-log={where}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines([
-        f"ERROR: --taichi-limits-log: cannot append to '{where}' (*): {reason} (give a regular "
-        "file, or a FIFO that is being read, in a writable directory)",
-    ])
+    result.stderr.fnmatch_lines(
+        [
+            f"ERROR: --taichi-limits-log: cannot append to '{where}' (*): {reason} (give a regular "
+            "file, or a FIFO that is being read, in a writable directory)",
+        ]
+    )
     result.stdout.no_fnmatch_line("*test_first*")
     assert "Traceback" not in result.stdout.str() + result.stderr.str()
 
@@ -533,10 +616,12 @@ def test_log_on_a_full_device_is_a_clear_error_after_the_results(pytester, run_p
     result = run_plugin("--taichi-limits-log=/dev/full")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stdout.fnmatch_lines(["*1 passed*"])  # the test that ran is still reported
-    result.stderr.fnmatch_lines([
-        "ERROR: --taichi-limits-log: cannot append to '/dev/full': ?Errno 28? No space left on "
-        "device; the lines already in it are left as they were",
-    ])
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: --taichi-limits-log: cannot append to '/dev/full': ?Errno 28? No space left on "
+            "device; the lines already in it are left as they were",
+        ]
+    )
     assert "Traceback" not in result.stdout.str() + result.stderr.str()
 
 
@@ -545,8 +630,9 @@ def tiny_tmpfs(pytester):
     """A 64 KiB tmpfs: a disk that really fills up (needs root, as in CI containers)."""
     mount_point = pytester.path / "full_disk"
     mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)],
-                             capture_output=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)], capture_output=True
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
     try:
@@ -577,9 +663,13 @@ def test_full_disk_never_corrupts_an_existing_log(pytester, run_plugin, tiny_tmp
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stdout.fnmatch_lines(["*passed*"])
     # Part of a line was written before the device filled up: the plugin took it back.
-    result.stderr.fnmatch_lines([f"ERROR: --taichi-limits-log: cannot append to '{log}': "
-                                 "?Errno 28? only * of * bytes written; the lines already in it "
-                                 "are left as they were"])
+    result.stderr.fnmatch_lines(
+        [
+            f"ERROR: --taichi-limits-log: cannot append to '{log}': "
+            "?Errno 28? only * of * bytes written; the lines already in it "
+            "are left as they were"
+        ]
+    )
     text = log.read_text()
     assert text.startswith(existing)
     assert text.endswith("\n")

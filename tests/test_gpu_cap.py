@@ -75,9 +75,12 @@ EXPECTED: dict[tuple[str, str, str], tuple[float, float]] = {
 
 #: The clamp note each capped case must carry (None: nothing was taken away).
 EXPECTED_NOTES = {
-    ("none", "envgb"): "device_memory_GB=4 (from TI_DEVICE_MEMORY_GB) clamped to device_memory_GB=2",
+    (
+        "none",
+        "envgb",
+    ): "device_memory_GB=4 (from TI_DEVICE_MEMORY_GB) clamped to device_memory_GB=2",
     ("none", "envfraction"): "device_memory_fraction=0.3 (from TI_DEVICE_MEMORY_FRACTION) "
-                             "clamped to device_memory_GB=2",
+    "clamped to device_memory_GB=2",
     ("below", "envfraction"): "device_memory_fraction=0.3 (from TI_DEVICE_MEMORY_FRACTION)",
     ("above", "noenv"): "device_memory_GB=3 (from argument) clamped to device_memory_GB=2",
     ("above", "envgb"): "device_memory_GB=3 (from argument) clamped to device_memory_GB=2",
@@ -90,7 +93,7 @@ EXPECTED_NOTES = {
     ("below+fraction", "envfraction"): "device_memory_fraction=0.5 (from argument)",
 }
 
-COMBINATIONS_MODULE = f'''
+COMBINATIONS_MODULE = f"""
 import functools
 import json
 import os
@@ -150,7 +153,7 @@ def test_init_through_module_path():
     import taichi.lang.misc
     taichi.lang.misc.init(arch=ti.cpu, device_memory_GB=6.0)
     record("misc")
-'''
+"""
 
 
 def _read_log(path: Path) -> dict[str, dict]:
@@ -178,7 +181,7 @@ def test_every_combination_of_argument_environment_and_budget(pytester, run_plug
         assert applied[name] == pytest.approx(expected), name
 
     usages = _read_log(log)
-    for (argument, environment, budget) in EXPECTED:
+    for argument, environment, budget in EXPECTED:
         name = f"{argument}-{environment}-{budget}"
         notes = usages[f"test_combination[{name}]"]["gpu_clamps"]
         expected_note = EXPECTED_NOTES.get((argument, environment)) if budget == "capped" else None
@@ -192,8 +195,10 @@ def test_every_combination_of_argument_environment_and_budget(pytester, run_plug
     assert applied["imported"] == (1.0, 0.0)
     assert applied["partial"] == (1.0, 0.0)
     assert applied["misc"] == (1.0, 0.0)
-    assert "device_memory_GB=7 (from argument) clamped to device_memory_GB=1" in \
-        usages["test_init_imported_before_the_patch"]["gpu_clamps"][0]
+    assert (
+        "device_memory_GB=7 (from argument) clamped to device_memory_GB=1"
+        in usages["test_init_imported_before_the_patch"]["gpu_clamps"][0]
+    )
     # A partial made at collection holds the wrapper the pytest process installed when Taichi
     # was imported (a partial taken before that is in test_init_wrapper.py).
     partial_note = usages["test_init_through_a_partial"]["gpu_clamps"][0]
@@ -201,15 +206,17 @@ def test_every_combination_of_argument_environment_and_budget(pytester, run_plug
     assert "could not replace" not in partial_note
     # The clamp is shown to the user in the test's usage section, as it reads on the CPU arch
     # these tests run on: the cap is passed to ti.init but takes nothing away there.
-    result.stdout.fnmatch_lines([
-        "*GPU cap: ti.init device_memory_GB=3 (from argument): the gpu_gb cap does not apply on "
-        "arch x64 (device_memory_GB is a GPU pool; the CPU backend's memory counts against "
-        "mem_mb)*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*GPU cap: ti.init device_memory_GB=3 (from argument): the gpu_gb cap does not apply on "
+            "arch x64 (device_memory_GB is a GPU pool; the CPU backend's memory counts against "
+            "mem_mb)*",
+        ]
+    )
     assert "clamped to device_memory_GB=2 by gpu_gb=2" not in result.stdout.str()
 
 
-LAZY_MODULE = '''
+LAZY_MODULE = """
 import os
 
 import pytest
@@ -251,19 +258,24 @@ def test_fixture_alone_makes_the_test_supervised(taichi_limits_ti):
 @pytest.mark.taichi_limits(arch="tpu")
 def test_unknown_arch_is_a_collection_error():
     pass
-'''
+"""
 
 
 def test_import_hook_fixture_and_arch(pytester, run_plugin):
     pytester.makepyfile(test_lazy=LAZY_MODULE)
     log = pytester.path / "usage.jsonl"
-    result = run_plugin(f"--taichi-limits-log={log}",
-                        "--taichi-limits-arch=cpu", "--continue-on-collection-errors",
-                        timeout=180)
+    result = run_plugin(
+        f"--taichi-limits-log={log}",
+        "--taichi-limits-arch=cpu",
+        "--continue-on-collection-errors",
+        timeout=180,
+    )
     result.assert_outcomes(passed=3, errors=1)
-    result.stdout.fnmatch_lines([
-        "*test_unknown_arch_is_a_collection_error*arch must be one of cpu, gpu, x64*got 'tpu'*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*test_unknown_arch_is_a_collection_error*arch must be one of cpu, gpu, x64*got 'tpu'*",
+        ]
+    )
     usages = _read_log(log)
     # The fixture alone made the test supervised (it has a usage record).
     assert "test_fixture_alone_makes_the_test_supervised" in usages
@@ -301,7 +313,9 @@ def test_cap_memory(request_, cap, total, granted, clamped):
 
 def test_memory_request_follows_taichis_precedence():
     environ = {"TI_DEVICE_MEMORY_GB": "4", "TI_DEVICE_MEMORY_FRACTION": "0.3"}
-    assert memory_request({"device_memory_GB": 0.5}, environ) == \
-        MemoryRequest(0.5, "argument", 0.3, "TI_DEVICE_MEMORY_FRACTION")
-    assert memory_request({}, {"TI_DEVICE_MEMORY_GB": ""}) == \
-        MemoryRequest(1.0, "Taichi's default", 0.0, "Taichi's default")
+    assert memory_request({"device_memory_GB": 0.5}, environ) == MemoryRequest(
+        0.5, "argument", 0.3, "TI_DEVICE_MEMORY_FRACTION"
+    )
+    assert memory_request({}, {"TI_DEVICE_MEMORY_GB": ""}) == MemoryRequest(
+        1.0, "Taichi's default", 0.0, "Taichi's default"
+    )

@@ -26,7 +26,7 @@ GIB = 1024**3
 def nvml_processes(*entries: tuple[int, int]) -> list[object]:
     """What nvmlDeviceGet{Compute,Graphics}RunningProcesses hand back for (pid, bytes) entries."""
     array = (pynvml.c_nvmlProcessInfo_t * len(entries))()
-    for slot, (pid, used) in zip(array, entries):
+    for slot, (pid, used) in zip(array, entries, strict=True):
         slot.pid = pid
         slot.usedGpuMemory = used
         slot.gpuInstanceId = 0xFFFFFFFF
@@ -150,8 +150,7 @@ class _BareChild:
             os.close(fd)
 
 
-def test_supervisor_enforces_gpu_gb_on_the_measured_figure(monkeypatch: pytest.MonkeyPatch
-                                                           ) -> None:
+def test_supervisor_enforces_gpu_gb_on_the_measured_figure(monkeypatch: pytest.MonkeyPatch) -> None:
     # A real forked child; NVML's answer for it is the structs above, 3 GiB against a 1 GiB cap.
     def probe_for(root_pid: int) -> gpu.NvmlProbe:
         return gpu.NvmlProbe(root_pid, [lambda: nvml_processes((root_pid, 3 * GIB))])

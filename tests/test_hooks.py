@@ -71,10 +71,12 @@ def test_budget_usage_violation_and_reports_hooks(pytester, run_plugin, monkeypa
     result = run_plugin("-rA", "--taichi-limits-grace=0.5")
     # wall_s 1 -> 4: the sleeper passes; mem_mb 4000 -> 40 (from the hook): 120 MB fails.
     result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines([
-        "taichi_limits: mem_mb exceeded: * when caught, limit mem_mb=40 (over by *",
-        "*budget      cpu_s=off mem_mb=40 wall_s=2400 gpu_gb=off",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "taichi_limits: mem_mb exceeded: * when caught, limit mem_mb=40 (over by *",
+            "*budget      cpu_s=off mem_mb=40 wall_s=2400 gpu_gb=off",
+        ]
+    )
     result.stdout.fnmatch_lines(["*- dashboard -*", "posted usage of test_needs_more_time*"])
     calls = _calls(pytester)
     usage = {call["nodeid"].split("::")[1]: call for call in calls if call["hook"] == "usage"}

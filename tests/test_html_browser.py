@@ -14,8 +14,9 @@ import pytest
 from pytest_taichi_limits import htmlreport
 
 EXECUTABLE, WHY = _browser.find_browser()
-pytestmark = pytest.mark.skipif(EXECUTABLE is None, reason=f"no browser for the HTML report "
-                                f"test: {WHY}")
+pytestmark = pytest.mark.skipif(
+    EXECUTABLE is None, reason=f"no browser for the HTML report test: {WHY}"
+)
 
 MANY = 5000
 
@@ -25,10 +26,14 @@ def _big_document() -> dict[str, Any]:
     records = list(_reports.over_budget()["records"]) + list(_reports.with_baseline()["records"])
     records.append(_reports.record("tests/test_a.py::test_no_timeline", timeline=None))
     for index in range(MANY):
-        records.append(_reports.record(f"tests/test_x_many.py::test_{index:04d}",
-                                       memory_mb=(index * 7919) % 1000 / 10,
-                                       cpu_s=(index * 104729) % 997 / 100,
-                                       timeline=_reports.timeline(0.5, 3.0, 0.2)))
+        records.append(
+            _reports.record(
+                f"tests/test_x_many.py::test_{index:04d}",
+                memory_mb=(index * 7919) % 1000 / 10,
+                cpu_s=(index * 104729) % 997 / 100,
+                timeline=_reports.timeline(0.5, 3.0, 0.2),
+            )
+        )
     return _reports.document(records, _reports.with_baseline()["baseline"], exit_status=1)
 
 
@@ -50,8 +55,9 @@ def report_page(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def page(chromium: Any, report_page: Path) -> Iterator[Any]:
     opened = chromium.new_page(viewport={"width": 1280, "height": 900})
     errors: list[str] = []
-    opened.on("console", lambda message: errors.append(message.text)
-              if message.type == "error" else None)
+    opened.on(
+        "console", lambda message: errors.append(message.text) if message.type == "error" else None
+    )
     opened.on("pageerror", lambda error: errors.append(str(error)))
     opened.goto(report_page.as_uri())
     yield opened
@@ -62,13 +68,15 @@ def page(chromium: Any, report_page: Path) -> Iterator[Any]:
 def _visible_ids(page: Any) -> list[str]:
     return page.eval_on_selector_all(
         "#table tbody tr:not(.detail)",
-        "rows => rows.filter(r => !r.hidden).map(r => r.cells[0].firstChild.textContent.trim())")
+        "rows => rows.filter(r => !r.hidden).map(r => r.cells[0].firstChild.textContent.trim())",
+    )
 
 
 def _column(page: Any, index: int) -> list[float]:
     return page.eval_on_selector_all(
         "#table tbody tr:not(.detail)",
-        f"rows => rows.map(r => parseFloat(r.dataset.k.split(' ')[{index}]))")
+        f"rows => rows.map(r => parseFloat(r.dataset.k.split(' ')[{index}]))",
+    )
 
 
 def test_violation_charts_render_on_load(page: Any) -> None:
@@ -80,15 +88,20 @@ def test_violation_charts_render_on_load(page: Any) -> None:
         points = chart.locator("polyline").first.get_attribute("points")
         assert points and len(points.split()) > 2
         assert chart.locator("line.vio").count() == 2  # the moment is marked on both
-    assert page.locator("#violations pre").first.inner_text().startswith(
-        "taichi_limits: mem_mb exceeded: 281.5 MiB when caught")
+    assert (
+        page.locator("#violations pre")
+        .first.inner_text()
+        .startswith("taichi_limits: mem_mb exceeded: 281.5 MiB when caught")
+    )
 
 
 def test_every_row_chart_renders(page: Any) -> None:
     """Each named test's charts, and every 50th shown of the many (all alike), open and draw."""
     positions = page.eval_on_selector_all(
-        "#table tbody tr:not([hidden])", "rows => rows.filter((r, n) => "
-        "!r.cells[0].textContent.includes('test_x_many') || n % 50 === 0).map(r => r.dataset.i)")
+        "#table tbody tr:not([hidden])",
+        "rows => rows.filter((r, n) => "
+        "!r.cells[0].textContent.includes('test_x_many') || n % 50 === 0).map(r => r.dataset.i)",
+    )
     assert 9 + 8 <= len(positions) <= 9 + 10  # the named ones and every 50th
     for position in positions:
         row = page.locator(f'#table tbody tr[data-i="{position}"]')
@@ -113,8 +126,10 @@ def test_table_sorts_by_each_column(page: Any) -> None:
     assert len(values) == total and values == sorted(values)
     memory_header.click()
     assert _column(page, 0) == sorted(values, reverse=True)
-    assert page.locator("#table thead th", has_text="Own memory").get_attribute(
-        "aria-sort") == "descending"
+    assert (
+        page.locator("#table thead th", has_text="Own memory").get_attribute("aria-sort")
+        == "descending"
+    )
     page.locator("#table thead button", has_text="CPU").click()
     cpu = _column(page, 1)
     assert cpu == sorted(cpu)

@@ -18,9 +18,15 @@ def test_self_contained() -> None:
 
 def test_ids_cannot_break_out_of_the_page() -> None:
     nodeid = 't.py::test_x[</script><script>alert(1)</script>"<b>]'
-    page = htmlreport.render(_reports.document([
-        _reports.record(nodeid, "failed",
-                        violation=_reports.violation(nodeid, "mem_mb", 1.0, 2.0))]))
+    page = htmlreport.render(
+        _reports.document(
+            [
+                _reports.record(
+                    nodeid, "failed", violation=_reports.violation(nodeid, "mem_mb", 1.0, 2.0)
+                )
+            ]
+        )
+    )
     assert "alert(1)</script>" not in page
     assert "&lt;/script&gt;&lt;script&gt;alert(1)" in page
     assert page.count("<script") == 2
@@ -46,8 +52,10 @@ def test_violation_text_is_the_full_report() -> None:
     document = _reports.over_budget()
     record = next(r for r in document["records"] if r["violation"])
     text = htmlreport.violation_text(record)
-    assert text.splitlines()[0] == ("taichi_limits: mem_mb exceeded: 281.5 MiB when caught, "
-                                    "limit mem_mb=256 (over by 25.5 MiB, +10.0%)")
+    assert text.splitlines()[0] == (
+        "taichi_limits: mem_mb exceeded: 281.5 MiB when caught, "
+        "limit mem_mb=256 (over by 25.5 MiB, +10.0%)"
+    )
     assert "caught by   supervisor (RSS of the process tree, sampled), during call" in text
     assert "signals sent: SIGTERM" in text
     assert 'File "/src/tests/test_big.py", line 12 in test_big' in text

@@ -59,8 +59,12 @@ def test_spawn_worker_records_the_arch_and_caps_through_the_wrapper(pytester, ru
     # The wrapper saw the call ("from argument"), not the backstop.
     for name, asked in (("test_plain_init", 5), ("test_init_imported_by_name", 3)):
         notes = usages[name]["gpu_clamps"]
-        assert notes == [(f"ti.init device_memory_GB={asked} (from argument) clamped to "
-                          "device_memory_GB=1 by gpu_gb=1")], name
+        assert notes == [
+            (
+                f"ti.init device_memory_GB={asked} (from argument) clamped to "
+                "device_memory_GB=1 by gpu_gb=1"
+            )
+        ], name
 
 
 def test_spawn_worker_crash_inside_ti_init_has_the_hint(pytester, run_plugin, monkeypatch):
@@ -80,11 +84,15 @@ def test_spawn_worker_crash_inside_ti_init_has_the_hint(pytester, run_plugin, mo
     if "passed" in result.parseoutcomes():
         pytest.skip("ti.init(arch=ti.gpu) works on this machine: nothing crashes")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines([
-        "*taichi_limits: the test process was killed by signal 11 (SIGSEGV)*",
-        ("*hint        it crashed inside ti.init with arch=gpu (argument), while Taichi set up "
-         "that backend. Use a backend that works on this machine: set TI_ARCH=x64*"),
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*taichi_limits: the test process was killed by signal 11 (SIGSEGV)*",
+            (
+                "*hint        it crashed inside ti.init with arch=gpu (argument), while Taichi set up "
+                "that backend. Use a backend that works on this machine: set TI_ARCH=x64*"
+            ),
+        ]
+    )
     assert "taichi_hooks" not in result.stdout.str()
 
 
@@ -115,12 +123,16 @@ def test_plain_init_after_it():
 
 
 @pytest.mark.parametrize("mode", ["fork", "spawn"])
-def test_backstop_note_names_an_unreplaced_reference_only_when_true(pytester, run_plugin,
-                                                                     mode):
+def test_backstop_note_names_an_unreplaced_reference_only_when_true(pytester, run_plugin, mode):
     pytester.makepyfile(early_partial=EARLY_PLUGIN, test_backstop=BACKSTOP_MODULE)
     log = pytester.path / "usage.jsonl"
-    result = run_plugin("-p", "early_partial", f"--taichi-limits-mode={mode}",
-                        f"--taichi-limits-log={log}", timeout=180)
+    result = run_plugin(
+        "-p",
+        "early_partial",
+        f"--taichi-limits-mode={mode}",
+        f"--taichi-limits-log={log}",
+        timeout=180,
+    )
     result.assert_outcomes(passed=2)
     usages = _usages(log)
     partial_notes = usages["test_partial_taken_before_the_plugin"]["gpu_clamps"]
@@ -132,8 +144,9 @@ def test_backstop_note_names_an_unreplaced_reference_only_when_true(pytester, ru
         assert mode == "spawn" and "could not replace" not in partial_notes[0]
     assert usages["test_partial_taken_before_the_plugin"]["arch"] == "x64"
     plain = usages["test_plain_init_after_it"]["gpu_clamps"]
-    assert plain == [("ti.init device_memory_GB=4 (from argument) clamped to "
-                      "device_memory_GB=1 by gpu_gb=1")]
+    assert plain == [
+        ("ti.init device_memory_GB=4 (from argument) clamped to device_memory_GB=1 by gpu_gb=1")
+    ]
 
 
 FORKED_CHILD_SCRIPT = """
@@ -178,8 +191,9 @@ print(json.dumps({"status": status, "messages": messages, "parent_sites": len(si
 def test_forked_child_inherits_the_wrapper_and_never_searches_the_heap(tmp_path):
     script = tmp_path / "fork_child.py"
     script.write_text(textwrap.dedent(FORKED_CHILD_SCRIPT))
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                          timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False
+    )
     assert done.returncode == 0, done.stderr
     outcome = json.loads(done.stdout.strip().splitlines()[-1])
     assert outcome["status"] == 0, outcome
@@ -188,8 +202,9 @@ def test_forked_child_inherits_the_wrapper_and_never_searches_the_heap(tmp_path)
     started, note, finished, applied = outcome["messages"]
     assert started["arch"] == "x64" and started["arch_from"] == "argument"
     assert finished["arch"] == "x64"
-    assert note["text"] == ("ti.init device_memory_GB=2 (from argument) clamped to "
-                            "device_memory_GB=0.5 by gpu_gb=0.5")
+    assert note["text"] == (
+        "ti.init device_memory_GB=2 (from argument) clamped to device_memory_GB=0.5 by gpu_gb=0.5"
+    )
     assert applied["gb"] == 0.5
     assert applied["sites"] == 0  # the child's context ran the call, not the listeners
     assert outcome["parent_sites"] == 1
@@ -198,7 +213,8 @@ def test_forked_child_inherits_the_wrapper_and_never_searches_the_heap(tmp_path)
 def test_one_import_finder_runs_every_callback(tmp_path):
     # Two callbacks registered before `import taichi` both run (a second finder never would).
     script = tmp_path / "callbacks.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         from pytest_taichi_limits import taichi_hooks
         ran = []
         taichi_hooks.when_taichi_imported(lambda: ran.append("first"))
@@ -206,18 +222,20 @@ def test_one_import_finder_runs_every_callback(tmp_path):
         taichi_hooks.install_init_wrapper()
         import taichi
         print(ran, taichi_hooks.init_wrapper_installed(), taichi.init is taichi.lang.misc.init)
-    """))
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                          timeout=120, check=False)
+    """)
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "['first', 'second'] True True"
-
 
 
 def test_forked_child_writes_the_offline_kernel_cache(pytester, run_plugin):
     # The child leaves through os._exit: only finish_child's ti.reset writes Taichi's cache.
     cache = pytester.mkdir("kernel-cache")
-    pytester.makepyfile(test_cached=f"""
+    pytester.makepyfile(
+        test_cached=f"""
         import pytest
         import taichi as ti
 
@@ -237,7 +255,8 @@ def test_forked_child_writes_the_offline_kernel_cache(pytester, run_plugin):
         @pytest.mark.taichi_limits()
         def test_imports_taichi_without_initialising_it():
             assert ti.lang.impl.get_runtime().prog is None
-        """)
+        """
+    )
     result = run_plugin(timeout=180)
     result.assert_outcomes(passed=2)
     assert [path for path in cache.rglob("*") if path.is_file()], "no kernel cache written"

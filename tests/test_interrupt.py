@@ -43,20 +43,33 @@ def test_never_reached():
 """
 
 
-def run_until_interrupted(pytester: pytest.Pytester, wall_s: float, *args: str,
-                          delay_s: float = 0.0, signum: int = signal.SIGINT,
-                          ) -> tuple[Path, str, int, float]:
+def run_until_interrupted(
+    pytester: pytest.Pytester,
+    wall_s: float,
+    *args: str,
+    delay_s: float = 0.0,
+    signum: int = signal.SIGINT,
+) -> tuple[Path, str, int, float]:
     root = watch(pytester)
     started = root / "started"
-    source = "import pytest\n" + pid_recorder(root) + textwrap.dedent(
-        INTERRUPTED_TESTS.format(wall_s=wall_s, root=str(root), started=str(started)))
+    source = (
+        "import pytest\n"
+        + pid_recorder(root)
+        + textwrap.dedent(
+            INTERRUPTED_TESTS.format(wall_s=wall_s, root=str(root), started=str(started))
+        )
+    )
     pytester.makepyfile(test_int=source)
     output = root / "output.txt"
     env = dict(os.environ, TI_SKIP_VERSION_CHECK="ON")
     with open(output, "wb") as sink:
         inner = subprocess.Popen(
             [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "test_int.py", *args],
-            cwd=root, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            cwd=root,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
         )
         try:
             deadline = time.monotonic() + 60
@@ -99,7 +112,8 @@ def test_ctrl_c_during_the_grace_period_still_kills_everything(pytester):
     # wall_s trips after 3 s, then the supervisor waits out a 60 s grace period for the
     # SIGTERM-ignoring tree: Ctrl-C lands inside that wait.
     root, text, returncode, took_s = run_until_interrupted(
-        pytester, 3, "--taichi-limits-grace=60", delay_s=4.0)
+        pytester, 3, "--taichi-limits-grace=60", delay_s=4.0
+    )
     assert_interrupted_summary(text, returncode)
     assert took_s < 20, text
     assert_none_alive(root, at_least=2)
@@ -108,8 +122,7 @@ def test_ctrl_c_during_the_grace_period_still_kills_everything(pytester):
 def test_sigterm_to_pytest_ends_the_tree_before_pytest_dies(pytester):
     # What a CI time-out does. pytest used to die at once, and the test's grandchildren, which
     # had been re-parented to pytest, went on running under init.
-    root, text, returncode, took_s = run_until_interrupted(
-        pytester, 60, signum=signal.SIGTERM)
+    root, text, returncode, took_s = run_until_interrupted(pytester, 60, signum=signal.SIGTERM)
     assert returncode == -signal.SIGTERM, text  # pytest still dies of the signal
     assert took_s < 20, text
     assert_none_alive(root, at_least=2)

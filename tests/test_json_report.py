@@ -78,12 +78,19 @@ def test_document_is_valid_and_complete(pytester, run_plugin):
     assert document["complete"] is True
     assert document["exit_status"] == 1
     assert document["environment"]["taichi"] == "1.7.4"
-    outcomes = {record["nodeid"].split("::")[1]: record["outcome"]
-                for record in document["records"]}
-    assert outcomes == {"test_field": "passed", "test_too_big": "failed", "test_fails": "failed",
-                        "test_skipped": "skipped", "test_xfail": "xfailed"}
-    assert [record["nodeid"] for record in document["records"]] == \
-        sorted(record["nodeid"] for record in document["records"])
+    outcomes = {
+        record["nodeid"].split("::")[1]: record["outcome"] for record in document["records"]
+    }
+    assert outcomes == {
+        "test_field": "passed",
+        "test_too_big": "failed",
+        "test_fails": "failed",
+        "test_skipped": "skipped",
+        "test_xfail": "xfailed",
+    }
+    assert [record["nodeid"] for record in document["records"]] == sorted(
+        record["nodeid"] for record in document["records"]
+    )
     by_name = {record["nodeid"].split("::")[1]: record for record in document["records"]}
     field = by_name["test_field"]
     assert field["arch"] == "x64"
@@ -122,8 +129,11 @@ def test_a_writer_killed_mid_write_leaves_the_previous_file(tmp_path):
     writer = subprocess.Popen([sys.executable, "-c", SLOW_WRITER, str(target)])
     try:
         deadline = time.monotonic() + 60
-        while not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")
-                   and p.stat().st_size > 1024 * 1024]:
+        while not [
+            p
+            for p in tmp_path.iterdir()
+            if p.name.endswith(".tmp") and p.stat().st_size > 1024 * 1024
+        ]:
             assert time.monotonic() < deadline, "the writer never started writing"
             assert writer.poll() is None, "the writer finished before it could be killed"
             time.sleep(0.01)
@@ -154,9 +164,18 @@ def test_sleeps():
 def _run_until_started(pytester: pytest.Pytester, *args: str) -> subprocess.Popen:
     pytester.makepyfile(test_sleeping=SLEEPING_TESTS)
     process = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
-         "--taichi-limits-json=report.json", *args],
-        cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "--taichi-limits-json=report.json",
+            *args,
+        ],
+        cwd=pytester.path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     deadline = time.monotonic() + 60
@@ -187,8 +206,7 @@ def test_an_interrupted_run_writes_an_incomplete_report(pytester):
     document = _read(pytester.path / "report.json")
     assert document["complete"] is False
     assert document["exit_status"] == 2
-    assert [record["nodeid"] for record in document["records"]] == \
-        ["test_sleeping.py::test_quick"]
+    assert [record["nodeid"] for record in document["records"]] == ["test_sleeping.py::test_quick"]
     # A baseline from half a run is not written: the session says so instead.
     assert not (pytester.path / "base.json").exists()
     assert b"baseline not saved to base.json: the session was interrupted" in output

@@ -16,15 +16,44 @@ PACKAGE = Path(__file__).resolve().parent.parent / "pytest_taichi_limits"
 #: Top to bottom. A module may import its own layer and any layer below it, never one above.
 LAYERS: list[tuple[str, set[str]]] = [
     ("entry points", {"plugin", "zygote", "fixtures", "__main__", "cli", "__init__"}),
-    ("launch", {"runner", "forking", "spawn", "worker", "startplan", "admission", "capacity", "ledger",
-                "forksafety"}),
+    (
+        "launch",
+        {
+            "runner",
+            "forking",
+            "spawn",
+            "worker",
+            "startplan",
+            "admission",
+            "capacity",
+            "ledger",
+            "forksafety",
+        },
+    ),
     ("child", {"child", "taichi_support", "taichi_hooks", "taichi_replay"}),
     ("supervisor", {"supervisor", "proctree", "gpu", "memory", "cgroup"}),
     ("verdict", {"verdict"}),
     ("replay", {"replay"}),
-    ("results", {"reports", "render", "summary", "suggest", "jsonreport", "baseline",
-                 "environment", "markdown", "html", "jsonlog", "outputs", "usagelog",
-                 "htmlreport", "reportdata", "cireports"}),
+    (
+        "results",
+        {
+            "reports",
+            "render",
+            "summary",
+            "suggest",
+            "jsonreport",
+            "baseline",
+            "environment",
+            "markdown",
+            "html",
+            "jsonlog",
+            "outputs",
+            "usagelog",
+            "htmlreport",
+            "reportdata",
+            "cireports",
+        },
+    ),
     ("records", {"records", "collect", "outcomes", "units", "hookspecs", "timeline"}),
     ("protocol", {"protocol", "channel"}),
     ("configuration", {"options", "settings", "budget"}),
@@ -69,10 +98,13 @@ def test_every_module_has_a_layer() -> None:
 
 
 def test_nothing_imports_a_layer_above_it() -> None:
-    upward = [f"{module} ({LAYERS[_layer_of(module)][0]}) imports {target} "
-              f"({LAYERS[_layer_of(target)][0]})"
-              for module, targets in _graph().items() for target in sorted(targets)
-              if _layer_of(target) < _layer_of(module)]
+    upward = [
+        f"{module} ({LAYERS[_layer_of(module)][0]}) imports {target} "
+        f"({LAYERS[_layer_of(target)][0]})"
+        for module, targets in _graph().items()
+        for target in sorted(targets)
+        if _layer_of(target) < _layer_of(module)
+    ]
     assert upward == []
 
 
@@ -84,7 +116,7 @@ def test_no_import_cycle() -> None:
         state[module] = 1
         for target in sorted(graph[module]):
             if state.get(target) == 1:
-                cycle = path[path.index(target):] + [target]
+                cycle = [*path[path.index(target) :], target]
                 pytest.fail("import cycle: " + " -> ".join(cycle))
             if target not in state:
                 visit(target, [*path, target])
@@ -98,7 +130,8 @@ def test_no_import_cycle() -> None:
 def test_the_checker_sees_an_upward_import(tmp_path: Path) -> None:
     # The parser itself: a relative import of a module above is found.
     sample = tmp_path / "sample.py"
-    sample.write_text("from .plugin import X\nfrom . import budget\n"
-                      "import pytest_taichi_limits.runner\n")
+    sample.write_text(
+        "from .plugin import X\nfrom . import budget\nimport pytest_taichi_limits.runner\n"
+    )
     assert _imports(sample) == {"plugin", "budget", "runner"}
     assert _layer_of("plugin") < _layer_of("budget")

@@ -65,7 +65,8 @@ def check_kinds(log_path, count: int) -> None:
     assert len(usages) == count
     assert len({line["nodeid"] for line in usages}) == count
     assert sorted(line["nodeid"] for line in violations) == sorted(
-        line["nodeid"] for line in usages if line["nodeid"].endswith("-violation]"))
+        line["nodeid"] for line in usages if line["nodeid"].endswith("-violation]")
+    )
     for line in usages:
         if line["nodeid"].endswith("-crash]"):
             assert line["ending"] == "killed by signal 6 (SIGABRT)", line
@@ -75,8 +76,9 @@ def test_many_supervised_tests_keep_the_parent_flat(pytester, run_plugin):
     root = write_load_tests(pytester, COUNT)
     log = root / "usage.jsonl"
     started = time.monotonic()
-    result = run_plugin("-q", "--taichi-limits-grace=0.5", f"--taichi-limits-log={log}",
-                        timeout=600)
+    result = run_plugin(
+        "-q", "--taichi-limits-grace=0.5", f"--taichi-limits-log={log}", timeout=600
+    )
     took_s = time.monotonic() - started
     result.assert_outcomes(**expected_outcomes(COUNT))
     check_kinds(log, COUNT)
@@ -94,27 +96,38 @@ def test_many_supervised_tests_keep_the_parent_flat(pytester, run_plugin):
     threads = {record["after"]["threads"] for record in records}
     assert len(fds) == 1 and len(threads) == 1, (fds, threads)
 
-    child_wall_s = sum(json.loads(line)["wall_s"] for line in log.read_text().splitlines()
-                       if json.loads(line)["event"] == "usage")
-    print(f"\n{COUNT} supervised tests in {took_s:.1f} s: {1000 * took_s / COUNT:.1f} ms per "
-          f"test, of which {1000 * (took_s - child_wall_s) / COUNT:.1f} ms outside the child "
-          f"(pytest start-up included); parent RSS {settled / 2**20:.1f} MB after "
-          f"{len(rss) // 5} tests, {rss[-1] / 2**20:.1f} MB at the end "
-          f"({growth / tests_after_settling / 1024:+.1f} KB per test); fds {fds.pop()}, threads "
-          f"{threads.pop()}, zombies 0 throughout")
+    child_wall_s = sum(
+        json.loads(line)["wall_s"]
+        for line in log.read_text().splitlines()
+        if json.loads(line)["event"] == "usage"
+    )
+    print(
+        f"\n{COUNT} supervised tests in {took_s:.1f} s: {1000 * took_s / COUNT:.1f} ms per "
+        f"test, of which {1000 * (took_s - child_wall_s) / COUNT:.1f} ms outside the child "
+        f"(pytest start-up included); parent RSS {settled / 2**20:.1f} MB after "
+        f"{len(rss) // 5} tests, {rss[-1] / 2**20:.1f} MB at the end "
+        f"({growth / tests_after_settling / 1024:+.1f} KB per test); fds {fds.pop()}, threads "
+        f"{threads.pop()}, zombies 0 throughout"
+    )
 
 
 def test_the_same_matrix_under_xdist(pytester, run_plugin):
     pytest.importorskip("xdist")
     root = write_load_tests(pytester, COUNT)
     log = root / "usage.jsonl"
-    result = run_plugin("-n", "2", "--taichi-limits-grace=0.5", f"--taichi-limits-log={log}",
-                        timeout=600)
+    result = run_plugin(
+        "-n", "2", "--taichi-limits-grace=0.5", f"--taichi-limits-log={log}", timeout=600
+    )
     result.assert_outcomes(**expected_outcomes(COUNT))
     check_kinds(log, COUNT)  # two workers appended to one log: no line lost or torn
     text = result.stdout.str() + result.stderr.str()
-    for sign in ("INTERNALERROR", "worker crashed", "replacing crashed worker", "[gw0] node down",
-                 "[gw1] node down"):
+    for sign in (
+        "INTERNALERROR",
+        "worker crashed",
+        "replacing crashed worker",
+        "[gw0] node down",
+        "[gw1] node down",
+    ):
         assert sign not in text, text
     records = resource_records(root)
     assert len(records) == COUNT

@@ -37,10 +37,18 @@ def test_golden_awkward_ids() -> None:
     _golden("awkward_ids.md", markdown.summary(_reports.awkward_ids()))
 
 
-@pytest.mark.parametrize(("raw", "shown"), [
-    ("a|b", "a\\|b"), ("`x`", "\\`x\\`"), ("one\ntwo", "one\\\\ntwo"), ("[p]", "\\[p\\]"),
-    ("<b>", "\\<b\\>"), ("a_b*c", "a\\_b\\*c"), ("back\\slash", "back\\\\slash"),
-])
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        ("a|b", "a\\|b"),
+        ("`x`", "\\`x\\`"),
+        ("one\ntwo", "one\\\\ntwo"),
+        ("[p]", "\\[p\\]"),
+        ("<b>", "\\<b\\>"),
+        ("a_b*c", "a\\_b\\*c"),
+        ("back\\slash", "back\\\\slash"),
+    ],
+)
 def test_escape(raw: str, shown: str) -> None:
     assert markdown.escape(raw) == shown
 
@@ -63,10 +71,15 @@ def test_long_ids_keep_their_start_and_their_test_name() -> None:
 
 
 def test_stays_under_the_limit_with_a_note() -> None:
-    records = [_reports.record(f"tests/test_many.py::test_{index:05d}",
-                               violation=_reports.violation(f"tests/test_many.py::test_{index:05d}",
-                                                            "mem_mb", 1.0, 2.0))
-               for index in range(3000)]
+    records = [
+        _reports.record(
+            f"tests/test_many.py::test_{index:05d}",
+            violation=_reports.violation(
+                f"tests/test_many.py::test_{index:05d}", "mem_mb", 1.0, 2.0
+            ),
+        )
+        for index in range(3000)
+    ]
     document = _reports.document(records)
     text = markdown.summary(document, limit_bytes=64 * 1024)
     assert len(text.encode("utf-8")) <= 64 * 1024
@@ -85,10 +98,12 @@ def test_order_does_not_depend_on_the_order_of_records() -> None:
 def test_verdict_line() -> None:
     assert markdown.verdict(_reports.over_budget()) == (
         "### taichi-limits: ❌ FAILED — 2 budget violations, 4 supervised tests "
-        "(1 passed, 2 failed, 1 skipped)")
+        "(1 passed, 2 failed, 1 skipped)"
+    )
     passed = _reports.document([_reports.record("t.py::test_ok")])
     assert markdown.verdict(passed, marks=False) == (
-        "### taichi-limits: PASSED — 0 budget violations, 1 supervised test (1 passed)")
+        "### taichi-limits: PASSED — 0 budget violations, 1 supervised test (1 passed)"
+    )
 
 
 def test_a_long_test_name_keeps_its_file_and_both_ends() -> None:

@@ -25,11 +25,13 @@ def test_after():
 """
 
 
-def make_tests(pytester: pytest.Pytester, body: str, conftest_extra: str = "",
-               prelude: str = "") -> Path:
+def make_tests(
+    pytester: pytest.Pytester, body: str, conftest_extra: str = "", prelude: str = ""
+) -> Path:
     root = Path(pytester.path)
-    pytester.makeconftest(WATCH_CONFTEST.replace("__ROOT__", repr(str(root)))
-                          + textwrap.dedent(conftest_extra))
+    pytester.makeconftest(
+        WATCH_CONFTEST.replace("__ROOT__", repr(str(root))) + textwrap.dedent(conftest_extra)
+    )
     (root / "pids.txt").write_text("")
     source = "import pytest\n" + pid_recorder(root) + prelude + textwrap.dedent(body) + AFTER
     pytester.makepyfile(test_measured=source)
@@ -38,8 +40,9 @@ def make_tests(pytester: pytest.Pytester, body: str, conftest_extra: str = "",
 
 def usage_of(log: Path, name: str) -> dict:
     lines = [json.loads(line) for line in log.read_text().splitlines()]
-    return next(line for line in lines
-                if line["event"] == "usage" and line["nodeid"].endswith("::" + name))
+    return next(
+        line for line in lines if line["event"] == "usage" and line["nodeid"].endswith("::" + name)
+    )
 
 
 def assert_reason(result: pytest.RunResult, name: str, headline: str) -> None:
@@ -56,7 +59,10 @@ resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, _hard), _hard))
 
 
 def test_600_processes_under_ulimit_1024_do_not_end_the_session(pytester, run_plugin):
-    root = make_tests(pytester, conftest_extra=LOW_FD_LIMIT, body="""
+    root = make_tests(
+        pytester,
+        conftest_extra=LOW_FD_LIMIT,
+        body="""
         import subprocess, time
 
         def start_sleepers():
@@ -77,7 +83,8 @@ def test_600_processes_under_ulimit_1024_do_not_end_the_session(pytester, run_pl
             sleepers = start_sleepers()
             hold = b"\\x01" * (300 << 20)
             time.sleep(300)
-    """)
+    """,
+    )
     result = run_plugin("--taichi-limits-grace=0.5", timeout=240)
     result.stdout.no_fnmatch_line("*INTERNALERROR*")
     result.assert_outcomes(passed=2, failed=1)
@@ -140,8 +147,10 @@ def _run(results):
 
 @pytest.mark.parametrize("mode", ["fork", "spawn"])
 def test_a_conftest_thread_subprocess_is_not_taken_for_the_tests(pytester, run_plugin, mode):
-    root = make_tests(pytester, conftest_extra=CONFTEST_THREAD.replace(
-        "__ROOT__", repr(str(pytester.path))), body="""
+    root = make_tests(
+        pytester,
+        conftest_extra=CONFTEST_THREAD.replace("__ROOT__", repr(str(pytester.path))),
+        body="""
         import os, time
 
         @pytest.mark.taichi_limits(wall_s=60)
@@ -151,7 +160,8 @@ def test_a_conftest_thread_subprocess_is_not_taken_for_the_tests(pytester, run_p
             open(os.path.join(root, "test_running"), "w").close()
             while not os.path.exists(os.path.join(root, "sub_started")):
                 time.sleep(0.01)
-    """)
+    """,
+    )
     result = run_plugin(f"--taichi-limits-mode={mode}")
     result.assert_outcomes(passed=2)
     # The subprocess of pytest's thread ended by itself, with its own status: not killed by
@@ -162,6 +172,7 @@ def test_a_conftest_thread_subprocess_is_not_taken_for_the_tests(pytester, run_p
 
 # -- 3. mem_mb: what the test makes the machine hold ---------------------------------------------
 
+
 def _run_logged(run_plugin, pytester, *args: str) -> tuple[pytest.RunResult, Path]:
     log = Path(pytester.path) / "usage.jsonl"
     return run_plugin(f"--taichi-limits-log={log}", "--taichi-limits-grace=0.5", *args), log
@@ -169,7 +180,9 @@ def _run_logged(run_plugin, pytester, *args: str) -> tuple[pytest.RunResult, Pat
 
 @pytest.mark.parametrize("mode", ["fork", "spawn"])
 def test_pages_shared_copy_on_write_with_its_children_count_once(pytester, run_plugin, mode):
-    root = make_tests(pytester, body="""
+    root = make_tests(
+        pytester,
+        body="""
         import os, time
 
         HELD = []
@@ -182,7 +195,8 @@ def test_pages_shared_copy_on_write_with_its_children_count_once(pytester, run_p
                 if os.fork() == 0:
                     time.sleep(300)  # killed with the test's tree
                     os._exit(0)
-    """)
+    """,
+    )
     result, log = _run_logged(run_plugin, pytester, f"--taichi-limits-mode={mode}")
     result.assert_outcomes(passed=2)
     usage = usage_of(log, "test_holds_300_mb_then_forks_6")
@@ -202,7 +216,10 @@ INHERITED = bytearray(b"\\x01") * (400 << 20)
 
 
 def test_inherited_pages_the_test_overwrites_are_charged(pytester, run_plugin):
-    make_tests(pytester, conftest_extra=INHERITED_CONFTEST, body="""
+    make_tests(
+        pytester,
+        conftest_extra=INHERITED_CONFTEST,
+        body="""
         from conftest import INHERITED
 
         @pytest.mark.taichi_limits(mem_mb=200, wall_s=60)
@@ -210,16 +227,22 @@ def test_inherited_pages_the_test_overwrites_are_charged(pytester, run_plugin):
             record_pid()
             for offset in range(0, len(INHERITED), 4096):
                 INHERITED[offset] = 2
-    """)
+    """,
+    )
     result, log = _run_logged(run_plugin, pytester)
     result.assert_outcomes(failed=1, passed=1)
-    assert_reason(result, "test_overwrites_inherited",
-                  "taichi_limits: mem_mb exceeded: * MiB when caught, limit mem_mb=200*")
+    assert_reason(
+        result,
+        "test_overwrites_inherited",
+        "taichi_limits: mem_mb exceeded: * MiB when caught, limit mem_mb=200*",
+    )
     assert usage_of(log, "test_overwrites_inherited")["peak_own_memory_bytes"] > 200 << 20
 
 
 def test_memory_in_a_memfd_is_charged(pytester, run_plugin):
-    make_tests(pytester, body="""
+    make_tests(
+        pytester,
+        body="""
         import os
 
         FDS = []
@@ -232,18 +255,24 @@ def test_memory_in_a_memfd_is_charged(pytester, run_plugin):
             for _ in range(300):
                 os.write(fd, chunk)
             FDS.append(fd)  # held open to the end
-    """)
+    """,
+    )
     result, _ = _run_logged(run_plugin, pytester)
     result.assert_outcomes(failed=1, passed=1)
-    assert_reason(result, "test_fills_a_memfd",
-                  "taichi_limits: mem_mb exceeded: * MiB when caught, limit mem_mb=200*")
+    assert_reason(
+        result,
+        "test_fills_a_memfd",
+        "taichi_limits: mem_mb exceeded: * MiB when caught, limit mem_mb=200*",
+    )
 
 
 @pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm")
 @pytest.mark.parametrize("clean", [False, True])
 def test_a_file_left_in_dev_shm_is_charged_reported_and_cleaned(pytester, run_plugin, clean):
     name = f"/dev/shm/taichi-limits-test-{uuid.uuid4().hex}"
-    make_tests(pytester, body=f"""
+    make_tests(
+        pytester,
+        body=f"""
         @pytest.mark.taichi_limits(mem_mb=200, wall_s=60)
         def test_writes_dev_shm():
             record_pid()
@@ -251,13 +280,18 @@ def test_a_file_left_in_dev_shm_is_charged_reported_and_cleaned(pytester, run_pl
             with open({name!r}, "wb") as handle:
                 for _ in range(300):
                     handle.write(chunk)
-    """)
+    """,
+    )
     try:
-        result, log = _run_logged(run_plugin, pytester,
-                                  *(["--taichi-limits-clean-shm"] if clean else []))
+        result, log = _run_logged(
+            run_plugin, pytester, *(["--taichi-limits-clean-shm"] if clean else [])
+        )
         result.assert_outcomes(failed=1, passed=1)
-        assert_reason(result, "test_writes_dev_shm",
-                      "taichi_limits: mem_mb exceeded: * MiB when caught, limit mem_mb=200*")
+        assert_reason(
+            result,
+            "test_writes_dev_shm",
+            "taichi_limits: mem_mb exceeded: * MiB when caught, limit mem_mb=200*",
+        )
         assert usage_of(log, "test_writes_dev_shm")["shm_files_left"] == [name]
         assert os.path.exists(name) is not clean
     finally:
@@ -269,7 +303,10 @@ def test_a_file_left_in_dev_shm_is_charged_reported_and_cleaned(pytester, run_pl
 
 
 def test_a_forged_hello_does_not_switch_mem_mb_off(pytester, run_plugin):
-    make_tests(pytester, prelude="import os\n" + FIND_CHANNEL, body="""
+    make_tests(
+        pytester,
+        prelude="import os\n" + FIND_CHANNEL,
+        body="""
         HELD = []
 
         @pytest.mark.taichi_limits(mem_mb=100, wall_s=60)
@@ -278,7 +315,8 @@ def test_a_forged_hello_does_not_switch_mem_mb_off(pytester, run_plugin):
             for fd in channel_fds():
                 os.write(fd, b'{"t": "hello", "pid": 1, "rss": 10000000000000}\\n')
             HELD.append(b"\\x01" * (300 << 20))
-    """)
+    """,
+    )
     result, log = _run_logged(run_plugin, pytester)
     result.assert_outcomes(failed=1, passed=1)
     assert_reason(result, "test_claims_10_tb_at_start", "taichi_limits: mem_mb exceeded*")
@@ -287,7 +325,7 @@ def test_a_forged_hello_does_not_switch_mem_mb_off(pytester, run_plugin):
 
 # -- 3c. processes that leave the test's subtree -------------------------------------------------
 
-ESCAPE = '''
+ESCAPE = """
 import ctypes, os, sys, time
 sys.path.insert(0, sys.argv[2])
 from test_measured import record_pid
@@ -295,11 +333,13 @@ record_pid()
 held = b"\\x01" * (300 << 20)
 open(sys.argv[1], "w").close()
 time.sleep(300)
-'''
+"""
 
 
 def test_an_orphan_outside_the_childs_subtree_is_still_measured_and_killed(pytester, run_plugin):
-    root = make_tests(pytester, body=f"""
+    root = make_tests(
+        pytester,
+        body=f"""
         import ctypes, os, subprocess, sys, time
 
         ESCAPE = {ESCAPE!r}
@@ -314,16 +354,18 @@ def test_an_orphan_outside_the_childs_subtree_is_still_measured_and_killed(pytes
                 os._exit(0)
             while not os.path.exists(ready):
                 time.sleep(0.01)
-    """)
+    """,
+    )
     result, _ = _run_logged(run_plugin, pytester)
     result.assert_outcomes(failed=1, passed=1)
-    assert_reason(result, "test_unsets_subreaper_and_daemonizes",
-                  "taichi_limits: mem_mb exceeded*")
+    assert_reason(result, "test_unsets_subreaper_and_daemonizes", "taichi_limits: mem_mb exceeded*")
     assert_clean(root, expected_tests=2, processes=3)
 
 
 def test_a_clone_parent_sibling_is_still_measured_and_killed(pytester, run_plugin):
-    root = make_tests(pytester, body=f"""
+    root = make_tests(
+        pytester,
+        body=f"""
         import ctypes, os, sys, time
 
         ESCAPE = {ESCAPE!r}
@@ -342,7 +384,8 @@ def test_a_clone_parent_sibling_is_still_measured_and_killed(pytester, run_plugi
             assert pid > 0, ctypes.get_errno()
             while not os.path.exists(ready):
                 time.sleep(0.01)
-    """)
+    """,
+    )
     result, _ = _run_logged(run_plugin, pytester)
     result.assert_outcomes(failed=1, passed=1)
     assert_reason(result, "test_clone_parent", "taichi_limits: mem_mb exceeded*")

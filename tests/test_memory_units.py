@@ -9,31 +9,32 @@ from pathlib import Path
 import pytest
 
 from pytest_taichi_limits import cgroup, memory
-from pytest_taichi_limits.memory import Reading, own_bytes
+from pytest_taichi_limits.memory import MemoryWatch, Reading, own_bytes
 from pytest_taichi_limits.proctree import ProcessTree, TreeSample
-from pytest_taichi_limits.memory import MemoryWatch
 
 MB = 1 << 20
 
 
 def test_own_bytes_counts_anon_growth_and_the_larger_shared_view():
-    start = Reading(anon_bytes=5 * MB, mapped_shm_bytes=1 * MB, unmapped_shm_bytes=700 * MB,
-                    cpu_s=0.0)
+    start = Reading(
+        anon_bytes=5 * MB, mapped_shm_bytes=1 * MB, unmapped_shm_bytes=700 * MB, cpu_s=0.0
+    )
     # 100 MB new anon; 50 MB mapped shm (also seen as tmpfs growth of 50 MB): counted once
-    now = Reading(anon_bytes=105 * MB, mapped_shm_bytes=51 * MB, unmapped_shm_bytes=750 * MB,
-                  cpu_s=0.0)
+    now = Reading(
+        anon_bytes=105 * MB, mapped_shm_bytes=51 * MB, unmapped_shm_bytes=750 * MB, cpu_s=0.0
+    )
     assert own_bytes(now, start) == 150 * MB
     # a memfd written but never mapped: only the unmapped view sees it
-    now = Reading(anon_bytes=5 * MB, mapped_shm_bytes=1 * MB, unmapped_shm_bytes=900 * MB,
-                  cpu_s=0.0)
+    now = Reading(
+        anon_bytes=5 * MB, mapped_shm_bytes=1 * MB, unmapped_shm_bytes=900 * MB, cpu_s=0.0
+    )
     assert own_bytes(now, start) == 200 * MB
     # less than at the start (another process freed tmpfs space): never below zero
     assert own_bytes(Reading(0, 0, 0, 0.0), start) == 0
 
 
 def test_tmpfs_mounts_are_read_from_the_mount_table():
-    table = ("tmpfs /dev/shm tmpfs rw 0 0\n/dev/sda1 /tmp ext4 rw 0 0\n"
-             "proc /proc proc rw 0 0\n")
+    table = "tmpfs /dev/shm tmpfs rw 0 0\n/dev/sda1 /tmp ext4 rw 0 0\nproc /proc proc rw 0 0\n"
     assert memory.tmpfs_mounts(mounts_text=table) == ("/dev/shm",)
     table += "tmpfs /tmp tmpfs rw 0 0\n"
     assert memory.tmpfs_mounts(mounts_text=table) == ("/dev/shm", "/tmp")
@@ -99,8 +100,9 @@ def test_process_tree_reads_members_past_the_kept_open_ones():
 # -- cgroup v2 -----------------------------------------------------------------------------------
 
 
-def fake_v2(root: Path, own: str = "/ci/job", controllers: str = "cpu memory pids",
-            subtree: str = "memory") -> str:
+def fake_v2(
+    root: Path, own: str = "/ci/job", controllers: str = "cpu memory pids", subtree: str = "memory"
+) -> str:
     (root / "cgroup.controllers").write_text(controllers + "\n")
     own_dir = root / own.lstrip("/")
     own_dir.mkdir(parents=True)
@@ -142,8 +144,9 @@ def fake_test_cgroup(tmp_path: Path, anon: int, shmem: int, oom_kill: int = 0) -
     path.mkdir(exist_ok=True)
     (path / "memory.stat").write_text(f"anon {anon}\nfile 999999999\nkernel 12\nshmem {shmem}\n")
     (path / "memory.current").write_text(f"{anon + shmem + 999999999}\n")
-    (path / "memory.events").write_text(f"low 0\nhigh 0\nmax 3\noom {oom_kill}\n"
-                                        f"oom_kill {oom_kill}\n")
+    (path / "memory.events").write_text(
+        f"low 0\nhigh 0\nmax 3\noom {oom_kill}\noom_kill {oom_kill}\n"
+    )
     (path / "memory.max").write_text("max\n")
     (path / "cgroup.procs").write_text("")
     return cgroup.TestCgroup(str(path))
@@ -189,7 +192,8 @@ def test_memory_watch_never_judges_on_the_estimate(tmp_path):
 
 
 def test_an_error_while_watching_fails_the_test_and_ends_its_tree(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import errno
     import signal
 
@@ -213,8 +217,9 @@ def test_an_error_while_watching_fails_the_test_and_ends_its_tree(
         monkeypatch.undo()
         worker.close()
     assert result.crash is not None
-    assert "could not watch this test (OSError: [Errno 24] Too many open files)" \
-        in result.crash.reason
+    assert (
+        "could not watch this test (OSError: [Errno 24] Too many open files)" in result.crash.reason
+    )
     assert result.usage.ending is not None
     assert result.usage.ending.signal_number in (signal.SIGTERM, signal.SIGKILL)
     assert result.usage.memory_method == "not measured"

@@ -41,17 +41,25 @@ def suite(pytester: pytest.Pytester) -> pytest.Pytester:
     return pytester
 
 
-def test_json_html_markdown_and_timelines(suite: pytest.Pytester, run_plugin: Any,
-                                          tmp_path: Path) -> None:
-    report, page, summary, log = (tmp_path / name for name in
-                                  ("r.json", "r.html", "s.md", "log.jsonl"))
+def test_json_html_markdown_and_timelines(
+    suite: pytest.Pytester, run_plugin: Any, tmp_path: Path
+) -> None:
+    report, page, summary, log = (
+        tmp_path / name for name in ("r.json", "r.html", "s.md", "log.jsonl")
+    )
     base = tmp_path / "base.json"
-    result = run_plugin("--taichi-limits", f"--taichi-limits-json={report}",
-                        f"--taichi-limits-html={page}", f"--taichi-limits-markdown={summary}",
-                        f"--taichi-limits-log={log}", f"--taichi-limits-save-baseline={base}")
+    result = run_plugin(
+        "--taichi-limits",
+        f"--taichi-limits-json={report}",
+        f"--taichi-limits-html={page}",
+        f"--taichi-limits-markdown={summary}",
+        f"--taichi-limits-log={log}",
+        f"--taichi-limits-save-baseline={base}",
+    )
     result.assert_outcomes(passed=2, failed=1)
-    result.stdout.fnmatch_lines([f"Markdown summary written to {summary}",
-                                 f"HTML report written to {page}"])
+    result.stdout.fnmatch_lines(
+        [f"Markdown summary written to {summary}", f"HTML report written to {page}"]
+    )
     document = json.loads(report.read_text())
     jsonschema.validate(document, jsonreport.REPORT_SCHEMA)
     records = {record["nodeid"]: record for record in document["records"]}
@@ -71,18 +79,24 @@ def test_json_html_markdown_and_timelines(suite: pytest.Pytester, run_plugin: An
     assert "test_suite.py::test_too_big" in html and "<svg" in html
 
 
-def test_timeline_in_baseline_only_when_asked(suite: pytest.Pytester, run_plugin: Any,
-                                              tmp_path: Path) -> None:
+def test_timeline_in_baseline_only_when_asked(
+    suite: pytest.Pytester, run_plugin: Any, tmp_path: Path
+) -> None:
     base = tmp_path / "base.json"
-    run_plugin("--taichi-limits", "-k", "fine", f"--taichi-limits-save-baseline={base}",
-               "--taichi-limits-timeline-in-baseline").assert_outcomes(passed=1)
+    run_plugin(
+        "--taichi-limits",
+        "-k",
+        "fine",
+        f"--taichi-limits-save-baseline={base}",
+        "--taichi-limits-timeline-in-baseline",
+    ).assert_outcomes(passed=1)
     entry = json.loads(base.read_text())["tests"]["test_suite.py::test_fine"]
     assert entry["timeline"]["t_s"] and entry["timeline"]["mem_bytes"]
 
 
 def test_github_step_summary_is_appended_to_unless_off(
-        suite: pytest.Pytester, run_plugin: Any, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    suite: pytest.Pytester, run_plugin: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     step_summary = tmp_path / "step_summary.md"
     step_summary.write_text("earlier step\n")
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(step_summary))
@@ -96,8 +110,9 @@ def test_github_step_summary_is_appended_to_unless_off(
     assert step_summary.read_text() == text
 
 
-def test_unwritable_paths_are_usage_errors(suite: pytest.Pytester, run_plugin: Any,
-                                           tmp_path: Path) -> None:
+def test_unwritable_paths_are_usage_errors(
+    suite: pytest.Pytester, run_plugin: Any, tmp_path: Path
+) -> None:
     result = run_plugin("--taichi-limits", f"--taichi-limits-html={tmp_path}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--taichi-limits-html: cannot write*not a regular file*"])

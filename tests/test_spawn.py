@@ -82,8 +82,11 @@ def _log(path: Path) -> list[dict]:
 
 
 def _modes(path: Path) -> dict[str, str]:
-    return {event["nodeid"].split("::", 1)[1]: event["mode"]
-            for event in _log(path) if event["event"] == "usage"}
+    return {
+        event["nodeid"].split("::", 1)[1]: event["mode"]
+        for event in _log(path)
+        if event["event"] == "usage"
+    }
 
 
 def test_module_level_init_runs_in_spawn_mode(pytester, run_plugin):
@@ -94,11 +97,13 @@ def test_module_level_init_runs_in_spawn_mode(pytester, run_plugin):
     modes = _modes(log)
     assert len(modes) == 5 and set(modes.values()) == {"reimport"}
     # Said once, after collection, naming the module and the line that made it necessary.
-    result.stdout.fnmatch_lines([
-        "taichi-limits: start mode fork, except 1 of 1 modules that import Taichi state, and run "
-        "each in a worker of its own that imports them again (forked after a Taichi reset):",
-        "  test_module.py: ti.init at test_module.py:4 (module level) while it was imported",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "taichi-limits: start mode fork, except 1 of 1 modules that import Taichi state, and run "
+            "each in a worker of its own that imports them again (forked after a Taichi reset):",
+            "  test_module.py: ti.init at test_module.py:4 (module level) while it was imported",
+        ]
+    )
     assert "SpawnWarning" not in result.stdout.str()
     # The module's tests share one worker, as they share module state in plain pytest.
     assert len({event["pid"] for event in _log(log) if event["event"] == "usage"}) == 1
@@ -117,24 +122,31 @@ def test_conftest_pytest_configure_init_is_named_in_header(pytester, run_plugin)
     result.assert_outcomes(passed=1)
     # The test relies on the conftest's init: Taichi is reset before the fork and that init
     # is replayed in the child, which stays on the fast fork path.
-    result.stdout.fnmatch_lines([
-        "taichi-limits: start mode fork for all 1 supervised modules (isolation test)",
-        ("taichi-limits: Taichi was initialised in the pytest process (last ti.init at "
-         "conftest.py:4 (in pytest_configure)): it is reset before each fork, and that init is "
-         "replayed in a forked test that uses Taichi without its own ti.init"),
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "taichi-limits: start mode fork for all 1 supervised modules (isolation test)",
+            (
+                "taichi-limits: Taichi was initialised in the pytest process (last ti.init at "
+                "conftest.py:4 (in pytest_configure)): it is reset before each fork, and that init is "
+                "replayed in a forked test that uses Taichi without its own ti.init"
+            ),
+        ]
+    )
     assert set(_modes(log).values()) == {"fork"}
 
 
 def test_helper_module_that_initialises_at_import(pytester, run_plugin):
-    pytester.makepyfile(apphelper="""
+    pytester.makepyfile(
+        apphelper="""
         from taichi import init
         import taichi as ti
 
         init(arch=ti.cpu)
         scale = ti.field(ti.f32, shape=())
-    """)
-    pytester.makepyfile(test_app="""
+    """
+    )
+    pytester.makepyfile(
+        test_app="""
         import pytest
         import taichi as ti
         import apphelper
@@ -147,7 +159,8 @@ def test_helper_module_that_initialises_at_import(pytester, run_plugin):
         def test_uses_helper():
             set_scale(2.5)
             assert apphelper.scale[None] == 2.5
-    """)
+    """
+    )
     result = run_plugin("-p", "no:randomly")
     result.assert_outcomes(passed=1)
     # `from taichi import init` still goes through the recorder: the helper is named.
@@ -178,7 +191,8 @@ def test_deselected_initialising_module_decides_nothing(pytester, run_plugin):
 def test_taichi_initialised_by_a_plain_test_is_reset_before_the_next_fork(pytester, run_plugin):
     # An unsupervised test that initialises Taichi in pytest itself: the supervised test after
     # it still forks (Taichi is reset first) and its kernel runs.
-    pytester.makepyfile(test_order="""
+    pytester.makepyfile(
+        test_order="""
         import pytest
         import taichi as ti
 
@@ -205,7 +219,8 @@ def test_taichi_initialised_by_a_plain_test_is_reset_before_the_next_fork(pytest
         def test_3_after():
             ti.init(arch=ti.cpu)
             assert kernel_runs()
-    """)
+    """
+    )
     log = pytester.path / "usage.jsonl"
     result = run_plugin(f"--taichi-limits-log={log}", "-p", "no:randomly")
     result.assert_outcomes(passed=3)
@@ -233,18 +248,23 @@ def test_budgets_enforced_with_the_same_report_in_both_modes(pytester, run_plugi
     for mode in ("fork", "spawn"):
         result = run_plugin(f"--taichi-limits-mode={mode}", "--taichi-limits-grace=0.5")
         result.assert_outcomes(failed=2)
-        result.stdout.fnmatch_lines([
-            "*taichi_limits: mem_mb exceeded: * when caught, limit mem_mb=150 (over by *",
-            f"*process     pid *, caught at *({mode} mode)",
-            "*test_memory*",
-            "*taichi_limits: wall_s exceeded: * when caught, limit wall_s=1.5 (over by *",
-            f"*process     pid *, caught at *({mode} mode)",
-            "*test_wall*",
-        ])
+        result.stdout.fnmatch_lines(
+            [
+                "*taichi_limits: mem_mb exceeded: * when caught, limit mem_mb=150 (over by *",
+                f"*process     pid *, caught at *({mode} mode)",
+                "*test_memory*",
+                "*taichi_limits: wall_s exceeded: * when caught, limit wall_s=1.5 (over by *",
+                f"*process     pid *, caught at *({mode} mode)",
+                "*test_wall*",
+            ]
+        )
         # The shape of a report: the label of each line, without the figures.
-        reports[mode] = [line.split()[0] for line in result.stdout.lines
-                         if line.startswith("  ") and line.split()[0] in (
-                             "caught", "peak", "budget", "stopped", "process")]
+        reports[mode] = [
+            line.split()[0]
+            for line in result.stdout.lines
+            if line.startswith("  ")
+            and line.split()[0] in ("caught", "peak", "budget", "stopped", "process")
+        ]
     assert reports["fork"] == reports["spawn"]
     assert len(reports["spawn"]) == 10
 
@@ -255,27 +275,38 @@ def test_forced_fork_mode_fails_instead_of_hanging(pytester, run_plugin):
     result = run_plugin("--taichi-limits", "--taichi-limits-mode=fork", timeout=60)
     assert time.monotonic() - started < 55
     result.assert_outcomes(failed=5)
-    result.stdout.fnmatch_lines([
-        ("*taichi_limits: not started: --taichi-limits-mode=fork, but this module cannot simply "
-         "be forked: ti.init at test_module.py:4 (module level) while it was imported*"
-         "Use --taichi-limits-mode=auto*"),
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            (
+                "*taichi_limits: not started: --taichi-limits-mode=fork, but this module cannot simply "
+                "be forked: ti.init at test_module.py:4 (module level) while it was imported*"
+                "Use --taichi-limits-mode=auto*"
+            ),
+        ]
+    )
 
 
 def test_forced_spawn_mode_header_and_options_reach_the_worker(pytester, run_plugin):
     # No ti.init in pytest at all: spawn is used because it was asked for, and the worker
     # sees this run's options (the arch of the taichi_limits_ti fixture, -o ini overrides).
-    pytester.makepyfile(test_fixture="""
+    pytester.makepyfile(
+        test_fixture="""
         import pytest
 
         def test_arch(taichi_limits_ti, pytestconfig):
             from taichi.lang import impl
             assert impl.current_cfg().arch == taichi_limits_ti.x64
             assert pytestconfig.getini("python_functions") == ["test_*", "check_*"]
-    """)
+    """
+    )
     log = pytester.path / "usage.jsonl"
-    result = run_plugin("--taichi-limits-mode=spawn", "--taichi-limits-arch=x64",
-                        "-o", "python_functions=test_* check_*", f"--taichi-limits-log={log}")
+    result = run_plugin(
+        "--taichi-limits-mode=spawn",
+        "--taichi-limits-arch=x64",
+        "-o",
+        "python_functions=test_* check_*",
+        f"--taichi-limits-log={log}",
+    )
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["taichi-limits: start mode spawn (--taichi-limits-mode=spawn)*"])
     assert set(_modes(log).values()) == {"spawn"}
@@ -284,14 +315,16 @@ def test_forced_spawn_mode_header_and_options_reach_the_worker(pytester, run_plu
 def test_gpu_cap_applies_to_module_level_init_in_the_worker(pytester, run_plugin):
     # The worker installs the cap before it collects, so even the module's own ti.init,
     # which runs again in the worker, is capped.
-    pytester.makepyfile(test_cap="""
+    pytester.makepyfile(
+        test_cap="""
         import taichi as ti
         ti.init(arch=ti.cpu, device_memory_GB=6)
 
         def test_capped():
             from taichi.lang import impl
             assert impl.current_cfg().device_memory_GB <= 0.5
-    """)
+    """
+    )
     result = run_plugin("--taichi-limits", "--taichi-limits-gpu-gb=0.5")
     result.assert_outcomes(passed=1)
 
@@ -322,20 +355,32 @@ def test_zygote_and_workers_leave_nothing_behind(pytester, run_plugin, monkeypat
 @pytest.mark.parametrize("mode", ["auto", "spawn"])
 def test_zygote_and_worker_die_with_a_killed_pytest(pytester, mode):
     tag = uuid.uuid4().hex
-    pytester.makepyfile(test_hang="""
+    pytester.makepyfile(
+        test_hang="""
         import time
         import taichi as ti
         ti.init(arch=ti.cpu)
 
         def test_sleeps():
             time.sleep(120)
-    """)
+    """
+    )
     environment = {**os.environ, "TAICHI_LIMITS_TEST_TAG": tag}
     pytest_process = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "--taichi-limits", f"--taichi-limits-mode={mode}",
-         "-p", "no:cacheprovider", "-q"],
-        cwd=pytester.path, env=environment,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--taichi-limits",
+            f"--taichi-limits-mode={mode}",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+        ],
+        cwd=pytester.path,
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 90
@@ -365,7 +410,8 @@ def test_worker_that_cannot_collect_the_test_says_why(pytester, run_plugin):
         def pytest_collection_finish(session):
             pathlib.Path(session.config.rootpath, "collected.flag").write_text("1")
     """)
-    pytester.makepyfile(test_flaky_collection="""
+    pytester.makepyfile(
+        test_flaky_collection="""
         import pathlib
         import pytest
 
@@ -374,13 +420,16 @@ def test_worker_that_cannot_collect_the_test_says_why(pytester, run_plugin):
 
         def test_one():
             pass
-    """)
+    """
+    )
     result = run_plugin("--taichi-limits", "--taichi-limits-mode=spawn")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines([
-        "*could not be collected again in a fresh interpreter*",
-        "*RuntimeError: collected twice*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*could not be collected again in a fresh interpreter*",
+            "*RuntimeError: collected twice*",
+        ]
+    )
 
 
 def test_spawn_mode_under_xdist(pytester, run_plugin):

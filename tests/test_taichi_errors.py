@@ -28,8 +28,11 @@ POOL_ALLOCATION_FAILED = (
 @pytest.mark.parametrize(
     ("text", "what", "line_start"),
     [
-        (CUDA_POOL_ASSERT, "the device_memory_GB pool is exhausted",
-         "Out of CUDA pre-allocated memory."),
+        (
+            CUDA_POOL_ASSERT,
+            "the device_memory_GB pool is exhausted",
+            "Out of CUDA pre-allocated memory.",
+        ),
         (HOST_POOL_ASSERT, "the device_memory_GB pool is exhausted", "Out of pre-allocated memory"),
         (CUDA_DRIVER_OOM, "the GPU driver is out of memory", "CUDA_ERROR_OUT_OF_MEMORY: out of"),
         (POOL_ALLOCATION_FAILED, "a device allocation failed", "Device memory allocation (2147"),
@@ -76,20 +79,24 @@ def test_device_out_of_memory_is_a_gpu_gb_violation(pytester, run_plugin):
     )
     result = run_plugin("-rf")
     result.assert_outcomes(failed=2)
-    result.stdout.fnmatch_lines([
-        "*taichi_limits: gpu_gb exceeded: the test needed more than the limit gpu_gb=1*",
-        "*caught by   Taichi (device memory: the GPU driver is out of memory; ti.init capped at "
-        "device_memory_GB<=1), during call*",
-        "*detail      CUDA_ERROR_OUT_OF_MEMORY: out of memory while calling malloc_async*",
-        # The arch is really x64 here: the report says the cap does not apply on it.
-        "*gpu cap     ti.init device_memory_GB=4 (from argument): the gpu_gb cap does not apply "
-        "on arch x64*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*taichi_limits: gpu_gb exceeded: the test needed more than the limit gpu_gb=1*",
+            "*caught by   Taichi (device memory: the GPU driver is out of memory; ti.init capped at "
+            "device_memory_GB<=1), during call*",
+            "*detail      CUDA_ERROR_OUT_OF_MEMORY: out of memory while calling malloc_async*",
+            # The arch is really x64 here: the report says the cap does not apply on it.
+            "*gpu cap     ti.init device_memory_GB=4 (from argument): the gpu_gb cap does not apply "
+            "on arch x64*",
+        ]
+    )
     # Without a gpu_gb budget it stays the test's own failure, with Taichi's message.
-    result.stdout.fnmatch_lines([
-        "*test_same_error_without_a_cap_is_the_tests_own*",
-        "*RuntimeError: *CUDA_ERROR_OUT_OF_MEMORY*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*test_same_error_without_a_cap_is_the_tests_own*",
+            "*RuntimeError: *CUDA_ERROR_OUT_OF_MEMORY*",
+        ]
+    )
 
 
 def test_crash_inside_ti_init_names_the_arch_and_the_way_out(pytester, run_plugin, monkeypatch):
@@ -109,15 +116,22 @@ def test_crash_inside_ti_init_names_the_arch_and_the_way_out(pytester, run_plugi
     if "passed" in result.parseoutcomes():
         pytest.skip("ti.init(arch=ti.gpu) works on this machine: nothing crashes")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines([
-        "*taichi_limits: the test process was killed by signal 11 (SIGSEGV)*",
-        "*hint        it crashed inside ti.init with arch=gpu (argument), while Taichi set up "
-        "that backend. Use a backend that works on this machine: set TI_ARCH=x64*",
-        "*stack written by faulthandler:*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*taichi_limits: the test process was killed by signal 11 (SIGSEGV)*",
+            "*hint        it crashed inside ti.init with arch=gpu (argument), while Taichi set up "
+            "that backend. Use a backend that works on this machine: set TI_ARCH=x64*",
+            "*stack written by faulthandler:*",
+        ]
+    )
     # The test's own frame stays in the stack, below Taichi's (the plugin's wrapper is hidden).
-    result.stdout.fnmatch_lines(["*misc.py*in adaptive_arch_select*", "*misc.py*in init*",
-                                 "*test_crash.py*line 6 in test_gpu_init*"])
+    result.stdout.fnmatch_lines(
+        [
+            "*misc.py*in adaptive_arch_select*",
+            "*misc.py*in init*",
+            "*test_crash.py*line 6 in test_gpu_init*",
+        ]
+    )
     assert "taichi_support" not in result.stdout.str()
 
 

@@ -94,8 +94,7 @@ def test_check_rejects_bad_timelines() -> None:
 
 
 def test_violation_moment_prefers_the_timeline_mark() -> None:
-    record = {"started_at": 100.0, "violation": {"at": 103.5},
-              "timeline": {"violation_at_s": 2.0}}
+    record = {"started_at": 100.0, "violation": {"at": 103.5}, "timeline": {"violation_at_s": 2.0}}
     assert violation_moment(record) == 2.0
     record["timeline"] = None
     assert violation_moment(record) == 3.5

@@ -64,16 +64,18 @@ def test_human_bytes():
 
 
 def test_trim_stack_drops_plumbing_below_the_test():
-    stack = "\n".join([
-        "Current thread 0x1 (most recent call first):",
-        '  File "/x/test_a.py", line 5 in test_a',
-        '  File "/y/site-packages/_pytest/python.py", line 166 in pytest_pyfunc_call',
-        '  File "/y/site-packages/pytest_taichi_limits/child.py", line 9 in _run_phase',
-        '  File "/y/site-packages/_pytest/main.py", line 1 in main',
-        "",
-        "Thread 0x2 (most recent call first):",
-        '  File "/x/helper.py", line 2 in work',
-    ])
+    stack = "\n".join(
+        [
+            "Current thread 0x1 (most recent call first):",
+            '  File "/x/test_a.py", line 5 in test_a',
+            '  File "/y/site-packages/_pytest/python.py", line 166 in pytest_pyfunc_call',
+            '  File "/y/site-packages/pytest_taichi_limits/child.py", line 9 in _run_phase',
+            '  File "/y/site-packages/_pytest/main.py", line 1 in main',
+            "",
+            "Thread 0x2 (most recent call first):",
+            '  File "/x/helper.py", line 2 in work',
+        ]
+    )
     assert trim_stack(stack).splitlines() == [
         "Current thread 0x1 (most recent call first):",
         '  File "/x/test_a.py", line 5 in test_a',

@@ -58,17 +58,29 @@ def _run(run_plugin, *args: str) -> pytest.RunResult:
 
 def _stable(path) -> list[dict]:
     document = json.loads(path.read_text())
-    return [{key: record[key] for key in STABLE_FIELDS}
-            | {"violation": (record["violation"] or {}).get("resource")}
-            for record in document["records"]]
+    return [
+        {key: record[key] for key in STABLE_FIELDS}
+        | {"violation": (record["violation"] or {}).get("resource")}
+        for record in document["records"]
+    ]
 
 
 def test_records_json_and_baseline_are_the_same_with_two_workers(pytester, run_plugin):
     pytester.makepyfile(test_many=TESTS)
-    serial = _run(run_plugin, "-p", "no:xdist", "--taichi-limits-json=serial.json",
-                  "--taichi-limits-save-baseline=serial-base.json")
-    parallel = _run(run_plugin, "-n", "2", "--taichi-limits-json=parallel.json",
-                    "--taichi-limits-save-baseline=parallel-base.json")
+    serial = _run(
+        run_plugin,
+        "-p",
+        "no:xdist",
+        "--taichi-limits-json=serial.json",
+        "--taichi-limits-save-baseline=serial-base.json",
+    )
+    parallel = _run(
+        run_plugin,
+        "-n",
+        "2",
+        "--taichi-limits-json=parallel.json",
+        "--taichi-limits-save-baseline=parallel-base.json",
+    )
     for result in (serial, parallel):
         result.assert_outcomes(passed=4, failed=2, skipped=1)
     parallel.stdout.fnmatch_lines(["*created: 2/2 workers*"])
@@ -82,28 +94,38 @@ def test_records_json_and_baseline_are_the_same_with_two_workers(pytester, run_p
     assert len(serial_base["tests"]) == 4  # the passed ones
     # The summary lists the same tests in the same places.
     for result in (serial, parallel):
-        result.stdout.fnmatch_lines([
-            "top 5 by own memory*",
-            "*test_many.py::test_field?64?",
-            "budget violations (1):",
-            "  FAILED test_many.py::test_over_budget - mem_mb exceeded: * when caught, limit mem_mb=40 *",
-        ])
+        result.stdout.fnmatch_lines(
+            [
+                "top 5 by own memory*",
+                "*test_many.py::test_field?64?",
+                "budget violations (1):",
+                "  FAILED test_many.py::test_over_budget - mem_mb exceeded: * when caught, limit mem_mb=40 *",
+            ]
+        )
 
 
 def test_workers_compare_with_the_baseline(pytester, run_plugin, monkeypatch):
     pytester.makepyfile(test_many=TESTS)
-    _run(run_plugin, "-n", "2", "--taichi-limits-save-baseline=base.json", "-k", "field")\
-        .assert_outcomes(passed=3)
+    _run(
+        run_plugin, "-n", "2", "--taichi-limits-save-baseline=base.json", "-k", "field"
+    ).assert_outcomes(passed=3)
     monkeypatch.setenv("EXTRA_MB", "160")
-    result = _run(run_plugin, "-n", "2", "--taichi-limits-compare=base.json",
-                  "--taichi-limits-json=report.json")
+    result = _run(
+        run_plugin,
+        "-n",
+        "2",
+        "--taichi-limits-compare=base.json",
+        "--taichi-limits-json=report.json",
+    )
     result.assert_outcomes(passed=3, failed=3, skipped=1)
-    result.stdout.fnmatch_lines([
-        "*regressions against base.json (1; these tests fail):",
-        "  test_many.py::test_field?16?  own memory * -> * (+*), allowed up to * (mem=10%+16MiB)",
-        "new since the baseline, not compared (3;*",
-        "FAILED test_many.py::test_field?16? - grew beyond the *",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*regressions against base.json (1; these tests fail):",
+            "  test_many.py::test_field?16?  own memory * -> * (+*), allowed up to * (mem=10%+16MiB)",
+            "new since the baseline, not compared (3;*",
+            "FAILED test_many.py::test_field?16? - grew beyond the *",
+        ]
+    )
     document = json.loads((pytester.path / "report.json").read_text())
     assert document["baseline"]["regressions"] == ["test_many.py::test_field[16]"]
     assert document["baseline"]["missing_tests"] == []
