@@ -128,7 +128,8 @@ def recorded_processes(root: Path) -> list[tuple[int, str, int]]:
 
 def _running(process: psutil.Process) -> bool:
     try:
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+        running: bool = process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+        return running
     except psutil.Error:
         return False
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from _plugin_types import RunPlugin
 
 pytest_plugins = ["pytester"]
 
@@ -14,7 +15,7 @@ RUN_TIMEOUT_S = 120
 
 
 @pytest.fixture
-def run_plugin(pytester: pytest.Pytester):
+def run_plugin(pytester: pytest.Pytester) -> RunPlugin:
     """Run pytest in a subprocess (real forks, real signals) with a hard timeout."""
 
     def run(*args: str, timeout: float = RUN_TIMEOUT_S) -> pytest.RunResult:

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _plugin_types import RunPlugin
 
 pytest.importorskip("xdist")
 
@@ -57,7 +58,7 @@ def test_admitted(number):
 
 
 @pytest.fixture
-def admit_env(tmp_path, monkeypatch):
+def admit_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private ledger and a log directory for the tests' timestamps."""
     log = tmp_path / "timestamps"
     log.mkdir()
@@ -87,8 +88,14 @@ def _ledger_entries(tmp_path: Path) -> list[str]:
     ids=["memory", "gpu"],
 )
 def test_four_tests_under_room_for_two_never_run_more_than_two_at_once(
-    pytester, run_plugin, admit_env, monkeypatch, tmp_path, mark, capacity
-):
+    pytester: pytest.Pytester,
+    run_plugin: RunPlugin,
+    admit_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    mark: str,
+    capacity: str,
+) -> None:
     pytester.makepyfile(test_four=TESTS.format(mark=mark, count=4))
     monkeypatch.setenv("ADMIT_WAIT_FOR", "3")  # a third test would start if it could
     result = run_plugin(
@@ -128,7 +135,12 @@ def test_four_tests_under_room_for_two_never_run_more_than_two_at_once(
     assert _ledger_entries(tmp_path) == []  # every reservation released
 
 
-def test_with_room_for_all_they_overlap(pytester, run_plugin, admit_env, monkeypatch):
+def test_with_room_for_all_they_overlap(
+    pytester: pytest.Pytester,
+    run_plugin: RunPlugin,
+    admit_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     pytester.makepyfile(test_four=TESTS.format(mark="mem_mb=1024", count=4))
     monkeypatch.setenv("ADMIT_WAIT_FOR", "2")
     monkeypatch.setenv("ADMIT_MUST", "1")
@@ -160,7 +172,9 @@ def test_with_room_for_all_they_overlap(pytester, run_plugin, admit_env, monkeyp
     ],
     ids=["memory", "gpu"],
 )
-def test_a_test_larger_than_the_capacity_fails_at_once(pytester, run_plugin, admit_env, mark, says):
+def test_a_test_larger_than_the_capacity_fails_at_once(
+    pytester: pytest.Pytester, run_plugin: RunPlugin, admit_env: Path, mark: str, says: str
+) -> None:
     pytester.makepyfile(test_big=TESTS.format(mark=mark, count=1))
     result = run_plugin("--taichi-limits-admit", "--taichi-limits-capacity=mem=2GB,gpu=4GB")
     result.assert_outcomes(failed=1)
@@ -169,7 +183,9 @@ def test_a_test_larger_than_the_capacity_fails_at_once(pytester, run_plugin, adm
     assert not list(admit_env.iterdir())  # the test body never ran
 
 
-def test_two_sessions_started_together_share_one_ledger(pytester, admit_env, monkeypatch):
+def test_two_sessions_started_together_share_one_ledger(
+    pytester: pytest.Pytester, admit_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for name in ("test_first", "test_second"):
         pytester.makepyfile(**{name: TESTS.format(mark="mem_mb=1024", count=2)})
     monkeypatch.setenv("ADMIT_WAIT_FOR", "2")  # a test of the other session would start if it could
@@ -228,8 +244,8 @@ def test_b_after(number):
 
 
 def test_worker_killed_while_holding_a_reservation_does_not_block_the_rest(
-    pytester, run_plugin, admit_env, tmp_path
-):
+    pytester: pytest.Pytester, run_plugin: RunPlugin, admit_env: Path, tmp_path: Path
+) -> None:
     pytester.makepyfile(test_killer=KILLER)
     # One worker, so the other tests run after the kill, in the replacement worker; each needs
     # the whole capacity that the dead worker's reservation holds.
@@ -239,7 +255,9 @@ def test_worker_killed_while_holding_a_reservation_does_not_block_the_rest(
     assert _ledger_entries(tmp_path) == []
 
 
-def test_bad_admission_options_are_usage_errors(pytester, run_plugin, admit_env):
+def test_bad_admission_options_are_usage_errors(
+    pytester: pytest.Pytester, run_plugin: RunPlugin, admit_env: Path
+) -> None:
     pytester.makepyfile(test_ok="def test_ok():\n    pass\n")
     for args, says in [
         (["--taichi-limits-admit=maybe"], "*--taichi-limits-admit*invalid choice*'maybe'*"),
@@ -262,8 +280,11 @@ def test_bad_admission_options_are_usage_errors(pytester, run_plugin, admit_env)
 
 
 def test_shared_ledger_directory_of_another_user_is_refused(
-    pytester, run_plugin, monkeypatch, tmp_path
-):
+    pytester: pytest.Pytester,
+    run_plugin: RunPlugin,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
     shared = tmp_path / "open"
     shared.mkdir()
     shared.chmod(0o777)
@@ -276,8 +297,8 @@ def test_shared_ledger_directory_of_another_user_is_refused(
 
 
 def test_baseline_mode_reserves_measured_peaks_and_ini_switches_it_on(
-    pytester, run_plugin, admit_env
-):
+    pytester: pytest.Pytester, run_plugin: RunPlugin, admit_env: Path
+) -> None:
     pytester.makepyfile(test_small=TESTS.format(mark="mem_mb=1024", count=3))
     pytester.makeini("[pytest]\ntaichi_limits_admit = baseline\n")
     saved = run_plugin(
@@ -347,8 +368,11 @@ def test_on_a_device(number):
 
 
 def test_each_gpu_test_gets_a_device_with_room_within_cuda_visible_devices(
-    pytester, run_plugin, admit_env, monkeypatch
-):
+    pytester: pytest.Pytester,
+    run_plugin: RunPlugin,
+    admit_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Three fake 16 GB devices (NVML replaced in a conftest), CUDA_VISIBLE_DEVICES=2,1 set
     outside pytest, four gpu_gb=10 tests under -n 3: each child sees one device of 1 and 2,
     under both names, and no two tests share a device at the same time."""

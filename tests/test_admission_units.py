@@ -9,6 +9,7 @@ import os
 import signal
 import time
 import types
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -57,7 +58,7 @@ def _no_sleep(_: float) -> None:
 # -- capacity ---------------------------------------------------------------------------------
 
 
-def test_capacity_spec_parses_units_and_rejects_typos():
+def test_capacity_spec_parses_units_and_rejects_typos() -> None:
     assert cap.parse_capacity("mem=20GB,gpu=80GB") == cap.Declared(20 * GB, 80 * GB)
     assert cap.parse_capacity(" gpu = 1.5 GB ") == cap.Declared(None, int(1.5 * GB))
     assert cap.parse_capacity("mem=512M") == cap.Declared(512 * MB, None)
@@ -72,14 +73,14 @@ def test_capacity_spec_parses_units_and_rejects_typos():
             cap.parse_capacity(bad)
 
 
-def test_machine_memory_is_available_minus_a_margin():
+def test_machine_memory_is_available_minus_a_margin() -> None:
     figures = {"MemTotal": 24 * GB, "MemAvailable": 20 * GB}
     assert cap.machine_memory_bytes(figures) == 20 * GB - int(2.4 * GB)
     assert cap.machine_memory_bytes({"MemTotal": GB, "MemAvailable": 100 * MB}) == 0
     assert cap.meminfo()["MemTotal"] > 0  # the real /proc/meminfo reads
 
 
-def test_capacity_from_declared_values_and_fake_nvml():
+def test_capacity_from_declared_values_and_fake_nvml() -> None:
     devices = [cap.Device(0, 80 * GB, "GPU-aaa"), cap.Device(1, 80 * GB, "GPU-bbb")]
     measured = adm.measure_capacity(
         cap.Declared(None, 40 * GB),
@@ -109,7 +110,7 @@ DEVICES = [
 ]
 
 
-def test_cuda_visible_devices_set_outside_pytest_is_respected():
+def test_cuda_visible_devices_set_outside_pytest_is_respected() -> None:
     assert cap.visible(DEVICES, None) == DEVICES
     assert [d.index for d in cap.visible(DEVICES, "2,0")] == [2, 0]
     assert [d.index for d in cap.visible(DEVICES, "GPU-1b")] == [1]
@@ -119,7 +120,7 @@ def test_cuda_visible_devices_set_outside_pytest_is_respected():
     assert cap.visible(DEVICES, "-1") == []
 
 
-def test_device_with_most_room_is_chosen_and_a_full_one_never():
+def test_device_with_most_room_is_chosen_and_a_full_one_never() -> None:
     held = {0: 10 * GB, 2: 4 * GB}
     assert cap.choose_device(DEVICES, held, 4 * GB) == DEVICES[1]
     assert cap.choose_device(DEVICES, {1: 16 * GB, 2: 16 * GB}, 6 * GB) == DEVICES[0]
@@ -127,7 +128,7 @@ def test_device_with_most_room_is_chosen_and_a_full_one_never():
     assert DEVICES[1].env() == {"CUDA_VISIBLE_DEVICES": "GPU-1b", "TI_VISIBLE_DEVICE": "1"}
 
 
-def test_admitted_gpu_test_gets_a_device_with_room_and_its_environment(tmp_path):
+def test_admitted_gpu_test_gets_a_device_with_room_and_its_environment(tmp_path: Path) -> None:
     admission = adm.Admission(
         "budget",
         directory=str(tmp_path),
@@ -136,10 +137,13 @@ def test_admitted_gpu_test_gets_a_device_with_room_and_its_environment(tmp_path)
     )
     budget = Budget(mem_mb=100, gpu_gb=10)
     with admission.admitted("a", budget) as first, admission.admitted("b", budget) as second:
+        assert first.device is not None and second.device is not None  # narrows for mypy
         assert {first.device.index, second.device.index} == {0, 1}
         assert second.env["TI_VISIBLE_DEVICE"] == str(second.device.index)
         assert second.env["CUDA_VISIBLE_DEVICES"] == second.device.uuid
-        assert second.facts()["admission_reserved_gpu_bytes"] == 10 * GB
+        facts = second.facts()
+        assert facts is not None  # narrows for mypy
+        assert facts["admission_reserved_gpu_bytes"] == 10 * GB
     one_card = adm.Admission(
         "budget",
         directory=str(tmp_path),
@@ -149,19 +153,20 @@ def test_admitted_gpu_test_gets_a_device_with_room_and_its_environment(tmp_path)
         ),
     )
     with one_card.admitted("c", budget) as grant:
+        assert grant.device is not None  # narrows for mypy
         assert grant.device.index == 0 and grant.env == {}  # nothing to choose between
 
 
 # -- the fair queue ---------------------------------------------------------------------------
 
 
-def test_a_waiting_test_that_fits_counts_as_started():
+def test_a_waiting_test_that_fits_counts_as_started() -> None:
     entries = [_entry(1, mem=2 * GB), _entry(2, mem=GB)]
     assert adm.decide(entries, 1, _capacity()).admit
     assert not adm.decide(entries, 2, _capacity()).admit
 
 
-def test_small_test_may_pass_a_large_one_a_bounded_number_of_times():
+def test_small_test_may_pass_a_large_one_a_bounded_number_of_times() -> None:
     entries = [_entry(1, mem=GB, state=HELD), _entry(2, mem=2 * GB), _entry(3, mem=GB // 2)]
     decision = adm.decide(entries, 3, _capacity())
     assert decision.admit and decision.overtaken == (2,)
@@ -170,7 +175,7 @@ def test_small_test_may_pass_a_large_one_a_bounded_number_of_times():
     assert not adm.decide(starved, 3, _capacity()).admit
 
 
-def test_large_test_starts_after_its_overtakes_are_used_up(tmp_path):
+def test_large_test_starts_after_its_overtakes_are_used_up(tmp_path: Path) -> None:
     """Real ledger: small tests keep arriving; the large one is passed MAX_OVERTAKES times at
     most, then the small ones wait behind it until it has run."""
     ledger = Ledger(str(tmp_path))
@@ -195,7 +200,7 @@ def test_large_test_starts_after_its_overtakes_are_used_up(tmp_path):
         assert not adm.decide(entries, 3 + adm.MAX_OVERTAKES, capacity).admit
 
 
-def test_tests_on_different_resources_do_not_block_each_other():
+def test_tests_on_different_resources_do_not_block_each_other() -> None:
     gpu_only = _capacity(devices=(cap.Device(0, 4 * GB),))
     entries = [
         _entry(1, gpu=3 * GB, state=HELD, device=0),
@@ -209,7 +214,7 @@ def test_tests_on_different_resources_do_not_block_each_other():
 # -- needs --------------------------------------------------------------------------------------
 
 
-def test_need_from_budget_and_from_baseline(tmp_path):
+def test_need_from_budget_and_from_baseline(tmp_path: Path) -> None:
     ranges = {"own_memory_bytes": Range(90 * MB, 100 * MB), "gpu_bytes": Range(GB, GB)}
     base = {
         "t": BaselineEntry(
@@ -239,7 +244,7 @@ def test_need_from_budget_and_from_baseline(tmp_path):
     assert by_budget.need_of("t", Budget(mem_mb=10)).gpu_bytes == 0
 
 
-def test_a_test_larger_than_the_capacity_is_refused_at_once(tmp_path):
+def test_a_test_larger_than_the_capacity_is_refused_at_once(tmp_path: Path) -> None:
     admission = adm.Admission(
         "budget",
         directory=str(tmp_path),
@@ -267,13 +272,14 @@ def test_a_test_larger_than_the_capacity_is_refused_at_once(tmp_path):
         "budget", directory=str(tmp_path), capacity=_capacity(2 * GB), sleep=_no_sleep
     )
     with no_gpu.admitted("tests/t.py::gpu", Budget(mem_mb=1, gpu_gb=64)) as grant:
+        assert grant.need is not None  # narrows for mypy
         assert grant.need.gpu_bytes == 0 and grant.device is None
 
 
 # -- the ledger ---------------------------------------------------------------------------------
 
 
-def test_entries_round_trip_and_bad_lines_are_refused():
+def test_entries_round_trip_and_bad_lines_are_refused() -> None:
     entry = _entry(3, mem=5, gpu=7, state=HELD, device=1)
     assert Entry.parse(entry.line()) == entry
     data = json.loads(entry.line())
@@ -282,7 +288,7 @@ def test_entries_round_trip_and_bad_lines_are_refused():
             Entry.parse(json.dumps({**data, **change}))
 
 
-def test_pid_start_time_tells_a_reused_pid_from_its_owner(tmp_path):
+def test_pid_start_time_tells_a_reused_pid_from_its_owner(tmp_path: Path) -> None:
     pid, start = this_process()
     assert process_start(pid) == start
     ledger = Ledger(str(tmp_path))
@@ -293,7 +299,7 @@ def test_pid_start_time_tells_a_reused_pid_from_its_owner(tmp_path):
     assert ledger.entries() == [live]
 
 
-def test_ledger_directory_must_be_private(tmp_path):
+def test_ledger_directory_must_be_private(tmp_path: Path) -> None:
     shared = tmp_path / "shared"
     shared.mkdir(mode=0o777)
     shared.chmod(0o777)
@@ -304,7 +310,7 @@ def test_ledger_directory_must_be_private(tmp_path):
     assert made.stat().st_mode & 0o777 == 0o700
 
 
-def test_damaged_ledger_is_rebuilt_with_a_warning(tmp_path):
+def test_damaged_ledger_is_rebuilt_with_a_warning(tmp_path: Path) -> None:
     ledger = Ledger(str(tmp_path))
     good = _entry(4, mem=GB, state=HELD)
     Path(ledger.path).write_text("garbage\n" + good.line() + '\n{"v": 1, "ticket"')
@@ -313,7 +319,7 @@ def test_damaged_ledger_is_rebuilt_with_a_warning(tmp_path):
     assert Path(ledger.path).read_text() == good.line() + "\n"
 
 
-def test_full_ledger_waits_until_a_holder_releases(tmp_path):
+def test_full_ledger_waits_until_a_holder_releases(tmp_path: Path) -> None:
     ledger = Ledger(str(tmp_path))
     with ledger.transaction() as entries:
         entries += [_entry(1, mem=GB, state=HELD), _entry(2, mem=GB, state=HELD)]
@@ -335,7 +341,7 @@ def test_full_ledger_waits_until_a_holder_releases(tmp_path):
     assert sleeps == sorted(sleeps)  # backs off
 
 
-def test_entry_lost_from_a_damaged_ledger_is_queued_again_and_released(tmp_path):
+def test_entry_lost_from_a_damaged_ledger_is_queued_again_and_released(tmp_path: Path) -> None:
     ledger = Ledger(str(tmp_path))
     with ledger.transaction() as entries:
         entries.append(_entry(1, mem=2 * GB, state=HELD))
@@ -351,7 +357,7 @@ def test_entry_lost_from_a_damaged_ledger_is_queued_again_and_released(tmp_path)
     assert ledger.entries() == []
 
 
-def test_reservation_released_when_the_block_raises(tmp_path):
+def test_reservation_released_when_the_block_raises(tmp_path: Path) -> None:
     admission = adm.Admission(
         "budget", directory=str(tmp_path), capacity=_capacity(), sleep=_no_sleep
     )
@@ -360,7 +366,7 @@ def test_reservation_released_when_the_block_raises(tmp_path):
     assert Ledger(str(tmp_path)).entries() == []
 
 
-def test_ctrl_c_while_waiting_leaves_nothing_in_the_ledger(tmp_path):
+def test_ctrl_c_while_waiting_leaves_nothing_in_the_ledger(tmp_path: Path) -> None:
     ledger = Ledger(str(tmp_path))
     with ledger.transaction() as entries:
         entries.append(_entry(1, mem=2 * GB, state=HELD))
@@ -376,7 +382,7 @@ def test_ctrl_c_while_waiting_leaves_nothing_in_the_ledger(tmp_path):
     assert [e.ticket for e in ledger.entries()] == [1]
 
 
-def _fork(body) -> int:
+def _fork(body: Callable[..., object]) -> int:
     pid = os.fork()
     if pid == 0:
         code = 1
@@ -388,7 +394,7 @@ def _fork(body) -> int:
     return pid
 
 
-def test_concurrent_reservers_never_exceed_the_capacity(tmp_path):
+def test_concurrent_reservers_never_exceed_the_capacity(tmp_path: Path) -> None:
     """Six real processes, 1 GB each, capacity 2 GB: intervals recorded inside the reservation
     never overlap by more than two, and each holder sees at most 2 GB held."""
     ledger_dir, log = str(tmp_path / "ledger"), tmp_path / "log"
@@ -414,7 +420,7 @@ def test_concurrent_reservers_never_exceed_the_capacity(tmp_path):
     assert Ledger(ledger_dir).entries() == []
 
 
-def test_holder_killed_with_sigkill_does_not_block_the_rest(tmp_path):
+def test_holder_killed_with_sigkill_does_not_block_the_rest(tmp_path: Path) -> None:
     ledger_dir = str(tmp_path)
     ready_read, ready_write = os.pipe()
 
@@ -439,7 +445,7 @@ def test_holder_killed_with_sigkill_does_not_block_the_rest(tmp_path):
 # -- summary and report -----------------------------------------------------------------------
 
 
-def test_summary_lines_say_total_wait_and_peak_reserved():
+def test_summary_lines_say_total_wait_and_peak_reserved() -> None:
     waits = {"a": (0.0, GB, 0), "b": (2.5, 2 * GB, 0), "c": (0.5, GB, 3 * GB)}
     lines = adm.summary_lines(waits, _capacity(6 * GB))
     assert lines[0] == "3 tests admitted; waited 3.0 s in total (longest 2.5 s: b)"
@@ -451,7 +457,7 @@ def test_summary_lines_say_total_wait_and_peak_reserved():
     assert adm.summary_lines({"a": (0.0, GB, 0)}, None)[-1].startswith("tests hardly waited")
 
 
-def test_report_line_from_usage_extra():
+def test_report_line_from_usage_extra() -> None:
     grant = adm.Grant(
         1.234, adm.Need(GB, 2 * GB, "its budget"), cap.Device(1, 8 * GB), 3 * GB, 2 * GB
     )
@@ -471,7 +477,7 @@ def _fake_torch(initialised: bool) -> types.SimpleNamespace:
     return types.SimpleNamespace(cuda=types.SimpleNamespace(is_initialized=lambda: initialised))
 
 
-def test_cuda_initialised_by_another_library_is_named():
+def test_cuda_initialised_by_another_library_is_named() -> None:
     assert forksafety.cuda_initialised_here({}) is None
     assert forksafety.cuda_initialised_here({"torch": _fake_torch(False)}) is None
     reason = forksafety.cuda_initialised_here({"torch": _fake_torch(True)})

@@ -7,6 +7,7 @@ argument, and what is allowed; the plugin never shows a traceback of its own.
 from __future__ import annotations
 
 import pytest
+from _plugin_types import RunPlugin
 
 PYTEST_VERSION = tuple(int(part) for part in pytest.__version__.split(".")[:2])
 
@@ -160,7 +161,9 @@ def assert_no_plugin_traceback(result: pytest.RunResult) -> None:
         assert sign not in text, text
 
 
-def test_bad_markers_are_collection_errors_with_exact_messages(pytester, run_plugin):
+def test_bad_markers_are_collection_errors_with_exact_messages(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
     source = ["import pytest", ""]
     for name, arguments, _ in BAD_MARKERS:
         source += [f"@pytest.mark.taichi_limits({arguments})", f"def {name}():", "    pass", ""]
@@ -194,8 +197,8 @@ def test_bad_markers_are_collection_errors_with_exact_messages(pytester, run_plu
     ids=[" ".join(arguments) or ini for arguments, ini, _ in BAD_OPTIONS],
 )
 def test_bad_option_is_a_usage_error_with_an_exact_message(
-    pytester, run_plugin, arguments, ini, message
-):
+    pytester: pytest.Pytester, run_plugin: RunPlugin, arguments: list[str], ini: str, message: str
+) -> None:
     pytester.makepyfile(
         "import pytest\n\n@pytest.mark.taichi_limits(wall_s=30)\ndef test_never_runs():\n    pass\n"
     )
@@ -208,7 +211,9 @@ def test_bad_option_is_a_usage_error_with_an_exact_message(
     assert_no_plugin_traceback(result)
 
 
-def test_bad_mode_on_the_command_line_names_the_choices(pytester, run_plugin):
+def test_bad_mode_on_the_command_line_names_the_choices(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
     # argparse checks this one (choices=...): its message, with the allowed values.
     pytester.makepyfile("def test_never_runs():\n    pass\n")
     result = run_plugin("--taichi-limits-mode=thread")

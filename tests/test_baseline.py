@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from _plugin_types import RunPlugin
 
 from pytest_taichi_limits.baseline import (
     DEFAULT_TOLERANCE_SPEC,
@@ -52,7 +53,9 @@ def growing(pytester: pytest.Pytester) -> pytest.Pytester:
     return pytester
 
 
-def _save(run_plugin, monkeypatch, field_mb: int, *args: str) -> pytest.RunResult:
+def _save(
+    run_plugin: RunPlugin, monkeypatch: pytest.MonkeyPatch, field_mb: int, *args: str
+) -> pytest.RunResult:
     monkeypatch.setenv("FIELD_MB", str(field_mb))
     result = run_plugin("--taichi-limits", "--taichi-limits-save-baseline=base.json", *args)
     result.assert_outcomes(passed=2)
@@ -60,8 +63,8 @@ def _save(run_plugin, monkeypatch, field_mb: int, *args: str) -> pytest.RunResul
 
 
 def test_grown_field_fails_showing_before_after_growth_and_tolerance(
-    growing, run_plugin, monkeypatch
-):
+    growing: pytest.Pytester, run_plugin: RunPlugin, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _save(run_plugin, monkeypatch, 8)
     monkeypatch.setenv("FIELD_MB", "200")
     result = run_plugin("--taichi-limits", "--taichi-limits-compare=base.json")
@@ -94,7 +97,9 @@ def test_grown_field_fails_showing_before_after_growth_and_tolerance(
     assert 170 < grown_mb < 230  # 192 MB more floats, as measured (not a rounding artefact)
 
 
-def test_same_run_within_tolerance_passes(growing, run_plugin, monkeypatch):
+def test_same_run_within_tolerance_passes(
+    growing: pytest.Pytester, run_plugin: RunPlugin, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _save(run_plugin, monkeypatch, 8)
     monkeypatch.setenv("FIELD_MB", "12")  # +4 MB: inside the default slack of 16 MB
     result = run_plugin("--taichi-limits", "--taichi-limits-compare=base.json")
@@ -104,7 +109,9 @@ def test_same_run_within_tolerance_passes(growing, run_plugin, monkeypatch):
     )
 
 
-def test_tolerance_option_widens_and_narrows(growing, run_plugin, monkeypatch):
+def test_tolerance_option_widens_and_narrows(
+    growing: pytest.Pytester, run_plugin: RunPlugin, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _save(run_plugin, monkeypatch, 8)
     monkeypatch.setenv("FIELD_MB", "72")
     result = run_plugin(
@@ -128,7 +135,9 @@ def test_tolerance_option_widens_and_narrows(growing, run_plugin, monkeypatch):
     result.stdout.fnmatch_lines(["*allowed up to * MiB (mem=8MiB)*"])
 
 
-def test_warn_mode_passes_with_a_warning(growing, run_plugin, monkeypatch):
+def test_warn_mode_passes_with_a_warning(
+    growing: pytest.Pytester, run_plugin: RunPlugin, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _save(run_plugin, monkeypatch, 8)
     monkeypatch.setenv("FIELD_MB", "200")
     result = run_plugin(
@@ -155,7 +164,9 @@ def test_warn_mode_passes_with_a_warning(growing, run_plugin, monkeypatch):
     result.stdout.fnmatch_lines(["*regressions against base.json (1; these tests fail):"])
 
 
-def test_new_and_missing_tests_are_listed_not_failed(pytester, run_plugin):
+def test_new_and_missing_tests_are_listed_not_failed(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
     pytester.makepyfile(
         test_names="""
         import pytest
@@ -191,7 +202,12 @@ def test_new_and_missing_tests_are_listed_not_failed(pytester, run_plugin):
     )
 
 
-def test_subset_run_merges_unless_told_to_replace(growing, run_plugin, monkeypatch, pytester):
+def test_subset_run_merges_unless_told_to_replace(
+    growing: pytest.Pytester,
+    run_plugin: RunPlugin,
+    monkeypatch: pytest.MonkeyPatch,
+    pytester: pytest.Pytester,
+) -> None:
     _save(run_plugin, monkeypatch, 8)
     before = json.loads((pytester.path / "base.json").read_text())
     monkeypatch.setenv("FIELD_MB", "40")
@@ -224,7 +240,9 @@ def test_subset_run_merges_unless_told_to_replace(growing, run_plugin, monkeypat
     assert set(replaced["tests"]) == {grows}
 
 
-def test_failed_test_keeps_its_baseline_entry(pytester, run_plugin, monkeypatch):
+def test_failed_test_keeps_its_baseline_entry(
+    pytester: pytest.Pytester, run_plugin: RunPlugin, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pytester.makepyfile(
         test_flaky="""
         import os
@@ -254,8 +272,11 @@ def test_failed_test_keeps_its_baseline_entry(pytester, run_plugin, monkeypatch)
 
 
 def test_baseline_of_another_environment_is_warned_in_the_header(
-    growing, run_plugin, monkeypatch, pytester
-):
+    growing: pytest.Pytester,
+    run_plugin: RunPlugin,
+    monkeypatch: pytest.MonkeyPatch,
+    pytester: pytest.Pytester,
+) -> None:
     _save(run_plugin, monkeypatch, 8)
     path = pytester.path / "base.json"
     data = json.loads(path.read_text())
@@ -275,7 +296,9 @@ def test_baseline_of_another_environment_is_warned_in_the_header(
     )
 
 
-def test_unusable_baseline_and_tolerance_are_usage_errors(pytester, run_plugin):
+def test_unusable_baseline_and_tolerance_are_usage_errors(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
     pytester.makepyfile("def test_nothing(): pass")
     result = run_plugin("--taichi-limits-compare=nowhere.json")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
@@ -311,13 +334,13 @@ def test_unusable_baseline_and_tolerance_are_usage_errors(pytester, run_plugin):
         ("MEM = 1% + 1KB + 1B", "mem", 101 + 1025),
     ],
 )
-def test_tolerance_specs(spec, key, limit_of_100):
+def test_tolerance_specs(spec: str, key: str, limit_of_100: float) -> None:
     allowance = parse_tolerance(spec).allowances[key]
     assert allowance is not None
     assert allowance.limit(100) == pytest.approx(limit_of_100)
 
 
-def test_tolerance_defaults_and_errors():
+def test_tolerance_defaults_and_errors() -> None:
     defaults = parse_tolerance(None)
     assert defaults.describe() == DEFAULT_TOLERANCE_SPEC
     assert defaults.allowances["wall"] is None

@@ -233,7 +233,9 @@ def test_merge_baselines(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     merged = baselines.load(str(out))
     assert sorted(merged.tests) == ["t.py::test_1", "t.py::test_2", "t.py::test_3"]
-    assert merged.tests["t.py::test_3"].ranges["cpu_s"].high == 9.0
+    cpu_range = merged.tests["t.py::test_3"].ranges["cpu_s"]
+    assert cpu_range is not None  # narrows for mypy
+    assert cpu_range.high == 9.0
     assert len(merged.environments) == 2
     assert "python 3.11.7 -> 3.12.1" in result.stderr or "python 3.12.1 -> 3.11.7" in result.stderr
     clash = _baseline(

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import cast
 
 import psutil
+import pytest
+from _plugin_types import RunPlugin
 
 TAICHI_FIELD_TEST = """
 import pytest
@@ -28,7 +32,9 @@ def test_after():
 """
 
 
-def test_field_larger_than_mem_mb_fails_with_report(pytester, run_plugin):
+def test_field_larger_than_mem_mb_fails_with_report(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
     pytester.makepyfile(TAICHI_FIELD_TEST.format(mem_mb=100, elements=64 * 1024 * 1024))
     result = run_plugin()
     result.assert_outcomes(failed=1, passed=1)
@@ -48,14 +54,18 @@ def test_field_larger_than_mem_mb_fails_with_report(pytester, run_plugin):
     )
 
 
-def test_field_within_mem_mb_passes_and_records_usage(pytester, run_plugin):
+def test_field_within_mem_mb_passes_and_records_usage(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
     pytester.makepyfile(TAICHI_FIELD_TEST.format(mem_mb=400, elements=16 * 1024 * 1024))
     junit = pytester.path / "junit.xml"
     result = run_plugin(f"--junitxml={junit}")
     result.assert_outcomes(passed=2)
     tree = ET.parse(junit)
     case = next(c for c in tree.iter("testcase") if c.get("name") == "test_big_field")
-    properties = {p.get("name"): p.get("value") for p in case.iter("property")}
+    properties = cast(
+        "dict[str, str]", {p.get("name"): p.get("value") for p in case.iter("property")}
+    )
     own_bytes = int(properties["taichi_limits_own_rss_bytes"])
     # 64 MB of field data really was touched, and it is charged to the test.
     assert 60 * 2**20 < own_bytes < 400 * 2**20
@@ -63,7 +73,7 @@ def test_field_within_mem_mb_passes_and_records_usage(pytester, run_plugin):
     assert properties["taichi_limits_gpu_bytes"].startswith("not measured")
 
 
-def test_cpu_loop_over_cpu_s(pytester, run_plugin):
+def test_cpu_loop_over_cpu_s(pytester: pytest.Pytester, run_plugin: RunPlugin) -> None:
     pytester.makepyfile(
         """
         import pytest
@@ -84,7 +94,7 @@ def test_cpu_loop_over_cpu_s(pytester, run_plugin):
     )
 
 
-def test_taichi_kernel_over_cpu_s(pytester, run_plugin):
+def test_taichi_kernel_over_cpu_s(pytester: pytest.Pytester, run_plugin: RunPlugin) -> None:
     pytester.makepyfile(
         """
         import pytest
@@ -111,7 +121,9 @@ def test_taichi_kernel_over_cpu_s(pytester, run_plugin):
     result.stdout.fnmatch_lines(["*cpu_s exceeded*", "*test_kernel_spin*"])
 
 
-def test_sleep_over_wall_s_shows_where_it_was(pytester, run_plugin):
+def test_sleep_over_wall_s_shows_where_it_was(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
     pytester.makepyfile(
         """
         import time
@@ -136,7 +148,7 @@ def test_sleep_over_wall_s_shows_where_it_was(pytester, run_plugin):
     assert result.duration < 60
 
 
-def test_gil_holding_kernel_over_wall_s(pytester, run_plugin):
+def test_gil_holding_kernel_over_wall_s(pytester: pytest.Pytester, run_plugin: RunPlugin) -> None:
     # A Taichi kernel launch holds the GIL, so no in-process timer could stop this.
     pytester.makepyfile(
         """
@@ -163,7 +175,9 @@ def test_gil_holding_kernel_over_wall_s(pytester, run_plugin):
     result.stdout.fnmatch_lines(["*wall_s exceeded*", "*line * in test_forever"])
 
 
-def test_segfault_is_reported_and_the_run_goes_on(pytester, run_plugin):
+def test_segfault_is_reported_and_the_run_goes_on(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
     pytester.makepyfile(
         """
         import ctypes
@@ -189,7 +203,9 @@ def test_segfault_is_reported_and_the_run_goes_on(pytester, run_plugin):
     )
 
 
-def test_exit_without_reporting_is_a_failure(pytester, run_plugin):
+def test_exit_without_reporting_is_a_failure(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
     pytester.makepyfile(
         """
         import os
@@ -241,7 +257,7 @@ def _alive(pids: list[int]) -> list[int]:
     ]
 
 
-def test_grandchildren_are_all_killed(pytester, run_plugin):
+def test_grandchildren_are_all_killed(pytester: pytest.Pytester, run_plugin: RunPlugin) -> None:
     pid_file = pytester.path / "pids.txt"
     pid_file.write_text("")
     pytester.makepyfile(GRANDCHILDREN_TEST.format(pid_file=str(pid_file), wall_s=3, sleep_s=60))
@@ -253,7 +269,9 @@ def test_grandchildren_are_all_killed(pytester, run_plugin):
     assert _alive(pids) == []
 
 
-def test_passing_test_leaves_no_daemon_behind(pytester, run_plugin):
+def test_passing_test_leaves_no_daemon_behind(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
     pid_file = pytester.path / "pids.txt"
     pid_file.write_text("")
     pytester.makepyfile(GRANDCHILDREN_TEST.format(pid_file=str(pid_file), wall_s=30, sleep_s=0))
@@ -280,18 +298,22 @@ def test_module_only():
 """
 
 
-def _budgets_from_junit(path) -> dict[str, dict[str, str]]:
-    budgets = {}
+def _budgets_from_junit(path: Path) -> dict[str, dict[str, str]]:
+    budgets: dict[str, dict[str, str]] = {}
     for case in ET.parse(path).iter("testcase"):
-        props = {p.get("name"): p.get("value") for p in case.iter("property")}
-        budgets[case.get("name")] = {
+        props = cast(
+            "dict[str, str]", {p.get("name"): p.get("value") for p in case.iter("property")}
+        )
+        budgets[cast(str, case.get("name"))] = {
             key: props[f"taichi_limits_budget_{key}"]
             for key in ("cpu_s", "mem_mb", "wall_s", "gpu_gb")
         }
     return budgets
 
 
-def test_precedence_marker_over_cli_over_ini_over_default(pytester, run_plugin):
+def test_precedence_marker_over_cli_over_ini_over_default(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
     pytester.makepyfile(PRECEDENCE_TEST)
     pytester.makeini(
         """
@@ -322,7 +344,7 @@ def test_precedence_marker_over_cli_over_ini_over_default(pytester, run_plugin):
     }
 
 
-def test_builtin_defaults_and_off(pytester, run_plugin):
+def test_builtin_defaults_and_off(pytester: pytest.Pytester, run_plugin: RunPlugin) -> None:
     pytester.makepyfile("def test_a():\n    pass\n")
     junit = pytester.path / "junit.xml"
     result = run_plugin("--taichi-limits", "--taichi-limits-wall-s=off", f"--junitxml={junit}")
@@ -341,7 +363,9 @@ def test_builtin_defaults_and_off(pytester, run_plugin):
     )
 
 
-def test_unsupervised_tests_run_in_the_pytest_process(pytester, run_plugin):
+def test_unsupervised_tests_run_in_the_pytest_process(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
     pytester.makeconftest(
         """
         import os
@@ -365,7 +389,7 @@ def test_unsupervised_tests_run_in_the_pytest_process(pytester, run_plugin):
     run_plugin().assert_outcomes(passed=2)
 
 
-def test_plugin_can_be_disabled(pytester, run_plugin):
+def test_plugin_can_be_disabled(pytester: pytest.Pytester, run_plugin: RunPlugin) -> None:
     pytester.makepyfile(
         """
         import os
@@ -383,7 +407,9 @@ def test_plugin_can_be_disabled(pytester, run_plugin):
     result.stdout.no_fnmatch_line("*taichi-limits*")
 
 
-def test_capture_logging_properties_and_outcomes_arrive(pytester, run_plugin):
+def test_capture_logging_properties_and_outcomes_arrive(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
     pytester.makepyfile(
         """
         import logging
@@ -455,7 +481,7 @@ def test_capture_logging_properties_and_outcomes_arrive(pytester, run_plugin):
     assert "taichi_limits_own_rss_bytes" in properties
 
 
-def test_log_file_and_logger(pytester, run_plugin):
+def test_log_file_and_logger(pytester: pytest.Pytester, run_plugin: RunPlugin) -> None:
     pytester.makepyfile(
         """
         import time
@@ -494,7 +520,9 @@ def test_log_file_and_logger(pytester, run_plugin):
     result.stdout.fnmatch_lines(["*WARNING*pytest_taichi_limits*wall_s exceeded*test_slow*"])
 
 
-def test_session_scoped_fixture_finalizers_run_in_the_child(pytester, run_plugin):
+def test_session_scoped_fixture_finalizers_run_in_the_child(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
     marker = pytester.path / "torn-down.txt"
     pytester.makepyfile(
         f"""
@@ -518,7 +546,9 @@ def test_session_scoped_fixture_finalizers_run_in_the_child(pytester, run_plugin
     assert marker.read_text().splitlines() == ["down", "down"]
 
 
-def test_pytest_exit_in_a_child_stops_the_session(pytester, run_plugin):
+def test_pytest_exit_in_a_child_stops_the_session(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
     pytester.makepyfile(
         """
         import pytest
@@ -536,7 +566,9 @@ def test_pytest_exit_in_a_child_stops_the_session(pytester, run_plugin):
     result.stdout.no_fnmatch_line("*test_never*PASSED*")
 
 
-def test_mixed_supervised_and_plain_tests_run_each_finalizer_once(pytester, run_plugin):
+def test_mixed_supervised_and_plain_tests_run_each_finalizer_once(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
     events = pytester.path / "events.txt"
     pytester.makepyfile(
         f"""

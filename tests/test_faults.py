@@ -12,8 +12,12 @@ import json
 import os
 import subprocess
 import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
+from _plugin_types import RunPlugin
 from _watch import assert_clean, pid_recorder, watch
 
 #: After every faulty test: proves the session went on, in a fresh child.
@@ -25,14 +29,14 @@ def test_after():
 """
 
 
-def make_tests(pytester: pytest.Pytester, body: str, prelude: str = ""):
+def make_tests(pytester: pytest.Pytester, body: str, prelude: str = "") -> Path:
     root = watch(pytester)
     source = "import pytest\n" + pid_recorder(root) + prelude + textwrap.dedent(body) + AFTER
     pytester.makepyfile(test_fault=source)
     return root
 
 
-def log_lines(path) -> list[dict]:
+def log_lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
@@ -41,14 +45,16 @@ def assert_reason(result: pytest.RunResult, name: str, headline: str) -> None:
     result.stdout.fnmatch_lines([f"*_ {name} _*", headline], consecutive=True)
 
 
-def usage_of(log: list[dict], name: str) -> dict:
+def usage_of(log: list[dict[str, Any]], name: str) -> dict[str, Any]:
     return next(line for line in log if line["event"] == "usage" and line["nodeid"].endswith(name))
 
 
 # -- 1. segfault and abort ----------------------------------------------------------------------
 
 
-def test_segfault_and_abort_fail_with_the_signal(pytester, run_plugin):
+def test_segfault_and_abort_fail_with_the_signal(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
     root = make_tests(
         pytester,
         """
@@ -89,7 +95,7 @@ def test_segfault_and_abort_fail_with_the_signal(pytester, run_plugin):
 # -- 2. SIGKILL from outside (the OOM killer) ---------------------------------------------------
 
 
-def test_sigkill_from_outside_says_so(pytester, run_plugin):
+def test_sigkill_from_outside_says_so(pytester: pytest.Pytester, run_plugin: RunPlugin) -> None:
     root = make_tests(
         pytester,
         """
@@ -118,7 +124,9 @@ def test_sigkill_from_outside_says_so(pytester, run_plugin):
 # -- 3. SIGTERM ignored, blocked or swallowed: SIGKILL after the grace period ------------------
 
 
-def test_sigterm_refused_is_escalated_to_sigkill_within_the_grace(pytester, run_plugin):
+def test_sigterm_refused_is_escalated_to_sigkill_within_the_grace(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
     root = make_tests(
         pytester,
         """
@@ -164,7 +172,9 @@ def test_sigterm_refused_is_escalated_to_sigkill_within_the_grace(pytester, run_
 # -- 4. native code holding the GIL -------------------------------------------------------------
 
 
-def test_taichi_kernel_holding_the_gil_is_stopped_with_its_stack(pytester, run_plugin):
+def test_taichi_kernel_holding_the_gil_is_stopped_with_its_stack(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
     root = make_tests(
         pytester,
         """
@@ -199,7 +209,9 @@ def test_taichi_kernel_holding_the_gil_is_stopped_with_its_stack(pytester, run_p
     assert_clean(root, expected_tests=2, processes=2)
 
 
-def test_c_call_holding_the_gil_is_stopped_with_its_stack(pytester, run_plugin):
+def test_c_call_holding_the_gil_is_stopped_with_its_stack(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
     # ctypes.PyDLL keeps the GIL across the call (CDLL would release it): no Python-level
     # timer or signal handler in the child can run while it waits in pause().
     root = make_tests(
@@ -247,7 +259,9 @@ time.sleep(300)
 
 
 @pytest.mark.parametrize("outcome", ["violation", "pass"])
-def test_grandchildren_are_all_reaped(pytester, run_plugin, outcome):
+def test_grandchildren_are_all_reaped(
+    pytester: pytest.Pytester, run_plugin: RunPlugin, outcome: str
+) -> None:
     wall_s, sleep_s = (2, 60) if outcome == "violation" else (30, 0)
     root = make_tests(
         pytester,
@@ -281,7 +295,9 @@ def test_grandchildren_are_all_reaped(pytester, run_plugin, outcome):
 
 
 @pytest.mark.parametrize("on_sigterm", ["signal.SIG_IGN", "signal.SIG_DFL"])
-def test_fork_storm_is_stopped_and_reaped(pytester, run_plugin, on_sigterm):
+def test_fork_storm_is_stopped_and_reaped(
+    pytester: pytest.Pytester, run_plugin: RunPlugin, on_sigterm: str
+) -> None:
     # Every process ignores SIGTERM (or dies of it, orphaning its children) and keeps forking (8 children each, 3 levels deep at most:
     # a bound that keeps the machine usable even if the supervisor failed; the budget stops it
     # far earlier). Each forked pytest process holds tens of MB of RSS, so mem_mb trips.
@@ -327,7 +343,9 @@ def test_fork_storm_is_stopped_and_reaped(pytester, run_plugin, on_sigterm):
 # -- 7. escape attempts -------------------------------------------------------------------------
 
 
-def test_raising_its_own_rlimit_cpu_does_not_escape_cpu_s(pytester, run_plugin):
+def test_raising_its_own_rlimit_cpu_does_not_escape_cpu_s(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
     root = make_tests(
         pytester,
         """
@@ -359,7 +377,9 @@ def test_raising_its_own_rlimit_cpu_does_not_escape_cpu_s(pytester, run_plugin):
     assert_clean(root, expected_tests=2, processes=2)
 
 
-def test_asking_taichi_for_100_gb_does_not_turn_a_violation_into_a_pass(pytester, run_plugin):
+def test_asking_taichi_for_100_gb_does_not_turn_a_violation_into_a_pass(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
     root = make_tests(
         pytester,
         """
@@ -399,7 +419,9 @@ def channel_fds():
 """
 
 
-def test_tampering_with_the_report_channel_is_a_failure(pytester, run_plugin):
+def test_tampering_with_the_report_channel_is_a_failure(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
     root = make_tests(
         pytester,
         prelude="import os\n" + FIND_CHANNEL,
@@ -469,7 +491,9 @@ def test_tampering_with_the_report_channel_is_a_failure(pytester, run_plugin):
     assert_clean(root, expected_tests=6, processes=6)
 
 
-def test_flooding_the_report_channel_is_a_failure_not_a_hang(pytester, run_plugin):
+def test_flooding_the_report_channel_is_a_failure_not_a_hang(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
     # 300 MB without a newline, past the channel's 256 MB limit. The parent used to stop
     # reading there, and the child, blocked on the full pipe, was only stopped by wall_s.
     root = make_tests(
@@ -499,7 +523,9 @@ def test_flooding_the_report_channel_is_a_failure_not_a_hang(pytester, run_plugi
     assert_clean(root, expected_tests=2, processes=2)
 
 
-def test_megabytes_on_stdout_do_not_break_the_report(pytester, run_plugin):
+def test_megabytes_on_stdout_do_not_break_the_report(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
     root = make_tests(
         pytester,
         """
@@ -533,7 +559,9 @@ def test_megabytes_on_stdout_do_not_break_the_report(pytester, run_plugin):
     assert_clean(root, expected_tests=4, processes=4)
 
 
-def test_os_exit_before_reporting_is_a_failure_never_a_pass(pytester, run_plugin):
+def test_os_exit_before_reporting_is_a_failure_never_a_pass(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
     root = make_tests(
         pytester,
         """
@@ -596,7 +624,9 @@ def test_second():
         (".", "Is a directory"),
     ],
 )
-def test_unwritable_log_path_stops_before_any_test(pytester, run_plugin, where, reason):
+def test_unwritable_log_path_stops_before_any_test(
+    pytester: pytest.Pytester, run_plugin: RunPlugin, where: str, reason: str
+) -> None:
     pytester.makepyfile(TWO_TESTS)
     (pytester.path / "file").write_text("")
     result = run_plugin(f"--taichi-limits-log={where}")
@@ -611,7 +641,9 @@ def test_unwritable_log_path_stops_before_any_test(pytester, run_plugin, where, 
     assert "Traceback" not in result.stdout.str() + result.stderr.str()
 
 
-def test_log_on_a_full_device_is_a_clear_error_after_the_results(pytester, run_plugin):
+def test_log_on_a_full_device_is_a_clear_error_after_the_results(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
     pytester.makepyfile(TWO_TESTS)
     result = run_plugin("--taichi-limits-log=/dev/full")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
@@ -626,7 +658,7 @@ def test_log_on_a_full_device_is_a_clear_error_after_the_results(pytester, run_p
 
 
 @pytest.fixture
-def tiny_tmpfs(pytester):
+def tiny_tmpfs(pytester: pytest.Pytester) -> Iterator[Path]:
     """A 64 KiB tmpfs: a disk that really fills up (needs root, as in CI containers)."""
     mount_point = pytester.path / "full_disk"
     mount_point.mkdir()
@@ -641,7 +673,9 @@ def tiny_tmpfs(pytester):
         subprocess.run(["umount", "-l", str(mount_point)], check=True)
 
 
-def test_full_disk_never_corrupts_an_existing_log(pytester, run_plugin, tiny_tmpfs):
+def test_full_disk_never_corrupts_an_existing_log(
+    pytester: pytest.Pytester, run_plugin: RunPlugin, tiny_tmpfs: Path
+) -> None:
     log = tiny_tmpfs / "usage.jsonl"
     lines = [json.dumps({"event": "usage", "nodeid": f"old::{n}"}) + "\n" for n in range(3)]
     # The log's only page is full but for 300 bytes: a usage line (about 1 KB) fits in part.

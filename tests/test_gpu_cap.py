@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
+from _plugin_types import RunPlugin
 
 from pytest_taichi_limits.taichi_support import (
     MemoryRequest,
@@ -156,7 +158,7 @@ def test_init_through_module_path():
 """
 
 
-def _read_log(path: Path) -> dict[str, dict]:
+def _read_log(path: Path) -> dict[str, dict[str, Any]]:
     usages = {}
     for line in path.read_text().splitlines():
         event = json.loads(line)
@@ -165,7 +167,9 @@ def _read_log(path: Path) -> dict[str, dict]:
     return usages
 
 
-def test_every_combination_of_argument_environment_and_budget(pytester, run_plugin, monkeypatch):
+def test_every_combination_of_argument_environment_and_budget(
+    pytester: pytest.Pytester, run_plugin: RunPlugin, monkeypatch: pytest.MonkeyPatch
+) -> None:
     observed = pytester.mkdir("observed")
     monkeypatch.setenv("OBSERVED_DIR", str(observed))
     monkeypatch.delenv("TI_DEVICE_MEMORY_GB", raising=False)
@@ -261,7 +265,7 @@ def test_unknown_arch_is_a_collection_error():
 """
 
 
-def test_import_hook_fixture_and_arch(pytester, run_plugin):
+def test_import_hook_fixture_and_arch(pytester: pytest.Pytester, run_plugin: RunPlugin) -> None:
     pytester.makepyfile(test_lazy=LAZY_MODULE)
     log = pytester.path / "usage.jsonl"
     result = run_plugin(
@@ -286,7 +290,7 @@ def test_import_hook_fixture_and_arch(pytester, run_plugin):
     assert usages["test_fixture_uses_marker_arch_and_asks_for_the_cap"]["gpu_clamps"] == []
 
 
-def test_bad_arch_option_is_a_usage_error(pytester, run_plugin):
+def test_bad_arch_option_is_a_usage_error(pytester: pytest.Pytester, run_plugin: RunPlugin) -> None:
     pytester.makepyfile(test_one="def test_one():\n    pass\n")
     result = run_plugin("--taichi-limits-arch=cpus")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
@@ -304,14 +308,16 @@ def test_bad_arch_option_is_a_usage_error(pytester, run_plugin):
         (MemoryRequest(1.0, "Taichi's default", 0.75, "argument"), 2.0, 4 * 1024**3, 2.0, True),
     ],
 )
-def test_cap_memory(request_, cap, total, granted, clamped):
+def test_cap_memory(
+    request_: MemoryRequest, cap: float, total: int | None, granted: float, clamped: bool
+) -> None:
     capped = cap_memory(request_, cap, total)
     assert capped.device_memory_GB == pytest.approx(granted)
     assert capped.device_memory_fraction == 0.0
     assert capped.clamped is clamped
 
 
-def test_memory_request_follows_taichis_precedence():
+def test_memory_request_follows_taichis_precedence() -> None:
     environ = {"TI_DEVICE_MEMORY_GB": "4", "TI_DEVICE_MEMORY_FRACTION": "0.3"}
     assert memory_request({"device_memory_GB": 0.5}, environ) == MemoryRequest(
         0.5, "argument", 0.3, "TI_DEVICE_MEMORY_FRACTION"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 import pytest
 
@@ -23,7 +24,7 @@ pynvml = pytest.importorskip("pynvml", reason="nvidia-ml-py (the [gpu] extra) is
 GIB = 1024**3
 
 
-def nvml_processes(*entries: tuple[int, int]) -> list[object]:
+def nvml_processes(*entries: tuple[int, int]) -> list[Any]:
     """What nvmlDeviceGet{Compute,Graphics}RunningProcesses hand back for (pid, bytes) entries."""
     array = (pynvml.c_nvmlProcessInfo_t * len(entries))()
     for slot, (pid, used) in zip(array, entries, strict=True):
@@ -40,23 +41,23 @@ def nvml_processes(*entries: tuple[int, int]) -> list[object]:
     return processes
 
 
-def test_sums_the_tree_over_devices_and_ignores_other_processes():
+def test_sums_the_tree_over_devices_and_ignores_other_processes() -> None:
     device0 = nvml_processes((100, 1 * GIB), (999, 8 * GIB), (101, 256 * 1024**2))
     device1 = nvml_processes((101, 2 * GIB))
     assert gpu.tree_gpu_bytes([device0, device1], [100, 101, 102]) == 3 * GIB + 256 * 1024**2
 
 
-def test_a_compute_and_graphics_user_counts_once_per_device():
+def test_a_compute_and_graphics_user_counts_once_per_device() -> None:
     # The same process listed by both calls on one device holds one set of memory.
     device0 = nvml_processes((100, GIB)) + nvml_processes((100, GIB))
     assert gpu.tree_gpu_bytes([device0], [100]) == GIB
 
 
-def test_no_process_of_the_tree_on_the_gpu_is_zero_bytes():
+def test_no_process_of_the_tree_on_the_gpu_is_zero_bytes() -> None:
     assert gpu.tree_gpu_bytes([nvml_processes((999, GIB)), []], [100]) == 0
 
 
-def test_memory_the_driver_cannot_report_is_not_measured():
+def test_memory_the_driver_cannot_report_is_not_measured() -> None:
     unknown = nvml_processes((100, pynvml.NVML_VALUE_NOT_AVAILABLE_ulonglong.value))
     assert unknown[0].usedGpuMemory is None
     assert gpu.tree_gpu_bytes([unknown], [100]) is None
@@ -73,12 +74,12 @@ class _Clock:
         return self.now
 
 
-def test_probe_reads_nvml_at_most_every_min_gap_and_repeats_the_last_figure():
+def test_probe_reads_nvml_at_most_every_min_gap_and_repeats_the_last_figure() -> None:
     clock = _Clock()
     held = {"bytes": GIB}
     reads: list[float] = []
 
-    def device() -> list[object]:
+    def device() -> list[Any]:
         reads.append(clock.now)
         return nvml_processes((os.getpid(), held["bytes"]))
 
@@ -93,10 +94,10 @@ def test_probe_reads_nvml_at_most_every_min_gap_and_repeats_the_last_figure():
     assert probe.note.startswith("measured by NVML")
 
 
-def test_probe_that_fails_says_why_and_stops_asking():
+def test_probe_that_fails_says_why_and_stops_asking() -> None:
     calls = []
 
-    def broken() -> list[object]:
+    def broken() -> list[Any]:
         calls.append(1)
         raise pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
 
@@ -107,7 +108,7 @@ def test_probe_that_fails_says_why_and_stops_asking():
     assert probe.note.startswith("not measured (NVML failed: NVMLError_GpuIsLost")
 
 
-def test_without_nvml_the_note_says_why_never_zero():
+def test_without_nvml_the_note_says_why_never_zero() -> None:
     probe = gpu.probe_for(os.getpid())
     if isinstance(probe, gpu.NvmlProbe):
         pytest.skip("this machine has an NVIDIA GPU: see benchmarks/gpu_check.py")

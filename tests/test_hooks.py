@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
+from _plugin_types import RunPlugin
 
 CONFTEST = """
 import json
@@ -59,12 +61,14 @@ def test_memory_budget_from_hook():
 """
 
 
-def _calls(pytester: pytest.Pytester) -> list[dict]:
+def _calls(pytester: pytest.Pytester) -> list[dict[str, Any]]:
     path = pytester.path / "hook-calls.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_budget_usage_violation_and_reports_hooks(pytester, run_plugin, monkeypatch):
+def test_budget_usage_violation_and_reports_hooks(
+    pytester: pytest.Pytester, run_plugin: RunPlugin, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pytester.makeconftest(CONFTEST)
     pytester.makepyfile(test_hooked=TESTS)
     monkeypatch.setenv("SLOW_RUNNER_FACTOR", "4")
@@ -88,7 +92,9 @@ def test_budget_usage_violation_and_reports_hooks(pytester, run_plugin, monkeypa
     assert violation["measured"] > 40
 
 
-def test_without_the_factor_the_budget_stays(pytester, run_plugin, monkeypatch):
+def test_without_the_factor_the_budget_stays(
+    pytester: pytest.Pytester, run_plugin: RunPlugin, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pytester.makeconftest(CONFTEST)
     pytester.makepyfile(test_hooked=TESTS)
     monkeypatch.setenv("SLOW_RUNNER_FACTOR", "1")

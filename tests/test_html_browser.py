@@ -66,17 +66,19 @@ def page(chromium: Any, report_page: Path) -> Iterator[Any]:
 
 
 def _visible_ids(page: Any) -> list[str]:
-    return page.eval_on_selector_all(
+    ids: list[str] = page.eval_on_selector_all(
         "#table tbody tr:not(.detail)",
         "rows => rows.filter(r => !r.hidden).map(r => r.cells[0].firstChild.textContent.trim())",
     )
+    return ids
 
 
 def _column(page: Any, index: int) -> list[float]:
-    return page.eval_on_selector_all(
+    values: list[float] = page.eval_on_selector_all(
         "#table tbody tr:not(.detail)",
         f"rows => rows.map(r => parseFloat(r.dataset.k.split(' ')[{index}]))",
     )
+    return values
 
 
 def test_violation_charts_render_on_load(page: Any) -> None:

@@ -8,8 +8,10 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
+from _plugin_types import RunPlugin
 
 SPAWN_MODULE = """
 import pytest
@@ -36,7 +38,7 @@ def test_no_init():
 """
 
 
-def _usages(path: Path) -> dict[str, dict]:
+def _usages(path: Path) -> dict[str, dict[str, Any]]:
     usages = {}
     for line in path.read_text().splitlines():
         event = json.loads(line)
@@ -45,7 +47,9 @@ def _usages(path: Path) -> dict[str, dict]:
     return usages
 
 
-def test_spawn_worker_records_the_arch_and_caps_through_the_wrapper(pytester, run_plugin):
+def test_spawn_worker_records_the_arch_and_caps_through_the_wrapper(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
     pytester.makepyfile(test_spawned=SPAWN_MODULE)
     log = pytester.path / "usage.jsonl"
     result = run_plugin("--taichi-limits-mode=spawn", f"--taichi-limits-log={log}", timeout=180)
@@ -67,7 +71,9 @@ def test_spawn_worker_records_the_arch_and_caps_through_the_wrapper(pytester, ru
         ], name
 
 
-def test_spawn_worker_crash_inside_ti_init_has_the_hint(pytester, run_plugin, monkeypatch):
+def test_spawn_worker_crash_inside_ti_init_has_the_hint(
+    pytester: pytest.Pytester, run_plugin: RunPlugin, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Here ti.init(arch=ti.gpu) really segfaults while probing OpenGL.
     monkeypatch.delenv("TI_ARCH", raising=False)
     pytester.makepyfile(
@@ -123,7 +129,9 @@ def test_plain_init_after_it():
 
 
 @pytest.mark.parametrize("mode", ["fork", "spawn"])
-def test_backstop_note_names_an_unreplaced_reference_only_when_true(pytester, run_plugin, mode):
+def test_backstop_note_names_an_unreplaced_reference_only_when_true(
+    pytester: pytest.Pytester, run_plugin: RunPlugin, mode: str
+) -> None:
     pytester.makepyfile(early_partial=EARLY_PLUGIN, test_backstop=BACKSTOP_MODULE)
     log = pytester.path / "usage.jsonl"
     result = run_plugin(
@@ -188,7 +196,7 @@ print(json.dumps({"status": status, "messages": messages, "parent_sites": len(si
 """
 
 
-def test_forked_child_inherits_the_wrapper_and_never_searches_the_heap(tmp_path):
+def test_forked_child_inherits_the_wrapper_and_never_searches_the_heap(tmp_path: Path) -> None:
     script = tmp_path / "fork_child.py"
     script.write_text(textwrap.dedent(FORKED_CHILD_SCRIPT))
     done = subprocess.run(
@@ -210,7 +218,7 @@ def test_forked_child_inherits_the_wrapper_and_never_searches_the_heap(tmp_path)
     assert outcome["parent_sites"] == 1
 
 
-def test_one_import_finder_runs_every_callback(tmp_path):
+def test_one_import_finder_runs_every_callback(tmp_path: Path) -> None:
     # Two callbacks registered before `import taichi` both run (a second finder never would).
     script = tmp_path / "callbacks.py"
     script.write_text(
@@ -231,7 +239,9 @@ def test_one_import_finder_runs_every_callback(tmp_path):
     assert done.stdout.strip().splitlines()[-1] == "['first', 'second'] True True"
 
 
-def test_forked_child_writes_the_offline_kernel_cache(pytester, run_plugin):
+def test_forked_child_writes_the_offline_kernel_cache(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
     # The child leaves through os._exit: only finish_child's ti.reset writes Taichi's cache.
     cache = pytester.mkdir("kernel-cache")
     pytester.makepyfile(
@@ -295,7 +305,9 @@ def test_capped(asked):
 """
 
 
-def test_forked_children_never_search_the_heap(pytester, run_plugin, monkeypatch):
+def test_forked_children_never_search_the_heap(
+    pytester: pytest.Pytester, run_plugin: RunPlugin, monkeypatch: pytest.MonkeyPatch
+) -> None:
     scan_log = pytester.path / "scans.log"
     monkeypatch.setenv("SCAN_LOG", str(scan_log))
     pytester.makeconftest(SCAN_COUNTING_CONFTEST)

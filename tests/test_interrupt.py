@@ -99,7 +99,9 @@ def assert_interrupted_summary(text: str, returncode: int) -> None:
     assert "INTERNALERROR" not in text
 
 
-def test_ctrl_c_kills_the_child_tree_and_shows_the_interrupted_summary(pytester):
+def test_ctrl_c_kills_the_child_tree_and_shows_the_interrupted_summary(
+    pytester: pytest.Pytester,
+) -> None:
     root, text, returncode, took_s = run_until_interrupted(pytester, wall_s=60)
     assert_interrupted_summary(text, returncode)
     # The child and its grandchild both ignore SIGTERM: SIGKILL after a short grace, not the
@@ -108,7 +110,7 @@ def test_ctrl_c_kills_the_child_tree_and_shows_the_interrupted_summary(pytester)
     assert_none_alive(root, at_least=2)
 
 
-def test_ctrl_c_during_the_grace_period_still_kills_everything(pytester):
+def test_ctrl_c_during_the_grace_period_still_kills_everything(pytester: pytest.Pytester) -> None:
     # wall_s trips after 3 s, then the supervisor waits out a 60 s grace period for the
     # SIGTERM-ignoring tree: Ctrl-C lands inside that wait.
     root, text, returncode, took_s = run_until_interrupted(
@@ -119,7 +121,7 @@ def test_ctrl_c_during_the_grace_period_still_kills_everything(pytester):
     assert_none_alive(root, at_least=2)
 
 
-def test_sigterm_to_pytest_ends_the_tree_before_pytest_dies(pytester):
+def test_sigterm_to_pytest_ends_the_tree_before_pytest_dies(pytester: pytest.Pytester) -> None:
     # What a CI time-out does. pytest used to die at once, and the test's grandchildren, which
     # had been re-parented to pytest, went on running under init.
     root, text, returncode, took_s = run_until_interrupted(pytester, 60, signum=signal.SIGTERM)

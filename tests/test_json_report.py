@@ -9,8 +9,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from _plugin_types import RunPlugin
 
 from pytest_taichi_limits import jsonreport
 
@@ -63,13 +65,13 @@ def test_not_supervised():
 """
 
 
-def _read(path: Path) -> dict:
-    document = json.loads(path.read_text())
+def _read(path: Path) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads(path.read_text())
     jsonschema.validate(document, jsonreport.REPORT_SCHEMA)
     return document
 
 
-def test_document_is_valid_and_complete(pytester, run_plugin):
+def test_document_is_valid_and_complete(pytester: pytest.Pytester, run_plugin: RunPlugin) -> None:
     pytester.makepyfile(test_mixed=MIXED_TESTS)
     result = run_plugin("--taichi-limits-json=out/report.json")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
@@ -105,7 +107,7 @@ def test_document_is_valid_and_complete(pytester, run_plugin):
     assert document["baseline"] is None
 
 
-def test_write_atomic_leaves_the_old_file_when_the_write_fails(tmp_path):
+def test_write_atomic_leaves_the_old_file_when_the_write_fails(tmp_path: Path) -> None:
     target = tmp_path / "report.json"
     target.write_text('{"previous": true}\n')
     with pytest.raises(UnicodeEncodeError):
@@ -123,7 +125,7 @@ jsonreport.write_atomic(sys.argv[1], "[" + "1," * (200 * 1024 * 1024) + "1]")
 """
 
 
-def test_a_writer_killed_mid_write_leaves_the_previous_file(tmp_path):
+def test_a_writer_killed_mid_write_leaves_the_previous_file(tmp_path: Path) -> None:
     target = tmp_path / "report.json"
     target.write_text('{"previous": true}\n')
     writer = subprocess.Popen([sys.executable, "-c", SLOW_WRITER, str(target)])
@@ -161,7 +163,7 @@ def test_sleeps():
 """
 
 
-def _run_until_started(pytester: pytest.Pytester, *args: str) -> subprocess.Popen:
+def _run_until_started(pytester: pytest.Pytester, *args: str) -> subprocess.Popen[bytes]:
     pytester.makepyfile(test_sleeping=SLEEPING_TESTS)
     process = subprocess.Popen(
         [
@@ -187,7 +189,9 @@ def _run_until_started(pytester: pytest.Pytester, *args: str) -> subprocess.Pope
 
 
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM])
-def test_a_run_killed_halfway_leaves_the_previous_report(pytester, stop):
+def test_a_run_killed_halfway_leaves_the_previous_report(
+    pytester: pytest.Pytester, stop: signal.Signals
+) -> None:
     previous = pytester.path / "report.json"
     previous.write_text('{"previous": true}\n')
     process = _run_until_started(pytester)
@@ -197,7 +201,7 @@ def test_a_run_killed_halfway_leaves_the_previous_report(pytester, stop):
     assert not [p for p in pytester.path.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_an_interrupted_run_writes_an_incomplete_report(pytester):
+def test_an_interrupted_run_writes_an_incomplete_report(pytester: pytest.Pytester) -> None:
     (pytester.path / "report.json").write_text('{"previous": true}\n')
     process = _run_until_started(pytester, "--taichi-limits-save-baseline=base.json")
     os.kill(process.pid, signal.SIGINT)  # Ctrl-C: pytest ends the session in order
@@ -214,7 +218,9 @@ def test_an_interrupted_run_writes_an_incomplete_report(pytester):
 
 @pytest.mark.parametrize("target", ["/dev/null", "."])
 @pytest.mark.parametrize("option", ["--taichi-limits-json", "--taichi-limits-save-baseline"])
-def test_unsafe_output_paths_are_refused_before_any_test(pytester, run_plugin, option, target):
+def test_unsafe_output_paths_are_refused_before_any_test(
+    pytester: pytest.Pytester, run_plugin: RunPlugin, option: str, target: str
+) -> None:
     pytester.makepyfile("def test_a():\n    pass\n")
     result = run_plugin("--taichi-limits", f"{option}={target}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR

@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 import pytest
+from _plugin_types import RunPlugin
 from _watch import assert_parent_restored, resource_records, watch
 
 #: Tests per session. 1,000 took 67 s serially and 50 s with -n 2 on a 2-core machine at load 6;
@@ -51,13 +53,13 @@ def expected_outcomes(count: int) -> dict[str, int]:
     return {"passed": passed, "failed": count - passed}
 
 
-def write_load_tests(pytester: pytest.Pytester, count: int):
+def write_load_tests(pytester: pytest.Pytester, count: int) -> Path:
     root = watch(pytester)
     pytester.makepyfile(test_load=LOAD_TESTS.replace("COUNT", str(count)))
     return root
 
 
-def check_kinds(log_path, count: int) -> None:
+def check_kinds(log_path: Path, count: int) -> None:
     """Every test's usage line arrived, each violation with it, and each crash as a crash."""
     lines = [json.loads(line) for line in log_path.read_text().splitlines()]
     usages = [line for line in lines if line["event"] == "usage"]
@@ -72,7 +74,9 @@ def check_kinds(log_path, count: int) -> None:
             assert line["ending"] == "killed by signal 6 (SIGABRT)", line
 
 
-def test_many_supervised_tests_keep_the_parent_flat(pytester, run_plugin):
+def test_many_supervised_tests_keep_the_parent_flat(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
     root = write_load_tests(pytester, COUNT)
     log = root / "usage.jsonl"
     started = time.monotonic()
@@ -111,7 +115,7 @@ def test_many_supervised_tests_keep_the_parent_flat(pytester, run_plugin):
     )
 
 
-def test_the_same_matrix_under_xdist(pytester, run_plugin):
+def test_the_same_matrix_under_xdist(pytester: pytest.Pytester, run_plugin: RunPlugin) -> None:
     pytest.importorskip("xdist")
     root = write_load_tests(pytester, COUNT)
     log = root / "usage.jsonl"

@@ -12,8 +12,10 @@ import os
 import textwrap
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
+from _plugin_types import RunPlugin
 from _watch import WATCH_CONFTEST, assert_clean, assert_none_alive, pid_recorder
 from test_faults import FIND_CHANNEL
 
@@ -38,7 +40,7 @@ def make_tests(
     return root
 
 
-def usage_of(log: Path, name: str) -> dict:
+def usage_of(log: Path, name: str) -> dict[str, Any]:
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     return next(
         line for line in lines if line["event"] == "usage" and line["nodeid"].endswith("::" + name)
@@ -58,7 +60,9 @@ resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, _hard), _hard))
 """
 
 
-def test_600_processes_under_ulimit_1024_do_not_end_the_session(pytester, run_plugin):
+def test_600_processes_under_ulimit_1024_do_not_end_the_session(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
     root = make_tests(
         pytester,
         conftest_extra=LOW_FD_LIMIT,
@@ -146,7 +150,9 @@ def _run(results):
 
 
 @pytest.mark.parametrize("mode", ["fork", "spawn"])
-def test_a_conftest_thread_subprocess_is_not_taken_for_the_tests(pytester, run_plugin, mode):
+def test_a_conftest_thread_subprocess_is_not_taken_for_the_tests(
+    pytester: pytest.Pytester, run_plugin: RunPlugin, mode: str
+) -> None:
     root = make_tests(
         pytester,
         conftest_extra=CONFTEST_THREAD.replace("__ROOT__", repr(str(pytester.path))),
@@ -173,13 +179,17 @@ def test_a_conftest_thread_subprocess_is_not_taken_for_the_tests(pytester, run_p
 # -- 3. mem_mb: what the test makes the machine hold ---------------------------------------------
 
 
-def _run_logged(run_plugin, pytester, *args: str) -> tuple[pytest.RunResult, Path]:
+def _run_logged(
+    run_plugin: RunPlugin, pytester: pytest.Pytester, *args: str
+) -> tuple[pytest.RunResult, Path]:
     log = Path(pytester.path) / "usage.jsonl"
     return run_plugin(f"--taichi-limits-log={log}", "--taichi-limits-grace=0.5", *args), log
 
 
 @pytest.mark.parametrize("mode", ["fork", "spawn"])
-def test_pages_shared_copy_on_write_with_its_children_count_once(pytester, run_plugin, mode):
+def test_pages_shared_copy_on_write_with_its_children_count_once(
+    pytester: pytest.Pytester, run_plugin: RunPlugin, mode: str
+) -> None:
     root = make_tests(
         pytester,
         body="""
@@ -215,7 +225,9 @@ INHERITED = bytearray(b"\\x01") * (400 << 20)
 """
 
 
-def test_inherited_pages_the_test_overwrites_are_charged(pytester, run_plugin):
+def test_inherited_pages_the_test_overwrites_are_charged(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
     make_tests(
         pytester,
         conftest_extra=INHERITED_CONFTEST,
@@ -239,7 +251,7 @@ def test_inherited_pages_the_test_overwrites_are_charged(pytester, run_plugin):
     assert usage_of(log, "test_overwrites_inherited")["peak_own_memory_bytes"] > 200 << 20
 
 
-def test_memory_in_a_memfd_is_charged(pytester, run_plugin):
+def test_memory_in_a_memfd_is_charged(pytester: pytest.Pytester, run_plugin: RunPlugin) -> None:
     make_tests(
         pytester,
         body="""
@@ -268,7 +280,9 @@ def test_memory_in_a_memfd_is_charged(pytester, run_plugin):
 
 @pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm")
 @pytest.mark.parametrize("clean", [False, True])
-def test_a_file_left_in_dev_shm_is_charged_reported_and_cleaned(pytester, run_plugin, clean):
+def test_a_file_left_in_dev_shm_is_charged_reported_and_cleaned(
+    pytester: pytest.Pytester, run_plugin: RunPlugin, clean: bool
+) -> None:
     name = f"/dev/shm/taichi-limits-test-{uuid.uuid4().hex}"
     make_tests(
         pytester,
@@ -302,7 +316,9 @@ def test_a_file_left_in_dev_shm_is_charged_reported_and_cleaned(pytester, run_pl
 # -- 3b. the parent measures; it never takes the child's word -----------------------------------
 
 
-def test_a_forged_hello_does_not_switch_mem_mb_off(pytester, run_plugin):
+def test_a_forged_hello_does_not_switch_mem_mb_off(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
     make_tests(
         pytester,
         prelude="import os\n" + FIND_CHANNEL,
@@ -336,7 +352,9 @@ time.sleep(300)
 """
 
 
-def test_an_orphan_outside_the_childs_subtree_is_still_measured_and_killed(pytester, run_plugin):
+def test_an_orphan_outside_the_childs_subtree_is_still_measured_and_killed(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
     root = make_tests(
         pytester,
         body=f"""
@@ -362,7 +380,9 @@ def test_an_orphan_outside_the_childs_subtree_is_still_measured_and_killed(pytes
     assert_clean(root, expected_tests=2, processes=3)
 
 
-def test_a_clone_parent_sibling_is_still_measured_and_killed(pytester, run_plugin):
+def test_a_clone_parent_sibling_is_still_measured_and_killed(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
     root = make_tests(
         pytester,
         body=f"""

@@ -15,7 +15,7 @@ from pytest_taichi_limits.proctree import ProcessTree, TreeSample
 MB = 1 << 20
 
 
-def test_own_bytes_counts_anon_growth_and_the_larger_shared_view():
+def test_own_bytes_counts_anon_growth_and_the_larger_shared_view() -> None:
     start = Reading(
         anon_bytes=5 * MB, mapped_shm_bytes=1 * MB, unmapped_shm_bytes=700 * MB, cpu_s=0.0
     )
@@ -33,14 +33,14 @@ def test_own_bytes_counts_anon_growth_and_the_larger_shared_view():
     assert own_bytes(Reading(0, 0, 0, 0.0), start) == 0
 
 
-def test_tmpfs_mounts_are_read_from_the_mount_table():
+def test_tmpfs_mounts_are_read_from_the_mount_table() -> None:
     table = "tmpfs /dev/shm tmpfs rw 0 0\n/dev/sda1 /tmp ext4 rw 0 0\nproc /proc proc rw 0 0\n"
     assert memory.tmpfs_mounts(mounts_text=table) == ("/dev/shm",)
     table += "tmpfs /tmp tmpfs rw 0 0\n"
     assert memory.tmpfs_mounts(mounts_text=table) == ("/dev/shm", "/tmp")
 
 
-def test_rollup_of_this_process_has_the_fields_the_figure_needs():
+def test_rollup_of_this_process_has_the_fields_the_figure_needs() -> None:
     if not memory.smaps_rollup_available():
         pytest.skip("no /proc/<pid>/smaps_rollup here")
     figures = memory.rollup(os.getpid())
@@ -50,7 +50,7 @@ def test_rollup_of_this_process_has_the_fields_the_figure_needs():
     assert memory.rollup(2**22 + 12345) is None  # no such pid
 
 
-def test_memfd_bytes_counts_each_file_once_and_skips_the_plugins_own(tmp_path):
+def test_memfd_bytes_counts_each_file_once_and_skips_the_plugins_own(tmp_path: Path) -> None:
     fd = os.memfd_create("data")
     own = os.memfd_create("pytest-taichi-limits-stack")
     try:
@@ -65,7 +65,7 @@ def test_memfd_bytes_counts_each_file_once_and_skips_the_plugins_own(tmp_path):
         os.close(own)
 
 
-def test_files_left_lists_new_entries_only(tmp_path):
+def test_files_left_lists_new_entries_only(tmp_path: Path) -> None:
     (tmp_path / "old").write_text("x")
     before = memory.shm_entries(str(tmp_path))
     (tmp_path / "new").write_text("y")
@@ -76,7 +76,7 @@ def test_files_left_lists_new_entries_only(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["old"]
 
 
-def test_process_tree_reads_members_past_the_kept_open_ones():
+def test_process_tree_reads_members_past_the_kept_open_ones() -> None:
     pids = []
     try:
         for _ in range(5):
@@ -111,29 +111,29 @@ def fake_v2(
     return f"0::{own}\n"
 
 
-def test_detect_says_why_not_on_cgroup_v1(tmp_path):
+def test_detect_says_why_not_on_cgroup_v1(tmp_path: Path) -> None:
     assert "cgroup v1 or hybrid" in str(cgroup.detect(str(tmp_path), "1:memory:/\n"))
 
 
-def test_detect_without_the_memory_controller(tmp_path):
+def test_detect_without_the_memory_controller(tmp_path: Path) -> None:
     proc = fake_v2(tmp_path, controllers="cpu pids")
     assert "memory controller is not delegated" in str(cgroup.detect(str(tmp_path), proc))
 
 
-def test_detect_finds_a_delegated_cgroup(tmp_path):
+def test_detect_finds_a_delegated_cgroup(tmp_path: Path) -> None:
     proc = fake_v2(tmp_path)
     found = cgroup.detect(str(tmp_path), proc)
     assert found == cgroup.CgroupSupport(str(tmp_path / "ci" / "job"))
 
 
-def test_detect_enables_memory_for_children_when_it_may(tmp_path):
+def test_detect_enables_memory_for_children_when_it_may(tmp_path: Path) -> None:
     proc = fake_v2(tmp_path, subtree="")
     found = cgroup.detect(str(tmp_path), proc)
     assert isinstance(found, cgroup.CgroupSupport)
     assert (tmp_path / "ci" / "job" / "cgroup.subtree_control").read_text() == "+memory"
 
 
-def test_own_cgroup_path():
+def test_own_cgroup_path() -> None:
     assert cgroup.own_cgroup_path("12:cpu:/x\n0::/user.slice/a.scope\n") == "/user.slice/a.scope"
     assert cgroup.own_cgroup_path("0::/\n") == "/"
     assert cgroup.own_cgroup_path("4:memory:/x\n") is None
@@ -152,7 +152,7 @@ def fake_test_cgroup(tmp_path: Path, anon: int, shmem: int, oom_kill: int = 0) -
     return cgroup.TestCgroup(str(path))
 
 
-def test_test_cgroup_figures_leave_the_page_cache_out(tmp_path):
+def test_test_cgroup_figures_leave_the_page_cache_out(tmp_path: Path) -> None:
     made = fake_test_cgroup(tmp_path, anon=100 * MB, shmem=20 * MB, oom_kill=1)
     assert made.held_bytes() == 120 * MB
     assert made.oom_kills() == 1
@@ -160,7 +160,7 @@ def test_test_cgroup_figures_leave_the_page_cache_out(tmp_path):
     assert (tmp_path / "test" / "memory.max").read_text() == str(5 * MB)
 
 
-def test_memory_watch_with_a_cgroup_caps_and_measures_from_memory_stat(tmp_path):
+def test_memory_watch_with_a_cgroup_caps_and_measures_from_memory_stat(tmp_path: Path) -> None:
     made = fake_test_cgroup(tmp_path, anon=10 * MB, shmem=0)
     watch = MemoryWatch.start_for(os.getpid(), os.getpid(), 100 * MB, made)
     tree = ProcessTree(os.getpid())
@@ -178,7 +178,7 @@ def test_memory_watch_with_a_cgroup_caps_and_measures_from_memory_stat(tmp_path)
     tree.close()
 
 
-def test_memory_watch_never_judges_on_the_estimate(tmp_path):
+def test_memory_watch_never_judges_on_the_estimate(tmp_path: Path) -> None:
     watch = MemoryWatch(meter=None, limit=100 * MB, start_rss_bytes=0)
     watch.started = True
     watch.meter = memory.MemoryMeter(os.getpid(), os.getpid())

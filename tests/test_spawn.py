@@ -14,9 +14,11 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
+from _plugin_types import RunPlugin
 
 KERNEL_MODULE = """
 import pytest
@@ -77,7 +79,7 @@ def test_initialises_inside():
 """
 
 
-def _log(path: Path) -> list[dict]:
+def _log(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -89,7 +91,9 @@ def _modes(path: Path) -> dict[str, str]:
     }
 
 
-def test_module_level_init_runs_in_spawn_mode(pytester, run_plugin):
+def test_module_level_init_runs_in_spawn_mode(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
     pytester.makepyfile(test_module=KERNEL_MODULE)
     log = pytester.path / "usage.jsonl"
     result = run_plugin("--taichi-limits", f"--taichi-limits-log={log}", "-v")
@@ -109,7 +113,9 @@ def test_module_level_init_runs_in_spawn_mode(pytester, run_plugin):
     assert len({event["pid"] for event in _log(log) if event["event"] == "usage"}) == 1
 
 
-def test_conftest_pytest_configure_init_is_named_in_header(pytester, run_plugin):
+def test_conftest_pytest_configure_init_is_named_in_header(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
     pytester.makeconftest("""
         import taichi as ti
 
@@ -135,7 +141,9 @@ def test_conftest_pytest_configure_init_is_named_in_header(pytester, run_plugin)
     assert set(_modes(log).values()) == {"fork"}
 
 
-def test_helper_module_that_initialises_at_import(pytester, run_plugin):
+def test_helper_module_that_initialises_at_import(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
     pytester.makepyfile(
         apphelper="""
         from taichi import init
@@ -167,7 +175,9 @@ def test_helper_module_that_initialises_at_import(pytester, run_plugin):
     result.stdout.fnmatch_lines(["*ti.init at apphelper.py:4 (module level)*"])
 
 
-def test_fork_safe_and_initialising_modules_mixed(pytester, run_plugin):
+def test_fork_safe_and_initialising_modules_mixed(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
     # test_b's import initialised Taichi and made a field: only test_b needs a fresh
     # interpreter; test_a keeps the fork path.
     pytester.makepyfile(test_a=FORK_SAFE, test_b=KERNEL_MODULE)
@@ -179,7 +189,9 @@ def test_fork_safe_and_initialising_modules_mixed(pytester, run_plugin):
     assert {mode for nodeid, mode in modes.items() if nodeid.startswith("test_b")} == {"reimport"}
 
 
-def test_deselected_initialising_module_decides_nothing(pytester, run_plugin):
+def test_deselected_initialising_module_decides_nothing(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
     pytester.makepyfile(test_a=FORK_SAFE, test_b=KERNEL_MODULE)
     log = pytester.path / "usage.jsonl"
     result = run_plugin("--taichi-limits", f"--taichi-limits-log={log}", "-k", "test_initialises")
@@ -188,7 +200,9 @@ def test_deselected_initialising_module_decides_nothing(pytester, run_plugin):
     result.stdout.fnmatch_lines(["taichi-limits: start mode fork for all 1 supervised modules*"])
 
 
-def test_taichi_initialised_by_a_plain_test_is_reset_before_the_next_fork(pytester, run_plugin):
+def test_taichi_initialised_by_a_plain_test_is_reset_before_the_next_fork(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
     # An unsupervised test that initialises Taichi in pytest itself: the supervised test after
     # it still forks (Taichi is reset first) and its kernel runs.
     pytester.makepyfile(
@@ -227,7 +241,9 @@ def test_taichi_initialised_by_a_plain_test_is_reset_before_the_next_fork(pytest
     assert _modes(log) == {"test_1_before": "fork", "test_3_after": "fork"}
 
 
-def test_budgets_enforced_with_the_same_report_in_both_modes(pytester, run_plugin):
+def test_budgets_enforced_with_the_same_report_in_both_modes(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
     body = """
         import time
         import pytest
@@ -269,7 +285,9 @@ def test_budgets_enforced_with_the_same_report_in_both_modes(pytester, run_plugi
     assert len(reports["spawn"]) == 10
 
 
-def test_forced_fork_mode_fails_instead_of_hanging(pytester, run_plugin):
+def test_forced_fork_mode_fails_instead_of_hanging(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
     pytester.makepyfile(test_module=KERNEL_MODULE)
     started = time.monotonic()
     result = run_plugin("--taichi-limits", "--taichi-limits-mode=fork", timeout=60)
@@ -286,7 +304,9 @@ def test_forced_fork_mode_fails_instead_of_hanging(pytester, run_plugin):
     )
 
 
-def test_forced_spawn_mode_header_and_options_reach_the_worker(pytester, run_plugin):
+def test_forced_spawn_mode_header_and_options_reach_the_worker(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
     # No ti.init in pytest at all: spawn is used because it was asked for, and the worker
     # sees this run's options (the arch of the taichi_limits_ti fixture, -o ini overrides).
     pytester.makepyfile(
@@ -312,7 +332,9 @@ def test_forced_spawn_mode_header_and_options_reach_the_worker(pytester, run_plu
     assert set(_modes(log).values()) == {"spawn"}
 
 
-def test_gpu_cap_applies_to_module_level_init_in_the_worker(pytester, run_plugin):
+def test_gpu_cap_applies_to_module_level_init_in_the_worker(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
     # The worker installs the cap before it collects, so even the module's own ti.init,
     # which runs again in the worker, is capped.
     pytester.makepyfile(
@@ -340,7 +362,9 @@ def _tagged(tag: str) -> list[psutil.Process]:
     return found
 
 
-def test_zygote_and_workers_leave_nothing_behind(pytester, run_plugin, monkeypatch):
+def test_zygote_and_workers_leave_nothing_behind(
+    pytester: pytest.Pytester, run_plugin: RunPlugin, monkeypatch: pytest.MonkeyPatch
+) -> None:
     tag = uuid.uuid4().hex
     monkeypatch.setenv("TAICHI_LIMITS_TEST_TAG", tag)
     pytester.makepyfile(test_module=KERNEL_MODULE)
@@ -353,7 +377,7 @@ def test_zygote_and_workers_leave_nothing_behind(pytester, run_plugin, monkeypat
 
 
 @pytest.mark.parametrize("mode", ["auto", "spawn"])
-def test_zygote_and_worker_die_with_a_killed_pytest(pytester, mode):
+def test_zygote_and_worker_die_with_a_killed_pytest(pytester: pytest.Pytester, mode: str) -> None:
     tag = uuid.uuid4().hex
     pytester.makepyfile(
         test_hang="""
@@ -401,7 +425,9 @@ def test_zygote_and_worker_die_with_a_killed_pytest(pytester, mode):
             process.kill()
 
 
-def test_worker_that_cannot_collect_the_test_says_why(pytester, run_plugin):
+def test_worker_that_cannot_collect_the_test_says_why(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
     # Collection that differs in the fresh interpreter (here: an environment variable the
     # parent sets after collection): the test fails with the worker's own explanation.
     pytester.makeconftest("""
@@ -432,7 +458,7 @@ def test_worker_that_cannot_collect_the_test_says_why(pytester, run_plugin):
     )
 
 
-def test_spawn_mode_under_xdist(pytester, run_plugin):
+def test_spawn_mode_under_xdist(pytester: pytest.Pytester, run_plugin: RunPlugin) -> None:
     # Each xdist worker is a pytest process of its own, with its own zygote.
     pytester.makepyfile(test_module=KERNEL_MODULE)
     log = pytester.path / "usage.jsonl"

@@ -5,8 +5,10 @@ from __future__ import annotations
 import ast
 import re
 import textwrap
+from typing import Any, cast
 
 import pytest
+from _plugin_types import RunPlugin
 
 from pytest_taichi_limits.budget import marker_values
 from pytest_taichi_limits.records import UsageRecord
@@ -47,7 +49,9 @@ def _suggested(result: pytest.RunResult) -> dict[str, str]:
     return found
 
 
-def test_suggested_markers_parse_and_pass_when_fed_back(pytester, run_plugin):
+def test_suggested_markers_parse_and_pass_when_fed_back(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
     pytester.makepyfile(test_measured=BODIES.format(mark_field="", mark_plain=""))
     result = run_plugin("--taichi-limits", "--taichi-limits-suggest")
     result.assert_outcomes(passed=2)
@@ -56,7 +60,10 @@ def test_suggested_markers_parse_and_pass_when_fed_back(pytester, run_plugin):
     for marker in markers.values():
         call = ast.parse(marker.lstrip("@"), mode="eval").body
         assert isinstance(call, ast.Call) and not call.args
-        keywords = {keyword.arg: ast.literal_eval(keyword.value) for keyword in call.keywords}
+        keywords = cast(
+            "dict[str, Any]",
+            {keyword.arg: ast.literal_eval(keyword.value) for keyword in call.keywords},
+        )
         assert set(keywords) == {"mem_mb", "cpu_s", "wall_s"}  # no GPU measured here
         marker_values("t", [pytest.mark.taichi_limits(**keywords).mark])  # valid, or raises
     field_mb = ast.literal_eval(
@@ -75,7 +82,7 @@ def test_suggested_markers_parse_and_pass_when_fed_back(pytester, run_plugin):
     assert '"mem_mb": ' + str(field_mb) in (pytester.path / "fed.json").read_text()
 
 
-def test_ini_snippet_fits_every_test(pytester, run_plugin):
+def test_ini_snippet_fits_every_test(pytester: pytest.Pytester, run_plugin: RunPlugin) -> None:
     pytester.makepyfile(test_measured=BODIES.format(mark_field="", mark_plain=""))
     result = run_plugin("--taichi-limits", "--taichi-limits-suggest")
     lines = result.outlines
@@ -144,14 +151,16 @@ def _record(
         ),
     ],
 )
-def test_headroom_and_rounding(own_mb, cpu_s, wall_s, gpu_mb, expected):
+def test_headroom_and_rounding(
+    own_mb: float, cpu_s: float, wall_s: float, gpu_mb: float | None, expected: str
+) -> None:
     # mem: 1.5x+64 MB up to 32 MB; cpu: 2x+2 s up to 1 s; wall: 3x+10 s up to 5 s;
     # gpu: 1.25x+0.25 GB up to 0.25 GB (1500 MB = 1.46 GB -> 2.08 -> 2.25).
     assert HEADROOM["mem_mb"] == (1.5, 64.0, 32.0)
     assert suggestion_for(_record(own_mb, cpu_s, wall_s, gpu_mb)).marker() == expected
 
 
-def test_failed_test_is_marked_as_a_lower_bound():
+def test_failed_test_is_marked_as_a_lower_bound() -> None:
     suggestion = suggestion_for(_record(50, 1, 1, None, outcome="failed"))
     assert suggestion.lower_bound
     assert textwrap.shorten(suggestion.measured, 200).startswith("measured own memory 50.0 MiB")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from _plugin_types import RunPlugin
 
 SIZED_TESTS = """
 import pytest
@@ -53,7 +54,7 @@ def _section(result: pytest.RunResult) -> list[str]:
     return lines[start + 1 : end]
 
 
-def test_top_consumers_violations_aligned(pytester, run_plugin):
+def test_top_consumers_violations_aligned(pytester: pytest.Pytester, run_plugin: RunPlugin) -> None:
     pytester.makepyfile(test_sized=SIZED_TESTS)
     result = run_plugin("--taichi-limits-top=3", "--taichi-limits-grace=0.5")
     result.assert_outcomes(passed=4, failed=2)
@@ -92,7 +93,7 @@ def test_top_consumers_violations_aligned(pytester, run_plugin):
     assert all(pattern.match(line) for line in violation_lines), violation_lines
 
 
-def test_top_zero_hides_the_tables(pytester, run_plugin):
+def test_top_zero_hides_the_tables(pytester: pytest.Pytester, run_plugin: RunPlugin) -> None:
     pytester.makepyfile(
         test_sized="""
         import pytest
@@ -115,7 +116,9 @@ def test_top_zero_hides_the_tables(pytester, run_plugin):
     )
 
 
-def test_no_summary_without_supervised_tests(pytester, run_plugin):
+def test_no_summary_without_supervised_tests(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
     pytester.makepyfile("def test_plain(): pass")
     result = run_plugin()
     result.assert_outcomes(passed=1)

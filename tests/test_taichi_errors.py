@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from _plugin_types import RunPlugin
 
 from pytest_taichi_limits.taichi_support import recognise_device_oom
 from pytest_taichi_limits.verdict import init_crash_hint
@@ -38,7 +39,9 @@ POOL_ALLOCATION_FAILED = (
         (POOL_ALLOCATION_FAILED, "a device allocation failed", "Device memory allocation (2147"),
     ],
 )
-def test_recognises_taichis_device_out_of_memory_texts(text, what, line_start):
+def test_recognises_taichis_device_out_of_memory_texts(
+    text: str, what: str, line_start: str
+) -> None:
     found = recognise_device_oom(text)
     assert found is not None
     assert found[0] == what
@@ -54,11 +57,13 @@ def test_recognises_taichis_device_out_of_memory_texts(text, what, line_start):
         "TaichiAssertionError: List manager out of chunks.",
     ],
 )
-def test_other_errors_are_not_device_out_of_memory(text):
+def test_other_errors_are_not_device_out_of_memory(text: str) -> None:
     assert recognise_device_oom(text) is None
 
 
-def test_device_out_of_memory_is_a_gpu_gb_violation(pytester, run_plugin):
+def test_device_out_of_memory_is_a_gpu_gb_violation(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
     # On the CPU backend Taichi never uses its device_memory_GB pool (measured: device_memory_GB
     # =0.001 on x64 still activates 1 GiB of a pointer field), so the real pool cannot run out
     # here. The test raises exactly what Taichi raises on CUDA; everything after it is real.
@@ -99,7 +104,9 @@ def test_device_out_of_memory_is_a_gpu_gb_violation(pytester, run_plugin):
     )
 
 
-def test_crash_inside_ti_init_names_the_arch_and_the_way_out(pytester, run_plugin, monkeypatch):
+def test_crash_inside_ti_init_names_the_arch_and_the_way_out(
+    pytester: pytest.Pytester, run_plugin: RunPlugin, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Here ti.init(arch=ti.gpu) really segfaults while probing OpenGL; the child takes the hit.
     monkeypatch.delenv("TI_ARCH", raising=False)
     pytester.makepyfile(
@@ -135,7 +142,7 @@ def test_crash_inside_ti_init_names_the_arch_and_the_way_out(pytester, run_plugi
     assert "taichi_support" not in result.stdout.str()
 
 
-def test_init_crash_hint_only_while_inside_ti_init():
+def test_init_crash_hint_only_while_inside_ti_init() -> None:
     started = {"t": "taichi_init", "arch": "cuda", "arch_from": "TI_ARCH"}
     assert "TI_ARCH=cuda" in init_crash_hint([{"t": "hello"}, started])
     assert init_crash_hint([started, {"t": "taichi_init_done"}]) == ""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]
 import pytest
 
 from pytest_taichi_limits.timeline import (

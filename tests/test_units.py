@@ -13,25 +13,25 @@ from pytest_taichi_limits.render import human_bytes, trim_stack
 
 
 @pytest.mark.parametrize("value", [True, "5", 0, -1, math.nan, math.inf, 1e12, None, [1]])
-def test_check_value_refuses(value):
+def test_check_value_refuses(value: object) -> None:
     with pytest.raises(BudgetError, match="mem_mb must be a positive number of megabytes"):
         check_value("mem_mb", value)
 
 
-def test_parse_text_accepts_numbers_and_off():
+def test_parse_text_accepts_numbers_and_off() -> None:
     assert parse_text("wall_s", " 2.5 ") == 2.5
     assert parse_text("wall_s", "OFF") is None
     with pytest.raises(BudgetError, match="or 'off' for no limit, got 'ten'"):
         parse_text("wall_s", "ten")
 
 
-def test_resolve_takes_each_key_from_the_closest_layer():
+def test_resolve_takes_each_key_from_the_closest_layer() -> None:
     budget = resolve({"cpu_s": 1.0}, {"cpu_s": 2.0, "mem_mb": 3.0}, {"mem_mb": 4.0, "wall_s": None})
     assert budget == Budget(cpu_s=1.0, mem_mb=3.0, wall_s=None, gpu_gb=None)
     assert resolve({}, {}, {}) == Budget(cpu_s=None, mem_mb=4096.0, wall_s=600.0, gpu_gb=None)
 
 
-def test_channel_round_trip_keeps_tuples_and_flags_garbage():
+def test_channel_round_trip_keeps_tuples_and_flags_garbage() -> None:
     read_fd, write_fd = os.pipe()
     os.set_blocking(read_fd, False)
     ChannelWriter(write_fd).send("report", data={"longrepr": ("file.py", 3, "Skipped: x")})
@@ -45,7 +45,7 @@ def test_channel_round_trip_keeps_tuples_and_flags_garbage():
     os.close(read_fd)
 
 
-def test_channel_cut_mid_message_is_a_problem():
+def test_channel_cut_mid_message_is_a_problem() -> None:
     read_fd, write_fd = os.pipe()
     os.set_blocking(read_fd, False)
     os.write(write_fd, b'{"t": "hel')
@@ -56,14 +56,14 @@ def test_channel_cut_mid_message_is_a_problem():
     os.close(read_fd)
 
 
-def test_human_bytes():
+def test_human_bytes() -> None:
     assert human_bytes(512) == "512 B"
     assert human_bytes(1536) == "1.5 KiB"
     assert human_bytes(3 * 1024**3) == "3.0 GiB"
     assert human_bytes(-2 * 1024**2) == "-2.0 MiB"
 
 
-def test_trim_stack_drops_plumbing_below_the_test():
+def test_trim_stack_drops_plumbing_below_the_test() -> None:
     stack = "\n".join(
         [
             "Current thread 0x1 (most recent call first):",
@@ -85,7 +85,7 @@ def test_trim_stack_drops_plumbing_below_the_test():
     ]
 
 
-def test_replace_everywhere_swaps_module_namespaces_only():
+def test_replace_everywhere_swaps_module_namespaces_only() -> None:
     import types
 
     from pytest_taichi_limits.taichi_hooks import replace_everywhere
@@ -102,6 +102,6 @@ def test_replace_everywhere_swaps_module_namespaces_only():
     module.alias = original  # type: ignore[attr-defined]
     saved = types.SimpleNamespace(init=original)
     replace_everywhere(original, wrapper)
-    assert module.init is wrapper and module.alias is wrapper  # type: ignore[attr-defined]
-    assert wrapper.__wrapped__ is original  # type: ignore[attr-defined]
+    assert module.init is wrapper and module.alias is wrapper
+    assert wrapper.__wrapped__ is original
     assert saved.init is original

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
 import pytest
+from _plugin_types import RunPlugin
 
 pytest.importorskip("xdist")
 
@@ -52,11 +55,11 @@ def test_plain_python():
 STABLE_FIELDS = ("nodeid", "outcome", "budget", "arch", "mode", "gpu_peak_bytes")
 
 
-def _run(run_plugin, *args: str) -> pytest.RunResult:
+def _run(run_plugin: RunPlugin, *args: str) -> pytest.RunResult:
     return run_plugin("--taichi-limits", "--taichi-limits-grace=0.5", *args)
 
 
-def _stable(path) -> list[dict]:
+def _stable(path: Path) -> list[dict[str, Any]]:
     document = json.loads(path.read_text())
     return [
         {key: record[key] for key in STABLE_FIELDS}
@@ -65,7 +68,9 @@ def _stable(path) -> list[dict]:
     ]
 
 
-def test_records_json_and_baseline_are_the_same_with_two_workers(pytester, run_plugin):
+def test_records_json_and_baseline_are_the_same_with_two_workers(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
     pytester.makepyfile(test_many=TESTS)
     serial = _run(
         run_plugin,
@@ -104,7 +109,9 @@ def test_records_json_and_baseline_are_the_same_with_two_workers(pytester, run_p
         )
 
 
-def test_workers_compare_with_the_baseline(pytester, run_plugin, monkeypatch):
+def test_workers_compare_with_the_baseline(
+    pytester: pytest.Pytester, run_plugin: RunPlugin, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pytester.makepyfile(test_many=TESTS)
     _run(
         run_plugin, "-n", "2", "--taichi-limits-save-baseline=base.json", "-k", "field"
