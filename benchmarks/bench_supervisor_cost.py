@@ -106,7 +106,7 @@ def _trio(megabytes: int) -> tuple[int, int]:
 
 
 def reading_costs(sizes: list[int], repeats: int = 20) -> list[list[object]]:
-    from pytest_taichi_limits import memory, supervisor
+    from pytest_taichi_limits import memory
     from pytest_taichi_limits.proctree import ProcessTree, TreeSample
 
     rows: list[list[object]] = []
@@ -129,7 +129,7 @@ def reading_costs(sizes: list[int], repeats: int = 20) -> list[list[object]]:
             os.kill(keeper, signal.SIGKILL)
             os.kill(test_pid, signal.SIGKILL)
             os.waitpid(keeper, 0)
-        gap_s = max(supervisor._MIN_EXACT_GAP_S, exact_s / supervisor._EXACT_CPU_SHARE)
+        gap_s = max(memory._MIN_EXACT_GAP_S, exact_s / memory._EXACT_CPU_SHARE)
         rows.append(
             [
                 f"{megabytes} MB",

@@ -278,8 +278,11 @@ class MemoryWatch:
         keeper_pid: int,
         limit: int | None,
         test_cgroup: cgroup.TestCgroup | None = None,
+        exact: bool = True,
     ) -> MemoryWatch:
-        meter = MemoryMeter(origin_pid, keeper_pid) if smaps_rollup_available() else None
+        """`exact=False`: the cheap RSS figure only (a forked child's start-up, which runs
+        none of the test's code, is not worth an smaps_rollup read)."""
+        meter = MemoryMeter(origin_pid, keeper_pid) if exact and smaps_rollup_available() else None
         return cls(meter, limit, linux.rss_bytes(origin_pid), test_cgroup)
 
     def begin(self, child_pid: int, tree: ProcessTree, sample: TreeSample, now: float) -> None:

@@ -257,7 +257,7 @@ class Worker:
         if not self._ready:
             # Starting up (in a fresh interpreter: importing and collecting the test module)
             # is watched under the first test's budget; its figures start when it is ready.
-            startup = self._begin(nodeid, budget)
+            startup = self._begin(nodeid, budget, exact=self.mode != "fork")
             peaks = _Peaks(rss_bytes=startup.rss_bytes, cpu_s=startup.cpu_s)
             violation, ready = self._watch(startup, peaks, Kind.READY)
             if not ready:
@@ -276,7 +276,7 @@ class Worker:
         except OSError:
             pass  # the child is gone: the watch finds out how
 
-    def _begin(self, nodeid: str, budget: Budget) -> _TestStart:
+    def _begin(self, nodeid: str, budget: Budget, exact: bool = True) -> _TestStart:
         """The parent's own figures at the start, read while the child is idle (waiting for
         its command): never the child's word for them."""
         self.tree.sample(self._sample)
@@ -285,7 +285,7 @@ class Worker:
         # holds nothing; a fresh interpreter's module import is charged to its first test).
         gpu_start = self.gpu_probe.sample() or 0 if self.tests_run else 0
         mem = memory.MemoryWatch.start_for(
-            self.child.origin_pid, self.child.keeper_pid, budget.mem_bytes, self.test_cgroup
+            self.child.origin_pid, self.child.keeper_pid, budget.mem_bytes, self.test_cgroup, exact
         )
         mem.begin(self.child.pid, self.tree, self._sample, time.monotonic())
         return _TestStart(
