@@ -76,7 +76,6 @@ class NvmlProbe(GpuProbe):
         self.min_gap_s = min_gap_s
         self.clock = clock
         self.pids = pids
-        self.reads = 0
         self._last_read_at: float | None = None
         self._last: int | None = None
 
@@ -87,7 +86,6 @@ class NvmlProbe(GpuProbe):
         if self._last_read_at is not None and now - self._last_read_at < self.min_gap_s:
             return self._last
         self._last_read_at = now
-        self.reads += 1
         try:
             figure = tree_gpu_bytes((read() for read in self.devices), self.pids(self.root_pid))
         except Exception as error:  # noqa: BLE001 - NVML errors are library-specific classes

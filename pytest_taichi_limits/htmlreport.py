@@ -16,11 +16,10 @@ from typing import Any
 
 from . import markdown, reportdata, timeline
 from .baseline import RESOURCES, amount
-from .records import Violation
+from .records import MIB, Violation
 from .render import human_bytes, trim_stack
 from .render import violation_headline as render_headline
 
-_MB = 1024 * 1024
 #: Rows of the table laid out at once (the rest after "show all", or found by the filter).
 PAGE_ROWS = 500
 _BUDGET_KEYS = ("cpu_s", "mem_mb", "wall_s", "gpu_gb")
@@ -117,7 +116,7 @@ def chart_data(record: Mapping[str, Any]) -> dict[str, Any]:
             line = None
     if isinstance(line, Mapping):
         data["t"] = [round(float(value), 3) for value in line["t_s"]]
-        data["m"] = [round(float(value) / _MB, 2) for value in line["mem_bytes"]]
+        data["m"] = [round(float(value) / MIB, 2) for value in line["mem_bytes"]]
         data["c"] = [round(float(value), 3) for value in line["cpu_s"]]
         if line.get("gpu_bytes") is not None:
             data["g"] = [

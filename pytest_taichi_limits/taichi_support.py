@@ -35,11 +35,11 @@ from . import taichi_replay
 from .budget import Budget
 from .channel import ChannelWriter
 from .protocol import CLAMP_NOTE, Kind
+from .records import GIB
 from .taichi_hooks import install_init_wrapper, set_init_context
 
 #: Taichi's own default for device_memory_GB (taichi/program/compile_config.cpp).
 TAICHI_DEFAULT_DEVICE_MEMORY_GB = 1.0
-_GIB = 1024**3
 
 #: Channel message kinds this module sends.
 INIT_STARTED = Kind.TAICHI_INIT.value
@@ -119,7 +119,7 @@ def cap_memory(
     """
     if request.fraction:
         if device_total_bytes is not None:
-            asked_gb = request.fraction * device_total_bytes / _GIB
+            asked_gb = request.fraction * device_total_bytes / GIB
         else:
             asked_gb = math.inf  # unknown: assume it is more than the cap
     else:
