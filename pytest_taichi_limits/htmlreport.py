@@ -187,31 +187,27 @@ def _bars(before: float, after: float) -> str:
 def _regressions(document: Mapping[str, Any], records: list[dict[str, Any]]) -> str:
     if document.get("baseline") is None:
         return ""
-    grown = sorted((r for r in records if r.get("regression")), key=lambda r: str(r["nodeid"]))
+    grown = reportdata.grown_records(records)
     if not grown:
         return (
             '<section id="regressions"><h2>Regressions</h2><p>No test grew beyond the '
             "tolerance.</p></section>"
         )
     rows = []
-    for record in grown:
-        regression = record["regression"]
-        for growth in sorted(regression.get("growths") or [], key=lambda g: str(g["resource"])):
-            if not growth.get("exceeded"):
-                continue
-            kind = RESOURCES[growth["resource"]][1]
-            percent = growth.get("growth_percent")
-            rows.append(
-                f'<tr><td class="id">{_e(record["nodeid"])}</td>'
-                f"<td>{_e(RESOURCES[growth['resource']][2])}</td>"
-                f'<td class="n">{_e(amount(growth["before"], kind))}</td>'
-                f'<td class="n">{_e(amount(growth["after"], kind))}</td>'
-                f'<td class="n">{_e(amount(growth["growth"], kind, signed=True))}'
-                f"{'' if percent is None else f' ({percent:+.1f}%)'}</td>"
-                f"<td>{_bars(float(growth['before']), float(growth['after']))}</td>"
-                f"<td>{_e(growth['resource'])}={_e(growth['tolerance'])}"
-                f"{' (warning only)' if regression.get('warn_only') else ''}</td></tr>"
-            )
+    for record, growth in reportdata.exceeded_growths(grown):
+        kind = RESOURCES[growth["resource"]][1]
+        percent = growth.get("growth_percent")
+        rows.append(
+            f'<tr><td class="id">{_e(record["nodeid"])}</td>'
+            f"<td>{_e(RESOURCES[growth['resource']][2])}</td>"
+            f'<td class="n">{_e(amount(growth["before"], kind))}</td>'
+            f'<td class="n">{_e(amount(growth["after"], kind))}</td>'
+            f'<td class="n">{_e(amount(growth["growth"], kind, signed=True))}'
+            f"{'' if percent is None else f' ({percent:+.1f}%)'}</td>"
+            f"<td>{_bars(float(growth['before']), float(growth['after']))}</td>"
+            f"<td>{_e(growth['resource'])}={_e(growth['tolerance'])}"
+            f"{' (warning only)' if record['regression'].get('warn_only') else ''}</td></tr>"
+        )
     return (
         f'<section id="regressions"><h2>Regressions against the baseline ({len(grown)})</h2>'
         '<div class="scroll"><table><thead><tr><th>Test</th><th>Resource</th>'

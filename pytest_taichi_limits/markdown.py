@@ -137,10 +137,7 @@ def regressions_section(document: Mapping[str, Any]) -> list[str]:
     section = document.get("baseline")
     if section is None:
         return []
-    grown = sorted(
-        (record for record in reportdata.records(document) if record.get("regression")),
-        key=lambda record: str(record["nodeid"]),
-    )
+    grown = reportdata.grown_records(reportdata.records(document))
     lines = [""]
     for warning in section.get("environment_warnings") or []:
         lines.append(f"> **Warning:** {escape(str(warning))}")
@@ -152,25 +149,21 @@ def regressions_section(document: Mapping[str, Any]) -> list[str]:
         )
         return lines
     rows = []
-    for record in grown:
-        regression = record["regression"]
-        for growth in sorted(regression.get("growths") or [], key=lambda g: str(g["resource"])):
-            if not growth.get("exceeded"):
-                continue
-            kind = RESOURCES[growth["resource"]][1]
-            percent = growth.get("growth_percent")
-            rows.append(
-                (
-                    test_id(record["nodeid"]),
-                    RESOURCES[growth["resource"]][2],
-                    amount(growth["before"], kind),
-                    amount(growth["after"], kind),
-                    amount(growth["growth"], kind, signed=True)
-                    + ("" if percent is None else f" ({percent:+.1f}%)"),
-                    escape(f"{growth['resource']}={growth['tolerance']}")
-                    + (" (warning only)" if regression.get("warn_only") else ""),
-                )
+    for record, growth in reportdata.exceeded_growths(grown):
+        kind = RESOURCES[growth["resource"]][1]
+        percent = growth.get("growth_percent")
+        rows.append(
+            (
+                test_id(record["nodeid"]),
+                RESOURCES[growth["resource"]][2],
+                amount(growth["before"], kind),
+                amount(growth["after"], kind),
+                amount(growth["growth"], kind, signed=True)
+                + ("" if percent is None else f" ({percent:+.1f}%)"),
+                escape(f"{growth['resource']}={growth['tolerance']}")
+                + (" (warning only)" if record["regression"].get("warn_only") else ""),
             )
+        )
     lines += [
         f"#### Regressions against the baseline ({len(grown)})",
         "",

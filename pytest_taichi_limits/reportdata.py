@@ -8,7 +8,7 @@ place to adapt. Everything below works on the documents as plain dicts.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from . import baseline as baselines
@@ -164,3 +164,20 @@ def failing(document: Mapping[str, Any]) -> bool:
         or record.get("outcome") in ("failed", "error")
         for record in records(document)
     )
+
+
+def grown_records(records: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The records that carry a regression, by test id."""
+    return sorted((r for r in records if r.get("regression")), key=lambda r: str(r["nodeid"]))
+
+
+def exceeded_growths(
+    grown: Iterable[Mapping[str, Any]],
+) -> Iterator[tuple[Mapping[str, Any], Mapping[str, Any]]]:
+    """(record, growth) for every figure that grew beyond its tolerance, by test and resource:
+    the rows of the regression tables in Markdown and HTML."""
+    for record in grown:
+        growths = record["regression"].get("growths") or []
+        for growth in sorted(growths, key=lambda g: str(g["resource"])):
+            if growth.get("exceeded"):
+                yield record, growth
