@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
-from . import linux, taichi_replay, taichi_support
+from . import linux, taichi_support
 from .budget import Budget
 from .channel import ChannelWriter
 from .proctree import ProcessTree
@@ -33,14 +33,14 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ChildStart:
-    """What a child needs besides its tests: where to write, whom to obey, what to replay."""
+    """What a child needs besides its tests: where to write and whom to obey. (A forked child
+    inherits the lazy replay of the pytest process's ti.init, armed before the fork.)"""
 
     channel_fd: int
     stack_fd: int
     control_fd: int
     parent_pid: int
     settings: Settings
-    replay: taichi_replay.InitCall | None = None  # the init the pytest process had in force
 
 
 def run_forked(items: Sequence[pytest.Item], start: ChildStart) -> NoReturn:
@@ -59,8 +59,6 @@ def start_child(writer: ChannelWriter, start: ChildStart) -> taichi_support.GpuC
     which collects the tests between this and `serve`."""
     _confine_self(start.parent_pid, start.stack_fd)
     cap = taichi_support.prepare_child(Budget(), writer)
-    if start.replay is not None:
-        taichi_replay.arm(start.replay)
     # Everything inherited stays out of this process's garbage collections: a full collection
     # would write to every object's header and copy each page of the parent's heap (measured
     # in benchmarks/bench_fork_cost.py; gc.freeze itself is a constant-time list splice). After

@@ -109,8 +109,3 @@ class CommandReader:
         return RunCommand(
             int(fields["index"]), fields.get("next"), fields.get("cpu_s"), fields.get("gpu_gb")
         )
-
-
-def kind_of(message: dict[str, Any]) -> str:
-    """The kind of a decoded message (`channel.ChannelReader` only keeps known kinds)."""
-    return str(message["t"])

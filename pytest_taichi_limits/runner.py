@@ -255,12 +255,12 @@ class Runner:
     def _fork_body(self, key: Key) -> ChildBody:
         if key.mode == "fork":
             self._worker_items = items = self._items
-            settings, replay = self.settings, self.recorder.last_init
+            settings = self.settings
 
             def run_items(channel_fd: int, stack_fd: int, control_fd: int, parent_pid: int) -> None:
                 run_forked(
                     items,
-                    ChildStart(channel_fd, stack_fd, control_fd, parent_pid, settings, replay),
+                    ChildStart(channel_fd, stack_fd, control_fd, parent_pid, settings),
                 )
 
             return run_items

@@ -606,10 +606,6 @@ class Worker:
         self.tree.close()
         self.child.close()
 
-    def leftover_messages(self) -> list[dict[str, Any]]:
-        """What the child said after its last test (a failed teardown, an internal error)."""
-        return self.reader.messages
-
 
 @dataclass
 class _Peaks:

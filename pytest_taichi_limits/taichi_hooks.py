@@ -92,11 +92,6 @@ def add_init_listener(listener: InitListener) -> None:
         _STATE.listeners.append(listener)
 
 
-def remove_init_listener(listener: InitListener) -> None:
-    if listener in _STATE.listeners:
-        _STATE.listeners.remove(listener)
-
-
 def set_init_context(context: InitContext | None) -> None:
     """The supervised child's context (None: back to listening, as in the pytest process)."""
     _STATE.context = context
