@@ -189,9 +189,9 @@ def child_old_scan() -> dict[str, float]:
 
 def child_prepare(writer_fd: int) -> ChildStep:
     def step() -> dict[str, float]:
-        from pytest_taichi_limits import taichi_support
-        from pytest_taichi_limits.budget import Budget
-        from pytest_taichi_limits.channel import ChannelWriter
+        from pytest_taichi_limits.config.budget import Budget
+        from pytest_taichi_limits.ipc.channel import ChannelWriter
+        from pytest_taichi_limits.taichi_support import cap as taichi_support
 
         writer = ChannelWriter(writer_fd)
         settings: Any = None  # prepare_child does not read it
@@ -238,7 +238,7 @@ def child_reports(writer_fd: int) -> ChildStep:
     def step() -> dict[str, float]:
         import pytest
 
-        from pytest_taichi_limits.channel import ChannelWriter
+        from pytest_taichi_limits.ipc.channel import ChannelWriter
 
         writer = ChannelWriter(writer_fd)
         captured = [("Captured stdout call", "x" * 2000), ("Captured log call", "y" * 1000)]
@@ -271,7 +271,7 @@ def child_reports(writer_fd: int) -> ChildStep:
 
 
 def parent_reads_reports(lines: list[bytes]) -> dict[str, float]:
-    from pytest_taichi_limits.channel import ChannelReader
+    from pytest_taichi_limits.ipc.channel import ChannelReader
 
     read_fd, write_fd = os.pipe()
 
@@ -321,7 +321,8 @@ def main() -> None:
 
     import pytest  # noqa: F401 - the plugin's modules are imported in a pytest process
 
-    from pytest_taichi_limits import budget, channel, gpu, taichi_hooks, taichi_support  # noqa: F401
+    from pytest_taichi_limits.config import budget  # noqa: F401
+    from pytest_taichi_limits.taichi_support import hooks as taichi_hooks
 
     taichi_hooks.install_init_wrapper()  # as the plugin does before the conftests load
     imported = [] if options.no_heavy_imports else heavy_imports()

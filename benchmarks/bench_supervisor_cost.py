@@ -5,14 +5,14 @@ parent only, not the child) around each test. The test sleeps 30 s (3 s with --q
 fixed per-test cost (fork, report replay: a few ms) hardly counts; the rest is the watch loop.
 
 The loop sleeps `--taichi-limits-interval` near a limit and up to 0.1 s while every limit is far
-away (supervisor.py, _next_sleep). Two budgets are measured for each interval:
+away (supervise/supervisor.py, _next_sleep). Two budgets are measured for each interval:
 
 - default budget (mem_mb 4096, wall_s 600): far from every limit, the adaptive case;
 - with mem_mb=5: a budget nearly used up (the test's own RSS is within 5 MB of it), so the loop
   samples at the interval all the time -- the worst case. (A gpu_gb budget does the same where
   NVML measures GPU memory.)
 
-Then the cost of the memory figure (mem_mb, memory.py) for tests that hold 100 MB, 1 GB and
+Then the cost of the memory figure (mem_mb, measure/memory.py) for tests that hold 100 MB, 1 GB and
 8 GB (`--sizes`): the parent's CPU time for one cheap sample (statm + stat of every process) and
 for one exact reading (smaps_rollup of the test's processes, the keeper and the origin, tmpfs and
 memfds), read directly in a forked origin/keeper/test trio; how often the supervisor takes an
@@ -100,14 +100,14 @@ def _trio(megabytes: int) -> tuple[int, int]:
     os.read(ready_read, 1)
     os.close(ready_read)
     os.close(ready_write)
-    from pytest_taichi_limits.proctree import tree_pids
+    from pytest_taichi_limits.measure.proctree import tree_pids
 
     return keeper, tree_pids(keeper)[1]
 
 
 def reading_costs(sizes: list[int], repeats: int = 20) -> list[list[object]]:
-    from pytest_taichi_limits import memory
-    from pytest_taichi_limits.proctree import ProcessTree, TreeSample
+    from pytest_taichi_limits.measure import memory
+    from pytest_taichi_limits.measure.proctree import ProcessTree, TreeSample
 
     rows: list[list[object]] = []
     for megabytes in sizes:

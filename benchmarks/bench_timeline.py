@@ -1,7 +1,7 @@
 """Timeline cost: what keeping a per-test timeline adds to the supervisor, per test.
 
 The supervisor calls `Timeline.add` once per sample and `Timeline.to_json` once per test
-(timeline.py). This measures both directly, in the parent's process, and turns them into the
+(model/timeline.py). This measures both directly, in the parent's process, and turns them into the
 parent CPU a test costs with and without a timeline, for short and long tests sampled at the
 loop's two paces (0.1 s far from every limit, 0.01 s near one), next to the watch loop's own cost
 per sample (about 0.2 ms per wake-up, bench_supervisor_cost.py). It also gives the size a
@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _common import machine_line, table
 
-from pytest_taichi_limits.timeline import Timeline
+from pytest_taichi_limits.model.timeline import Timeline
 
 #: The watch loop's own CPU per wake-up (README, "Supervisor cost"), for scale.
 LOOP_WAKE_S = 0.0002

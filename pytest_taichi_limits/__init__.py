@@ -1,9 +1,22 @@
-"""pytest-taichi-limits: a resource budget on every Taichi test, enforced from outside."""
+"""pytest-taichi-limits: a resource budget on every Taichi test, enforced from outside.
+
+The public names live here (the subpackages are the plugin's own layout and may move):
+`Budget`, `Usage`, `Violation`, `Crash`, `Ending` and `TaichiLimitsRegressionWarning`.
+"""
 
 from __future__ import annotations
 
-from .budget import Budget
-from .records import Crash, Ending, Usage, Violation
+from .config.budget import Budget
+from .model.records import Crash, Ending, Usage, Violation
+from .model.warnings import TaichiLimitsRegressionWarning
 
 __version__ = "0.1.0"
-__all__ = ["Budget", "Crash", "Ending", "Usage", "Violation", "__version__"]
+__all__ = [
+    "Budget",
+    "Crash",
+    "Ending",
+    "TaichiLimitsRegressionWarning",
+    "Usage",
+    "Violation",
+    "__version__",
+]

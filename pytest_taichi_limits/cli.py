@@ -19,11 +19,13 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from . import baseline as baselines
-from . import htmlreport, jsonreport, markdown, reportdata, summary
-from .environment import differences
-from .jsonreport import write_atomic
-from .reportdata import InputError
+from .formats import baseline as baselines
+from .formats import jsonreport, reading
+from .formats.environment import differences
+from .formats.jsonreport import write_atomic
+from .formats.reading import InputError
+from .render import html as htmlreport
+from .render import markdown, summary
 
 EXIT_OK, EXIT_REGRESSIONS, EXIT_ERROR = 0, 1, 2
 PROG = "taichi-limits"
@@ -48,11 +50,11 @@ def compare_document(
     """The report with each record's `regression` and the `baseline` section recomputed against
     `baseline`, as --taichi-limits-compare would have set them."""
     compared_records = []
-    for data in reportdata.records(document):
+    for data in reading.records(document):
         data["regression"] = None
         nodeid = str(data["nodeid"])
-        if reportdata.comparable(data) and nodeid in baseline.tests:
-            record = reportdata.usage_record(data)
+        if reading.comparable(data) and nodeid in baseline.tests:
+            record = reading.usage_record(data)
             growths = baselines.compare(record, baseline.tests[nodeid], tolerance)
             exceeded = [growth for growth in growths if growth.exceeded]
             if exceeded:
@@ -64,7 +66,7 @@ def compare_document(
                     "growths": [growth.to_json() for growth in growths],
                 }
         compared_records.append(data)
-    measured = {str(r["nodeid"]) for r in compared_records if reportdata.measured(r)}
+    measured = {str(r["nodeid"]) for r in compared_records if reading.measured(r)}
     everything = {str(r["nodeid"]) for r in compared_records}
     section = {
         "path": baseline.path,
@@ -79,7 +81,7 @@ def compare_document(
 
 
 def _summary_lines(document: dict[str, Any], top: int, verbose: bool) -> list[str]:
-    records = [reportdata.usage_record(data) for data in reportdata.records(document)]
+    records = [reading.usage_record(data) for data in reading.records(document)]
     lines: list[str] = []
     if records:
         lines += summary.top_consumers(records, top)
@@ -100,8 +102,8 @@ def _summary_lines(document: dict[str, Any], top: int, verbose: bool) -> list[st
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    baseline = reportdata.load_baseline(args.baseline)
-    document = reportdata.load_report(args.report)
+    baseline = reading.load_baseline(args.baseline)
+    document = reading.load_report(args.report)
     try:
         tolerance = baselines.parse_tolerance(args.tolerance)
     except baselines.BaselineError as error:
@@ -110,7 +112,7 @@ def run_compare(args: argparse.Namespace) -> int:
     count = sum(
         1
         for record in compared["records"]
-        if reportdata.comparable(record) and record["nodeid"] in baseline.tests
+        if reading.comparable(record) and record["nodeid"] in baseline.tests
     )
     lines = [
         (
@@ -120,7 +122,7 @@ def run_compare(args: argparse.Namespace) -> int:
     ]
     section = compared["baseline"]
     lines += [f"WARNING: {line}" for line in section["environment_warnings"]]
-    records = [reportdata.usage_record(data) for data in compared["records"]]
+    records = [reading.usage_record(data) for data in compared["records"]]
     lines += summary.regressions(records, baseline.path)
     lines += summary.test_lists(section["new_tests"], section["missing_tests"], args.verbose)
     if not section["regressions"]:
@@ -166,7 +168,7 @@ def merge_reports(
 ) -> tuple[dict[str, Any], list[str]]:
     chosen: dict[str, tuple[str, dict[str, Any]]] = {}
     for path, document in loaded:
-        for record in reportdata.records(document):
+        for record in reading.records(document):
             nodeid = str(record["nodeid"])
             if nodeid in chosen:
                 if not prefer_newest:
@@ -244,7 +246,7 @@ def merge_baselines(
 def run_merge(args: argparse.Namespace) -> int:
     if len(args.files) < 2:
         raise InputError("merge: give at least two files")
-    kinds = {path: reportdata.kind_of(reportdata.read_json(path)) for path in args.files}
+    kinds = {path: reading.kind_of(reading.read_json(path)) for path in args.files}
     unknown = [path for path, kind in kinds.items() if kind == "unknown"]
     if unknown:
         raise InputError(
@@ -258,13 +260,13 @@ def run_merge(args: argparse.Namespace) -> int:
     prefer_newest = args.prefer == "newest"
     if set(kinds.values()) == {"report"}:
         document, notes = merge_reports(
-            [(path, reportdata.load_report(path)) for path in args.files], prefer_newest
+            [(path, reading.load_report(path)) for path in args.files], prefer_newest
         )
         what = f"JSON report of {len(document['records'])} tests"
         text = json.dumps(document, indent=2, default=str) + "\n"
     else:
         document, notes = merge_baselines(
-            [reportdata.load_baseline(path) for path in args.files], prefer_newest
+            [reading.load_baseline(path) for path in args.files], prefer_newest
         )
         what = f"baseline of {len(document['tests'])} tests"
         text = json.dumps(document, indent=2, sort_keys=True) + "\n"
@@ -278,12 +280,12 @@ def run_merge(args: argparse.Namespace) -> int:
 
 
 def run_html(args: argparse.Namespace) -> int:
-    _write(args.output, htmlreport.render(reportdata.load_report(args.report)), "HTML report")
+    _write(args.output, htmlreport.render(reading.load_report(args.report)), "HTML report")
     return EXIT_OK
 
 
 def run_markdown(args: argparse.Namespace) -> int:
-    text = markdown.summary(reportdata.load_report(args.report), args.top)
+    text = markdown.summary(reading.load_report(args.report), args.top)
     if args.output is None:
         sys.stdout.write(text)
     else:
@@ -292,7 +294,7 @@ def run_markdown(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    document = reportdata.load_report(args.report)
+    document = reading.load_report(args.report)
     header = (
         f"{args.report}: {len(document['records'])} supervised tests, written "
         f"{document.get('created_at', '?')}"

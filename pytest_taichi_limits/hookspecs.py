@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from .budget import Budget
-    from .records import Usage, Violation
+    from .config.budget import Budget
+    from .model.records import Usage, Violation
 
 
 @pytest.hookspec(firstresult=True)

@@ -7,8 +7,10 @@ from typing import Any
 
 import pytest
 
-from . import admission, environment, hookspecs, render, replay, reports
-from .budget import (
+from . import hookspecs
+from .admission import gate
+from .child.session import is_worker
+from .config.budget import (
     MARKER_NAME,
     Budget,
     BudgetError,
@@ -18,16 +20,19 @@ from .budget import (
     marker_values,
     resolve,
 )
-from .fixtures import taichi_limits_ti  # noqa: F401 - pytest finds fixtures in plugin modules
-from .options import Options, add_options, read_options
-from .outcomes import describe_exit
-from .protocol import Kind
-from .records import RunResult
-from .runner import Refused, Runner
-from .settings import BUDGET_KEY, SETTINGS_KEY
-from .spawn import SpawnError
-from .startplan import InitRecorder
-from .worker import is_worker
+from .config.options import Options, add_options, read_options
+from .config.settings import BUDGET_KEY, SETTINGS_KEY
+from .formats import environment
+from .ipc.protocol import Kind
+from .launch.runner import Refused, Runner
+from .launch.spawn import SpawnError
+from .launch.startplan import InitRecorder
+from .model.records import RunResult
+from .render import text as render
+from .results import replay
+from .results import session as reports
+from .results.outcomes import describe_exit
+from .taichi_support.fixtures import taichi_limits_ti  # noqa: F401 - pytest finds fixtures in plugin modules
 
 _PLUGIN_NAME = "taichi_limits_plugin"
 _INIT_RECORDER_KEY = pytest.StashKey[InitRecorder]()
@@ -36,7 +41,7 @@ _INIT_RECORDER_KEY = pytest.StashKey[InitRecorder]()
 def pytest_addoption(parser: pytest.Parser) -> None:
     add_options(parser)
     reports.add_options(parser)  # JSON report, baseline, summary, suggestions
-    admission.add_options(parser)  # --taichi-limits-admit, --taichi-limits-capacity
+    gate.add_options(parser)  # --taichi-limits-admit, --taichi-limits-capacity
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -45,7 +50,8 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
-    # Before any conftest is imported: note where ti.init is called in this process (spawn.py).
+    # Before any conftest is imported: note where ti.init is called in this process
+    # (launch/spawn.py).
     if not is_worker(early_config):
         _init_recorder(early_config).install()
 
@@ -92,7 +98,7 @@ class TaichiLimitsPlugin:
                 check_arch(options.settings.arch, "--taichi-limits-arch / ini taichi_limits_arch")
             except BudgetError as error:
                 raise pytest.UsageError(str(error)) from None
-        self.admission = admission.read(config, spawn_worker=is_worker(config))
+        self.admission = gate.read(config, spawn_worker=is_worker(config))
 
     def pytest_unconfigure(self) -> None:
         self.runner.close()  # the last worker, the zygote, their temporary directories
@@ -179,7 +185,7 @@ class TaichiLimitsPlugin:
             with self.admission.admitted(item.nodeid, budget) as grant:
                 result = self.runner.run(item, nextitem, budget, self._budgets, grant.env)
             result.usage = dataclasses.replace(result.usage, admission=grant.facts())
-        except (Refused, admission.AdmissionRefused) as error:
+        except (Refused, gate.AdmissionRefused) as error:
             text = str(error)
         except SpawnError as error:
             text = f"taichi_limits: {error}"
@@ -206,5 +212,5 @@ class TaichiLimitsPlugin:
             arch=environment.taichi_arch(result.messages),
             interrupted=describe_exit(exits[-1]) if exits else "",
         )
-        replay.replay(item, result, admission.report_lines(result.usage.admission))
+        replay.replay(item, result, gate.report_lines(result.usage.admission))
         return exits[-1] if exits else None

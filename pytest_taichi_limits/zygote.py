@@ -21,7 +21,7 @@ import sys
 
 
 def _die_with_parent(parent_pid: int) -> None:
-    from .linux import set_parent_death_signal
+    from .platform.linux import set_parent_death_signal
 
     set_parent_death_signal(signal.SIGKILL)
     if os.getppid() != parent_pid:  # pytest died before the signal was armed
@@ -34,8 +34,8 @@ def _prewarm() -> None:
 
     import pytest  # noqa: F401
 
-    from . import child, plugin, worker  # noqa: F401
-    from .taichi_hooks import install_init_wrapper
+    from .child import loop  # noqa: F401
+    from .taichi_support.hooks import install_init_wrapper
 
     # Wrapped at import: every worker inherits the wrapper and only sets its context.
     install_init_wrapper()
@@ -81,7 +81,7 @@ def _import_listed(listing: str) -> None:
             importlib.import_module(name)
         except BaseException:  # noqa: BLE001 - only an optimisation; the worker imports it again
             pass
-    from .taichi_replay import taichi_initialised
+    from .taichi_support.reinit import taichi_initialised
 
     if taichi_initialised():  # a package that calls ti.init at import: workers would hang
         import taichi
@@ -132,8 +132,8 @@ def _empty_session() -> None:
 
 
 def serve(control: socket.socket) -> None:
-    from .proctree import reap_own_children
-    from .worker import run_worker
+    from .child.session import run_worker
+    from .measure.proctree import reap_own_children
 
     while True:
         try:
@@ -189,7 +189,7 @@ def serve(control: socket.socket) -> None:
 def main(argv: list[str]) -> None:
     control_fd, parent_pid = int(argv[1]), int(argv[2])
     _die_with_parent(parent_pid)
-    from .linux import set_child_subreaper
+    from .platform.linux import set_child_subreaper
 
     # The test's orphans are re-parented here, never to pytest (whose own children they
     # would be mistaken for): this process is the keeper of every worker's tree.

@@ -3,7 +3,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from _plugin_types import RunPlugin
+from helpers.plugin_types import RunPlugin
 
 pytest_plugins = ["pytester"]
 

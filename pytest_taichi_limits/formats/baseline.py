@@ -1,0 +1,626 @@
+"""Baselines: the per-test figures of one or more runs, saved to a file, and a later run compared
+with them.
+
+File format (JSON, version 2; sorted keys and one value per line, so that two branches that
+update different tests merge cleanly in git):
+
+    {
+      "schema": "pytest-taichi-limits/baseline",
+      "version": 2,
+      "environments": {"<id>": {"python": "3.11.7", "pytest": "9.0.3", "taichi": "1.7.4",
+                                "host": "...", ...}},
+      "tests": {
+        "<node id>": {"runs": 3,
+                      "own_memory_bytes": {"min": 120000000, "max": 122088448},
+                      "cpu_s": {"min": 0.21, "max": 0.25}, "wall_s": {"min": 0.22, "max": 0.3},
+                      "gpu_bytes": null, "memory_method": "rss-growth",
+                      "arch": "x64", "mode": "fork",
+                      "environment": "<id>", "saved_at": "2026-11-28T13:40:00+00:00"}
+      }
+    }
+
+A baseline holds a range per figure: saving again (without --taichi-limits-baseline-replace)
+widens each test's range with this run's figures and counts the run, so a test whose CPU time
+varies from run to run is compared with the worst run the baseline saw, not with one lucky run.
+A test is compared per resource: `after > max * (1 + relative) + absolute` is a regression.
+
+Version 1 (one figure per test, own memory as the growth of summed RSS) is refused: its figures
+mean something else (issue 10 changed what own memory counts).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import math
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeGuard
+
+from ..config.units import GIB, MIB, human_bytes
+from ..model.records import UsageRecord
+from . import environment as env
+from .jsonreport import write_atomic
+
+SCHEMA = "pytest-taichi-limits/baseline"
+VERSION = 2
+
+#: Compared resources: tolerance key -> (baseline/record field, kind, words a person reads).
+RESOURCES: dict[str, tuple[str, str, str]] = {
+    "mem": ("own_memory_bytes", "bytes", "own memory"),
+    "cpu": ("cpu_s", "seconds", "CPU time"),
+    "wall": ("wall_s", "seconds", "wall time"),
+    "gpu": ("gpu_bytes", "bytes", "GPU memory"),
+}
+
+#: Defaults, chosen from run-to-run noise measured on examples/within_budget (README, "Baselines"):
+#: own memory varied by at most 0.2 MiB over 10 runs with a warm Taichi kernel cache and 4.9 MiB
+#: with a cold one, so 16 MiB of slack is over 3x the noise; 10% scales it for big tests (and
+#: also covers warm-vs-cold, 13-19 MiB, on the examples). CPU and wall time vary far more on a
+#: shared CI runner than memory does: CPU gets a wide margin and wall time is not compared.
+DEFAULT_TOLERANCE_SPEC = "mem=10%+16MiB,cpu=50%+1s,wall=off,gpu=10%+64MiB"
+
+#: Binary units, whichever way they are written: MB and MiB both mean 2**20 bytes here.
+_BYTE_UNITS = {"b": 1, "kb": 1024, "kib": 1024, "mb": MIB, "mib": MIB, "gb": GIB, "gib": GIB}
+_SECOND_UNITS = {"s": 1.0, "ms": 0.001}
+
+
+class BaselineError(ValueError):
+    """A baseline file or tolerance spec the plugin cannot use; the message says why."""
+
+
+# -- tolerance ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Allowance:
+    """How much one resource may grow: relative (0.1 = 10%) plus an absolute slack."""
+
+    relative: float
+    absolute: float  # bytes or seconds
+    kind: str  # "bytes" or "seconds"
+
+    def limit(self, before: float) -> float:
+        return before * (1.0 + self.relative) + self.absolute
+
+    def describe(self) -> str:
+        parts = []
+        if self.relative:
+            parts.append(f"{self.relative * 100:g}%")
+        if self.absolute or not parts:
+            parts.append(_format_amount(self.absolute, self.kind))
+        return "+".join(parts)
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """An Allowance per compared resource; None: that resource is not compared."""
+
+    allowances: Mapping[str, Allowance | None]
+
+    def describe(self) -> str:
+        return ",".join(
+            f"{key}={'off' if value is None else value.describe()}"
+            for key, value in self.allowances.items()
+        )
+
+
+def _format_amount(amount: float, kind: str) -> str:
+    if kind == "seconds":
+        return f"{amount:g}s"
+    for unit in ("GiB", "MiB", "KiB"):
+        size = _BYTE_UNITS[unit.lower()]
+        if amount >= size and amount % size == 0:
+            return f"{amount / size:g}{unit}"
+    return f"{amount:g}B"
+
+
+_TERM = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-zA-Z%]*)\s*$")
+
+
+def _parse_allowance(key: str, text: str) -> Allowance | None:
+    kind = RESOURCES[key][1]
+    if text.strip().lower() == "off":
+        return None
+    relative, absolute = 0.0, 0.0
+    for term in text.split("+"):
+        match = _TERM.match(term)
+        if match is None:
+            raise BaselineError(_tolerance_help(f"{key}: cannot read {term.strip()!r}"))
+        number, unit = float(match.group(1)), match.group(2).lower()
+        if unit == "%":
+            relative += number / 100.0
+        else:
+            absolute += number * _unit_size(key, kind, match.group(2))
+    if not (math.isfinite(relative) and math.isfinite(absolute)):
+        raise BaselineError(_tolerance_help(f"{key}: {text!r} is not a finite amount"))
+    return Allowance(relative, absolute, kind)
+
+
+def _unit_size(key: str, kind: str, written: str) -> float:
+    units: Mapping[str, float] = _BYTE_UNITS if kind == "bytes" else _SECOND_UNITS
+    size = units.get(written.lower())
+    if size is None:
+        shown = "s, ms" if kind == "seconds" else "B, KiB, MiB, GiB (KB, MB, GB mean the same)"
+        raise BaselineError(_tolerance_help(f"{key}: unit {written!r} is not one of %, {shown}"))
+    return size
+
+
+def _tolerance_help(problem: str) -> str:
+    return (
+        f"{problem}. A tolerance is comma-separated KEY=SPEC with KEY one of "
+        f"{', '.join(RESOURCES)}, each at most once, and SPEC like 10%+8MiB, 25%+0.5s, 5% "
+        f"or off (default {DEFAULT_TOLERANCE_SPEC})"
+    )
+
+
+def _parse_spec(spec: str) -> dict[str, Allowance | None]:
+    allowances: dict[str, Allowance | None] = {}
+    for part in spec.split(","):
+        if not part.strip():
+            raise BaselineError(_tolerance_help(f"{spec!r} has an empty item (a comma too many)"))
+        key, sep, value = part.partition("=")
+        key = key.strip().lower()
+        if not sep or key not in RESOURCES:
+            raise BaselineError(_tolerance_help(f"{part.strip()!r} is not KEY=SPEC"))
+        if key in allowances:
+            raise BaselineError(_tolerance_help(f"{key} is given twice in {spec!r}"))
+        allowances[key] = _parse_allowance(key, value)
+    return allowances
+
+
+def parse_tolerance(spec: str | None) -> Tolerance:
+    """The defaults, with the keys `spec` names replaced. Raises BaselineError."""
+    allowances = _parse_spec(DEFAULT_TOLERANCE_SPEC)
+    if spec is not None and spec.strip():
+        allowances.update(_parse_spec(spec))
+    return Tolerance(allowances)
+
+
+# -- the file -----------------------------------------------------------------------------------
+
+
+def _environment_id(environment: Mapping[str, Any]) -> str:
+    text = json.dumps(dict(environment), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class Range:
+    """The smallest and largest value of one figure over the runs a baseline saw."""
+
+    low: float
+    high: float
+
+    def widened(self, value: float) -> Range:
+        return Range(min(self.low, value), max(self.high, value))
+
+    def to_json(self) -> dict[str, float]:
+        return {"min": self.low, "max": self.high}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One test of a baseline: a range per figure (None: not measured, e.g. GPU) over `runs`."""
+
+    runs: int
+    ranges: Mapping[str, Range | None]  # baseline field (RESOURCES[...][0]) -> range
+    memory_method: str
+    arch: str
+    mode: str
+    environment: str  # key into Baseline.environments
+    saved_at: str
+    #: the last saved run's timeline (model/timeline.py), with --taichi-limits-timeline-in-baseline
+    timeline: Mapping[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            name: None if value is None else value.to_json() for name, value in self.ranges.items()
+        }
+        data.update(
+            runs=self.runs,
+            memory_method=self.memory_method,
+            arch=self.arch,
+            mode=self.mode,
+            environment=self.environment,
+            saved_at=self.saved_at,
+        )
+        if self.timeline is not None:
+            data["timeline"] = dict(self.timeline)
+        return data
+
+
+@dataclass(frozen=True)
+class Baseline:
+    path: str
+    tests: Mapping[str, Entry]
+    environments: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def environment_of(self, nodeid: str) -> Mapping[str, Any]:
+        return self.environments.get(self.tests[nodeid].environment, {})
+
+    def environment_warnings(self, current: Mapping[str, Any]) -> list[str]:
+        """One line per environment of the baseline that differs from this run's in Python or
+        Taichi version, naming how many tests it holds."""
+        counts: dict[str, int] = {}
+        for entry in self.tests.values():
+            counts[entry.environment] = counts.get(entry.environment, 0) + 1
+        lines = []
+        for environment_id, count in sorted(counts.items()):
+            changed = env.differences(
+                dict(self.environments.get(environment_id, {})), dict(current)
+            )
+            if changed:
+                lines.append(
+                    f"{count} of {len(self.tests)} baseline tests were measured with "
+                    f"another {' and '.join(c.split()[0] for c in changed)} "
+                    f"({'; '.join(changed)}): their figures may differ for that reason"
+                )
+        return lines
+
+
+def empty(path: str) -> Baseline:
+    return Baseline(path, {}, {})
+
+
+def load(path: str) -> Baseline:
+    """Read and validate a baseline file. Raises BaselineError naming the file, and for a bad
+    entry the test and the field, with what to do."""
+    try:
+        with open(path, encoding="utf-8") as stream:
+            data = json.load(stream)
+    except FileNotFoundError:
+        raise BaselineError(
+            f"baseline {path!r} does not exist; create it with --taichi-limits-save-baseline={path}"
+        ) from None
+    except (OSError, ValueError) as error:
+        raise BaselineError(
+            f"baseline {path!r} cannot be read: {error} (a file with git "
+            "conflict markers reads so: resolve them, or save a new one)"
+        ) from None
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        raise BaselineError(
+            f'{path!r} is not a pytest-taichi-limits baseline (no "schema": "{SCHEMA}")'
+        )
+    if data.get("version") != VERSION:
+        raise BaselineError(
+            f"baseline {path!r} has version {data.get('version')!r}; this plugin reads version "
+            f"{VERSION} (own memory is measured differently since version 2, and a baseline now "
+            f"holds a range over several runs): record a new one with "
+            f"--taichi-limits-save-baseline={path} --taichi-limits-baseline-replace"
+        )
+    tests, environments = data.get("tests"), data.get("environments")
+    if not isinstance(tests, dict) or not isinstance(environments, dict):
+        raise BaselineError(
+            f'baseline {path!r} is damaged: "tests" and "environments" must be objects'
+        )
+    return Baseline(
+        path, {nodeid: _entry(path, nodeid, entry) for nodeid, entry in tests.items()}, environments
+    )
+
+
+def _entry(path: str, nodeid: str, data: Any) -> Entry:
+    def bad(field_name: str, problem: str) -> BaselineError:
+        return BaselineError(
+            f"baseline {path!r}, test {nodeid!r}: field {field_name!r} "
+            f"{problem}; fix or remove the entry, or save a new baseline"
+        )
+
+    if not isinstance(data, dict):
+        raise bad("(entry)", "must be an object")
+    runs = data.get("runs")
+    if not isinstance(runs, int) or isinstance(runs, bool) or runs < 1:
+        raise bad("runs", f"must be a whole number >= 1, got {runs!r}")
+    ranges: dict[str, Range | None] = {}
+    for key, (name, _, _) in RESOURCES.items():
+        if name not in data:
+            raise bad(name, "is missing")
+        value = data[name]
+        if value is None and key == "gpu":  # GPU memory not measured in that run
+            ranges[name] = None
+            continue
+        low = value.get("min") if isinstance(value, dict) else None
+        high = value.get("max") if isinstance(value, dict) else None
+        if not (_is_figure(low) and _is_figure(high)) or float(low) > float(high):
+            raise bad(
+                name,
+                f'must be {{"min": number, "max": number}} with 0 <= min <= max, got {value!r}',
+            )
+        ranges[name] = Range(float(low), float(high))
+    texts = {}
+    for name in ("memory_method", "arch", "mode", "environment", "saved_at"):
+        if not isinstance(data.get(name), str):
+            raise bad(name, f"must be a string, got {data.get(name)!r}")
+        texts[name] = str(data[name])
+    timeline = data.get("timeline")
+    if timeline is not None and not isinstance(timeline, dict):
+        raise bad("timeline", f"must be an object or absent, got {timeline!r}")
+    return Entry(runs=runs, ranges=ranges, timeline=timeline, **texts)
+
+
+def _is_figure(value: Any) -> TypeGuard[float]:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0
+    )
+
+
+def _figures(record: UsageRecord) -> dict[str, float | None]:
+    """The record's figures under their baseline field names."""
+    return {
+        "own_memory_bytes": record.own_memory_bytes,
+        "cpu_s": record.cpu_s,
+        "wall_s": record.wall_s,
+        "gpu_bytes": record.gpu_peak_bytes,
+    }
+
+
+def merged_entry(
+    previous: Entry | None,
+    record: UsageRecord,
+    environment_id: str,
+    environment: Mapping[str, Any],
+    previous_environment: Mapping[str, Any],
+    saved_at: str,
+    timeline: bool = False,
+) -> Entry:
+    """`record`'s figures, as a new entry or widening `previous`.
+
+    A range only spans runs that are comparable: another arch, start mode, memory method, Python
+    or Taichi starts the range over (its figures would differ for that reason alone).
+    """
+    figures = _figures(record)
+    comparable = (
+        previous is not None
+        and previous.arch == record.arch
+        and previous.mode == record.mode
+        and previous.memory_method == record.memory_method
+        and not env.differences(dict(previous_environment), dict(environment))
+    )
+    ranges: dict[str, Range | None] = {}
+    for name, value in figures.items():
+        before = previous.ranges.get(name) if comparable and previous is not None else None
+        if value is None:
+            ranges[name] = before  # not measured now: the range keeps what was measured
+        else:
+            ranges[name] = Range(value, value) if before is None else before.widened(value)
+    runs = previous.runs + 1 if comparable and previous is not None else 1
+    return Entry(
+        runs=runs,
+        ranges=ranges,
+        memory_method=record.memory_method,
+        arch=record.arch,
+        mode=record.mode,
+        environment=environment_id,
+        saved_at=saved_at,
+        timeline=record.timeline if timeline else None,
+    )
+
+
+def savable(records: Iterable[UsageRecord]) -> list[UsageRecord]:
+    """Records that make a baseline: tests that passed. A failed test's peaks were cut short, a
+    skipped test measured nothing and an interrupted one never finished, so they keep whatever
+    entry they had."""
+    return [record for record in records if record.outcome in ("passed", "xpassed")]
+
+
+def previous_for_save(path: str, replace: bool) -> Baseline:
+    """What a save merges into: the existing file (validated), or nothing. Raises
+    BaselineError for a file that exists and cannot be merged into (checked before the run)."""
+    if replace or not os.path.exists(path):
+        return empty(path)
+    return load(path)
+
+
+def save(
+    path: str,
+    records: Iterable[UsageRecord],
+    environment: Mapping[str, Any],
+    replace: bool,
+    timelines: bool = False,
+) -> tuple[int, int]:
+    """Write (atomically) the baseline; merge into the existing file unless `replace`.
+
+    Returns (tests written by this run, tests in the file).
+    """
+    previous = previous_for_save(path, replace)
+    environment_id = _environment_id(environment)
+    saved_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    tests = dict(previous.tests)
+    written = 0
+    for record in savable(records):
+        before = tests.get(record.nodeid)
+        before_environment = {} if before is None else previous.environment_of(record.nodeid)
+        tests[record.nodeid] = merged_entry(
+            before, record, environment_id, environment, before_environment, saved_at, timelines
+        )
+        written += 1
+    environments = {key: dict(value) for key, value in previous.environments.items()}
+    environments[environment_id] = dict(environment)
+    used = {entry.environment for entry in tests.values()}
+    document = {
+        "schema": SCHEMA,
+        "version": VERSION,
+        "environments": {key: value for key, value in environments.items() if key in used},
+        "tests": {nodeid: entry.to_json() for nodeid, entry in tests.items()},
+    }
+    write_atomic(path, json.dumps(document, indent=2, sort_keys=True) + "\n")
+    return written, len(tests)
+
+
+# -- comparing ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Growth:
+    """One resource of one test, compared with the largest value the baseline saw."""
+
+    resource: str  # tolerance key
+    before: float  # the baseline's max
+    before_min: float  # the baseline's min (== before after one run)
+    runs: int  # how many runs the baseline's range spans
+    after: float
+    allowed: float  # the largest `after` within tolerance
+    tolerance: str  # e.g. "10%+16MiB"
+
+    @property
+    def kind(self) -> str:
+        return RESOURCES[self.resource][1]
+
+    @property
+    def exceeded(self) -> bool:
+        return self.after > self.allowed
+
+    @property
+    def growth(self) -> float:
+        """Above the baseline's max: a figure inside the range seen before did not grow."""
+        return self.after - self.before
+
+    @property
+    def growth_percent(self) -> float | None:
+        return None if self.before <= 0 else 100.0 * self.growth / self.before
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "resource": self.resource,
+            "before": self.before,
+            "before_min": self.before_min,
+            "runs": self.runs,
+            "after": self.after,
+            "growth": self.growth,
+            "growth_percent": self.growth_percent,
+            "allowed": self.allowed,
+            "tolerance": self.tolerance,
+            "exceeded": self.exceeded,
+            "unit": "B" if self.kind == "bytes" else "s",
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Growth:
+        return cls(
+            str(data["resource"]),
+            float(data["before"]),
+            float(data["before_min"]),
+            int(data["runs"]),
+            float(data["after"]),
+            float(data["allowed"]),
+            str(data["tolerance"]),
+        )
+
+
+def compare(record: UsageRecord, entry: Entry, tolerance: Tolerance) -> list[Growth]:
+    """Every compared resource of one test (exceeded or not); GPU only where both measured it."""
+    figures = _figures(record)
+    growths = []
+    for key, allowance in tolerance.allowances.items():
+        name = RESOURCES[key][0]
+        seen, after = entry.ranges.get(name), figures[name]
+        if allowance is None or seen is None or after is None:
+            continue
+        growths.append(
+            Growth(
+                key,
+                seen.high,
+                seen.low,
+                entry.runs,
+                float(after),
+                allowance.limit(seen.high),
+                allowance.describe(),
+            )
+        )
+    return growths
+
+
+def amount(value: float, kind: str, signed: bool = False) -> str:
+    sign = "+" if signed and value >= 0 else ""
+    if kind == "bytes":
+        return sign + human_bytes(value)
+    return f"{sign}{value:.2f} s"
+
+
+def _seen(growth: Growth) -> str:
+    """The baseline's figure: one value, or its range over several runs."""
+    if growth.before_min == growth.before:
+        return amount(growth.before, growth.kind)
+    return f"{amount(growth.before_min, growth.kind)}..{amount(growth.before, growth.kind)}"
+
+
+def growth_text(growth: Growth) -> str:
+    """'64.0 MiB -> 128.3 MiB (+64.3 MiB, +100.5%), allowed up to 86.4 MiB (mem=10%+16MiB)'."""
+    kind = growth.kind
+    percent = growth.growth_percent
+    percent_text = "" if percent is None else f", {percent:+.1f}%"
+    return (
+        f"{_seen(growth)} -> {amount(growth.after, kind)} "
+        f"({amount(growth.growth, kind, signed=True)}{percent_text}), allowed up to "
+        f"{amount(growth.allowed, kind)} ({growth.resource}={growth.tolerance})"
+    )
+
+
+def regression_headline(exceeded: list[Growth]) -> str:
+    return "taichi_limits: grew beyond the baseline's tolerance: " + "; ".join(
+        f"{RESOURCES[g.resource][2]} {growth_text(g)}" for g in exceeded
+    )
+
+
+def _runs_text(runs: int) -> str:
+    return "1 run" if runs == 1 else f"{runs} runs"
+
+
+def regression_report(
+    exceeded: list[Growth],
+    compared: list[Growth],
+    baseline: Baseline,
+    nodeid: str,
+    record: UsageRecord,
+    warn_only: bool,
+) -> str:
+    """The text a grown test fails (or warns) with: before, after, growth and the tolerance."""
+    entry = baseline.tests[nodeid]
+    made_with = baseline.environment_of(nodeid)
+    lines = [regression_headline(exceeded)]
+    rows = []
+    for growth in compared:
+        kind, percent = growth.kind, growth.growth_percent
+        rows.append(
+            (
+                RESOURCES[growth.resource][2],
+                _seen(growth),
+                amount(growth.after, kind),
+                amount(growth.growth, kind, True)
+                + ("" if percent is None else f" ({percent:+.1f}%)"),
+                amount(growth.allowed, kind),
+                f"{growth.resource}={growth.tolerance}",
+                "EXCEEDED" if growth.exceeded else "ok",
+            )
+        )
+    header = ("", "baseline", "after", "growth", "allowed up to", "tolerance", "")
+    widths = [max(len(row[column]) for row in [header, *rows]) for column in range(7)]
+    for row in [header, *rows]:
+        cells = [f"{row[0]:<{widths[0]}}"]
+        cells += [f"{cell:>{width}}" for cell, width in zip(row[1:5], widths[1:5], strict=True)]
+        cells += [f"{row[5]:<{widths[5]}}", row[6]]
+        lines.append(("  " + "  ".join(cells)).rstrip())
+    lines.append(
+        f"  baseline    {baseline.path}, {_runs_text(entry.runs)} (growth is measured "
+        f"above the largest), last saved {entry.saved_at} with Python "
+        f"{made_with.get('python', '?')}, Taichi {made_with.get('taichi', '?')}, arch "
+        f"{entry.arch} ({entry.mode} mode)"
+    )
+    if entry.arch != record.arch or entry.mode != record.mode:
+        lines.append(
+            f"  note        this run used arch {record.arch} ({record.mode} mode): "
+            "figures of another arch or start mode are not comparable (spawn mode "
+            "counts the interpreter's own start-up)"
+        )
+    lines.append(
+        "  what to do  find what grew, or accept the new figures with "
+        "--taichi-limits-save-baseline (or widen --taichi-limits-tolerance)"
+        + (" [warning only: --taichi-limits-compare-warn]" if warn_only else "")
+    )
+    return "\n".join(lines)

@@ -1,0 +1,49 @@
+"""What a worker (a spawn-mode or reimport child) is asked to run, as it crosses to the child.
+
+Sent pickled, over the plugin's own sockets (the zygote's control socket) or inherited through a
+fork: never from the test's side of the wire.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from ..config.budget import Budget
+from ..config.settings import Settings
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """A parametrized test's parameters, so a fresh interpreter can check it collected the same
+    values under the same id (a set's order depends on the hash seed)."""
+
+    nodeid: str
+    params: dict[str, bytes | None]  # pickled value, None when it cannot be pickled
+
+
+def fingerprint(item: pytest.Item) -> Fingerprint:
+    params: dict[str, bytes | None] = {}
+    callspec = getattr(item, "callspec", None)
+    for name, value in (getattr(callspec, "params", None) or {}).items():
+        try:
+            params[name] = pickle.dumps(value)
+        except Exception:  # noqa: BLE001 - a lambda, a lock: compared by its text instead
+            params[name] = None
+    return Fingerprint(item.nodeid, params)
+
+
+@dataclass(frozen=True)
+class WorkerRequest:
+    """What a worker needs to run a module's tests: sent pickled to the zygote (our own pipe)."""
+
+    tests: list[Fingerprint]
+    budgets: list[Budget]  # per test, for the taichi_limits_ti fixture
+    args: list[str]
+    options: dict[str, Any]
+    invocation_dir: str
+    settings: Settings
+    env: dict[str, str]  # set before collection (the device admission chose)

@@ -1,0 +1,396 @@
+"""Which child runs each supervised test: start mode, isolation, and the workers' lifetimes.
+
+A *worker* is one supervised child (forked, or a fresh interpreter from the zygote) that runs
+tests one at a time on command. Tests share a worker when they share a key:
+- isolation `test` (default): a forked child per test; a module that needs a fresh interpreter
+  (launch/startplan.py) runs all its tests in one worker, as they share module state in plain
+  pytest;
+- isolation `module`: one worker per module, forked or fresh;
+- isolation `session`: one forked worker (and one fresh one, where modules need it) for all.
+A worker lives while consecutive tests share its key; a violation or a crash ends it, and the
+next test with that key starts a new one. Each test keeps its own budget, figures and report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import shutil
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import pytest
+
+from ..child.loop import ChildStart, run_forked
+from ..child.session import reimport_worker
+from ..config.budget import Budget
+from ..config.settings import Settings
+from ..ipc.requests import WorkerRequest, fingerprint
+from ..measure import cgroup
+from ..model.records import RunResult
+from ..supervise.supervisor import Worker, WorkerGone
+from ..taichi_support import reinit
+from . import forksafety, startplan
+from .forking import ChildBody, ForkLaunch, LaunchError
+from .spawn import SpawnError, SpawnLaunch, Zygote, new_temp_dir, worker_args
+
+#: How long a worker may take to tear down after its last test (module and session fixtures'
+#: finalizers, Taichi's offline cache) before it is killed.
+STOP_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class Key:
+    mode: str  # "fork" or "spawn"
+    scope: str  # a nodeid, a module path, or "session"
+
+
+class Refused(Exception):
+    """The test cannot start as configured; the message is its failure text."""
+
+
+class Runner:
+    """Owns the workers, the zygote and the start plan of one pytest process."""
+
+    def __init__(
+        self, config: pytest.Config, settings: Settings, recorder: startplan.InitRecorder
+    ) -> None:
+        self.config = config
+        self.settings = settings
+        self.recorder = recorder
+        self.modules: dict[str, startplan.ModuleStart] = {}
+        self._items: list[pytest.Item] = []
+        self._index: dict[str, int] = {}
+        self._isolation: dict[str, str] = {}
+        self._worker: Worker | None = None
+        self._worker_key: Key | None = None
+        self._worker_env: dict[str, str] = {}
+        self._worker_items: list[pytest.Item] = []
+        self._budgets: dict[str, Budget] = {}
+        self._cgroup: cgroup.TestCgroup | None = None  # the current worker's, where writable
+        self._zygote: Zygote | None = None
+        self._cuda: str | None = None
+        self._temp_dir: str | None = None
+        self._count = 0
+
+    # -- after collection -------------------------------------------------------------------
+
+    def plan(self, items: list[pytest.Item], supervised: dict[str, str]) -> None:
+        """`supervised`: nodeid -> isolation of every supervised item, in run order."""
+        self.recorder.recording = False
+        self._items = list(items)
+        self._index = {item.nodeid: number for number, item in enumerate(items)}
+        self._isolation = dict(supervised)
+        modules = {
+            str(item.path): getattr(item, "module", None)
+            for item in items
+            if item.nodeid in supervised
+        }
+        conftests = [str(path) for path in _conftest_paths(self.config)]
+        self.modules = startplan.plan_modules(
+            modules, self.recorder.events, conftests, str(self.config.rootpath)
+        )
+        self._cuda = forksafety.cuda_initialised_here()
+        if self._cuda is not None:  # "Cannot re-initialize CUDA in forked subprocess"
+            self.modules = {path: startplan.ModuleStart(True, self._cuda) for path in self.modules}
+        if self._fresh_kind() == "spawn" and (self.settings.mode == "spawn" or self.modules):
+            self._start_zygote()  # warms up while the forked tests run
+
+    def _fresh_kind(self) -> str:
+        """How a module that cannot simply fork starts: imported again in a forked child
+        (after a Taichi reset here), or in a fresh interpreter where nothing in this process
+        can be reset (CUDA initialised by another library) or spawn mode was asked for."""
+        return "spawn" if self.settings.mode == "spawn" or self._cuda is not None else "reimport"
+
+    def header_lines(self) -> list[str]:
+        rootpath = self.config.rootpath
+        fresh = {path: plan for path, plan in self.modules.items() if plan.fresh}
+        lines: list[str] = []
+        if self.settings.mode == "spawn":
+            lines.append(
+                "taichi-limits: start mode spawn (--taichi-limits-mode=spawn): every "
+                "supervised test runs in a fresh interpreter"
+            )
+        elif fresh:
+            how = (
+                "each in a worker of its own"
+                if self.settings.isolation != "session"
+                else "in one shared worker"
+            )
+            if self._fresh_kind() == "spawn":
+                what = f"need a fresh interpreter ({how})"
+            else:
+                what = (
+                    f"import Taichi state, and run {how} that imports them again (forked "
+                    "after a Taichi reset)"
+                )
+            lines.append(
+                f"taichi-limits: start mode fork, except {len(fresh)} of "
+                f"{len(self.modules)} modules that {what}:"
+            )
+            for path, plan in sorted(fresh.items()):
+                lines.append(f"  {os.path.relpath(path, rootpath)}: {plan.reason}")
+        else:
+            lines.append(
+                f"taichi-limits: start mode fork for all {len(self.modules)} "
+                f"supervised modules (isolation {self.settings.isolation})"
+            )
+        sites = self.recorder.init_sites
+        if sites and self.settings.mode != "spawn" and len(fresh) < len(self.modules):
+            shown = sites[-1].describe(rootpath)
+            lines.append(
+                f"taichi-limits: Taichi was initialised in the pytest process (last "
+                f"ti.init at {shown}): it is reset before each fork, and that init "
+                "is replayed in a forked test that uses Taichi without its own ti.init"
+            )
+        return lines
+
+    # -- one test ---------------------------------------------------------------------------
+
+    def key_of(self, item: pytest.Item) -> Key:
+        module = str(item.path)
+        plan = self.modules.get(os.path.abspath(module))
+        isolation = self._isolation.get(item.nodeid, self.settings.isolation)
+        if self.settings.mode == "spawn":
+            scope = {"test": item.nodeid, "module": module}.get(isolation, "session")
+            return Key("spawn", scope)
+        if plan is not None and plan.fresh:
+            if self.settings.mode == "fork":
+                raise Refused(
+                    f"taichi_limits: not started: --taichi-limits-mode=fork, but this module "
+                    f"cannot simply be forked: {plan.reason}. A forked child of a process "
+                    "holding that state hangs at its first kernel launch. Use "
+                    "--taichi-limits-mode=auto, or create the Taichi state inside tests or "
+                    "fixtures so that fork mode works."
+                )
+            return Key(self._fresh_kind(), "session" if isolation == "session" else module)
+        return Key("fork", {"test": item.nodeid, "module": module}.get(isolation, "session"))
+
+    def run(
+        self,
+        item: pytest.Item,
+        nextitem: pytest.Item | None,
+        budget: Budget,
+        budget_of: dict[str, Budget],
+        env: Mapping[str, str] | None = None,
+    ) -> RunResult:
+        """`env`: variables for the child (the GPU admission chose): a worker started with
+        other values is not reused, as CUDA reads them once."""
+        self._budgets = budget_of
+        key = self.key_of(item)
+        env = dict(env or {})
+        if (
+            self._worker is None
+            or self._worker_key != key
+            or not self._worker.alive
+            or self._worker_env != env
+        ):
+            self.stop_worker()
+            self._launch(key, item, budget_of, env)
+        worker = self._worker
+        assert worker is not None
+        index = self._worker_index(item)
+        next_index = None
+        if nextitem is not None and nextitem.nodeid in budget_of and self._same_key(nextitem, key):
+            next_index = self._worker_index(nextitem)
+        try:
+            result = worker.run_test(index, next_index, item.nodeid, budget)
+        except WorkerGone as gone:
+            raise SpawnError(str(gone)) from None
+        if next_index is None or not worker.alive or result.violation or result.crash:
+            self.stop_worker()
+        return result
+
+    def _same_key(self, item: pytest.Item, key: Key) -> bool:
+        try:
+            return self.key_of(item) == key
+        except Refused:
+            return False
+
+    def _worker_index(self, item: pytest.Item) -> int:
+        if self._worker_key is not None and self._worker_key.mode == "fork":
+            return self._index[item.nodeid]
+        return next(
+            number
+            for number, candidate in enumerate(self._worker_items)
+            if candidate.nodeid == item.nodeid
+        )
+
+    def _launch(
+        self, key: Key, item: pytest.Item, budget_of: dict[str, Budget], env: dict[str, str]
+    ) -> None:
+        if key.mode != "fork":
+            self._worker_items = [
+                candidate
+                for candidate in self._items
+                if candidate.nodeid in budget_of and self._same_key(candidate, key)
+            ]
+            self._worker_items = self._worker_items[self._worker_items.index(item) :]
+        launched: ForkLaunch | SpawnLaunch
+        if key.mode == "spawn":
+            launched = self._spawn(self._request(self._worker_items, budget_of, env))
+        else:
+            # A forked child of a process holding a Taichi program hangs: reset it here, and
+            # let the child (and a plain test here) replay the init lazily.
+            reinit.reset_for_fork(self.recorder.last_init)
+            self._cgroup = _new_cgroup()
+            procs = None if self._cgroup is None else self._cgroup.procs_file()
+            try:
+                with _environment(env):  # the child inherits it at the fork
+                    launched = ForkLaunch(self._fork_body(key), procs)
+            except LaunchError as error:
+                self._close_cgroup()
+                raise SpawnError(str(error)) from None
+            self._cgroup = _joined(self._cgroup, launched.pid)
+        self._worker = Worker(launched, self.settings, key.mode, self._cgroup)
+        self._worker_key = key
+        self._worker_env = env
+
+    def _fork_body(self, key: Key) -> ChildBody:
+        if key.mode == "fork":
+            self._worker_items = items = self._items
+            settings = self.settings
+
+            def run_items(channel_fd: int, stack_fd: int, control_fd: int, parent_pid: int) -> None:
+                run_forked(
+                    items,
+                    ChildStart(channel_fd, stack_fd, control_fd, parent_pid, settings),
+                )
+
+            return run_items
+        request = self._request(self._worker_items, self._budgets_of(self._worker_items), {})
+        modules = startplan.modules_to_import_again(
+            self.recorder.events, [str(item.path) for item in self._worker_items]
+        )
+        return functools.partial(reimport_worker, request, modules)
+
+    def _budgets_of(self, items: list[pytest.Item]) -> dict[str, Budget]:
+        return {item.nodeid: self._budgets[item.nodeid] for item in items}
+
+    def _request(
+        self, items: list[pytest.Item], budget_of: dict[str, Budget], env: dict[str, str]
+    ) -> WorkerRequest:
+        args, options = worker_args(self.config)
+        self._count += 1
+        files = list(dict.fromkeys(str(item.path) for item in items))
+        return WorkerRequest(
+            tests=[fingerprint(item) for item in items],
+            budgets=[budget_of[item.nodeid] for item in items],
+            args=[*args, f"--basetemp={self._basetemp(self._count)}", *files],
+            options=options,
+            invocation_dir=str(self.config.invocation_params.dir),
+            settings=self.settings,
+            env=env,
+        )
+
+    def _spawn(self, request: WorkerRequest) -> SpawnLaunch:
+        try:
+            return SpawnLaunch(self._start_zygote(), request)
+        except SpawnError:
+            self._close_zygote()  # the next test gets a new one
+            raise
+
+    def _start_zygote(self) -> Zygote:
+        if self._zygote is not None and not self._zygote.usable():
+            self._close_zygote()
+        if self._zygote is None:
+            self._temp_dir = self._temp_dir or new_temp_dir()
+            self._zygote = Zygote.start(
+                self.config.invocation_params.dir, startplan.third_party_modules(), self._temp_dir
+            )
+        return self._zygote
+
+    def _basetemp(self, number: int) -> str:
+        given = self.config.getoption("basetemp", None)
+        if given:
+            # pytest makes the worker's --basetemp without parents, and this run's own
+            # basetemp may not exist yet (it is made on first use).
+            root = os.path.abspath(str(given))
+            os.makedirs(root, exist_ok=True)
+            return os.path.join(root, f"taichi-limits-spawn-{number}")
+        self._temp_dir = self._temp_dir or new_temp_dir()
+        return os.path.join(self._temp_dir, str(number))
+
+    # -- ending -----------------------------------------------------------------------------
+
+    def stop_worker(self) -> None:
+        worker, self._worker, self._worker_key = self._worker, None, None
+        if worker is not None:
+            try:
+                worker.stop(STOP_TIMEOUT_S)
+            finally:
+                worker.close()
+        self._close_cgroup()
+
+    def _close_cgroup(self) -> None:
+        if self._cgroup is not None:
+            self._cgroup.kill()  # whatever of the test is left, wherever it was re-parented
+            self._cgroup.remove()
+            self._cgroup = None
+
+    def _close_zygote(self) -> None:
+        if self._zygote is not None:
+            self._zygote.close()
+            self._zygote = None
+
+    def close(self) -> None:
+        self.stop_worker()
+        self._close_zygote()
+        if self._temp_dir is not None:
+            shutil.rmtree(self._temp_dir, ignore_errors=True)
+            self._temp_dir = None
+
+
+@functools.cache
+def _cgroup_support() -> cgroup.CgroupSupport | str:
+    return cgroup.detect()
+
+
+def _new_cgroup() -> cgroup.TestCgroup | None:
+    """A cgroup v2 of its own for the next worker, where this machine has a writable one."""
+    support = _cgroup_support()
+    if isinstance(support, str):
+        return None
+    try:
+        return cgroup.TestCgroup.create(support, f"taichi-limits-{os.getpid()}-{time.time_ns()}")
+    except OSError:
+        return None
+
+
+def _joined(test_cgroup: cgroup.TestCgroup | None, pid: int) -> cgroup.TestCgroup | None:
+    """The cgroup, if the worker is in it (its keeper moved itself there before forking)."""
+    if test_cgroup is None:
+        return None
+    if pid not in test_cgroup.pids():
+        try:
+            test_cgroup.add(pid)
+        except OSError:
+            test_cgroup.remove()
+            return None
+    return test_cgroup
+
+
+def _conftest_paths(config: pytest.Config) -> list[str]:
+    paths = []
+    for plugin in config.pluginmanager.get_plugins():
+        path = getattr(plugin, "__file__", None)
+        if path and os.path.basename(path) == "conftest.py":
+            paths.append(path)
+    return paths
+
+
+@contextlib.contextmanager
+def _environment(values: Mapping[str, str]) -> Iterator[None]:
+    """os.environ with `values` set for the block, then as it was."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -1,0 +1,458 @@
+"""The HTML report: one self-contained file (inline CSS, inline SVG, a little vanilla JS, nothing
+fetched from the network), made from the JSON report document.
+
+Built for big suites: the table's rows are plain HTML written here (so the page reads without
+JS), the per-test timelines travel once as compact JSON, and a chart is drawn only when its row
+is opened (or, for the few violations, when the page loads). Sorting and filtering move or hide
+existing rows; nothing is re-rendered.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from ..config.units import MIB, human_bytes
+from ..formats import reading
+from ..formats.baseline import RESOURCES, amount
+from ..model import timeline
+from ..model.records import Violation
+from . import markdown
+from .text import trim_stack
+from .text import violation_headline as render_headline
+
+#: Rows of the table laid out at once (the rest after "show all", or found by the filter).
+PAGE_ROWS = 500
+_BUDGET_KEYS = ("cpu_s", "mem_mb", "wall_s", "gpu_gb")
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _script_json(value: object) -> str:
+    """JSON that cannot end the <script> element it sits in."""
+    return (
+        json.dumps(value, separators=(",", ":"))
+        .replace("<", "\\u003c")
+        .replace(">", "\\u003e")
+        .replace("&", "\\u0026")
+    )
+
+
+# -- text of a violation ------------------------------------------------------------------------
+
+
+def violation_headline(violation: Mapping[str, Any]) -> str:
+    fields = {name: violation[name] for name in Violation.__dataclass_fields__ if name in violation}
+    fields["signals_sent"] = tuple(fields.get("signals_sent", ()))
+    try:
+        return render_headline(Violation(**fields))
+    except (TypeError, KeyError, ValueError):
+        return f"taichi_limits: {violation.get('resource')} exceeded"
+
+
+def violation_text(record: Mapping[str, Any]) -> str:
+    """The violation's full report, as the failed test showed it, from the record."""
+    violation = record.get("violation") or {}
+    budget = record.get("budget") or {}
+    gpu = record.get("gpu_peak_bytes")
+    lines = [
+        violation_headline(violation),
+        (
+            f"  caught by   {violation.get('detected_by', '?')}, during "
+            f"{violation.get('phase', '?')}"
+        ),
+    ]
+    if violation.get("detail"):
+        lines.append(f"  detail      {violation['detail']}")
+    lines += [
+        f"  peak usage  own RSS +{human_bytes(float(record.get('own_memory_bytes') or 0))} | "
+        f"RSS {human_bytes(float(record.get('peak_rss_bytes') or 0))} | "
+        f"CPU {float(record.get('cpu_s') or 0):.2f} s | "
+        f"wall {float(record.get('wall_s') or 0):.2f} s | "
+        + (
+            f"GPU {human_bytes(float(gpu))}"
+            if gpu is not None
+            else f"GPU {record.get('gpu_note') or 'not measured'}"
+        ),
+        "  budget      "
+        + " ".join(
+            f"{key}={'off' if budget.get(key) is None else f'{budget[key]:g}'}"
+            for key in _BUDGET_KEYS
+        ),
+        f"  stopped     signals sent: {', '.join(violation.get('signals_sent') or []) or 'none'}",
+        (
+            f"  process     pid {violation.get('pid', record.get('pid'))} "
+            f"({record.get('mode', '?')} mode, arch {record.get('arch', '?')})"
+        ),
+    ]
+    stack = trim_stack(str(violation.get("stack") or "")).rstrip()
+    if stack.strip():
+        lines.append("  stack at the moment of violation (all threads):")
+        lines += [f"    {line}" for line in stack.splitlines()]
+    else:
+        lines.append("  stack at the moment of violation: not available")
+    return "\n".join(lines)
+
+
+# -- data for the charts ------------------------------------------------------------------------
+
+
+def chart_data(record: Mapping[str, Any]) -> dict[str, Any]:
+    """What one test's charts need, compact: MiB, GiB and seconds, rounded."""
+    budget = record.get("budget") or {}
+    data: dict[str, Any] = {
+        "lm": budget.get("mem_mb"),
+        "lc": budget.get("cpu_s"),
+        "lg": budget.get("gpu_gb"),
+        "va": timeline.violation_moment(record),
+        "vr": (record.get("violation") or {}).get("resource"),
+    }
+    line = record.get("timeline")
+    if isinstance(line, Mapping):
+        try:
+            timeline.check(line)
+        except timeline.TimelineError:
+            line = None
+    if isinstance(line, Mapping):
+        data["t"] = [round(float(value), 3) for value in line["t_s"]]
+        data["m"] = [round(float(value) / MIB, 2) for value in line["mem_bytes"]]
+        data["c"] = [round(float(value), 3) for value in line["cpu_s"]]
+        if line.get("gpu_bytes") is not None:
+            data["g"] = [
+                None if value is None else round(float(value) / 1024**3, 4)
+                for value in line["gpu_bytes"]
+            ]
+    return data
+
+
+# -- page parts ---------------------------------------------------------------------------------
+
+
+def _header(document: Mapping[str, Any]) -> str:
+    verdict = markdown.verdict(document, marks=False).removeprefix("### taichi-limits: ")
+    failing = reading.failing(document)
+    environment = document.get("environment") or {}
+    rows = "".join(
+        f"<dt>{_e(key)}</dt><dd>{_e(value)}</dd>" for key, value in sorted(environment.items())
+    )
+    baseline = document.get("baseline")
+    compared = ""
+    if baseline is not None:
+        compared = (
+            f"<p>Compared with the baseline <code>{_e(baseline.get('path'))}</code>, "
+            f"tolerance <code>{_e(baseline.get('tolerance'))}</code>.</p>"
+        )
+        compared += "".join(
+            f'<p class="warn" role="note"><strong>Warning:</strong> {_e(line)}</p>'
+            for line in baseline.get("environment_warnings") or []
+        )
+    return (
+        f"<header><h1>taichi-limits report</h1>"
+        f'<p id="verdict" class="verdict {"bad" if failing else "good"}">{_e(verdict)}</p>'
+        f'<p class="when">Written {_e(document.get("created_at", "?"))}; pytest exit status '
+        f"{_e(document.get('exit_status', '?'))}.</p>{compared}"
+        f'<details><summary>Environment</summary><dl class="env">{rows}</dl></details>'
+        f"</header>"
+    )
+
+
+def _violations(records: list[dict[str, Any]], index: Mapping[str, int]) -> str:
+    found = sorted((r for r in records if r.get("violation")), key=lambda r: str(r["nodeid"]))
+    if not found:
+        return ""
+    parts = [f'<section id="violations"><h2>Budget violations ({len(found)})</h2>']
+    for record in found:
+        parts.append(
+            f'<article class="violation"><h3>{_e(record["nodeid"])}</h3>'
+            f'<div class="charts" data-i="{index[record["nodeid"]]}"></div>'
+            f"<pre>{_e(violation_text(record))}</pre></article>"
+        )
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _bars(before: float, after: float) -> str:
+    """Two horizontal bars, before and after, scaled to the larger."""
+    top = max(before, after, 1e-12)
+    width_before, width_after = 140 * before / top, 140 * after / top
+    return (
+        f'<svg class="bars" width="150" height="26" role="img" '
+        f'aria-label="before and after"><rect x="0" y="2" height="9" '
+        f'width="{width_before:.1f}" class="before"/><rect x="0" y="15" height="9" '
+        f'width="{width_after:.1f}" class="after"/></svg>'
+    )
+
+
+def _regressions(document: Mapping[str, Any], records: list[dict[str, Any]]) -> str:
+    if document.get("baseline") is None:
+        return ""
+    grown = reading.grown_records(records)
+    if not grown:
+        return (
+            '<section id="regressions"><h2>Regressions</h2><p>No test grew beyond the '
+            "tolerance.</p></section>"
+        )
+    rows = []
+    for record, growth in reading.exceeded_growths(grown):
+        kind = RESOURCES[growth["resource"]][1]
+        percent = growth.get("growth_percent")
+        rows.append(
+            f'<tr><td class="id">{_e(record["nodeid"])}</td>'
+            f"<td>{_e(RESOURCES[growth['resource']][2])}</td>"
+            f'<td class="n">{_e(amount(growth["before"], kind))}</td>'
+            f'<td class="n">{_e(amount(growth["after"], kind))}</td>'
+            f'<td class="n">{_e(amount(growth["growth"], kind, signed=True))}'
+            f"{'' if percent is None else f' ({percent:+.1f}%)'}</td>"
+            f"<td>{_bars(float(growth['before']), float(growth['after']))}</td>"
+            f"<td>{_e(growth['resource'])}={_e(growth['tolerance'])}"
+            f"{' (warning only)' if record['regression'].get('warn_only') else ''}</td></tr>"
+        )
+    return (
+        f'<section id="regressions"><h2>Regressions against the baseline ({len(grown)})</h2>'
+        '<div class="scroll"><table><thead><tr><th>Test</th><th>Resource</th>'
+        "<th>Before</th><th>After</th><th>Growth</th><th>Before / after</th>"
+        f"<th>Tolerance</th></tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+        "</section>"
+    )
+
+
+def _row(record: Mapping[str, Any], position: int) -> str:
+    hidden = " hidden" if position >= PAGE_ROWS else ""
+    outcome = str(record.get("outcome"))
+    use = reading.budget_use(record)
+    use_max = max(use.values()) if use else -1.0
+    memory = float(record.get("own_memory_bytes") or 0)
+    cpu, wall = float(record.get("cpu_s") or 0), float(record.get("wall_s") or 0)
+    gpu = record.get("gpu_peak_bytes")
+    flags = " ".join(
+        flag
+        for flag, on in (
+            ("violation", record.get("violation")),
+            ("regression", record.get("regression")),
+        )
+        if on
+    )
+    use_text = "—" if not use else f"{100 * use_max:.0f}%"
+    use_title = ", ".join(f"{key} {100 * value:.0f}%" for key, value in sorted(use.items()))
+    badges = "".join(f' <span class="badge {flag}">{flag}</span>' for flag in flags.split())
+    return (
+        f'<tr{hidden} data-i="{position}" data-o="{_e(outcome)}" data-f="{flags}" '
+        f'data-k="{memory:.0f} {cpu:.4f} {wall:.4f} {-1 if gpu is None else gpu} '
+        f'{use_max:.4f}">'
+        f'<td class="id">{_e(record["nodeid"])}{badges}</td>'
+        f'<td><span class="o {_e(outcome)}">{_e(outcome)}</span></td>'
+        f'<td class="n">{human_bytes(memory)}</td><td class="n">{cpu:.2f} s</td>'
+        f'<td class="n">{wall:.2f} s</td>'
+        f'<td class="n">{"—" if gpu is None else human_bytes(float(gpu))}</td>'
+        f'<td class="n" title="{_e(use_title)}">{use_text}</td>'
+        f'<td><button type="button" class="show" aria-expanded="false">chart</button></td>'
+        f"</tr>"
+    )
+
+
+def _table(records: list[dict[str, Any]]) -> str:
+    headers = [
+        ("Test", "s"),
+        ("Outcome", "s"),
+        ("Own memory", "n0"),
+        ("CPU", "n1"),
+        ("Wall", "n2"),
+        ("GPU", "n3"),
+        ("Budget use", "n4"),
+    ]
+    head = "".join(
+        f'<th aria-sort="none"><button type="button" data-sort="{key}" '
+        f'data-col="{column}">{name}</button></th>'
+        for column, (name, key) in enumerate(headers)
+    )
+    outcomes = sorted({str(record.get("outcome")) for record in records})
+    options = "".join(f'<option value="{_e(o)}">{_e(o)}</option>' for o in outcomes)
+    body = "".join(_row(record, position) for position, record in enumerate(records))
+    return (
+        f'<section id="tests"><h2>All supervised tests ({len(records)})</h2>'
+        '<div class="filters"><label>Filter <input id="filter" type="search" '
+        'placeholder="part of a test id" autocomplete="off"></label> '
+        '<label>Show <select id="show"><option value="">all outcomes</option>'
+        '<option value="violation">violations</option>'
+        f'<option value="regression">regressions</option>{options}</select></label> '
+        '<span id="count" aria-live="polite"></span> '
+        '<button type="button" id="more" hidden>show all</button></div>'
+        f'<div class="scroll"><table id="table"><thead><tr>{head}<th>Timeline</th></tr>'
+        f"</thead><tbody>{body}</tbody></table></div></section>"
+    )
+
+
+_CSS = """
+:root{--fg:#1b1b1b;--muted:#4a4a4a;--bg:#fff;--line:#d0d0d0;--bad:#b00020;--good:#1b5e20;
+--warn:#7a4b00;--mem:#0b57d0;--cpu:#8a4500;--gpu:#6a1b9a;--lim:#b00020}
+*{box-sizing:border-box}body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;
+color:var(--fg);background:var(--bg);margin:0 auto;padding:12px 16px;max-width:1400px}
+h1{font-size:1.5em;margin:.2em 0}h2{font-size:1.2em;margin:1.2em 0 .4em}
+h3{font-size:1em;margin:.3em 0;word-break:break-all}
+.verdict{font-weight:600;font-size:1.1em;padding:.4em .6em;border-left:6px solid}
+.verdict.bad{color:var(--bad);border-color:var(--bad);background:#fdecee}
+.verdict.good{color:var(--good);border-color:var(--good);background:#e8f5e9}
+.warn{color:var(--warn);background:#fff4e0;padding:.3em .6em}.when{color:var(--muted)}
+dl.env{display:grid;grid-template-columns:max-content 1fr;gap:0 1em}dd{margin:0}
+.scroll{overflow-x:auto}table{border-collapse:collapse;width:100%}
+th,td{border-bottom:1px solid var(--line);padding:4px 6px;text-align:left;vertical-align:top}
+td.n,th:nth-child(n+3){text-align:right}td.id{word-break:break-all;min-width:14em}
+th button{font:inherit;font-weight:600;background:none;border:0;padding:0;cursor:pointer;
+color:inherit}th[aria-sort=ascending] button::after{content:" ▲"}
+th[aria-sort=descending] button::after{content:" ▼"}
+.o{font-weight:600}.o.failed,.o.error{color:var(--bad)}.o.passed{color:var(--good)}
+.badge{font-size:.75em;border:1px solid;border-radius:3px;padding:0 3px;white-space:nowrap}
+.badge.violation{color:var(--bad)}.badge.regression{color:var(--warn)}
+.filters{display:flex;flex-wrap:wrap;gap:.5em 1.2em;align-items:center;margin:.4em 0}
+input,select,button.show{font:inherit;padding:2px 6px}
+pre{background:#f6f6f6;padding:8px;overflow-x:auto;font-size:13px;white-space:pre}
+article.violation{border-top:2px solid var(--bad);margin:1em 0}
+.charts{display:flex;flex-wrap:wrap;gap:12px}.chart{width:340px;max-width:100%}
+.chart svg{width:100%;height:auto;display:block}.chart p{margin:0;font-size:13px;color:var(--muted)}
+svg .mem{stroke:var(--mem)}svg .cpu{stroke:var(--cpu)}svg .gpu{stroke:var(--gpu)}
+svg .lim{stroke:var(--lim);stroke-dasharray:6 4}svg .vio{stroke:var(--bad);stroke-width:2}
+svg text{font:11px system-ui,sans-serif;fill:var(--muted)}svg text.viot{fill:var(--bad)}
+svg .axis{stroke:#888}
+svg.bars .before{fill:#8c8c8c}svg.bars .after{fill:var(--warn)}
+tr.detail td{background:#fafafa}
+@media (max-width:700px){body{padding:8px}th:nth-child(6),td:nth-child(6),th:nth-child(5),
+td:nth-child(5){display:none}td.id{min-width:10em}}
+"""
+
+_JS = r"""
+(function(){
+"use strict";
+var DATA=JSON.parse(document.getElementById("data").textContent),PAGE=__PAGE_ROWS__;
+function f(v,d){return (Math.round(v*Math.pow(10,d))/Math.pow(10,d)).toString();}
+function chart(title,unit,t,ys,cls,limit,va,vr,mine){
+  var W=340,H=130,L=44,R=8,T=18,B=22,ok=[];
+  for(var i=0;i<t.length;i++){if(ys[i]!==null&&ys[i]!==undefined){ok.push(i);}}
+  if(!ok.length){return '<div class="chart"><p>'+title+': no samples</p></div>';}
+  var tmax=Math.max(t[t.length-1],va===null?0:va,1e-3),ymax=0;
+  ok.forEach(function(i){ymax=Math.max(ymax,ys[i]);});
+  var far=limit!==null&&limit>3*ymax&&ymax>0;
+  if(limit!==null&&!far){ymax=Math.max(ymax,limit);}
+  ymax=ymax>0?ymax*1.08:1;
+  function X(v){return (L+(W-L-R)*v/tmax).toFixed(1);}
+  function Y(v){return (T+(H-T-B)*(1-v/ymax)).toFixed(1);}
+  var pts=ok.map(function(i){return X(t[i])+","+Y(ys[i]);}).join(" ");
+  if(ok.length===1){pts=X(0)+","+Y(ys[ok[0]])+" "+pts;}
+  var s='<svg viewBox="0 0 '+W+' '+H+'" role="img" aria-label="'+title+' over time">';
+  s+='<text x="'+L+'" y="12">'+title+' ('+unit+')</text>';
+  s+='<line class="axis" x1="'+L+'" y1="'+(H-B)+'" x2="'+(W-R)+'" y2="'+(H-B)+'"/>';
+  s+='<line class="axis" x1="'+L+'" y1="'+T+'" x2="'+L+'" y2="'+(H-B)+'"/>';
+  s+='<text x="2" y="'+(T+8)+'">'+f(ymax,ymax<10?2:0)+'</text><text x="2" y="'+(H-B)+'">0</text>';
+  s+='<text x="'+L+'" y="'+(H-6)+'">0 s</text>';
+  s+='<text x="'+(W-R-40)+'" y="'+(H-6)+'">'+f(tmax,2)+' s</text>';
+  if(far){s+='<text x="'+(W-R-150)+'" y="12">limit '+limit+' '+unit+', above</text>';}
+  else if(limit!==null){
+    s+='<line class="lim" x1="'+L+'" x2="'+(W-R)+'" y1="'+Y(limit)+'" y2="'+Y(limit)+'">';
+    s+='<title>limit '+limit+' '+unit+'</title></line>';
+  }
+  s+='<polyline class="'+cls+'" fill="none" stroke-width="1.8" points="'+pts+'"/>';
+  if(va!==null){
+    s+='<line class="vio" x1="'+X(va)+'" x2="'+X(va)+'" y1="'+T+'" y2="'+(H-B)+'">';
+    s+='<title>violation at '+f(va,2)+' s</title></line>';
+    s+='<text class="viot" text-anchor="end" x="'+(Math.max(+X(va)-3,L+70))+'" y="'+(H-B-4)+'">';
+    s+=(vr===mine?'violation':vr+' over')+'</text>';
+  }
+  return '<div class="chart">'+s+'</svg></div>';
+}
+function charts(d){
+  if(!d.t){
+    return '<div class="chart"><p>No timeline: the test ended before the first sample, or '+
+      'the report was written without timelines.</p></div>';
+  }
+  var va=d.va===undefined?null:d.va,s="";
+  s+=chart("own memory","MiB",d.t,d.m,"mem",d.lm,va,d.vr,"mem_mb");
+  s+=chart("CPU time","s",d.t,d.c,"cpu",d.lc,va,d.vr,"cpu_s");
+  if(d.g){s+=chart("GPU memory","GiB",d.t,d.g,"gpu",d.lg,va,d.vr,"gpu_gb");}
+  return s;
+}
+document.querySelectorAll(".charts[data-i]").forEach(function(el){
+  el.innerHTML=charts(DATA[+el.getAttribute("data-i")]);
+});
+var table=document.getElementById("table");
+if(!table){return;}
+var tbody=table.tBodies[0],rows=Array.prototype.slice.call(tbody.rows),limit=PAGE;
+rows.forEach(function(tr){
+  tr._id=tr.cells[0].firstChild.textContent.trim();tr._lid=tr._id.toLowerCase();
+});
+tbody.addEventListener("click",function(ev){
+  var b=ev.target.closest("button.show");if(!b){return;}
+  var tr=b.closest("tr"),next=tr.nextElementSibling;
+  if(next&&next.classList.contains("detail")){
+    next.remove();b.setAttribute("aria-expanded","false");return;
+  }
+  var d=document.createElement("tr");d.className="detail";
+  d.innerHTML='<td colspan="8"><div class="charts">'+charts(DATA[+tr.getAttribute("data-i")])+
+    '</div></td>';
+  tr.after(d);b.setAttribute("aria-expanded","true");
+});
+function key(tr,k){
+  if(k==="s0"){return tr._id;}
+  if(k==="s1"){return tr.getAttribute("data-o");}
+  return parseFloat(tr.getAttribute("data-k").split(" ")[+k.slice(1)]);
+}
+table.tHead.addEventListener("click",function(ev){
+  var b=ev.target.closest("button[data-sort]");if(!b){return;}
+  var th=b.parentNode,dir=th.getAttribute("aria-sort")==="ascending"?-1:1;
+  var k=b.getAttribute("data-sort");
+  if(k==="s"){k="s"+b.getAttribute("data-col");}
+  table.querySelectorAll("th").forEach(function(h){
+    if(h.hasAttribute("aria-sort")){h.setAttribute("aria-sort","none");}
+  });
+  th.setAttribute("aria-sort",dir===1?"ascending":"descending");
+  tbody.querySelectorAll("tr.detail").forEach(function(d){d.remove();});
+  tbody.querySelectorAll("button.show").forEach(function(x){
+    x.setAttribute("aria-expanded","false");
+  });
+  var keyed=rows.map(function(tr){return [key(tr,k),tr];});
+  keyed.sort(function(a,b){return a[0]<b[0]?-dir:a[0]>b[0]?dir:0;});
+  rows=keyed.map(function(p){return p[1];});
+  var frag=document.createDocumentFragment();rows.forEach(function(tr){frag.appendChild(tr);});
+  tbody.appendChild(frag);filter();
+});
+var input=document.getElementById("filter"),show=document.getElementById("show");
+var count=document.getElementById("count"),more=document.getElementById("more");
+/* Only the first PAGE matching rows are laid out: a table of thousands of shown rows makes every
+   click slow. "show all" lifts that. */
+function filter(){
+  var q=input.value.toLowerCase(),o=show.value,n=0;
+  tbody.querySelectorAll("tr.detail").forEach(function(d){d.remove();});
+  rows.forEach(function(tr){
+    var ok=(!q||tr._lid.indexOf(q)>=0)&&
+      (!o||tr.getAttribute("data-o")===o||
+       (" "+tr.getAttribute("data-f")+" ").indexOf(" "+o+" ")>=0);
+    if(ok){n++;}
+    tr.hidden=!ok||n>limit;
+  });
+  count.textContent=n+" of "+rows.length+" match"+(n>limit?"; the first "+limit+" shown":"");
+  more.hidden=n<=limit;
+}
+more.addEventListener("click",function(){limit=Infinity;filter();});
+input.addEventListener("input",filter);show.addEventListener("change",filter);filter();
+})();
+"""
+
+
+def render(document: Mapping[str, Any]) -> str:
+    """The whole page."""
+    records = sorted(reading.records(document), key=lambda record: str(record["nodeid"]))
+    index = {str(record["nodeid"]): position for position, record in enumerate(records)}
+    data = [chart_data(record) for record in records]
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>taichi-limits report</title><style>{_CSS}</style></head><body>"
+        f"{_header(document)}<main>{_violations(records, index)}"
+        f"{_regressions(document, records)}{_table(records)}</main>"
+        f'<script type="application/json" id="data">{_script_json(data)}</script>'
+        f"<script>{_JS.replace('__PAGE_ROWS__', str(PAGE_ROWS))}</script>"
+        "<noscript><style>#table tr[hidden]{display:table-row}</style></noscript>"
+        "</body></html>\n"
+    )

@@ -1,0 +1,271 @@
+"""The Markdown summary of a session (GitHub job summary, pull request comment), from the JSON
+report document.
+
+What it holds, in this order: a verdict line; the budget violations; the regressions against
+the baseline; the top consumers; the tests new and missing against the baseline. Rows are in a
+stable order (test id, then resource), test ids are escaped for Markdown and long ones
+shortened, and the whole text stays under GitHub's job-summary limit (1 MiB), with a note when
+rows had to be left out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from ..config.units import human_bytes
+from ..formats import reading
+from ..formats.baseline import RESOURCES, amount
+from ..model.records import UNITS
+
+#: GitHub refuses a job summary above 1 MiB; what is written stays below with room for a note.
+LIMIT_BYTES = 1024 * 1024
+#: Test ids longer than this are shortened in the middle: the file's start and the test's name
+#: (with its parameters) at the end are what a reader recognises.
+MAX_ID_CHARS = 120
+#: How many new or missing tests are named before the rest are only counted.
+LISTED_TESTS = 50
+
+_MD_SPECIAL = "\\`*_[]<>|~#"
+
+
+def escape(text: str) -> str:
+    """Text that Markdown (and a GitHub table cell) shows as it is."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\\n")
+    return "".join("\\" + char if char in _MD_SPECIAL else char for char in text)
+
+
+def shorten(nodeid: str, limit: int = MAX_ID_CHARS) -> str:
+    """At most `limit` characters: the start of the path, then from the file name on; when even
+    that is too long, the file name and the test name's start and end (its parameters)."""
+    if len(nodeid) <= limit:
+        return nodeid
+    path_end = nodeid.find("::")
+    file_start = nodeid.rfind("/", 0, path_end if path_end >= 0 else len(nodeid))
+    tail = nodeid[file_start:] if file_start > 0 else nodeid
+    if len(tail) <= limit - 12:
+        return nodeid[: limit - len(tail) - 1] + "…" + tail
+    start = (limit - 2) // 2
+    return "…" + tail[:start] + "…" + tail[-(limit - 2 - start) :]
+
+
+def test_id(nodeid: str) -> str:
+    return escape(shorten(nodeid))
+
+
+def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]], right: set[int]) -> list[str]:
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---:" if index in right else "---" for index in range(len(header))) + "|",
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def _measure(resource: str, value: float) -> str:
+    if resource == "mem_mb":
+        return human_bytes(value * 1024 * 1024)
+    if resource == "gpu_gb":
+        return human_bytes(value * 1024**3)
+    return f"{value:.2f} s"
+
+
+def verdict(document: Mapping[str, Any], marks: bool = True) -> str:
+    """'### taichi-limits: ❌ FAILED — 2 budget violations, ...' (`marks`: with the emoji)."""
+    counts = reading.verdict_counts(document)
+    violations, regressions = counts.pop("violations"), counts.pop("regressions")
+    total = sum(counts.values())
+    failing = reading.failing(document)
+    mark = "FAILED" if failing else "PASSED"
+    if marks:
+        mark = ("❌ " if failing else "✅ ") + mark
+    outcomes = ", ".join(
+        f"{counts[name]} {name}"
+        for name in ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
+        if counts.get(name)
+    )
+    parts = [f"{violations} budget violation{'s' if violations != 1 else ''}"]
+    if document.get("baseline") is not None:
+        parts.append(f"{regressions} regression{'s' if regressions != 1 else ''}")
+    parts.append(
+        f"{total} supervised test{'s' if total != 1 else ''}"
+        + (f" ({outcomes})" if outcomes else "")
+    )
+    incomplete = "" if document.get("complete", True) else " — session interrupted, incomplete"
+    return f"### taichi-limits: {mark} — {', '.join(parts)}{incomplete}"
+
+
+def violations_section(document: Mapping[str, Any]) -> list[str]:
+    found = sorted(
+        (record for record in reading.records(document) if record.get("violation")),
+        key=lambda record: str(record["nodeid"]),
+    )
+    if not found:
+        return []
+    rows = []
+    for record in found:
+        violation = record["violation"]
+        resource = str(violation.get("resource"))
+        limit, measured = float(violation.get("limit", 0)), float(violation.get("measured", 0))
+        over = (
+            "—"
+            if measured <= limit
+            else (
+                f"{_measure(resource, measured - limit)} (+{100 * (measured - limit) / limit:.1f}%)"
+                if limit
+                else _measure(resource, measured - limit)
+            )
+        )
+        rows.append(
+            (
+                test_id(record["nodeid"]),
+                escape(resource),
+                f"{limit:g} {UNITS.get(resource, '')}".strip(),
+                _measure(resource, measured) if measured > limit else "over the limit",
+                over,
+            )
+        )
+    return [
+        "",
+        f"#### Budget violations ({len(found)})",
+        "",
+        *_table(("Test", "Resource", "Limit", "Used", "Over by"), rows, {2, 3, 4}),
+    ]
+
+
+def regressions_section(document: Mapping[str, Any]) -> list[str]:
+    section = document.get("baseline")
+    if section is None:
+        return []
+    grown = reading.grown_records(reading.records(document))
+    lines = [""]
+    for warning in section.get("environment_warnings") or []:
+        lines.append(f"> **Warning:** {escape(str(warning))}")
+        lines.append("")
+    if not grown:
+        lines.append(
+            f"No test grew beyond the tolerance ({escape(str(section.get('tolerance')))})"
+            f" against the baseline `{str(section.get('path')).replace('`', '')}`."
+        )
+        return lines
+    rows = []
+    for record, growth in reading.exceeded_growths(grown):
+        kind = RESOURCES[growth["resource"]][1]
+        percent = growth.get("growth_percent")
+        rows.append(
+            (
+                test_id(record["nodeid"]),
+                RESOURCES[growth["resource"]][2],
+                amount(growth["before"], kind),
+                amount(growth["after"], kind),
+                amount(growth["growth"], kind, signed=True)
+                + ("" if percent is None else f" ({percent:+.1f}%)"),
+                escape(f"{growth['resource']}={growth['tolerance']}")
+                + (" (warning only)" if record["regression"].get("warn_only") else ""),
+            )
+        )
+    lines += [
+        f"#### Regressions against the baseline ({len(grown)})",
+        "",
+        *_table(("Test", "Resource", "Before", "After", "Growth", "Tolerance"), rows, {2, 3, 4}),
+    ]
+    return lines
+
+
+def _top(
+    records: list[dict[str, Any]],
+    title: str,
+    figure: Callable[[dict[str, Any]], float],
+    cell: Callable[[dict[str, Any]], str],
+    top: int,
+) -> list[str]:
+    ranked = sorted(records, key=lambda record: (-figure(record), str(record["nodeid"])))[:top]
+    rows = [(test_id(record["nodeid"]), cell(record)) for record in ranked]
+    return ["", f"**{title}**", "", *_table(("Test", title.split(" by ")[-1]), rows, {1})]
+
+
+def top_section(document: Mapping[str, Any], top: int) -> list[str]:
+    measured = [record for record in reading.records(document) if reading.measured(record)]
+    if top <= 0 or not measured:
+        return []
+    shown = min(top, len(measured))
+    lines = ["", "#### Top consumers"]
+    lines += _top(
+        measured,
+        f"Top {shown} by own memory",
+        lambda r: float(r.get("own_memory_bytes") or 0),
+        lambda r: human_bytes(float(r.get("own_memory_bytes") or 0)),
+        top,
+    )
+    lines += _top(
+        measured,
+        f"Top {shown} by CPU time",
+        lambda r: float(r.get("cpu_s") or 0),
+        lambda r: f"{float(r.get('cpu_s') or 0):.2f} s",
+        top,
+    )
+    on_gpu = [record for record in measured if record.get("gpu_peak_bytes") is not None]
+    if on_gpu:
+        lines += _top(
+            on_gpu,
+            f"Top {min(top, len(on_gpu))} by GPU memory",
+            lambda r: float(r["gpu_peak_bytes"]),
+            lambda r: human_bytes(float(r["gpu_peak_bytes"])),
+            top,
+        )
+    return lines
+
+
+def _listed(title: str, nodeids: list[str]) -> list[str]:
+    if not nodeids:
+        return []
+    lines = ["", f"<details><summary>{title} ({len(nodeids)})</summary>", ""]
+    lines += [f"- {test_id(nodeid)}" for nodeid in sorted(nodeids)[:LISTED_TESTS]]
+    if len(nodeids) > LISTED_TESTS:
+        lines.append(f"- … and {len(nodeids) - LISTED_TESTS} more")
+    lines += ["", "</details>"]
+    return lines
+
+
+def tests_section(document: Mapping[str, Any]) -> list[str]:
+    section = document.get("baseline")
+    if section is None:
+        return []
+    return _listed(
+        "New since the baseline, not compared", list(section.get("new_tests") or [])
+    ) + _listed(
+        "In the baseline but not measured in this run", list(section.get("missing_tests") or [])
+    )
+
+
+def summary(document: Mapping[str, Any], top: int = 5, limit_bytes: int = LIMIT_BYTES) -> str:
+    """The whole summary, at most `limit_bytes` of UTF-8."""
+    lines = [verdict(document)]
+    lines += violations_section(document)
+    lines += regressions_section(document)
+    lines += top_section(document, top)
+    lines += tests_section(document)
+    return _fit(lines, limit_bytes) + "\n"
+
+
+def _fit(lines: list[str], limit_bytes: int) -> str:
+    """Whole lines up to the limit; a note says how many were left out and where all is."""
+    note_room = 400
+    kept: list[str] = []
+    size = 0
+    for index, line in enumerate(lines):
+        line_size = len(line.encode("utf-8")) + 1
+        if size + line_size > limit_bytes - note_room:
+            left = len(lines) - index
+            kept += [
+                "",
+                (
+                    f"> **Note:** truncated to stay under {limit_bytes // 1024} KiB "
+                    f"(GitHub's job summary limit): {left} more lines left out. The JSON and "
+                    "HTML reports hold everything."
+                ),
+            ]
+            break
+        kept.append(line)
+        size += line_size
+    return "\n".join(kept)

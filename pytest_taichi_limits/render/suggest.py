@@ -1,0 +1,110 @@
+"""`--taichi-limits-suggest`: the marker each test should carry, from what it used.
+
+Headroom and rounding (each figure is what the supervisor measured for the test):
+
+| key    | suggested value                                   | rounded up to      |
+|--------|---------------------------------------------------|--------------------|
+| mem_mb | 1.5 x own memory + 64 MiB                         | a multiple of 32   |
+| cpu_s  | 2 x CPU seconds + 2 s                             | a whole second     |
+| wall_s | 3 x wall seconds + 10 s                           | a multiple of 5    |
+| gpu_gb | 1.25 x GPU peak + 0.25 GiB (only where measured)  | a multiple of 0.25 |
+
+The fixed part keeps a test that uses almost nothing from failing on noise; the factor leaves room
+for slower or busier machines (CPU and wall time vary far more between machines than memory).
+The ini snippet takes the largest suggestion of every key, so every measured test fits under it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ..config.budget import BUDGET_KEYS, MARKER_NAME, check_value
+from ..config.units import GIB, MIB
+from ..model.records import UsageRecord
+
+#: key: (factor, fixed addition in the key's unit, rounding step in the key's unit)
+HEADROOM: dict[str, tuple[float, float, float]] = {
+    "mem_mb": (1.5, 64.0, 32.0),
+    "cpu_s": (2.0, 2.0, 1.0),
+    "wall_s": (3.0, 10.0, 5.0),
+    "gpu_gb": (1.25, 0.25, 0.25),
+}
+
+
+def _round_up(value: float, step: float) -> float:
+    rounded = math.ceil(value / step - 1e-9) * step
+    return float(f"{rounded:.6g}")
+
+
+def _suggest(key: str, measured: float) -> float:
+    factor, fixed, step = HEADROOM[key]
+    value = _round_up(measured * factor + fixed, step)
+    return check_value(key, value)  # the suggestion itself must be a valid marker value
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    nodeid: str
+    values: dict[str, float]  # budget key -> suggested limit
+    measured: str  # what it was derived from, for a person
+    lower_bound: bool  # the test failed: its peaks were cut short
+
+    def marker(self) -> str:
+        arguments = ", ".join(f"{key}={_number(value)}" for key, value in self.values.items())
+        return f"@pytest.mark.{MARKER_NAME}({arguments})"
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if value == int(value) else f"{value:g}"
+
+
+def suggestion_for(record: UsageRecord) -> Suggestion:
+    values = {
+        "mem_mb": _suggest("mem_mb", record.own_memory_bytes / MIB),
+        "cpu_s": _suggest("cpu_s", record.cpu_s),
+        "wall_s": _suggest("wall_s", record.wall_s),
+    }
+    gpu_text = "GPU not measured"
+    if record.gpu_peak_bytes is not None:
+        values["gpu_gb"] = _suggest("gpu_gb", record.gpu_peak_bytes / GIB)
+        gpu_text = f"GPU {record.gpu_peak_bytes / MIB:.1f} MiB"
+    measured = (
+        f"measured own memory {record.own_memory_bytes / MIB:.1f} MiB, CPU "
+        f"{record.cpu_s:.2f} s, wall {record.wall_s:.2f} s, {gpu_text}"
+    )
+    return Suggestion(
+        record.nodeid, values, measured, lower_bound=record.outcome in ("failed", "error")
+    )
+
+
+def suggestions(records: Iterable[UsageRecord]) -> list[Suggestion]:
+    """One per test that ran its body (a test skipped in setup measured nothing)."""
+    return [suggestion_for(record) for record in records if record.measured]
+
+
+def lines(found: list[Suggestion]) -> list[str]:
+    """Marker lines (valid Python: the marker, then a comment naming the test), an ini snippet."""
+    if not found:
+        return []
+    out = [
+        (
+            "suggested budgets (headroom: mem 1.5x+64 MiB, cpu 2x+2 s, wall 3x+10 s, gpu "
+            "1.25x+0.25 GiB; rounded up):"
+        )
+    ]
+    for suggestion in found:
+        note = "; FAILED: peaks are lower bounds" if suggestion.lower_bound else ""
+        out.append(f"{suggestion.marker()}  # {suggestion.nodeid} ({suggestion.measured}{note})")
+    fitting = [suggestion for suggestion in found if not suggestion.lower_bound] or found
+    out.append(
+        "suite-wide defaults every measured test fits under (pytest.ini; in "
+        "pyproject.toml under [tool.pytest.ini_options] as strings):"
+    )
+    out.append("[pytest]")
+    for key in BUDGET_KEYS:
+        values = [s.values[key] for s in fitting if key in s.values]
+        if values:
+            out.append(f"taichi_limits_{key} = {_number(max(values))}")
+    return out

@@ -1,0 +1,127 @@
+"""The terminal summary after the tests: top consumers, violations, regressions. Plain lines."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..config.units import human_bytes
+from ..formats.baseline import RESOURCES, Growth, growth_text
+from ..model.records import UsageRecord
+from . import text
+
+#: How many missing tests are named before the rest are only counted (all of them with -v).
+MISSING_SHOWN = 20
+
+
+def _table(
+    records: list[UsageRecord],
+    figure: Callable[[UsageRecord], float],
+    columns: Callable[[UsageRecord], tuple[str, ...]],
+    top: int,
+) -> list[str]:
+    """The `top` largest by `figure`; each column right-aligned, then the test id."""
+    ranked = sorted(records, key=lambda record: (-figure(record), record.nodeid))[:top]
+    rows = [columns(record) for record in ranked]
+    widths = (
+        [max(len(row[column]) for row in rows) for column in range(len(rows[0]))] if rows else []
+    )
+    return [
+        "  "
+        + " ".join(f"{cell:>{width}}" for cell, width in zip(row, widths, strict=True))
+        + f"  {record.nodeid}"
+        for row, record in zip(rows, ranked, strict=True)
+    ]
+
+
+def top_consumers(records: list[UsageRecord], top: int) -> list[str]:
+    """The N largest users of own memory, CPU and GPU memory, each figure right-aligned."""
+    measured = [record for record in records if record.measured]
+    if top <= 0 or not measured:
+        return []
+    shown = min(top, len(measured))
+    lines = [
+        (
+            f"top {shown} by own memory (peak: the measured figure, or the kernel's exact "
+            "peak where larger; absolute peak RSS in brackets):"
+        )
+    ]
+    lines += _table(
+        measured,
+        lambda r: r.own_memory_bytes,
+        lambda r: (
+            human_bytes(r.own_memory_bytes),
+            f"({human_bytes(r.peak_rss_bytes)})",
+        ),
+        top,
+    )
+    lines.append(f"top {shown} by CPU time (wall time in brackets):")
+    lines += _table(
+        measured, lambda r: r.cpu_s, lambda r: (f"{r.cpu_s:.2f} s", f"({r.wall_s:.2f} s)"), top
+    )
+    on_gpu = [record for record in measured if record.gpu_peak_bytes is not None]
+    if on_gpu:
+        lines.append(f"top {min(top, len(on_gpu))} by GPU memory:")
+        lines += _table(
+            on_gpu,
+            lambda r: float(r.gpu_peak_bytes or 0),
+            lambda r: (human_bytes(r.gpu_peak_bytes or 0),),
+            top,
+        )
+    else:
+        notes = sorted({record.gpu_note for record in measured if record.gpu_note})
+        lines.append(f"GPU memory: {'; '.join(notes) or 'not measured'}")
+    return lines
+
+
+def violations(records: list[UsageRecord]) -> list[str]:
+    """One line per violation: outcome, test, and the report's own headline, whole (pytest's
+    short summary trims it to the terminal's width, and drops it for a long test id)."""
+    found = [(record, record.violation) for record in records if record.violation is not None]
+    if not found:
+        return []
+    lines = [f"budget violations ({len(found)}):"]
+    width = max(len(record.outcome.upper()) for record, _ in found)
+    for record, violation in found:
+        headline = text.violation_headline(violation)
+        lines.append(
+            f"  {record.outcome.upper():{width}} {record.nodeid} - "
+            f"{headline.removeprefix('taichi_limits: ')}"
+        )
+    return lines
+
+
+def regressions(records: list[UsageRecord], baseline_path: str) -> list[str]:
+    """Every test that grew beyond tolerance, one line per grown resource."""
+    grown = [record for record in records if record.regression]
+    if not grown:
+        return []
+    # -W error turns a warning back into a failure: what happened is on each regression.
+    warn_only = all((record.regression or {}).get("warn_only") for record in grown)
+    verdict = "warnings only (--taichi-limits-compare-warn)" if warn_only else "these tests fail"
+    lines = [f"regressions against {baseline_path} ({len(grown)}; {verdict}):"]
+    for record in grown:
+        for data in (record.regression or {}).get("growths", []):
+            growth = Growth.from_json(data)
+            if growth.exceeded:
+                lines.append(
+                    f"  {record.nodeid}  {RESOURCES[growth.resource][2]} {growth_text(growth)}"
+                )
+    return lines
+
+
+def test_lists(new_tests: list[str], missing_tests: list[str], verbose: bool) -> list[str]:
+    """Tests measured now but not in the baseline, and the reverse: listed, never failed."""
+    lines: list[str] = []
+    if new_tests:
+        lines.append(
+            f"new since the baseline, not compared ({len(new_tests)}; "
+            "--taichi-limits-save-baseline adds them):"
+        )
+        lines += [f"  {nodeid}" for nodeid in new_tests]
+    if missing_tests:
+        shown = missing_tests if verbose else missing_tests[:MISSING_SHOWN]
+        lines.append(f"in the baseline but not measured in this run ({len(missing_tests)}):")
+        lines += [f"  {nodeid}" for nodeid in shown]
+        if len(shown) < len(missing_tests):
+            lines.append(f"  ... and {len(missing_tests) - len(shown)} more (-v lists them all)")
+    return lines

@@ -1,0 +1,221 @@
+"""Everything a person reads: violation and crash reports, usage lines, user properties."""
+
+from __future__ import annotations
+
+import datetime
+import re
+from typing import Any
+
+from ..config.budget import BUDGET_KEYS, Budget
+from ..config.units import GIB, MIB, human_bytes
+from ..model.records import Crash, Usage, Violation
+
+#: Taichi archs that run on the host: device_memory_GB (the GPU pool the gpu_gb cap sets) is
+#: never used there.
+CPU_ARCHS = frozenset({"x64", "arm64", "cpu"})
+
+_CLAMPED = re.compile(r" clamped to device_memory_GB=[0-9.e+-]+ by gpu_gb=[0-9.e+-]+")
+
+
+def budget_text(budget: Budget) -> str:
+    parts = []
+    for key, value in budget.as_dict().items():
+        parts.append(f"{key}={'off' if value is None else f'{value:g}'}")
+    return " ".join(parts)
+
+
+def gpu_text(usage: Usage) -> str:
+    if usage.gpu_peak_bytes is None:
+        return f"GPU {usage.gpu_note}"
+    return f"GPU {human_bytes(usage.gpu_peak_bytes)}"
+
+
+def gpu_cap_lines(usage: Usage) -> list[str]:
+    """What the gpu_gb cap took away from the test's ti.init calls, one line each, and what
+    the test left in /dev/shm."""
+    lines = [f"GPU cap: {clamp_note(note, usage.arch)}" for note in usage.gpu_clamps]
+    if usage.shm_files_left:
+        lines.append(
+            f"left in /dev/shm (memory the machine still holds; "
+            f"--taichi-limits-clean-shm removes it): {', '.join(usage.shm_files_left)}"
+        )
+    return lines
+
+
+def clamp_note(note: str, arch: str) -> str:
+    """A clamp note as the user should read it on `arch`: on a CPU arch the cap was passed to
+    ti.init but takes nothing away, since Taichi's CPU backend never uses that pool."""
+    if arch not in CPU_ARCHS:
+        return note
+    return _CLAMPED.sub(
+        f": the gpu_gb cap does not apply on arch {arch} (device_memory_GB is "
+        "a GPU pool; the CPU backend's memory counts against mem_mb)",
+        note,
+    )
+
+
+def usage_line(usage: Usage) -> str:
+    kernel = f"kernel peak +{human_bytes(usage.kernel_own_rss_bytes)}"
+    if usage.peak_rss_bytes:
+        sampled = (
+            f"own memory +{human_bytes(usage.peak_own_memory_bytes)} "
+            f"({usage.memory_method}; {kernel}) | "
+            f"RSS {human_bytes(usage.peak_rss_bytes)} "
+            f"(started at {human_bytes(usage.start_rss_bytes)}) | "
+            f"VMS {human_bytes(usage.peak_vms_bytes)}"
+        )
+    else:  # the test ended before the first sample: only the kernel's figure exists
+        sampled = (
+            f"own memory not sampled ({kernel}, started at {human_bytes(usage.start_rss_bytes)})"
+        )
+    return f"{sampled} | CPU {usage.cpu_s:.2f} s | wall {usage.wall_s:.2f} s | {gpu_text(usage)}"
+
+
+def _measure(resource_key: str, value: float) -> str:
+    if resource_key == "mem_mb":
+        return human_bytes(value * MIB)
+    if resource_key == "gpu_gb":
+        return human_bytes(value * GIB)
+    return f"{value:.2f} s"
+
+
+def _limit(resource_key: str, value: float) -> str:
+    return f"{resource_key}={value:g}"
+
+
+def _timestamp(unix_time: float) -> str:
+    moment = datetime.datetime.fromtimestamp(unix_time, tz=datetime.timezone.utc)
+    return moment.isoformat(timespec="milliseconds")
+
+
+def violation_headline(violation: Violation) -> str:
+    if violation.measured <= violation.limit:
+        # Caught by Taichi itself (its pool ran out at the cap): there is no figure above it.
+        return (
+            f"taichi_limits: {violation.resource} exceeded: the test needed more than the "
+            f"limit {_limit(violation.resource, violation.limit)}"
+        )
+    percent = 100.0 * violation.over_by / violation.limit if violation.limit else 0.0
+    return (
+        f"taichi_limits: {violation.resource} exceeded: "
+        f"{_measure(violation.resource, violation.measured)}"
+        f" when caught, limit {_limit(violation.resource, violation.limit)}"
+        f" (over by {_measure(violation.resource, violation.over_by)}, +{percent:.1f}%)"
+    )
+
+
+def violation_report(violation: Violation, usage: Usage) -> str:
+    signals = ", ".join(violation.signals_sent) or "none"
+    ending = usage.ending.describe if usage.ending else "unknown"
+    lines = [
+        violation_headline(violation),
+        f"  caught by   {violation.detected_by}, during {violation.phase}",
+    ]
+    if violation.detail:
+        lines.append(f"  detail      {violation.detail}")
+    lines += [
+        f"  peak usage  {usage_line(usage)}",
+        *[f"  gpu cap     {line[len('GPU cap: ') :]}" for line in gpu_cap_lines(usage)],
+        f"  budget      {budget_text(usage.budget)}",
+        f"  stopped     signals sent: {signals}; the test process {ending}",
+        (
+            f"  process     pid {violation.pid}, caught at {_timestamp(violation.at)}, "
+            f"ran {usage.wall_s:.2f} s ({usage.mode} mode)"
+        ),
+    ]
+    lines += _stack_lines("stack at the moment of violation (all threads)", violation.stack)
+    return "\n".join(lines)
+
+
+def crash_report(crash: Crash, usage: Usage) -> str:
+    lines = [
+        f"taichi_limits: {crash.reason}",
+        f"  during      {crash.phase}",
+        *([f"  hint        {crash.hint}"] if crash.hint else []),
+        f"  last usage  {usage_line(usage)}",
+        f"  budget      {budget_text(usage.budget)}",
+        (
+            f"  process     pid {usage.pid}, started at {_timestamp(usage.started_at)} "
+            f"({usage.mode} mode)"
+        ),
+    ]
+    lines += _stack_lines("stack written by faulthandler", crash.stack)
+    return "\n".join(lines)
+
+
+def trim_stack(stack: str) -> str:
+    """Drop the frames below the test: pytest's, pluggy's and this plugin's own machinery."""
+    kept: list[str] = []
+    for header, frames in _thread_blocks(stack.splitlines()):
+        # The plugin's ti.init wrappers (the cap, the spawn-mode recorder) and its fixture run
+        # between the test and Taichi: the frames above and below them belong to the test.
+        frames = [frame for frame in frames if not _init_wrapper_frame(frame)]
+        plugin_frame = next(
+            (
+                index
+                for index, frame in enumerate(frames)
+                if "pytest_taichi_limits" in frame and "pytest_taichi_limits/fixtures" not in frame
+            ),
+            len(frames),
+        )
+        frames = frames[:plugin_frame]  # below it is how the plugin called the test
+        while frames and any(part in frames[-1] for part in _PLUMBING):
+            frames.pop()
+        kept += [header, *frames]
+    return "\n".join(kept)
+
+
+def _init_wrapper_frame(frame: str) -> bool:
+    return "pytest_taichi_limits/" in frame and (
+        "pytest_taichi_limits/taichi_support" in frame
+        or "pytest_taichi_limits/taichi_hooks" in frame
+        or frame.rstrip().endswith(" in init")
+    )
+
+
+def _thread_blocks(lines: list[str]) -> list[tuple[str, list[str]]]:
+    """faulthandler output as (header line, frame lines) per thread."""
+    blocks: list[tuple[str, list[str]]] = []
+    for line in lines:
+        if line.startswith(" ") and blocks:
+            blocks[-1][1].append(line)
+        else:
+            blocks.append((line, []))
+    return blocks
+
+
+_PLUMBING = ("/_pytest/", "/pluggy/", "/pytest/__main__.py", "<frozen runpy>")
+
+
+def _stack_lines(title: str, stack: str) -> list[str]:
+    trimmed = trim_stack(stack).rstrip()
+    if not trimmed.strip():
+        return [f"  {title}: not available"]
+    return [f"  {title}:"] + [f"    {line}" for line in trimmed.splitlines()]
+
+
+def user_properties(usage: Usage, violation: Violation | None) -> list[tuple[str, Any]]:
+    """Usage as (name, value) pairs: they land in junitxml as <property> elements."""
+    properties: list[tuple[str, Any]] = [
+        ("taichi_limits_own_memory_bytes", usage.own_memory_bytes),
+        ("taichi_limits_memory_method", usage.memory_method),
+        ("taichi_limits_own_rss_bytes", usage.peak_own_rss_bytes),
+        ("taichi_limits_rss_bytes", usage.peak_rss_bytes),
+        ("taichi_limits_kernel_maxrss_bytes", usage.kernel_maxrss_bytes),
+        ("taichi_limits_vms_bytes", usage.peak_vms_bytes),
+        ("taichi_limits_cpu_s", round(usage.cpu_s, 4)),
+        ("taichi_limits_wall_s", round(usage.wall_s, 4)),
+        (
+            "taichi_limits_gpu_bytes",
+            usage.gpu_peak_bytes if usage.gpu_peak_bytes is not None else usage.gpu_note,
+        ),
+    ]
+    for key in BUDGET_KEYS:
+        value = getattr(usage.budget, key)
+        properties.append((f"taichi_limits_budget_{key}", "off" if value is None else value))
+    clamps = gpu_cap_lines(usage)
+    if clamps:
+        properties.append(("taichi_limits_gpu_clamp", "; ".join(clamps)))
+    if violation is not None:
+        properties.append(("taichi_limits_violation", violation.resource))
+    return properties

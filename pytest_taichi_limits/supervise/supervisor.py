@@ -1,0 +1,722 @@
+"""Watch a started child's process tree, test by test, against each test's budget.
+
+The parent measures; it neither renders nor launches. A `Worker` wraps one started child (forked,
+or forked by the spawn-mode zygote): per test it sends the run command, samples the tree, and
+hands back a `RunResult` (the messages, the usage figures, a Violation or Crash from
+supervise/verdict.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import select
+import signal
+import socket
+import threading
+import time
+import types
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..config.budget import Budget
+from ..config.units import MIB
+from ..ipc.channel import ChannelReader
+from ..ipc.protocol import STACK_SIGNAL, STOP_COMMAND, Kind, RunCommand
+from ..measure import cgroup, gpu, memory
+from ..measure.proctree import (
+    ProcessTree,
+    TreeSample,
+    send_signal,
+)
+from ..model.records import Crash, Ending, RunResult, Usage, Violation
+from ..model.timeline import Timeline
+from ..platform import linux
+from . import verdict
+from .verdict import ExitInfo, read_stack
+
+if TYPE_CHECKING:
+    from ..config.settings import Settings
+
+__all__ = [
+    "ExitInfo",
+    "Launched",
+    "RunResult",
+    "TerminateInOrder",
+    "Worker",
+    "WorkerGone",
+    "control_pair",
+    "pidfd_open",
+    "stack_file",
+]
+
+#: How long the parent waits for faulthandler to write the child's stacks.
+_STACK_WAIT_S = 0.25
+_STACK_POLL_S = 0.001
+#: Longest sleep between two samples. Each wake-up costs the parent about 0.2 ms of CPU on a
+#: VM, so far from every limit it samples at this pace and only near one at `interval_s`.
+_MAX_SLEEP_S = 0.1
+#: Growth assumed when judging how far a limit is: faster than a test can page in memory
+#: (about 1-4 GB/s per core), so the supervisor is never late.
+_WORST_RSS_GROWTH_BYTES_PER_S = 8 * 1024**3
+_CPU_COUNT = os.cpu_count() or 1
+
+
+class Launched(Protocol):
+    """A started child: the pid to watch, where it writes and reads, how to learn it ended."""
+
+    pid: int
+    #: the plugin's subreaper above the test (the keeper; the zygote in spawn mode): every
+    #: process below it is the test's, its orphans included, none above it
+    keeper_pid: int
+    #: the process the test was forked from (it shares copy-on-write pages with the test)
+    origin_pid: int
+    channel_fd: int
+    stack_fd: int
+    control_fd: int
+
+    def wait_fd(self) -> int | None:
+        """An fd that becomes readable when the child ends (or None: poll)."""
+
+    def poll_exit(self, block: bool) -> ExitInfo | None: ...
+
+    def crash_cause(self) -> str | None:
+        """Why the child died when its own end says nothing true (its zygote was killed)."""
+
+    def close(self) -> None: ...
+
+
+class _Terminated(BaseException):
+    """SIGTERM reached the pytest process (a CI time-out, `kill`) while a test ran."""
+
+
+class TerminateInOrder:
+    """While a supervised test runs, SIGTERM to pytest ends the test's whole tree first.
+
+    With the default action pytest would die at once, and whatever the test had `setsid`'d or
+    double-forked, re-parented to init, would run on. Here SIGTERM raises inside the watch loop,
+    whose handler stops the tree; then the orphans are reaped and pytest dies of SIGTERM as it
+    would have. Installed only over the default action, and only in the main thread.
+    """
+
+    def __init__(self) -> None:
+        self.owner_pid = os.getpid()
+        self.installed = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if os.getpid() != self.owner_pid:  # a forked child, before it reset the handler
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise _Terminated()
+
+    def __enter__(self) -> TerminateInOrder:
+        if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+        ):
+            signal.signal(signal.SIGTERM, self)
+            self.installed = True
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: types.TracebackType | None,
+    ) -> None:
+        if not self.installed:
+            return
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if isinstance(error, _Terminated):
+            os.kill(os.getpid(), signal.SIGTERM)  # the tree is gone: now die of it
+            os._exit(128 + signal.SIGTERM)  # seatbelt; the signal ends the process first
+
+
+class WorkerGone(RuntimeError):
+    """The child ended (or never became ready) before it could run the next test."""
+
+
+@dataclass
+class _TestStart:
+    nodeid: str
+    budget: Budget
+    started_at: float  # Unix time
+    monotonic: float
+    rss_bytes: int  # RSS of the child when the test started (measured here, not told)
+    cpu_s: float  # CPU time of the tree when the test started
+    gpu_bytes: int  # GPU memory of the tree when the test started
+    first_message: int  # index of the first message that belongs to this test
+    tests_before: int  # tests this child ran before this one
+    mem: memory.MemoryWatch  # the test's own memory (measure/memory.py)
+    shm_before: frozenset[tuple[str, int]]  # what /dev/shm held when the test started
+
+
+class Worker:
+    """One started child that runs tests on command, each watched against its own budget.
+
+    `run_test` returns when the test's `done` message arrives (the child then waits for the
+    next command), or when the child ended or went over the budget (it is then gone).
+    """
+
+    def __init__(
+        self,
+        child: Launched,
+        settings: Settings,
+        mode: str,
+        test_cgroup: cgroup.TestCgroup | None = None,
+    ) -> None:
+        self.child = child
+        # the worker's own cgroup v2 (measure/cgroup.py), where writable
+        self.test_cgroup = test_cgroup
+        self.settings = settings
+        self.mode = mode
+        self.tree = ProcessTree(child.keeper_pid, include_root=False)
+        self.reader = ChannelReader(child.channel_fd)
+        self.gpu_probe = gpu.probe_for(child.pid)
+        if isinstance(self.gpu_probe, gpu.NvmlProbe):  # orphans below the keeper count too
+            tree = self.tree
+            self.gpu_probe.pids = lambda _root: tree.pids()
+        self.exit_info: ExitInfo | None = None
+        self.tests_run = 0
+        self._terminate = TerminateInOrder()
+        self._sample = TreeSample()
+        self._closed = False
+        self._ready = False
+        self._next_message = 0  # the first message that belongs to the next test
+
+    @property
+    def pid(self) -> int:
+        return self.child.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.exit_info is None
+
+    def _gone_text(self) -> str:
+        ending = self.exit_info.ending.describe if self.exit_info else "did not answer"
+        cause = self.child.crash_cause()
+        problem = self.reader.problem
+        return "; ".join(part for part in (f"the test process {ending}", cause, problem) if part)
+
+    # -- one test ---------------------------------------------------------------------------
+
+    def run_test(
+        self, index: int, next_index: int | None, nodeid: str, budget: Budget
+    ) -> RunResult:
+        if self.exit_info is not None:
+            raise WorkerGone(self._gone_text())
+        with self._terminate:
+            try:
+                return self._run_test(index, next_index, nodeid, budget)
+            except Exception as error:  # noqa: BLE001 - a failure to watch fails this test only
+                return self._watch_failed(nodeid, budget, error)
+            except BaseException:
+                # Ctrl-C, SIGTERM: the tree must not outlive our attention.
+                self._stop_tree(grace_s=min(self.settings.grace_s, 0.5))
+                raise
+
+    def _watch_failed(self, nodeid: str, budget: Budget, error: Exception) -> RunResult:
+        """An error while watching (out of file descriptors, /proc unreadable): the test fails
+        with it, its whole tree is ended, and the session goes on."""
+        try:
+            self._stop_tree(grace_s=min(self.settings.grace_s, 0.5))
+        except Exception:  # noqa: BLE001 - the first error is the one reported
+            send_signal(self.child.pid, signal.SIGKILL)
+            self.exit_info = self.exit_info or ExitInfo(Ending(None, signal.SIGKILL), 0, 0.0)
+        usage = Usage(
+            nodeid=nodeid,
+            pid=self.child.pid,
+            started_at=time.time(),
+            wall_s=0.0,
+            cpu_s=0.0,
+            start_rss_bytes=0,
+            peak_own_rss_bytes=0,
+            peak_rss_bytes=0,
+            peak_vms_bytes=0,
+            kernel_maxrss_bytes=0,
+            gpu_peak_bytes=None,
+            gpu_note="not measured",
+            samples=0,
+            budget=budget,
+            mode=self.mode,
+            ending=None if self.exit_info is None else self.exit_info.ending,
+            peak_own_memory_bytes=0,
+            memory_method="not measured",
+            worker_pid=self.child.pid,
+        )
+        crash = Crash(
+            nodeid,
+            f"taichi_limits could not watch this test ({type(error).__name__}: {error})",
+            "call",
+            "",
+        )
+        return RunResult(
+            self.reader.messages[self._next_message :], usage, None, crash, None, "call"
+        )
+
+    def _run_test(
+        self, index: int, next_index: int | None, nodeid: str, budget: Budget
+    ) -> RunResult:
+        if not self._ready:
+            # Starting up (in a fresh interpreter: importing and collecting the test module)
+            # is watched under the first test's budget; its figures start when it is ready.
+            startup = self._begin(nodeid, budget, exact=self.mode != "fork")
+            peaks = _Peaks(rss_bytes=startup.rss_bytes, cpu_s=startup.cpu_s)
+            violation, ready = self._watch(startup, peaks, Kind.READY)
+            if not ready:
+                return self._result(startup, peaks, violation, finished=False)
+            self._ready = True
+        start = self._begin(nodeid, budget)
+        self.tests_run += 1
+        self._send(RunCommand(index, next_index, budget.cpu_s, budget.gpu_gb).encode())
+        peaks = _Peaks(rss_bytes=start.rss_bytes, cpu_s=start.cpu_s)
+        violation, finished = self._watch(start, peaks, Kind.DONE)
+        return self._result(start, peaks, violation, finished)
+
+    def _send(self, command: bytes) -> None:
+        try:
+            os.write(self.child.control_fd, command)
+        except OSError:
+            pass  # the child is gone: the watch finds out how
+
+    def _begin(self, nodeid: str, budget: Budget, exact: bool = True) -> _TestStart:
+        """The parent's own figures at the start, read while the child is idle (waiting for
+        its command): never the child's word for them."""
+        self.tree.sample(self._sample)
+        linux.reset_peak_rss(self.child.pid)
+        # What a child holds on the GPU before its first test is that test's (a fresh child
+        # holds nothing; a fresh interpreter's module import is charged to its first test).
+        gpu_start = self.gpu_probe.sample() or 0 if self.tests_run else 0
+        mem = memory.MemoryWatch.start_for(
+            self.child.origin_pid, self.child.keeper_pid, budget.mem_bytes, self.test_cgroup, exact
+        )
+        mem.begin(self.child.pid, self.tree, self._sample, time.monotonic())
+        return _TestStart(
+            nodeid,
+            budget,
+            time.time(),
+            time.monotonic(),
+            linux.rss_bytes(self.child.pid),
+            self._sample.cpu_s,
+            gpu_start,
+            self._next_message,
+            self.tests_run,
+            mem,
+            memory.shm_entries(),
+        )
+
+    def _watch(
+        self, start: _TestStart, peaks: _Peaks, until: Kind
+    ) -> tuple[Violation | None, bool]:
+        """Sample and check until the child says `until` (ready, or done with the test),
+        ended, or crossed a limit; (violation, whether `until` came)."""
+        child, reader, sample = self.child, self.reader, self._sample
+        # The child rings the control socket after `ready` and `done`: those wake the loop at
+        # once. Other messages wake it at most once per interval (each wake-up costs the parent
+        # about 0.2 ms of CPU; the 1 MiB pipe holds what the child writes meanwhile).
+        always = [fd for fd in (child.control_fd, child.wait_fd()) if fd is not None]
+        with_channel = [child.channel_fd, *always]
+        progress = _Progress(start.first_message, until)
+        sampled_at = heard_at = -math.inf
+        overflow_stopped = False
+        while True:
+            quiet_s = time.monotonic() - heard_at
+            listen = not reader.closed and quiet_s >= self.settings.interval_s
+            ready, _, _ = select.select(
+                with_channel if listen else always,
+                [],
+                [],
+                self._next_sleep(start, peaks, time.monotonic() - start.monotonic),
+            )
+            if child.channel_fd in ready:
+                heard_at = time.monotonic()
+            if child.control_fd in ready:
+                _take_bells(child.control_fd)
+            reader.drain()
+            progress.update(reader.messages, start.nodeid)
+            now = time.monotonic()
+            if progress.done or not ready or now - sampled_at >= self.settings.interval_s:
+                self.tree.sample(sample)
+                peaks.take(sample, self.gpu_probe)
+                mem = start.mem
+                if progress.done or mem.due(sample, now):
+                    # At `done` the child is idle: the exact figure of the finished test.
+                    mem.exact(self.tree, sample, now)
+                own_bytes = mem.estimate(sample)  # where only RSS can be read, this keeps its peak
+                if sample.processes:  # the report's timeline (model/timeline.py)
+                    peaks.timeline.add(
+                        now - start.monotonic,
+                        own_bytes,
+                        sample.cpu_s - start.cpu_s,
+                        peaks.gpu_own(start.gpu_bytes),
+                    )
+                sampled_at = now
+            violation = self._check(start, peaks, progress.phase, now - start.monotonic)
+            if violation is not None:
+                self._stop_tree()
+                return violation, False
+            if progress.done:
+                return None, True
+            if reader.overflowed and not overflow_stopped:
+                # Its `done` can no longer be heard: let it finish and leave.
+                overflow_stopped = True
+                self._send(STOP_COMMAND)
+            self.exit_info = child.poll_exit(block=False)
+            if self.exit_info is not None:
+                reader.drain()
+                return None, False
+
+    def _next_sleep(self, start: _TestStart, peaks: _Peaks, elapsed_s: float) -> float:
+        """A quarter of the shortest time in which any limit could be reached, within bounds."""
+        budget = start.budget
+        headroom_s = _MAX_SLEEP_S * 4
+        if budget.mem_bytes is not None and start.mem.started:
+            headroom_s = min(
+                headroom_s,
+                (budget.mem_bytes - start.mem.estimate(self._sample))
+                / _WORST_RSS_GROWTH_BYTES_PER_S,
+            )
+        if budget.cpu_s is not None:
+            headroom_s = min(
+                headroom_s, (budget.cpu_s - (self._sample.cpu_s - start.cpu_s)) / _CPU_COUNT
+            )
+        # No safe growth rate to assume for GPU memory. Without NVML nothing is sampled for it
+        # (the ti.init cap still holds), so gpu_gb alone must not make the loop spin: at 0.01 s
+        # that cost 2.8 % of a core per test on CPU-only CI (benchmarks/bench_supervisor_cost.py).
+        if budget.gpu_gb is not None and isinstance(self.gpu_probe, gpu.NvmlProbe):
+            headroom_s = 0.0
+        sleep_s = min(_MAX_SLEEP_S, max(self.settings.interval_s, headroom_s / 4))
+        if budget.wall_s is not None:  # the wall-clock deadline is known exactly
+            sleep_s = min(sleep_s, max(0.0, budget.wall_s - elapsed_s) + 0.001)
+        return sleep_s
+
+    def _check(
+        self, start: _TestStart, peaks: _Peaks, phase: str, elapsed_s: float
+    ) -> Violation | None:
+        budget, sample, mem = start.budget, self._sample, start.mem
+        cpu_s = sample.cpu_s - start.cpu_s
+        if budget.mem_bytes is not None and mem.over(budget.mem_bytes, sample):
+            return self._violate(
+                start,
+                "mem_mb",
+                budget.mem_mb,
+                mem.verdict_bytes(sample) / MIB,
+                phase,
+                f"supervisor ({mem.describe()}, sampled)",
+            )
+        if budget.cpu_s is not None and cpu_s > budget.cpu_s:
+            detected = "supervisor (CPU time of the process tree, sampled)"
+            if os.fstat(self.child.stack_fd).st_size:  # faulthandler already answered SIGXCPU
+                detected = "kernel (RLIMIT_CPU sent SIGXCPU) and supervisor"
+            return self._violate(start, "cpu_s", budget.cpu_s, cpu_s, phase, detected)
+        if budget.wall_s is not None and elapsed_s > budget.wall_s:
+            return self._violate(
+                start, "wall_s", budget.wall_s, elapsed_s, phase, "supervisor (wall clock)"
+            )
+        gpu_now = peaks.gpu_now
+        if (
+            budget.gpu_bytes is not None
+            and gpu_now is not None
+            and gpu_now - start.gpu_bytes > budget.gpu_bytes
+        ):
+            return self._violate(
+                start,
+                "gpu_gb",
+                budget.gpu_gb,
+                (gpu_now - start.gpu_bytes) / 1024**3,
+                phase,
+                "supervisor (GPU memory of the process tree, NVML)",
+            )
+        return None
+
+    def _violate(
+        self,
+        start: _TestStart,
+        resource_key: str,
+        limit: float | None,
+        measured: float,
+        phase: str,
+        detected_by: str,
+    ) -> Violation:
+        self.tree.remember_tree()
+        stack = _request_stack(self.child)
+        return Violation(
+            start.nodeid,
+            resource_key,
+            float(limit or 0),
+            measured,
+            detected_by,
+            phase,
+            self.child.pid,
+            time.time(),
+            (),
+            stack,
+        )
+
+    def _result(
+        self, start: _TestStart, peaks: _Peaks, violation: Violation | None, finished: bool
+    ) -> RunResult:
+        messages = self.reader.messages[start.first_message :]
+        self._next_message = len(self.reader.messages)
+        phase = _Progress.last_phase(messages) if self._ready else "collection"
+        peak_rss_bytes = self._peak_rss(start, finished)
+        usage = self._usage(start, peaks, peak_rss_bytes)
+        usage = dataclasses.replace(
+            usage,
+            gpu_clamps=tuple(verdict.clamp_notes(messages)),
+            timeline=peaks.timeline.to_json(
+                None if violation is None else violation.at - start.started_at
+            ),
+            shm_files_left=self._shm_left(start),
+        )
+        result = RunResult(messages, usage, violation, None, self.reader.problem, phase)
+        if violation is not None:
+            result.violation = dataclasses.replace(violation, signals_sent=self._signals_sent)
+            return result
+        if self.exit_info is not None:
+            self.tree.kill_survivors()
+        result.violation = verdict.after_the_fact(
+            start.nodeid,
+            start.budget,
+            usage,
+            self.exit_info,
+            self.child.pid,
+            phase,
+            self.child.stack_fd,
+            start.mem.cgroup_oom_kills(),
+        )
+        if result.violation is None:
+            result.violation = verdict.device_oom(
+                start.nodeid, start.budget, usage, messages, self.child.pid
+            )
+        if result.violation is None and not finished:
+            result.crash = verdict.crash(
+                start.nodeid,
+                self.exit_info,
+                result.messages,
+                phase,
+                self.reader.problem,
+                self.child,
+            )
+        return result
+
+    def _shm_left(self, start: _TestStart) -> tuple[str, ...]:
+        """What the test created in /dev/shm and left there (removed with
+        --taichi-limits-clean-shm; listed in its report either way)."""
+        left = memory.files_left(start.shm_before)
+        if left and self.settings.clean_shm:
+            memory.remove_files(left)
+        return left
+
+    def _peak_rss(self, start: _TestStart, finished: bool) -> int:
+        """The kernel's exact peak RSS of the child during this test (0: not known)."""
+        if finished:
+            return linux.peak_rss_bytes(self.child.pid)
+        if self.exit_info is not None and start.tests_before == 0:
+            return self.exit_info.maxrss_bytes  # its whole life was this one test
+        return 0
+
+    def _usage(self, start: _TestStart, peaks: _Peaks, kernel_peak_bytes: int) -> Usage:
+        exit_cpu_s = self.exit_info.cpu_s if self.exit_info and start.tests_before == 0 else 0.0
+        gpu_peak = None if peaks.gpu_bytes is None else max(0, peaks.gpu_bytes - start.gpu_bytes)
+        return Usage(
+            nodeid=start.nodeid,
+            pid=self.child.pid,
+            started_at=start.started_at,
+            wall_s=time.monotonic() - start.monotonic,
+            cpu_s=max(peaks.cpu_s - start.cpu_s, exit_cpu_s),
+            start_rss_bytes=start.rss_bytes,
+            peak_own_rss_bytes=max(0, peaks.rss_bytes - start.rss_bytes),
+            peak_own_memory_bytes=start.mem.peak_bytes,
+            memory_method=start.mem.method,
+            peak_rss_bytes=peaks.rss_bytes,
+            peak_vms_bytes=peaks.vms_bytes,
+            kernel_maxrss_bytes=kernel_peak_bytes,
+            gpu_peak_bytes=gpu_peak,
+            gpu_note=self.gpu_probe.note,
+            samples=peaks.samples,
+            budget=start.budget,
+            mode=self.mode,
+            ending=None if self.exit_info is None else self.exit_info.ending,
+            worker_pid=self.child.pid,
+            worker_test_number=start.tests_before + 1,
+        )
+
+    # -- ending the child -------------------------------------------------------------------
+
+    _signals_sent: tuple[str, ...] = ()
+
+    def _stop_tree(self, grace_s: float | None = None) -> None:
+        """SIGTERM the tree, wait out the grace period, then SIGKILL whatever is left."""
+        child, tree, reader = self.child, self.tree, self.reader
+        grace = self.settings.grace_s if grace_s is None else grace_s
+        tree.signal_tree(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        exit_info = self.exit_info
+        while time.monotonic() < deadline:
+            reader.drain()
+            if exit_info is None:
+                exit_info = child.poll_exit(block=False)
+            # Done only when the whole tree is gone: a grandchild that ignores SIGTERM
+            # outlives the child and gets SIGKILL below.
+            if exit_info is not None and not tree.any_alive():
+                self.exit_info, self._signals_sent = exit_info, ("SIGTERM",)
+                return
+            time.sleep(min(0.01, grace))
+        tree.kill_descendants()
+        tree.kill_survivors()
+        self._signals_sent = ("SIGTERM", "SIGKILL")
+        if exit_info is None:
+            send_signal(child.pid, signal.SIGKILL)
+            exit_info = child.poll_exit(block=True) or ExitInfo(
+                Ending(None, signal.SIGKILL), 0, 0.0
+            )
+        self.exit_info = exit_info
+
+    def stop(self, timeout_s: float) -> None:
+        """Ask an idle child to tear down and leave; kill it if it has not within `timeout_s`
+        (its teardown runs the last fixtures' finalizers and writes Taichi's kernel cache)."""
+        if self.exit_info is None:
+            self._send(STOP_COMMAND)
+            deadline = time.monotonic() + timeout_s
+            wait_fd = self.child.wait_fd()
+            while self.exit_info is None and time.monotonic() < deadline:
+                self.reader.drain()
+                self.exit_info = self.child.poll_exit(block=False)
+                if self.exit_info is None:
+                    select.select(
+                        [wait_fd] if wait_fd is not None else [],
+                        [],
+                        [],
+                        0.01 if wait_fd is None else 0.1,
+                    )
+            self.reader.drain()
+        self.kill()
+
+    def kill(self) -> None:
+        """End the child and everything it started, now."""
+        with self._terminate:
+            if self.exit_info is None:
+                self._stop_tree(grace_s=0.0)
+            self.tree.kill_descendants()
+            self.tree.kill_survivors()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.kill()
+        self.tree.close()
+        self.child.close()
+
+
+@dataclass
+class _Peaks:
+    rss_bytes: int = 0
+    vms_bytes: int = 0
+    cpu_s: float = 0.0
+    gpu_bytes: int | None = None
+    gpu_now: int | None = None
+    samples: int = 0
+    timeline: Timeline = field(default_factory=Timeline)
+
+    def gpu_own(self, start_bytes: int) -> int | None:
+        """GPU memory of the tree now, above what it held when the test started."""
+        return None if self.gpu_now is None else max(0, self.gpu_now - start_bytes)
+
+    def take(self, sample: TreeSample, gpu_probe: gpu.GpuProbe) -> None:
+        self.samples += 1
+        if sample.processes == 0:
+            return
+        self.rss_bytes = max(self.rss_bytes, sample.rss_bytes)
+        self.vms_bytes = max(self.vms_bytes, sample.vms_bytes)
+        self.cpu_s = max(self.cpu_s, sample.cpu_s)
+        self.gpu_now = gpu_probe.sample()
+        if self.gpu_now is not None:
+            self.gpu_bytes = max(self.gpu_bytes or 0, self.gpu_now)
+
+
+@dataclass
+class _Progress:
+    """What the child has told about the running test: its phase, and whether it said `until`
+    (ready: set up; done: the test `nodeid` is over)."""
+
+    seen: int
+    until: Kind
+    phase: str = "setup"
+    done: bool = False
+
+    def update(self, messages: list[dict[str, Any]], nodeid: str) -> None:
+        for message in messages[self.seen :]:
+            kind = message["t"]
+            if kind == Kind.PHASE.value and isinstance(message.get("when"), str):
+                self.phase = message["when"]
+            elif kind == self.until.value and (
+                self.until is Kind.READY or message.get("nodeid") == nodeid
+            ):
+                self.done = True
+        self.seen = len(messages)
+
+    @staticmethod
+    def last_phase(messages: list[dict[str, Any]]) -> str:
+        phases = [
+            m["when"]
+            for m in messages
+            if m["t"] == Kind.PHASE.value and isinstance(m.get("when"), str)
+        ]
+        return phases[-1] if phases else "setup"
+
+
+def _take_bells(control_fd: int) -> None:
+    try:
+        os.read(control_fd, 4096)
+    except OSError:
+        pass  # the child's end is gone: its exit is seen through wait_fd / poll_exit
+
+
+def _request_stack(child: Launched) -> str:
+    # Only the stack of this moment: an earlier SIGXCPU dump would be read as part of it.
+    os.ftruncate(child.stack_fd, 0)
+    os.lseek(child.stack_fd, 0, os.SEEK_SET)  # the offset is shared with the child
+    try:
+        os.kill(child.pid, STACK_SIGNAL)
+    except ProcessLookupError:
+        return read_stack(child.stack_fd)
+    deadline = time.monotonic() + _STACK_WAIT_S
+    size = -1
+    unchanged_polls = 0
+    while time.monotonic() < deadline:
+        # faulthandler writes a dump in well under a millisecond, and the test keeps running
+        # meanwhile: a test allocating 1 GB/s grew 20 MB past mem_mb during the 10 ms polls
+        # used before (benchmarks/bench_latency.py). Done once the size held for 2 polls.
+        time.sleep(_STACK_POLL_S)
+        new_size = os.fstat(child.stack_fd).st_size
+        unchanged_polls = unchanged_polls + 1 if new_size and new_size == size else 0
+        if unchanged_polls >= 2:
+            break
+        size = new_size
+    return read_stack(child.stack_fd)
+
+
+def control_pair() -> tuple[int, int]:
+    """(parent's end, child's end) of the control socket: commands one way, bells the other."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    return ours.detach(), theirs.detach()
+
+
+def stack_file() -> int:
+    if hasattr(os, "memfd_create"):
+        return os.memfd_create("pytest-taichi-limits-stack")
+    import tempfile
+
+    with tempfile.TemporaryFile() as handle:  # deleted at once; the duplicate keeps it open
+        return os.dup(handle.fileno())
+
+
+def pidfd_open(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None

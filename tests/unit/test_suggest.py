@@ -1,0 +1,69 @@
+"""--taichi-limits-suggest: marker lines that are valid markers, and an ini snippet that fits."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from pytest_taichi_limits.model.records import UsageRecord
+from pytest_taichi_limits.render.suggest import HEADROOM, suggestion_for
+
+
+def _record(
+    own_mb: float, cpu_s: float, wall_s: float, gpu_mb: float | None, outcome: str = "passed"
+) -> UsageRecord:
+    mb = 1024 * 1024
+    return UsageRecord(
+        nodeid="t.py::t",
+        outcome=outcome,
+        own_memory_bytes=int(own_mb * mb),
+        peak_own_memory_bytes=int(own_mb * mb),
+        memory_method="rss-growth",
+        peak_own_rss_bytes=int(own_mb * mb),
+        kernel_own_rss_bytes=0,
+        peak_rss_bytes=0,
+        start_rss_bytes=0,
+        peak_vms_bytes=0,
+        cpu_s=cpu_s,
+        wall_s=wall_s,
+        gpu_peak_bytes=None if gpu_mb is None else int(gpu_mb * mb),
+        gpu_note="",
+        gpu_clamps=(),
+        budget={},
+        pid=1,
+        started_at=0.0,
+        mode="fork",
+        arch="x64",
+        violation=None,
+        regression=None,
+    )
+
+
+@pytest.mark.parametrize(
+    "own_mb, cpu_s, wall_s, gpu_mb, expected",
+    [
+        (0.0, 0.0, 0.0, None, "@pytest.mark.taichi_limits(mem_mb=64, cpu_s=2, wall_s=10)"),
+        (100.0, 1.2, 2.1, None, "@pytest.mark.taichi_limits(mem_mb=224, cpu_s=5, wall_s=20)"),
+        (
+            10.0,
+            0.1,
+            0.1,
+            1500.0,
+            "@pytest.mark.taichi_limits(mem_mb=96, cpu_s=3, wall_s=15, gpu_gb=2.25)",
+        ),
+    ],
+)
+def test_headroom_and_rounding(
+    own_mb: float, cpu_s: float, wall_s: float, gpu_mb: float | None, expected: str
+) -> None:
+    # mem: 1.5x+64 MB up to 32 MB; cpu: 2x+2 s up to 1 s; wall: 3x+10 s up to 5 s;
+    # gpu: 1.25x+0.25 GB up to 0.25 GB (1500 MB = 1.46 GB -> 2.08 -> 2.25).
+    assert HEADROOM["mem_mb"] == (1.5, 64.0, 32.0)
+    assert suggestion_for(_record(own_mb, cpu_s, wall_s, gpu_mb)).marker() == expected
+
+
+def test_failed_test_is_marked_as_a_lower_bound() -> None:
+    suggestion = suggestion_for(_record(50, 1, 1, None, outcome="failed"))
+    assert suggestion.lower_bound
+    assert textwrap.shorten(suggestion.measured, 200).startswith("measured own memory 50.0 MiB")
