@@ -99,6 +99,8 @@ class TaichiLimitsPlugin:
             except BudgetError as error:
                 raise pytest.UsageError(str(error)) from None
         self.admission = gate.read(config, spawn_worker=is_worker(config))
+        if not is_worker(config):
+            self.runner.choose_memory()  # a usage error here, before any test, if it must be
 
     def pytest_unconfigure(self) -> None:
         self.runner.close()  # the last worker, the zygote, their temporary directories
@@ -117,10 +119,12 @@ class TaichiLimitsPlugin:
         scope = "every test" if options.supervise_all else "tests marked taichi_limits"
         defaults = resolve({}, options.cli_budget, options.ini_budget)
         settings = options.settings
+        plan = self.runner.memory_plan
         return [
             f"taichi-limits: supervising {scope}; default budget {render.budget_text(defaults)}; "
             f"sampling down to every {settings.interval_s:g} s, grace {settings.grace_s:g} s; "
             f"start mode {settings.mode}, isolation {settings.isolation}",
+            *([] if plan is None else [plan.header_line()]),
         ]
 
     def pytest_report_collectionfinish(self) -> list[str]:

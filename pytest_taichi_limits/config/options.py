@@ -12,13 +12,14 @@ from dataclasses import dataclass
 import pytest
 
 from .budget import BUDGET_KEYS, BUILTIN_DEFAULTS, BudgetError, parse_text
-from .settings import ISOLATIONS, MODES, Settings
+from .settings import ISOLATIONS, MEMORY_METHODS, MODES, Settings
 
 _BUDGET_HELP = {
     "cpu_s": "CPU seconds (user+system, all threads and subprocesses)",
     "mem_mb": "MiB (2**20 bytes, despite the key's name) of memory the test makes the machine "
-    "hold (today the peak RSS of its process tree above what it started with; never an "
-    "address-space limit)",
+    "hold: anonymous and shared memory above what was there when it started, page cache not "
+    "counted (--taichi-limits-memory-method says how it is measured; never an address-space "
+    "limit)",
     "wall_s": "wall-clock seconds, enforced from outside so native code holding the GIL "
     "is stopped too",
     "gpu_gb": "GiB (2**30 bytes) of GPU memory: caps ti.init(device_memory_GB=...) and, where NVML "
@@ -117,6 +118,17 @@ def add_options(parser: pytest.Parser) -> None:
         "report lists such files either way)",
     )
     group.addoption(
+        "--taichi-limits-memory-method",
+        dest="taichi_limits_memory_method",
+        choices=MEMORY_METHODS,
+        default=None,
+        help="how mem_mb is measured: cgroup (a memory cgroup per worker: the kernel's figure "
+        "and a hard cap; an error where none can be made), smaps (/proc/<pid>/smaps_rollup, "
+        "no cgroup), auto (cgroup where one can be made, else smaps). Default auto; "
+        "docs/memory.md. (ini: taichi_limits_memory_method)",
+    )
+    parser.addini("taichi_limits_memory_method", "auto, cgroup or smaps")
+    group.addoption(
         "--taichi-limits-arch",
         dest="taichi_limits_arch",
         metavar="ARCH",
@@ -199,6 +211,13 @@ def read_options(config: pytest.Config) -> Options:
             f"ini option taichi_limits_isolation must be one of {', '.join(ISOLATIONS)}, got "
             f"{isolation!r}"
         )
+    cli_method, ini_method = _raw(config, "taichi_limits_memory_method")
+    memory_method = cli_method or ini_method or "auto"
+    if memory_method not in MEMORY_METHODS:
+        raise pytest.UsageError(
+            f"ini option taichi_limits_memory_method must be one of {', '.join(MEMORY_METHODS)}, "
+            f"got {memory_method!r}"
+        )
     cli_arch, ini_arch = _raw(config, "taichi_limits_arch")
     settings = Settings(
         interval_s=_seconds(config, "interval", 0.001, 10.0),
@@ -207,6 +226,7 @@ def read_options(config: pytest.Config) -> Options:
         arch=cli_arch or ini_arch,
         isolation=isolation,
         clean_shm=bool(config.getoption("taichi_limits_clean_shm", False)),
+        memory_method=memory_method,
     )
     return Options(
         supervise_all=supervise_all,

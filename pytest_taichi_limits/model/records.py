@@ -30,9 +30,9 @@ NO_TAICHI = "not initialised"
 
 UNITS = {"cpu_s": "s", "wall_s": "s", "mem_mb": "MiB", "gpu_gb": "GiB"}
 
-#: How the memory figure of a record was measured, until issue 10's own-memory measure lands:
-#: the growth of the tree's summed RSS above what the child started with.
-RSS_GROWTH = "rss-growth"
+#: How a record's memory figure was measured (`memory_method`), docs/memory.md: the worker's
+#: memory cgroup, /proc/<pid>/smaps_rollup, or (neither readable) the tree's RSS growth.
+MEMORY_METHODS = ("cgroup-v2", "cgroup-v1", "smaps", "rss", "not measured")
 
 #: Every outcome a record can have: pytest's own words, and "interrupted" for a test that stopped
 #: the session (pytest.exit, KeyboardInterrupt) before it finished: never "passed".
@@ -93,10 +93,15 @@ class Usage:
     samples: int
     budget: Budget
     mode: str  # "fork" or "spawn"
-    #: The figure mem_mb is checked against: the peak of what the test made the machine hold,
-    #: measured as memory_method says.
+    #: The figure mem_mb is checked against and every report shows: the peak of what the test
+    #: made the machine hold, measured as memory_method says (docs/memory.md).
     peak_own_memory_bytes: int
-    memory_method: str  # e.g. "rss-growth"
+    memory_method: str  # one of MEMORY_METHODS
+    #: why this method where it is not a cgroup, or what it could not attribute ("": nothing)
+    memory_note: str = ""
+    #: file pages charged to the test's cgroup at its end: reported apart, never in the figure
+    #: (None: not a cgroup method)
+    page_cache_bytes: int | None = None
     ending: Ending | None = None
     worker_pid: int = 0  # the supervised child (or spawn-mode worker) that ran the test
     worker_test_number: int = 1  # 1 for its first test; more where a child runs several
@@ -107,7 +112,9 @@ class Usage:
     #: None when admission is off
     admission: Mapping[str, Any] | None = None
     timeline: Mapping[str, Any] | None = None  # timeline.Timeline.to_json(): for the reports
-    shm_files_left: tuple[str, ...] = ()  # what the test created in /dev/shm and left there
+    shm_files_left: tuple[str, ...] = ()  # what the test made in /dev/shm and left there
+    #: --taichi-limits-clean-shm: "path (why)" for each new /dev/shm entry that was kept
+    shm_not_removed: tuple[str, ...] = ()
 
     @property
     def kernel_own_rss_bytes(self) -> int:
@@ -115,9 +122,9 @@ class Usage:
 
     @property
     def own_memory_bytes(self) -> int:
-        """The test's own memory as every output shows it: the measured peak, or the kernel's
-        exact peak growth where that is larger (a peak can fall between two samples)."""
-        return max(self.peak_own_memory_bytes, self.kernel_own_rss_bytes)
+        """The test's own memory as every output shows it: `peak_own_memory_bytes`, one figure
+        (the supervisor folds the kernel's exact peak into it where the method allows)."""
+        return self.peak_own_memory_bytes
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON values (the --taichi-limits-log line, the logger's extra)."""
@@ -126,6 +133,7 @@ class Usage:
         data["ending"] = None if self.ending is None else self.ending.describe
         data["gpu_clamps"] = list(self.gpu_clamps)
         data["shm_files_left"] = list(self.shm_files_left)
+        data["shm_not_removed"] = list(self.shm_not_removed)
         data["kernel_own_rss_bytes"] = self.kernel_own_rss_bytes
         data["own_memory_bytes"] = self.own_memory_bytes
         del data["timeline"]  # for the JSON and HTML reports (on the record), never a log line
@@ -216,9 +224,12 @@ class UsageRecord:
 
     nodeid: str
     outcome: str  # one of OUTCOMES
-    own_memory_bytes: int  # max(peak_own_memory_bytes, kernel_own_rss_bytes): compared, shown
-    peak_own_memory_bytes: int  # the figure mem_mb was checked against during the run
-    memory_method: str  # how peak_own_memory_bytes was measured, e.g. "rss-growth"
+    #: the test's memory figure: what mem_mb was checked against, what every report shows
+    #: and what a baseline compares (the same value as peak_own_memory_bytes: both names are
+    #: in the JSON report since version 2)
+    own_memory_bytes: int
+    peak_own_memory_bytes: int
+    memory_method: str  # how it was measured: one of MEMORY_METHODS
     peak_own_rss_bytes: int  # peak RSS of the process tree above its starting RSS (sampled)
     kernel_own_rss_bytes: int  # ru_maxrss of the child minus its starting RSS (exact)
     peak_rss_bytes: int  # absolute peak RSS of the tree
@@ -240,7 +251,10 @@ class UsageRecord:
     worker_test_number: int = 1  # 1 for the first test that child ran, 2 for the next, ...
     admission: Mapping[str, Any] | None = None  # admission's reservation and wait, if it was on
     timeline: Mapping[str, Any] | None = None  # model/timeline.py: what the supervisor sampled
-    shm_files_left: tuple[str, ...] = ()  # what the test created in /dev/shm and left there
+    shm_files_left: tuple[str, ...] = ()  # what the test made in /dev/shm and left there
+    memory_note: str = ""  # why this memory method, or what it could not attribute
+    page_cache_bytes: int | None = None  # cgroup methods: page cache, never charged
+    shm_not_removed: tuple[str, ...] = ()  # --taichi-limits-clean-shm: "path (why)" kept
 
     @property
     def measured(self) -> bool:
@@ -284,6 +298,9 @@ class UsageRecord:
             admission=None if usage.admission is None else dict(usage.admission),
             timeline=None if usage.timeline is None else dict(usage.timeline),
             shm_files_left=usage.shm_files_left,
+            memory_note=usage.memory_note,
+            page_cache_bytes=usage.page_cache_bytes,
+            shm_not_removed=usage.shm_not_removed,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -295,6 +312,7 @@ class UsageRecord:
         data["admission"] = None if self.admission is None else dict(self.admission)
         data["timeline"] = None if self.timeline is None else dict(self.timeline)
         data["shm_files_left"] = list(self.shm_files_left)
+        data["shm_not_removed"] = list(self.shm_not_removed)
         return data
 
     @classmethod
@@ -348,6 +366,9 @@ class UsageRecord:
             admission=_optional_object(fields, "admission", where),
             timeline=_timeline(fields, where),
             shm_files_left=tuple(str(path) for path in fields.get("shm_files_left") or ()),
+            memory_note=str(fields.get("memory_note") or ""),
+            page_cache_bytes=_optional_integer(fields, "page_cache_bytes", where),
+            shm_not_removed=tuple(str(entry) for entry in fields.get("shm_not_removed") or ()),
         )
 
 
@@ -383,6 +404,11 @@ def _integer(fields: Mapping[str, Any], name: str, where: str) -> int:
     if not _is_number(value) or value != int(value):
         raise RecordError(f"{where}: {name} must be a whole number, got {value!r}")
     return int(value)
+
+
+def _optional_integer(fields: Mapping[str, Any], name: str, where: str) -> int | None:
+    """An optional whole number (absent or null in a report written without it)."""
+    return None if fields.get(name) is None else _integer(fields, name, where)
 
 
 def _text(fields: Mapping[str, Any], name: str, where: str) -> str:

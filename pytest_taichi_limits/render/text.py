@@ -56,6 +56,8 @@ def clamp_note(note: str, arch: str) -> str:
 
 def usage_line(usage: Usage) -> str:
     kernel = f"kernel peak +{human_bytes(usage.kernel_own_rss_bytes)}"
+    if usage.page_cache_bytes is not None:  # a cgroup: its page cache is said, never charged
+        kernel = f"page cache +{human_bytes(usage.page_cache_bytes)}, not charged"
     if usage.peak_rss_bytes:
         sampled = (
             f"own memory +{human_bytes(usage.peak_own_memory_bytes)} "
