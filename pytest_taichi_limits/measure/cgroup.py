@@ -339,6 +339,10 @@ class TestCgroup:
     def set_cap(self, start_usage_bytes: int, limit_bytes: int | None) -> None:
         """Cap what the cgroup may be charged: `limit_bytes` above the start, a little more."""
 
+    def cap_bytes(self) -> int | None:
+        """The cap the kernel enforces now (None: none)."""
+        return None
+
     def release_reserve(self) -> None:
         """Let tasks held at the cap run their stack dump (v1); nothing on v2."""
 
@@ -446,6 +450,9 @@ class CgroupV2(TestCgroup):
         self._write("memory.high", str(start_usage_bytes + limit_bytes))
         self._write("memory.max", str(start_usage_bytes + limit_bytes + cap_margin(limit_bytes)))
 
+    def cap_bytes(self) -> int | None:
+        return _number(self._pread("memory.max"))
+
     def oom_kills(self) -> int:
         return _field(self._pread("memory.events") or b"", b"oom_kill")
 
@@ -527,6 +534,9 @@ class CgroupV1(TestCgroup):
         cap = start_usage_bytes + limit_bytes + cap_margin(limit_bytes)
         self._limit_bytes = cap
         self._write("memory.limit_in_bytes", str(cap - STACK_RESERVE_BYTES))
+
+    def cap_bytes(self) -> int | None:
+        return self._limit_bytes
 
     def release_reserve(self) -> None:
         if self._limit_bytes is not None and self.held_at_cap():

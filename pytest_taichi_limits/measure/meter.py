@@ -153,6 +153,10 @@ class MemoryMethod:
     def oom_kills(self) -> int:
         return 0
 
+    def cap_detail(self) -> str:
+        """What the kernel's cap did, for a mem_mb violation's report ("": no cap)."""
+        return ""
+
     def escaped(self, tree: ProcessTree) -> int | None:
         """A process of the test's tree that left the place it is measured in, if any."""
         return None
@@ -217,6 +221,17 @@ class CgroupMemory(MemoryMethod):
 
     def oom_kills(self) -> int:
         return self.test_cgroup.oom_kills()
+
+    def cap_detail(self) -> str:
+        cap, peak = self.test_cgroup.cap_bytes(), self.test_cgroup.peak_bytes()
+        if cap is None or peak is None or self.limit_bytes is None:
+            return ""
+        above = max(0, peak - cap)
+        return (
+            f"the test's memory cgroup ({self.name}) was charged at most {peak} bytes against "
+            f"its cap of {cap} ({above} bytes above it; the charge counts page cache and "
+            "kernel memory too)"
+        )
 
     def escaped(self, tree: ProcessTree) -> int | None:
         """A running process of the tree that is not in the cgroup: the test moved it out (as

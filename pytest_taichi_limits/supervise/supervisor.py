@@ -449,6 +449,7 @@ class Worker:
         # The figure at the moment it is stopped (an exact reading, whatever the method's
         # pace): every report of this test shows it, whichever limit was broken.
         self.meter.sample(time.monotonic(), settle=True)
+        detail = self.meter.memory.cap_detail() if resource_key == "mem_mb" else ""
         return Violation(
             start.nodeid,
             resource_key,
@@ -460,6 +461,7 @@ class Worker:
             time.time(),
             (),
             stack,
+            detail=detail,
         )
 
     def _result(

@@ -52,17 +52,18 @@ def support() -> cgroup.CgroupSupport | None:
     return found if isinstance(found, cgroup.CgroupSupport) else None
 
 
-def caught_by_pattern() -> str:
-    """fnmatch pattern of a mem_mb violation's "caught by" line, by the expected method."""
-    if uses_cgroup():
-        return (
-            f"*caught by   *anonymous and shared memory of the test's cgroup, {expected_method()}*"
-        )
+def caught_by_pattern(method: str | None = None) -> str:
+    """fnmatch pattern of a mem_mb violation's "caught by" line, for `method` (default: the
+    expected one)."""
+    method = method or expected_method()
+    if method.startswith("cgroup"):
+        return f"*caught by   *anonymous and shared memory of the test's cgroup, {method}*"
     return "*caught by   supervisor (private and shared memory of the process tree, smaps_rollup*"
 
 
-def peak_line_pattern() -> str:
-    """fnmatch pattern of the start of the report's peak line, by the expected method."""
-    if uses_cgroup():
-        return f"*peak usage  own memory +* ({expected_method()}; page cache +*"
+def peak_line_pattern(method: str | None = None) -> str:
+    """fnmatch pattern of the start of the report's peak line, for `method`."""
+    method = method or expected_method()
+    if method.startswith("cgroup"):
+        return f"*peak usage  own memory +* ({method}; page cache +*"
     return "*peak usage  own memory +* (smaps; kernel peak +*"
