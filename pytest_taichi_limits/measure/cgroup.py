@@ -127,19 +127,45 @@ def detect_v2(root: str, proc_self_cgroup: str, mounts_text: str) -> CgroupSuppo
     if path is None:
         return "this process is in no cgroup v2"
     own = os.path.join(root, path.lstrip("/"))
+    if owner_of(os.path.basename(own)) is not None:
+        # The leaf this session's pytest moved itself into (below): an xdist worker started
+        # there makes its workers' cgroups beside it, in the delegated cgroup above.
+        own = os.path.dirname(own)
     controllers = (_read(os.path.join(own, "cgroup.controllers")) or "").split()
     if "memory" not in controllers:
         return f"the memory controller is not delegated to {own}"
     if not os.access(own, os.W_OK):
         return f"{own} is not writable"
     enabled = (_read(os.path.join(own, "cgroup.subtree_control")) or "").split()
-    if "memory" not in enabled:
-        try:
-            _write(os.path.join(own, "cgroup.subtree_control"), "+memory")
-        except OSError as error:
-            # EBUSY: a cgroup with processes of its own cannot give controllers to children
-            return f"cannot enable the memory controller below {own}: {error.strerror}"
+    if "memory" in enabled:
+        return CgroupSupport(own, 2)
+    try:
+        _write(os.path.join(own, "cgroup.subtree_control"), "+memory")
+    except OSError as error:
+        # EBUSY: a cgroup with processes of its own cannot give controllers to children.
+        if not _leave_for_a_leaf(own):
+            return (
+                f"cannot enable the memory controller below {own} ({error.strerror}): other "
+                "processes share it; run pytest in a delegated cgroup of its own "
+                "(docs/memory.md)"
+            )
     return CgroupSupport(own, 2)
+
+
+def _leave_for_a_leaf(own: str) -> bool:
+    """Where this process is alone in a delegated cgroup (`systemd-run --scope -p Delegate=yes
+    pytest`), move it into a leaf of its own so that `own` may give the memory controller to
+    the workers' cgroups made beside it; processes that are not ours are never moved."""
+    if (_read(os.path.join(own, "cgroup.procs")) or "").split() != [str(os.getpid())]:
+        return False
+    leaf = os.path.join(own, cgroup_name(0))
+    try:
+        os.mkdir(leaf)
+        _write(os.path.join(leaf, "cgroup.procs"), "0")
+        _write(os.path.join(own, "cgroup.subtree_control"), "+memory")
+    except OSError:
+        return False
+    return True
 
 
 def detect_v1(proc_self_cgroup: str, mounts_text: str) -> CgroupSupport | str:

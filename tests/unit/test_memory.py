@@ -359,3 +359,16 @@ def test_an_error_while_watching_fails_the_test_and_ends_its_tree(
     assert result.usage.ending is not None
     assert result.usage.ending.signal_number in (signal.SIGTERM, signal.SIGKILL)
     assert result.usage.memory_method == "not measured"
+
+
+def test_an_xdist_worker_in_the_sessions_leaf_makes_its_cgroups_beside_it(tmp_path: Path) -> None:
+    # pytest, alone in a delegated cgroup, moved itself into a leaf named for it; an xdist
+    # worker it started is in that leaf too.
+    fake_v2(tmp_path)
+    leaf = tmp_path / "ci" / "job" / cgroup.cgroup_name(0)
+    leaf.mkdir()
+    (leaf / "cgroup.controllers").write_text("memory\n")
+    proc = f"0::/ci/job/{leaf.name}\n"
+    assert cgroup.detect_v2(str(tmp_path), proc, "") == cgroup.CgroupSupport(
+        str(tmp_path / "ci" / "job"), 2
+    )
