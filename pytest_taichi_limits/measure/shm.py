@@ -22,6 +22,7 @@ from __future__ import annotations
 import mmap
 import os
 import shutil
+import stat
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -33,6 +34,9 @@ SHM_DIR = "/dev/shm"
 OWN_MEMFD_PREFIX = "/memfd:pytest-taichi-limits"
 #: Past this many fds in one process, the rest are not looked at (a reading must stay cheap).
 MAX_FDS_SCANNED = 4096
+
+#: New /dev/shm entries examined at a test's end, at most (each costs a few system calls).
+MAX_ENTRIES_EXAMINED = 1000
 
 #: A file's identity: (st_dev, st_ino). A name can be replaced; an inode cannot.
 FileKey = tuple[int, int]
@@ -177,11 +181,13 @@ def charged_to_cgroup(path: str, cgroup_inode: int) -> bool | None:
     its frame number read from /proc/self/pagemap and its cgroup from /proc/kpagecgroup.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        # Never block on what a test may leave there (a FIFO), never follow a link out of it.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return None
     try:
-        if os.fstat(fd).st_blocks == 0:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode) or status.st_blocks == 0:
             return None
         with mmap.mmap(fd, mmap.PAGESIZE, mmap.MAP_SHARED, mmap.PROT_READ) as mapping:
             mapping[0]  # fault the page in (a hole maps the zero page: no cgroup)
@@ -290,6 +296,28 @@ class LeftFiles:
     #: "path (why)" for each entry that was not removed: not attributable to the test, in use
     #: outside it, or the removal failed
     not_removed: tuple[str, ...] = ()
+    #: new entries that could not be attributed to the test (never charged, never removed)
+    unattributed: tuple[str, ...] = ()
+
+    def unattributed_note(self) -> str:
+        """What the record says about shared memory it could not attribute ("": none)."""
+        if not self.unattributed:
+            return ""
+        held = sum(file_bytes(path, _key(path)) for path in self.unattributed)
+        shown = ", ".join(self.unattributed[:5]) + (", ..." if len(self.unattributed) > 5 else "")
+        return (
+            f"{len(self.unattributed)} new file(s) in {SHM_DIR} holding {held} bytes could not "
+            f"be attributed to the test (no process of it was seen holding them): not charged "
+            f"({shown})"
+        )
+
+
+def _key(path: str) -> FileKey:
+    try:
+        status = os.lstat(path)
+    except OSError:
+        return (0, 0)
+    return (status.st_dev, status.st_ino)
 
 
 def settle_left(
@@ -303,15 +331,24 @@ def settle_left(
     `clean`, remove the test's that no process outside `inside` uses."""
     mine: dict[str, FileKey] = {}
     not_removed: list[str] = []
-    for path, key in sorted(new.items()):
+    listed = sorted(new.items())
+    if len(listed) > MAX_ENTRIES_EXAMINED:  # a test that made a million files: bounded work
+        not_removed.append(
+            f"{len(listed) - MAX_ENTRIES_EXAMINED} more new entries in {SHM_DIR} (not examined)"
+        )
+        listed = listed[:MAX_ENTRIES_EXAMINED]
+    unattributed: list[str] = []
+    for path, key in listed:
         if key in attribution.seen or (
             cgroup_inode is not None and charged_to_cgroup(path, cgroup_inode)
         ):
             mine[path] = key
-        elif clean:
+            continue
+        unattributed.append(path)
+        if clean:
             not_removed.append(f"{path} (not attributable to the test: kept)")
     if not clean or not mine:
-        return LeftFiles(tuple(mine), tuple(not_removed))
+        return LeftFiles(tuple(mine), tuple(not_removed), tuple(unattributed))
     holders = in_use_outside(set(mine.values()), inside)
     for path, key in mine.items():
         if key in holders:
@@ -320,4 +357,4 @@ def settle_left(
         failure = remove(path)
         if failure is not None:
             not_removed.append(f"{path} (could not be removed: {failure})")
-    return LeftFiles(tuple(mine), tuple(not_removed))
+    return LeftFiles(tuple(mine), tuple(not_removed), tuple(unattributed))

@@ -529,7 +529,7 @@ class Worker:
             return mine
         since_worker_start = shm.new_entries(self._shm_at_start)
         cleaned = shm.settle_left(since_worker_start, self.meter.shm, cgroup_inode, inside, True)
-        return shm.LeftFiles(mine.left, cleaned.not_removed)
+        return shm.LeftFiles(mine.left, cleaned.not_removed, mine.unattributed)
 
     def _peak_rss(self, start: _TestStart, finished: bool) -> int:
         """The kernel's exact peak RSS of the child during this test (0: not known)."""
@@ -567,6 +567,9 @@ class Worker:
         gpu_peak = None if peaks.gpu_bytes is None else max(0, peaks.gpu_bytes - start.gpu_bytes)
         peaks.timeline.add(wall_s, own_bytes, cpu_s, gpu_peak)  # the last point holds the peak
         shm_files = self._shm_left(start, worker_ends)
+        # Without a cgroup, shared memory the test may have made but was not seen holding is
+        # not charged: the record says so (with a cgroup, the kernel knows whose it is).
+        shm_note = "" if memory.cgroup_inode() is not None else shm_files.unattributed_note()
         return Usage(
             nodeid=start.nodeid,
             pid=self.child.pid,
@@ -577,7 +580,7 @@ class Worker:
             peak_own_rss_bytes=max(0, peaks.rss_bytes - start.rss_bytes),
             peak_own_memory_bytes=own_bytes,
             memory_method=self.meter.method,
-            memory_note=memory.note,
+            memory_note="; ".join(note for note in (memory.note, shm_note) if note),
             page_cache_bytes=memory.page_cache_bytes(),
             peak_rss_bytes=peaks.rss_bytes,
             peak_vms_bytes=peaks.vms_bytes,

@@ -221,6 +221,8 @@ def test_another_processes_dev_shm_file_is_not_charged_nor_removed(
         usage = usages(log)["test_sleeps_while_another_process_writes_shm"]
         assert usage["own_memory_bytes"] < 20 * MB, usage
         assert usage["shm_files_left"] == []
+        if method == "smaps":  # the record says what it could not attribute
+            assert "could not be attributed to the test" in usage["memory_note"]
         if clean:
             # (other processes' files may appear meanwhile too: all kept, all said)
             assert f"{path} (not attributable to the test: kept)" in usage["shm_not_removed"]
@@ -491,10 +493,8 @@ def test_a_sigkilled_sessions_cgroup_and_processes_are_swept_by_the_next(
     try:
         _wait_for(pytester.path / "running", process)
         orphan = int((pytester.path / "orphan.pid").read_text())
-        process.kill()  # SIGKILL: pytest cleans up nothing
-        process.wait(timeout=60)
-        left = own_cgroups(process.pid)
-        assert len(left) == 1 and _alive(orphan)  # what a SIGKILL leaves
+        process.kill()  # SIGKILL: pytest cleans up nothing; its cgroup and the orphan stay
+        process.wait(timeout=60)  # (until a session sweeps them: this suite's others may too)
         (pytester.path / "test_lingers.py").unlink()
         pytester.makepyfile(
             test_next="""

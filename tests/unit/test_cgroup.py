@@ -247,9 +247,8 @@ def test_a_stale_cgroup_of_a_dead_owner_is_swept_and_a_live_owners_kept(
 
         pid, ready = _in_cgroup(stale, linger)
         _wait_ready(ready)
-        removed = cgroup.sweep_stale(SUPPORT.parent)
+        cgroup.sweep_stale(SUPPORT.parent)  # (another session's sweep may come first: the same)
         os.waitpid(pid, 0)  # the sweep killed it
-        assert removed == [stale.path]
         assert not os.path.exists(stale.path)
         assert os.path.exists(ours.path)
     finally:
