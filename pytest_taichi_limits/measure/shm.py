@@ -143,13 +143,10 @@ def entries(directory: str = SHM_DIR) -> dict[str, FileKey]:
     """Name -> (dev, inode) of what a tmpfs directory holds now, top level only."""
     found: dict[str, FileKey] = {}
     try:
+        device = os.stat(directory).st_dev  # one device: no stat per entry (a listing is cheap)
         with os.scandir(directory) as listing:
             for entry in listing:
-                try:
-                    status = entry.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                found[entry.name] = (status.st_dev, status.st_ino)
+                found[entry.name] = (device, entry.inode())
     except OSError:
         pass
     return found

@@ -180,7 +180,7 @@ class Worker:
         self.reader = ChannelReader(child.channel_fd)
         self.exit_info: ExitInfo | None = None
         #: what /dev/shm held when this worker started (--taichi-limits-clean-shm)
-        self._shm_at_start = shm.entries()
+        self._shm_at_start = shm.entries() if settings.clean_shm else {}
         self.tests_run = 0
         self._terminate = TerminateInOrder()
         self._closed = False
