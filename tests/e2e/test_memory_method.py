@@ -58,7 +58,7 @@ INHERITED = bytearray(b"\\x01") * (100 << 20)
 """
 
 HELD_CASES = """
-import mmap, os, time
+import mmap, os, signal, time
 import pytest
 from conftest import INHERITED
 
@@ -77,7 +77,9 @@ def test_plain_allocation():
 def _fork_idle_children():
     for _ in range(4):
         if os.fork() == 0:
-            time.sleep(3600)  # killed with the test's tree
+            # Stopped at once, it copies next to nothing of what it shares; killed with the
+            # test's tree (and not sampled alive, or sampled: the figure hardly differs).
+            os.kill(os.getpid(), signal.SIGSTOP)
             os._exit(0)
 
 @pytest.mark.taichi_limits(mem_mb=1024)
@@ -135,14 +137,17 @@ def test_held_cases_are_within_2_mib_of_what_they_hold(
     assert SUPPORT is not None
     assert {usage["memory_method"] for usage in found.values()} == {SUPPORT.method}
     # What running any test in a fresh child costs (pytest's own pages copied on write, about
-    # 2 MiB), and four idle forked interpreters (their own copies, about 1 MiB each): the same
-    # with or without the held memory, so it is taken away before comparing.
+    # 2 MiB): the same in every case, so it is taken away before comparing.
     machinery = found.pop("test_trivial")["own_memory_bytes"]
-    forks = found.pop("test_forks_only")["own_memory_bytes"]
-    assert machinery < 4 * MB and forks < machinery + 8 * MB
+    assert machinery < 4 * MB
+    # Four forked interpreters copy about 1 MiB each of their own (Python's after-fork work),
+    # counted while they live, that is if a sample saw them before the test's end killed them.
+    forks = found.pop("test_forks_only")["own_memory_bytes"] - machinery
+    assert 0 <= forks < 4 * 1.5 * MB
     for name, usage in found.items():
-        figure = usage["own_memory_bytes"] - (forks if "fork" in name else machinery)
-        assert abs(figure - 100 * MB) < 2 * MB, (name, figure / MB, machinery / MB)
+        figure = usage["own_memory_bytes"] - machinery
+        children = 4 * 1.5 * MB if "fork" in name else 0  # the 100 MiB shared: counted once
+        assert -2 * MB < figure - 100 * MB < 2 * MB + children, (name, figure / MB)
         assert usage["own_memory_bytes"] == usage["peak_own_memory_bytes"]
         assert usage["page_cache_bytes"] is not None
 
