@@ -169,6 +169,7 @@ class TaichiLimitsPlugin:
     ) -> bool | None:
         budget = item.stash.get(BUDGET_KEY, None)
         if budget is None:
+            self.runner.plain_test_starts(item)
             if nextitem is not None and BUDGET_KEY in nextitem.stash:
                 # Fixtures set up here must be torn down here: a forked child would inherit
                 # them and run their finalizers a second time.

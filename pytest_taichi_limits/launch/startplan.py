@@ -8,9 +8,10 @@ called `ti.init` while being imported, or created fields and ndarrays then (a re
 them). Those modules run in a fresh interpreter (launch/spawn.py), where importing them again
 rebuilds their state; all others keep the fast fork path.
 
-The recorder wraps `ti.init`, `create_field_member` (behind every `ti.field`, `Vector.field`,
-`Struct.field`) and `ndarray` in the pytest process as soon as Taichi is imported, and notes for
-each call the module-level code on the stack: the modules being imported at that moment.
+The recorder wraps `ti.init` and the constructors of Taichi's fields, ndarrays, textures and
+sparse matrices (taichi_support/held.py) in the pytest process as soon as Taichi is imported, and
+notes for each call the module-level code on the stack: the modules being imported at that
+moment.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from __future__ import annotations
 import os
 import sys
 import types
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..taichi_support.hooks import add_init_listener, install_init_wrapper, when_taichi_imported
+from ..taichi_support.held import HeldObjects
+from ..taichi_support.hooks import add_init_listener, install_init_wrapper
 from ..taichi_support.reinit import InitCall
 
 _MODULE_CODE = "<module>"
@@ -64,6 +66,7 @@ class InitRecorder:
 
     events: list[TaichiEvent] = field(default_factory=list)
     last_init: InitCall | None = None
+    held: HeldObjects = field(default_factory=HeldObjects)  # the Taichi objects alive here
     recording: bool = True  # until collection ends: later calls are the tests' own business
     _installed: bool = False
 
@@ -72,7 +75,8 @@ class InitRecorder:
             self._installed = True
             install_init_wrapper()  # the one wrapper of this process (taichi_hooks)
             add_init_listener(self._on_init)
-            when_taichi_imported(self._wrap_objects)
+            self.held.on_new = self._note_object
+            self.held.install()
 
     @property
     def init_sites(self) -> list[InitSite]:
@@ -85,29 +89,9 @@ class InitRecorder:
             self.events.append(TaichiEvent("init", *_caller(caller, _package_dirs())))
         self.last_init = InitCall(args, dict(kwargs))
 
-    def _wrap_objects(self) -> None:
-        """Note where Taichi fields and ndarrays are made (a reset destroys them)."""
-        impl = sys.modules["taichi.lang.impl"]
-        for name in ("create_field_member", "ndarray"):
-            original = getattr(impl, name)
-            if getattr(original, "_taichi_limits_recorder", None) is not None:
-                continue
-            setattr(impl, name, _noting(original, self))
-
     def _note_object(self, caller: types.FrameType) -> None:
         if self.recording:
             self.events.append(TaichiEvent("object", *_caller(caller, _package_dirs())))
-
-
-def _noting(original: Callable[..., Any], recorder: InitRecorder) -> Callable[..., Any]:
-    def call(*args: Any, **kwargs: Any) -> Any:
-        recorder._note_object(sys._getframe(1))
-        return original(*args, **kwargs)
-
-    call.__doc__ = original.__doc__
-    call.__wrapped__ = original  # type: ignore[attr-defined]
-    call._taichi_limits_recorder = recorder  # type: ignore[attr-defined]
-    return call
 
 
 def _package_dirs() -> tuple[str, ...]:
