@@ -310,10 +310,7 @@ class Runner:
 
             return run_items
         request = self._request(self._worker_items, self._budgets_of(self._worker_items), {})
-        modules = startplan.modules_to_import_again(
-            self.recorder.events, [str(item.path) for item in self._worker_items]
-        )
-        return functools.partial(reimport_worker, request, modules)
+        return functools.partial(reimport_worker, request, startplan.project_modules())
 
     def _budgets_of(self, items: list[pytest.Item]) -> dict[str, Budget]:
         return {item.nodeid: self._budgets[item.nodeid] for item in items}

@@ -16,6 +16,7 @@ moment.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import types
@@ -230,16 +231,23 @@ def _uses_taichi_state(
     return None
 
 
+@functools.cache
 def _installed_dirs() -> tuple[str, ...]:
     """Where the stdlib and installed packages live (a venv inside the project included)."""
+    import site
     import sysconfig
 
-    return tuple(
-        {
-            os.path.abspath(sysconfig.get_paths()[key]) + os.sep
-            for key in ("stdlib", "platstdlib", "purelib", "platlib")
-        }
-    )
+    dirs = [sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")]
+    dirs += getattr(site, "getsitepackages", list)()  # Debian's dist-packages, for one
+    if site.ENABLE_USER_SITE:
+        dirs.append(site.getusersitepackages())
+    return tuple({os.path.abspath(path) + os.sep for path in dirs})
+
+
+#: Inherited by every worker, never imported again: the code that runs the worker itself (a
+#: second copy of pytest or this plugin would not know the first one's classes) and Taichi,
+#: wherever they are installed from.
+_ALWAYS_INHERITED = ("pytest", "_pytest", "pluggy", "taichi", __name__.partition(".")[0])
 
 
 def third_party_modules() -> list[str]:
@@ -249,7 +257,7 @@ def third_party_modules() -> list[str]:
     names = []
     for name, module in list(sys.modules.items()):
         path = getattr(module, "__file__", None)
-        if not path or name == "__main__" or name.startswith(("taichi", "pytest_taichi_limits")):
+        if not path or name == "__main__" or _always_inherited(name):
             continue
         # A virtual environment inside the project is still installed code.
         if os.path.abspath(path).startswith(outside):
@@ -257,15 +265,36 @@ def third_party_modules() -> list[str]:
     return names
 
 
-def modules_to_import_again(events: Iterable[TaichiEvent], test_files: Iterable[str]) -> list[str]:
-    """Names in sys.modules of what a reimport worker must import anew: every module whose
-    import made Taichi state (a reset in the parent destroyed it) and the tests' own modules
-    (they hold references to that state)."""
-    files = {os.path.abspath(path) for event in events for path in event.importing}
-    files |= {os.path.abspath(path) for path in test_files}
+def project_modules() -> list[str]:
+    """Names in sys.modules of the project's own modules: every one a fresh interpreter would
+    import anew, which is all but the standard library, installed packages, Taichi, pytest and
+    this plugin. A reimport worker forgets them before its session collects the tests, so that
+    each runs its module-level code there once, as in a fresh process: the modules that made
+    Taichi state (a reset here destroyed it), the test modules and conftests that use it, and
+    the helpers between them (a counter a helper increments at import is 1 there, never 2)."""
+    installed = _installed_dirs()
     names = []
     for name, module in list(sys.modules.items()):
-        path = getattr(module, "__file__", None)
-        if isinstance(path, str) and os.path.abspath(path) in files:
+        if name == "__main__" or _always_inherited(name):
+            continue
+        path = _where(module)
+        if path is not None and not path.startswith(installed):
             names.append(name)
     return names
+
+
+def _always_inherited(name: str) -> bool:
+    return name.partition(".")[0] in _ALWAYS_INHERITED
+
+
+def _where(module: object) -> str | None:
+    """The file a module was loaded from (a namespace package: its first directory)."""
+    path = getattr(module, "__file__", None)
+    if not isinstance(path, str):
+        try:
+            path = next(iter(getattr(module, "__path__", None) or ()), None)
+        except TypeError:
+            path = None
+    if not isinstance(path, str) or path.startswith("<"):
+        return None  # built in, frozen, or made in memory
+    return os.path.abspath(path)
