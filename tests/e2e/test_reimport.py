@@ -134,3 +134,43 @@ def test_a_module_that_binds_a_port_at_import_names_the_reimport_worker(
         ]
     )
     assert "spawn mode" not in result.stdout.str()
+
+
+def test_an_ndarray_a_conftest_makes_at_import_is_made_again_in_the_worker(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
+    # `ti.ndarray` at import is Taichi state too (it used to go unnoticed: the test forked, and
+    # its kernel got a dead ndarray), and the pytest process's own copy, dead after the reset,
+    # must not start a Taichi program when it is freed at exit.
+    pytester.makeconftest(
+        """
+        import pytest
+        import taichi as ti
+
+        ti.init(arch=ti.cpu)
+        shared = ti.ndarray(ti.f32, shape=4)
+
+        @pytest.fixture
+        def data():
+            return shared
+        """
+    )
+    pytester.makepyfile(
+        test_uses_ndarray="""
+        import taichi as ti
+
+        @ti.kernel
+        def fill(target: ti.types.ndarray(), value: ti.f32):
+            for i in target:
+                target[i] = value
+
+        def test_fills(data):
+            fill(data, 2.0)
+            assert data[1] == 2.0
+        """
+    )
+    report = pytester.path / "report.json"
+    result = run_plugin("--taichi-limits", f"--taichi-limits-json={report}")
+    result.assert_outcomes(passed=1)
+    assert modes(report) == {"reimport"}
+    assert "Exception ignored" not in result.stdout.str() + result.stderr.str()
