@@ -20,7 +20,7 @@ import functools
 import os
 import sys
 import types
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -265,16 +265,17 @@ def third_party_modules() -> list[str]:
     return names
 
 
-def project_modules() -> list[str]:
+def project_modules(modules: Mapping[str, object] | None = None) -> list[str]:
     """Names in sys.modules of the project's own modules: every one a fresh interpreter would
     import anew, which is all but the standard library, installed packages, Taichi, pytest and
     this plugin. A reimport worker forgets them before its session collects the tests, so that
     each runs its module-level code there once, as in a fresh process: the modules that made
     Taichi state (a reset here destroyed it), the test modules and conftests that use it, and
-    the helpers between them (a counter a helper increments at import is 1 there, never 2)."""
+    the helpers between them (a counter a helper increments at import is 1 there, never 2).
+    `modules` is sys.modules unless a test passes fakes."""
     installed = _installed_dirs()
     names = []
-    for name, module in list(sys.modules.items()):
+    for name, module in list((sys.modules if modules is None else modules).items()):
         if name == "__main__" or _always_inherited(name):
             continue
         path = _where(module)
