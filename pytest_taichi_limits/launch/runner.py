@@ -77,6 +77,8 @@ class Runner:
         # Unsupervised tests that have not run yet (under xdist: or that run in another worker):
         # pytest runs them in this process, on its Taichi state.
         self._plain_left: set[str] = set()
+        self._kept: str | None = None  # keeps_taichi_state(), while _kept_known
+        self._kept_known = False
 
     # -- after collection -------------------------------------------------------------------
 
@@ -87,6 +89,7 @@ class Runner:
         self._index = {item.nodeid: number for number, item in enumerate(items)}
         self._isolation = dict(supervised)
         self._plain_left = {item.nodeid for item in items if item.nodeid not in supervised}
+        self._kept_known = False
         modules = {
             str(item.path): getattr(item, "module", None)
             for item in items
@@ -106,6 +109,7 @@ class Runner:
     def plain_test_starts(self, item: pytest.Item) -> None:
         """pytest is about to run an unsupervised test here itself."""
         self._plain_left.discard(item.nodeid)
+        self._kept_known = False  # it may make or drop Taichi objects here
 
     def keeps_taichi_state(self) -> str | None:
         """Why the next supervised test must start without a Taichi reset here (None: it may).
@@ -116,6 +120,11 @@ class Runner:
         supervised tests start in a fresh interpreter instead, and this process is left alone.
         Without any such object, the reset is harmless: the init is replayed on the next use.
         """
+        if not self._kept_known:  # asked per test and per candidate: decided once per test
+            self._kept, self._kept_known = self._taichi_state_kept(), True
+        return self._kept
+
+    def _taichi_state_kept(self) -> str | None:
         if not self._plain_left or not reinit.taichi_initialised():
             return None
         held = self.recorder.held.describe()
@@ -228,6 +237,7 @@ class Runner:
         """`env`: variables for the child (the GPU admission chose): a worker started with
         other values is not reused, as CUDA reads them once."""
         self._budgets = budget_of
+        self._kept_known = False  # what pytest's Taichi state holds now
         key = self.key_of(item)
         env = dict(env or {})
         if (

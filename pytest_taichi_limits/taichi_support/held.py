@@ -55,10 +55,16 @@ class HeldObjects:
 
     def describe(self) -> str | None:
         """'Taichi fields, ndarrays' while any object of those kinds is alive here, else None."""
-        kinds = [kind for kind, live in self._live.items() if len(live)]
-        if not kinds:
+        if not self._kinds():
             return None
-        return "Taichi " + ", ".join(kind + "s" for kind in kinds)
+        # An ndarray a test read from is often kept only by a reference cycle: garbage, not
+        # held. A collection costs milliseconds; the fresh interpreter it can spare, far more.
+        gc.collect()
+        kinds = self._kinds()
+        return "Taichi " + ", ".join(kind + "s" for kind in kinds) if kinds else None
+
+    def _kinds(self) -> list[str]:
+        return [kind for kind, live in self._live.items() if len(live)]
 
     def _wrap(self) -> None:
         classes = []
