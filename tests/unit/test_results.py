@@ -204,7 +204,7 @@ def test_combined_outcome(phases: dict[str, FakeReport], interrupted: bool, expe
     ],
 )
 def test_tolerance_refuses_duplicates_and_empty_items(spec: str, problem: str) -> None:
-    with pytest.raises(baselines.BaselineError, match=problem):
+    with pytest.raises(baselines.ToleranceError, match=problem):
         baselines.parse_tolerance(spec)
 
 
