@@ -245,17 +245,18 @@ OPTIONS: tuple[Option, ...] = (
         "start a supervised test only when what it may use fits what the machine has left "
         "(shared by xdist workers and by other pytest sessions of this user): 'budget' (the "
         "default) reserves its mem_mb and gpu_gb; 'baseline' its measured peaks from "
-        "--taichi-limits-compare plus the tolerance. Write --taichi-limits-admit=MODE before "
-        "test paths",
+        "--taichi-limits-compare's baseline plus the tolerance (never more than the budget; a "
+        "test not in the baseline reserves its budget); 'off' (in an ini file also true, "
+        "meaning budget, or false). Write --taichi-limits-admit=MODE before test paths",
         metavar="MODE",
         choices=(*ADMIT_MODES, "off"),
         const="budget",
     ),
     Option(
         "taichi_limits_capacity",
-        "capacity for admission, e.g. 'mem=20GiB,gpu=80GiB' (gpu per device; byte units "
-        f"{BYTE_UNITS_TEXT}); default: MemAvailable at session start minus a margin, GPUs "
-        "from NVML",
+        "what admission may reserve, e.g. 'mem=20GiB,gpu=80GiB': mem for the machine, gpu per "
+        f"device; units {BYTE_UNITS_TEXT}. Default: MemAvailable at session start minus a "
+        "margin, GPUs from NVML",
         metavar="SPEC",
     ),
 )
@@ -553,7 +554,7 @@ def read_options(config: pytest.Config) -> Options:
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|")
+    return text.replace("|", "\\|").replace("*", "\\*")
 
 
 def markdown_table(dests: Iterable[str] | None = None) -> str:

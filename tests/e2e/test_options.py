@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
 from helpers.plugin_types import RunPlugin
 
+ROOT = Path(__file__).resolve().parents[2]
 ONE_TEST = "import pytest\n\n@pytest.mark.taichi_limits\ndef test_one():\n    pass\n"
 
 
@@ -229,3 +231,50 @@ def test_the_name_pytest_prints_switches_the_plugin_off(
     unknown = run_plugin("-p", "no:taichi-limits", "--taichi-limits")
     assert unknown.ret == pytest.ExitCode.USAGE_ERROR
     unknown.stderr.fnmatch_lines(["*unrecognized arguments: --taichi-limits*"])
+
+
+# -- the docs say what --help says ---------------------------------------------------------------
+
+
+def _help_entries(help_text: str) -> dict[str, str]:
+    """The taichi-limits group of `pytest --help`: flag -> its help without whitespace (argparse
+    wraps lines at the terminal's width, inside hyphenated words too)."""
+    group = help_text.split("resource budgets for Taichi tests", 1)[1].split("\n\n", 1)[0]
+    entries: dict[str, str] = {}
+    for chunk in re.split(r"\n  (?=--)", group)[1:]:
+        usage, _, text = chunk.partition(" ")
+        flag = re.split(r"[=\[ ]", usage.strip(), maxsplit=1)[0]
+        entries[flag] = "".join(text.split())
+    return entries
+
+
+def _docs_rows(page: str) -> dict[str, tuple[str, str]]:
+    """Every generated options table row of a docs page: flag -> (ini key, meaning)."""
+    rows: dict[str, tuple[str, str]] = {}
+    for region in re.findall(
+        r"<!-- generated: options.*?-->\n(.*?)<!-- end generated -->", page, re.S
+    ):
+        for flag, ini, meaning in re.findall(
+            r"^\| `(--taichi-limits[\w-]*)[^`]*` \| `?(\w*)`? \| (.*) \|$", region, re.M
+        ):
+            rows[flag] = (ini, meaning.replace("\\|", "|").replace("\\*", "*"))
+    return rows
+
+
+def test_the_docs_options_tables_say_what_help_says(run_plugin: RunPlugin) -> None:
+    """The real `pytest --help` of an installed plugin, against docs/reference.md and
+    docs/admission.md: the same flags, the same ini keys, the same words."""
+    result = run_plugin("--help")
+    assert result.ret == pytest.ExitCode.OK
+    help_text = result.stdout.str()
+    entries = _help_entries(help_text)
+    ini_keys = set(re.findall(r"^  (taichi_limits\w*) \(", help_text, re.M))
+    reference = _docs_rows((ROOT / "docs" / "reference.md").read_text(encoding="utf-8"))
+    assert set(reference) == set(entries)
+    assert {ini for ini, _ in reference.values() if ini} == ini_keys
+    for flag, (ini, meaning) in reference.items():
+        said = meaning + (f" (ini: {ini})" if ini else "")
+        assert entries[flag] == "".join(said.split()), flag
+    admission = _docs_rows((ROOT / "docs" / "admission.md").read_text(encoding="utf-8"))
+    assert set(admission) == {"--taichi-limits-admit", "--taichi-limits-capacity"}
+    assert all(row == reference[flag] for flag, row in admission.items())
