@@ -87,8 +87,9 @@ def pytest_configure(config: pytest.Config) -> None:
         # (no results plugin, so no log, JSON or baseline written from there).
         config.pluginmanager.register(TaichiLimitsPlugin(config, options, None), _PLUGIN_NAME)
         return
-    baseline = reports.register(config, options)
+    baseline = reports.load_baseline(options)  # once per process: compare and admission
     config.pluginmanager.register(TaichiLimitsPlugin(config, options, baseline), _PLUGIN_NAME)
+    reports.register(config, options, baseline)
 
 
 class TaichiLimitsPlugin:

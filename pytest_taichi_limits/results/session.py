@@ -40,7 +40,6 @@ from .outputs import (
     STEP_SUMMARY_NAME,
     STEP_SUMMARY_VARIABLE,
     OutputError,
-    check_appendable,
     check_distinct,
     check_replaceable,
     resolve,
@@ -71,23 +70,31 @@ def _step_summary(options: Options) -> str | None:
     return os.environ.get(STEP_SUMMARY_VARIABLE) or None
 
 
-def check_outputs(config: pytest.Config, options: Options) -> ci.CiOutputs:
-    """Before any test: every output can be written, and no two share a file. Raises
-    pytest.UsageError naming the options; an unusable job summary is warned about and left out.
-    Returns where the Markdown and HTML reports go."""
-    outputs = options.outputs
+def _usable_step_summary(config: pytest.Config, options: Options) -> str | None:
+    """The job summary to append to, or None: a courtesy, so an unusable one is warned about
+    once and left out, and the run goes on."""
     step_summary = _step_summary(options)
-    if step_summary is not None:
-        problem = step_summary_problem(resolve(step_summary))
-        if problem is not None:
-            config.issue_config_time_warning(
-                pytest.PytestConfigWarning(
-                    f"taichi-limits: the Markdown summary is not appended to the job summary "
-                    f"{STEP_SUMMARY_NAME}={step_summary!r}: {problem}; the run goes on without it"
-                ),
-                stacklevel=2,
-            )
-            step_summary = None
+    if step_summary is None:
+        return None
+    problem = step_summary_problem(resolve(step_summary))
+    if problem is None:
+        return step_summary
+    config.issue_config_time_warning(
+        pytest.PytestConfigWarning(
+            f"taichi-limits: the Markdown summary is not appended to the job summary "
+            f"{STEP_SUMMARY_NAME}={step_summary!r}: {problem}; the run goes on without it"
+        ),
+        stacklevel=2,
+    )
+    return None
+
+
+def check_outputs(config: pytest.Config, options: Options) -> ci.CiOutputs:
+    """Before any test: every output can be written, and no two share a file (the log is
+    checked where it is opened, in every process: UsageLog.check). Raises pytest.UsageError
+    naming the options. Returns where the Markdown and HTML reports go."""
+    outputs = options.outputs
+    step_summary = _usable_step_summary(config, options)
     junitxml = config.getoption("xmlpath", None)
     try:
         check_distinct(
@@ -100,8 +107,6 @@ def check_outputs(config: pytest.Config, options: Options) -> ci.CiOutputs:
         for option, typed in outputs.named().items():
             if typed is not None and option != "--taichi-limits-log":
                 check_replaceable(option, typed)
-        if outputs.log is not None:
-            check_appendable("--taichi-limits-log", outputs.log)
     except OutputError as error:
         raise pytest.UsageError(str(error)) from None
     if outputs.save_baseline is not None:
@@ -120,10 +125,9 @@ def check_outputs(config: pytest.Config, options: Options) -> ci.CiOutputs:
     )
 
 
-def register(config: pytest.Config, options: Options) -> baselines.Baseline | None:
-    """Register the results' plugins, each where it works (see the module's docstring); return
-    the baseline of --taichi-limits-compare."""
-    baseline = load_baseline(options)
+def register(config: pytest.Config, options: Options, baseline: baselines.Baseline | None) -> None:
+    """Register the results' plugins, each where it works (see the module's docstring).
+    `baseline`: load_baseline's."""
     writes = not is_xdist_worker(config)  # the xdist controller checked the outputs already
     ci_outputs = check_outputs(config, options) if writes else None
     if options.outputs.log is not None:  # every process that runs tests appends to it
@@ -135,7 +139,6 @@ def register(config: pytest.Config, options: Options) -> baselines.Baseline | No
         results = SessionResults(config, options, baseline)
         config.pluginmanager.register(results, PLUGIN_NAME)
         ci.register(config, ci_outputs, results, options.top)
-    return baseline
 
 
 def _mark_interrupted(item: pytest.Item, reports: list[pytest.TestReport], reason: str) -> None:
