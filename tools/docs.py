@@ -16,8 +16,8 @@ A generated region sits between two HTML comments, which Markdown does not show:
 
 The options tables come from `pytest_taichi_limits.config.options.OPTIONS`, the table `--help`
 is made from (tests/unit/test_docs.py fails when a table differs). A run's output is kept as it
-came, with the checkout's and site-packages' paths shortened; its figures are those of the
-machine it ran on.
+came, with the checkout's, the standard library's and site-packages' paths shortened; its
+figures are those of the machine it ran on.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import os
 import re
 import subprocess
 import sys
+import sysconfig
 from collections.abc import Callable
 from pathlib import Path
 
@@ -57,7 +58,9 @@ def _run(args: list[str]) -> str:
         timeout=600,
         check=False,
     )
-    return _SITE_PACKAGES.sub(".../", done.stdout).replace(f"{ROOT}/", "")
+    text = _SITE_PACKAGES.sub(".../", done.stdout).replace(f"{ROOT}/", "")
+    text = text.replace(sysconfig.get_paths()["stdlib"] + "/", ".../")
+    return "\n".join(line.rstrip() for line in text.splitlines()) + "\n"
 
 
 def _section(output: str, name: str) -> str:
