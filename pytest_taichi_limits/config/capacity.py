@@ -34,7 +34,7 @@ def parse_amount(text: str) -> int:
     except UnitError as error:
         raise CapacityError(f"cannot read the amount {text.strip()!r}: {error}") from None
     if value < 1:
-        raise CapacityError(f"the amount {text.strip()!r} must be more than 0 bytes")
+        raise CapacityError(f"the amount {text.strip()!r} must be at least one byte")
     return value
 
 

@@ -68,8 +68,8 @@ def test_capacity_spec_parses_units_and_rejects_typos() -> None:
         ("mem=20XB", "cannot read"),
         ("mem=20XB", r"not one of B, KiB, MiB, GiB, TiB"),
         ("ram=1GB", "KEY=AMOUNT"),
-        ("mem=0GB", "more than 0"),
-        ("mem=0.0001B", "more than 0 bytes"),  # was accepted as 0 B
+        ("mem=0GB", "must be at least one byte"),
+        ("mem=0.0001B", "at least one byte"),  # was accepted as 0 B
         ("mem=1e400GB", "more bytes than any machine has"),  # was "must be more than 0"
         (
             "mem=100",
