@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
+from ..config.options import SPAWN_WORKER_PLUGIN
 from ..config.settings import BUDGET_KEY
 from ..ipc.channel import ChannelWriter
 from ..ipc.protocol import CommandReader, Kind
@@ -26,8 +27,8 @@ if TYPE_CHECKING:
     from ..ipc.requests import Fingerprint, WorkerRequest
     from ..taichi_support.cap import GpuCap
 
-#: Name of the worker's plugin object; plugin.py looks for it to know it runs in a worker.
-WORKER_PLUGIN_NAME = "taichi_limits_spawn_worker"
+#: Name of the worker's plugin object; config.options.is_spawn_worker looks for it.
+WORKER_PLUGIN_NAME = SPAWN_WORKER_PLUGIN
 
 
 class WorkerError(RuntimeError):
@@ -50,10 +51,6 @@ _WORKER_KINDS = {
         "a worker forked from pytest that imports the project's modules again (reimport mode)"
     ),
 }
-
-
-def is_worker(config: pytest.Config) -> bool:
-    return config.pluginmanager.has_plugin(WORKER_PLUGIN_NAME)
 
 
 class WorkerPlugin:

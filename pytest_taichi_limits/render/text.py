@@ -8,6 +8,7 @@ from typing import Any
 
 from ..config.budget import BUDGET_KEYS, Budget
 from ..config.units import GIB, MIB, human_bytes
+from ..measure.gpu import NO_NVIDIA_GPU_NOTE
 from ..model.records import Crash, Usage, Violation
 
 #: Taichi archs that run on the host: device_memory_GB (the GPU pool the gpu_gb cap sets) is
@@ -68,7 +69,9 @@ def usage_line(usage: Usage) -> str:
         sampled = (
             f"own memory not sampled ({kernel}, started at {human_bytes(usage.start_rss_bytes)})"
         )
-    return f"{sampled} | CPU {usage.cpu_s:.2f} s | wall {usage.wall_s:.2f} s | {gpu_text(usage)}"
+    line = f"{sampled} | CPU {usage.cpu_s:.2f} s | wall {usage.wall_s:.2f} s"
+    # No NVIDIA GPU on the machine: said once in the session's header, not in every report.
+    return line if usage.gpu_note == NO_NVIDIA_GPU_NOTE else f"{line} | {gpu_text(usage)}"
 
 
 def _measure(resource_key: str, value: float) -> str:

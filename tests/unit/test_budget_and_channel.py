@@ -15,7 +15,7 @@ from pytest_taichi_limits.render.text import trim_stack
 
 @pytest.mark.parametrize("value", [True, "5", 0, -1, math.nan, math.inf, 1e12, None, [1]])
 def test_check_value_refuses(value: object) -> None:
-    with pytest.raises(BudgetError, match="mem_mb must be a positive number of megabytes"):
+    with pytest.raises(BudgetError, match="mem_mb must be a positive number of MiB"):
         check_value("mem_mb", value)
 
 
