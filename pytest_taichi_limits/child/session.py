@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import pytest
 
 from ..config.settings import BUDGET_KEY
-from ..ipc.channel import ChannelWriter
-from ..ipc.protocol import CommandReader, Kind
+from ..ipc.channel import ChannelWriter, CommandReader
+from ..ipc.protocol import Refused
 from . import loop
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ class WorkerPlugin:
             problem = _differs(test, item)
             if problem is not None:
                 self.restore_output()
-                self.writer.send(Kind.REFUSED, text=problem)
+                self.writer.send(Refused(problem))
                 loop.exit_guarded(self.writer, lambda: None)  # never returns
             items.append(item)
         self.found = True
