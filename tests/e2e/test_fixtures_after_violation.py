@@ -56,15 +56,19 @@ def _events(pytester: pytest.Pytester) -> list[str]:
     return path.read_text().split() if path.exists() else []
 
 
-@pytest.mark.parametrize(("isolation", "workers"), [("test", 3), ("module", 2)])
+@pytest.mark.parametrize(
+    ("isolation", "mode", "workers"),
+    [("test", "auto", 3), ("module", "auto", 2), ("module", "spawn", 2)],
+)
 def test_every_setup_has_its_teardown_when_tests_break_their_budgets(
-    pytester: pytest.Pytester, run_plugin: RunPlugin, isolation: str, workers: int
+    pytester: pytest.Pytester, run_plugin: RunPlugin, isolation: str, mode: str, workers: int
 ) -> None:
     pytester.makepyfile(test_module=INTERRUPTIBLE)
     # A long grace period: the teardown is quick, and the verdict must not depend on the clock.
     result = run_plugin(
         "--taichi-limits",
         f"--taichi-limits-isolation={isolation}",
+        f"--taichi-limits-mode={mode}",
         "--taichi-limits-grace=30",
     )
     result.assert_outcomes(failed=2, passed=1)
