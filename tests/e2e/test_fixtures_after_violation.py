@@ -152,3 +152,35 @@ def test_a_kernel_holding_the_gil_names_the_fixtures_whose_teardown_never_ran(
     )
     # Set up in test_1, kept for test_2 (same worker), never torn down.
     assert _events(pytester) == ["setup"]
+
+
+def test_a_crash_names_the_fixtures_whose_teardown_never_ran(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
+    pytester.makepyfile(
+        test_crash="""
+        import os
+        import signal
+
+        import pytest
+
+        @pytest.fixture(scope="session")
+        def server():
+            yield
+
+        @pytest.fixture(scope="module")
+        def database(server):
+            yield
+
+        def test_segfaults(database):
+            os.kill(os.getpid(), signal.SIGSEGV)
+    """
+    )
+    result = run_plugin("--taichi-limits")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*the test process was killed by signal 11 (SIGSEGV)*",
+            "*not torn down  server (session), database (module): the test process ended*",
+        ]
+    )

@@ -163,3 +163,11 @@ def test_the_kernel_shows_where_a_child_waits(
         assert time.monotonic() < deadline, "the child still reads after it was answered"
         time.sleep(0.01)
     assert linux.blocked_reading(pid, inode) is False  # asleep in nanosleep: not waiting for us
+
+
+def test_the_report_names_at_most_twenty_fixtures_of_the_childs_word() -> None:
+    from pytest_taichi_limits.render.text import not_torn_down_line
+
+    line = not_torn_down_line(tuple(f"f{n} (module)" for n in range(25)))
+    assert "f19 (module) and 5 more: the test process ended" in line
+    assert "f20" not in line
