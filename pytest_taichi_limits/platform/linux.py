@@ -110,7 +110,9 @@ def blocked_reading(pid: int, inode: int) -> bool | None:
         with open(f"/proc/{pid}/syscall", "rb") as handle:
             fields = handle.read().split()
     except (FileNotFoundError, ProcessLookupError):
-        return False  # gone: it waits for nothing
+        # Gone, it waits for nothing; but a kernel without the file (no
+        # CONFIG_HAVE_ARCH_TRACEHOOK, a sandbox's /proc) cannot tell.
+        return None if os.path.exists(f"/proc/{pid}") else False
     except OSError:
         return None
     # "running", or the syscall number and its six arguments in hex, then sp and pc.
