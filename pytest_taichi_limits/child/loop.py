@@ -217,6 +217,7 @@ def exit_guarded(writer: ChannelWriter, body: Callable[[], None]) -> NoReturn:
         _flush_std_streams()
         if exit_code is None:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGTERM])  # a test may block it
             os.kill(os.getpid(), signal.SIGTERM)
             exit_code = 128 + signal.SIGTERM  # seatbelt; the signal ends the process first
         os._exit(exit_code)
