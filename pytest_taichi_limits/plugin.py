@@ -23,7 +23,7 @@ from .config.options import Options, add_options, is_spawn_worker, read_options
 from .config.settings import BUDGET_KEY, SETTINGS_KEY
 from .formats import baseline as baselines
 from .formats import environment
-from .ipc.protocol import Kind
+from .ipc.protocol import Exit
 from .launch.runner import Refused, Runner
 from .launch.spawn import SpawnError
 from .launch.startplan import InitRecorder
@@ -32,7 +32,6 @@ from .model.records import RunResult
 from .render import text as render
 from .results import replay
 from .results import session as reports
-from .results.outcomes import describe_exit
 from .supervise.signals import Terminated, die_of
 from .taichi_support.fixtures import taichi_limits_ti  # noqa: F401 - pytest finds fixtures in plugin modules
 
@@ -224,20 +223,20 @@ class TaichiLimitsPlugin:
         item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
         if exit_request is not None:
             self.runner.stop_worker()
-            if exit_request.get("reason") == "interrupt":
+            if exit_request.reason == "interrupt":
                 raise KeyboardInterrupt
-            pytest.exit(str(exit_request.get("message")), exit_request.get("returncode"))
+            pytest.exit(exit_request.message, exit_request.returncode)
         return True
 
-    def _replay(self, item: pytest.Item, result: RunResult) -> dict[str, Any] | None:
+    def _replay(self, item: pytest.Item, result: RunResult) -> Exit | None:
         """Hand the child's reports to pytest as if the test had run here; the exit request
         (pytest.exit, Ctrl-C) the test made, if any."""
-        exits = result.of_kind(Kind.EXIT)
+        exits = result.of_kind(Exit)
         # Facts only the messages tell, before anything renders the usage (frozen: replaced).
         result.usage = dataclasses.replace(
             result.usage,
             arch=environment.taichi_arch(result.messages),
-            interrupted=describe_exit(exits[-1]) if exits else "",
+            interrupted=exits[-1].describe() if exits else "",
         )
         replay.replay(item, result, gate.report_lines(result.usage.admission))
         return exits[-1] if exits else None

@@ -19,8 +19,8 @@ import pytest
 
 from ..config.options import SPAWN_WORKER_PLUGIN
 from ..config.settings import BUDGET_KEY
-from ..ipc.channel import ChannelWriter
-from ..ipc.protocol import CommandReader, Kind
+from ..ipc.channel import ChannelWriter, CommandReader
+from ..ipc.protocol import Refused
 from . import loop
 
 if TYPE_CHECKING:
@@ -104,7 +104,7 @@ class WorkerPlugin:
             problem = _differs(test, item)
             if problem is not None:
                 self.restore_output()
-                self.writer.send(Kind.REFUSED, text=problem)
+                self.writer.send(Refused(problem))
                 loop.exit_guarded(self.writer, lambda: None)  # never returns
             items.append(item)
         self.found = True

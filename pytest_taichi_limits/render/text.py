@@ -146,6 +146,21 @@ def crash_report(crash: Crash, usage: Usage) -> str:
     return "\n".join(lines)
 
 
+def not_torn_down_line(fixtures: tuple[str, ...]) -> str:
+    """Fixtures above function scope whose teardown never ran: the child was killed (native
+    code held it past the grace period) or crashed while they were set up."""
+    names = ", ".join(fixtures[:_MOST_FIXTURES_NAMED])  # the child's word: bounded
+    if len(fixtures) > _MOST_FIXTURES_NAMED:
+        names += f" and {len(fixtures) - _MOST_FIXTURES_NAMED} more"
+    return (
+        f"  not torn down  {names}: the test process ended before its teardown "
+        "ran (their finalizers, e.g. removing files or servers, did not run)"
+    )
+
+
+_MOST_FIXTURES_NAMED = 20
+
+
 def trim_stack(stack: str) -> str:
     """Drop the frames below the test: pytest's, pluggy's and this plugin's own machinery."""
     kept: list[str] = []
