@@ -14,17 +14,25 @@ import os
 import select
 import signal
 import socket
-import threading
 import time
-import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..config.budget import Budget
 from ..config.units import MIB
 from ..ipc.channel import ChannelReader
-from ..ipc.protocol import STACK_SIGNAL, STOP_COMMAND, Kind, RunCommand
+from ..ipc.protocol import (
+    STACK_SIGNAL,
+    Done,
+    Fixtures,
+    Message,
+    Phase,
+    Ready,
+    RunCommand,
+    StopCommand,
+    encode_command,
+)
 from ..measure import gpu, shm
 from ..measure.meter import MemoryMethod, Meter, SmapsMemory, Tick
 from ..measure.proctree import process_cpu_s, send_signal
@@ -32,12 +40,14 @@ from ..model.records import Crash, Ending, RunResult, Usage, Violation
 from ..model.timeline import Timeline
 from ..platform import linux
 from . import verdict
+from .signals import TerminateInOrder
 from .verdict import ExitInfo, read_stack
 
 if TYPE_CHECKING:
     from ..config.settings import Settings
 
 __all__ = [
+    "STOP_TIMEOUT_S",
     "ExitInfo",
     "Launched",
     "RunResult",
@@ -61,6 +71,15 @@ _MAX_SLEEP_S = 0.1
 #: (about 1-4 GB/s per core), so the supervisor is never late.
 _WORST_RSS_GROWTH_BYTES_PER_S = 8 * 1024**3
 _CPU_COUNT = os.cpu_count() or 1
+#: After a child says `done` (or `ready`), how long the parent looks for it waiting on the control
+#: socket at this short pace before it goes back to its usual one: the real child is there within
+#: microseconds, a test that forged the word may never be.
+_WAIT_LOOK_S = 0.01
+_WAIT_POLL_S = 0.001
+#: How long a child may take to tear down after its last test (module and session fixtures'
+#: finalizers, Taichi's offline cache) before it is killed.
+STOP_TIMEOUT_S = 60.0
+_STOP = encode_command(StopCommand())
 
 
 class Launched(Protocol):
@@ -75,6 +94,9 @@ class Launched(Protocol):
     channel_fd: int
     stack_fd: int
     control_fd: int
+    #: the inode of the child's end of the control socket: the parent sees in /proc when the
+    #: child's main thread waits there for its next command, back in the plugin's hands
+    control_inode: int
 
     def wait_fd(self) -> int | None:
         """An fd that becomes readable when the child ends (or None: poll)."""
@@ -85,53 +107,6 @@ class Launched(Protocol):
         """Why the child died when its own end says nothing true (its zygote was killed)."""
 
     def close(self) -> None: ...
-
-
-class _Terminated(BaseException):
-    """SIGTERM reached the pytest process (a CI time-out, `kill`) while a test ran."""
-
-
-class TerminateInOrder:
-    """While a supervised test runs, SIGTERM to pytest ends the test's whole tree first.
-
-    With the default action pytest would die at once, and whatever the test had `setsid`'d or
-    double-forked, re-parented to init, would run on. Here SIGTERM raises inside the watch loop,
-    whose handler stops the tree; then the orphans are reaped and pytest dies of SIGTERM as it
-    would have. Installed only over the default action, and only in the main thread.
-    """
-
-    def __init__(self) -> None:
-        self.owner_pid = os.getpid()
-        self.installed = False
-
-    def __call__(self, signum: int, frame: Any) -> None:
-        if os.getpid() != self.owner_pid:  # a forked child, before it reset the handler
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
-            return
-        raise _Terminated()
-
-    def __enter__(self) -> TerminateInOrder:
-        if (
-            threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
-        ):
-            signal.signal(signal.SIGTERM, self)
-            self.installed = True
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: types.TracebackType | None,
-    ) -> None:
-        if not self.installed:
-            return
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        if isinstance(error, _Terminated):
-            os.kill(os.getpid(), signal.SIGTERM)  # the tree is gone: now die of it
-            os._exit(128 + signal.SIGTERM)  # seatbelt; the signal ends the process first
 
 
 class WorkerGone(RuntimeError):
@@ -151,6 +126,9 @@ class _TestStart:
     first_message: int  # index of the first message that belongs to this test
     tests_before: int  # tests this child ran before this one
     shm_before: dict[str, shm.FileKey]  # what /dev/shm held when the test started
+    #: the last test of its child: its figures when it was over (`done`, the child waiting);
+    #: its budget still holds until the child has exited
+    at_done: Usage | None = None
 
 
 class Worker:
@@ -187,6 +165,8 @@ class Worker:
         self._escaped: int | None = None  # a test process that left the worker's cgroup
         self._ready = False
         self._next_message = 0  # the first message that belongs to the next test
+        self._fixtures_up: tuple[str, ...] = ()  # the child's last word on them (Fixtures)
+        self._sees_waits = True  # False once /proc cannot show where the child waits
 
     @property
     def pid(self) -> int:
@@ -215,7 +195,8 @@ class Worker:
             except Exception as error:  # noqa: BLE001 - a failure to watch fails this test only
                 return self._watch_failed(nodeid, budget, error)
             except BaseException:
-                # Ctrl-C, SIGTERM: the tree must not outlive our attention.
+                # Ctrl-C, SIGTERM, SIGHUP, SIGQUIT (supervise/signals.py): the tree must not
+                # outlive our attention.
                 self._stop_tree(grace_s=min(self.settings.grace_s, 0.5))
                 raise
 
@@ -254,9 +235,8 @@ class Worker:
             "call",
             "",
         )
-        return RunResult(
-            self.reader.messages[self._next_message :], usage, None, crash, None, "call"
-        )
+        messages = self.reader.messages[self._next_message :]
+        return RunResult(messages, usage, None, crash, None, "call", self._untorn(messages))
 
     def _run_test(
         self, index: int, next_index: int | None, nodeid: str, budget: Budget
@@ -266,15 +246,15 @@ class Worker:
             # is watched under the first test's budget; its figures start when it is ready.
             startup = self._begin(nodeid, budget, exact=self.mode != "fork")
             peaks = _Peaks(rss_bytes=startup.rss_bytes, cpu_s=startup.cpu_s)
-            violation, ready = self._watch(startup, peaks, Kind.READY)
+            violation, ready = self._watch(startup, peaks, Ready)
             if not ready:
                 return self._result(startup, peaks, violation, finished=False)
             self._ready = True
         start = self._begin(nodeid, budget)
         self.tests_run += 1
-        self._send(RunCommand(index, next_index, budget.cpu_s, budget.gpu_gb).encode())
+        self._send(encode_command(RunCommand(index, next_index, budget.cpu_s, budget.gpu_gb)))
         peaks = _Peaks(rss_bytes=start.rss_bytes, cpu_s=start.cpu_s)
-        violation, finished = self._watch(start, peaks, Kind.DONE)
+        violation, finished = self._watch(start, peaks, Done, last=next_index is None)
         return self._result(start, peaks, violation, finished, worker_ends=next_index is None)
 
     def _send(self, command: bytes) -> None:
@@ -307,30 +287,34 @@ class Worker:
         )
 
     def _watch(
-        self, start: _TestStart, peaks: _Peaks, until: Kind
+        self, start: _TestStart, peaks: _Peaks, until: _Until, last: bool = False
     ) -> tuple[Violation | None, bool]:
-        """Sample and check until the child says `until` (ready, or done with the test),
-        ended, or crossed a limit; (violation, whether `until` came)."""
+        """Sample and check until the child is back in the plugin's hands after `until` (ready,
+        or done with the test), ended, or crossed a limit; (violation, whether it finished).
+
+        The child's word is not enough: the test may forge it. The test is over once the parent
+        sees (in /proc) the child's main thread wait on the control socket for its next command.
+        The `last` test of a child is over when the child has exited: it is asked to stop then,
+        and the budget holds until it is gone, while its figures are those of that moment."""
         child, reader, meter = self.child, self.reader, self.meter
         # The child rings the control socket after `ready` and `done`: those wake the loop at
         # once. Other messages wake it at most once per interval (each wake-up costs the parent
         # about 0.2 ms of CPU; the 1 MiB pipe holds what the child writes meanwhile).
         # The kernel's cap (a cgroup) wakes it too: the test's tasks wait there for their stack.
-        cap_fd = self.meter.memory.cap_event_fd()
+        cap_fd = meter.memory.cap_event_fd()
         always = [fd for fd in (child.control_fd, child.wait_fd(), cap_fd) if fd is not None]
         with_channel = [child.channel_fd, *always]
-        progress = _Progress(start.first_message, until)
+        progress = _Progress(start.first_message, until, start.nodeid)
         sampled_at = heard_at = -math.inf
-        overflow_stopped = False
+        told_at = held_at = math.inf  # when the child said `until`; when it was asked to stop
+        overflow_stopped = holding = False
         while True:
             quiet_s = time.monotonic() - heard_at
             listen = not reader.closed and quiet_s >= self.settings.interval_s
-            ready, _, _ = select.select(
-                with_channel if listen else always,
-                [],
-                [],
-                self._next_sleep(start, peaks, time.monotonic() - start.monotonic),
-            )
+            sleep_s = self._next_sleep(start, peaks, time.monotonic() - start.monotonic)
+            if not holding and time.monotonic() - told_at < _WAIT_LOOK_S:
+                sleep_s = min(sleep_s, _WAIT_POLL_S)  # it is about to wait: look again soon
+            ready, _, _ = select.select(with_channel if listen else always, [], [], sleep_s)
             if child.channel_fd in ready:
                 heard_at = time.monotonic()
             if child.control_fd in ready:
@@ -340,11 +324,18 @@ class Worker:
                 capped = True
                 _take_bells(cap_fd)  # the eventfd's count; the tick below reads the cap
             reader.drain()
-            progress.update(reader.messages, start.nodeid)
+            progress.update(reader.messages)
             now = time.monotonic()
-            if progress.done or not ready or capped or now - sampled_at >= self.settings.interval_s:
-                # At `done` the child is idle: the exact figure of the finished test.
-                peaks.take(meter.sample(now, settle=progress.done), start)
+            if progress.told and told_at == math.inf:
+                told_at = now
+            back = progress.told and not holding and self._waits_for_command()
+            if back:
+                reader.drain()  # what it wrote before it began to wait is all this test's
+                progress.update(reader.messages)
+            if back or not ready or capped or now - sampled_at >= self.settings.interval_s:
+                # Back in the plugin's hands, the child is idle: the exact figure of the
+                # finished test.
+                peaks.take(meter.sample(now, settle=back), start)
                 self._escaped = self._escaped or meter.memory.escaped(self.tree)
                 sampled_at = now
             if self._escaped is not None:  # out of the figure's reach: stopped, and said so
@@ -354,16 +345,47 @@ class Worker:
             if violation is not None:
                 self._stop_tree()
                 return violation, False
-            if progress.done:
-                return None, True
+            if back:
+                if not last:
+                    return None, True
+                # Its last test: what the child does until it has exited is still that test's.
+                start.at_done = self._figures_at_done(start, peaks)
+                holding, held_at = True, now
+                self._send(_STOP)
             if reader.overflowed and not overflow_stopped:
                 # Its `done` can no longer be heard: let it finish and leave.
                 overflow_stopped = True
-                self._send(STOP_COMMAND)
+                self._send(_STOP)
             self.exit_info = child.poll_exit(block=False)
             if self.exit_info is not None:
                 reader.drain()
-                return None, False
+                # Said `done` and left cleanly without being seen to wait (os._exit): its
+                # reports decide (results/replay.py); a crash is a crash.
+                said_done = progress.told and until is Done
+                return None, holding or (said_done and self.exit_info.ending.exit_code == 0)
+            if holding and now - held_at > STOP_TIMEOUT_S:
+                self._stop_tree()  # its teardown hangs: the test itself was over
+                return None, True
+
+    def _waits_for_command(self) -> bool:
+        """Whether the child's main thread waits on the control socket, as the kernel shows it:
+        the word `ready` or `done` can be forged by the test, that cannot. Where /proc cannot
+        show it, the child's word is taken (docs/how-it-works.md says so)."""
+        if not self._sees_waits:
+            return True
+        waiting = linux.blocked_reading(self.child.pid, self.child.control_inode)
+        if waiting is None:
+            self._sees_waits = False
+            return True
+        return waiting
+
+    def _figures_at_done(self, start: _TestStart, peaks: _Peaks) -> Usage:
+        """The last test's figures when it was over, the child waiting for its next command:
+        what its child does afterwards (Taichi's reset, leaving) is not the test's work. What
+        its processes hold in /dev/shm is looked at now, while they are there to look at."""
+        if shm.new_entries(start.shm_before):
+            self.meter.observe_shm()
+        return self._usage(start, peaks, finished=True, violation_at_s=None)
 
     def _next_sleep(self, start: _TestStart, peaks: _Peaks, elapsed_s: float) -> float:
         """A quarter of the shortest time in which any limit could be reached, within bounds."""
@@ -419,7 +441,7 @@ class Worker:
             return self._violate(
                 start, "wall_s", budget.wall_s, elapsed_s, phase, "supervisor (wall clock)"
             )
-        gpu_now = self.meter.tick.gpu_bytes
+        gpu_now = tick.gpu_bytes
         if (
             budget.gpu_bytes is not None
             and gpu_now is not None
@@ -475,10 +497,32 @@ class Worker:
         messages = self.reader.messages[start.first_message :]
         self._next_message = len(self.reader.messages)
         phase = _Progress.last_phase(messages) if self._ready else "collection"
+        if start.at_done is not None and violation is None:
+            figures = start.at_done
+        else:
+            at_s = None if violation is None else violation.at - start.started_at
+            figures = self._usage(start, peaks, finished, at_s)
         worker_ends = worker_ends or violation is not None or not finished
-        at_s = None if violation is None else violation.at - start.started_at
-        usage = self._usage(start, peaks, finished, messages, at_s, worker_ends)
-        result = RunResult(messages, usage, violation, None, self.reader.problem, phase)
+        shm_files = self._shm_left(start, worker_ends)
+        # Without a cgroup, shared memory the test may have made but was not seen holding is
+        # not charged: the record says so (with a cgroup, the kernel knows whose it is).
+        unattributed = "" if self.meter.memory.cgroup_inode() else shm_files.unattributed_note()
+        usage = dataclasses.replace(
+            figures,
+            gpu_clamps=tuple(verdict.clamp_notes(messages)),
+            shm_files_left=shm_files.left,
+            shm_not_removed=shm_files.not_removed,
+            memory_note="; ".join(note for note in (figures.memory_note, unattributed) if note),
+        )
+        result = RunResult(
+            messages,
+            usage,
+            violation,
+            None,
+            self.reader.problem,
+            phase,
+            self._untorn(messages),
+        )
         if violation is not None:
             result.violation = dataclasses.replace(violation, signals_sent=self._signals_sent)
             return result
@@ -513,6 +557,14 @@ class Worker:
             )
         return result
 
+    def _untorn(self, messages: list[Message]) -> tuple[str, ...]:
+        """The fixtures above function scope still set up when the child ended: their teardown
+        never ran (killed at the end of the grace period, or crashed)."""
+        for message in messages:
+            if isinstance(message, Fixtures):
+                self._fixtures_up = message.up
+        return self._fixtures_up if self.exit_info is not None else ()
+
     def _shm_left(self, start: _TestStart, worker_ends: bool) -> shm.LeftFiles:
         """What the test made in /dev/shm and left there (listed in its report). With
         --taichi-limits-clean-shm, at the worker's end, what its tests made and no process
@@ -521,7 +573,8 @@ class Worker:
         clean = self.settings.clean_shm and worker_ends
         if not new and not clean:
             return shm.LeftFiles()
-        self.meter.observe_shm()  # the child is idle (or gone): what its processes hold, map
+        if self.exit_info is None:  # the child is idle: what its processes hold, map
+            self.meter.observe_shm()
         inside = {self.child.pid, self.child.keeper_pid, *self.tree.members()}
         cgroup_inode = self.meter.memory.cgroup_inode()
         mine = shm.settle_left(new, self.meter.shm, cgroup_inode, inside, clean=False)
@@ -533,10 +586,10 @@ class Worker:
 
     def _peak_rss(self, start: _TestStart, finished: bool) -> int:
         """The kernel's exact peak RSS of the child during this test (0: not known)."""
-        if finished:
-            return linux.peak_rss_bytes(self.child.pid)
         if self.exit_info is not None and start.tests_before == 0:
             return self.exit_info.maxrss_bytes  # its whole life was this one test
+        if finished:
+            return linux.peak_rss_bytes(self.child.pid)
         return 0
 
     def _cpu_s(self, start: _TestStart, peaks: _Peaks) -> float:
@@ -549,16 +602,10 @@ class Worker:
         return max(0.0, sampled_s, self.exit_info.cpu_s - start.child_cpu_s)
 
     def _usage(
-        self,
-        start: _TestStart,
-        peaks: _Peaks,
-        finished: bool,
-        messages: list[dict[str, Any]],
-        violation_at_s: float | None,
-        worker_ends: bool,
+        self, start: _TestStart, peaks: _Peaks, finished: bool, violation_at_s: float | None
     ) -> Usage:
-        """The test's figures, complete: one memory figure (the one the verdict uses) in every
-        field and surface that shows memory, the timeline's highest point included."""
+        """The test's figures: one memory figure (the one the verdict uses) in every field and
+        surface that shows memory, the timeline's highest point included."""
         memory = self.meter.memory
         kernel_peak_bytes = self._peak_rss(start, finished)
         own_bytes = memory.final_bytes(max(0, kernel_peak_bytes - start.rss_bytes))
@@ -566,10 +613,6 @@ class Worker:
         cpu_s = self._cpu_s(start, peaks)
         gpu_peak = None if peaks.gpu_bytes is None else max(0, peaks.gpu_bytes - start.gpu_bytes)
         peaks.timeline.add(wall_s, own_bytes, cpu_s, gpu_peak)  # the last point holds the peak
-        shm_files = self._shm_left(start, worker_ends)
-        # Without a cgroup, shared memory the test may have made but was not seen holding is
-        # not charged: the record says so (with a cgroup, the kernel knows whose it is).
-        shm_note = "" if memory.cgroup_inode() is not None else shm_files.unattributed_note()
         return Usage(
             nodeid=start.nodeid,
             pid=self.child.pid,
@@ -580,7 +623,7 @@ class Worker:
             peak_own_rss_bytes=max(0, peaks.rss_bytes - start.rss_bytes),
             peak_own_memory_bytes=own_bytes,
             memory_method=self.meter.method,
-            memory_note="; ".join(note for note in (memory.note, shm_note) if note),
+            memory_note=memory.note,
             page_cache_bytes=memory.page_cache_bytes(),
             peak_rss_bytes=peaks.rss_bytes,
             peak_vms_bytes=peaks.vms_bytes,
@@ -593,10 +636,7 @@ class Worker:
             ending=None if self.exit_info is None else self.exit_info.ending,
             worker_pid=self.child.pid,
             worker_test_number=start.tests_before + 1,
-            gpu_clamps=tuple(verdict.clamp_notes(messages)),
             timeline=peaks.timeline.to_json(violation_at_s),
-            shm_files_left=shm_files.left,
-            shm_not_removed=shm_files.not_removed,
         )
 
     # -- ending the child -------------------------------------------------------------------
@@ -629,12 +669,13 @@ class Worker:
                 Ending(None, signal.SIGKILL), 0, 0.0
             )
         self.exit_info = exit_info
+        reader.drain()  # its last words, as far as it got: which fixtures it tore down
 
     def stop(self, timeout_s: float) -> None:
         """Ask an idle child to tear down and leave; kill it if it has not within `timeout_s`
         (its teardown runs the last fixtures' finalizers and writes Taichi's kernel cache)."""
         if self.exit_info is None:
-            self._send(STOP_COMMAND)
+            self._send(_STOP)
             deadline = time.monotonic() + timeout_s
             wait_fd = self.child.wait_fd()
             while self.exit_info is None and time.monotonic() < deadline:
@@ -698,35 +739,34 @@ class _Peaks:
         )
 
 
+_Until = type[Ready] | type[Done]
+
+
 @dataclass
 class _Progress:
     """What the child has told about the running test: its phase, and whether it said `until`
-    (ready: set up; done: the test `nodeid` is over)."""
+    (ready: set up; done: the test `nodeid` is over). Only its word: see Worker._watch."""
 
     seen: int
-    until: Kind
+    until: _Until
+    nodeid: str
     phase: str = "setup"
-    done: bool = False
+    told: bool = False
 
-    def update(self, messages: list[dict[str, Any]], nodeid: str) -> None:
-        for message in messages[self.seen :]:
-            kind = message["t"]
-            if kind == Kind.PHASE.value and isinstance(message.get("when"), str):
-                self.phase = message["when"]
-            elif kind == self.until.value and (
-                self.until is Kind.READY or message.get("nodeid") == nodeid
-            ):
-                self.done = True
+    def update(self, messages: list[Message]) -> None:
+        for index in range(self.seen, len(messages)):
+            message = messages[index]
+            if isinstance(message, Phase):
+                self.phase = message.when
+            elif isinstance(message, Done):
+                self.told = self.told or (self.until is Done and message.nodeid == self.nodeid)
+            elif isinstance(message, Ready):
+                self.told = self.told or self.until is Ready
         self.seen = len(messages)
 
     @staticmethod
-    def last_phase(messages: list[dict[str, Any]]) -> str:
-        phases = [
-            m["when"]
-            for m in messages
-            if m["t"] == Kind.PHASE.value and isinstance(m.get("when"), str)
-        ]
-        return phases[-1] if phases else "setup"
+    def last_phase(messages: list[Message]) -> str:
+        return next((m.when for m in reversed(messages) if isinstance(m, Phase)), "setup")
 
 
 def _escape_reason(pid: int) -> str:

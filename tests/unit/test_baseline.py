@@ -6,7 +6,7 @@ import pytest
 
 from pytest_taichi_limits.formats.baseline import (
     DEFAULT_TOLERANCE_SPEC,
-    BaselineError,
+    ToleranceError,
     parse_tolerance,
 )
 
@@ -20,6 +20,8 @@ from pytest_taichi_limits.formats.baseline import (
         ("gpu=1GB", "gpu", 100 + 1024**3),
         ("wall=5%", "wall", 105.0),
         ("MEM = 1% + 1KB + 1B", "mem", 101 + 1025),
+        ("mem=8M", "mem", 100 + 8 * 1024 * 1024),  # the units --taichi-limits-capacity takes
+        ("gpu=1.5GiB", "gpu", 100 + 1.5 * 1024**3),
     ],
 )
 def test_tolerance_specs(spec: str, key: str, limit_of_100: float) -> None:
@@ -35,5 +37,5 @@ def test_tolerance_defaults_and_errors() -> None:
     assert parse_tolerance("mem=off").allowances["mem"] is None
     assert parse_tolerance("cpu=1s").describe() == "mem=10%+16MiB,cpu=1s,wall=off,gpu=10%+64MiB"
     for bad in ("mem=10s", "cpu=8MB", "disk=5%", "mem", "mem=ten%", "cpu=inf s"):
-        with pytest.raises(BaselineError, match="A tolerance is comma-separated KEY=SPEC"):
+        with pytest.raises(ToleranceError, match="A tolerance is comma-separated KEY=SPEC"):
             parse_tolerance(bad)
