@@ -659,6 +659,10 @@ class Worker:
             if exit_info is not None and not tree.any_alive():
                 self.exit_info, self._signals_sent = exit_info, ("SIGTERM",)
                 return
+            if self.meter.memory.held_at_cap():
+                # Tasks held at the memory cgroup's cap wait in the kernel: no handler of
+                # theirs can run (their teardown cannot either); the grace would be in vain.
+                break
             time.sleep(min(0.01, grace))
         tree.kill_descendants()
         tree.kill_survivors()

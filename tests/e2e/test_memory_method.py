@@ -690,3 +690,64 @@ def test_clean_shm_removes_what_the_test_wrote_where_it_can_tell_it_was_the_test
     finally:
         if os.path.exists(path):
             os.unlink(path)
+
+
+# -- the choice, at start-up ---------------------------------------------------------------------
+
+NO_CGROUP_PLUGIN = """
+from pytest_taichi_limits.measure import meter
+
+# As on a machine without a usable memory cgroup (loaded with -p, before the plugin configures).
+meter._detected = lambda: "no usable memory cgroup (cgroup v2: not here; cgroup v1: not here)"
+"""
+
+
+def test_where_no_cgroup_can_be_made_auto_says_why_and_cgroup_is_a_usage_error(
+    pytester: pytest.Pytester, run_plugin: RunPlugin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makepyfile(nocgroup=NO_CGROUP_PLUGIN, test_one="def test_one():\n    pass\n")
+    monkeypatch.setenv("PYTHONPATH", str(pytester.path))
+    auto = run_plugin("-p", "nocgroup", "--taichi-limits", "--taichi-limits-memory-method=auto")
+    auto.assert_outcomes(passed=1)
+    auto.stdout.fnmatch_lines(
+        ["taichi-limits: memory measured by smaps (/proc): no usable memory cgroup (*"]
+    )
+    forced = run_plugin("-p", "nocgroup", "--taichi-limits", "--taichi-limits-memory-method=cgroup")
+    assert forced.ret == pytest.ExitCode.USAGE_ERROR
+    forced.stderr.fnmatch_lines(
+        ["ERROR: --taichi-limits-memory-method=cgroup, but no usable memory cgroup (*"]
+    )
+
+
+@needs_cgroup
+def test_a_test_held_at_its_cap_is_killed_at_once_and_names_its_untorn_fixtures(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
+    """Held at the cap, the test waits in the kernel: its SIGTERM handler (and so its teardown)
+    cannot run, so the grace period is not waited out, and the report names the fixture."""
+    pytester.makepyfile(
+        """
+        import pytest
+
+        HELD = []
+
+        @pytest.fixture(scope="module")
+        def recorder():
+            yield
+
+        @pytest.mark.taichi_limits(mem_mb=200)
+        def test_grows_past_its_cap(recorder):
+            HELD.append(b"\\x01" * (2 << 30))  # one allocation: no Python code runs meanwhile
+        """
+    )
+    result = run_plugin(
+        "--taichi-limits-memory-method=cgroup", "--taichi-limits-grace=60", timeout=50
+    )
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*taichi_limits: mem_mb exceeded: *limit mem_mb=200*",
+            "*not torn down  recorder (module): the test process ended before its teardown ran*",
+            "*signals sent: SIGTERM, SIGKILL*",
+        ]
+    )
