@@ -24,7 +24,7 @@ from ..formats.environment import session_environment
 from ..model.records import Usage, UsageRecord, Violation
 from ..model.warnings import TaichiLimitsRegressionWarning
 from ..render import suggest, summary
-from . import ci
+from . import ci, pytesthtml
 from .collect import RecordCollector, attach
 from .outcomes import (
     combined_outcome,
@@ -256,6 +256,7 @@ def register(config: pytest.Config) -> None:
         config.pluginmanager.register(log, LOG_PLUGIN_NAME)
     config.pluginmanager.register(TaichiLimitsReports(config, options), PLUGIN_NAME)
     ci.register(config)
+    pytesthtml.register(config)  # columns and extras in pytest-html's report, if active
 
 
 def _mark_interrupted(item: pytest.Item, reports: list[pytest.TestReport], reason: str) -> None:
