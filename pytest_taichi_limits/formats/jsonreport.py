@@ -21,7 +21,7 @@ growths carry `before_min` and `runs` (the baseline's range).
   `start_rss_bytes`, `peak_vms_bytes`, `cpu_s`, `wall_s`, `gpu_peak_bytes` (null when not
   measured) and `gpu_note` (why), `gpu_clamps` (what the gpu_gb cap took from ti.init calls),
   `budget` (the limits in force, null = off; mem_mb in MiB, gpu_gb in GiB), `pid`, `started_at`
-  (Unix time), `mode` (fork/spawn), `arch` (Taichi arch of the test's last ti.init, or "not
+  (Unix time), `mode` (fork/reimport/spawn), `arch` (Taichi arch of the test's last ti.init, or "not
   initialised"), `violation` (null or the violation), `regression` (null or the baseline
   comparison that failed or warned), `timeline` (optional: what the supervisor sampled, at most
   200 points, documented in model/timeline.py).

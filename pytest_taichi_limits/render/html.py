@@ -134,7 +134,7 @@ def chart_data(record: Mapping[str, Any]) -> dict[str, Any]:
 
 def _header(document: Mapping[str, Any]) -> str:
     verdict = markdown.verdict(document, marks=False).removeprefix("### taichi-limits: ")
-    failing = reading.failing(document)
+    failing = reading.failing(document) or not document.get("complete", True)
     environment = document.get("environment") or {}
     rows = "".join(
         f"<dt>{_e(key)}</dt><dd>{_e(value)}</dd>" for key, value in sorted(environment.items())

@@ -71,14 +71,17 @@ def _measure(resource: str, value: float) -> str:
 
 
 def verdict(document: Mapping[str, Any], marks: bool = True) -> str:
-    """'### taichi-limits: ❌ FAILED — 2 budget violations, ...' (`marks`: with the emoji)."""
+    """'### taichi-limits: ❌ FAILED — 2 budget violations, ...' (`marks`: with the emoji);
+    PASSED only for a session that ran to its end."""
     counts = reading.verdict_counts(document)
     violations, regressions = counts.pop("violations"), counts.pop("regressions")
     total = sum(counts.values())
     failing = reading.failing(document)
-    mark = "FAILED" if failing else "PASSED"
+    # An interrupted session never passed: tests that did not run have no record.
+    interrupted = not failing and not document.get("complete", True)
+    mark = "FAILED" if failing else "INTERRUPTED" if interrupted else "PASSED"
     if marks:
-        mark = ("❌ " if failing else "✅ ") + mark
+        mark = ("❌ " if failing else "⚠️ " if interrupted else "✅ ") + mark
     outcomes = ", ".join(
         f"{counts[name]} {name}"
         for name in ("passed", "failed", "error", "skipped", "xfailed", "xpassed")

@@ -41,15 +41,6 @@ LOG_PLUGIN_NAME = "taichi_limits_log"
 DEFAULT_TOP = 5
 
 
-def _complete(exitstatus: int) -> bool:
-    """False for a session cut short: tests that did not run have no record."""
-    return int(exitstatus) not in (
-        int(pytest.ExitCode.INTERRUPTED),
-        int(pytest.ExitCode.INTERNAL_ERROR),
-        int(pytest.ExitCode.USAGE_ERROR),
-    )
-
-
 @dataclass(frozen=True)
 class ReportOptions:
     json_path: str | None  # absolute, resolved at configure time
@@ -287,6 +278,8 @@ class TaichiLimitsReports:
         self.written: list[str] = []  # what the summary tells about files written
         self.write_errors: list[str] = []
         self.interrupted = False  # Ctrl-C or pytest.exit, whatever the exit status says
+        self.loop_finished = False  # the run loop returned: every selected test had its turn
+        self.interrupt_status = int(pytest.ExitCode.INTERRUPTED)  # what pytest exits with then
 
     # -- header ---------------------------------------------------------------------------------
 
@@ -396,19 +389,40 @@ class TaichiLimitsReports:
             "environment_warnings": self.baseline.environment_warnings(self.environment),
         }
 
-    def pytest_keyboard_interrupt(self) -> None:
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> Any:
+        # Raises when the loop was cut short (Ctrl-C, -x, pytest.exit, xdist's Interrupted).
+        # A second Ctrl-C can land while pytest handles the first, before it sets the exit
+        # status: the session then ends with status 0, and only this says it was cut short.
+        result = yield
+        self.loop_finished = True
+        return result
+
+    def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
         # Called for Ctrl-C and for pytest.exit, also pytest.exit(..., returncode=0): the exit
         # status alone cannot tell that tests were left unrun.
         self.interrupted = True
+        returncode = getattr(excinfo.value, "returncode", None)
+        if isinstance(excinfo.value, pytest.exit.Exception) and returncode is not None:
+            self.interrupt_status = int(returncode)
 
     def _complete(self, exitstatus: int, records: list[UsageRecord]) -> bool:
-        if self.interrupted or any(record.outcome == "interrupted" for record in records):
+        if not self.loop_finished or self.interrupted:
+            return False
+        if any(record.outcome == "interrupted" for record in records):
             return False
         return int(exitstatus) not in (
             int(pytest.ExitCode.INTERRUPTED),
             int(pytest.ExitCode.INTERNAL_ERROR),
             int(pytest.ExitCode.USAGE_ERROR),
         )
+
+    def _exit_status(self, exitstatus: int) -> int:
+        """pytest's exit status, except where a second Ctrl-C cut pytest short before it could
+        set it (it says 0 then): what pytest sets for the interruption."""
+        if int(exitstatus) == int(pytest.ExitCode.OK) and not self.loop_finished:
+            return self.interrupt_status
+        return int(exitstatus)
 
     def _shown(self, path: str) -> str:
         """A path as the user gave it: relative to where pytest was started, if inside it."""
@@ -423,11 +437,13 @@ class TaichiLimitsReports:
             [record.to_json() for record in records],
             self.environment,
             self._complete(exitstatus, records),
-            int(exitstatus),
+            self._exit_status(exitstatus),
             self._baseline_section(records),
         )
 
-    @pytest.hookimpl(trylast=True)
+    # First: before xdist tears its workers down (seconds, in which a second Ctrl-C would end
+    # pytest with no report at all); every record is in by then.
+    @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if self.is_worker:
             return
