@@ -26,7 +26,6 @@ import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 
@@ -224,7 +223,3 @@ def this_process() -> tuple[int, int]:
     if start is None:
         raise LedgerError(0, "cannot read /proc/self/stat: admission needs Linux's /proc")
     return pid, start
-
-
-def as_dicts(entries: list[Entry]) -> list[dict[str, Any]]:
-    return [dataclasses.asdict(entry) for entry in entries]

@@ -30,10 +30,6 @@ NO_TAICHI = "not initialised"
 
 UNITS = {"cpu_s": "s", "wall_s": "s", "mem_mb": "MiB", "gpu_gb": "GiB"}
 
-#: How the memory figure of a record was measured, until issue 10's own-memory measure lands:
-#: the growth of the tree's summed RSS above what the child started with.
-RSS_GROWTH = "rss-growth"
-
 #: Every outcome a record can have: pytest's own words, and "interrupted" for a test that stopped
 #: the session (pytest.exit, KeyboardInterrupt) before it finished: never "passed".
 OUTCOMES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed", "interrupted")
@@ -96,7 +92,7 @@ class Usage:
     #: The figure mem_mb is checked against: the peak of what the test made the machine hold,
     #: measured as memory_method says.
     peak_own_memory_bytes: int
-    memory_method: str  # e.g. "rss-growth"
+    memory_method: str  # "smaps", "cgroup" or "rss" (measure/memory.py)
     ending: Ending | None = None
     worker_pid: int = 0  # the supervised child (or spawn-mode worker) that ran the test
     worker_test_number: int = 1  # 1 for its first test; more where a child runs several
@@ -218,7 +214,7 @@ class UsageRecord:
     outcome: str  # one of OUTCOMES
     own_memory_bytes: int  # max(peak_own_memory_bytes, kernel_own_rss_bytes): compared, shown
     peak_own_memory_bytes: int  # the figure mem_mb was checked against during the run
-    memory_method: str  # how peak_own_memory_bytes was measured, e.g. "rss-growth"
+    memory_method: str  # how peak_own_memory_bytes was measured: "smaps", "cgroup", "rss"
     peak_own_rss_bytes: int  # peak RSS of the process tree above its starting RSS (sampled)
     kernel_own_rss_bytes: int  # ru_maxrss of the child minus its starting RSS (exact)
     peak_rss_bytes: int  # absolute peak RSS of the tree

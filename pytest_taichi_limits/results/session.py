@@ -41,15 +41,6 @@ LOG_PLUGIN_NAME = "taichi_limits_log"
 DEFAULT_TOP = 5
 
 
-def _complete(exitstatus: int) -> bool:
-    """False for a session cut short: tests that did not run have no record."""
-    return int(exitstatus) not in (
-        int(pytest.ExitCode.INTERRUPTED),
-        int(pytest.ExitCode.INTERNAL_ERROR),
-        int(pytest.ExitCode.USAGE_ERROR),
-    )
-
-
 @dataclass(frozen=True)
 class ReportOptions:
     json_path: str | None  # absolute, resolved at configure time

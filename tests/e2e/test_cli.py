@@ -50,7 +50,7 @@ def _baseline(
             "wall_s": span(0.6),
             "gpu_bytes": None,
             "runs": 1,
-            "memory_method": "rss-growth",
+            "memory_method": "smaps",
             "arch": "x64",
             "mode": "fork",
             "environment": environment_id,

@@ -60,7 +60,7 @@ def record(
         "outcome": outcome,
         "own_memory_bytes": own,
         "peak_own_memory_bytes": own,
-        "memory_method": "rss-growth",
+        "memory_method": "smaps",
         "peak_own_rss_bytes": own,
         "kernel_own_rss_bytes": own,
         "peak_rss_bytes": own + 50 * MB,

@@ -220,7 +220,7 @@ def test_need_from_budget_and_from_baseline(tmp_path: Path) -> None:
         "t": BaselineEntry(
             runs=2,
             ranges=ranges,
-            memory_method="rss-growth",
+            memory_method="smaps",
             arch="x64",
             mode="fork",
             environment="e",

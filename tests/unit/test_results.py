@@ -16,7 +16,6 @@ from pytest_taichi_limits.config.budget import Budget
 from pytest_taichi_limits.config.units import MIB, human_bytes
 from pytest_taichi_limits.formats import baseline as baselines
 from pytest_taichi_limits.model.records import (
-    RSS_GROWTH,
     RecordError,
     Usage,
     UsageRecord,
@@ -48,7 +47,7 @@ def make_usage(**changes: Any) -> Usage:
         budget=Budget(None, 1024.0, 600.0, None),
         mode="fork",
         peak_own_memory_bytes=30 * MIB,
-        memory_method=RSS_GROWTH,
+        memory_method="smaps",
         arch="x64",
         gpu_clamps=(
             (
@@ -122,7 +121,7 @@ def test_own_memory_is_the_larger_of_measured_and_kernel_peak() -> None:
     assert usage.kernel_own_rss_bytes == 40 * MIB
     record = UsageRecord.from_usage(usage, "passed", None)
     assert record.own_memory_bytes == 40 * MIB
-    assert record.memory_method == RSS_GROWTH
+    assert record.memory_method == "smaps"
     bigger = UsageRecord.from_usage(replace(usage, peak_own_memory_bytes=70 * MIB), "passed", None)
     assert bigger.own_memory_bytes == 70 * MIB
 
@@ -262,7 +261,7 @@ def test_compare_measures_growth_above_the_range_max() -> None:
             "wall_s": baselines.Range(10.0, 20.0),
             "gpu_bytes": None,
         },
-        memory_method=RSS_GROWTH,
+        memory_method="smaps",
         arch="x64",
         mode="fork",
         environment="e",
@@ -305,7 +304,7 @@ def _entry(**changes: Any) -> dict[str, Any]:
         "cpu_s": {"min": 1, "max": 1},
         "wall_s": {"min": 1, "max": 1},
         "gpu_bytes": None,
-        "memory_method": RSS_GROWTH,
+        "memory_method": "smaps",
         "arch": "x64",
         "mode": "fork",
         "environment": "e",

@@ -19,7 +19,7 @@ def _record(
         outcome=outcome,
         own_memory_bytes=int(own_mb * mb),
         peak_own_memory_bytes=int(own_mb * mb),
-        memory_method="rss-growth",
+        memory_method="smaps",
         peak_own_rss_bytes=int(own_mb * mb),
         kernel_own_rss_bytes=0,
         peak_rss_bytes=0,
