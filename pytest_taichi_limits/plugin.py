@@ -12,7 +12,6 @@ from .admission import gate
 from .child.session import is_worker
 from .config.budget import (
     MARKER_NAME,
-    Budget,
     BudgetError,
     check_arch,
     marker_arch,
@@ -92,7 +91,6 @@ class TaichiLimitsPlugin:
         if not is_worker(config):
             recorder.install()  # no-op when pytest_load_initial_conftests did it already
         self.runner = Runner(config, options.settings, recorder)
-        self._budgets: dict[str, Budget] = {}
         if options.settings.arch is not None:
             try:
                 check_arch(options.settings.arch, "--taichi-limits-arch / ini taichi_limits_arch")
@@ -123,8 +121,9 @@ class TaichiLimitsPlugin:
             f"start mode {settings.mode}, isolation {settings.isolation}",
         ]
 
-    def pytest_report_collectionfinish(self) -> list[str]:
-        return self.runner.header_lines() if self._budgets else []
+    def pytest_report_collectionfinish(self, items: list[pytest.Item]) -> list[str]:
+        supervised = any(BUDGET_KEY in item.stash for item in items)
+        return self.runner.header_lines() if supervised else []
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(
@@ -149,8 +148,7 @@ class TaichiLimitsPlugin:
                 self._collection_error(item, str(error))
                 continue
             budget = resolve(marked, self.options.cli_budget, self.options.ini_budget)
-            item.stash[BUDGET_KEY] = budget
-            self._budgets[item.nodeid] = budget
+            item.stash[BUDGET_KEY] = budget  # the one place a test's budget is kept
             kept.append(item)
         # A test with a bad marker is a collection error (reported above), never run.
         items[:] = kept
@@ -183,7 +181,7 @@ class TaichiLimitsPlugin:
         try:
             # Reserved before the child starts, released when it is gone, whatever happens.
             with self.admission.admitted(item.nodeid, budget) as grant:
-                result = self.runner.run(item, nextitem, budget, self._budgets, grant.env)
+                result = self.runner.run(item, nextitem, budget, grant.env)
             result.usage = dataclasses.replace(result.usage, admission=grant.facts())
         except (Refused, gate.AdmissionRefused) as error:
             text = str(error)

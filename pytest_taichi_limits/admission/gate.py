@@ -31,6 +31,7 @@ import pytest
 from ..config.budget import Budget
 from ..formats import baseline as baselines
 from ..results.collect import RECORD_ATTRIBUTE
+from ..results.session import compared_baseline
 from . import capacity as capacities
 from .capacity import Declared, Device, human
 from .ledger import HELD, WAITING, Entry, Ledger, LedgerError, default_directory, this_process
@@ -618,7 +619,6 @@ def read(config: pytest.Config, spawn_worker: bool = False) -> Admission:
 
 
 def _read_baseline(config: pytest.Config, admission: Admission) -> None:
-
     path = config.getoption("taichi_limits_compare", None)
     if path is None:
         raise pytest.UsageError(
@@ -627,7 +627,7 @@ def _read_baseline(config: pytest.Config, admission: Admission) -> None:
         )
     tolerance_text, _ = _value(config, "taichi_limits_tolerance")
     try:
-        admission.baseline = baselines.load(str(path)).tests
+        admission.baseline = compared_baseline(config, str(path)).tests
         admission.allowances = baselines.parse_tolerance(tolerance_text).allowances
     except baselines.BaselineError as error:
         raise pytest.UsageError(f"--taichi-limits-admit=baseline: {error}") from None

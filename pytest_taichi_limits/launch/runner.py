@@ -26,7 +26,7 @@ import pytest
 from ..child.loop import ChildStart, run_forked
 from ..child.session import reimport_worker
 from ..config.budget import Budget
-from ..config.settings import Settings
+from ..config.settings import BUDGET_KEY, Settings
 from ..ipc.requests import WorkerRequest, fingerprint
 from ..measure import cgroup
 from ..model.records import RunResult
@@ -39,6 +39,10 @@ from .spawn import SpawnError, SpawnLaunch, Zygote, new_temp_dir, worker_args
 #: How long a worker may take to tear down after its last test (module and session fixtures'
 #: finalizers, Taichi's offline cache) before it is killed.
 STOP_TIMEOUT_S = 60.0
+
+
+def _supervised(item: pytest.Item) -> bool:
+    return BUDGET_KEY in item.stash  # plugin.py puts each supervised test's budget there
 
 
 @dataclass(frozen=True)
@@ -68,7 +72,6 @@ class Runner:
         self._worker_key: Key | None = None
         self._worker_env: dict[str, str] = {}
         self._worker_items: list[pytest.Item] = []
-        self._budgets: dict[str, Budget] = {}
         self._cgroup: cgroup.TestCgroup | None = None  # the current worker's, where writable
         self._zygote: Zygote | None = None
         self._cuda: str | None = None
@@ -173,12 +176,11 @@ class Runner:
         item: pytest.Item,
         nextitem: pytest.Item | None,
         budget: Budget,
-        budget_of: dict[str, Budget],
         env: Mapping[str, str] | None = None,
     ) -> RunResult:
-        """`env`: variables for the child (the GPU admission chose): a worker started with
-        other values is not reused, as CUDA reads them once."""
-        self._budgets = budget_of
+        """`budget`: the test's, as the budget hook left it (every other supervised item's is
+        on its stash). `env`: variables for the child (the GPU admission chose): a worker
+        started with other values is not reused, as CUDA reads them once."""
         key = self.key_of(item)
         env = dict(env or {})
         if (
@@ -188,12 +190,12 @@ class Runner:
             or self._worker_env != env
         ):
             self.stop_worker()
-            self._launch(key, item, budget_of, env)
+            self._launch(key, item, env)
         worker = self._worker
         assert worker is not None
         index = self._worker_index(item)
         next_index = None
-        if nextitem is not None and nextitem.nodeid in budget_of and self._same_key(nextitem, key):
+        if nextitem is not None and _supervised(nextitem) and self._same_key(nextitem, key):
             next_index = self._worker_index(nextitem)
         try:
             result = worker.run_test(index, next_index, item.nodeid, budget)
@@ -218,19 +220,17 @@ class Runner:
             if candidate.nodeid == item.nodeid
         )
 
-    def _launch(
-        self, key: Key, item: pytest.Item, budget_of: dict[str, Budget], env: dict[str, str]
-    ) -> None:
+    def _launch(self, key: Key, item: pytest.Item, env: dict[str, str]) -> None:
         if key.mode != "fork":
             self._worker_items = [
                 candidate
                 for candidate in self._items
-                if candidate.nodeid in budget_of and self._same_key(candidate, key)
+                if _supervised(candidate) and self._same_key(candidate, key)
             ]
             self._worker_items = self._worker_items[self._worker_items.index(item) :]
         launched: ForkLaunch | SpawnLaunch
         if key.mode == "spawn":
-            launched = self._spawn(self._request(self._worker_items, budget_of, env))
+            launched = self._spawn(self._request(self._worker_items, env))
         else:
             # A forked child of a process holding a Taichi program hangs: reset it here, and
             # let the child (and a plain test here) replay the init lazily.
@@ -260,24 +260,19 @@ class Runner:
                 )
 
             return run_items
-        request = self._request(self._worker_items, self._budgets_of(self._worker_items), {})
+        request = self._request(self._worker_items, {})
         modules = startplan.modules_to_import_again(
             self.recorder.events, [str(item.path) for item in self._worker_items]
         )
         return functools.partial(reimport_worker, request, modules)
 
-    def _budgets_of(self, items: list[pytest.Item]) -> dict[str, Budget]:
-        return {item.nodeid: self._budgets[item.nodeid] for item in items}
-
-    def _request(
-        self, items: list[pytest.Item], budget_of: dict[str, Budget], env: dict[str, str]
-    ) -> WorkerRequest:
+    def _request(self, items: list[pytest.Item], env: dict[str, str]) -> WorkerRequest:
         args, options = worker_args(self.config)
         self._count += 1
         files = list(dict.fromkeys(str(item.path) for item in items))
         return WorkerRequest(
             tests=[fingerprint(item) for item in items],
-            budgets=[budget_of[item.nodeid] for item in items],
+            budgets=[item.stash[BUDGET_KEY] for item in items],
             args=[*args, f"--basetemp={self._basetemp(self._count)}", *files],
             options=options,
             invocation_dir=str(self.config.invocation_params.dir),

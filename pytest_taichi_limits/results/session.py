@@ -39,6 +39,16 @@ from .usagelog import UsageLog
 PLUGIN_NAME = "taichi_limits_reports"
 LOG_PLUGIN_NAME = "taichi_limits_log"
 DEFAULT_TOP = 5
+#: The baseline of --taichi-limits-compare, once read (the results and admission share it).
+_BASELINE_KEY = pytest.StashKey[baselines.Baseline]()
+
+
+def compared_baseline(config: pytest.Config, path: str) -> baselines.Baseline:
+    """The baseline at `path`, read once per process: the comparison and admission by baseline
+    see the same figures, however the file changes during the run. Raises BaselineError."""
+    if _BASELINE_KEY not in config.stash:
+        config.stash[_BASELINE_KEY] = baselines.load(path)
+    return config.stash[_BASELINE_KEY]
 
 
 @dataclass(frozen=True)
@@ -271,7 +281,7 @@ class TaichiLimitsReports:
         self.baseline: baselines.Baseline | None = None
         if options.compare_path is not None:
             try:
-                self.baseline = baselines.load(options.compare_path)
+                self.baseline = compared_baseline(config, options.compare_path)
             except baselines.BaselineError as error:
                 raise pytest.UsageError(f"--taichi-limits-compare: {error}") from None
         self.written: list[str] = []  # what the summary tells about files written

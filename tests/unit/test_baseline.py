@@ -1,14 +1,21 @@
-"""Baseline save and compare, through real runs that grow a real Taichi field."""
+"""Baseline tolerance specs and the reading of the compared baseline."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from pytest_taichi_limits.formats.baseline import (
     DEFAULT_TOLERANCE_SPEC,
+    SCHEMA,
+    VERSION,
     BaselineError,
     parse_tolerance,
 )
+from pytest_taichi_limits.results.session import compared_baseline
 
 
 @pytest.mark.parametrize(
@@ -37,3 +44,18 @@ def test_tolerance_defaults_and_errors() -> None:
     for bad in ("mem=10s", "cpu=8MB", "disk=5%", "mem", "mem=ten%", "cpu=inf s"):
         with pytest.raises(BaselineError, match="A tolerance is comma-separated KEY=SPEC"):
             parse_tolerance(bad)
+
+
+def test_the_compared_baseline_is_read_once_per_process(tmp_path: Path) -> None:
+    """The comparison and admission by baseline share one reading of the file: a file that
+    changes (or goes) during the run cannot give them different figures."""
+    path = tmp_path / "baseline.json"
+    path.write_text(
+        json.dumps({"schema": SCHEMA, "version": VERSION, "environments": {}, "tests": {}})
+    )
+    config = SimpleNamespace(stash=pytest.Stash())
+    first = compared_baseline(config, str(path))  # type: ignore[arg-type]
+    path.unlink()
+    assert compared_baseline(config, str(path)) is first  # type: ignore[arg-type]
+    with pytest.raises(BaselineError, match="does not exist"):
+        compared_baseline(SimpleNamespace(stash=pytest.Stash()), str(path))  # type: ignore[arg-type]
