@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import pytest
@@ -21,7 +20,6 @@ from .config.budget import (
 )
 from .config.options import Options, add_options, read_options
 from .config.settings import BUDGET_KEY, SETTINGS_KEY
-from .formats import environment
 from .ipc.protocol import Kind
 from .launch.runner import Refused, Runner
 from .launch.spawn import SpawnError
@@ -30,7 +28,6 @@ from .model.records import RunResult
 from .render import text as render
 from .results import replay
 from .results import session as reports
-from .results.outcomes import describe_exit
 from .taichi_support.fixtures import taichi_limits_ti  # noqa: F401 - pytest finds fixtures in plugin modules
 
 _PLUGIN_NAME = "taichi_limits_plugin"
@@ -181,8 +178,7 @@ class TaichiLimitsPlugin:
         try:
             # Reserved before the child starts, released when it is gone, whatever happens.
             with self.admission.admitted(item.nodeid, budget) as grant:
-                result = self.runner.run(item, nextitem, budget, grant.env)
-            result.usage = dataclasses.replace(result.usage, admission=grant.facts())
+                result = self.runner.run(item, nextitem, budget, grant.env, grant.facts())
         except (Refused, gate.AdmissionRefused) as error:
             text = str(error)
         except SpawnError as error:
@@ -204,11 +200,5 @@ class TaichiLimitsPlugin:
         """Hand the child's reports to pytest as if the test had run here; the exit request
         (pytest.exit, Ctrl-C) the test made, if any."""
         exits = result.of_kind(Kind.EXIT)
-        # Facts only the messages tell, before anything renders the usage (frozen: replaced).
-        result.usage = dataclasses.replace(
-            result.usage,
-            arch=environment.taichi_arch(result.messages),
-            interrupted=describe_exit(exits[-1]) if exits else "",
-        )
         replay.replay(item, result, gate.report_lines(result.usage.admission))
         return exits[-1] if exits else None

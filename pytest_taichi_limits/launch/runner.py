@@ -20,6 +20,7 @@ import shutil
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -177,10 +178,12 @@ class Runner:
         nextitem: pytest.Item | None,
         budget: Budget,
         env: Mapping[str, str] | None = None,
+        admission: Mapping[str, Any] | None = None,
     ) -> RunResult:
         """`budget`: the test's, as the budget hook left it (every other supervised item's is
         on its stash). `env`: variables for the child (the GPU admission chose): a worker
-        started with other values is not reused, as CUDA reads them once."""
+        started with other values is not reused, as CUDA reads them once. `admission`: what
+        admission reserved for the test, for its usage."""
         key = self.key_of(item)
         env = dict(env or {})
         if (
@@ -198,7 +201,7 @@ class Runner:
         if nextitem is not None and _supervised(nextitem) and self._same_key(nextitem, key):
             next_index = self._worker_index(nextitem)
         try:
-            result = worker.run_test(index, next_index, item.nodeid, budget)
+            result = worker.run_test(index, next_index, item.nodeid, budget, admission)
         except WorkerGone as gone:
             raise SpawnError(str(gone)) from None
         if next_index is None or not worker.alive or result.violation or result.crash:

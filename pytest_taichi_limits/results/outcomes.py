@@ -121,10 +121,3 @@ def combined_outcome(phases: Mapping[str, Any], interrupted: bool = False) -> st
     if interrupted and outcome not in ("failed", "error"):
         return INTERRUPTED
     return outcome
-
-
-def describe_exit(message: Mapping[str, Any]) -> str:
-    """How a test stopped the session, from the child's "exit" message, for its record."""
-    if message.get("reason") == "interrupt":
-        return "KeyboardInterrupt"
-    return f"pytest.exit({str(message.get('message'))!r}, returncode={message.get('returncode')})"

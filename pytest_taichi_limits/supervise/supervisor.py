@@ -17,11 +17,13 @@ import socket
 import threading
 import time
 import types
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..config.budget import Budget
 from ..config.units import MIB
+from ..formats.environment import taichi_arch
 from ..ipc.channel import ChannelReader
 from ..ipc.protocol import STACK_SIGNAL, STOP_COMMAND, Kind, RunCommand
 from ..measure import cgroup, gpu, memory
@@ -138,6 +140,28 @@ class WorkerGone(RuntimeError):
     """The child ended (or never became ready) before it could run the next test."""
 
 
+@dataclass(frozen=True)
+class _Told:
+    """What a test's usage learns from outside the measurement: from the child's messages
+    (its Taichi arch, the gpu_gb cap's clamps, a session stop), and from the plugin (what
+    admission reserved)."""
+
+    arch: str
+    gpu_clamps: tuple[str, ...]
+    interrupted: str  # why the test stopped the session; "" if it did not
+    admission: Mapping[str, Any] | None
+
+    @classmethod
+    def of(cls, messages: list[dict[str, Any]], admission: Mapping[str, Any] | None) -> _Told:
+        exits = [message for message in messages if message["t"] == Kind.EXIT.value]
+        return cls(
+            taichi_arch(messages),
+            tuple(verdict.clamp_notes(messages)),
+            verdict.describe_exit(exits[-1]) if exits else "",
+            None if admission is None else dict(admission),
+        )
+
+
 @dataclass
 class _TestStart:
     nodeid: str
@@ -203,21 +227,34 @@ class Worker:
     # -- one test ---------------------------------------------------------------------------
 
     def run_test(
-        self, index: int, next_index: int | None, nodeid: str, budget: Budget
+        self,
+        index: int,
+        next_index: int | None,
+        nodeid: str,
+        budget: Budget,
+        admission: Mapping[str, Any] | None = None,
     ) -> RunResult:
+        """`admission`: what admission reserved for the test (admission.Grant.facts), for its
+        usage."""
         if self.exit_info is not None:
             raise WorkerGone(self._gone_text())
         with self._terminate:
             try:
-                return self._run_test(index, next_index, nodeid, budget)
+                return self._run_test(index, next_index, nodeid, budget, admission)
             except Exception as error:  # noqa: BLE001 - a failure to watch fails this test only
-                return self._watch_failed(nodeid, budget, error)
+                return self._watch_failed(nodeid, budget, error, admission)
             except BaseException:
                 # Ctrl-C, SIGTERM: the tree must not outlive our attention.
                 self._stop_tree(grace_s=min(self.settings.grace_s, 0.5))
                 raise
 
-    def _watch_failed(self, nodeid: str, budget: Budget, error: Exception) -> RunResult:
+    def _watch_failed(
+        self,
+        nodeid: str,
+        budget: Budget,
+        error: Exception,
+        admission: Mapping[str, Any] | None,
+    ) -> RunResult:
         """An error while watching (out of file descriptors, /proc unreadable): the test fails
         with it, its whole tree is ended, and the session goes on."""
         try:
@@ -245,6 +282,7 @@ class Worker:
             peak_own_memory_bytes=0,
             memory_method="not measured",
             worker_pid=self.child.pid,
+            admission=admission,
         )
         crash = Crash(
             nodeid,
@@ -257,7 +295,12 @@ class Worker:
         )
 
     def _run_test(
-        self, index: int, next_index: int | None, nodeid: str, budget: Budget
+        self,
+        index: int,
+        next_index: int | None,
+        nodeid: str,
+        budget: Budget,
+        admission: Mapping[str, Any] | None,
     ) -> RunResult:
         if not self._ready:
             # Starting up (in a fresh interpreter: importing and collecting the test module)
@@ -266,14 +309,14 @@ class Worker:
             peaks = _Peaks(rss_bytes=startup.rss_bytes, cpu_s=startup.cpu_s)
             violation, ready = self._watch(startup, peaks, Kind.READY)
             if not ready:
-                return self._result(startup, peaks, violation, finished=False)
+                return self._result(startup, peaks, violation, False, admission)
             self._ready = True
         start = self._begin(nodeid, budget)
         self.tests_run += 1
         self._send(RunCommand(index, next_index, budget.cpu_s, budget.gpu_gb).encode())
         peaks = _Peaks(rss_bytes=start.rss_bytes, cpu_s=start.cpu_s)
         violation, finished = self._watch(start, peaks, Kind.DONE)
-        return self._result(start, peaks, violation, finished)
+        return self._result(start, peaks, violation, finished, admission)
 
     def _send(self, command: bytes) -> None:
         try:
@@ -456,21 +499,19 @@ class Worker:
         )
 
     def _result(
-        self, start: _TestStart, peaks: _Peaks, violation: Violation | None, finished: bool
+        self,
+        start: _TestStart,
+        peaks: _Peaks,
+        violation: Violation | None,
+        finished: bool,
+        admission: Mapping[str, Any] | None,
     ) -> RunResult:
         messages = self.reader.messages[start.first_message :]
         self._next_message = len(self.reader.messages)
         phase = _Progress.last_phase(messages) if self._ready else "collection"
         peak_rss_bytes = self._peak_rss(start, finished)
-        usage = self._usage(start, peaks, peak_rss_bytes)
-        usage = dataclasses.replace(
-            usage,
-            gpu_clamps=tuple(verdict.clamp_notes(messages)),
-            timeline=peaks.timeline.to_json(
-                None if violation is None else violation.at - start.started_at
-            ),
-            shm_files_left=self._shm_left(start),
-        )
+        told = _Told.of(messages, admission)
+        usage = self._usage(start, peaks, peak_rss_bytes, told, violation)
         result = RunResult(messages, usage, violation, None, self.reader.problem, phase)
         if violation is not None:
             result.violation = dataclasses.replace(violation, signals_sent=self._signals_sent)
@@ -518,7 +559,15 @@ class Worker:
             return self.exit_info.maxrss_bytes  # its whole life was this one test
         return 0
 
-    def _usage(self, start: _TestStart, peaks: _Peaks, kernel_peak_bytes: int) -> Usage:
+    def _usage(
+        self,
+        start: _TestStart,
+        peaks: _Peaks,
+        kernel_peak_bytes: int,
+        told: _Told,
+        violation: Violation | None,
+    ) -> Usage:
+        """The test's usage, complete: built once, never replaced."""
         exit_cpu_s = self.exit_info.cpu_s if self.exit_info and start.tests_before == 0 else 0.0
         gpu_peak = None if peaks.gpu_bytes is None else max(0, peaks.gpu_bytes - start.gpu_bytes)
         return Usage(
@@ -542,6 +591,14 @@ class Worker:
             ending=None if self.exit_info is None else self.exit_info.ending,
             worker_pid=self.child.pid,
             worker_test_number=start.tests_before + 1,
+            arch=told.arch,
+            gpu_clamps=told.gpu_clamps,
+            interrupted=told.interrupted,
+            admission=told.admission,
+            timeline=peaks.timeline.to_json(
+                None if violation is None else violation.at - start.started_at
+            ),
+            shm_files_left=self._shm_left(start),
         )
 
     # -- ending the child -------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -177,6 +178,13 @@ def clamp_notes(messages: list[dict[str, Any]]) -> list[str]:
             if text not in notes:
                 notes.append(text)
     return notes
+
+
+def describe_exit(message: Mapping[str, Any]) -> str:
+    """How a test stopped the session, from the child's "exit" message, for its usage."""
+    if message.get("reason") == "interrupt":
+        return "KeyboardInterrupt"
+    return f"pytest.exit({str(message.get('message'))!r}, returncode={message.get('returncode')})"
 
 
 def init_crash_hint(messages: list[dict[str, Any]]) -> str:
