@@ -184,7 +184,8 @@ class TaichiLimitsPlugin:
         except SpawnError as error:
             text = f"taichi_limits: {error}"
         if text is not None:  # never hang: this test fails, the run goes on (outside `except`,
-            replay.fail_without_running(item, text)  # or pytest chains the two)
+            # or pytest chains the two)
+            replay.fail_without_running(item, text, budget, self.runner.mode_of(item))
             item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
             return True
         exit_request = self._replay(item, result)

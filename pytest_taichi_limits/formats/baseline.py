@@ -41,20 +41,12 @@ from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
 from ..config.units import GIB, MIB, human_bytes
-from ..model.records import UsageRecord
+from ..model.records import RESOURCES, Growth, UsageRecord
 from . import environment as env
 from .jsonreport import write_atomic
 
 SCHEMA = "pytest-taichi-limits/baseline"
 VERSION = 2
-
-#: Compared resources: tolerance key -> (baseline/record field, kind, words a person reads).
-RESOURCES: dict[str, tuple[str, str, str]] = {
-    "mem": ("own_memory_bytes", "bytes", "own memory"),
-    "cpu": ("cpu_s", "seconds", "CPU time"),
-    "wall": ("wall_s", "seconds", "wall time"),
-    "gpu": ("gpu_bytes", "bytes", "GPU memory"),
-}
 
 #: Defaults, chosen from run-to-run noise measured on examples/within_budget (README, "Baselines"):
 #: own memory varied by at most 0.2 MiB over 10 runs with a warm Taichi kernel cache and 4.9 MiB
@@ -276,11 +268,16 @@ def load(path: str) -> Baseline:
         raise BaselineError(
             f"baseline {path!r} does not exist; create it with --taichi-limits-save-baseline={path}"
         ) from None
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RecursionError) as error:
         raise BaselineError(
             f"baseline {path!r} cannot be read: {error} (a file with git "
             "conflict markers reads so: resolve them, or save a new one)"
         ) from None
+    return parse(path, data)
+
+
+def parse(path: str, data: Any) -> Baseline:
+    """A baseline from the JSON value read from `path`. Raises BaselineError as `load`."""
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         raise BaselineError(
             f'{path!r} is not a pytest-taichi-limits baseline (no "schema": "{SCHEMA}")'
@@ -454,63 +451,6 @@ def save(
 
 
 # -- comparing ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Growth:
-    """One resource of one test, compared with the largest value the baseline saw."""
-
-    resource: str  # tolerance key
-    before: float  # the baseline's max
-    before_min: float  # the baseline's min (== before after one run)
-    runs: int  # how many runs the baseline's range spans
-    after: float
-    allowed: float  # the largest `after` within tolerance
-    tolerance: str  # e.g. "10%+16MiB"
-
-    @property
-    def kind(self) -> str:
-        return RESOURCES[self.resource][1]
-
-    @property
-    def exceeded(self) -> bool:
-        return self.after > self.allowed
-
-    @property
-    def growth(self) -> float:
-        """Above the baseline's max: a figure inside the range seen before did not grow."""
-        return self.after - self.before
-
-    @property
-    def growth_percent(self) -> float | None:
-        return None if self.before <= 0 else 100.0 * self.growth / self.before
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "resource": self.resource,
-            "before": self.before,
-            "before_min": self.before_min,
-            "runs": self.runs,
-            "after": self.after,
-            "growth": self.growth,
-            "growth_percent": self.growth_percent,
-            "allowed": self.allowed,
-            "tolerance": self.tolerance,
-            "exceeded": self.exceeded,
-            "unit": "B" if self.kind == "bytes" else "s",
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Growth:
-        return cls(
-            str(data["resource"]),
-            float(data["before"]),
-            float(data["before_min"]),
-            int(data["runs"]),
-            float(data["after"]),
-            float(data["allowed"]),
-            str(data["tolerance"]),
-        )
 
 
 def compare(record: UsageRecord, entry: Entry, tolerance: Tolerance) -> list[Growth]:

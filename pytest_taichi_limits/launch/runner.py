@@ -208,6 +208,13 @@ class Runner:
             self.stop_worker()
         return result
 
+    def mode_of(self, item: pytest.Item) -> str:
+        """How `item` starts, or would have started: fork, reimport or spawn."""
+        try:
+            return self.key_of(item).mode
+        except Refused:
+            return "fork"  # refused because fork mode was asked for a module that needs more
+
     def _same_key(self, item: pytest.Item, key: Key) -> bool:
         try:
             return self.key_of(item) == key

@@ -1,5 +1,5 @@
 """The HTML report: one self-contained file (inline CSS, inline SVG, a little vanilla JS, nothing
-fetched from the network), made from the JSON report document.
+fetched from the network), made from the session's `Report` (formats/jsonreport.py).
 
 Built for big suites: the table's rows are plain HTML written here (so the page reads without
 JS), the per-test timelines travel once as compact JSON, and a chart is drawn only when its row
@@ -11,21 +11,17 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Mapping
 from typing import Any
 
-from ..config.units import MIB, human_bytes
-from ..formats import reading
-from ..formats.baseline import RESOURCES, amount
-from ..model import timeline
-from ..model.records import Violation
-from . import markdown
-from .text import trim_stack
-from .text import violation_headline as render_headline
+from ..config.units import GIB, MIB, human_bytes
+from ..formats.baseline import amount
+from ..formats.jsonreport import Report
+from ..model.records import UsageRecord
+from ..model.timeline import Points
+from . import markdown, text
 
 #: Rows of the table laid out at once (the rest after "show all", or found by the filter).
 PAGE_ROWS = 500
-_BUDGET_KEYS = ("cpu_s", "mem_mb", "wall_s", "gpu_gb")
 
 
 def _e(value: object) -> str:
@@ -42,89 +38,27 @@ def _script_json(value: object) -> str:
     )
 
 
-# -- text of a violation ------------------------------------------------------------------------
-
-
-def violation_headline(violation: Mapping[str, Any]) -> str:
-    fields = {name: violation[name] for name in Violation.__dataclass_fields__ if name in violation}
-    fields["signals_sent"] = tuple(fields.get("signals_sent", ()))
-    try:
-        return render_headline(Violation(**fields))
-    except (TypeError, KeyError, ValueError):
-        return f"taichi_limits: {violation.get('resource')} exceeded"
-
-
-def violation_text(record: Mapping[str, Any]) -> str:
-    """The violation's full report, as the failed test showed it, from the record."""
-    violation = record.get("violation") or {}
-    budget = record.get("budget") or {}
-    gpu = record.get("gpu_peak_bytes")
-    lines = [
-        violation_headline(violation),
-        (
-            f"  caught by   {violation.get('detected_by', '?')}, during "
-            f"{violation.get('phase', '?')}"
-        ),
-    ]
-    if violation.get("detail"):
-        lines.append(f"  detail      {violation['detail']}")
-    lines += [
-        f"  peak usage  own RSS +{human_bytes(float(record.get('own_memory_bytes') or 0))} | "
-        f"RSS {human_bytes(float(record.get('peak_rss_bytes') or 0))} | "
-        f"CPU {float(record.get('cpu_s') or 0):.2f} s | "
-        f"wall {float(record.get('wall_s') or 0):.2f} s | "
-        + (
-            f"GPU {human_bytes(float(gpu))}"
-            if gpu is not None
-            else f"GPU {record.get('gpu_note') or 'not measured'}"
-        ),
-        "  budget      "
-        + " ".join(
-            f"{key}={'off' if budget.get(key) is None else f'{budget[key]:g}'}"
-            for key in _BUDGET_KEYS
-        ),
-        f"  stopped     signals sent: {', '.join(violation.get('signals_sent') or []) or 'none'}",
-        (
-            f"  process     pid {violation.get('pid', record.get('pid'))} "
-            f"({record.get('mode', '?')} mode, arch {record.get('arch', '?')})"
-        ),
-    ]
-    stack = trim_stack(str(violation.get("stack") or "")).rstrip()
-    if stack.strip():
-        lines.append("  stack at the moment of violation (all threads):")
-        lines += [f"    {line}" for line in stack.splitlines()]
-    else:
-        lines.append("  stack at the moment of violation: not available")
-    return "\n".join(lines)
-
-
 # -- data for the charts ------------------------------------------------------------------------
 
 
-def chart_data(record: Mapping[str, Any]) -> dict[str, Any]:
+def chart_data(record: UsageRecord) -> dict[str, Any]:
     """What one test's charts need, compact: MiB, GiB and seconds, rounded."""
-    budget = record.get("budget") or {}
+    budget = record.budget
     data: dict[str, Any] = {
-        "lm": budget.get("mem_mb"),
-        "lc": budget.get("cpu_s"),
-        "lg": budget.get("gpu_gb"),
-        "va": timeline.violation_moment(record),
-        "vr": (record.get("violation") or {}).get("resource"),
+        "lm": budget.mem_mb,
+        "lc": budget.cpu_s,
+        "lg": budget.gpu_gb,
+        "va": record.violation_at_s,
+        "vr": None if record.violation is None else record.violation.resource,
     }
-    line = record.get("timeline")
-    if isinstance(line, Mapping):
-        try:
-            timeline.check(line)
-        except timeline.TimelineError:
-            line = None
-    if isinstance(line, Mapping):
-        data["t"] = [round(float(value), 3) for value in line["t_s"]]
-        data["m"] = [round(float(value) / MIB, 2) for value in line["mem_bytes"]]
-        data["c"] = [round(float(value), 3) for value in line["cpu_s"]]
-        if line.get("gpu_bytes") is not None:
+    points = Points.of(record.timeline)
+    if points is not None:
+        data["t"] = [round(value, 3) for value in points.t_s]
+        data["m"] = [round(value / MIB, 2) for value in points.mem_bytes]
+        data["c"] = [round(value, 3) for value in points.cpu_s]
+        if points.gpu_bytes is not None:
             data["g"] = [
-                None if value is None else round(float(value) / 1024**3, 4)
-                for value in line["gpu_bytes"]
+                None if value is None else round(value / GIB, 4) for value in points.gpu_bytes
             ]
     return data
 
@@ -132,47 +66,66 @@ def chart_data(record: Mapping[str, Any]) -> dict[str, Any]:
 # -- page parts ---------------------------------------------------------------------------------
 
 
-def _header(document: Mapping[str, Any]) -> str:
-    verdict = markdown.verdict(document, marks=False).removeprefix("### taichi-limits: ")
-    failing = reading.failing(document)
-    environment = document.get("environment") or {}
+def _header(report: Report) -> str:
+    verdict = markdown.verdict(report, marks=False).removeprefix("### taichi-limits: ")
     rows = "".join(
-        f"<dt>{_e(key)}</dt><dd>{_e(value)}</dd>" for key, value in sorted(environment.items())
+        f"<dt>{_e(key)}</dt><dd>{_e(value)}</dd>"
+        for key, value in sorted(report.environment.items())
     )
-    baseline = document.get("baseline")
+    baseline = report.baseline
     compared = ""
     if baseline is not None:
         compared = (
-            f"<p>Compared with the baseline <code>{_e(baseline.get('path'))}</code>, "
-            f"tolerance <code>{_e(baseline.get('tolerance'))}</code>.</p>"
+            f"<p>Compared with the baseline <code>{_e(baseline.path)}</code>, "
+            f"tolerance <code>{_e(baseline.tolerance)}</code>.</p>"
         )
         compared += "".join(
             f'<p class="warn" role="note"><strong>Warning:</strong> {_e(line)}</p>'
-            for line in baseline.get("environment_warnings") or []
+            for line in baseline.environment_warnings
         )
     return (
         f"<header><h1>taichi-limits report</h1>"
-        f'<p id="verdict" class="verdict {"bad" if failing else "good"}">{_e(verdict)}</p>'
-        f'<p class="when">Written {_e(document.get("created_at", "?"))}; pytest exit status '
-        f"{_e(document.get('exit_status', '?'))}.</p>{compared}"
+        f'<p id="verdict" class="verdict {"bad" if report.failing else "good"}">{_e(verdict)}</p>'
+        f'<p class="when">Written {_e(report.created_at)}; pytest exit status '
+        f"{_e(report.exit_status)}.</p>{compared}"
         f'<details><summary>Environment</summary><dl class="env">{rows}</dl></details>'
         f"</header>"
     )
 
 
-def _violations(records: list[dict[str, Any]], index: Mapping[str, int]) -> str:
-    found = sorted((r for r in records if r.get("violation")), key=lambda r: str(r["nodeid"]))
+def _violations(report: Report, index: dict[str, int]) -> str:
+    found = report.violations
     if not found:
         return ""
     parts = [f'<section id="violations"><h2>Budget violations ({len(found)})</h2>']
     for record in found:
+        assert record.violation is not None
         parts.append(
-            f'<article class="violation"><h3>{_e(record["nodeid"])}</h3>'
-            f'<div class="charts" data-i="{index[record["nodeid"]]}"></div>'
-            f"<pre>{_e(violation_text(record))}</pre></article>"
+            f'<article class="violation"><h3>{_e(record.nodeid)}</h3>'
+            f'<div class="charts" data-i="{index[record.nodeid]}"></div>'
+            f"<pre>{_e(text.violation_report(record.violation, record))}</pre></article>"
         )
     parts.append("</section>")
     return "".join(parts)
+
+
+def _failures(report: Report) -> str:
+    """Failed, erroring or crashed tests that are no budget violation, each with its reason."""
+    found = report.failed_otherwise()
+    if not found:
+        return ""
+    rows = "".join(
+        f'<tr><td class="id">{_e(record.nodeid)}</td>'
+        f'<td><span class="o {_e(record.outcome)}">{_e(record.outcome)}</span>'
+        f"{'' if record.started else ' (not started)'}</td>"
+        f'<td class="why">{_e(record.reason or "—")}</td></tr>'
+        for record in found
+    )
+    return (
+        f'<section id="failures"><h2>Failures that are not budget violations ({len(found)})'
+        '</h2><div class="scroll"><table><thead><tr><th>Test</th><th>Outcome</th>'
+        f"<th>Reason</th></tr></thead><tbody>{rows}</tbody></table></div></section>"
+    )
 
 
 def _bars(before: float, after: float) -> str:
@@ -187,29 +140,30 @@ def _bars(before: float, after: float) -> str:
     )
 
 
-def _regressions(document: Mapping[str, Any], records: list[dict[str, Any]]) -> str:
-    if document.get("baseline") is None:
+def _regressions(report: Report) -> str:
+    if report.baseline is None:
         return ""
-    grown = reading.grown_records(records)
+    grown = report.regressions
     if not grown:
         return (
             '<section id="regressions"><h2>Regressions</h2><p>No test grew beyond the '
             "tolerance.</p></section>"
         )
     rows = []
-    for record, growth in reading.exceeded_growths(grown):
-        kind = RESOURCES[growth["resource"]][1]
-        percent = growth.get("growth_percent")
+    for record, growth in report.exceeded_growths():
+        kind = growth.kind
+        percent = growth.growth_percent
+        assert record.regression is not None
         rows.append(
-            f'<tr><td class="id">{_e(record["nodeid"])}</td>'
-            f"<td>{_e(RESOURCES[growth['resource']][2])}</td>"
-            f'<td class="n">{_e(amount(growth["before"], kind))}</td>'
-            f'<td class="n">{_e(amount(growth["after"], kind))}</td>'
-            f'<td class="n">{_e(amount(growth["growth"], kind, signed=True))}'
+            f'<tr><td class="id">{_e(record.nodeid)}</td>'
+            f"<td>{_e(growth.words)}</td>"
+            f'<td class="n">{_e(amount(growth.before, kind))}</td>'
+            f'<td class="n">{_e(amount(growth.after, kind))}</td>'
+            f'<td class="n">{_e(amount(growth.growth, kind, signed=True))}'
             f"{'' if percent is None else f' ({percent:+.1f}%)'}</td>"
-            f"<td>{_bars(float(growth['before']), float(growth['after']))}</td>"
-            f"<td>{_e(growth['resource'])}={_e(growth['tolerance'])}"
-            f"{' (warning only)' if record['regression'].get('warn_only') else ''}</td></tr>"
+            f"<td>{_bars(growth.before, growth.after)}</td>"
+            f"<td>{_e(growth.resource)}={_e(growth.tolerance)}"
+            f"{' (warning only)' if record.regression.warn_only else ''}</td></tr>"
         )
     return (
         f'<section id="regressions"><h2>Regressions against the baseline ({len(grown)})</h2>'
@@ -220,19 +174,20 @@ def _regressions(document: Mapping[str, Any], records: list[dict[str, Any]]) -> 
     )
 
 
-def _row(record: Mapping[str, Any], position: int) -> str:
+def _row(record: UsageRecord, position: int) -> str:
     hidden = " hidden" if position >= PAGE_ROWS else ""
-    outcome = str(record.get("outcome"))
-    use = reading.budget_use(record)
+    outcome = record.outcome
+    use = record.budget_use()
     use_max = max(use.values()) if use else -1.0
-    memory = float(record.get("own_memory_bytes") or 0)
-    cpu, wall = float(record.get("cpu_s") or 0), float(record.get("wall_s") or 0)
-    gpu = record.get("gpu_peak_bytes")
+    memory = float(record.own_memory_bytes)
+    cpu, wall = record.cpu_s, record.wall_s
+    gpu = record.gpu_peak_bytes
     flags = " ".join(
         flag
         for flag, on in (
-            ("violation", record.get("violation")),
-            ("regression", record.get("regression")),
+            ("violation", record.violation is not None),
+            ("regression", record.regression is not None),
+            ("not-started", not record.started),
         )
         if on
     )
@@ -243,7 +198,7 @@ def _row(record: Mapping[str, Any], position: int) -> str:
         f'<tr{hidden} data-i="{position}" data-o="{_e(outcome)}" data-f="{flags}" '
         f'data-k="{memory:.0f} {cpu:.4f} {wall:.4f} {-1 if gpu is None else gpu} '
         f'{use_max:.4f}">'
-        f'<td class="id">{_e(record["nodeid"])}{badges}</td>'
+        f'<td class="id">{_e(record.nodeid)}{badges}</td>'
         f'<td><span class="o {_e(outcome)}">{_e(outcome)}</span></td>'
         f'<td class="n">{human_bytes(memory)}</td><td class="n">{cpu:.2f} s</td>'
         f'<td class="n">{wall:.2f} s</td>'
@@ -254,7 +209,7 @@ def _row(record: Mapping[str, Any], position: int) -> str:
     )
 
 
-def _table(records: list[dict[str, Any]]) -> str:
+def _table(records: tuple[UsageRecord, ...]) -> str:
     headers = [
         ("Test", "s"),
         ("Outcome", "s"),
@@ -269,7 +224,7 @@ def _table(records: list[dict[str, Any]]) -> str:
         f'data-col="{column}">{name}</button></th>'
         for column, (name, key) in enumerate(headers)
     )
-    outcomes = sorted({str(record.get("outcome")) for record in records})
+    outcomes = sorted({record.outcome for record in records})
     options = "".join(f'<option value="{_e(o)}">{_e(o)}</option>' for o in outcomes)
     body = "".join(_row(record, position) for position, record in enumerate(records))
     return (
@@ -321,6 +276,13 @@ svg.bars .before{fill:#8c8c8c}svg.bars .after{fill:var(--warn)}
 tr.detail td{background:#fafafa}
 @media (max-width:700px){body{padding:8px}th:nth-child(6),td:nth-child(6),th:nth-child(5),
 td:nth-child(5){display:none}td.id{min-width:10em}}
+"""
+
+#: The failures list, the regression view's legend and ranges, the run's source: kept apart from
+#: the page's layout above (the two change for different reasons).
+_RECORDS_CSS = """
+.badge.not-started{color:var(--bad)}
+#failures th,#failures td{text-align:left}td.why{word-break:break-word}
 """
 
 _JS = r"""
@@ -440,17 +402,17 @@ input.addEventListener("input",filter);show.addEventListener("change",filter);fi
 """
 
 
-def render(document: Mapping[str, Any]) -> str:
+def render(report: Report) -> str:
     """The whole page."""
-    records = sorted(reading.records(document), key=lambda record: str(record["nodeid"]))
-    index = {str(record["nodeid"]): position for position, record in enumerate(records)}
+    records = report.records  # sorted by node id
+    index = {record.nodeid: position for position, record in enumerate(records)}
     data = [chart_data(record) for record in records]
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>taichi-limits report</title><style>{_CSS}</style></head><body>"
-        f"{_header(document)}<main>{_violations(records, index)}"
-        f"{_regressions(document, records)}{_table(records)}</main>"
+        f"<title>taichi-limits report</title><style>{_CSS}{_RECORDS_CSS}</style></head><body>"
+        f"{_header(report)}<main>{_violations(report, index)}{_failures(report)}"
+        f"{_regressions(report)}{_table(records)}</main>"
         f'<script type="application/json" id="data">{_script_json(data)}</script>'
         f"<script>{_JS.replace('__PAGE_ROWS__', str(PAGE_ROWS))}</script>"
         "<noscript><style>#table tr[hidden]{display:table-row}</style></noscript>"

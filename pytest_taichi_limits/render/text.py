@@ -1,20 +1,66 @@
-"""Everything a person reads: violation and crash reports, usage lines, user properties."""
+"""Everything a person reads: violation and crash reports, usage lines, user properties.
+
+The one renderer of a violation's report: the failed test shows it in pytest's output, and the
+HTML report shows it again from the test's record. Both `Usage` (what the supervisor measured,
+in the pytest process) and `UsageRecord` (what a report holds) have the figures it reads.
+"""
 
 from __future__ import annotations
 
 import datetime
 import re
-from typing import Any
+from typing import Any, Protocol
 
 from ..config.budget import BUDGET_KEYS, Budget
 from ..config.units import GIB, MIB, human_bytes
-from ..model.records import Crash, Usage, Violation
+from ..model.records import Crash, Ending, Usage, Violation
 
 #: Taichi archs that run on the host: device_memory_GB (the GPU pool the gpu_gb cap sets) is
 #: never used there.
 CPU_ARCHS = frozenset({"x64", "arm64", "cpu"})
 
 _CLAMPED = re.compile(r" clamped to device_memory_GB=[0-9.e+-]+ by gpu_gb=[0-9.e+-]+")
+
+
+class Figures(Protocol):
+    """What the reports read of a test's usage: a `Usage` or a `UsageRecord`."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def started_at(self) -> float: ...
+    @property
+    def wall_s(self) -> float: ...
+    @property
+    def cpu_s(self) -> float: ...
+    @property
+    def start_rss_bytes(self) -> int: ...
+    @property
+    def peak_own_memory_bytes(self) -> int: ...
+    @property
+    def memory_method(self) -> str: ...
+    @property
+    def kernel_own_rss_bytes(self) -> int: ...
+    @property
+    def peak_rss_bytes(self) -> int: ...
+    @property
+    def peak_vms_bytes(self) -> int: ...
+    @property
+    def gpu_peak_bytes(self) -> int | None: ...
+    @property
+    def gpu_note(self) -> str: ...
+    @property
+    def gpu_clamps(self) -> tuple[str, ...]: ...
+    @property
+    def shm_files_left(self) -> tuple[str, ...]: ...
+    @property
+    def arch(self) -> str: ...
+    @property
+    def mode(self) -> str: ...
+    @property
+    def budget(self) -> Budget: ...
+    @property
+    def ending(self) -> Ending | None: ...
 
 
 def budget_text(budget: Budget) -> str:
@@ -24,13 +70,13 @@ def budget_text(budget: Budget) -> str:
     return " ".join(parts)
 
 
-def gpu_text(usage: Usage) -> str:
+def gpu_text(usage: Figures) -> str:
     if usage.gpu_peak_bytes is None:
         return f"GPU {usage.gpu_note}"
     return f"GPU {human_bytes(usage.gpu_peak_bytes)}"
 
 
-def gpu_cap_lines(usage: Usage) -> list[str]:
+def gpu_cap_lines(usage: Figures) -> list[str]:
     """What the gpu_gb cap took away from the test's ti.init calls, one line each, and what
     the test left in /dev/shm."""
     lines = [f"GPU cap: {clamp_note(note, usage.arch)}" for note in usage.gpu_clamps]
@@ -54,7 +100,7 @@ def clamp_note(note: str, arch: str) -> str:
     )
 
 
-def usage_line(usage: Usage) -> str:
+def usage_line(usage: Figures) -> str:
     kernel = f"kernel peak +{human_bytes(usage.kernel_own_rss_bytes)}"
     if usage.peak_rss_bytes:
         sampled = (
@@ -88,6 +134,24 @@ def _timestamp(unix_time: float) -> str:
     return moment.isoformat(timespec="milliseconds")
 
 
+def used_text(violation: Violation) -> str:
+    """What the test used when it was caught, or that it needed more than the limit (Taichi's
+    own pool ran out at the cap: there is no figure above it)."""
+    if violation.measured <= violation.limit:
+        return "over the limit"
+    return _measure(violation.resource, violation.measured)
+
+
+def over_text(violation: Violation) -> str:
+    """'25.5 MiB (+10.0%)': how far over the limit, "—" where no figure is above it."""
+    if violation.measured <= violation.limit:
+        return "—"
+    over = _measure(violation.resource, violation.over_by)
+    if not violation.limit:
+        return over
+    return f"{over} (+{100.0 * violation.over_by / violation.limit:.1f}%)"
+
+
 def violation_headline(violation: Violation) -> str:
     if violation.measured <= violation.limit:
         # Caught by Taichi itself (its pool ran out at the cap): there is no figure above it.
@@ -104,7 +168,7 @@ def violation_headline(violation: Violation) -> str:
     )
 
 
-def violation_report(violation: Violation, usage: Usage) -> str:
+def violation_report(violation: Violation, usage: Figures) -> str:
     signals = ", ".join(violation.signals_sent) or "none"
     ending = usage.ending.describe if usage.ending else "unknown"
     lines = [
@@ -127,7 +191,7 @@ def violation_report(violation: Violation, usage: Usage) -> str:
     return "\n".join(lines)
 
 
-def crash_report(crash: Crash, usage: Usage) -> str:
+def crash_report(crash: Crash, usage: Figures) -> str:
     lines = [
         f"taichi_limits: {crash.reason}",
         f"  during      {crash.phase}",

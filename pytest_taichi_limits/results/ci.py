@@ -1,7 +1,7 @@
 """Reports for CI and reviewers, written at the end of a session: the Markdown summary
 (`--taichi-limits-markdown`, or GitHub's job summary on its own) and the HTML report
-(`--taichi-limits-html`). Both are made from the session's JSON report document, which the
-results plugin (results/session.py) builds; this plugin only renders and writes it.
+(`--taichi-limits-html`). Both are made from the session's `Report`, which the results plugin
+(results/session.py) builds; this plugin only renders and writes it.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import pytest
 
-from ..formats.jsonreport import write_atomic
+from ..formats.jsonreport import Report, write_atomic
 from ..render import html as htmlreport
 from ..render import markdown
 from .outputs import OutputError, check_replaceable, resolve
@@ -28,8 +28,8 @@ STEP_SUMMARY_VARIABLE = "GITHUB_STEP_SUMMARY"
 OFF = "off"
 
 
-class _SessionDocument(Protocol):
-    def session_document(self, exitstatus: int) -> dict[str, Any]: ...
+class _SessionReport(Protocol):
+    def session_report(self, exitstatus: int) -> Report: ...
 
 
 @dataclass(frozen=True)
@@ -122,22 +122,22 @@ class TaichiLimitsCiReports:
         nothing_asked = self.options.markdown_path is None and self.options.html_path is None
         if self.is_worker or nothing_asked:
             return
-        source: _SessionDocument | None = self.config.pluginmanager.get_plugin(REPORTS_PLUGIN_NAME)
+        source: _SessionReport | None = self.config.pluginmanager.get_plugin(REPORTS_PLUGIN_NAME)
         if source is None:
             return
-        document = source.session_document(int(exitstatus))
+        report = source.session_report(int(exitstatus))
         top = int(getattr(getattr(source, "options", None), "top", 5))
         # An automatic job summary only for a run that supervised something: a plain pytest
         # step of the same job must not add an empty one.
         if self.options.markdown_path is not None and (
-            not self.options.markdown_append or document["records"]
+            not self.options.markdown_append or report.records
         ):
-            self._markdown(self.options.markdown_path, markdown.summary(document, top))
+            self._markdown(self.options.markdown_path, markdown.summary(report, top))
         if self.options.html_path is not None:
             self._write(
                 "HTML report",
                 self.options.html_path,
-                lambda path: write_atomic(path, htmlreport.render(document)),
+                lambda path: write_atomic(path, htmlreport.render(report)),
             )
         if self.errors and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.INTERNAL_ERROR

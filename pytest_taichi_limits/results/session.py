@@ -21,13 +21,15 @@ import pytest
 from ..formats import baseline as baselines
 from ..formats import jsonreport
 from ..formats.environment import session_environment
-from ..model.records import Usage, UsageRecord, Violation
+from ..formats.jsonreport import BaselineSection, Report
+from ..model.records import Regression, Usage, UsageRecord, Violation
 from ..model.warnings import TaichiLimitsRegressionWarning
 from ..render import suggest, summary
 from . import ci
 from .collect import RecordCollector, attach
 from .outcomes import (
     combined_outcome,
+    failure_reason,
     give_durations,
     interrupted_report,
     is_parent_made,
@@ -329,11 +331,12 @@ class TaichiLimitsReports:
         outcome = combined_outcome(
             {report.when: report for report in reports}, interrupted=bool(usage.interrupted)
         )
-        attach(reports[-1], UsageRecord.from_usage(usage, outcome, violation, regression))
+        reason = failure_reason(reports) if outcome in ("failed", "error") else ""
+        attach(reports[-1], UsageRecord.from_usage(usage, outcome, violation, regression, reason))
 
     def _compare(
         self, item: pytest.Item, usage: Usage, reports: list[pytest.TestReport]
-    ) -> Mapping[str, Any] | None:
+    ) -> Regression | None:
         """The regression against the baseline, if the test grew beyond tolerance (and the
         call report turned into a failure unless only warned)."""
         if self.baseline is None or item.nodeid not in self.baseline.tests:
@@ -370,11 +373,7 @@ class TaichiLimitsReports:
                 reports[call_index] = parent_report(item, "call", text, call)
             else:  # already failed (or an xfail): the regression is added to what it says
                 call.sections.append(("taichi_limits regression", text))
-        return {
-            "warn_only": warn_only,
-            "text": text,
-            "growths": [growth.to_json() for growth in compared],
-        }
+        return Regression(warn_only, text, tuple(compared))
 
     # -- records, where reports are logged ------------------------------------------------------
 
@@ -382,19 +381,19 @@ class TaichiLimitsReports:
         if not self.is_worker:
             self.collector.add(report)
 
-    def _baseline_section(self, records: list[UsageRecord]) -> dict[str, Any] | None:
+    def _baseline_section(self, records: list[UsageRecord]) -> BaselineSection | None:
         if self.baseline is None:
             return None
         measured = {record.nodeid for record in records if record.measured}
-        return {
-            "path": self.baseline.path,
-            "tolerance": self.options.tolerance.describe(),
-            "warn_only": self.options.warn_only,
-            "regressions": [record.nodeid for record in records if record.regression],
-            "new_tests": sorted(measured - set(self.baseline.tests)),
-            "missing_tests": sorted(set(self.baseline.tests) - {r.nodeid for r in records}),
-            "environment_warnings": self.baseline.environment_warnings(self.environment),
-        }
+        return BaselineSection(
+            path=self.baseline.path,
+            tolerance=self.options.tolerance.describe(),
+            warn_only=self.options.warn_only,
+            regressions=tuple(record.nodeid for record in records if record.regression),
+            new_tests=tuple(sorted(measured - set(self.baseline.tests))),
+            missing_tests=tuple(sorted(set(self.baseline.tests) - {r.nodeid for r in records})),
+            environment_warnings=tuple(self.baseline.environment_warnings(self.environment)),
+        )
 
     def pytest_keyboard_interrupt(self) -> None:
         # Called for Ctrl-C and for pytest.exit, also pytest.exit(..., returncode=0): the exit
@@ -416,15 +415,15 @@ class TaichiLimitsReports:
         relative = os.path.relpath(path, start)
         return path if relative.startswith(os.pardir) else relative
 
-    def session_document(self, exitstatus: int) -> dict[str, Any]:
-        """The JSON report of this session (also what the Markdown and HTML reports show)."""
+    def session_report(self, exitstatus: int) -> Report:
+        """This session's report: the JSON report, and what the Markdown and HTML show."""
         records = self.collector.records
-        return jsonreport.document(
-            [record.to_json() for record in records],
-            self.environment,
-            self._complete(exitstatus, records),
-            int(exitstatus),
-            self._baseline_section(records),
+        return Report(
+            records=tuple(records),
+            environment=self.environment,
+            complete=self._complete(exitstatus, records),
+            exit_status=int(exitstatus),
+            baseline=self._baseline_section(records),
         )
 
     @pytest.hookimpl(trylast=True)
@@ -435,9 +434,9 @@ class TaichiLimitsReports:
         self.write_errors += self.collector.problems
         complete = self._complete(exitstatus, records)
         if self.options.json_path is not None:
-            document = self.session_document(exitstatus)
+            report = self.session_report(exitstatus)
             self._write(
-                "JSON report", self.options.json_path, lambda path: jsonreport.write(path, document)
+                "JSON report", self.options.json_path, lambda path: jsonreport.write(path, report)
             )
         if self.options.save_path is not None:
             if not complete:
@@ -490,14 +489,14 @@ class TaichiLimitsReports:
             lines += summary.violations(records)
         section = self._baseline_section(records)
         if section is not None:
-            lines += summary.regressions(records, section["path"])
+            lines += summary.regressions(records, section.path)
             lines += summary.test_lists(
-                section["new_tests"], section["missing_tests"], self.config.get_verbosity() > 0
+                section.new_tests, section.missing_tests, self.config.get_verbosity() > 0, records
             )
-            if not section["regressions"]:
+            if not section.regressions:
                 lines.append(
                     f"no test grew beyond tolerance ({self.options.tolerance.describe()})"
-                    f" against {section['path']}"
+                    f" against {section.path}"
                 )
         if self.options.suggest:
             lines += suggest.lines(suggest.suggestions(records))

@@ -266,7 +266,7 @@ def test_merge_refuses_a_mix_of_reports_and_baselines(tmp_path: Path) -> None:
 
 
 def test_html_show_and_markdown(tmp_path: Path) -> None:
-    report = _write(tmp_path / "r.json", report_files.over_budget())
+    report = _write(tmp_path / "r.json", report_files.over_budget_document())
     page = tmp_path / "out" / "report.html"
     assert cli("html", report, "-o", page).returncode == 0
     text = page.read_text()

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from helpers import browser, report_files
 
+from pytest_taichi_limits.formats.jsonreport import Report
 from pytest_taichi_limits.render import html as htmlreport
 
 EXECUTABLE, WHY = browser.find_browser()
@@ -20,10 +21,10 @@ pytestmark = pytest.mark.skipif(
 MANY = 5000
 
 
-def _big_document() -> dict[str, Any]:
+def _big_report() -> Report:
     """The examples' kinds of records plus MANY plain ones, like a big suite."""
-    records = list(report_files.over_budget()["records"]) + list(
-        report_files.with_baseline()["records"]
+    records = list(report_files.over_budget_document()["records"]) + list(
+        report_files.with_baseline_document()["records"]
     )
     records.append(report_files.record("tests/test_a.py::test_no_timeline", timeline=None))
     for index in range(MANY):
@@ -35,7 +36,9 @@ def _big_document() -> dict[str, Any]:
                 timeline=report_files.timeline(0.5, 3.0, 0.2),
             )
         )
-    return report_files.document(records, report_files.with_baseline()["baseline"], exit_status=1)
+    return report_files.report(
+        records, report_files.with_baseline_document()["baseline"], exit_status=1
+    )
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +51,7 @@ def chromium() -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def report_page(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("html") / "report.html"
-    path.write_text(htmlreport.render(_big_document()), encoding="utf-8")
+    path.write_text(htmlreport.render(_big_report()), encoding="utf-8")
     return path
 
 

@@ -16,7 +16,10 @@ from pytest_taichi_limits.config.budget import Budget
 from pytest_taichi_limits.config.units import MIB, human_bytes
 from pytest_taichi_limits.formats import baseline as baselines
 from pytest_taichi_limits.model.records import (
+    Ending,
+    Growth,
     RecordError,
+    Regression,
     Usage,
     UsageRecord,
     Violation,
@@ -100,15 +103,42 @@ def phase(outcome: str, xfail: bool = False) -> FakeReport:
 
 
 def test_record_round_trips_through_json() -> None:
+    growth = Growth("mem", 10.0 * MIB, 9.0 * MIB, 2, 40.0 * MIB, 20.0 * MIB, "10%+8MiB")
     record = UsageRecord.from_usage(
-        make_usage(),
+        make_usage(ending=Ending(None, 15)),
         "failed",
         make_violation(),
-        {"warn_only": False, "text": "grew", "growths": []},
+        Regression(False, "grew", (growth,)),
+        reason="mem_mb exceeded",
     )
     data = json.loads(json.dumps(record.to_json()))  # what xdist and the JSON report carry
     assert UsageRecord.from_json(data) == record
     assert data["violation"]["unit"] == "MiB" and data["violation"]["over_by"] == 236.5
+    assert data["ending"] == "killed by signal 15 (SIGTERM)" and data["started"] is True
+
+
+def test_a_version_2_record_reads_with_the_defaults_of_the_new_fields() -> None:
+    data = make_record().to_json()
+    for added in ("ending", "reason", "started"):
+        del data[added]
+    record = UsageRecord.from_json(data)
+    assert (record.ending, record.reason, record.started) == (None, "", True)
+
+
+def test_the_violation_moment_prefers_the_timeline_mark() -> None:
+    violation = make_violation(at=103.5)
+    record = make_record(started_at=100.0, violation=violation, timeline=None)
+    assert record.violation_at_s == 3.5
+    marked = replace(record, timeline={"violation_at_s": 2.0})
+    assert marked.violation_at_s == 2.0
+    assert make_record(violation=None).violation_at_s is None
+
+
+def test_a_test_that_never_started_has_a_record_but_no_figures() -> None:
+    record = UsageRecord.not_started("t.py::test_big", Budget(mem_mb=4096.0), "refused", "fork")
+    assert record.outcome == "failed" and record.reason == "refused"
+    assert not record.measured and not record.comparable and record.failing
+    assert UsageRecord.from_json(json.loads(json.dumps(record.to_json()))) == record
 
 
 def test_violation_round_trips_through_json() -> None:
@@ -274,7 +304,7 @@ def test_compare_measures_growth_above_the_range_max() -> None:
     [cpu] = [g for g in baselines.compare(grown, entry, tolerance) if g.exceeded]
     assert (cpu.before, cpu.before_min, cpu.runs) == (19.3, 9.8, 9)
     assert cpu.allowed == pytest.approx(19.3 * 1.5 + 1)
-    assert baselines.Growth.from_json(cpu.to_json()) == cpu
+    assert Growth.from_json(cpu.to_json()) == cpu
     report = baselines.regression_report(
         [cpu],
         [cpu],

@@ -6,6 +6,7 @@ import textwrap
 
 import pytest
 
+from pytest_taichi_limits.config.budget import Budget
 from pytest_taichi_limits.model.records import UsageRecord
 from pytest_taichi_limits.render.suggest import HEADROOM, suggestion_for
 
@@ -30,7 +31,7 @@ def _record(
         gpu_peak_bytes=None if gpu_mb is None else int(gpu_mb * mb),
         gpu_note="",
         gpu_clamps=(),
-        budget={},
+        budget=Budget(),
         pid=1,
         started_at=0.0,
         mode="fork",
