@@ -2,13 +2,16 @@
 pytest, for CI systems that run the tests in one job and judge them in another.
 
     taichi-limits compare BASELINE REPORT.json [--tolerance SPEC] [--markdown PATH] [-o OUT]
+    taichi-limits accept BASELINE REPORT.json TEST [TEST ...]
     taichi-limits merge A.json B.json ... -o OUT [--prefer newest]
     taichi-limits html REPORT.json -o report.html
     taichi-limits markdown REPORT.json [-o summary.md]
     taichi-limits show REPORT.json [--top N] [-v]
 
 Exit status: 0 fine, 1 regressions (compare), 2 a file or argument that cannot be used (the
-message says which and why; never a traceback).
+message says which and why; never a traceback); a closed pipe (`... | head`) ends it by SIGPIPE,
+quietly, as `cat`. Every subcommand reads its files through formats/reading.py: the same checks
+(size, JSON, kind, version, every record's shape) everywhere.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -47,10 +52,14 @@ MERGE_COMPARED_KEYS = (
 
 
 def compare_report(
-    report: Report, baseline: baselines.Baseline, tolerance: baselines.Tolerance
+    report: Report,
+    baseline: baselines.Baseline,
+    tolerance: baselines.Tolerance,
+    report_path: str | None = None,
 ) -> Report:
     """The report with each record's regression and the baseline section recomputed against
-    `baseline`, as --taichi-limits-compare would have set them."""
+    `baseline`, as --taichi-limits-compare would have set them (`report_path`: the file the
+    report came from, named in the regression's hint)."""
     compared_records = []
     for record in report.records:
         regression = None
@@ -59,7 +68,7 @@ def compare_report(
             exceeded = [growth for growth in growths if growth.exceeded]
             if exceeded:
                 text = baselines.regression_report(
-                    exceeded, growths, baseline, record.nodeid, record, False
+                    exceeded, growths, baseline, record.nodeid, record, False, report_path
                 )
                 regression = Regression(False, text, tuple(growths))
         compared_records.append(dataclasses.replace(record, regression=regression))
@@ -106,7 +115,7 @@ def run_compare(args: argparse.Namespace) -> int:
         tolerance = baselines.parse_tolerance(args.tolerance)
     except baselines.BaselineError as error:
         raise InputError(f"--tolerance: {error}") from None
-    compared = compare_report(report, baseline, tolerance)
+    compared = compare_report(report, baseline, tolerance, args.report)
     count = sum(
         1 for record in compared.records if record.comparable and record.nodeid in baseline.tests
     )
@@ -128,6 +137,31 @@ def run_compare(args: argparse.Namespace) -> int:
 
 def _json_text(report: Report) -> str:
     return json.dumps(report.to_json(), indent=2, default=str) + "\n"
+
+
+# -- accept -------------------------------------------------------------------------------------
+
+
+def run_accept(args: argparse.Namespace) -> int:
+    """Reviewed growth, accepted: the named tests' entries of BASELINE from REPORT.json."""
+    baseline = reading.load_baseline(args.baseline)
+    report = reading.load_report(args.report)
+    by_id = {record.nodeid: record for record in report.records}
+    missing = [nodeid for nodeid in args.tests if nodeid not in by_id]
+    if missing:
+        raise InputError(
+            f"{args.report} has no record of {', '.join(map(repr, missing))}: give test ids as "
+            "the report writes them (taichi-limits show lists them)"
+        )
+    chosen = [by_id[nodeid] for nodeid in dict.fromkeys(args.tests)]
+    lines = baselines.accept(baseline, chosen, report.environment)
+    _print(
+        "\n".join(
+            [f"accepted into {args.baseline} from {args.report} ({len(lines)} tests):"]
+            + [f"  {line}" for line in lines]
+        )
+    )
+    return EXIT_OK
 
 
 # -- merge --------------------------------------------------------------------------------------
@@ -359,6 +393,21 @@ def parser() -> argparse.ArgumentParser:
     )
     compare.set_defaults(run=run_compare)
 
+    accept = commands.add_parser(
+        "accept",
+        help="accept reviewed growth: the named tests' figures from a run's JSON report become "
+        "their entries in the baseline",
+        description="Accept reviewed growth: each named test's figures in REPORT.json (the run's "
+        "--taichi-limits-json report) replace its entry in BASELINE, its range starting over "
+        "from that run; other tests keep theirs. A test that failed on its own, went over its "
+        "budget, was skipped or never started is refused (its figures were cut short); one "
+        "that failed only by growing is accepted.",
+    )
+    accept.add_argument("baseline", metavar="BASELINE")
+    accept.add_argument("report", metavar="REPORT.json")
+    accept.add_argument("tests", nargs="+", metavar="TEST", help="test ids, as the report has them")
+    accept.set_defaults(run=run_accept)
+
     merge = commands.add_parser(
         "merge", help="merge the JSON reports (or the baselines) of sharded runs into one"
     )
@@ -406,6 +455,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (InputError, baselines.BaselineError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return EXIT_ERROR
+    except BrokenPipeError:
+        return _closed_pipe()
     except KeyboardInterrupt:
         return 130
     except Exception as error:  # noqa: BLE001 - the promise is: never a traceback
@@ -415,3 +466,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_ERROR
+
+
+def _closed_pipe() -> int:
+    """The reader of our output went away (`taichi-limits show r.json | head`): end quietly, as
+    `cat` does, by SIGPIPE; nothing is left to say to a reader that is gone."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # the interpreter's last flush must not fail again
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGPIPE)
+    return 128 + signal.SIGPIPE  # only where the signal could not end the process

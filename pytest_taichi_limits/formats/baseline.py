@@ -36,6 +36,7 @@ import json
 import math
 import os
 import re
+import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
@@ -439,15 +440,84 @@ def save(
         written += 1
     environments = {key: dict(value) for key, value in previous.environments.items()}
     environments[environment_id] = dict(environment)
+    _write(path, tests, environments)
+    return written, len(tests)
+
+
+def acceptable(record: UsageRecord) -> str | None:
+    """Why `record`'s figures cannot be accepted into a baseline, or None: a test whose figures
+    were cut short (it failed on its own, went over a budget, stopped the session, never
+    started) or that measured nothing (skipped) would make a baseline every run exceeds."""
+    if not record.started:
+        return "it never started"
+    if record.outcome in ("skipped", "xfailed", "interrupted"):
+        return f"it {record.outcome} (its figures measure nothing)"
+    if record.violation is not None:
+        return "it went over its budget (its figures were cut short)"
+    if record.outcome in ("failed", "error") and not record.failed_by_growth:
+        return f"it {record.outcome} on its own (its figures were cut short): {record.reason}"
+    return None
+
+
+def accept(
+    previous: Baseline, records: Iterable[UsageRecord], environment: Mapping[str, Any]
+) -> list[str]:
+    """Write (atomically) the baseline `previous` again with each record's figures as its test's
+    new entry: reviewed growth, accepted. Each accepted test's range starts over from this run
+    (the old range would keep the figures the growth left behind). Returns one line per
+    accepted test. Raises BaselineError for a record that cannot be accepted (see `acceptable`),
+    naming it, before anything is written."""
+    environment_id = _environment_id(environment)
+    saved_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    tests = dict(previous.tests)
+    lines = []
+    for record in records:
+        problem = acceptable(record)
+        if problem is not None:
+            raise BaselineError(f"{record.nodeid} cannot be accepted: {problem}")
+        before = previous.tests.get(record.nodeid)
+        tests[record.nodeid] = merged_entry(
+            None, record, environment_id, environment, {}, saved_at, timeline=False
+        )
+        shown = _figures_text(record)
+        lines.append(
+            f"{record.nodeid}: {shown}"
+            + (" (new in the baseline)" if before is None else f" (was {_entry_text(before)})")
+        )
+    environments = {key: dict(value) for key, value in previous.environments.items()}
+    environments[environment_id] = dict(environment)
+    _write(previous.path, tests, environments)
+    return lines
+
+
+def _figures_text(record: UsageRecord) -> str:
+    return (
+        f"own memory {amount(record.own_memory_bytes, 'bytes')}, "
+        f"CPU {amount(record.cpu_s, 'seconds')}, wall {amount(record.wall_s, 'seconds')}"
+    )
+
+
+def _entry_text(entry: Entry) -> str:
+    parts = []
+    for name, words in (("own_memory_bytes", "own memory"), ("cpu_s", "CPU"), ("wall_s", "wall")):
+        seen = entry.ranges.get(name)
+        if seen is not None:
+            kind = "bytes" if name == "own_memory_bytes" else "seconds"
+            parts.append(f"{words} up to {amount(seen.high, kind)}")
+    return ", ".join(parts)
+
+
+def _write(
+    path: str, tests: Mapping[str, Entry], environments: Mapping[str, Mapping[str, Any]]
+) -> None:
     used = {entry.environment for entry in tests.values()}
     document = {
         "schema": SCHEMA,
         "version": VERSION,
-        "environments": {key: value for key, value in environments.items() if key in used},
-        "tests": {nodeid: entry.to_json() for nodeid, entry in tests.items()},
+        "environments": {key: dict(value) for key, value in environments.items() if key in used},
+        "tests": {nodeid: entry.to_json() for nodeid, entry in sorted(tests.items())},
     }
     write_atomic(path, json.dumps(document, indent=2, sort_keys=True) + "\n")
-    return written, len(tests)
 
 
 # -- comparing ----------------------------------------------------------------------------------
@@ -483,7 +553,7 @@ def amount(value: float, kind: str, signed: bool = False) -> str:
     return f"{sign}{value:.2f} s"
 
 
-def _seen(growth: Growth) -> str:
+def seen_text(growth: Growth) -> str:
     """The baseline's figure: one value, or its range over several runs."""
     if growth.before_min == growth.before:
         return amount(growth.before, growth.kind)
@@ -496,7 +566,7 @@ def growth_text(growth: Growth) -> str:
     percent = growth.growth_percent
     percent_text = "" if percent is None else f", {percent:+.1f}%"
     return (
-        f"{_seen(growth)} -> {amount(growth.after, kind)} "
+        f"{seen_text(growth)} -> {amount(growth.after, kind)} "
         f"({amount(growth.growth, kind, signed=True)}{percent_text}), allowed up to "
         f"{amount(growth.allowed, kind)} ({growth.resource}={growth.tolerance})"
     )
@@ -512,6 +582,12 @@ def _runs_text(runs: int) -> str:
     return "1 run" if runs == 1 else f"{runs} runs"
 
 
+def accept_command(baseline_path: str, report_path: str | None, nodeid: str) -> str:
+    """The command that accepts a test's reviewed growth into the baseline."""
+    report = "REPORT.json" if report_path is None else shlex.quote(report_path)
+    return f"taichi-limits accept {shlex.quote(baseline_path)} {report} {shlex.quote(nodeid)}"
+
+
 def regression_report(
     exceeded: list[Growth],
     compared: list[Growth],
@@ -519,7 +595,10 @@ def regression_report(
     nodeid: str,
     record: UsageRecord,
     warn_only: bool,
+    report_path: str | None = None,
 ) -> str:
+    """`report_path`: the run's JSON report (the figures an accept takes), where one is
+    written."""
     """The text a grown test fails (or warns) with: before, after, growth and the tolerance."""
     entry = baseline.tests[nodeid]
     made_with = baseline.environment_of(nodeid)
@@ -530,7 +609,7 @@ def regression_report(
         rows.append(
             (
                 RESOURCES[growth.resource][2],
-                _seen(growth),
+                seen_text(growth),
                 amount(growth.after, kind),
                 amount(growth.growth, kind, True)
                 + ("" if percent is None else f" ({percent:+.1f}%)"),
@@ -559,8 +638,10 @@ def regression_report(
             "counts the interpreter's own start-up)"
         )
     lines.append(
-        "  what to do  find what grew, or accept the new figures with "
-        "--taichi-limits-save-baseline (or widen --taichi-limits-tolerance)"
+        "  what to do  find what grew; once the growth is reviewed, accept it: "
+        + accept_command(baseline.path, report_path, nodeid)
+        + ("" if report_path else " (REPORT.json: this run's --taichi-limits-json report)")
+        + " (or widen --taichi-limits-tolerance)"
         + (" [warning only: --taichi-limits-compare-warn]" if warn_only else "")
     )
     return "\n".join(lines)

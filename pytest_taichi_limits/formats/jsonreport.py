@@ -410,15 +410,11 @@ class Report:
 
 
 def _failed_otherwise(record: UsageRecord) -> bool:
-    if record.outcome not in ("failed", "error") or record.violation is not None:
-        return False
-    regression = record.regression
-    if regression is None or regression.warn_only:
-        return True
-    # The regression failed the test: its reason is the regression's headline (a record of
-    # version 2 has no reason: the regression is what is known).
-    headline = regression.text.partition("\n")[0].removeprefix("taichi_limits: ")
-    return not headline.startswith(record.reason.removesuffix("…"))
+    return (
+        record.outcome in ("failed", "error")
+        and record.violation is None
+        and not record.failed_by_growth
+    )
 
 
 def refuse_unsafe_target(path: str) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ..config.units import human_bytes
 from ..model.records import RecordError
 from . import baseline as baselines
 from . import jsonreport
@@ -43,7 +44,7 @@ def _read_text(path: str) -> str:
             size += len(chunk)
             if size > MAX_INPUT_BYTES:
                 raise InputError(
-                    f"{path}: larger than {MAX_INPUT_BYTES // 1024**2} MiB, not a file "
+                    f"{path}: larger than {human_bytes(MAX_INPUT_BYTES)}, not a file "
                     "pytest-taichi-limits writes (merge the reports of shards with "
                     "`taichi-limits merge` instead of writing one huge file)"
                 )

@@ -398,6 +398,18 @@ class UsageRecord:
         )
 
     @property
+    def failed_by_growth(self) -> bool:
+        """Failed only because it grew beyond the baseline's tolerance: its reason is the
+        regression's headline (a record of version 2, without a reason, reads so too)."""
+        regression = self.regression
+        if self.outcome != "failed" or self.violation is not None:
+            return False
+        if regression is None or regression.warn_only:
+            return False
+        headline = regression.text.partition("\n")[0].removeprefix("taichi_limits: ")
+        return headline.startswith(self.reason.removesuffix("…"))
+
+    @property
     def violation_at_s(self) -> float | None:
         """Seconds after the start at which the violation was caught, where known: the
         timeline's mark, else (a violation the kernel found after the exit) the violation's

@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 from ..config.units import GIB, MIB, human_bytes
-from ..formats.baseline import amount
+from ..formats.baseline import amount, seen_text
 from ..formats.jsonreport import Report
 from ..model.records import UsageRecord
 from ..model.timeline import Points
@@ -51,6 +51,14 @@ def chart_data(record: UsageRecord) -> dict[str, Any]:
         "va": record.violation_at_s,
         "vr": None if record.violation is None else record.violation.resource,
     }
+    for growth in () if record.regression is None else record.regression.growths:
+        # The baseline's range and what is allowed, drawn on the test's own chart.
+        scale = {"mem": MIB, "cpu": 1.0}.get(growth.resource)
+        if scale is not None:
+            data["b" + growth.resource[0]] = [
+                round(value / scale, 3)
+                for value in (growth.before_min, growth.before, growth.allowed)
+            ]
     points = Points.of(record.timeline)
     if points is not None:
         data["t"] = [round(value, 3) for value in points.t_s]
@@ -87,10 +95,25 @@ def _header(report: Report) -> str:
         f"<header><h1>taichi-limits report</h1>"
         f'<p id="verdict" class="verdict {"bad" if report.failing else "good"}">{_e(verdict)}</p>'
         f'<p class="when">Written {_e(report.created_at)}; pytest exit status '
-        f"{_e(report.exit_status)}.</p>{compared}"
+        f"{_e(report.exit_status)}.</p>{_source(report)}{compared}"
         f'<details><summary>Environment</summary><dl class="env">{rows}</dl></details>'
         f"</header>"
     )
+
+
+def _source(report: Report) -> str:
+    """The commit, branch and command line of the run, those that are known."""
+    source = report.source
+    parts = [
+        f"<dt>{name}</dt><dd><code>{_e(value)}</code></dd>"
+        for name, value in (
+            ("Commit", source.commit),
+            ("Branch", source.branch),
+            ("Command", source.command),
+        )
+        if value
+    ]
+    return f'<dl class="source">{"".join(parts)}</dl>' if parts else ""
 
 
 def _violations(report: Report, index: dict[str, int]) -> str:
@@ -128,19 +151,30 @@ def _failures(report: Report) -> str:
     )
 
 
-def _bars(before: float, after: float) -> str:
-    """Two horizontal bars, before and after, scaled to the larger."""
-    top = max(before, after, 1e-12)
+def _bars(before: float, after: float, allowed: float) -> str:
+    """Two horizontal bars, before and after, and a mark at "allowed up to", scaled to the
+    largest of the three."""
+    top = max(before, after, allowed, 1e-12)
     width_before, width_after = 140 * before / top, 140 * after / top
+    mark = 140 * allowed / top
     return (
         f'<svg class="bars" width="150" height="26" role="img" '
-        f'aria-label="before and after"><rect x="0" y="2" height="9" '
+        f'aria-label="before, after and allowed up to"><rect x="0" y="2" height="9" '
         f'width="{width_before:.1f}" class="before"/><rect x="0" y="15" height="9" '
-        f'width="{width_after:.1f}" class="after"/></svg>'
+        f'width="{width_after:.1f}" class="after"/><line class="allowed" x1="{mark:.1f}" '
+        f'x2="{mark:.1f}" y1="0" y2="26"/></svg>'
     )
 
 
-def _regressions(report: Report) -> str:
+_LEGEND = (
+    '<p class="legend"><span class="key before"></span> before: the baseline\'s largest figure '
+    '(its range where it saw several runs) <span class="key after"></span> after: this run '
+    '<span class="key allowed"></span> allowed up to: before plus the tolerance. On a test\'s '
+    "chart the grey band is the baseline's range and the orange dashes what is allowed.</p>"
+)
+
+
+def _regressions(report: Report, index: dict[str, int]) -> str:
     if report.baseline is None:
         return ""
     grown = report.regressions
@@ -157,20 +191,28 @@ def _regressions(report: Report) -> str:
         rows.append(
             f'<tr><td class="id">{_e(record.nodeid)}</td>'
             f"<td>{_e(growth.words)}</td>"
-            f'<td class="n">{_e(amount(growth.before, kind))}</td>'
+            f'<td class="n">{_e(seen_text(growth))}</td>'
             f'<td class="n">{_e(amount(growth.after, kind))}</td>'
+            f'<td class="n">{_e(amount(growth.allowed, kind))}</td>'
             f'<td class="n">{_e(amount(growth.growth, kind, signed=True))}'
             f"{'' if percent is None else f' ({percent:+.1f}%)'}</td>"
-            f"<td>{_bars(growth.before, growth.after)}</td>"
+            f"<td>{_bars(growth.before, growth.after, growth.allowed)}</td>"
             f"<td>{_e(growth.resource)}={_e(growth.tolerance)}"
             f"{' (warning only)' if record.regression.warn_only else ''}</td></tr>"
         )
+    charts = "".join(
+        f'<article class="grown"><h3>{_e(record.nodeid)}</h3>'
+        f'<div class="charts" data-i="{index[record.nodeid]}"></div></article>'
+        for record in grown
+    )
     return (
         f'<section id="regressions"><h2>Regressions against the baseline ({len(grown)})</h2>'
         '<div class="scroll"><table><thead><tr><th>Test</th><th>Resource</th>'
-        "<th>Before</th><th>After</th><th>Growth</th><th>Before / after</th>"
-        f"<th>Tolerance</th></tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
-        "</section>"
+        "<th>Before</th><th>After</th><th>Allowed up to</th><th>Growth</th>"
+        f"<th>Before / after</th><th>Tolerance</th></tr></thead><tbody>{''.join(rows)}</tbody>"
+        f'</table></div>{_LEGEND}<p class="todo"><strong>What to do:</strong> '
+        f"{markdown.what_to_do(report.baseline.path, lambda c: f'<code>{_e(c)}</code>', _e)}"
+        f"</p>{charts}</section>"
     )
 
 
@@ -283,6 +325,13 @@ td:nth-child(5){display:none}td.id{min-width:10em}}
 _RECORDS_CSS = """
 .badge.not-started{color:var(--bad)}
 #failures th,#failures td{text-align:left}td.why{word-break:break-word}
+dl.source{display:grid;grid-template-columns:max-content 1fr;gap:0 1em;margin:.3em 0}
+dl.source code{word-break:break-all}
+svg.bars .allowed{stroke:var(--fg);stroke-width:2}svg .band{fill:#8c8c8c;fill-opacity:.25}
+svg .allow{stroke:var(--warn);stroke-dasharray:3 3}
+.legend,.todo{font-size:13px;color:var(--muted)}.legend .key{display:inline-block;width:14px;
+height:9px;vertical-align:middle}.key.before{background:#8c8c8c}.key.after{background:var(--warn)}
+.key.allowed{width:2px;height:14px;background:var(--fg)}article.grown{margin:.6em 0}
 """
 
 _JS = r"""
@@ -290,12 +339,13 @@ _JS = r"""
 "use strict";
 var DATA=JSON.parse(document.getElementById("data").textContent),PAGE=__PAGE_ROWS__;
 function f(v,d){return (Math.round(v*Math.pow(10,d))/Math.pow(10,d)).toString();}
-function chart(title,unit,t,ys,cls,limit,va,vr,mine){
+function chart(title,unit,t,ys,cls,limit,va,vr,mine,band){
   var W=340,H=130,L=44,R=8,T=18,B=22,ok=[];
   for(var i=0;i<t.length;i++){if(ys[i]!==null&&ys[i]!==undefined){ok.push(i);}}
   if(!ok.length){return '<div class="chart"><p>'+title+': no samples</p></div>';}
   var tmax=Math.max(t[t.length-1],va===null?0:va,1e-3),ymax=0;
   ok.forEach(function(i){ymax=Math.max(ymax,ys[i]);});
+  if(band){ymax=Math.max(ymax,band[2]);}
   var far=limit!==null&&limit>3*ymax&&ymax>0;
   if(limit!==null&&!far){ymax=Math.max(ymax,limit);}
   ymax=ymax>0?ymax*1.08:1;
@@ -315,6 +365,13 @@ function chart(title,unit,t,ys,cls,limit,va,vr,mine){
     s+='<line class="lim" x1="'+L+'" x2="'+(W-R)+'" y1="'+Y(limit)+'" y2="'+Y(limit)+'">';
     s+='<title>limit '+limit+' '+unit+'</title></line>';
   }
+  if(band){
+    var hi=parseFloat(Y(band[1])),lo=parseFloat(Y(band[0]));
+    s+='<rect class="band" x="'+L+'" width="'+(W-L-R)+'" y="'+hi+'" height="'+
+      Math.max(1,lo-hi)+'"><title>baseline '+band[0]+'..'+band[1]+' '+unit+'</title></rect>';
+    s+='<line class="allow" x1="'+L+'" x2="'+(W-R)+'" y1="'+Y(band[2])+'" y2="'+Y(band[2])+'">';
+    s+='<title>allowed up to '+band[2]+' '+unit+'</title></line>';
+  }
   s+='<polyline class="'+cls+'" fill="none" stroke-width="1.8" points="'+pts+'"/>';
   if(va!==null){
     s+='<line class="vio" x1="'+X(va)+'" x2="'+X(va)+'" y1="'+T+'" y2="'+(H-B)+'">';
@@ -330,8 +387,8 @@ function charts(d){
       'the report was written without timelines.</p></div>';
   }
   var va=d.va===undefined?null:d.va,s="";
-  s+=chart("own memory","MiB",d.t,d.m,"mem",d.lm,va,d.vr,"mem_mb");
-  s+=chart("CPU time","s",d.t,d.c,"cpu",d.lc,va,d.vr,"cpu_s");
+  s+=chart("own memory","MiB",d.t,d.m,"mem",d.lm,va,d.vr,"mem_mb",d.bm);
+  s+=chart("CPU time","s",d.t,d.c,"cpu",d.lc,va,d.vr,"cpu_s",d.bc);
   if(d.g){s+=chart("GPU memory","GiB",d.t,d.g,"gpu",d.lg,va,d.vr,"gpu_gb");}
   return s;
 }
@@ -412,7 +469,7 @@ def render(report: Report) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>taichi-limits report</title><style>{_CSS}{_RECORDS_CSS}</style></head><body>"
         f"{_header(report)}<main>{_violations(report, index)}{_failures(report)}"
-        f"{_regressions(report)}{_table(records)}</main>"
+        f"{_regressions(report, index)}{_table(records)}</main>"
         f'<script type="application/json" id="data">{_script_json(data)}</script>'
         f"<script>{_JS.replace('__PAGE_ROWS__', str(PAGE_ROWS))}</script>"
         "<noscript><style>#table tr[hidden]{display:table-row}</style></noscript>"

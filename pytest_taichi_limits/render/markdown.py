@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from ..config.units import human_bytes
-from ..formats.baseline import amount
+from ..formats.baseline import accept_command, amount, seen_text
 from ..formats.jsonreport import Report
 from ..model.records import UsageRecord
 from . import text
@@ -158,20 +158,47 @@ def regressions_section(report: Report) -> list[str]:
             (
                 test_id(record.nodeid),
                 growth.words,
-                amount(growth.before, kind),
+                seen_text(growth),
                 amount(growth.after, kind),
+                amount(growth.allowed, kind),
                 amount(growth.growth, kind, signed=True)
                 + ("" if percent is None else f" ({percent:+.1f}%)"),
                 escape(f"{growth.resource}={growth.tolerance}")
                 + (" (warning only)" if record.regression.warn_only else ""),
             )
         )
+    header = ("Test", "Resource", "Before", "After", "Allowed up to", "Growth", "Tolerance")
     lines += [
         f"#### Regressions against the baseline ({len(report.regressions)})",
         "",
-        *_table(("Test", "Resource", "Before", "After", "Growth", "Tolerance"), rows, {2, 3, 4}),
+        *_table(header, rows, {2, 3, 4, 5}),
+        "",
+        (
+            "Before: the baseline's largest figure (its range, where it saw several runs); "
+            "allowed up to: that plus the tolerance."
+        ),
+        "",
+        "**What to do:** " + what_to_do(section.path, lambda command: f"`{command}`", escape),
     ]
     return lines
+
+
+def what_to_do(
+    baseline_path: str,
+    code: Callable[[str], str] = str,
+    plain: Callable[[str], str] = str,
+) -> str:
+    """The one line under every regression view: how to act on a growth (`code` marks up the
+    command, `plain` the words around it)."""
+    command = accept_command(baseline_path, None, "TEST").replace("`", "") + " ..."
+    return (
+        plain("find what grew; once the growth is reviewed, accept it with ")
+        + code(command)
+        + plain(
+            " (REPORT.json: the run's --taichi-limits-json report), or widen "
+            "--taichi-limits-tolerance."
+        )
+    )
 
 
 def _top(

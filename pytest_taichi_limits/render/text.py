@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import re
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..config.budget import BUDGET_KEYS, Budget
@@ -125,6 +126,53 @@ def _measure(resource_key: str, value: float) -> str:
     return f"{value:.2f} s"
 
 
+#: The most decimals a figure gets to show that it differs from the limit (a microsecond, a
+#: millionth of a unit): an excess smaller than that is shown as it rounds.
+_MAX_DECIMALS = 6
+_BYTE_UNITS = (("B", 1), ("KiB", 1024), ("MiB", MIB), ("GiB", GIB))
+
+
+def _precise(resource_key: str, value: float, shows: Callable[[float], bool]) -> str:
+    """`value` in the key's unit as _measure writes it, with more decimals (and for bytes, if
+    need be, a smaller unit) until `shows` holds of the number as written: no excess is
+    rounded away."""
+    text = _measure(resource_key, value)
+    if resource_key not in ("mem_mb", "gpu_gb"):
+        for decimals in range(2, _MAX_DECIMALS + 1):
+            number = f"{value:.{decimals}f}"
+            if shows(float(number)):
+                return f"{number} s"
+        return text
+    key_unit = MIB if resource_key == "mem_mb" else GIB
+    size = value * key_unit
+    units = [(name, per) for name, per in _BYTE_UNITS if per <= max(abs(size), 1)]
+    for name, per in reversed(units):
+        for decimals in range(1) if per == 1 else range(1, _MAX_DECIMALS + 1):
+            number = f"{size / per:.{decimals}f}"
+            if shows(float(number) * per / key_unit):
+                return f"{number} {name}"
+    return text
+
+
+def _above(violation: Violation) -> str:
+    """The figure when caught, with the digits that show it went over the limit."""
+    return _precise(violation.resource, violation.measured, lambda shown: shown > violation.limit)
+
+
+def _over(violation: Violation) -> str:
+    """How far over, never shown as nothing."""
+    return _precise(violation.resource, violation.over_by, lambda shown: shown > 0)
+
+
+def _percent(violation: Violation) -> str:
+    percent = 100.0 * violation.over_by / violation.limit
+    for decimals in range(1, _MAX_DECIMALS + 1):
+        text = f"{percent:.{decimals}f}"
+        if float(text) > 0:
+            return f"+{text}%"
+    return f"+<{10.0**-_MAX_DECIMALS:.{_MAX_DECIMALS}f}%"
+
+
 def _limit(resource_key: str, value: float) -> str:
     return f"{resource_key}={value:g}"
 
@@ -139,32 +187,32 @@ def used_text(violation: Violation) -> str:
     own pool ran out at the cap: there is no figure above it)."""
     if violation.measured <= violation.limit:
         return "over the limit"
-    return _measure(violation.resource, violation.measured)
+    return _above(violation)
 
 
 def over_text(violation: Violation) -> str:
     """'25.5 MiB (+10.0%)': how far over the limit, "—" where no figure is above it."""
     if violation.measured <= violation.limit:
         return "—"
-    over = _measure(violation.resource, violation.over_by)
     if not violation.limit:
-        return over
-    return f"{over} (+{100.0 * violation.over_by / violation.limit:.1f}%)"
+        return _over(violation)
+    return f"{_over(violation)} ({_percent(violation)})"
 
 
 def violation_headline(violation: Violation) -> str:
+    """The violation in one line. Every figure shows that it exceeded the limit: with the
+    decimals needed, "4096.01 MiB when caught, limit mem_mb=4096", never "4.0 GiB"."""
     if violation.measured <= violation.limit:
         # Caught by Taichi itself (its pool ran out at the cap): there is no figure above it.
         return (
             f"taichi_limits: {violation.resource} exceeded: the test needed more than the "
             f"limit {_limit(violation.resource, violation.limit)}"
         )
-    percent = 100.0 * violation.over_by / violation.limit if violation.limit else 0.0
+    over = _over(violation) + (f", {_percent(violation)}" if violation.limit else ", +0.0%")
     return (
-        f"taichi_limits: {violation.resource} exceeded: "
-        f"{_measure(violation.resource, violation.measured)}"
+        f"taichi_limits: {violation.resource} exceeded: {_above(violation)}"
         f" when caught, limit {_limit(violation.resource, violation.limit)}"
-        f" (over by {_measure(violation.resource, violation.over_by)}, +{percent:.1f}%)"
+        f" (over by {over})"
     )
 
 

@@ -20,8 +20,8 @@ import pytest
 
 from ..formats import baseline as baselines
 from ..formats import jsonreport
-from ..formats.environment import session_environment
-from ..formats.jsonreport import BaselineSection, Report
+from ..formats.environment import run_source, session_environment
+from ..formats.jsonreport import BaselineSection, Report, Source
 from ..model.records import Regression, Usage, UsageRecord, Violation
 from ..model.warnings import TaichiLimitsRegressionWarning
 from ..render import suggest, summary
@@ -289,6 +289,7 @@ class TaichiLimitsReports:
         self.written: list[str] = []  # what the summary tells about files written
         self.write_errors: list[str] = []
         self.interrupted = False  # Ctrl-C or pytest.exit, whatever the exit status says
+        self.source: Source | None = None  # the run's commit, branch, command line
 
     # -- header ---------------------------------------------------------------------------------
 
@@ -353,7 +354,13 @@ class TaichiLimitsReports:
             return None
         warn_only = self.options.warn_only
         text = baselines.regression_report(
-            exceeded, compared, self.baseline, item.nodeid, record, warn_only
+            exceeded,
+            compared,
+            self.baseline,
+            item.nodeid,
+            record,
+            warn_only,
+            self.options.typed.get("--taichi-limits-json"),
         )
         if warn_only:
             try:
@@ -418,12 +425,15 @@ class TaichiLimitsReports:
     def session_report(self, exitstatus: int) -> Report:
         """This session's report: the JSON report, and what the Markdown and HTML show."""
         records = self.collector.records
+        if self.source is None:  # once: the JSON, Markdown and HTML reports each ask
+            self.source = run_source(str(self.config.rootpath), self.config.invocation_params.args)
         return Report(
             records=tuple(records),
             environment=self.environment,
             complete=self._complete(exitstatus, records),
             exit_status=int(exitstatus),
             baseline=self._baseline_section(records),
+            source=self.source,
         )
 
     @pytest.hookimpl(trylast=True)

@@ -173,6 +173,23 @@ def test_regressions_show_before_and_after(page: Any) -> None:
     assert rows.first.locator("svg.bars rect").count() == 2
 
 
+def test_the_regression_view_has_allowed_a_legend_the_range_and_what_to_do(page: Any) -> None:
+    """Issue 21 item 4: "allowed up to" beside before and after, a legend for the bars, the
+    baseline's range on the grown test's chart, and the one line saying what to do."""
+    section = page.locator("#regressions")
+    header = section.locator("thead").inner_text()
+    assert "Before" in header and "After" in header and "Allowed up to" in header
+    assert "126.0 MiB" in section.locator("tbody tr").first.inner_text()
+    assert section.locator("tbody tr").first.locator("svg.bars line.allowed").count() == 1
+    assert "allowed up to: before plus the tolerance" in section.locator(".legend").inner_text()
+    todo = section.locator(".todo").inner_text()
+    assert "taichi-limits accept baseline.json REPORT.json TEST ..." in todo
+    grown = section.locator("article.grown .charts").first
+    memory = grown.locator("svg").first
+    assert memory.locator("rect.band").count() == 1  # the baseline's range
+    assert memory.locator("line.allow").count() == 1  # and what is allowed
+
+
 def test_fits_a_phone(chromium: Any, report_page: Path) -> None:
     phone = chromium.new_page(viewport={"width": 390, "height": 844})
     phone.goto(report_page.as_uri())

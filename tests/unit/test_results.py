@@ -426,3 +426,67 @@ def test_violation_summary_line_is_the_report_headline() -> None:
         "  FAILED test_x.py::test_x - mem_mb exceeded: 300.5 MiB when caught, limit "
         "mem_mb=64 (over by 236.5 MiB, +369.5%)"
     )
+
+
+def test_input_beyond_the_size_limit_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pytest_taichi_limits.formats import reading
+
+    path = tmp_path / "big.json"
+    path.write_text("[" + "1," * 5000 + "1]")
+    monkeypatch.setattr(reading, "MAX_INPUT_BYTES", 4096)
+    monkeypatch.setattr(reading, "_CHUNK_BYTES", 1024)
+    with pytest.raises(reading.InputError, match=r"larger than 4\.0 KiB, not a file"):
+        reading.read_json(str(path))
+
+
+@pytest.mark.parametrize(
+    "resource, limit, measured, headline",
+    [
+        (
+            "mem_mb",
+            4096.0,
+            4096.0 + 12 / 1024,
+            "mem_mb exceeded: 4.00001 GiB when caught, limit mem_mb=4096 "
+            "(over by 12.0 KiB, +0.0003%)",
+        ),
+        (
+            "mem_mb",
+            4096.0,
+            4096.0 + 1 / MIB,
+            "mem_mb exceeded: 4096.000001 MiB when caught, limit mem_mb=4096 "
+            "(over by 1 B, +<0.000001%)",
+        ),
+        (
+            "wall_s",
+            1.0,
+            1.0013,
+            "wall_s exceeded: 1.001 s when caught, limit wall_s=1 (over by 0.001 s, +0.1%)",
+        ),
+        (
+            "mem_mb",
+            256.0,
+            281.5,
+            "mem_mb exceeded: 281.5 MiB when caught, limit mem_mb=256 (over by 25.5 MiB, +10.0%)",
+        ),
+    ],
+)
+def test_the_headline_never_rounds_an_excess_away(
+    resource: str, limit: float, measured: float, headline: str
+) -> None:
+    """Issue 22: "4.0 GiB when caught, limit mem_mb=4096" read as if nothing was exceeded."""
+    violation = make_violation(resource=resource, limit=limit, measured=measured)
+    assert render.violation_headline(violation) == f"taichi_limits: {headline}"
+    assert render.used_text(violation) == headline.split(": ")[1].split(" when")[0]
+
+
+def test_the_runs_source_comes_from_ci_variables_first(tmp_path: Path) -> None:
+    from pytest_taichi_limits.formats.environment import run_source
+
+    environ = {"GITHUB_SHA": "abc123", "GITHUB_HEAD_REF": "fix/leak", "GITHUB_REF_NAME": "9/merge"}
+    source = run_source(str(tmp_path), ["--taichi-limits", "tests/a b.py"], environ)
+    assert (source.commit, source.branch) == ("abc123", "fix/leak")
+    assert source.command == "pytest --taichi-limits 'tests/a b.py'"
+    gitlab = run_source(str(tmp_path), [], {"CI_COMMIT_SHA": "d00d", "CI_COMMIT_REF_NAME": "main"})
+    assert (gitlab.commit, gitlab.branch, gitlab.command) == ("d00d", "main", "pytest")
