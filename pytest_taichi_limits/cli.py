@@ -244,8 +244,8 @@ def merge_reports(
 
 
 def merge_baselines(
-    loaded: list[baselines.Baseline], prefer_newest: bool
-) -> tuple[dict[str, Any], list[str]]:
+    loaded: list[baselines.Baseline], prefer_newest: bool, path: str = "merged"
+) -> tuple[baselines.Baseline, list[str]]:
     tests: dict[str, tuple[str, baselines.Entry]] = {}
     environments: dict[str, dict[str, Any]] = {}
     for found in loaded:
@@ -265,13 +265,8 @@ def merge_baselines(
         if len(distinct) > 1
         else []
     )
-    document = {
-        "schema": baselines.SCHEMA,
-        "version": baselines.VERSION,
-        "environments": kept,
-        "tests": {nodeid: entry.to_json() for nodeid, (_, entry) in sorted(tests.items())},
-    }
-    return document, notes
+    merged = baselines.Baseline(path, {nodeid: entry for nodeid, (_, entry) in tests.items()}, kept)
+    return merged, notes
 
 
 def run_merge(args: argparse.Namespace) -> int:
@@ -296,11 +291,11 @@ def run_merge(args: argparse.Namespace) -> int:
         what = f"JSON report of {len(report.records)} tests"
         text = _json_text(report)
     else:
-        document, notes = merge_baselines(
-            [reading.load_baseline(path) for path in args.files], prefer_newest
+        merged, notes = merge_baselines(
+            [reading.load_baseline(path) for path in args.files], prefer_newest, args.output
         )
-        what = f"baseline of {len(document['tests'])} tests"
-        text = json.dumps(document, indent=2, sort_keys=True) + "\n"
+        what = f"baseline of {len(merged.tests)} tests"
+        text = json.dumps(merged.to_json(), indent=2, sort_keys=True) + "\n"
     for note in notes:
         print(note, file=sys.stderr)
     _write(args.output, text, f"merged {what}")

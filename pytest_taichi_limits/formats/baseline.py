@@ -232,6 +232,18 @@ class Baseline:
     tests: Mapping[str, Entry]
     environments: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
+    def to_json(self) -> dict[str, Any]:
+        """The file's document: sorted, with only the environments a test uses."""
+        used = {entry.environment for entry in self.tests.values()}
+        return {
+            "schema": SCHEMA,
+            "version": VERSION,
+            "environments": {
+                key: dict(value) for key, value in self.environments.items() if key in used
+            },
+            "tests": {nodeid: entry.to_json() for nodeid, entry in sorted(self.tests.items())},
+        }
+
     def environment_of(self, nodeid: str) -> Mapping[str, Any]:
         return self.environments.get(self.tests[nodeid].environment, {})
 
@@ -510,14 +522,8 @@ def _entry_text(entry: Entry) -> str:
 def _write(
     path: str, tests: Mapping[str, Entry], environments: Mapping[str, Mapping[str, Any]]
 ) -> None:
-    used = {entry.environment for entry in tests.values()}
-    document = {
-        "schema": SCHEMA,
-        "version": VERSION,
-        "environments": {key: dict(value) for key, value in environments.items() if key in used},
-        "tests": {nodeid: entry.to_json() for nodeid, entry in sorted(tests.items())},
-    }
-    write_atomic(path, json.dumps(document, indent=2, sort_keys=True) + "\n")
+    text = json.dumps(Baseline(path, tests, environments).to_json(), indent=2, sort_keys=True)
+    write_atomic(path, text + "\n")
 
 
 # -- comparing ----------------------------------------------------------------------------------

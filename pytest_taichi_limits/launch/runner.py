@@ -20,7 +20,6 @@ import shutil
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 
@@ -30,7 +29,7 @@ from ..config.budget import Budget
 from ..config.settings import BUDGET_KEY, Settings
 from ..ipc.requests import WorkerRequest, fingerprint
 from ..measure import cgroup
-from ..model.records import RunResult
+from ..model.records import Admitted, RunResult
 from ..supervise.supervisor import Worker, WorkerGone
 from ..taichi_support import reinit
 from . import forksafety, startplan
@@ -178,7 +177,7 @@ class Runner:
         nextitem: pytest.Item | None,
         budget: Budget,
         env: Mapping[str, str] | None = None,
-        admission: Mapping[str, Any] | None = None,
+        admission: Admitted | None = None,
     ) -> RunResult:
         """`budget`: the test's, as the budget hook left it (every other supervised item's is
         on its stash). `env`: variables for the child (the GPU admission chose): a worker

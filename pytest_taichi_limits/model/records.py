@@ -85,6 +85,44 @@ _EXITED = re.compile(r"exited with status (-?\d+)")
 
 
 @dataclass(frozen=True)
+class Admitted:
+    """What admission (--taichi-limits-admit) reserved for a test before it started, and how
+    long the test waited for it."""
+
+    wait_s: float
+    mem_bytes: int  # reserved for the test
+    gpu_bytes: int
+    source: str  # where the figure came from: "its budget", "baseline peak plus tolerance..."
+    device: int | None  # the GPU it was pointed at (NVML index), if any
+    reserved_mem_bytes: int  # held on the machine right after its admission (all sessions)
+    reserved_gpu_bytes: int  # held on its device right after its admission
+    capacity_mem_bytes: int  # the memory capacity it was admitted against
+
+    def to_json(self) -> dict[str, Any]:
+        """The record's and the log line's `admission` object (names prefixed, as in
+        version 2)."""
+        return {f"admission_{name}": getattr(self, name) for name in self.__dataclass_fields__}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> Admitted:
+        fields = _object(data, f"{where}: admission")
+        where = f"{where}: admission"
+        device = fields.get("admission_device")
+        if device is not None and (not isinstance(device, int) or isinstance(device, bool)):
+            raise RecordError(f"{where}: admission_device must be a whole number or null")
+        return cls(
+            wait_s=_number(fields, "admission_wait_s", where),
+            mem_bytes=_integer(fields, "admission_mem_bytes", where),
+            gpu_bytes=_integer(fields, "admission_gpu_bytes", where),
+            source=_text(fields, "admission_source", where),
+            device=device,
+            reserved_mem_bytes=_integer(fields, "admission_reserved_mem_bytes", where),
+            reserved_gpu_bytes=_integer(fields, "admission_reserved_gpu_bytes", where),
+            capacity_mem_bytes=_integer(fields, "admission_capacity_mem_bytes", where),
+        )
+
+
+@dataclass(frozen=True)
 class Usage:
     """What one supervised test used, as the supervisor measured it. Bytes and seconds.
 
@@ -117,9 +155,8 @@ class Usage:
     arch: str = NO_TAICHI  # Taichi arch of the child's last ti.init
     gpu_clamps: tuple[str, ...] = ()  # what the gpu_gb cap took from the test's ti.init calls
     interrupted: str = ""  # why the test stopped the session (pytest.exit, Ctrl-C); "" if not
-    #: what admission reserved and how long the test waited for it (admission.Grant.facts);
-    #: None when admission is off
-    admission: Mapping[str, Any] | None = None
+    #: what admission reserved and how long the test waited for it; None when admission is off
+    admission: Admitted | None = None
     timeline: Mapping[str, Any] | None = None  # timeline.Timeline.to_json(): for the reports
     shm_files_left: tuple[str, ...] = ()  # what the test created in /dev/shm and left there
 
@@ -142,6 +179,7 @@ class Usage:
         data["shm_files_left"] = list(self.shm_files_left)
         data["kernel_own_rss_bytes"] = self.kernel_own_rss_bytes
         data["own_memory_bytes"] = self.own_memory_bytes
+        data["admission"] = None if self.admission is None else self.admission.to_json()
         del data["timeline"]  # for the JSON and HTML reports (on the record), never a log line
         return data
 
@@ -365,7 +403,7 @@ class UsageRecord:
     regression: Regression | None  # the baseline comparison that failed or warned
     worker_pid: int = 0  # the supervised child that ran the test (several tests may share one)
     worker_test_number: int = 1  # 1 for the first test that child ran, 2 for the next, ...
-    admission: Mapping[str, Any] | None = None  # admission's reservation and wait, if it was on
+    admission: Admitted | None = None  # admission's reservation and wait, if it was on
     timeline: Mapping[str, Any] | None = None  # model/timeline.py: what the supervisor sampled
     shm_files_left: tuple[str, ...] = ()  # what the test created in /dev/shm and left there
     ending: Ending | None = None  # how the test's process ended, where it ended with the test
@@ -455,7 +493,6 @@ class UsageRecord:
             regression=regression,
             reason=reason,
             worker_pid=usage.worker_pid or usage.pid,
-            admission=None if usage.admission is None else dict(usage.admission),
             timeline=None if usage.timeline is None else dict(usage.timeline),
         )
 
@@ -496,7 +533,7 @@ class UsageRecord:
         data["budget"] = self.budget.as_dict()
         data["violation"] = None if self.violation is None else self.violation.to_json()
         data["regression"] = None if self.regression is None else self.regression.to_json()
-        data["admission"] = None if self.admission is None else dict(self.admission)
+        data["admission"] = None if self.admission is None else self.admission.to_json()
         data["timeline"] = None if self.timeline is None else dict(self.timeline)
         data["shm_files_left"] = list(self.shm_files_left)
         data["ending"] = None if self.ending is None else self.ending.describe
@@ -548,7 +585,9 @@ class UsageRecord:
                 else Regression.from_json(regression, f"{where}: regression"),
                 worker_pid=_integer(fields, "worker_pid", where),
                 worker_test_number=_integer(fields, "worker_test_number", where),
-                admission=_optional_object(fields, "admission", where),
+                admission=None
+                if fields.get("admission") is None
+                else Admitted.from_json(fields["admission"], where),
                 timeline=_timeline(fields, where),
                 shm_files_left=_texts(fields, "shm_files_left", where),
                 ending=None if ending is None else Ending.from_text(_text(fields, "ending", where)),
@@ -568,7 +607,7 @@ _FROM_USAGE = (
     "own_memory_bytes",
 )
 #: Fields of both that the record takes from elsewhere (from_usage sets them itself).
-_RECORD_ONLY = frozenset({"worker_pid", "admission", "timeline"})
+_RECORD_ONLY = frozenset({"worker_pid", "timeline"})
 
 
 # -- checking JSON values -------------------------------------------------------------------------

@@ -17,7 +17,6 @@ import socket
 import threading
 import time
 import types
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -32,7 +31,7 @@ from ..measure.proctree import (
     TreeSample,
     send_signal,
 )
-from ..model.records import Crash, Ending, RunResult, Usage, Violation
+from ..model.records import Admitted, Crash, Ending, RunResult, Usage, Violation
 from ..model.timeline import Timeline
 from ..platform import linux
 from . import verdict
@@ -149,16 +148,16 @@ class _Told:
     arch: str
     gpu_clamps: tuple[str, ...]
     interrupted: str  # why the test stopped the session; "" if it did not
-    admission: Mapping[str, Any] | None
+    admission: Admitted | None
 
     @classmethod
-    def of(cls, messages: list[dict[str, Any]], admission: Mapping[str, Any] | None) -> _Told:
+    def of(cls, messages: list[dict[str, Any]], admission: Admitted | None) -> _Told:
         exits = [message for message in messages if message["t"] == Kind.EXIT.value]
         return cls(
             taichi_arch(messages),
             tuple(verdict.clamp_notes(messages)),
             verdict.describe_exit(exits[-1]) if exits else "",
-            None if admission is None else dict(admission),
+            admission,
         )
 
 
@@ -232,7 +231,7 @@ class Worker:
         next_index: int | None,
         nodeid: str,
         budget: Budget,
-        admission: Mapping[str, Any] | None = None,
+        admission: Admitted | None = None,
     ) -> RunResult:
         """`admission`: what admission reserved for the test (admission.Grant.facts), for its
         usage."""
@@ -253,7 +252,7 @@ class Worker:
         nodeid: str,
         budget: Budget,
         error: Exception,
-        admission: Mapping[str, Any] | None,
+        admission: Admitted | None,
     ) -> RunResult:
         """An error while watching (out of file descriptors, /proc unreadable): the test fails
         with it, its whole tree is ended, and the session goes on."""
@@ -300,7 +299,7 @@ class Worker:
         next_index: int | None,
         nodeid: str,
         budget: Budget,
-        admission: Mapping[str, Any] | None,
+        admission: Admitted | None,
     ) -> RunResult:
         if not self._ready:
             # Starting up (in a fresh interpreter: importing and collecting the test module)
@@ -504,7 +503,7 @@ class Worker:
         peaks: _Peaks,
         violation: Violation | None,
         finished: bool,
-        admission: Mapping[str, Any] | None,
+        admission: Admitted | None,
     ) -> RunResult:
         messages = self.reader.messages[start.first_message :]
         self._next_message = len(self.reader.messages)

@@ -233,6 +233,7 @@ def test_the_usage_is_complete_when_the_supervisor_builds_it() -> None:
     from pytest_taichi_limits.config.settings import Settings
     from pytest_taichi_limits.ipc.channel import ChannelWriter
     from pytest_taichi_limits.launch.forking import ForkLaunch
+    from pytest_taichi_limits.model.records import Admitted
     from pytest_taichi_limits.supervise.supervisor import Worker
 
     def in_child(channel_fd: int, stack_fd: int, control_fd: int, parent_pid: int) -> None:
@@ -241,7 +242,7 @@ def test_the_usage_is_complete_when_the_supervisor_builds_it() -> None:
         channel.send("exit", reason="interrupt")
         os._exit(0)
 
-    facts = {"admission_wait_s": 0.5, "admission_mem_bytes": 64 * MB}
+    facts = Admitted(0.5, 64 * MB, 0, "its budget", None, 64 * MB, 0, 1024 * MB)
     worker = Worker(ForkLaunch(in_child), Settings(grace_s=0.5), "fork")
     try:
         result = worker.run_test(0, None, "t::x", Budget(wall_s=30), facts)
