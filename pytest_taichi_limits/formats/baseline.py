@@ -644,10 +644,10 @@ def regression_report(
             "counts the interpreter's own start-up)"
         )
     lines.append(
-        "  what to do  find what grew; once the growth is reviewed, accept it: "
+        "  what to do  find what grew; accept reviewed growth with: "
         + accept_command(baseline.path, report_path, nodeid)
-        + ("" if report_path else " (REPORT.json: this run's --taichi-limits-json report)")
-        + " (or widen --taichi-limits-tolerance)"
+        + ("" if report_path else " (REPORT.json: the run's --taichi-limits-json report)")
+        + "; or widen --taichi-limits-tolerance"
         + (" [warning only: --taichi-limits-compare-warn]" if warn_only else "")
     )
     return "\n".join(lines)

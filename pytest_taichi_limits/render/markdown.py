@@ -192,10 +192,10 @@ def what_to_do(
     command, `plain` the words around it)."""
     command = accept_command(baseline_path, None, "TEST").replace("`", "") + " ..."
     return (
-        plain("find what grew; once the growth is reviewed, accept it with ")
+        plain("find what grew; accept reviewed growth with: ")
         + code(command)
         + plain(
-            " (REPORT.json: the run's --taichi-limits-json report), or widen "
+            " (REPORT.json: the run's --taichi-limits-json report); or widen "
             "--taichi-limits-tolerance."
         )
     )

@@ -333,7 +333,7 @@ def test_reviewed_growth_is_accepted_with_the_command_the_hint_names(
     )
     grown.assert_outcomes(failed=1, passed=1)
     hint = next(line for line in grown.outlines if "what to do" in line)
-    command = hint.split("accept it: ")[1].split(" (or widen")[0]
+    command = hint.split("accept reviewed growth with: ")[1].split("; or widen")[0]
     assert command == "taichi-limits accept base.json run.json test_growing.py::test_grows"
     accepted = subprocess.run(
         [sys.executable, "-m", "pytest_taichi_limits", *shlex.split(command)[1:]],
