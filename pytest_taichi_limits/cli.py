@@ -272,7 +272,8 @@ def merge_baselines(
 def run_merge(args: argparse.Namespace) -> int:
     if len(args.files) < 2:
         raise InputError("merge: give at least two files")
-    kinds = {path: reading.kind_of(reading.read_json(path)) for path in args.files}
+    documents = {path: reading.read_json(path) for path in args.files}  # each read once
+    kinds = {path: reading.kind_of(data) for path, data in documents.items()}
     unknown = [path for path, kind in kinds.items() if kind == "unknown"]
     if unknown:
         raise InputError(
@@ -286,13 +287,16 @@ def run_merge(args: argparse.Namespace) -> int:
     prefer_newest = args.prefer == "newest"
     if set(kinds.values()) == {"report"}:
         report, notes = merge_reports(
-            [(path, reading.load_report(path)) for path in args.files], prefer_newest
+            [(path, reading.check_report(path, documents[path])) for path in args.files],
+            prefer_newest,
         )
         what = f"JSON report of {len(report.records)} tests"
         text = _json_text(report)
     else:
         merged, notes = merge_baselines(
-            [reading.load_baseline(path) for path in args.files], prefer_newest, args.output
+            [reading.check_baseline(path, documents[path]) for path in args.files],
+            prefer_newest,
+            args.output,
         )
         what = f"baseline of {len(merged.tests)} tests"
         text = json.dumps(merged.to_json(), indent=2, sort_keys=True) + "\n"

@@ -113,7 +113,11 @@ def load_report(path: str) -> Report:
 
 def load_baseline(path: str) -> baselines.Baseline:
     """A baseline file; a JSON report given instead is named as such."""
-    data = read_json(path)
+    return check_baseline(path, read_json(path))
+
+
+def check_baseline(path: str, data: Any) -> baselines.Baseline:
+    """`data`, read from `path`, as a baseline; InputError otherwise."""
     if kind_of(data) == "report":
         raise InputError(
             f"{path} is a JSON report, not a baseline: give the file written by "
