@@ -8,7 +8,7 @@ import os
 import stat
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -490,3 +490,23 @@ def test_the_runs_source_comes_from_ci_variables_first(tmp_path: Path) -> None:
     assert source.command == "pytest --taichi-limits 'tests/a b.py'"
     gitlab = run_source(str(tmp_path), [], {"CI_COMMIT_SHA": "d00d", "CI_COMMIT_REF_NAME": "main"})
     assert (gitlab.commit, gitlab.branch, gitlab.command) == ("d00d", "main", "pytest")
+
+
+def test_the_failure_reason_is_the_first_line_of_the_first_failed_phase() -> None:
+    from pytest_taichi_limits.results.outcomes import MAX_REASON_CHARS, failure_reason
+
+    def report(
+        when: Literal["setup", "call", "teardown"],
+        outcome: Literal["passed", "failed", "skipped"],
+        longrepr: str | None,
+    ) -> pytest.TestReport:
+        return pytest.TestReport("t.py::t", ("t.py", 0, "t"), {}, outcome, longrepr, when)
+
+    passed = report("setup", "passed", None)
+    failed = report("call", "failed", "\ntaichi_limits: the test process was killed\n  during")
+    assert failure_reason([passed, failed, report("teardown", "failed", "later")]) == (
+        "the test process was killed"
+    )
+    assert failure_reason([passed]) == ""
+    long = failure_reason([report("call", "failed", "x" * 1000)])
+    assert len(long) == MAX_REASON_CHARS and long.endswith("…")
