@@ -11,6 +11,7 @@ Each script also runs alone (`--quick` for a fast pass):
     python benchmarks/bench_supervisor_cost.py   # 5. parent CPU while watching a 30 s test
     python benchmarks/bench_taichi_suite.py --taichi-src PATH   # 6. Taichi's own tests/python
     python benchmarks/bench_suite_shapes.py      # 7. issue 9's suite shapes, each isolation
+    python benchmarks/bench_markers_only.py      # 8. markers only, pytest's Taichi state kept
 
 run_all runs bench_suite_shapes with `--only a,b,c,e`: its (d) and (f) are scripts 6 and 1.
 
@@ -34,6 +35,7 @@ SCRIPTS = (
     "bench_supervisor_cost",
     "bench_taichi_suite",
     "bench_suite_shapes",
+    "bench_markers_only",
 )
 
 

@@ -28,6 +28,7 @@ from .model.records import RunResult
 from .render import text as render
 from .results import replay
 from .results import session as reports
+from .supervise.signals import Terminated, die_of
 from .taichi_support.fixtures import taichi_limits_ti  # noqa: F401 - pytest finds fixtures in plugin modules
 
 _PLUGIN_NAME = "taichi_limits_plugin"
@@ -94,9 +95,19 @@ class TaichiLimitsPlugin:
             except BudgetError as error:
                 raise pytest.UsageError(str(error)) from None
         self.admission = gate.read(config, spawn_worker=is_worker(config))
+        self._terminated_by: int | None = None  # the signal that ended the session
 
+    def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+        if isinstance(excinfo.value, Terminated):
+            self._terminated_by = excinfo.value.signum
+
+    @pytest.hookimpl(trylast=True)
     def pytest_unconfigure(self) -> None:
         self.runner.close()  # the last worker, the zygote, their temporary directories
+        if self._terminated_by is not None:
+            # SIGTERM, SIGHUP or SIGQUIT stopped a supervised test: its tree is gone and the
+            # reports are written (complete: false); now end as the signal would have.
+            die_of(self._terminated_by)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtestloop(self, session: pytest.Session) -> Any:
@@ -164,6 +175,7 @@ class TaichiLimitsPlugin:
     ) -> bool | None:
         budget = item.stash.get(BUDGET_KEY, None)
         if budget is None:
+            self.runner.plain_test_starts(item)
             if nextitem is not None and BUDGET_KEY in nextitem.stash:
                 # Fixtures set up here must be torn down here: a forked child would inherit
                 # them and run their finalizers a second time.

@@ -34,6 +34,24 @@ class WorkerError(RuntimeError):
     pass
 
 
+#: Why a module that imports fine in pytest may fail in a worker.
+_IMPORTED_TWICE = (
+    "The test module's code at import, and that of the project modules it imports, ran a "
+    "second time in that worker while the pytest process still holds what the first import "
+    "made: an import side effect that only one process can hold (a bound port, a lock) fails "
+    "there, as it does under pytest-xdist. See Known limitations in docs/how-it-works.md."
+)
+
+
+#: What the failure text calls each kind of worker (the `mode` of its records).
+_WORKER_KINDS = {
+    "spawn": "a fresh interpreter (spawn mode)",
+    "reimport": (
+        "a worker forked from pytest that imports the project's modules again (reimport mode)"
+    ),
+}
+
+
 def is_worker(config: pytest.Config) -> bool:
     return config.pluginmanager.has_plugin(WORKER_PLUGIN_NAME)
 
@@ -42,10 +60,16 @@ class WorkerPlugin:
     """Copies the parent's options, silences the worker's terminal, runs the one item."""
 
     def __init__(
-        self, request: WorkerRequest, writer: ChannelWriter, cap: GpuCap, control_fd: int
+        self,
+        request: WorkerRequest,
+        writer: ChannelWriter,
+        cap: GpuCap,
+        control_fd: int,
+        start_mode: str = "spawn",
     ) -> None:
         self.__name__ = WORKER_PLUGIN_NAME  # the name pytest registers this object under
         self.request = request
+        self.start_mode = start_mode
         self.writer = writer
         self.cap = cap
         self.control_fd = control_fd
@@ -126,9 +150,9 @@ class WorkerPlugin:
         return tail.decode("utf-8", "replace").strip()
 
     def why_not_run(self, exit_code: int | pytest.ExitCode) -> str:
+        where = _WORKER_KINDS.get(self.start_mode, f"a worker ({self.start_mode} mode)")
         text = (
-            f"the test could not be collected again in a fresh interpreter (spawn mode; "
-            f"pytest exit code {int(exit_code)})"
+            f"the test could not be collected again in {where}; pytest exit code {int(exit_code)}"
         )
         if not self.found:
             missing = [t.nodeid for t in self.request.tests]
@@ -138,7 +162,7 @@ class WorkerPlugin:
         stderr = self._stderr_tail()
         if stderr:
             text += "\nits stderr:\n" + stderr
-        return text
+        return text + "\n" + _IMPORTED_TWICE
 
 
 def _differs(test: Fingerprint, item: pytest.Item) -> str | None:
@@ -168,7 +192,12 @@ def _differs(test: Fingerprint, item: pytest.Item) -> str | None:
 
 
 def run_worker(
-    request: WorkerRequest, channel_fd: int, stack_fd: int, control_fd: int, zygote_pid: int
+    request: WorkerRequest,
+    channel_fd: int,
+    stack_fd: int,
+    control_fd: int,
+    zygote_pid: int,
+    start_mode: str = "spawn",
 ) -> NoReturn:
     writer = ChannelWriter(channel_fd)
 
@@ -179,7 +208,7 @@ def run_worker(
         # The module's own ti.init runs while it is collected here, before any run command.
         cap.cap_gb = request.budgets[0].gpu_gb if request.budgets else None
         os.chdir(request.invocation_dir)
-        plugin = WorkerPlugin(request, writer, cap, control_fd)
+        plugin = WorkerPlugin(request, writer, cap, control_fd, start_mode)
         plugin.silence_output()
         exit_code = pytest.main(request.args, plugins=[plugin])
         plugin.restore_output()
@@ -196,16 +225,18 @@ def reimport_worker(
     control_fd: int,
     parent_pid: int,
 ) -> NoReturn:
-    """In a child forked from pytest after it reset Taichi: forget `modules` (those whose
-    import made Taichi state, and the test modules that use it) and serve as a worker that
-    imports and collects them again, so their module-level ti.init and fields are made here.
-    Everything else pytest imported (numpy, torch, the plugins) is inherited, not imported again.
+    """In a child forked from pytest after it reset Taichi: forget `modules` (every module of
+    the project itself: launch/startplan.project_modules) and serve as a worker whose session
+    imports and collects them again, as a fresh interpreter would: their module-level ti.init,
+    fields and other import side effects happen here once. Only the standard library and the
+    installed packages pytest imported (numpy, torch, the plugins) are inherited.
     """
-    for name in modules:
-        sys.modules.pop(name, None)
+    forgotten = {name: sys.modules.pop(name, None) for name in modules}
+    for name, module in forgotten.items():
         package, _, child_name = name.rpartition(".")
         # `from app import kernels` takes the package's attribute when it has one: the old
-        # module, whose fields the reset destroyed.
-        if package in sys.modules and getattr(sys.modules[package], child_name, None) is not None:
-            delattr(sys.modules[package], child_name)
-    run_worker(request, channel_fd, stack_fd, control_fd, parent_pid)
+        # module, whose fields the reset destroyed (where the package itself is inherited).
+        parent = sys.modules.get(package)
+        if module is not None and getattr(parent, child_name, None) is module:
+            delattr(parent, child_name)
+    run_worker(request, channel_fd, stack_fd, control_fd, parent_pid, start_mode="reimport")

@@ -30,7 +30,8 @@ from ..ipc.protocol import EXIT_DONE, EXIT_INTERNAL_ERROR
 from ..measure.proctree import reap_own_children, send_signal
 from ..model.records import Ending
 from ..platform import linux
-from ..supervise.supervisor import ExitInfo, TerminateInOrder, control_pair, stack_file
+from ..supervise import signals
+from ..supervise.supervisor import ExitInfo, control_pair, stack_file
 
 #: How long a keeper may take to report its child's end once that child was killed.
 _KEEPER_ANSWER_S = 5.0
@@ -149,8 +150,7 @@ def _keep(
 ) -> None:
     """The keeper's whole life (in a fork of pytest): fork the test, wait, report, clean up."""
     gc.disable()  # a collection would write to every inherited object and copy its page
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not pytest's TerminateInOrder
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is pytest's to handle
+    handlers = signals.keeper_signals()  # a terminal's signals are pytest's to handle
     linux.set_parent_death_signal(signal.SIGKILL)
     if os.getppid() != parent_pid:  # pytest died before the signal was armed
         return
@@ -166,9 +166,7 @@ def _keep(
     if pid == 0:
         os.close(status_fd)
         os.close(release_fd)
-        if isinstance(signal.getsignal(signal.SIGTERM), TerminateInOrder):
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's, not the test's
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signals.restore(handlers)  # pytest's own, never the supervisor's
         gc.enable()
         body(*child_fds, keeper_pid)
         os._exit(EXIT_DONE)  # body never returns; this is a seatbelt

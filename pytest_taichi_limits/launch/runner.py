@@ -77,6 +77,11 @@ class Runner:
         self._cuda: str | None = None
         self._temp_dir: str | None = None
         self._count = 0
+        # Unsupervised tests that have not run yet (under xdist: or that run in another worker):
+        # pytest runs them in this process, on its Taichi state.
+        self._plain_left: set[str] = set()
+        self._kept: str | None = None  # keeps_taichi_state(), while _kept_known
+        self._kept_known = False
 
     # -- after collection -------------------------------------------------------------------
 
@@ -86,6 +91,8 @@ class Runner:
         self._items = list(items)
         self._index = {item.nodeid: number for number, item in enumerate(items)}
         self._isolation = dict(supervised)
+        self._plain_left = {item.nodeid for item in items if item.nodeid not in supervised}
+        self._kept_known = False
         modules = {
             str(item.path): getattr(item, "module", None)
             for item in items
@@ -98,8 +105,40 @@ class Runner:
         self._cuda = forksafety.cuda_initialised_here()
         if self._cuda is not None:  # "Cannot re-initialize CUDA in forked subprocess"
             self.modules = {path: startplan.ModuleStart(True, self._cuda) for path in self.modules}
-        if self._fresh_kind() == "spawn" and (self.settings.mode == "spawn" or self.modules):
-            self._start_zygote()  # warms up while the forked tests run
+        kept = self.settings.mode == "auto" and self.keeps_taichi_state() is not None
+        if self.modules and (self._fresh_kind() == "spawn" or kept):
+            self._start_zygote()  # warms up while the forked (or unsupervised) tests run
+
+    def plain_test_starts(self, item: pytest.Item) -> None:
+        """pytest is about to run an unsupervised test here itself."""
+        self._plain_left.discard(item.nodeid)
+        self._kept_known = False  # it may make or drop Taichi objects here
+
+    def keeps_taichi_state(self) -> str | None:
+        """Why the next supervised test must start without a Taichi reset here (None: it may).
+
+        A fork needs `ti.reset()` in this process first, and the reset destroys every field and
+        ndarray of its program. Unsupervised tests that are still to run here may use those
+        (a module that makes a field at import, a fixture that holds one): while any is alive,
+        supervised tests start in a fresh interpreter instead, and this process is left alone.
+        Without any such object, the reset is harmless: the init is replayed on the next use.
+        """
+        if not self._kept_known:  # asked per test and per candidate: decided once per test
+            self._kept, self._kept_known = self._taichi_state_kept(), True
+        return self._kept
+
+    def _taichi_state_kept(self) -> str | None:
+        if not self._plain_left or not reinit.taichi_initialised():
+            return None
+        held = self.recorder.held.describe()
+        if held is None:
+            return None
+        left = len(self._plain_left)
+        return (
+            f"the pytest process holds {held} that {left} unsupervised "
+            f"test{'s' if left != 1 else ''} still to run there may use, and a fork would "
+            "need a Taichi reset there first"
+        )
 
     def _fresh_kind(self) -> str:
         """How a module that cannot simply fork starts: imported again in a forked child
@@ -110,11 +149,18 @@ class Runner:
     def header_lines(self) -> list[str]:
         rootpath = self.config.rootpath
         fresh = {path: plan for path, plan in self.modules.items() if plan.fresh}
+        kept = None if self.settings.mode == "spawn" else self.keeps_taichi_state()
         lines: list[str] = []
         if self.settings.mode == "spawn":
             lines.append(
                 "taichi-limits: start mode spawn (--taichi-limits-mode=spawn): every "
                 "supervised test runs in a fresh interpreter"
+            )
+        elif kept is not None:
+            lines.append(
+                f"taichi-limits: start mode spawn while unsupervised tests remain ({kept}): "
+                "supervised tests run in a fresh interpreter, so that Taichi is never reset "
+                "under the unsupervised ones"
             )
         elif fresh:
             how = (
@@ -141,7 +187,12 @@ class Runner:
                 f"supervised modules (isolation {self.settings.isolation})"
             )
         sites = self.recorder.init_sites
-        if sites and self.settings.mode != "spawn" and len(fresh) < len(self.modules):
+        if (
+            sites
+            and kept is None
+            and self.settings.mode != "spawn"
+            and len(fresh) < len(self.modules)
+        ):
             shown = sites[-1].describe(rootpath)
             lines.append(
                 f"taichi-limits: Taichi was initialised in the pytest process (last "
@@ -156,20 +207,27 @@ class Runner:
         module = str(item.path)
         plan = self.modules.get(os.path.abspath(module))
         isolation = self._isolation.get(item.nodeid, self.settings.isolation)
+        per_isolation = {"test": item.nodeid, "module": module}.get(isolation, "session")
         if self.settings.mode == "spawn":
-            scope = {"test": item.nodeid, "module": module}.get(isolation, "session")
-            return Key("spawn", scope)
-        if plan is not None and plan.fresh:
-            if self.settings.mode == "fork":
-                raise Refused(
-                    f"taichi_limits: not started: --taichi-limits-mode=fork, but this module "
-                    f"cannot simply be forked: {plan.reason}. A forked child of a process "
-                    "holding that state hangs at its first kernel launch. Use "
-                    "--taichi-limits-mode=auto, or create the Taichi state inside tests or "
-                    "fixtures so that fork mode works."
-                )
-            return Key(self._fresh_kind(), "session" if isolation == "session" else module)
-        return Key("fork", {"test": item.nodeid, "module": module}.get(isolation, "session"))
+            return Key("spawn", per_isolation)
+        fresh_reason = plan.reason if plan is not None and plan.fresh else None
+        kept_reason = self.keeps_taichi_state()
+        if self.settings.mode == "fork" and (fresh_reason or kept_reason):
+            if fresh_reason:
+                what = f"this module cannot simply be forked: {fresh_reason}"
+            else:
+                what = f"this test cannot simply be forked: {kept_reason}"
+            raise Refused(
+                f"taichi_limits: not started: --taichi-limits-mode=fork, but {what}. A forked "
+                "child of a process holding Taichi state hangs at its first kernel launch. Use "
+                "--taichi-limits-mode=auto, or create the Taichi state inside tests or fixtures "
+                "so that fork mode works."
+            )
+        if fresh_reason:
+            # Its tests share the module's state, as in plain pytest: one worker per module.
+            kind = "spawn" if kept_reason else self._fresh_kind()
+            return Key(kind, "session" if isolation == "session" else module)
+        return Key("spawn" if kept_reason else "fork", per_isolation)
 
     def run(
         self,
@@ -183,6 +241,7 @@ class Runner:
         on its stash). `env`: variables for the child (the GPU admission chose): a worker
         started with other values is not reused, as CUDA reads them once. `admission`: what
         admission reserved for the test, for its usage."""
+        self._kept_known = False  # what pytest's Taichi state holds now
         key = self.key_of(item)
         env = dict(env or {})
         if (
@@ -270,10 +329,7 @@ class Runner:
 
             return run_items
         request = self._request(self._worker_items, {})
-        modules = startplan.modules_to_import_again(
-            self.recorder.events, [str(item.path) for item in self._worker_items]
-        )
-        return functools.partial(reimport_worker, request, modules)
+        return functools.partial(reimport_worker, request, startplan.project_modules())
 
     def _request(self, items: list[pytest.Item], env: dict[str, str]) -> WorkerRequest:
         args, options = worker_args(self.config)

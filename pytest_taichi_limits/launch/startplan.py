@@ -8,21 +8,24 @@ called `ti.init` while being imported, or created fields and ndarrays then (a re
 them). Those modules run in a fresh interpreter (launch/spawn.py), where importing them again
 rebuilds their state; all others keep the fast fork path.
 
-The recorder wraps `ti.init`, `create_field_member` (behind every `ti.field`, `Vector.field`,
-`Struct.field`) and `ndarray` in the pytest process as soon as Taichi is imported, and notes for
-each call the module-level code on the stack: the modules being imported at that moment.
+The recorder wraps `ti.init` and the constructors of Taichi's fields, ndarrays, textures and
+sparse matrices (taichi_support/held.py) in the pytest process as soon as Taichi is imported, and
+notes for each call the module-level code on the stack: the modules being imported at that
+moment.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import types
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..taichi_support.hooks import add_init_listener, install_init_wrapper, when_taichi_imported
+from ..taichi_support.held import HeldObjects
+from ..taichi_support.hooks import add_init_listener, install_init_wrapper
 from ..taichi_support.reinit import InitCall
 
 _MODULE_CODE = "<module>"
@@ -64,6 +67,7 @@ class InitRecorder:
 
     events: list[TaichiEvent] = field(default_factory=list)
     last_init: InitCall | None = None
+    held: HeldObjects = field(default_factory=HeldObjects)  # the Taichi objects alive here
     recording: bool = True  # until collection ends: later calls are the tests' own business
     _installed: bool = False
 
@@ -72,7 +76,8 @@ class InitRecorder:
             self._installed = True
             install_init_wrapper()  # the one wrapper of this process (taichi_hooks)
             add_init_listener(self._on_init)
-            when_taichi_imported(self._wrap_objects)
+            self.held.on_new = self._note_object
+            self.held.install()
 
     @property
     def init_sites(self) -> list[InitSite]:
@@ -85,29 +90,9 @@ class InitRecorder:
             self.events.append(TaichiEvent("init", *_caller(caller, _package_dirs())))
         self.last_init = InitCall(args, dict(kwargs))
 
-    def _wrap_objects(self) -> None:
-        """Note where Taichi fields and ndarrays are made (a reset destroys them)."""
-        impl = sys.modules["taichi.lang.impl"]
-        for name in ("create_field_member", "ndarray"):
-            original = getattr(impl, name)
-            if getattr(original, "_taichi_limits_recorder", None) is not None:
-                continue
-            setattr(impl, name, _noting(original, self))
-
     def _note_object(self, caller: types.FrameType) -> None:
         if self.recording:
             self.events.append(TaichiEvent("object", *_caller(caller, _package_dirs())))
-
-
-def _noting(original: Callable[..., Any], recorder: InitRecorder) -> Callable[..., Any]:
-    def call(*args: Any, **kwargs: Any) -> Any:
-        recorder._note_object(sys._getframe(1))
-        return original(*args, **kwargs)
-
-    call.__doc__ = original.__doc__
-    call.__wrapped__ = original  # type: ignore[attr-defined]
-    call._taichi_limits_recorder = recorder  # type: ignore[attr-defined]
-    return call
 
 
 def _package_dirs() -> tuple[str, ...]:
@@ -246,16 +231,23 @@ def _uses_taichi_state(
     return None
 
 
+@functools.cache
 def _installed_dirs() -> tuple[str, ...]:
     """Where the stdlib and installed packages live (a venv inside the project included)."""
+    import site
     import sysconfig
 
-    return tuple(
-        {
-            os.path.abspath(sysconfig.get_paths()[key]) + os.sep
-            for key in ("stdlib", "platstdlib", "purelib", "platlib")
-        }
-    )
+    dirs = [sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")]
+    dirs += getattr(site, "getsitepackages", list)()  # Debian's dist-packages, for one
+    if site.ENABLE_USER_SITE:
+        dirs.append(site.getusersitepackages())
+    return tuple({os.path.abspath(path) + os.sep for path in dirs})
+
+
+#: Inherited by every worker, never imported again: the code that runs the worker itself (a
+#: second copy of pytest or this plugin would not know the first one's classes) and Taichi,
+#: wherever they are installed from.
+_ALWAYS_INHERITED = ("pytest", "_pytest", "pluggy", "taichi", __name__.partition(".")[0])
 
 
 def third_party_modules() -> list[str]:
@@ -265,7 +257,7 @@ def third_party_modules() -> list[str]:
     names = []
     for name, module in list(sys.modules.items()):
         path = getattr(module, "__file__", None)
-        if not path or name == "__main__" or name.startswith(("taichi", "pytest_taichi_limits")):
+        if not path or name == "__main__" or _always_inherited(name):
             continue
         # A virtual environment inside the project is still installed code.
         if os.path.abspath(path).startswith(outside):
@@ -273,15 +265,37 @@ def third_party_modules() -> list[str]:
     return names
 
 
-def modules_to_import_again(events: Iterable[TaichiEvent], test_files: Iterable[str]) -> list[str]:
-    """Names in sys.modules of what a reimport worker must import anew: every module whose
-    import made Taichi state (a reset in the parent destroyed it) and the tests' own modules
-    (they hold references to that state)."""
-    files = {os.path.abspath(path) for event in events for path in event.importing}
-    files |= {os.path.abspath(path) for path in test_files}
+def project_modules(modules: Mapping[str, object] | None = None) -> list[str]:
+    """Names in sys.modules of the project's own modules: every one a fresh interpreter would
+    import anew, which is all but the standard library, installed packages, Taichi, pytest and
+    this plugin. A reimport worker forgets them before its session collects the tests, so that
+    each runs its module-level code there once, as in a fresh process: the modules that made
+    Taichi state (a reset here destroyed it), the test modules and conftests that use it, and
+    the helpers between them (a counter a helper increments at import is 1 there, never 2).
+    `modules` is sys.modules unless a test passes fakes."""
+    installed = _installed_dirs()
     names = []
-    for name, module in list(sys.modules.items()):
-        path = getattr(module, "__file__", None)
-        if isinstance(path, str) and os.path.abspath(path) in files:
+    for name, module in list((sys.modules if modules is None else modules).items()):
+        if name == "__main__" or _always_inherited(name):
+            continue
+        path = _where(module)
+        if path is not None and not path.startswith(installed):
             names.append(name)
     return names
+
+
+def _always_inherited(name: str) -> bool:
+    return name.partition(".")[0] in _ALWAYS_INHERITED
+
+
+def _where(module: object) -> str | None:
+    """The file a module was loaded from (a namespace package: its first directory)."""
+    path = getattr(module, "__file__", None)
+    if not isinstance(path, str):
+        try:
+            path = next(iter(getattr(module, "__path__", None) or ()), None)
+        except TypeError:
+            path = None
+    if not isinstance(path, str) or path.startswith("<"):
+        return None  # built in, frozen, or made in memory
+    return os.path.abspath(path)

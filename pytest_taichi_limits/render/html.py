@@ -76,6 +76,7 @@ def chart_data(record: UsageRecord) -> dict[str, Any]:
 
 def _header(report: Report) -> str:
     verdict = markdown.verdict(report, marks=False).removeprefix("### taichi-limits: ")
+    failing = report.failing or not report.complete
     rows = "".join(
         f"<dt>{_e(key)}</dt><dd>{_e(value)}</dd>"
         for key, value in sorted(report.environment.items())
@@ -93,7 +94,7 @@ def _header(report: Report) -> str:
         )
     return (
         f"<header><h1>taichi-limits report</h1>"
-        f'<p id="verdict" class="verdict {"bad" if report.failing else "good"}">{_e(verdict)}</p>'
+        f'<p id="verdict" class="verdict {"bad" if failing else "good"}">{_e(verdict)}</p>'
         f'<p class="when">Written {_e(report.created_at)}; pytest exit status '
         f"{_e(report.exit_status)}.</p>{_source(report)}{compared}"
         f'<details><summary>Environment</summary><dl class="env">{rows}</dl></details>'

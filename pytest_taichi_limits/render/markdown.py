@@ -64,14 +64,17 @@ def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]], right: set[
 
 
 def verdict(report: Report, marks: bool = True) -> str:
-    """'### taichi-limits: ❌ FAILED — 2 budget violations, ...' (`marks`: with the emoji)."""
+    """'### taichi-limits: ❌ FAILED — 2 budget violations, ...' (`marks`: with the emoji);
+    PASSED only for a session that ran to its end."""
     counts = report.counts()
     violations, regressions = len(report.violations), len(report.regressions)
     total = sum(counts.values())
     failing = report.failing
-    mark = "FAILED" if failing else "PASSED"
+    # An interrupted session never passed: tests that did not run have no record.
+    interrupted = not failing and not report.complete
+    mark = "FAILED" if failing else "INTERRUPTED" if interrupted else "PASSED"
     if marks:
-        mark = ("❌ " if failing else "✅ ") + mark
+        mark = ("❌ " if failing else "⚠️ " if interrupted else "✅ ") + mark
     outcomes = ", ".join(
         f"{counts[name]} {name}"
         for name in ("passed", "failed", "error", "skipped", "xfailed", "xpassed")

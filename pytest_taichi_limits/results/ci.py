@@ -117,7 +117,7 @@ class TaichiLimitsCiReports:
         self.written: list[str] = []
         self.errors: list[str] = []
 
-    @pytest.hookimpl(trylast=True)
+    @pytest.hookimpl(tryfirst=True)  # as the JSON report (results/session.py)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         nothing_asked = self.options.markdown_path is None and self.options.html_path is None
         if self.is_worker or nothing_asked:

@@ -290,6 +290,8 @@ class TaichiLimitsReports:
         self.write_errors: list[str] = []
         self.interrupted = False  # Ctrl-C or pytest.exit, whatever the exit status says
         self.source: Source | None = None  # the run's commit, branch, command line
+        self.loop_finished = False  # the run loop returned: every selected test had its turn
+        self.interrupt_status = int(pytest.ExitCode.INTERRUPTED)  # what pytest exits with then
 
     # -- header ---------------------------------------------------------------------------------
 
@@ -402,19 +404,40 @@ class TaichiLimitsReports:
             environment_warnings=tuple(self.baseline.environment_warnings(self.environment)),
         )
 
-    def pytest_keyboard_interrupt(self) -> None:
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> Any:
+        # Raises when the loop was cut short (Ctrl-C, -x, pytest.exit, xdist's Interrupted).
+        # A second Ctrl-C can land while pytest handles the first, before it sets the exit
+        # status: the session then ends with status 0, and only this says it was cut short.
+        result = yield
+        self.loop_finished = True
+        return result
+
+    def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
         # Called for Ctrl-C and for pytest.exit, also pytest.exit(..., returncode=0): the exit
         # status alone cannot tell that tests were left unrun.
         self.interrupted = True
+        returncode = getattr(excinfo.value, "returncode", None)
+        if isinstance(excinfo.value, pytest.exit.Exception) and returncode is not None:
+            self.interrupt_status = int(returncode)
 
     def _complete(self, exitstatus: int, records: list[UsageRecord]) -> bool:
-        if self.interrupted or any(record.outcome == "interrupted" for record in records):
+        if not self.loop_finished or self.interrupted:
+            return False
+        if any(record.outcome == "interrupted" for record in records):
             return False
         return int(exitstatus) not in (
             int(pytest.ExitCode.INTERRUPTED),
             int(pytest.ExitCode.INTERNAL_ERROR),
             int(pytest.ExitCode.USAGE_ERROR),
         )
+
+    def _exit_status(self, exitstatus: int) -> int:
+        """pytest's exit status, except where a second Ctrl-C cut pytest short before it could
+        set it (it says 0 then): what pytest sets for the interruption."""
+        if int(exitstatus) == int(pytest.ExitCode.OK) and not self.loop_finished:
+            return self.interrupt_status
+        return int(exitstatus)
 
     def _shown(self, path: str) -> str:
         """A path as the user gave it: relative to where pytest was started, if inside it."""
@@ -431,12 +454,14 @@ class TaichiLimitsReports:
             records=tuple(records),
             environment=self.environment,
             complete=self._complete(exitstatus, records),
-            exit_status=int(exitstatus),
+            exit_status=self._exit_status(exitstatus),
             baseline=self._baseline_section(records),
             source=self.source,
         )
 
-    @pytest.hookimpl(trylast=True)
+    # First: before xdist tears its workers down (seconds, in which a second Ctrl-C would end
+    # pytest with no report at all); every record is in by then.
+    @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if self.is_worker:
             return

@@ -14,9 +14,7 @@ import os
 import select
 import signal
 import socket
-import threading
 import time
-import types
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -35,6 +33,7 @@ from ..model.records import Admitted, Crash, Ending, RunResult, Usage, Violation
 from ..model.timeline import Timeline
 from ..platform import linux
 from . import verdict
+from .signals import TerminateInOrder
 from .verdict import ExitInfo, read_stack
 
 if TYPE_CHECKING:
@@ -86,53 +85,6 @@ class Launched(Protocol):
         """Why the child died when its own end says nothing true (its zygote was killed)."""
 
     def close(self) -> None: ...
-
-
-class _Terminated(BaseException):
-    """SIGTERM reached the pytest process (a CI time-out, `kill`) while a test ran."""
-
-
-class TerminateInOrder:
-    """While a supervised test runs, SIGTERM to pytest ends the test's whole tree first.
-
-    With the default action pytest would die at once, and whatever the test had `setsid`'d or
-    double-forked, re-parented to init, would run on. Here SIGTERM raises inside the watch loop,
-    whose handler stops the tree; then the orphans are reaped and pytest dies of SIGTERM as it
-    would have. Installed only over the default action, and only in the main thread.
-    """
-
-    def __init__(self) -> None:
-        self.owner_pid = os.getpid()
-        self.installed = False
-
-    def __call__(self, signum: int, frame: Any) -> None:
-        if os.getpid() != self.owner_pid:  # a forked child, before it reset the handler
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
-            return
-        raise _Terminated()
-
-    def __enter__(self) -> TerminateInOrder:
-        if (
-            threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
-        ):
-            signal.signal(signal.SIGTERM, self)
-            self.installed = True
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: types.TracebackType | None,
-    ) -> None:
-        if not self.installed:
-            return
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        if isinstance(error, _Terminated):
-            os.kill(os.getpid(), signal.SIGTERM)  # the tree is gone: now die of it
-            os._exit(128 + signal.SIGTERM)  # seatbelt; the signal ends the process first
 
 
 class WorkerGone(RuntimeError):
@@ -243,7 +195,8 @@ class Worker:
             except Exception as error:  # noqa: BLE001 - a failure to watch fails this test only
                 return self._watch_failed(nodeid, budget, error, admission)
             except BaseException:
-                # Ctrl-C, SIGTERM: the tree must not outlive our attention.
+                # Ctrl-C, SIGTERM, SIGHUP, SIGQUIT (supervise/signals.py): the tree must not
+                # outlive our attention.
                 self._stop_tree(grace_s=min(self.settings.grace_s, 0.5))
                 raise
 

@@ -87,6 +87,8 @@ def _get_prog(runtime: Any) -> Any:
     prog = runtime.__dict__.get("prog")
     call = _Replay.call
     if prog is None and call is not None and not _Replay.running:
+        if _only_asking(sys._getframe(1)):
+            return None  # stays armed for a real use
         _Replay.call = None
         if _inside_ti_init():
             return None  # ti.init itself asks while it resets: its own init wins
@@ -101,6 +103,13 @@ def _get_prog(runtime: Any) -> Any:
 
         return impl.get_runtime().__dict__.get("prog")
     return prog
+
+
+def _only_asking(caller: Any) -> bool:
+    """A read that must not start a program: a Taichi object's `__del__` asks whether one exists
+    to free itself in (one made before the reset is gone with its program), and at interpreter
+    exit nothing may start at all."""
+    return sys.is_finalizing() or caller.f_code.co_name == "__del__"
 
 
 def _inside_ti_init() -> bool:

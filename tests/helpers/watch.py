@@ -57,17 +57,19 @@ def pytest_runtest_protocol(item, nextitem):
                                   "before": before, "after": after}) + "\\n")
 """
 
-#: Pasted at the top of inner test modules: `record_pid()` appends "pid starttime pgid".
+#: Pasted at the top of inner test modules: `record_pid()` appends "pid starttime pgid" of this
+#: process (`record_pid(pid)`: of another one, e.g. a command it started).
 PID_RECORDER = """
 import os as _os
 
 _PIDS = _os.path.join(__ROOT__, 'pids.txt')
 
 
-def record_pid():
-    stat = open("/proc/self/stat").read()
+def record_pid(pid=None):
+    pid = _os.getpid() if pid is None else pid
+    stat = open(f"/proc/{pid}/stat").read()
     start_ticks = stat.rsplit(")", 1)[1].split()[19]
-    line = f"{_os.getpid()} {start_ticks} {_os.getpgid(0)}\\n"
+    line = f"{pid} {start_ticks} {_os.getpgid(pid)}\\n"
     fd = _os.open(_PIDS, _os.O_WRONLY | _os.O_APPEND | _os.O_CREAT, 0o644)
     _os.write(fd, line.encode())
     _os.close(fd)

@@ -120,6 +120,19 @@ def test_verdict_line() -> None:
     )
 
 
+def test_an_interrupted_session_is_never_passed() -> None:
+    ok = [report_files.record("t.py::test_ok")]
+    interrupted = report_files.report(ok, complete=False, exit_status=2)
+    assert markdown.verdict(interrupted) == (
+        "### taichi-limits: ⚠️ INTERRUPTED — 0 budget violations, 1 supervised test (1 passed)"
+        " — session interrupted, incomplete"
+    )
+    failed = [report_files.record("t.py::test_bad", outcome="failed")]
+    assert markdown.verdict(
+        report_files.report(failed, complete=False, exit_status=2), marks=False
+    ).startswith("### taichi-limits: FAILED — ")
+
+
 def test_a_long_test_name_keeps_its_file_and_both_ends() -> None:
     nodeid = "tests/dir/test_file.py::test_name[" + "x" * 200 + "-end]"
     short = markdown.shorten(nodeid)
