@@ -16,7 +16,10 @@ forks one child per measurement and reports medians:
   (`taichi_support.prepare_child`);
 - Taichi in the child: ti.init(arch=cpu), a first kernel launch, ti.reset (which writes the
   offline kernel cache);
-- report serialisation: three phase reports through the plugin's channel and back.
+- report serialisation: three phase reports through the plugin's channel and back;
+- the wire's checks per test: the child's fixture watch and SIGTERM handler (child/loop.py's
+  `serve`, once per child), and the parent's look in /proc that the child waits for its next
+  command before it believes `done` (platform/linux.py's `blocked_reading`, once per test).
 
     python benchmarks/bench_fork_cost.py [--objects N] [--repeat K] [--no-heavy-imports]
 
@@ -194,8 +197,7 @@ def child_prepare(writer_fd: int) -> ChildStep:
         from pytest_taichi_limits.taichi_support import cap as taichi_support
 
         writer = ChannelWriter(writer_fd)
-        settings: Any = None  # prepare_child does not read it
-        return timed(lambda: taichi_support.prepare_child(Budget(gpu_gb=1), settings, writer))
+        return timed(lambda: taichi_support.prepare_child(Budget(gpu_gb=1), writer))
 
     return step
 
@@ -239,6 +241,7 @@ def child_reports(writer_fd: int) -> ChildStep:
         import pytest
 
         from pytest_taichi_limits.ipc.channel import ChannelWriter
+        from pytest_taichi_limits.ipc.protocol import Report
 
         writer = ChannelWriter(writer_fd)
         captured = [("Captured stdout call", "x" * 2000), ("Captured log call", "y" * 1000)]
@@ -260,14 +263,57 @@ def child_reports(writer_fd: int) -> ChildStep:
                 # What pytest's own pytest_report_to_serializable returns for a TestReport.
                 data = report._to_json()
                 data["$report_type"] = "TestReport"
-                writer.send("report", data=data)
+                writer.send(Report(data))
 
         return timed(send_three)
 
     return step
 
 
+def child_serves() -> dict[str, float]:
+    """What `serve` sets up once per child before its first test: the fixture watch (a pytest
+    plugin registered in the child) and the SIGTERM handler."""
+    import signal
+
+    import pytest
+
+    from pytest_taichi_limits.child import loop
+    from pytest_taichi_limits.ipc.channel import ChannelWriter
+
+    manager = pytest.PytestPluginManager()
+    writer = ChannelWriter(os.open(os.devnull, os.O_WRONLY))
+
+    def step() -> None:
+        signal.signal(signal.SIGTERM, loop._StopOnSigterm())
+        manager.register(loop.FixtureWatch(writer), "taichi_limits_fixtures")
+
+    return timed(step)
+
+
 # -- the parent's side of a report --------------------------------------------------------------
+
+
+def parent_sees_the_child_wait(times: int) -> dict[str, float]:
+    """The parent's look in /proc (once per test): is the child's main thread blocked reading
+    its control socket?"""
+    import socket
+
+    from pytest_taichi_limits.platform import linux
+
+    ours, theirs = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:
+        os.read(theirs.fileno(), 1)
+        os._exit(0)
+    inode = os.fstat(theirs.fileno()).st_ino
+    theirs.close()
+    while not linux.blocked_reading(pid, inode):
+        time.sleep(0.001)
+    looks = medians([timed(lambda: linux.blocked_reading(pid, inode)) for _ in range(times)])
+    ours.send(b"x")
+    os.waitpid(pid, 0)
+    ours.close()
+    return looks
 
 
 def parent_reads_reports(lines: list[bytes]) -> dict[str, float]:
@@ -426,6 +472,20 @@ def main() -> None:
     lines = captured_report_lines(1)
     received = medians([parent_reads_reports(lines) for _ in range(times)])
     row("3 phase reports: read + decode (parent)", received["ms"], received["faults"])
+    serving = repeat(times, child_serves)
+    row(
+        "fixture watch + SIGTERM handler (child)",
+        serving["child_ms"],
+        serving["child_faults"],
+        "once per child, in serve",
+    )
+    looks = parent_sees_the_child_wait(max(times, 20))
+    row(
+        "/proc look: the child waits for its next command (parent)",
+        looks["ms"],
+        looks["faults"],
+        "once per test, before `done` is believed",
+    )
 
     # Last: the parent freezes its heap once, as the plugin would before its first fork.
     collect_before = timed(gc.collect)

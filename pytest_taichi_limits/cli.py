@@ -113,7 +113,7 @@ def run_compare(args: argparse.Namespace) -> int:
     report = reading.load_report(args.report)
     try:
         tolerance = baselines.parse_tolerance(args.tolerance)
-    except baselines.BaselineError as error:
+    except baselines.ToleranceError as error:
         raise InputError(f"--tolerance: {error}") from None
     compared = compare_report(report, baseline, tolerance, args.report)
     count = sum(
@@ -410,8 +410,19 @@ def parser() -> argparse.ArgumentParser:
     merge = commands.add_parser(
         "merge", help="merge the JSON reports (or the baselines) of sharded runs into one"
     )
-    merge.add_argument("files", nargs="+", metavar="FILE")
-    merge.add_argument("-o", "--output", metavar="OUT", required=True)
+    merge.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="two or more JSON reports, or two or more baselines",
+    )
+    merge.add_argument(
+        "-o",
+        "--output",
+        metavar="OUT",
+        required=True,
+        help="write the merged report (or baseline) here, atomically",
+    )
     merge.add_argument(
         "--prefer",
         choices=["newest"],
@@ -422,12 +433,20 @@ def parser() -> argparse.ArgumentParser:
 
     html = commands.add_parser("html", help="write the self-contained HTML report")
     html.add_argument("report", metavar="REPORT.json")
-    html.add_argument("-o", "--output", metavar="OUT", required=True)
+    html.add_argument(
+        "-o", "--output", metavar="OUT", required=True, help="write the HTML page here, atomically"
+    )
     html.set_defaults(run=run_html)
 
     md = commands.add_parser("markdown", help="print (or write) the Markdown summary")
     md.add_argument("report", metavar="REPORT.json")
-    md.add_argument("-o", "--output", metavar="OUT", default=None)
+    md.add_argument(
+        "-o",
+        "--output",
+        metavar="OUT",
+        default=None,
+        help="write the summary here, atomically, instead of printing it",
+    )
     md.set_defaults(run=run_markdown)
 
     show = commands.add_parser("show", help="print the terminal summary of a JSON report again")

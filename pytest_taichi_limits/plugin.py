@@ -8,22 +8,24 @@ import pytest
 
 from . import hookspecs
 from .admission import gate
-from .child.session import is_worker
 from .config.budget import (
     MARKER_NAME,
+    Budget,
     BudgetError,
-    check_arch,
+    check_budget,
     marker_arch,
     marker_isolation,
     marker_values,
     resolve,
 )
-from .config.options import Options, add_options, read_options
+from .config.options import Options, add_options, is_spawn_worker, read_options
 from .config.settings import BUDGET_KEY, SETTINGS_KEY
-from .ipc.protocol import Kind
+from .formats import baseline as baselines
+from .ipc.protocol import Exit
 from .launch.runner import Refused, Runner
 from .launch.spawn import SpawnError
 from .launch.startplan import InitRecorder
+from .measure import gpu
 from .model.records import RunResult
 from .render import text as render
 from .results import replay
@@ -33,15 +35,23 @@ from .taichi_support.fixtures import taichi_limits_ti  # noqa: F401 - pytest fin
 
 _PLUGIN_NAME = "taichi_limits_plugin"
 _INIT_RECORDER_KEY = pytest.StashKey[InitRecorder]()
+#: The name pytest's "plugins:" header line prints (the distribution's, without "pytest-").
+#: The entry point is registered as `taichi_limits`, so `-p no:taichi_limits` blocks it before
+#: it loads; `-p no:taichi-limits`, the printed name, is honoured here: nothing is set up.
+PRINTED_NAME = "taichi-limits"
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
-    add_options(parser)
-    reports.add_options(parser)  # JSON report, baseline, summary, suggestions
-    gate.add_options(parser)  # --taichi-limits-admit, --taichi-limits-capacity
+def _switched_off(pluginmanager: pytest.PytestPluginManager) -> bool:
+    return pluginmanager.is_blocked(PRINTED_NAME)
+
+
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
+    if not _switched_off(pluginmanager):
+        add_options(parser)
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    # Also when switched off: a conftest that implements the hooks must still load.
     pluginmanager.add_hookspecs(hookspecs)
 
 
@@ -49,7 +59,7 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
 def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
     # Before any conftest is imported: note where ti.init is called in this process
     # (launch/spawn.py).
-    if not is_worker(early_config):
+    if not is_spawn_worker(early_config) and not _switched_off(early_config.pluginmanager):
         _init_recorder(early_config).install()
 
 
@@ -60,6 +70,8 @@ def _init_recorder(config: pytest.Config) -> InitRecorder:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if _switched_off(config.pluginmanager):
+        return
     config.addinivalue_line(
         "markers",
         f"{MARKER_NAME}(cpu_s=None, mem_mb=None, wall_s=None, gpu_gb=None, arch=None, "
@@ -67,34 +79,32 @@ def pytest_configure(config: pytest.Config) -> None:
         "(keyword arguments only; None means no limit; isolation: test, module or session). "
         "Precedence per key: marker > command line > ini > built-in default.",
     )
-    if is_worker(config):
-        # A spawn-mode worker runs one test for the parent: options and fixtures, nothing else
+    options = read_options(config)  # every option, validated, before anything else starts
+    if is_spawn_worker(config):
+        # A spawn-mode worker runs tests for the parent: options and fixtures, nothing else
         # (no results plugin, so no log, JSON or baseline written from there).
-        config.pluginmanager.register(
-            TaichiLimitsPlugin(config, read_options(config)), _PLUGIN_NAME
-        )
+        config.pluginmanager.register(TaichiLimitsPlugin(config, options, None), _PLUGIN_NAME)
         return
-    config.pluginmanager.register(TaichiLimitsPlugin(config, read_options(config)), _PLUGIN_NAME)
-    reports.register(config)
+    baseline = reports.load_baseline(options)  # once per process: compare and admission
+    config.pluginmanager.register(TaichiLimitsPlugin(config, options, baseline), _PLUGIN_NAME)
+    reports.register(config, options, baseline)
 
 
 class TaichiLimitsPlugin:
     """Decides which tests are supervised, runs them, and turns the results into reports."""
 
-    def __init__(self, config: pytest.Config, options: Options) -> None:
+    def __init__(
+        self, config: pytest.Config, options: Options, baseline: baselines.Baseline | None
+    ) -> None:
         self.config = config
         self.options = options
         config.stash[SETTINGS_KEY] = options.settings
         recorder = _init_recorder(config)
-        if not is_worker(config):
+        spawn_worker = is_spawn_worker(config)
+        if not spawn_worker:
             recorder.install()  # no-op when pytest_load_initial_conftests did it already
         self.runner = Runner(config, options.settings, recorder)
-        if options.settings.arch is not None:
-            try:
-                check_arch(options.settings.arch, "--taichi-limits-arch / ini taichi_limits_arch")
-            except BudgetError as error:
-                raise pytest.UsageError(str(error)) from None
-        self.admission = gate.read(config, spawn_worker=is_worker(config))
+        self.admission = gate.start(config, options, baseline, spawn_worker=spawn_worker)
         self._terminated_by: int | None = None  # the signal that ended the session
 
     def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
@@ -130,8 +140,13 @@ class TaichiLimitsPlugin:
         ]
 
     def pytest_report_collectionfinish(self, items: list[pytest.Item]) -> list[str]:
-        supervised = any(BUDGET_KEY in item.stash for item in items)
-        return self.runner.header_lines() if supervised else []
+        if not any(BUDGET_KEY in item.stash for item in items):
+            return []
+        lines = self.runner.header_lines()
+        no_gpu = gpu.no_gpu_reason()
+        if no_gpu is not None:  # once here, instead of in every test's report
+            lines.append(f"taichi-limits: GPU memory not measured: no NVIDIA GPU ({no_gpu})")
+        return lines
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(
@@ -160,7 +175,7 @@ class TaichiLimitsPlugin:
             kept.append(item)
         # A test with a bad marker is a collection error (reported above), never run.
         items[:] = kept
-        if not is_worker(config):
+        if not is_spawn_worker(config):
             self.runner.plan(items, isolation)
 
     def _collection_error(self, item: pytest.Item, message: str) -> None:
@@ -182,18 +197,18 @@ class TaichiLimitsPlugin:
                 item.ihook.pytest_runtest_protocol(item=item, nextitem=None)
                 return True
             return None  # plain pytest runs it, untouched
-        adjusted = item.config.hook.pytest_taichi_limits_budget(item=item, budget=budget)
-        if adjusted is not None:
-            budget = adjusted
         item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
         text = None
         try:
+            budget = _hook_budget(item, budget)
             # Reserved before the child starts, released when it is gone, whatever happens.
             with self.admission.admitted(item.nodeid, budget) as grant:
                 result = self.runner.run(item, nextitem, budget, grant.env, grant.facts())
         except (Refused, gate.AdmissionRefused) as error:
             text = str(error)
         except SpawnError as error:
+            text = f"taichi_limits: {error}"
+        except BudgetError as error:
             text = f"taichi_limits: {error}"
         if text is not None:  # never hang: this test fails, the run goes on (outside `except`,
             # or pytest chains the two)
@@ -204,14 +219,42 @@ class TaichiLimitsPlugin:
         item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
         if exit_request is not None:
             self.runner.stop_worker()
-            if exit_request.get("reason") == "interrupt":
+            if exit_request.reason == "interrupt":
                 raise KeyboardInterrupt
-            pytest.exit(str(exit_request.get("message")), exit_request.get("returncode"))
+            pytest.exit(exit_request.message, exit_request.returncode)
         return True
 
-    def _replay(self, item: pytest.Item, result: RunResult) -> dict[str, Any] | None:
+    def _replay(self, item: pytest.Item, result: RunResult) -> Exit | None:
         """Hand the child's reports to pytest as if the test had run here; the exit request
         (pytest.exit, Ctrl-C) the test made, if any."""
-        exits = result.of_kind(Kind.EXIT)
+        exits = result.of_kind(Exit)
         replay.replay(item, result, gate.report_lines(result.usage.admission))
         return exits[-1] if exits else None
+
+
+def _hook_budget(item: pytest.Item, budget: Budget) -> Budget:
+    """The budget after the `pytest_taichi_limits_budget` hook, checked as a marker's values are.
+
+    The implementations are called in pluggy's order (the first non-None result wins), so that
+    a bad result names the plugin or conftest that returned it. Raises BudgetError.
+    """
+    caller = item.config.hook.pytest_taichi_limits_budget
+    implementations = caller.get_hookimpls()
+    if any(impl.hookwrapper or impl.wrapper for impl in implementations):
+        # A wrapper may change the result: let pluggy run them all; the source is unknown.
+        result = caller(item=item, budget=budget)
+        source = "a pytest_taichi_limits_budget implementation"
+    else:
+        result, source = None, ""
+        arguments = {"item": item, "budget": budget}
+        for impl in reversed(implementations):  # pluggy calls the last registered first
+            result = impl.function(*(arguments[name] for name in impl.argnames))
+            if result is not None:
+                source = f"pytest_taichi_limits_budget of {impl.plugin_name}"
+                break
+    if result is None:
+        return budget
+    try:
+        return check_budget(result)
+    except BudgetError as error:
+        raise BudgetError(f"{item.nodeid}: {source} returned a bad budget: {error}") from None

@@ -5,8 +5,9 @@ the installed pytest plugins and the third-party modules the pytest process had 
 in the file PYTEST_TAICHI_LIMITS_PREIMPORT names) once, never calling ti.init, so a worker only
 imports the test module itself. Per request (a pickled WorkerRequest plus the channel, stack,
 result and control fds, over a SEQPACKET socket from the parent) it forks a worker, tells the
-parent its pid, waits for it with wait4 and sends its exit status and rusage: the parent's
-SpawnLaunch turns those into the same ExitInfo a forked child gives.
+parent its pid, waits for it with wait4 and sends its exit status and rusage, encoded as the
+keeper of a forked child encodes them (ipc/protocol.py): the parent's SpawnLaunch turns those
+into the same ExitInfo a forked child gives.
 """
 
 from __future__ import annotations
@@ -133,6 +134,7 @@ def _empty_session() -> None:
 
 def serve(control: socket.socket) -> None:
     from .child.session import run_worker
+    from .ipc.protocol import ChildEnded, ChildStarted, StartFailed, encode_status
     from .measure.proctree import reap_own_children
 
     while True:
@@ -153,7 +155,7 @@ def serve(control: socket.socket) -> None:
             zygote_pid = os.getpid()
             pid = os.fork()
         except Exception as error:  # noqa: BLE001 - the parent must hear why
-            result.send(json.dumps({"error": f"{type(error).__name__}: {error}"}).encode())
+            result.send(encode_status(StartFailed(f"{type(error).__name__}: {error}")))
             result.close()
             for fd in (channel_fd, stack_fd, control_fd):
                 os.close(fd)
@@ -166,21 +168,13 @@ def serve(control: socket.socket) -> None:
         for fd in (channel_fd, stack_fd, control_fd):
             os.close(fd)
         try:
-            result.send(json.dumps({"pid": pid}).encode())
+            result.send(encode_status(ChildStarted(pid)))
         except OSError:
             pass
         _, status, rusage = os.wait4(pid, 0)
         reap_own_children()  # the test's orphans came here (a subreaper): none outlives it
         try:
-            result.send(
-                json.dumps(
-                    {
-                        "status": status,
-                        "maxrss_bytes": rusage.ru_maxrss * 1024,
-                        "cpu_s": rusage.ru_utime + rusage.ru_stime,
-                    }
-                ).encode()
-            )
+            result.send(encode_status(ChildEnded.from_wait4(status, rusage)))
         except OSError:
             pass
         result.close()

@@ -1,6 +1,6 @@
 """What the machine can hold: memory and GPU devices that admission hands out.
 
-Memory capacity is either declared (`--taichi-limits-capacity=mem=20GB`) or read once per
+Memory capacity is either declared (`--taichi-limits-capacity=mem=20GiB`) or read once per
 session from the kernel's `MemAvailable` minus a margin. GPU capacity is per device: NVML lists
 the devices and their total memory; `gpu=` declares a per-device size (and, without NVML, one
 device of that size). A CUDA_VISIBLE_DEVICES set outside pytest limits which devices are used.
@@ -8,75 +8,19 @@ device of that size). A CUDA_VISIBLE_DEVICES set outside pytest limits which dev
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-_UNITS = {"b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3, "tb": 1024**4}
-_AMOUNT = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-zA-Z]*)\s*$")
-CAPACITY_KEYS = ("mem", "gpu")
+# Declared capacity is an option, parsed with the others in config; its names are re-exported.
+from ..config.capacity import CAPACITY_KEYS as CAPACITY_KEYS
+from ..config.capacity import CapacityError as CapacityError
+from ..config.capacity import Declared as Declared
+from ..config.capacity import parse_capacity as parse_capacity
+
 #: Kept free of the memory capacity when it comes from MemAvailable: the pytest processes
 #: themselves, the page cache a test's imports need, and whatever else starts meanwhile.
 MARGIN_FRACTION = 0.10
 MARGIN_MIN_BYTES = 256 * 1024**2
-
-
-class CapacityError(ValueError):
-    """A capacity spec or device list the plugin cannot use; the message says why."""
-
-
-def human(size: float) -> str:
-    """1.5 GB, 512.0 MB: binary units, one decimal (as the rest of the plugin prints sizes)."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(size) < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TB"
-
-
-@dataclass(frozen=True)
-class Declared:
-    """What --taichi-limits-capacity said; None where it said nothing about that resource."""
-
-    mem_bytes: int | None = None
-    gpu_bytes: int | None = None  # per device
-
-
-def parse_amount(text: str) -> int:
-    """'20GB', '512MB', '1.5 GB', '1048576' (bytes) -> bytes. Raises CapacityError."""
-    match = _AMOUNT.match(text)
-    unit = match.group(2).lower() if match else ""
-    if unit in ("k", "m", "g", "t"):
-        unit += "b"
-    if match is None or (unit not in _UNITS and unit != ""):
-        raise CapacityError(
-            f"cannot read the amount {text.strip()!r} (write e.g. 20GB, 512MB, 1.5GB)"
-        )
-    value = float(match.group(1)) * _UNITS[unit or "b"]
-    if not math.isfinite(value) or value <= 0:
-        raise CapacityError(f"the amount {text.strip()!r} must be more than 0")
-    return int(value)
-
-
-def parse_capacity(spec: str) -> Declared:
-    """'mem=20GB,gpu=80GB' (either part alone too) -> Declared. Raises CapacityError."""
-    values: dict[str, int] = {}
-    for part in spec.split(","):
-        if not part.strip():
-            continue
-        key, sep, amount = part.partition("=")
-        key = key.strip().lower()
-        if not sep or key not in CAPACITY_KEYS:
-            raise CapacityError(
-                f"{part.strip()!r} is not KEY=AMOUNT with KEY mem or gpu (e.g. mem=20GB,gpu=80GB)"
-            )
-        if key in values:
-            raise CapacityError(f"{key} is given twice in {spec!r}")
-        values[key] = parse_amount(amount)
-    if not values:
-        raise CapacityError(f"{spec!r} names no capacity (e.g. mem=20GB,gpu=80GB)")
-    return Declared(values.get("mem"), values.get("gpu"))
 
 
 def meminfo(path: str = "/proc/meminfo") -> dict[str, int]:
@@ -92,7 +36,7 @@ def meminfo(path: str = "/proc/meminfo") -> dict[str, int]:
 
 
 def machine_memory_bytes(figures: Mapping[str, int]) -> int:
-    """MemAvailable minus a margin of 10% of MemTotal (at least 256 MB)."""
+    """MemAvailable minus a margin of 10% of MemTotal (at least 256 MiB)."""
     available = figures.get("MemAvailable", figures.get("MemFree", 0))
     margin = max(MARGIN_MIN_BYTES, int(figures.get("MemTotal", 0) * MARGIN_FRACTION))
     return max(0, available - margin)

@@ -10,11 +10,11 @@ The queue is fair: tests are admitted in ticket order, and a later test may over
 one that does not fit yet only `MAX_OVERTAKES` times, so a large test is never starved by a
 stream of small ones. A test that could never fit fails at once.
 
-Integration (plugin.py): `read(config)` once per process validates the options and registers this
-object for the header, the terminal summary and the xdist hand-over of the capacity; around each
-supervised run `with admission.admitted(nodeid, budget) as grant:` (AdmissionRefused: fail the
-test with its message); `grant.env` goes into the child's environment and `grant.facts()` into
-the usage record.
+Integration (plugin.py): `start(config, options, baseline)` once per process checks the ledger
+and registers this object for the header, the terminal summary and the xdist hand-over of the
+capacity; around each supervised run `with admission.admitted(nodeid, budget) as grant:`
+(AdmissionRefused: fail the test with its message); `grant.env` goes into the child's
+environment and `grant.facts()` into the usage record.
 """
 
 from __future__ import annotations
@@ -29,18 +29,16 @@ from typing import Any
 import pytest
 
 from ..config.budget import Budget
+from ..config.options import Options, is_xdist_worker
+from ..config.units import human_bytes
 from ..formats import baseline as baselines
 from ..model.records import Admitted, RecordError, UsageRecord
 from ..results.collect import RECORD_ATTRIBUTE
-from ..results.session import compared_baseline
 from . import capacity as capacities
-from .capacity import Declared, Device, human
+from .capacity import Declared, Device
 from .ledger import HELD, WAITING, Entry, Ledger, LedgerError, default_directory, this_process
 
 PLUGIN_NAME = "taichi_limits_admission"
-MODES = ("budget", "baseline")
-_OFF = ("off", "false", "no", "0", "none")
-_ON = ("true", "yes", "on", "1")
 #: How many later tests may be admitted past a waiting test that does not fit yet. Small: each
 #: overtake can delay the waiting test by one test's run; large enough that a big test waiting
 #: for memory does not idle every other worker at once.
@@ -72,9 +70,9 @@ class Capacity:
         gpu = f"GPU not reserved ({self.gpu_source}; declare gpu=... to reserve gpu_gb)"
         if self.devices:
             sizes = sorted({device.total_bytes for device in self.devices})
-            each = " / ".join(human(size) for size in sizes)
+            each = " / ".join(human_bytes(size) for size in sizes)
             gpu = f"GPU {each} on each of {len(self.devices)} device(s) ({self.gpu_source})"
-        return f"memory {human(self.mem_bytes)} ({self.mem_source}); {gpu}"
+        return f"memory {human_bytes(self.mem_bytes)} ({self.mem_source}); {gpu}"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -250,14 +248,14 @@ def report_lines(admitted: Admitted | None) -> list[str]:
     gpu = ""
     if admitted.gpu_bytes:
         device = admitted.device
-        gpu = f", GPU {human(admitted.gpu_bytes)}" + (
+        gpu = f", GPU {human_bytes(admitted.gpu_bytes)}" + (
             "" if device is None else f" on device {device}"
         )
     return [
         (
             f"admission: waited {admitted.wait_s:.2f} s for memory "
-            f"{human(admitted.mem_bytes)}{gpu} ({admitted.source}); reserved on the machine "
-            f"then {human(admitted.reserved_mem_bytes)}"
+            f"{human_bytes(admitted.mem_bytes)}{gpu} ({admitted.source}); reserved on the "
+            f"machine then {human_bytes(admitted.reserved_mem_bytes)}"
         )
     ]
 
@@ -332,17 +330,18 @@ class Admission:
         capacity = self.session_capacity()
         if need.mem_bytes > capacity.mem_bytes:
             raise AdmissionRefused(
-                f"taichi_limits admission: {nodeid} needs memory {human(need.mem_bytes)} "
-                f"({need.source}) but the whole capacity is {human(capacity.mem_bytes)} "
+                f"taichi_limits admission: {nodeid} needs memory {human_bytes(need.mem_bytes)} "
+                f"({need.source}) but the whole capacity is {human_bytes(capacity.mem_bytes)} "
                 f"({capacity.mem_source}): it could never start. Lower its mem_mb or raise "
                 "--taichi-limits-capacity=mem=..."
             )
         largest = max((device.total_bytes for device in capacity.devices), default=0)
         if need.gpu_bytes > largest:
             raise AdmissionRefused(
-                f"taichi_limits admission: {nodeid} needs GPU memory {human(need.gpu_bytes)} "
-                f"({need.source}) but the largest device holds {human(largest)}: it could never "
-                "start. Lower its gpu_gb or raise --taichi-limits-capacity=gpu=..."
+                f"taichi_limits admission: {nodeid} needs GPU memory "
+                f"{human_bytes(need.gpu_bytes)} ({need.source}) but the largest device holds "
+                f"{human_bytes(largest)}: it could never start. Lower its gpu_gb or raise "
+                "--taichi-limits-capacity=gpu=..."
             )
 
     # -- admitting ------------------------------------------------------------------------------
@@ -485,7 +484,7 @@ class Admission:
             )
 
     def pytest_terminal_summary(self, terminalreporter: Any, config: pytest.Config) -> None:
-        if not self.enabled or hasattr(config, "workerinput"):
+        if not self.enabled or is_xdist_worker(config):
             return
         lines = summary_lines(self.waits, self.capacity)
         if lines:
@@ -527,85 +526,36 @@ def summary_lines(
     longest_id, (longest_s, _, _) = max(waits.items(), key=lambda item: item[1][0])
     peak_mem = max(mem for _, mem, _ in waits.values())
     peak_gpu = max(gpu for _, _, gpu in waits.values())
-    of = "" if capacity is None else f" of {human(capacity.mem_bytes)}"
+    of = "" if capacity is None else f" of {human_bytes(capacity.mem_bytes)}"
     lines = [
         f"{len(waits)} tests admitted; waited {total:.1f} s in total"
         + (f" (longest {longest_s:.1f} s: {longest_id})" if longest_s >= 0.05 else ""),
-        f"peak reserved memory {human(peak_mem)}{of} (machine-wide, every session)"
-        + (f"; peak reserved GPU memory on one device {human(peak_gpu)}" if peak_gpu else ""),
+        f"peak reserved memory {human_bytes(peak_mem)}{of} (machine-wide, every session)"
+        + (f"; peak reserved GPU memory on one device {human_bytes(peak_gpu)}" if peak_gpu else ""),
     ]
     if total < 0.05 * len(waits):
         lines.append("tests hardly waited: more workers (-n) could run at once")
     return lines
 
 
-# -- options ----------------------------------------------------------------------------------
+# -- start ----------------------------------------------------------------------------------
 
 
-def add_options(parser: pytest.Parser) -> None:
-    group = parser.getgroup("taichi-limits")
-    group.addoption(
-        "--taichi-limits-admit",
-        dest="taichi_limits_admit",
-        nargs="?",
-        const="budget",
-        default=None,
-        choices=(*MODES, "off"),
-        metavar="budget|baseline|off",
-        help="start a supervised test only when what it may use fits what the machine has "
-        "left (shared by xdist workers and by other pytest sessions of this user): 'budget' "
-        "(the default) reserves its mem_mb and gpu_gb; 'baseline' its measured peaks from "
-        "--taichi-limits-compare plus the tolerance. Write --taichi-limits-admit=MODE before "
-        "test paths. (ini: taichi_limits_admit)",
-    )
-    parser.addini("taichi_limits_admit", "admission: budget, baseline, or off")
-    group.addoption(
-        "--taichi-limits-capacity",
-        dest="taichi_limits_capacity",
-        metavar="SPEC",
-        default=None,
-        help="capacity for admission, e.g. 'mem=20GB,gpu=80GB' (gpu per device); default: "
-        "MemAvailable at session start minus a margin, GPUs from NVML "
-        "(ini: taichi_limits_capacity)",
-    )
-    parser.addini("taichi_limits_capacity", "capacity for admission, e.g. mem=20GB,gpu=80GB")
-
-
-def _value(config: pytest.Config, name: str) -> tuple[str | None, str]:
-    cli = config.getoption(name)
-    if cli is not None:
-        return str(cli), "--" + name.replace("_", "-")
-    ini = config.getini(name)
-    return (str(ini).strip() if ini not in (None, "", []) else None), f"ini option {name}"
-
-
-def _mode(config: pytest.Config) -> str | None:
-    text, where = _value(config, "taichi_limits_admit")
-    if text is None or text.lower() in _OFF:
-        return None
-    if text.lower() in _ON:
-        return "budget"
-    if text.lower() not in MODES:
-        raise pytest.UsageError(f"{where} must be budget, baseline or off, got {text!r}")
-    return text.lower()
-
-
-def read(config: pytest.Config, spawn_worker: bool = False) -> Admission:
-    """Validate the admission options (pytest.UsageError naming the option) and, where tests
-    are admitted or reported, register the Admission object as a plugin."""
-    mode = _mode(config)
-    spec, where = _value(config, "taichi_limits_capacity")
-    declared = Declared()
-    if spec is not None:
-        try:
-            declared = capacities.parse_capacity(spec)
-        except capacities.CapacityError as error:
-            raise pytest.UsageError(f"{where}: {error}") from None
-    admission = Admission(mode, declared)
-    if mode is None or spawn_worker:
+def start(
+    config: pytest.Config,
+    options: Options,
+    baseline: baselines.Baseline | None,
+    spawn_worker: bool = False,
+) -> Admission:
+    """Admission for this process, from options validated in config/options.py; where tests are
+    admitted or reported, its ledger checked (pytest.UsageError) and the object registered as a
+    plugin. `baseline`: --taichi-limits-compare's, loaded once by results/session.py."""
+    admission = Admission(options.admit, options.capacity)
+    if options.admit is None or spawn_worker:
         return admission  # a spawn worker runs one test for a parent that admitted it
-    if mode == "baseline":
-        _read_baseline(config, admission)
+    if options.admit == "baseline" and baseline is not None:
+        admission.baseline = baseline.tests
+        admission.allowances = options.tolerance.allowances
     admission.directory = default_directory()
     try:
         admission.ledger()
@@ -616,18 +566,3 @@ def read(config: pytest.Config, spawn_worker: bool = False) -> Admission:
         admission.capacity = Capacity.from_dict(handed)
     config.pluginmanager.register(admission, PLUGIN_NAME)
     return admission
-
-
-def _read_baseline(config: pytest.Config, admission: Admission) -> None:
-    path = config.getoption("taichi_limits_compare", None)
-    if path is None:
-        raise pytest.UsageError(
-            "--taichi-limits-admit=baseline needs a baseline to read peaks "
-            "from: add --taichi-limits-compare=PATH"
-        )
-    tolerance_text, _ = _value(config, "taichi_limits_tolerance")
-    try:
-        admission.baseline = compared_baseline(config, str(path)).tests
-        admission.allowances = baselines.parse_tolerance(tolerance_text).allowances
-    except baselines.BaselineError as error:
-        raise pytest.UsageError(f"--taichi-limits-admit=baseline: {error}") from None

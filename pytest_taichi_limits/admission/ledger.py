@@ -154,6 +154,27 @@ class Ledger:
         self.path = os.path.join(directory, LEDGER_NAME)
         self.lock_path = os.path.join(directory, LOCK_NAME)
         self.alive = alive
+        self._check_files()
+
+    def _check_files(self) -> None:
+        """The lock and the ledger are regular files, or absent (made at the first use): found
+        now, a directory or a device in their place is a usage error, not an INTERNALERROR at
+        the first test."""
+        for path in (self.lock_path, self.path):
+            try:
+                info = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            except OSError as error:
+                raise LedgerError(
+                    error.errno, f"cannot read the admission ledger file {path!r}: {error.strerror}"
+                ) from None
+            if not stat.S_ISREG(info.st_mode):
+                raise LedgerError(
+                    0,
+                    f"the admission ledger file {path!r} is not a regular file; remove it or "
+                    f"set {LEDGER_DIR_ENV} to another directory",
+                )
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[list[Entry]]:

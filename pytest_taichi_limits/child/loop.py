@@ -15,15 +15,32 @@ import resource
 import signal
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
 from ..config.budget import Budget
-from ..ipc.channel import ChannelWriter
-from ..ipc.protocol import EXIT_DONE, EXIT_INTERNAL_ERROR, STACK_SIGNAL, CommandReader, Kind
+from ..ipc.channel import ChannelWriter, CommandReader
+from ..ipc.protocol import (
+    EXIT_DONE,
+    EXIT_INTERNAL_ERROR,
+    STACK_SIGNAL,
+    Done,
+    Exit,
+    Finished,
+    Fixtures,
+    Hello,
+    InternalError,
+    Message,
+    Note,
+    Phase,
+    RaisedWarning,
+    Ready,
+    Report,
+    RunCommand,
+)
 from ..measure.proctree import ProcessTree
 from ..platform import linux
 from ..taichi_support import cap as taichi_support
@@ -69,70 +86,140 @@ def start_child(writer: ChannelWriter, start: ChildStart) -> taichi_support.GpuC
     return cap
 
 
+class StopRequested(BaseException):
+    """The supervisor ends this child (a budget was exceeded, pytest is stopping): raised in the
+    main thread by SIGTERM, so that the test's fixtures, and every higher-scoped one, are torn
+    down before the child leaves. A BaseException, so `except Exception` in a test lets it by."""
+
+
+class _StopOnSigterm:
+    """The child's SIGTERM handler while it serves: the first SIGTERM raises StopRequested in
+    the main thread; later ones are ignored, so they cannot cut the teardown it started. A
+    Python handler runs between two bytecodes: native code that holds the GIL (a Taichi
+    kernel) delays it, and the supervisor's SIGKILL at the end of the grace period still ends
+    the child; the report then names the fixtures whose teardown never ran."""
+
+    def __init__(self) -> None:
+        self.owner_pid = os.getpid()
+        self.raised = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if os.getpid() != self.owner_pid:  # a process the test forked inherited this handler
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        if not self.raised:
+            self.raised = True
+            raise StopRequested()
+
+
+class FixtureWatch:
+    """Tells the parent which fixtures above function scope are set up in this child, each time
+    that changes (a `Fixtures` message): when the child is killed before it could tear them
+    down, the test's report names them. Public hooks only; registered in the child alone."""
+
+    def __init__(self, writer: ChannelWriter) -> None:
+        self.writer = writer
+        self._up: dict[object, str] = {}
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_fixture_setup(self, fixturedef: pytest.FixtureDef[Any]) -> Generator[None, Any, Any]:
+        result = yield
+        if fixturedef.scope != "function" and fixturedef not in self._up:
+            self._up[fixturedef] = f"{fixturedef.argname} ({fixturedef.scope})"
+            self.writer.send(Fixtures(tuple(self._up.values())))
+        return result
+
+    def pytest_fixture_post_finalizer(self, fixturedef: pytest.FixtureDef[Any]) -> None:
+        if self._up.pop(fixturedef, None) is not None:
+            self.writer.send(Fixtures(tuple(self._up.values())))
+
+
 def serve(
     items: Sequence[pytest.Item],
     writer: ChannelWriter,
     commands: CommandReader,
     cap: taichi_support.GpuCap,
 ) -> None:
-    """Wait for a command, run that test, tell the parent, wait again; tear down on stop."""
-    writer.send(Kind.READY, pid=os.getpid())
+    """Wait for a command, run that test, tell the parent, wait again; tear down on stop.
+
+    SIGTERM (the supervisor stopping this child) tears down every fixture still set up, then
+    the child dies of SIGTERM (in exit_guarded)."""
+    signal.signal(signal.SIGTERM, _StopOnSigterm())
+    if items:
+        items[0].config.pluginmanager.register(FixtureWatch(writer), "taichi_limits_fixtures")
+    writer.send(Ready(os.getpid()))
     commands.ring()
-    last: pytest.Item | None = None
-    while (command := commands.next()) is not None:
-        _set_cpu_limit(command.cpu_s)
-        cap.cap_gb = command.gpu_gb
-        nextitem = None if command.next_index is None else items[command.next_index]
-        run_item(items[command.index], writer, nextitem)
-        commands.ring()
-        last = None if nextitem is None else items[command.index]
-    if last is not None:
-        # Stopped before the test it expected next (-x, Ctrl-C): the fixtures kept up for it
-        # still get their finalizers.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                last.ihook.pytest_runtest_teardown(item=last, nextitem=None)
-            except Exception as error:  # noqa: BLE001 - reported, never hidden
-                writer.send(
-                    Kind.NOTE, key="teardown_failed", text=f"{type(error).__name__}: {error}"
-                )
-    taichi_support.finish_child(writer)
-    writer.send(Kind.FINISHED)
+    up: pytest.Item | None = None  # the test whose fixtures may be set up now
+    try:
+        while isinstance(command := commands.next(), RunCommand):
+            _set_cpu_limit(command.cpu_s)
+            cap.cap_gb = command.gpu_gb
+            item = items[command.index]
+            nextitem = None if command.next_index is None else items[command.next_index]
+            up = item
+            run_item(item, writer, nextitem)
+            commands.ring()
+            up = None if nextitem is None else item
+        if up is not None:
+            # Stopped before the test it expected next (-x, Ctrl-C): the fixtures kept up for
+            # it still get their finalizers.
+            _tear_down_kept(up, writer)
+            up = None
+        taichi_support.finish_child(writer)
+    except StopRequested:
+        if up is not None:  # everything, module and session fixtures too: this child ends
+            _run_phase(up, "teardown", writer, nextitem=None)
+        raise
+    writer.send(Finished())
+
+
+def _tear_down_kept(item: pytest.Item, writer: ChannelWriter) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            item.ihook.pytest_runtest_teardown(item=item, nextitem=None)
+        except Exception as error:  # noqa: BLE001 - reported, never hidden
+            writer.send(Note("teardown_failed", f"{type(error).__name__}: {error}"))
 
 
 def run_item(item: pytest.Item, writer: ChannelWriter, nextitem: pytest.Item | None) -> None:
     """The test's phases and every message about them, up to `done`."""
-    writer.send(Kind.HELLO, nodeid=item.nodeid)
+    writer.send(Hello(item.nodeid))
     with warnings.catch_warnings(record=True) as caught:
         _run_phases(item, writer, nextitem)
     for message in caught:
-        writer.send(Kind.WARNING, **_warning_fields(message))
+        writer.send(_warning(message))
     # Anything the test started and left running dies with it, not after it.
     ProcessTree(os.getpid()).kill_descendants()
-    writer.send(Kind.DONE, nodeid=item.nodeid)
+    # The arch of the Taichi program the test ran with, wherever ti.init happened (at import,
+    # in an earlier test of this worker): the record shows it, not "not initialised".
+    writer.send(Done(item.nodeid, taichi_support.current_arch()))
 
 
 def exit_guarded(writer: ChannelWriter, body: Callable[[], None]) -> NoReturn:
     """Run `body`, tell the parent how it ended, and leave this process. Never returns."""
-    exit_code = EXIT_INTERNAL_ERROR
+    exit_code: int | None = EXIT_INTERNAL_ERROR
     try:
         body()
         exit_code = EXIT_DONE
+    except StopRequested:
+        exit_code = None  # torn down (serve): now die of the SIGTERM that asked for it
     except pytest.exit.Exception as stop:
-        _send_quietly(
-            writer, Kind.EXIT, reason="exit", message=str(stop.msg), returncode=stop.returncode
-        )
+        _send_quietly(writer, Exit("exit", str(stop.msg), stop.returncode))
         exit_code = EXIT_DONE
     except KeyboardInterrupt:
-        _send_quietly(
-            writer, Kind.EXIT, reason="interrupt", message="KeyboardInterrupt", returncode=2
-        )
+        _send_quietly(writer, Exit("interrupt", "KeyboardInterrupt", 2))
         exit_code = EXIT_DONE
     except BaseException as error:  # noqa: BLE001 - the parent must hear about anything
-        _send_quietly(writer, Kind.INTERNAL_ERROR, text=f"{type(error).__name__}: {error}")
+        _send_quietly(writer, InternalError(f"{type(error).__name__}: {error}"))
     finally:
         _flush_std_streams()
+        if exit_code is None:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGTERM])  # a test may block it
+            os.kill(os.getpid(), signal.SIGTERM)
+            exit_code = 128 + signal.SIGTERM  # seatbelt; the signal ends the process first
         os._exit(exit_code)
 
 
@@ -177,9 +264,13 @@ def _run_phases(item: pytest.Item, writer: ChannelWriter, nextitem: pytest.Item 
 def _run_phase(
     item: pytest.Item, when: str, writer: ChannelWriter, **hook_kwargs: Any
 ) -> pytest.TestReport:
-    writer.send(Kind.PHASE, when=when)
+    writer.send(Phase(when))
     hook = getattr(item.ihook, f"pytest_runtest_{when}")
-    reraise: tuple[type[BaseException], ...] = (pytest.exit.Exception, KeyboardInterrupt)
+    reraise: tuple[type[BaseException], ...] = (
+        pytest.exit.Exception,
+        KeyboardInterrupt,
+        StopRequested,
+    )
     os.environ["PYTEST_CURRENT_TEST"] = f"{item.nodeid} ({when})"
     call = pytest.CallInfo.from_call(
         lambda: hook(item=item, **hook_kwargs),
@@ -188,24 +279,24 @@ def _run_phase(
     )
     report: pytest.TestReport = item.ihook.pytest_runtest_makereport(item=item, call=call)
     data = item.config.hook.pytest_report_to_serializable(config=item.config, report=report)
-    writer.send(Kind.REPORT, data=data)
+    writer.send(Report(data))
     taichi_support.inspect_report(report, writer)
     return report
 
 
-def _warning_fields(message: warnings.WarningMessage) -> dict[str, Any]:
+def _warning(message: warnings.WarningMessage) -> RaisedWarning:
     category = message.category
-    return {
-        "message": str(message.message),
-        "category": f"{category.__module__}:{category.__qualname__}",
-        "filename": message.filename,
-        "lineno": message.lineno,
-    }
+    return RaisedWarning(
+        str(message.message),
+        f"{category.__module__}:{category.__qualname__}",
+        str(message.filename),
+        int(message.lineno or 0),
+    )
 
 
-def _send_quietly(writer: ChannelWriter, kind: str, **fields: Any) -> None:
+def _send_quietly(writer: ChannelWriter, message: Message) -> None:
     try:
-        writer.send(kind, **fields)
+        writer.send(message)
     except OSError:
         pass  # the parent will report a child that left without a word
 

@@ -17,17 +17,18 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
+from ..config.options import SPAWN_WORKER_PLUGIN
 from ..config.settings import BUDGET_KEY
-from ..ipc.channel import ChannelWriter
-from ..ipc.protocol import CommandReader, Kind
+from ..ipc.channel import ChannelWriter, CommandReader
+from ..ipc.protocol import Refused
 from . import loop
 
 if TYPE_CHECKING:
     from ..ipc.requests import Fingerprint, WorkerRequest
     from ..taichi_support.cap import GpuCap
 
-#: Name of the worker's plugin object; plugin.py looks for it to know it runs in a worker.
-WORKER_PLUGIN_NAME = "taichi_limits_spawn_worker"
+#: Name of the worker's plugin object; config.options.is_spawn_worker looks for it.
+WORKER_PLUGIN_NAME = SPAWN_WORKER_PLUGIN
 
 
 class WorkerError(RuntimeError):
@@ -50,10 +51,6 @@ _WORKER_KINDS = {
         "a worker forked from pytest that imports the project's modules again (reimport mode)"
     ),
 }
-
-
-def is_worker(config: pytest.Config) -> bool:
-    return config.pluginmanager.has_plugin(WORKER_PLUGIN_NAME)
 
 
 class WorkerPlugin:
@@ -107,7 +104,7 @@ class WorkerPlugin:
             problem = _differs(test, item)
             if problem is not None:
                 self.restore_output()
-                self.writer.send(Kind.REFUSED, text=problem)
+                self.writer.send(Refused(problem))
                 loop.exit_guarded(self.writer, lambda: None)  # never returns
             items.append(item)
         self.found = True

@@ -7,7 +7,9 @@ Markers merge per key; the closest one wins (function over class over module).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
+import numbers
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,9 +20,9 @@ MARKER_NAME = "taichi_limits"
 _SPECS: dict[str, tuple[str, float, str]] = {
     # key: (unit, largest allowed value, example)
     "cpu_s": ("CPU seconds", 7 * 24 * 3600.0, "cpu_s=30"),
-    "mem_mb": ("megabytes of resident memory", 1024.0 * 1024.0, "mem_mb=1024"),
+    "mem_mb": ("MiB of own memory", 1024.0 * 1024.0, "mem_mb=1024"),
     "wall_s": ("wall-clock seconds", 7 * 24 * 3600.0, "wall_s=60"),
-    "gpu_gb": ("gigabytes of GPU memory", 1024.0, "gpu_gb=2"),
+    "gpu_gb": ("GiB of GPU memory", 1024.0, "gpu_gb=2"),
 }
 BUDGET_KEYS: tuple[str, ...] = tuple(_SPECS)
 
@@ -57,6 +59,8 @@ MARKER_ISOLATION_KEY = "isolation"
 #: Marker keys that are settings, not budgets.
 _NOT_BUDGETS = (MARKER_ARCH_KEY, MARKER_ISOLATION_KEY)
 ISOLATIONS = ("test", "module", "session")
+#: Every key the marker takes: the budgets, then the settings.
+MARKER_KEYS: tuple[str, ...] = BUDGET_KEYS + _NOT_BUDGETS
 
 #: Words that switch a default off on the command line or in ini files.
 OFF_WORDS = frozenset({"off", "none", "no", "unlimited"})
@@ -102,13 +106,39 @@ def check_value(key: str, value: object, no_limit: str = "None") -> float:
     `no_limit` is how the caller's syntax spells "no limit" (None in a marker, 'off' in text).
     """
     number = math.nan
-    if not isinstance(value, bool) and isinstance(value, (int, float)):
-        number = float(value)
+    # numbers.Real: NumPy's integers (np.int64) as well as its floats; never a bool (np.bool_
+    # is not a numbers.Real).
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except (OverflowError, ValueError):  # an int too large for a float
+            number = math.inf
     if math.isnan(number) or math.isinf(number) or number <= 0 or number > _SPECS[key][1]:
         raise BudgetError(
             f"{key} must be {allowed_text(key)} or {no_limit} for no limit, got {value!r}"
         )
     return number
+
+
+def check_budget(value: object) -> Budget:
+    """`value` as a Budget whose every limit is checked as a marker's is (a hook's result).
+    Raises BudgetError saying what is wrong."""
+    if not isinstance(value, Budget):
+        raise BudgetError(
+            f"expected a pytest_taichi_limits.Budget (e.g. budget.replace(wall_s=60)) or None, "
+            f"got {value!r}"
+        )
+    return Budget(
+        **{
+            key: None if getattr(value, key) is None else check_value(key, getattr(value, key))
+            for key in BUDGET_KEYS
+        }
+    )
+
+
+def _did_you_mean(key: str) -> str:
+    close = difflib.get_close_matches(key, MARKER_KEYS, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def parse_text(key: str, text: str) -> float | None:
@@ -138,15 +168,15 @@ def marker_values(nodeid: str, markers: Iterable[Any]) -> dict[str, float | None
         if marker.args:
             raise BudgetError(
                 f"{nodeid}: @pytest.mark.{MARKER_NAME} takes keyword arguments only "
-                f"({', '.join(BUDGET_KEYS + _NOT_BUDGETS)}), got positional {marker.args!r}"
+                f"({', '.join(MARKER_KEYS)}), got positional {marker.args!r}"
             )
         for key, value in marker.kwargs.items():
             if key in _NOT_BUDGETS:
                 continue  # not a budget: marker_arch() / marker_isolation() check it
             if key not in _SPECS:
                 raise BudgetError(
-                    f"{nodeid}: @pytest.mark.{MARKER_NAME} got unknown argument {key!r}; "
-                    f"allowed: {', '.join(BUDGET_KEYS + _NOT_BUDGETS)}"
+                    f"{nodeid}: @pytest.mark.{MARKER_NAME} got unknown argument {key!r}"
+                    f"{_did_you_mean(key)}; allowed: {', '.join(MARKER_KEYS)}"
                 )
             if key in merged:
                 continue  # a closer marker already set it

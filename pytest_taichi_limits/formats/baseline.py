@@ -35,13 +35,18 @@ import hashlib
 import json
 import math
 import os
-import re
 import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
-from ..config.units import GIB, MIB, human_bytes
+# The tolerance is parsed in config/tolerance.py and applied here; its names are re-exported.
+from ..config.tolerance import DEFAULT_TOLERANCE_SPEC as DEFAULT_TOLERANCE_SPEC
+from ..config.tolerance import Allowance as Allowance
+from ..config.tolerance import Tolerance as Tolerance
+from ..config.tolerance import ToleranceError as ToleranceError
+from ..config.tolerance import parse_tolerance as parse_tolerance
+from ..config.units import human_bytes
 from ..model.records import RESOURCES, Growth, UsageRecord
 from . import environment as env
 from .jsonreport import write_atomic
@@ -49,128 +54,9 @@ from .jsonreport import write_atomic
 SCHEMA = "pytest-taichi-limits/baseline"
 VERSION = 2
 
-#: Defaults, chosen from run-to-run noise measured on examples/within_budget (README, "Baselines"):
-#: own memory varied by at most 0.2 MiB over 10 runs with a warm Taichi kernel cache and 4.9 MiB
-#: with a cold one, so 16 MiB of slack is over 3x the noise; 10% scales it for big tests (and
-#: also covers warm-vs-cold, 13-19 MiB, on the examples). CPU and wall time vary far more on a
-#: shared CI runner than memory does: CPU gets a wide margin and wall time is not compared.
-DEFAULT_TOLERANCE_SPEC = "mem=10%+16MiB,cpu=50%+1s,wall=off,gpu=10%+64MiB"
-
-#: Binary units, whichever way they are written: MB and MiB both mean 2**20 bytes here.
-_BYTE_UNITS = {"b": 1, "kb": 1024, "kib": 1024, "mb": MIB, "mib": MIB, "gb": GIB, "gib": GIB}
-_SECOND_UNITS = {"s": 1.0, "ms": 0.001}
-
 
 class BaselineError(ValueError):
-    """A baseline file or tolerance spec the plugin cannot use; the message says why."""
-
-
-# -- tolerance ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Allowance:
-    """How much one resource may grow: relative (0.1 = 10%) plus an absolute slack."""
-
-    relative: float
-    absolute: float  # bytes or seconds
-    kind: str  # "bytes" or "seconds"
-
-    def limit(self, before: float) -> float:
-        return before * (1.0 + self.relative) + self.absolute
-
-    def describe(self) -> str:
-        parts = []
-        if self.relative:
-            parts.append(f"{self.relative * 100:g}%")
-        if self.absolute or not parts:
-            parts.append(_format_amount(self.absolute, self.kind))
-        return "+".join(parts)
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """An Allowance per compared resource; None: that resource is not compared."""
-
-    allowances: Mapping[str, Allowance | None]
-
-    def describe(self) -> str:
-        return ",".join(
-            f"{key}={'off' if value is None else value.describe()}"
-            for key, value in self.allowances.items()
-        )
-
-
-def _format_amount(amount: float, kind: str) -> str:
-    if kind == "seconds":
-        return f"{amount:g}s"
-    for unit in ("GiB", "MiB", "KiB"):
-        size = _BYTE_UNITS[unit.lower()]
-        if amount >= size and amount % size == 0:
-            return f"{amount / size:g}{unit}"
-    return f"{amount:g}B"
-
-
-_TERM = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-zA-Z%]*)\s*$")
-
-
-def _parse_allowance(key: str, text: str) -> Allowance | None:
-    kind = RESOURCES[key][1]
-    if text.strip().lower() == "off":
-        return None
-    relative, absolute = 0.0, 0.0
-    for term in text.split("+"):
-        match = _TERM.match(term)
-        if match is None:
-            raise BaselineError(_tolerance_help(f"{key}: cannot read {term.strip()!r}"))
-        number, unit = float(match.group(1)), match.group(2).lower()
-        if unit == "%":
-            relative += number / 100.0
-        else:
-            absolute += number * _unit_size(key, kind, match.group(2))
-    if not (math.isfinite(relative) and math.isfinite(absolute)):
-        raise BaselineError(_tolerance_help(f"{key}: {text!r} is not a finite amount"))
-    return Allowance(relative, absolute, kind)
-
-
-def _unit_size(key: str, kind: str, written: str) -> float:
-    units: Mapping[str, float] = _BYTE_UNITS if kind == "bytes" else _SECOND_UNITS
-    size = units.get(written.lower())
-    if size is None:
-        shown = "s, ms" if kind == "seconds" else "B, KiB, MiB, GiB (KB, MB, GB mean the same)"
-        raise BaselineError(_tolerance_help(f"{key}: unit {written!r} is not one of %, {shown}"))
-    return size
-
-
-def _tolerance_help(problem: str) -> str:
-    return (
-        f"{problem}. A tolerance is comma-separated KEY=SPEC with KEY one of "
-        f"{', '.join(RESOURCES)}, each at most once, and SPEC like 10%+8MiB, 25%+0.5s, 5% "
-        f"or off (default {DEFAULT_TOLERANCE_SPEC})"
-    )
-
-
-def _parse_spec(spec: str) -> dict[str, Allowance | None]:
-    allowances: dict[str, Allowance | None] = {}
-    for part in spec.split(","):
-        if not part.strip():
-            raise BaselineError(_tolerance_help(f"{spec!r} has an empty item (a comma too many)"))
-        key, sep, value = part.partition("=")
-        key = key.strip().lower()
-        if not sep or key not in RESOURCES:
-            raise BaselineError(_tolerance_help(f"{part.strip()!r} is not KEY=SPEC"))
-        if key in allowances:
-            raise BaselineError(_tolerance_help(f"{key} is given twice in {spec!r}"))
-        allowances[key] = _parse_allowance(key, value)
-    return allowances
-
-
-def parse_tolerance(spec: str | None) -> Tolerance:
-    """The defaults, with the keys `spec` names replaced. Raises BaselineError."""
-    allowances = _parse_spec(DEFAULT_TOLERANCE_SPEC)
-    if spec is not None and spec.strip():
-        allowances.update(_parse_spec(spec))
-    return Tolerance(allowances)
+    """A baseline file the plugin cannot use; the message says why."""
 
 
 # -- the file -----------------------------------------------------------------------------------

@@ -15,12 +15,9 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..ipc.protocol import Kind
+from ..ipc.protocol import Done, Message, TaichiInit, TaichiInitDone
 from ..model.records import NO_TAICHI
 from .jsonreport import Source
-
-_INIT_KINDS = (Kind.TAICHI_INIT.value, Kind.TAICHI_INIT_DONE.value)
-
 
 #: Keys of the environment whose difference makes a baseline comparison doubtful.
 COMPARED_KEYS = ("python", "taichi")
@@ -94,17 +91,18 @@ def _git(directory: str, *arguments: str) -> str | None:
     return value if done.returncode == 0 and value else None
 
 
-def taichi_arch(messages: list[dict[str, Any]]) -> str:
-    """The arch of the child's last ti.init, from what the child told the parent.
+def taichi_arch(messages: list[Message]) -> str:
+    """The arch of the Taichi runtime the test ran with, from what the child told the parent.
 
-    Prefers an `arch` field on the init-done message (the arch Taichi actually chose), and falls
-    back to the arch the init asked for (`arch=ti.cpu` is reported as `x64` on x86-64 hosts).
+    The last arch told wins: the child's `done` (the arch of its Taichi program when the test
+    ended, wherever ti.init happened: at import, in an earlier test of the same worker), else
+    the test's last ti.init: the arch Taichi chose, else the one it asked for (`arch=ti.cpu`
+    is reported as `x64` on x86-64 hosts).
     """
     arch = NO_TAICHI
     for message in messages:
-        kind = message.get("t")
-        if kind in _INIT_KINDS and message.get("arch"):
-            arch = str(message["arch"])
+        if isinstance(message, (TaichiInit, TaichiInitDone, Done)) and message.arch:
+            arch = message.arch
     return arch
 
 

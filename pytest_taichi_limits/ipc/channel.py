@@ -1,19 +1,23 @@
-"""The one-way channel from the supervised child to the parent: JSON lines over a pipe.
+"""The framing of the wire: messages over the report pipe (child -> parent), commands and bells
+over the control socket. What a line means is `ipc/protocol.py`'s; this module only moves lines.
 
-The parent never trusts it: garbage, a closed pipe or a flood of bytes only ever make the test
-fail with a message that says so.
+The parent never trusts the report channel: garbage, a forged or malformed message, a closed pipe
+or a flood of bytes only ever make the test fail with a message that says so.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from typing import Any
 
-from .protocol import KINDS
-
-#: JSON has no tuples, but pytest's serialized reports rely on them (a skip's longrepr is one).
-_TUPLE_TAG = "\x00tuple"
+from .protocol import (
+    BELL,
+    ChannelError,
+    Command,
+    Message,
+    decode_command,
+    decode_message,
+    encode_message,
+)
 
 #: A report carries captured output, so it may be large; past this the child is misbehaving.
 MAX_CHANNEL_BYTES = 256 * 1024 * 1024
@@ -25,21 +29,20 @@ class ChannelWriter:
     def __init__(self, fd: int) -> None:
         self.fd = fd
 
-    def send(self, kind: str, **fields: Any) -> None:
-        fields["t"] = kind
-        data = (json.dumps(_tag_tuples(fields), default=repr) + "\n").encode()
-        view = memoryview(data)
+    def send(self, message: Message) -> None:
+        view = memoryview(encode_message(message))
         while view:
             written = os.write(self.fd, view)
             view = view[written:]
 
 
 class ChannelReader:
-    """Collects messages from non-blocking reads; records why the channel went bad, if it did."""
+    """Collects messages from non-blocking reads, each decoded once, as it arrives; records why
+    the channel went bad, if it did."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
-        self.messages: list[dict[str, Any]] = []
+        self.messages: list[Message] = []
         self.problem: str | None = None
         self.closed = False
         self.overflowed = False  # past MAX_CHANNEL_BYTES: nothing more it sends can be heard
@@ -89,35 +92,38 @@ class ChannelReader:
             line = bytes(self._pending[:newline])
             del self._pending[: newline + 1]
             try:
-                message = json.loads(line, object_hook=_untag_tuples)
-            except ValueError:
-                message = None
-            if not isinstance(message, dict) or not isinstance(message.get("t"), str):
-                self._fail(f"the report channel carried garbage: {line[:80]!r}")
-                continue
-            if message["t"] not in KINDS:
-                self._fail(
-                    f"the report channel carried an unknown message kind {message['t'][:40]!r}"
-                )
-                continue
-            self.messages.append(message)
+                self.messages.append(decode_message(line))
+            except ChannelError as error:
+                self._fail(str(error))
 
     def _fail(self, problem: str) -> None:
         if self.problem is None:
             self.problem = problem
 
 
-def _tag_tuples(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return {_TUPLE_TAG: [_tag_tuples(element) for element in value]}
-    if isinstance(value, list):
-        return [_tag_tuples(element) for element in value]
-    if isinstance(value, dict):
-        return {key: _tag_tuples(element) for key, element in value.items()}
-    return value
+class CommandReader:
+    """The child's side of the control socket: blocking reads, one command per line; `ring`
+    tells the parent to read the channel now."""
 
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._pending = b""
 
-def _untag_tuples(value: dict[str, Any]) -> Any:
-    if len(value) == 1 and _TUPLE_TAG in value and isinstance(value[_TUPLE_TAG], list):
-        return tuple(value[_TUPLE_TAG])
-    return value
+    def ring(self) -> None:
+        try:
+            os.write(self.fd, BELL)
+        except OSError:
+            pass  # the parent is gone: PDEATHSIG ends this process
+
+    def next(self) -> Command | None:
+        """The next command, or None: the parent is gone."""
+        while b"\n" not in self._pending:
+            try:
+                chunk = os.read(self.fd, 4096)
+            except OSError:
+                return None
+            if not chunk:
+                return None
+            self._pending += chunk
+        line, _, self._pending = self._pending.partition(b"\n")
+        return decode_command(line)  # the parent's own words: an error here is the plugin's

@@ -1,44 +1,41 @@
-"""The wire between the supervised child and the parent: one closed vocabulary, decoded once.
+"""The wire between the plugin's processes: every record that crosses it, encoded and decoded here.
 
-Two pipes join them. The child writes *messages* (JSON lines, `ipc/channel.py`) about the test it
-runs; the parent writes *commands* (JSON lines) telling an idle child which test to run next. A
-message kind outside `Kind` is a channel problem (the test fails saying so), never skipped:
-anything the child writes may be forged by the test itself, so the parent checks every field it
-uses and measures for itself whatever it can (memory, CPU time, the clock).
+Three kinds of records cross a process boundary, each a family of frozen dataclasses below:
+- *messages*, from the supervised child to the parent, about the test it runs (the report
+  channel, `ipc/channel.py`). Anything the child writes may be forged by the test itself: the
+  parent checks every field's type when it decodes a line, and a line that is not one of these
+  messages (garbage, an unknown kind, a missing, extra or mistyped field) is a `ChannelError`:
+  the test fails saying so, never pytest. The parent still measures for itself whatever it can
+  (memory, CPU time, the clock), and believes the child's `Done` only once it has seen the child
+  wait for its next command (supervise/supervisor.py);
+- *commands*, from the parent to an idle child: run the test at an index, or stop;
+- *exit statuses*, from the plugin's subreaper above the test (the keeper of a forked child, or
+  the spawn-mode zygote) to the parent: the child's pid, then how it ended (wait4's status, peak
+  RSS and CPU time).
+
+Each family is one JSON object per line, its kind under a tag key ("t", "c", "s"); a tuple
+inside a field survives the trip (pytest's serialised reports rely on them). To add a message
+kind, see CONTRIBUTING.md ("How to add a message kind").
 """
 
 from __future__ import annotations
 
-import enum
 import json
-import os
+import resource
 import signal
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, fields
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, get_type_hints
 
 
-class Kind(str, enum.Enum):
-    """Every message a child may send, in the order a run sends them."""
-
-    READY = "ready"  # the child is set up and waits for a command
-    HELLO = "hello"  # a test starts (nodeid)
-    PHASE = "phase"  # setup / call / teardown begins
-    TAICHI_INIT = "taichi_init"  # ti.init was called (arch asked for)
-    TAICHI_INIT_DONE = "taichi_init_done"  # ti.init returned (arch applied)
-    NOTE = "note"  # something the report should say (a clamp, a failed reset)
-    TAICHI_DEVICE_OOM = "taichi_device_oom"  # a phase failed: Taichi ran out of device memory
-    REPORT = "report"  # a serialised TestReport
-    WARNING = "warning"  # a warning the test raised
-    DONE = "done"  # the test is over (nodeid); the child waits for the next command
-    EXIT = "exit"  # pytest.exit or KeyboardInterrupt inside the test: the session must end
-    REFUSED = "refused"  # a fresh interpreter could not run the test the parent asked for
-    INTERNAL_ERROR = "internal-error"  # the plugin failed inside the child
-    FINISHED = "finished"  # the child tore everything down and is about to exit
+class ChannelError(ValueError):
+    """A line that is not a record of the family it was read as; the text says why."""
 
 
-KINDS: frozenset[str] = frozenset(kind.value for kind in Kind)
+#: The phases of a test, in order, as the child names them.
+PHASES = ("setup", "call", "teardown")
 
-#: The `key` of a NOTE that says a ti.init's device memory was clamped to gpu_gb.
+#: The `key` of a Note that says a ti.init's device memory was clamped to gpu_gb.
 CLAMP_NOTE = "gpu_clamp"
 
 #: faulthandler dumps every thread's Python stack on this signal, even while native code
@@ -49,63 +46,437 @@ STACK_SIGNAL = signal.SIGRTMIN + 7
 EXIT_DONE = 0
 EXIT_INTERNAL_ERROR = 70
 
+#: What the child writes back on the control socket after `Ready` and `Done`: the parent's
+#: loop wakes for it at once, while it reads other messages at most once per interval.
+BELL = b"!"
 
-@dataclass(frozen=True)
+
+# -- messages: child -> parent, in the order a run sends them ------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """The child is set up (in a fresh interpreter: collected) and waits for a command."""
+
+    KIND: ClassVar[str] = "ready"
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """A test starts."""
+
+    KIND: ClassVar[str] = "hello"
+    nodeid: str
+
+
+@dataclass(frozen=True, slots=True)
+class Phase:
+    """setup / call / teardown begins."""
+
+    KIND: ClassVar[str] = "phase"
+    when: str
+
+    def __post_init__(self) -> None:
+        if self.when not in PHASES:
+            raise ValueError(f"when must be one of {', '.join(PHASES)}, got {self.when[:40]!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class TaichiInit:
+    """ti.init was called: the arch it asked for, and where that came from."""
+
+    KIND: ClassVar[str] = "taichi_init"
+    arch: str
+    arch_from: str  # "argument", "TI_ARCH" or "Taichi's default"
+
+
+@dataclass(frozen=True, slots=True)
+class TaichiInitDone:
+    """ti.init returned: the arch Taichi chose (None: the init failed before it chose one)."""
+
+    KIND: ClassVar[str] = "taichi_init_done"
+    arch: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """Something the report should say: a clamp of ti.init (`CLAMP_NOTE`), a failed reset."""
+
+    KIND: ClassVar[str] = "note"
+    key: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class TaichiDeviceOom:
+    """A phase failed because Taichi ran out of device memory."""
+
+    KIND: ClassVar[str] = "taichi_device_oom"
+    phase: str
+    what: str  # what ran out, in words
+    line: str  # the line Taichi wrote
+
+
+@dataclass(frozen=True, slots=True)
+class Fixtures:
+    """The fixtures of a scope above function that are set up in the child now, as
+    "name (scope)": sent whenever that changes, so the parent can name the ones whose teardown
+    never ran when the child is killed."""
+
+    KIND: ClassVar[str] = "fixtures"
+    up: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """A phase's TestReport, as pytest_report_to_serializable gave it (checked by
+    pytest_report_from_serializable where it is replayed)."""
+
+    KIND: ClassVar[str] = "report"
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RaisedWarning:
+    """A warning the test raised, to be raised again in the pytest process."""
+
+    KIND: ClassVar[str] = "warning"
+    message: str
+    category: str  # "module:qualname"
+    filename: str
+    lineno: int
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The test is over; the child waits for the next command. `arch`: the arch of the
+    child's Taichi program at that moment (None: no program), wherever ti.init happened."""
+
+    KIND: ClassVar[str] = "done"
+    nodeid: str
+    arch: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Exit:
+    """pytest.exit or KeyboardInterrupt inside the test: the session must end."""
+
+    KIND: ClassVar[str] = "exit"
+    reason: str  # "exit" or "interrupt"
+    message: str
+    returncode: int | None
+
+    def __post_init__(self) -> None:
+        if self.reason not in ("exit", "interrupt"):
+            raise ValueError(f"reason must be 'exit' or 'interrupt', got {self.reason[:40]!r}")
+
+    def describe(self) -> str:
+        """How the test stopped the session, for its record."""
+        if self.reason == "interrupt":
+            return "KeyboardInterrupt"
+        return f"pytest.exit({self.message!r}, returncode={self.returncode})"
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A fresh interpreter could not run the tests the parent asked for; `text` says why."""
+
+    KIND: ClassVar[str] = "refused"
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class InternalError:
+    """The plugin failed inside the child."""
+
+    KIND: ClassVar[str] = "internal-error"
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """The child tore everything down and is about to exit."""
+
+    KIND: ClassVar[str] = "finished"
+
+
+Message = (
+    Ready
+    | Hello
+    | Phase
+    | TaichiInit
+    | TaichiInitDone
+    | Note
+    | TaichiDeviceOom
+    | Fixtures
+    | Report
+    | RaisedWarning
+    | Done
+    | Exit
+    | Refused
+    | InternalError
+    | Finished
+)
+
+
+# -- commands: parent -> idle child ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
 class RunCommand:
     """Run the test at `index` of the child's list; `next_index` is the test that will follow
     in the same child (its fixtures stay up), or None (tear everything down)."""
 
+    KIND: ClassVar[str] = "run"
     index: int
     next_index: int | None
     cpu_s: float | None  # the test's CPU budget, for the child's RLIMIT_CPU backstop
     gpu_gb: float | None  # the test's GPU budget, for the ti.init cap
 
-    def encode(self) -> bytes:
-        fields = {
-            "c": "run",
-            "index": self.index,
-            "next": self.next_index,
-            "cpu_s": self.cpu_s,
-            "gpu_gb": self.gpu_gb,
+
+@dataclass(frozen=True, slots=True)
+class StopCommand:
+    """Tear down what is still set up, and leave."""
+
+    KIND: ClassVar[str] = "stop"
+
+
+Command = RunCommand | StopCommand
+
+
+# -- exit statuses: the subreaper above the test -> parent ----------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ChildStarted:
+    KIND: ClassVar[str] = "started"
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChildEnded:
+    """How the child ended, from wait4: its exact peak RSS and CPU time over its whole life."""
+
+    KIND: ClassVar[str] = "ended"
+    wait_status: int
+    maxrss_bytes: int
+    cpu_s: float
+
+    @classmethod
+    def from_wait4(cls, wait_status: int, usage: resource.struct_rusage) -> ChildEnded:
+        return cls(wait_status, usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime)
+
+
+@dataclass(frozen=True, slots=True)
+class StartFailed:
+    """The zygote could not fork a worker."""
+
+    KIND: ClassVar[str] = "failed"
+    error: str
+
+
+Status = ChildStarted | ChildEnded | StartFailed
+
+
+# -- the codec ------------------------------------------------------------------------------------
+
+#: JSON has no tuples, but pytest's serialized reports rely on them (a skip's longrepr is one).
+_TUPLE_TAG = "\x00tuple"
+
+
+class _Record(Protocol):
+    KIND: ClassVar[str]
+
+
+R = TypeVar("R", bound=_Record)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_float(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _to_float(value: Any) -> float | None:
+    # A whole number on the wire (json writes the budget 2 as 2) is the float the field says.
+    return None if value is None else float(value)
+
+
+def _is_strings(value: Any) -> bool:
+    return isinstance(value, (tuple, list)) and all(isinstance(item, str) for item in value)
+
+
+#: What each field type accepts on the wire, and the type named in the error.
+_CHECKS: dict[Any, tuple[Callable[[Any], bool], str]] = {
+    str: (lambda value: isinstance(value, str), "a string"),
+    int: (_is_int, "a whole number"),
+    float: (_is_float, "a number"),
+    str | None: (lambda value: value is None or isinstance(value, str), "a string or null"),
+    int | None: (lambda value: value is None or _is_int(value), "a whole number or null"),
+    float | None: (lambda value: value is None or _is_float(value), "a number or null"),
+    tuple[str, ...]: (_is_strings, "a list of strings"),
+    dict[str, Any]: (lambda value: isinstance(value, dict), "an object"),
+}
+
+
+@dataclass(frozen=True)
+class _Field:
+    name: str
+    accepts: Callable[[Any], bool]
+    expected: str
+    convert: Callable[[Any], Any] | None  # float() for a float field, tuple() for a tuple one
+    required: bool  # a field with a default may be left out
+
+
+def _fields_of(record_type: type) -> tuple[_Field, ...]:
+    hints = get_type_hints(record_type)
+    described = []
+    for field in fields(record_type):
+        hint = hints[field.name]
+        accepts, expected = _CHECKS[hint]  # a KeyError here: a field type the codec lacks
+        convert: Callable[[Any], Any] | None = None
+        if hint in (float, float | None):
+            convert = _to_float
+        elif hint == tuple[str, ...]:
+            convert = tuple
+        required = field.default is MISSING
+        described.append(_Field(field.name, accepts, expected, convert, required))
+    return tuple(described)
+
+
+class _Family(Generic[R]):
+    """One family of records: encoded as a JSON line, its kind under `tag`; decoded with every
+    field checked."""
+
+    def __init__(self, tag: str, what: str, kinds: tuple[type[R], ...]) -> None:
+        self.tag = tag
+        self.what = what  # how an error names where the line came from
+        self._kinds: dict[str, tuple[type[R], tuple[_Field, ...]]] = {
+            kind.KIND: (kind, _fields_of(kind)) for kind in kinds
         }
-        return (json.dumps(fields) + "\n").encode()
+        assert len(self._kinds) == len(kinds), "two records share a KIND"
 
+    @property
+    def kinds(self) -> frozenset[str]:
+        return frozenset(self._kinds)
 
-STOP_COMMAND = b'{"c": "stop"}\n'
+    def encode(self, record: R) -> bytes:
+        _, described = self._kinds[record.KIND]
+        data: dict[str, Any] = {self.tag: record.KIND}
+        for field in described:
+            data[field.name] = _tag_tuples(getattr(record, field.name))
+        # repr for what JSON cannot hold (a plugin's object in a report): a string, not a crash
+        return (json.dumps(data, default=repr) + "\n").encode()
 
-#: What the child writes back on the control socket after `ready` and `done`: the parent's
-#: loop wakes for it at once, while it reads other messages at most once per interval.
-BELL = b"!"
-
-
-class CommandReader:
-    """The child's side of the control socket: blocking reads, one command per line; `ring`
-    tells the parent to read the channel now."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self._pending = b""
-
-    def ring(self) -> None:
+    def decode(self, line: bytes) -> R:
+        """The record on `line`; ChannelError when it is not one of this family's."""
         try:
-            os.write(self.fd, BELL)
-        except OSError:
-            pass  # the parent is gone: PDEATHSIG ends this process
+            data = json.loads(line, object_hook=_untag_tuples)
+        except (ValueError, RecursionError):  # RecursionError: a forged, deeply nested line
+            data = None
+        kind = data.get(self.tag) if isinstance(data, dict) else None
+        if not isinstance(kind, str):
+            raise ChannelError(f"{self.what} carried garbage: {line[:80]!r}")
+        found = self._kinds.get(kind)
+        if found is None:
+            raise ChannelError(f"{self.what} carried an unknown message kind {kind[:40]!r}")
+        record_type, described = found
+        values: dict[str, Any] = {}
+        for field in described:
+            if field.name not in data:
+                if not field.required:
+                    continue
+                raise ChannelError(self._malformed(kind, f"{field.name} is missing"))
+            value = data[field.name]
+            if not field.accepts(value):
+                problem = f"{field.name} must be {field.expected}, got {_short(value)}"
+                raise ChannelError(self._malformed(kind, problem))
+            values[field.name] = value if field.convert is None else field.convert(value)
+        if len(data) != len(values) + 1:
+            extra = sorted(set(data) - {self.tag, *values})
+            raise ChannelError(self._malformed(kind, f"unexpected field {extra[0][:40]!r}"))
+        try:
+            return record_type(**values)
+        except ValueError as error:  # a value its own check refuses (Phase.when, Exit.reason)
+            raise ChannelError(self._malformed(kind, str(error))) from None
 
-    def next(self) -> RunCommand | None:
-        """The next run command, or None: stop (or the parent is gone)."""
-        while b"\n" not in self._pending:
-            try:
-                chunk = os.read(self.fd, 4096)
-            except OSError:
-                return None
-            if not chunk:
-                return None
-            self._pending += chunk
-        line, _, self._pending = self._pending.partition(b"\n")
-        fields: Any = json.loads(line)
-        if fields.get("c") != "run":
-            return None
-        return RunCommand(
-            int(fields["index"]), fields.get("next"), fields.get("cpu_s"), fields.get("gpu_gb")
-        )
+    def _malformed(self, kind: str, problem: str) -> str:
+        return f"{self.what} carried a malformed {kind!r} message: {problem}"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _tag_tuples(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return {_TUPLE_TAG: [_tag_tuples(element) for element in value]}
+    if isinstance(value, list):
+        return [_tag_tuples(element) for element in value]
+    if isinstance(value, dict):
+        return {key: _tag_tuples(element) for key, element in value.items()}
+    return value
+
+
+def _untag_tuples(value: dict[str, Any]) -> Any:
+    if len(value) == 1 and _TUPLE_TAG in value and isinstance(value[_TUPLE_TAG], list):
+        return tuple(value[_TUPLE_TAG])
+    return value
+
+
+MESSAGES: _Family[Message] = _Family(
+    "t",
+    "the report channel",
+    (
+        Ready,
+        Hello,
+        Phase,
+        TaichiInit,
+        TaichiInitDone,
+        Note,
+        TaichiDeviceOom,
+        Fixtures,
+        Report,
+        RaisedWarning,
+        Done,
+        Exit,
+        Refused,
+        InternalError,
+        Finished,
+    ),
+)
+COMMANDS: _Family[Command] = _Family("c", "the control socket", (RunCommand, StopCommand))
+STATUSES: _Family[Status] = _Family(
+    "s", "the exit status line", (ChildStarted, ChildEnded, StartFailed)
+)
+
+assert set(MESSAGES.kinds) == {kind.KIND for kind in Message.__args__}
+
+
+def encode_message(message: Message) -> bytes:
+    return MESSAGES.encode(message)
+
+
+def decode_message(line: bytes) -> Message:
+    """The message on one line from the child; ChannelError says what is wrong with it."""
+    return MESSAGES.decode(line)
+
+
+def encode_command(command: Command) -> bytes:
+    return COMMANDS.encode(command)
+
+
+def decode_command(line: bytes) -> Command:
+    return COMMANDS.decode(line)
+
+
+def encode_status(status: Status) -> bytes:
+    return STATUSES.encode(status)
+
+
+def decode_status(data: bytes) -> Status:
+    return STATUSES.decode(data)

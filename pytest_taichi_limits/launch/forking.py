@@ -17,16 +17,23 @@ whatever is left and leaves. It dies with pytest (PDEATHSIG), and so does the ch
 from __future__ import annotations
 
 import gc
-import json
 import os
 import select
 import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
 
-from ..ipc.protocol import EXIT_DONE, EXIT_INTERNAL_ERROR
+from ..ipc.protocol import (
+    EXIT_DONE,
+    EXIT_INTERNAL_ERROR,
+    ChannelError,
+    ChildEnded,
+    ChildStarted,
+    Status,
+    decode_status,
+    encode_status,
+)
 from ..measure.proctree import reap_own_children, send_signal
 from ..model.records import Ending
 from ..platform import linux
@@ -76,6 +83,7 @@ class ForkLaunch:
                 )
             finally:
                 os._exit(EXIT_INTERNAL_ERROR)
+        control_inode = os.fstat(control_read).st_ino
         for fd in (write_fd, control_read, status_write, release_read):
             os.close(fd)
         self._release = release_write  # closed when the parent is done with the test's tree
@@ -83,14 +91,15 @@ class ForkLaunch:
         self.origin_pid = parent_pid
         self.channel_fd = read_fd
         self.control_fd = control_write
+        self.control_inode = control_inode
         self._status = _StatusLines(status_read)
         first = self._status.next(block=True)
-        if first is None or not isinstance(first.get("pid"), int):
+        if not isinstance(first, ChildStarted):
             self.close()
             raise LaunchError(
                 "the keeper process could not fork the test's child (out of processes or memory?)"
             )
-        self.pid: int = first["pid"]
+        self.pid = first.pid
         os.set_blocking(read_fd, False)
         self._exit: ExitInfo | None = None
 
@@ -106,17 +115,14 @@ class ForkLaunch:
             send_signal(self.keeper_pid, signal.SIGCONT)
             if not select.select([self._status.fd], [], [], _KEEPER_ANSWER_S)[0]:
                 send_signal(self.keeper_pid, signal.SIGKILL)
-        message = self._status.next(block)
-        if message is None and not self._status.ended:
+        status = self._status.next(block)
+        if not isinstance(status, ChildEnded) and not self._status.ended:
             return None
-        if message is None:  # the keeper was killed: PDEATHSIG took the test's child with it
+        if not isinstance(status, ChildEnded):
+            # the keeper was killed: PDEATHSIG took the test's child with it
             self._exit = ExitInfo(Ending(None, signal.SIGKILL), 0, 0.0)
         else:
-            self._exit = ExitInfo(
-                Ending.from_wait_status(int(message["status"])),
-                int(message["maxrss_bytes"]),
-                float(message["cpu_s"]),
-            )
+            self._exit = ExitInfo.of(status)
         return self._exit
 
     def crash_cause(self) -> str | None:
@@ -172,34 +178,24 @@ def _keep(
         os._exit(EXIT_DONE)  # body never returns; this is a seatbelt
     for fd in child_fds:
         os.close(fd)
-    _write_line(status_fd, {"pid": pid})
+    os.write(status_fd, encode_status(ChildStarted(pid)))
     _, status, rusage = os.wait4(pid, 0)
-    _write_line(
-        status_fd,
-        {
-            "status": status,
-            "maxrss_bytes": rusage.ru_maxrss * 1024,
-            "cpu_s": rusage.ru_utime + rusage.ru_stime,
-        },
-    )
+    os.write(status_fd, encode_status(ChildEnded.from_wait4(status, rusage)))
     os.read(release_fd, 1)  # EOF: the parent is done (or gone)
     reap_own_children()  # whatever of the test is left: killed here, never seen by pytest
     os._exit(0)
 
 
-def _write_line(fd: int, message: dict[str, Any]) -> None:
-    os.write(fd, (json.dumps(message) + "\n").encode())
-
-
 class _StatusLines:
-    """JSON lines from the keeper: its child's pid, then how that child ended."""
+    """Lines from the keeper (ipc/protocol.py's exit statuses): its child's pid, then how that
+    child ended."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.ended = False
         self._pending = b""
 
-    def next(self, block: bool) -> dict[str, Any] | None:
+    def next(self, block: bool) -> Status | None:
         while b"\n" not in self._pending and not self.ended:
             if not block and not select.select([self.fd], [], [], 0)[0]:
                 return None
@@ -211,10 +207,9 @@ class _StatusLines:
         if not newline:
             return None
         try:
-            message = json.loads(line)
-        except ValueError:
+            return decode_status(line)
+        except ChannelError:
             return None
-        return message if isinstance(message, dict) else None
 
     def wait_closed(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -246,16 +241,3 @@ def _reap_keeper(pid: int, wait_s: float = 2.0) -> None:
                 pass
             return
         time.sleep(0.001)
-
-
-def wait_child(pid: int, block: bool) -> ExitInfo | None:
-    """wait4 on our own child: its end, exact peak RSS and CPU time (None: still running)."""
-    try:
-        waited, status, rusage = os.wait4(pid, 0 if block else os.WNOHANG)
-    except ChildProcessError:
-        return ExitInfo(Ending(None, None), 0, 0.0)
-    if waited == 0:
-        return None
-    return ExitInfo(
-        Ending.from_wait_status(status), rusage.ru_maxrss * 1024, rusage.ru_utime + rusage.ru_stime
-    )

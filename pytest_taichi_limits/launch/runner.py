@@ -30,15 +30,11 @@ from ..config.settings import BUDGET_KEY, Settings
 from ..ipc.requests import WorkerRequest, fingerprint
 from ..measure import cgroup
 from ..model.records import Admitted, RunResult
-from ..supervise.supervisor import Worker, WorkerGone
+from ..supervise.supervisor import STOP_TIMEOUT_S, Worker, WorkerGone
 from ..taichi_support import reinit
 from . import forksafety, startplan
 from .forking import ChildBody, ForkLaunch, LaunchError
 from .spawn import SpawnError, SpawnLaunch, Zygote, new_temp_dir, worker_args
-
-#: How long a worker may take to tear down after its last test (module and session fixtures'
-#: finalizers, Taichi's offline cache) before it is killed.
-STOP_TIMEOUT_S = 60.0
 
 
 def _supervised(item: pytest.Item) -> bool:

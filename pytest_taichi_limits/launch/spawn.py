@@ -33,6 +33,14 @@ from typing import Any
 
 import pytest
 
+from ..ipc.protocol import (
+    ChannelError,
+    ChildEnded,
+    ChildStarted,
+    StartFailed,
+    Status,
+    decode_status,
+)
 from ..ipc.requests import WorkerRequest
 from ..model.records import Ending, signal_name
 from ..platform import linux
@@ -226,6 +234,7 @@ class SpawnLaunch:
         self._ended_at: float | None = None
         self.channel_fd = read_fd
         self.control_fd = control_write
+        self.control_inode = os.fstat(control_read).st_ino
         try:
             zygote.request(request, [write_fd, self.stack_fd, theirs.fileno(), control_read])
         except OSError as error:
@@ -237,29 +246,28 @@ class SpawnLaunch:
             theirs.close()
         timeout_s = START_TIMEOUT_S if zygote.started_workers else FIRST_START_TIMEOUT_S
         first = self._receive_start(timeout_s)
-        if "pid" not in first:
+        if not isinstance(first, ChildStarted):
             self._close_fds()
-            raise SpawnError(
-                f"the spawn-mode zygote did not start a worker ({first.get('error', 'no answer')})"
-            )
+            why = first.error if isinstance(first, StartFailed) else "no answer"
+            raise SpawnError(f"the spawn-mode zygote did not start a worker ({why})")
         zygote.started_workers += 1
-        self.pid = int(first["pid"])
+        self.pid = first.pid
         # The zygote is a child subreaper that forks the worker and holds nothing else.
         self.keeper_pid = self.origin_pid = zygote.process.pid
         self._pidfd = pidfd_open(self.pid)
         os.set_blocking(read_fd, False)
         ours.setblocking(False)
 
-    def _receive_start(self, timeout_s: float) -> dict[str, Any]:
+    def _receive_start(self, timeout_s: float) -> Status:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             ready, _, _ = select.select([self._result], [], [], 0.2)
             if ready:
                 data = self._result.recv(65536)
-                return dict(json.loads(data)) if data else {"error": self._zygote_gone()}
+                return _decode(data) if data else StartFailed(self._zygote_gone())
             if not self.zygote.usable():
-                return {"error": self._zygote_gone()}
-        return {"error": f"no answer in {timeout_s:g} s"}
+                return StartFailed(self._zygote_gone())
+        return StartFailed(f"no answer in {timeout_s:g} s")
 
     def _zygote_gone(self) -> str:
         death = self.zygote.death()
@@ -289,12 +297,11 @@ class SpawnLaunch:
         if not data:  # the zygote died: its PDEATHSIG took the worker with it
             self._cause = f"{self._zygote_gone()}, and the worker died with it"
             return ExitInfo(Ending(None, signal.SIGKILL), 0, 0.0)
-        message = json.loads(data)
-        return ExitInfo(
-            Ending.from_wait_status(int(message["status"])),
-            int(message["maxrss_bytes"]),
-            float(message["cpu_s"]),
-        )
+        status = _decode(data)
+        if not isinstance(status, ChildEnded):
+            self._cause = f"the spawn-mode zygote did not say how the worker ended ({data[:80]!r})"
+            return ExitInfo(Ending(None, None), 0, 0.0)
+        return ExitInfo.of(status)
 
     def _without_zygote(self) -> ExitInfo | None:
         """The worker ended but the zygote does not say how: after a while, give it up."""
@@ -324,6 +331,13 @@ class SpawnLaunch:
         self._close_fds()
         if self._pidfd is not None:
             os.close(self._pidfd)
+
+
+def _decode(data: bytes) -> Status:
+    try:
+        return decode_status(data)
+    except ChannelError as error:
+        return StartFailed(str(error))
 
 
 def new_temp_dir() -> str:

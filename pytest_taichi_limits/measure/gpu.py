@@ -13,11 +13,18 @@ and hands back the last figure in between; a spike shorter than that can be miss
 from __future__ import annotations
 
 import functools
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from .proctree import tree_pids
+
+#: The note of every test on a machine without NVIDIA hardware: short, because it says nothing
+#: about the test (the session's header says once why, `no_gpu_reason`).
+NO_NVIDIA_GPU_NOTE = "not measured: no NVIDIA GPU"
+#: NVML's answers that mean "no NVIDIA hardware or driver here", not "NVML failed".
+_NO_HARDWARE = ("NVML Shared Library Not Found", "Driver Not Loaded", "sees no NVIDIA GPU")
 
 #: usedGpuMemory when the driver cannot tell (Windows WDDM, some MIG setups): 2**64 - 1.
 NVML_VALUE_NOT_AVAILABLE = (1 << 64) - 1
@@ -150,10 +157,27 @@ def _nvml() -> tuple[Any, tuple[Any, ...]] | str:
     return pynvml, handles
 
 
+def no_gpu_reason() -> str | None:
+    """Why this machine has no NVIDIA GPU to measure, where that is the case; None where it has
+    one (or NVML failed on it for another reason, which every test's note then says)."""
+    found = _nvml()
+    if not isinstance(found, str):
+        return None
+    if any(sign in found for sign in _NO_HARDWARE):
+        return found
+    if found.startswith("nvidia-ml-py is not installed") and not _nvidia_driver_present():
+        return found
+    return None
+
+
+def _nvidia_driver_present() -> bool:
+    return os.path.exists("/proc/driver/nvidia") or os.path.exists("/dev/nvidiactl")
+
+
 def probe_for(root_pid: int) -> GpuProbe:
     found = _nvml()
     if isinstance(found, str):
-        return GpuProbe(f"not measured ({found})")
+        return GpuProbe(NO_NVIDIA_GPU_NOTE if no_gpu_reason() else f"not measured ({found})")
     pynvml, handles = found
     return NvmlProbe(root_pid, [_device_reader(pynvml, handle) for handle in handles])
 

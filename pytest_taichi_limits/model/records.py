@@ -20,11 +20,12 @@ import signal
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from ..config.budget import BUDGET_KEYS, Budget
+from ..config.tolerance import KINDS
 from ..config.units import GIB, MIB
-from ..ipc.protocol import Kind
+from ..ipc.protocol import Message
 from . import timeline as timelines
 
 #: The arch of a supervised test that never called ti.init.
@@ -260,10 +261,10 @@ class Crash:
 
 #: Compared resources: tolerance key -> (baseline field, kind, words a person reads).
 RESOURCES: dict[str, tuple[str, str, str]] = {
-    "mem": ("own_memory_bytes", "bytes", "own memory"),
-    "cpu": ("cpu_s", "seconds", "CPU time"),
-    "wall": ("wall_s", "seconds", "wall time"),
-    "gpu": ("gpu_bytes", "bytes", "GPU memory"),
+    "mem": ("own_memory_bytes", KINDS["mem"], "own memory"),
+    "cpu": ("cpu_s", KINDS["cpu"], "CPU time"),
+    "wall": ("wall_s", KINDS["wall"], "wall time"),
+    "gpu": ("gpu_bytes", KINDS["gpu"], "GPU memory"),
 }
 
 
@@ -694,16 +695,23 @@ def _optional_object(fields: Mapping[str, Any], name: str, where: str) -> dict[s
     return value
 
 
+M = TypeVar("M", bound=Message)
+
+
 @dataclass
 class RunResult:
-    """One test's end: what the child said, what it used, and what that means."""
+    """One test's end: what the child said (decoded, checked messages), what it used, and what
+    that means."""
 
-    messages: list[dict[str, Any]]
+    messages: list[Message]
     usage: Usage
     violation: Violation | None = None
     crash: Crash | None = None
     channel_problem: str | None = None
     phase: str = "setup"
+    #: fixtures above function scope that were set up when the child died without tearing them
+    #: down (killed at the end of the grace period, crashed): "name (scope)"
+    fixtures_not_torn_down: tuple[str, ...] = ()
 
-    def of_kind(self, kind: Kind) -> list[dict[str, Any]]:
-        return [message for message in self.messages if message["t"] == kind.value]
+    def of_kind(self, kind: type[M]) -> list[M]:
+        return [message for message in self.messages if isinstance(message, kind)]

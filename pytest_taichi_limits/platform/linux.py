@@ -82,3 +82,44 @@ def process_state(pid: int) -> str:
         return text[text.rindex(b")") + 2 :].split()[0].decode()
     except (OSError, ValueError, IndexError):
         return ""
+
+
+#: The number of read(2), which `os.read` calls, per machine (asm/unistd.h): where it is not
+#: known, `blocked_reading` cannot tell.
+_READ_SYSCALLS = {
+    "x86_64": b"0",
+    "aarch64": b"63",
+    "arm64": b"63",
+    "riscv64": b"63",
+    "i686": b"3",
+    "armv7l": b"3",
+    "ppc64le": b"3",
+    "s390x": b"3",
+}
+_READ_SYSCALL = _READ_SYSCALLS.get(os.uname().machine)
+
+
+def blocked_reading(pid: int, inode: int) -> bool | None:
+    """Whether the main thread of `pid` is blocked in read(2) on the file (a socket, a pipe)
+    whose inode is `inode`, as the kernel sees it (/proc/<pid>/syscall; no word from the
+    process itself). None: this machine cannot tell (the file is not readable here, e.g.
+    without ptrace access, or the read syscall's number is not known)."""
+    if _READ_SYSCALL is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/syscall", "rb") as handle:
+            fields = handle.read().split()
+    except (FileNotFoundError, ProcessLookupError):
+        # Gone, it waits for nothing; but a kernel without the file (no
+        # CONFIG_HAVE_ARCH_TRACEHOOK, a sandbox's /proc) cannot tell.
+        return None if os.path.exists(f"/proc/{pid}") else False
+    except OSError:
+        return None
+    # "running", or the syscall number and its six arguments in hex, then sp and pc.
+    if len(fields) < 2 or fields[0] != _READ_SYSCALL:
+        return False
+    try:
+        target = os.readlink(f"/proc/{pid}/fd/{int(fields[1], 16)}")
+    except (OSError, ValueError):
+        return False
+    return target.endswith(f":[{inode}]")

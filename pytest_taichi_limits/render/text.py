@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from ..config.budget import BUDGET_KEYS, Budget
 from ..config.units import GIB, MIB, human_bytes
+from ..measure.gpu import NO_NVIDIA_GPU_NOTE
 from ..model.records import Crash, Ending, Usage, Violation
 
 #: Taichi archs that run on the host: device_memory_GB (the GPU pool the gpu_gb cap sets) is
@@ -115,7 +116,9 @@ def usage_line(usage: Figures) -> str:
         sampled = (
             f"own memory not sampled ({kernel}, started at {human_bytes(usage.start_rss_bytes)})"
         )
-    return f"{sampled} | CPU {usage.cpu_s:.2f} s | wall {usage.wall_s:.2f} s | {gpu_text(usage)}"
+    line = f"{sampled} | CPU {usage.cpu_s:.2f} s | wall {usage.wall_s:.2f} s"
+    # No NVIDIA GPU on the machine: said once in the session's header, not in every report.
+    return line if usage.gpu_note == NO_NVIDIA_GPU_NOTE else f"{line} | {gpu_text(usage)}"
 
 
 def _measure(resource_key: str, value: float) -> str:
@@ -253,6 +256,21 @@ def crash_report(crash: Crash, usage: Figures) -> str:
     ]
     lines += _stack_lines("stack written by faulthandler", crash.stack)
     return "\n".join(lines)
+
+
+def not_torn_down_line(fixtures: tuple[str, ...]) -> str:
+    """Fixtures above function scope whose teardown never ran: the child was killed (native
+    code held it past the grace period) or crashed while they were set up."""
+    names = ", ".join(fixtures[:_MOST_FIXTURES_NAMED])  # the child's word: bounded
+    if len(fixtures) > _MOST_FIXTURES_NAMED:
+        names += f" and {len(fixtures) - _MOST_FIXTURES_NAMED} more"
+    return (
+        f"  not torn down  {names}: the test process ended before its teardown "
+        "ran (their finalizers, e.g. removing files or servers, did not run)"
+    )
+
+
+_MOST_FIXTURES_NAMED = 20
 
 
 def trim_stack(stack: str) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from ..config.budget import Budget
-from ..ipc.protocol import Kind
+from ..ipc.protocol import Exit, RaisedWarning, Report
 from ..model.records import Crash, RunResult, Usage, UsageRecord, Violation
 from ..render import text as render
 from .collect import attach
@@ -60,10 +60,10 @@ def received_reports(
 ) -> tuple[dict[str, pytest.TestReport], str | None]:
     received: dict[str, pytest.TestReport] = {}
     problem = result.channel_problem
-    for message in result.of_kind(Kind.REPORT):
+    for message in result.of_kind(Report):
         try:
             report = item.config.hook.pytest_report_from_serializable(
-                config=item.config, data=message.get("data")
+                config=item.config, data=message.data
             )
         except Exception as error:  # noqa: BLE001 - a forged report is a failure, not a crash
             problem = problem or f"the child sent an unreadable report ({error})"
@@ -76,7 +76,7 @@ def received_reports(
             problem = problem or "the child sent a report that is not for this test"
             continue
         received[report.when] = report
-    if problem is None and not result.of_kind(Kind.EXIT):
+    if problem is None and not result.of_kind(Exit):
         missing = _missing_phase(item, received)
         if missing is not None:  # e.g. a forged "done": the test must not vanish
             problem = f"the child sent no report for the {missing} phase"
@@ -85,25 +85,29 @@ def received_reports(
 
 def failure_text_of(result: RunResult, problem: str | None) -> str | None:
     if result.violation is not None:
-        return render.violation_report(result.violation, result.usage)
-    if result.crash is not None:
-        return render.crash_report(result.crash, result.usage)
-    if problem is not None:
+        text = render.violation_report(result.violation, result.usage)
+    elif result.crash is not None:
+        text = render.crash_report(result.crash, result.usage)
+    elif problem is not None:
         crash = Crash(
             result.usage.nodeid, problem + "; the test's own result is unknown", result.phase, ""
         )
-        return render.crash_report(crash, result.usage)
-    return None
+        text = render.crash_report(crash, result.usage)
+    else:
+        return None
+    if result.fixtures_not_torn_down:  # right below the headline, above the stacks
+        headline, _, rest = text.partition("\n")
+        text = "\n".join([headline, render.not_torn_down_line(result.fixtures_not_torn_down), rest])
+    return text
 
 
 def emit_warnings(result: RunResult) -> None:
-    for message in result.of_kind(Kind.WARNING):
-        category = _warning_category(str(message.get("category", "")))
+    for message in result.of_kind(RaisedWarning):
         warnings.warn_explicit(
-            str(message.get("message")),
-            category,
-            str(message.get("filename", "?")),
-            int(message.get("lineno") or 0),
+            message.message,
+            _warning_category(message.category),
+            message.filename,
+            message.lineno,
         )
 
 

@@ -1,23 +1,25 @@
 """Session results: usage records, JSON report, baseline save and compare, summary, suggestions.
 
-One plugin object, registered next to the runner's. Where each part runs:
-- compare: in the process that ran the test (an xdist worker, or the only process), through the
-  runner's `pytest_taichi_limits_reports` hook, before the reports are logged, so that a grown
-  test fails like any other test; each worker reads the baseline itself, read-only;
-- records, JSON, baseline save, summary: where reports are logged and the session ends, which is
-  the controller under xdist (workers write nothing).
+Two plugin objects, each registered only where its work is done (as pytest's junitxml is):
+- `RecordMaker`, in every process that runs tests (an xdist worker, or the only process): through
+  the runner's `pytest_taichi_limits_reports` hook, before the reports are logged, it compares the
+  test with the baseline (so that a grown test fails like any other test) and puts the test's
+  record on its teardown report;
+- `SessionResults`, where reports are logged and the session ends (the only process, or the
+  xdist controller): it collects the records and writes the JSON report, the baseline, the
+  terminal summary and, through results/ci.py, the Markdown and HTML reports.
+The baseline is loaded once per process, here, and handed to admission (admission/gate.py).
 """
 
 from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
+from ..config.options import Options, is_xdist_worker
 from ..formats import baseline as baselines
 from ..formats import jsonreport
 from ..formats.environment import run_source, session_environment
@@ -35,230 +37,109 @@ from .outcomes import (
     is_parent_made,
     parent_report,
 )
-from .outputs import OutputError, check_distinct, check_replaceable, resolve
+from .outputs import (
+    STEP_SUMMARY_NAME,
+    STEP_SUMMARY_VARIABLE,
+    OutputError,
+    check_distinct,
+    check_replaceable,
+    resolve,
+    step_summary_problem,
+)
 from .usagelog import UsageLog
 
 PLUGIN_NAME = "taichi_limits_reports"
+RECORDS_PLUGIN_NAME = "taichi_limits_records"
 LOG_PLUGIN_NAME = "taichi_limits_log"
-DEFAULT_TOP = 5
-#: The baseline of --taichi-limits-compare, once read (the results and admission share it).
-_BASELINE_KEY = pytest.StashKey[baselines.Baseline]()
 
 
-def compared_baseline(config: pytest.Config, path: str) -> baselines.Baseline:
-    """The baseline at `path`, read once per process: the comparison and admission by baseline
-    see the same figures, however the file changes during the run. Raises BaselineError."""
-    if _BASELINE_KEY not in config.stash:
-        config.stash[_BASELINE_KEY] = baselines.load(path)
-    return config.stash[_BASELINE_KEY]
-
-
-@dataclass(frozen=True)
-class ReportOptions:
-    json_path: str | None  # absolute, resolved at configure time
-    top: int
-    save_path: str | None  # absolute
-    replace: bool
-    compare_path: str | None
-    tolerance: baselines.Tolerance
-    warn_only: bool
-    suggest: bool
-    log_path: str | None  # absolute
-    typed: Mapping[str, str | None]  # output option -> the path as the user gave it
-
-
-def add_options(parser: pytest.Parser) -> None:
-    group = parser.getgroup("taichi-limits")
-    group.addoption(
-        "--taichi-limits-json",
-        dest="taichi_limits_json",
-        metavar="PATH",
-        default=None,
-        help="write one JSON document with every supervised test's usage record and every "
-        "violation to PATH, atomically (ini: taichi_limits_json)",
-    )
-    parser.addini("taichi_limits_json", "write the session's JSON report here")
-    group.addoption(
-        "--taichi-limits-log",
-        dest="taichi_limits_log",
-        metavar="PATH",
-        default=None,
-        help="append one JSON line per supervised test (usage) and per violation to PATH "
-        "(ini: taichi_limits_log)",
-    )
-    parser.addini("taichi_limits_log", "append JSON lines of usage and violations here")
-    group.addoption(
-        "--taichi-limits-top",
-        dest="taichi_limits_top",
-        metavar="N",
-        default=None,
-        help=f"terminal summary: the N largest users of own memory, CPU and GPU (default "
-        f"{DEFAULT_TOP}; 0 hides the tables) (ini: taichi_limits_top)",
-    )
-    parser.addini("taichi_limits_top", "how many top consumers the terminal summary lists")
-    group.addoption(
-        "--taichi-limits-save-baseline",
-        dest="taichi_limits_save_baseline",
-        metavar="PATH",
-        default=None,
-        help="save the figures of the tests that passed to PATH (atomically); saving again "
-        "widens each test's range (min, max, number of runs); tests this run did not measure "
-        "keep their entries unless --taichi-limits-baseline-replace",
-    )
-    group.addoption(
-        "--taichi-limits-baseline-replace",
-        dest="taichi_limits_baseline_replace",
-        action="store_true",
-        default=False,
-        help="with --taichi-limits-save-baseline: write only this run's tests, dropping the rest "
-        "and starting every range over",
-    )
-    group.addoption(
-        "--taichi-limits-compare",
-        dest="taichi_limits_compare",
-        metavar="PATH",
-        default=None,
-        help="compare every supervised test with the baseline in PATH: a test that grew beyond "
-        "the tolerance above the largest figure the baseline saw fails",
-    )
-    group.addoption(
-        "--taichi-limits-tolerance",
-        dest="taichi_limits_tolerance",
-        metavar="SPEC",
-        default=None,
-        help="allowed growth per resource, relative plus absolute, e.g. "
-        f"'mem=10%%+8MiB,cpu=25%%+0.5s,wall=off'; keys mem, cpu, wall, gpu, each once; byte "
-        "units are binary (MB = MiB); unnamed keys keep their default "
-        f"({baselines.DEFAULT_TOLERANCE_SPEC.replace('%', '%%')}) (ini: taichi_limits_tolerance)",
-    )
-    parser.addini("taichi_limits_tolerance", "allowed growth against the baseline, per resource")
-    group.addoption(
-        "--taichi-limits-compare-warn",
-        dest="taichi_limits_compare_warn",
-        action="store_true",
-        default=False,
-        help="with --taichi-limits-compare: a test that grew gets a warning instead of failing",
-    )
-    group.addoption(
-        "--taichi-limits-suggest",
-        dest="taichi_limits_suggest",
-        action="store_true",
-        default=False,
-        help="after the tests, print the taichi_limits marker each supervised test should "
-        "carry (measured peaks plus headroom) and an ini snippet every test fits under",
-    )
-    ci.add_options(parser)  # Markdown and HTML reports, timelines in the baseline
-
-
-def _value(config: pytest.Config, name: str) -> tuple[str | None, str]:
-    """(text, where it came from: the flag or the ini key, for error messages)."""
-    flag = "--" + name.replace("_", "-")
-    cli = config.getoption(name)
-    if cli is not None:
-        return str(cli), flag
+def load_baseline(options: Options) -> baselines.Baseline | None:
+    """The baseline of --taichi-limits-compare, loaded once per process; None without one."""
+    if options.compare_path is None:
+        return None
     try:
-        ini = config.getini(name)
-    except ValueError:  # not an ini key
-        return None, flag
-    if ini in (None, "", []):
-        return None, flag
-    return str(ini), f"ini option {name}"
-
-
-def _top(config: pytest.Config) -> int:
-    text, where = _value(config, "taichi_limits_top")
-    try:
-        top = DEFAULT_TOP if text is None else int(text)
-    except ValueError:
-        top = -1
-    if top < 0:
-        raise pytest.UsageError(f"{where} must be a whole number >= 0, got {text!r}")
-    return top
-
-
-def _tolerance(config: pytest.Config) -> baselines.Tolerance:
-    text, where = _value(config, "taichi_limits_tolerance")
-    try:
-        return baselines.parse_tolerance(text)
+        return baselines.load(options.compare_path)
     except baselines.BaselineError as error:
-        raise pytest.UsageError(f"{where}: {error}") from None
+        raise pytest.UsageError(f"--taichi-limits-compare: {error}") from None
 
 
-def _path(config: pytest.Config, name: str) -> str | None:
-    text = _value(config, name)[0]
-    return None if text is None else resolve(text)
+def _step_summary(options: Options) -> str | None:
+    """GitHub's job summary, where the Markdown summary goes to it: neither asked for
+    elsewhere nor switched off, and the variable set."""
+    if options.outputs.markdown is not None or options.outputs.markdown_off:
+        return None
+    return os.environ.get(STEP_SUMMARY_VARIABLE) or None
 
 
-#: Output options, by their dest.
-OUTPUTS = {
-    "taichi_limits_json": "--taichi-limits-json",
-    "taichi_limits_save_baseline": "--taichi-limits-save-baseline",
-    "taichi_limits_log": "--taichi-limits-log",
-}
-
-
-def read_options(config: pytest.Config) -> ReportOptions:
-    """Validate every results option; raise pytest.UsageError naming the first bad one."""
-    compare_path = _value(config, "taichi_limits_compare")[0]
-    replace = bool(config.getoption("taichi_limits_baseline_replace"))
-    warn_only = bool(config.getoption("taichi_limits_compare_warn"))
-    save_path = _path(config, "taichi_limits_save_baseline")
-    # A modifier without its option would be ignored silently: the user meant something.
-    if replace and save_path is None:
-        raise pytest.UsageError(
-            "--taichi-limits-baseline-replace only works with --taichi-limits-save-baseline=PATH"
-        )
-    if warn_only and compare_path is None:
-        raise pytest.UsageError(
-            "--taichi-limits-compare-warn only works with --taichi-limits-compare=PATH"
-        )
-    return ReportOptions(
-        json_path=_path(config, "taichi_limits_json"),
-        top=_top(config),
-        save_path=save_path,
-        replace=replace,
-        compare_path=compare_path,
-        tolerance=_tolerance(config),
-        warn_only=warn_only,
-        suggest=bool(config.getoption("taichi_limits_suggest")),
-        log_path=_path(config, "taichi_limits_log"),
-        typed={option: _value(config, name)[0] for name, option in OUTPUTS.items()},
+def _usable_step_summary(config: pytest.Config, options: Options) -> str | None:
+    """The job summary to append to, or None: a courtesy, so an unusable one is warned about
+    once and left out, and the run goes on."""
+    step_summary = _step_summary(options)
+    if step_summary is None:
+        return None
+    problem = step_summary_problem(resolve(step_summary))
+    if problem is None:
+        return step_summary
+    config.issue_config_time_warning(
+        pytest.PytestConfigWarning(
+            f"taichi-limits: the Markdown summary is not appended to the job summary "
+            f"{STEP_SUMMARY_NAME}={step_summary!r}: {problem}; the run goes on without it"
+        ),
+        stacklevel=2,
     )
+    return None
 
 
-def check_outputs(config: pytest.Config, options: ReportOptions) -> None:
-    """Before any test: every output can be written, and no two share a file."""
-    junitxml = getattr(config.option, "xmlpath", None)
+def check_outputs(config: pytest.Config, options: Options) -> ci.CiOutputs:
+    """Before any test: every output can be written, and no two share a file (the log is
+    checked where it is opened, in every process: UsageLog.check). Raises pytest.UsageError
+    naming the options. Returns where the Markdown and HTML reports go."""
+    outputs = options.outputs
+    step_summary = _usable_step_summary(config, options)
+    junitxml = config.getoption("xmlpath", None)
     try:
-        check_distinct({**options.typed, "--junitxml": str(junitxml) if junitxml else None})
-        for option in ("--taichi-limits-json", "--taichi-limits-save-baseline"):
-            typed = options.typed[option]
-            if typed is not None:
+        check_distinct(
+            {
+                **outputs.named(),
+                "--junitxml": str(junitxml) if junitxml else None,
+                STEP_SUMMARY_NAME: step_summary,
+            }
+        )
+        for option, typed in outputs.named().items():
+            if typed is not None and option != "--taichi-limits-log":
                 check_replaceable(option, typed)
     except OutputError as error:
         raise pytest.UsageError(str(error)) from None
-    if options.save_path is not None:
+    if outputs.save_baseline is not None:
         try:  # a corrupt, conflicted or old file would be found only after every test ran
-            baselines.previous_for_save(options.save_path, options.replace)
+            baselines.previous_for_save(resolve(outputs.save_baseline), options.replace_baseline)
         except baselines.BaselineError as error:
             raise pytest.UsageError(
                 f"--taichi-limits-save-baseline: {error} (or overwrite it with "
                 "--taichi-limits-baseline-replace)"
             ) from None
+    markdown = outputs.markdown if step_summary is None else step_summary
+    return ci.CiOutputs(
+        markdown_path=None if markdown is None else resolve(markdown),
+        markdown_append=step_summary is not None,
+        html_path=None if outputs.html is None else resolve(outputs.html),
+    )
 
 
-def register(config: pytest.Config) -> None:
-    options = read_options(config)
-    # The xdist controller checked the outputs already; its workers write only the log.
-    if not hasattr(config, "workerinput"):
-        check_outputs(config, options)
-    typed_log = options.typed["--taichi-limits-log"]
-    if typed_log is not None:
-        log = UsageLog(typed_log)
+def register(config: pytest.Config, options: Options, baseline: baselines.Baseline | None) -> None:
+    """Register the results' plugins, each where it works (see the module's docstring).
+    `baseline`: load_baseline's."""
+    writes = not is_xdist_worker(config)  # the xdist controller checked the outputs already
+    ci_outputs = check_outputs(config, options) if writes else None
+    if options.outputs.log is not None:  # every process that runs tests appends to it
+        log = UsageLog(options.outputs.log)
         log.check()
         config.pluginmanager.register(log, LOG_PLUGIN_NAME)
-    config.pluginmanager.register(TaichiLimitsReports(config, options), PLUGIN_NAME)
-    ci.register(config)
+    config.pluginmanager.register(RecordMaker(options, baseline), RECORDS_PLUGIN_NAME)
+    if ci_outputs is not None:
+        results = SessionResults(config, options, baseline)
+        config.pluginmanager.register(results, PLUGIN_NAME)
+        ci.register(config, ci_outputs, results, options.top)
 
 
 def _mark_interrupted(item: pytest.Item, reports: list[pytest.TestReport], reason: str) -> None:
@@ -270,54 +151,12 @@ def _mark_interrupted(item: pytest.Item, reports: list[pytest.TestReport], reaso
         reports.insert(1, interrupted_report(item, "call", reason))
 
 
-class TaichiLimitsReports:
-    """Records, JSON report, baseline, suggestions and the terminal summary of one session."""
+class RecordMaker:
+    """In the process that ran the test: durations, the baseline compare, the record."""
 
-    def __init__(self, config: pytest.Config, options: ReportOptions) -> None:
-        self.config = config
+    def __init__(self, options: Options, baseline: baselines.Baseline | None) -> None:
         self.options = options
-        self.environment = session_environment()
-        # An xdist worker: it compares, but the controller records and writes.
-        self.is_worker = hasattr(config, "workerinput")
-        self.collector = RecordCollector()
-        self.baseline: baselines.Baseline | None = None
-        if options.compare_path is not None:
-            try:
-                self.baseline = compared_baseline(config, options.compare_path)
-            except baselines.BaselineError as error:
-                raise pytest.UsageError(f"--taichi-limits-compare: {error}") from None
-        self.written: list[str] = []  # what the summary tells about files written
-        self.write_errors: list[str] = []
-        self.interrupted = False  # Ctrl-C or pytest.exit, whatever the exit status says
-        self.source: Source | None = None  # the run's commit, branch, command line
-        self.loop_finished = False  # the run loop returned: every selected test had its turn
-        self.interrupt_status = int(pytest.ExitCode.INTERRUPTED)  # what pytest exits with then
-
-    # -- header ---------------------------------------------------------------------------------
-
-    def pytest_report_header(self) -> list[str]:
-        lines = []
-        if self.baseline is not None:
-            verdict = "warn" if self.options.warn_only else "fail"
-            lines.append(
-                f"taichi-limits: comparing with baseline {self.baseline.path} "
-                f"({len(self.baseline.tests)} tests); tolerance "
-                f"{self.options.tolerance.describe()}; a test that grew beyond it "
-                f"will {verdict}"
-            )
-            lines += [
-                f"taichi-limits: WARNING: {line}"
-                for line in self.baseline.environment_warnings(self.environment)
-            ]
-        if self.options.save_path is not None:
-            how = "replacing it" if self.options.replace else "merging into it"
-            lines.append(
-                f"taichi-limits: saving the figures of passed tests to "
-                f"{self._shown(self.options.save_path)} ({how})"
-            )
-        return lines
-
-    # -- in the process that ran the test: durations, compare, the record -----------------------
+        self.baseline = baseline
 
     @pytest.hookimpl(trylast=True)  # after any other implementation changed the reports
     def pytest_taichi_limits_reports(
@@ -362,7 +201,7 @@ class TaichiLimitsReports:
             item.nodeid,
             record,
             warn_only,
-            self.options.typed.get("--taichi-limits-json"),
+            self.options.outputs.json,
         )
         if warn_only:
             try:
@@ -384,11 +223,57 @@ class TaichiLimitsReports:
                 call.sections.append(("taichi_limits regression", text))
         return Regression(warn_only, text, tuple(compared))
 
+
+class SessionResults:
+    """Where reports are logged: records, JSON report, baseline, suggestions and the terminal
+    summary of one session."""
+
+    def __init__(
+        self, config: pytest.Config, options: Options, baseline: baselines.Baseline | None
+    ) -> None:
+        self.config = config
+        self.options = options
+        self.environment = session_environment()
+        self.collector = RecordCollector()
+        self.baseline = baseline
+        outputs = options.outputs
+        self.json_path = None if outputs.json is None else resolve(outputs.json)
+        self.save_path = None if outputs.save_baseline is None else resolve(outputs.save_baseline)
+        self.written: list[str] = []  # what the summary tells about files written
+        self.write_errors: list[str] = []
+        self.interrupted = False  # Ctrl-C or pytest.exit, whatever the exit status says
+        self.source: Source | None = None  # the run's commit, branch, command line
+        self.loop_finished = False  # the run loop returned: every selected test had its turn
+        self.interrupt_status = int(pytest.ExitCode.INTERRUPTED)  # what pytest exits with then
+
+    # -- header ---------------------------------------------------------------------------------
+
+    def pytest_report_header(self) -> list[str]:
+        lines = []
+        if self.baseline is not None:
+            verdict = "warn" if self.options.warn_only else "fail"
+            lines.append(
+                f"taichi-limits: comparing with baseline {self.baseline.path} "
+                f"({len(self.baseline.tests)} tests); tolerance "
+                f"{self.options.tolerance.describe()}; a test that grew beyond it "
+                f"will {verdict}"
+            )
+            lines += [
+                f"taichi-limits: WARNING: {line}"
+                for line in self.baseline.environment_warnings(self.environment)
+            ]
+        if self.save_path is not None:
+            how = "replacing it" if self.options.replace_baseline else "merging into it"
+            lines.append(
+                f"taichi-limits: saving the figures of passed tests to "
+                f"{self._shown(self.save_path)} ({how})"
+            )
+        return lines
+
     # -- records, where reports are logged ------------------------------------------------------
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if not self.is_worker:
-            self.collector.add(report)
+        self.collector.add(report)
 
     def _baseline_section(self, records: list[UsageRecord]) -> BaselineSection | None:
         if self.baseline is None:
@@ -463,25 +348,21 @@ class TaichiLimitsReports:
     # pytest with no report at all); every record is in by then.
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        if self.is_worker:
-            return
         records = self.collector.records
         self.write_errors += self.collector.problems
         complete = self._complete(exitstatus, records)
-        if self.options.json_path is not None:
+        if self.json_path is not None:
             report = self.session_report(exitstatus)
-            self._write(
-                "JSON report", self.options.json_path, lambda path: jsonreport.write(path, report)
-            )
-        if self.options.save_path is not None:
+            self._write("JSON report", self.json_path, lambda path: jsonreport.write(path, report))
+        if self.save_path is not None:
             if not complete:
                 self.written.append(
                     f"baseline not saved to "
-                    f"{self._shown(self.options.save_path)}: the session was "
+                    f"{self._shown(self.save_path)}: the session was "
                     "interrupted"
                 )
             else:
-                self._save_baseline(self.options.save_path, records)
+                self._save_baseline(self.save_path, records)
         if self.write_errors and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
 
@@ -491,8 +372,8 @@ class TaichiLimitsReports:
                 target,
                 records,
                 self.environment,
-                self.options.replace,
-                timelines=bool(self.config.getoption(ci.TIMELINE_IN_BASELINE, False)),
+                self.options.replace_baseline,
+                timelines=self.options.timeline_in_baseline,
             )
             skipped = len(records) - written
             self.written.append(
@@ -515,8 +396,6 @@ class TaichiLimitsReports:
     # -- terminal summary -----------------------------------------------------------------------
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if self.is_worker:
-            return
         records = self.collector.records
         lines: list[str] = []
         if records:

@@ -19,35 +19,26 @@ from typing import Any
 import pytest
 
 from ..model.records import Usage, Violation
-from .outputs import nearest_directory, resolve, shown
+from .outputs import OutputError, check_appendable, open_for_append, resolve, shown
 
 OPTION = "--taichi-limits-log"
-
-#: Open flags: O_NONBLOCK so that a FIFO without a reader is an error (ENXIO), never a hang.
-_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK
 
 
 class UsageLog:
     """Collects a test's lines from the hooks and appends them once its reports are logged."""
 
     def __init__(self, typed: str) -> None:
+        self.typed = typed
         self.path = resolve(typed)  # once: an os.chdir during the run must not move the log
         self.shown = shown(typed, self.path)
         self._pending: list[dict[str, Any]] = []
 
     def check(self) -> None:
         """Before any test: the file can be appended to. Raises pytest.UsageError."""
-        directory = nearest_directory(self.path)
         try:
-            if not os.path.isdir(directory):
-                raise NotADirectoryError(errno.ENOTDIR, f"{directory!r} is not a directory")
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)  # as --junitxml does
-            os.close(_open(self.path))
-        except OSError as error:
-            raise pytest.UsageError(
-                f"{OPTION}: cannot append to {self.shown}: {_reason(error)} (give a regular "
-                "file, or a FIFO that is being read, in a writable directory)"
-            ) from None
+            check_appendable(OPTION, self.typed)
+        except OutputError as error:
+            raise pytest.UsageError(str(error)) from None
 
     def pytest_taichi_limits_usage(self, item: pytest.Item, usage: Usage) -> None:
         self._pending.append({"event": "usage", **usage.to_json()})
@@ -77,22 +68,9 @@ class UsageLog:
             ) from None
 
 
-def _open(path: str) -> int:
-    fd = os.open(path, _FLAGS, 0o644)
-    # Non-blocking was for the open only: a FIFO with a slow reader is waited for, not lost.
-    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
-    return fd
-
-
-def _reason(error: OSError) -> str:
-    if error.errno == errno.ENXIO:
-        return "it is a FIFO that no process is reading"
-    return error.strerror or str(error)
-
-
 def append_whole_lines(path: str, data: bytes) -> None:
     """Append `data` in one write, or not at all: a full disk must not leave half a line."""
-    fd = _open(path)
+    fd = open_for_append(path)
     try:
         regular = stat.S_ISREG(os.fstat(fd).st_mode)
         if regular:

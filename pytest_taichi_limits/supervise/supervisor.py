@@ -15,6 +15,7 @@ import select
 import signal
 import socket
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -22,7 +23,18 @@ from ..config.budget import Budget
 from ..config.units import MIB
 from ..formats.environment import taichi_arch
 from ..ipc.channel import ChannelReader
-from ..ipc.protocol import STACK_SIGNAL, STOP_COMMAND, Kind, RunCommand
+from ..ipc.protocol import (
+    STACK_SIGNAL,
+    Done,
+    Exit,
+    Fixtures,
+    Message,
+    Phase,
+    Ready,
+    RunCommand,
+    StopCommand,
+    encode_command,
+)
 from ..measure import cgroup, gpu, memory
 from ..measure.proctree import (
     ProcessTree,
@@ -40,6 +52,7 @@ if TYPE_CHECKING:
     from ..config.settings import Settings
 
 __all__ = [
+    "STOP_TIMEOUT_S",
     "ExitInfo",
     "Launched",
     "RunResult",
@@ -61,6 +74,15 @@ _MAX_SLEEP_S = 0.1
 #: (about 1-4 GB/s per core), so the supervisor is never late.
 _WORST_RSS_GROWTH_BYTES_PER_S = 8 * 1024**3
 _CPU_COUNT = os.cpu_count() or 1
+#: After a child says `done` (or `ready`), how long the parent looks for it waiting on the control
+#: socket at this short pace before it goes back to its usual one: the real child is there within
+#: microseconds, a test that forged the word may never be.
+_WAIT_LOOK_S = 0.01
+_WAIT_POLL_S = 0.001
+#: How long a child may take to tear down after its last test (module and session fixtures'
+#: finalizers, Taichi's offline cache) before it is killed.
+STOP_TIMEOUT_S = 60.0
+_STOP = encode_command(StopCommand())
 
 
 class Launched(Protocol):
@@ -75,6 +97,9 @@ class Launched(Protocol):
     channel_fd: int
     stack_fd: int
     control_fd: int
+    #: the inode of the child's end of the control socket: the parent sees in /proc when the
+    #: child's main thread waits there for its next command, back in the plugin's hands
+    control_inode: int
 
     def wait_fd(self) -> int | None:
         """An fd that becomes readable when the child ends (or None: poll)."""
@@ -103,14 +128,30 @@ class _Told:
     admission: Admitted | None
 
     @classmethod
-    def of(cls, messages: list[dict[str, Any]], admission: Admitted | None) -> _Told:
-        exits = [message for message in messages if message["t"] == Kind.EXIT.value]
+    def of(cls, messages: list[Message], admission: Admitted | None) -> _Told:
+        exits = [message for message in messages if isinstance(message, Exit)]
         return cls(
             taichi_arch(messages),
             tuple(verdict.clamp_notes(messages)),
-            verdict.describe_exit(exits[-1]) if exits else "",
+            exits[-1].describe() if exits else "",
             admission,
         )
+
+
+@dataclass(frozen=True)
+class _Figures:
+    """What the parent measured of a test: at its end, or, for the last test of its child, when
+    it was over (`done`, the child waiting): what the child does afterwards (Taichi's reset,
+    leaving) is not the test's work."""
+
+    wall_s: float
+    peaks: _Peaks  # a copy: the watch goes on updating its own
+    kernel_peak_bytes: int
+    own_memory_bytes: int
+    memory_method: str
+    timeline: Mapping[str, Any]
+    ending: Ending | None
+    exit_cpu_s: float  # the child's CPU time from wait4 when its whole life was this test
 
 
 @dataclass
@@ -126,6 +167,9 @@ class _TestStart:
     tests_before: int  # tests this child ran before this one
     mem: memory.MemoryWatch  # the test's own memory (measure/memory.py)
     shm_before: frozenset[tuple[str, int]]  # what /dev/shm held when the test started
+    #: the last test of its child: its figures when it was over (`done`, the child waiting);
+    #: its budget still holds until the child has exited
+    at_done: _Figures | None = None
 
 
 class Worker:
@@ -160,6 +204,8 @@ class Worker:
         self._closed = False
         self._ready = False
         self._next_message = 0  # the first message that belongs to the next test
+        self._fixtures_up: tuple[str, ...] = ()  # the child's last word on them (Fixtures)
+        self._sees_waits = True  # False once /proc cannot show where the child waits
 
     @property
     def pid(self) -> int:
@@ -242,9 +288,8 @@ class Worker:
             "call",
             "",
         )
-        return RunResult(
-            self.reader.messages[self._next_message :], usage, None, crash, None, "call"
-        )
+        messages = self.reader.messages[self._next_message :]
+        return RunResult(messages, usage, None, crash, None, "call", self._untorn(messages))
 
     def _run_test(
         self,
@@ -259,15 +304,15 @@ class Worker:
             # is watched under the first test's budget; its figures start when it is ready.
             startup = self._begin(nodeid, budget, exact=self.mode != "fork")
             peaks = _Peaks(rss_bytes=startup.rss_bytes, cpu_s=startup.cpu_s)
-            violation, ready = self._watch(startup, peaks, Kind.READY)
+            violation, ready = self._watch(startup, peaks, Ready)
             if not ready:
                 return self._result(startup, peaks, violation, False, admission)
             self._ready = True
         start = self._begin(nodeid, budget)
         self.tests_run += 1
-        self._send(RunCommand(index, next_index, budget.cpu_s, budget.gpu_gb).encode())
+        self._send(encode_command(RunCommand(index, next_index, budget.cpu_s, budget.gpu_gb)))
         peaks = _Peaks(rss_bytes=start.rss_bytes, cpu_s=start.cpu_s)
-        violation, finished = self._watch(start, peaks, Kind.DONE)
+        violation, finished = self._watch(start, peaks, Done, last=next_index is None)
         return self._result(start, peaks, violation, finished, admission)
 
     def _send(self, command: bytes) -> None:
@@ -303,41 +348,52 @@ class Worker:
         )
 
     def _watch(
-        self, start: _TestStart, peaks: _Peaks, until: Kind
+        self, start: _TestStart, peaks: _Peaks, until: _Until, last: bool = False
     ) -> tuple[Violation | None, bool]:
-        """Sample and check until the child says `until` (ready, or done with the test),
-        ended, or crossed a limit; (violation, whether `until` came)."""
+        """Sample and check until the child is back in the plugin's hands after `until` (ready,
+        or done with the test), ended, or crossed a limit; (violation, whether it finished).
+
+        The child's word is not enough: the test may forge it. The test is over once the parent
+        sees (in /proc) the child's main thread wait on the control socket for its next command.
+        The `last` test of a child is over when the child has exited: it is asked to stop then,
+        and the budget holds until it is gone, while its figures are those of that moment."""
         child, reader, sample = self.child, self.reader, self._sample
         # The child rings the control socket after `ready` and `done`: those wake the loop at
         # once. Other messages wake it at most once per interval (each wake-up costs the parent
         # about 0.2 ms of CPU; the 1 MiB pipe holds what the child writes meanwhile).
         always = [fd for fd in (child.control_fd, child.wait_fd()) if fd is not None]
         with_channel = [child.channel_fd, *always]
-        progress = _Progress(start.first_message, until)
+        progress = _Progress(start.first_message, until, start.nodeid)
         sampled_at = heard_at = -math.inf
-        overflow_stopped = False
+        told_at = held_at = math.inf  # when the child said `until`; when it was asked to stop
+        overflow_stopped = holding = False
         while True:
             quiet_s = time.monotonic() - heard_at
             listen = not reader.closed and quiet_s >= self.settings.interval_s
-            ready, _, _ = select.select(
-                with_channel if listen else always,
-                [],
-                [],
-                self._next_sleep(start, peaks, time.monotonic() - start.monotonic),
-            )
+            sleep_s = self._next_sleep(start, peaks, time.monotonic() - start.monotonic)
+            if not holding and time.monotonic() - told_at < _WAIT_LOOK_S:
+                sleep_s = min(sleep_s, _WAIT_POLL_S)  # it is about to wait: look again soon
+            ready, _, _ = select.select(with_channel if listen else always, [], [], sleep_s)
             if child.channel_fd in ready:
                 heard_at = time.monotonic()
             if child.control_fd in ready:
                 _take_bells(child.control_fd)
             reader.drain()
-            progress.update(reader.messages, start.nodeid)
+            progress.update(reader.messages)
             now = time.monotonic()
-            if progress.done or not ready or now - sampled_at >= self.settings.interval_s:
+            if progress.told and told_at == math.inf:
+                told_at = now
+            back = progress.told and not holding and self._waits_for_command()
+            if back:
+                reader.drain()  # what it wrote before it began to wait is all this test's
+                progress.update(reader.messages)
+            if back or not ready or now - sampled_at >= self.settings.interval_s:
                 self.tree.sample(sample)
                 peaks.take(sample, self.gpu_probe)
                 mem = start.mem
-                if progress.done or mem.due(sample, now):
-                    # At `done` the child is idle: the exact figure of the finished test.
+                if back or mem.due(sample, now):
+                    # Back in the plugin's hands, the child is idle: the exact figure of the
+                    # finished test.
                     mem.exact(self.tree, sample, now)
                 own_bytes = mem.estimate(sample)  # where only RSS can be read, this keeps its peak
                 if sample.processes:  # the report's timeline (model/timeline.py)
@@ -352,16 +408,41 @@ class Worker:
             if violation is not None:
                 self._stop_tree()
                 return violation, False
-            if progress.done:
-                return None, True
+            if back:
+                if not last:
+                    return None, True
+                # Its last test: what the child does until it has exited is still that test's.
+                start.at_done = self._figures(
+                    start, peaks, linux.peak_rss_bytes(self.child.pid), None
+                )
+                holding, held_at = True, now
+                self._send(_STOP)
             if reader.overflowed and not overflow_stopped:
                 # Its `done` can no longer be heard: let it finish and leave.
                 overflow_stopped = True
-                self._send(STOP_COMMAND)
+                self._send(_STOP)
             self.exit_info = child.poll_exit(block=False)
             if self.exit_info is not None:
                 reader.drain()
-                return None, False
+                # Said `done` and left cleanly without being seen to wait (os._exit): its
+                # reports decide (results/replay.py); a crash is a crash.
+                said_done = progress.told and until is Done
+                return None, holding or (said_done and self.exit_info.ending.exit_code == 0)
+            if holding and now - held_at > STOP_TIMEOUT_S:
+                self._stop_tree()  # its teardown hangs: the test itself was over
+                return None, True
+
+    def _waits_for_command(self) -> bool:
+        """Whether the child's main thread waits on the control socket, as the kernel shows it:
+        the word `ready` or `done` can be forged by the test, that cannot. Where /proc cannot
+        show it, the child's word is taken (docs/how-it-works.md says so)."""
+        if not self._sees_waits:
+            return True
+        waiting = linux.blocked_reading(self.child.pid, self.child.control_inode)
+        if waiting is None:
+            self._sees_waits = False
+            return True
+        return waiting
 
     def _next_sleep(self, start: _TestStart, peaks: _Peaks, elapsed_s: float) -> float:
         """A quarter of the shortest time in which any limit could be reached, within bounds."""
@@ -461,10 +542,20 @@ class Worker:
         messages = self.reader.messages[start.first_message :]
         self._next_message = len(self.reader.messages)
         phase = _Progress.last_phase(messages) if self._ready else "collection"
-        peak_rss_bytes = self._peak_rss(start, finished)
-        told = _Told.of(messages, admission)
-        usage = self._usage(start, peaks, peak_rss_bytes, told, violation)
-        result = RunResult(messages, usage, violation, None, self.reader.problem, phase)
+        if start.at_done is not None and violation is None:
+            figures = start.at_done
+        else:
+            figures = self._figures(start, peaks, self._peak_rss(start, finished), violation)
+        usage = self._usage(start, figures, _Told.of(messages, admission))
+        result = RunResult(
+            messages,
+            usage,
+            violation,
+            None,
+            self.reader.problem,
+            phase,
+            self._untorn(messages),
+        )
         if violation is not None:
             result.violation = dataclasses.replace(violation, signals_sent=self._signals_sent)
             return result
@@ -495,6 +586,14 @@ class Worker:
             )
         return result
 
+    def _untorn(self, messages: list[Message]) -> tuple[str, ...]:
+        """The fixtures above function scope still set up when the child ended: their teardown
+        never ran (killed at the end of the grace period, or crashed)."""
+        for message in messages:
+            if isinstance(message, Fixtures):
+                self._fixtures_up = message.up
+        return self._fixtures_up if self.exit_info is not None else ()
+
     def _shm_left(self, start: _TestStart) -> tuple[str, ...]:
         """What the test created in /dev/shm and left there (removed with
         --taichi-limits-clean-shm; listed in its report either way)."""
@@ -505,51 +604,65 @@ class Worker:
 
     def _peak_rss(self, start: _TestStart, finished: bool) -> int:
         """The kernel's exact peak RSS of the child during this test (0: not known)."""
-        if finished:
-            return linux.peak_rss_bytes(self.child.pid)
         if self.exit_info is not None and start.tests_before == 0:
             return self.exit_info.maxrss_bytes  # its whole life was this one test
+        if finished:
+            return linux.peak_rss_bytes(self.child.pid)
         return 0
 
-    def _usage(
+    def _figures(
         self,
         start: _TestStart,
         peaks: _Peaks,
         kernel_peak_bytes: int,
-        told: _Told,
         violation: Violation | None,
-    ) -> Usage:
+    ) -> _Figures:
+        """The test's figures now (`kernel_peak_bytes`: its exact peak RSS; 0: not known)."""
+        exit_info = self.exit_info
+        return _Figures(
+            wall_s=time.monotonic() - start.monotonic,
+            peaks=dataclasses.replace(peaks),
+            kernel_peak_bytes=kernel_peak_bytes,
+            own_memory_bytes=start.mem.peak_bytes,
+            memory_method=start.mem.method,
+            timeline=peaks.timeline.to_json(
+                None if violation is None else violation.at - start.started_at
+            ),
+            ending=None if exit_info is None else exit_info.ending,
+            exit_cpu_s=exit_info.cpu_s if exit_info and start.tests_before == 0 else 0.0,
+        )
+
+    def _usage(self, start: _TestStart, figures: _Figures, told: _Told) -> Usage:
         """The test's usage, complete: built once, never replaced."""
-        exit_cpu_s = self.exit_info.cpu_s if self.exit_info and start.tests_before == 0 else 0.0
+        peaks = figures.peaks
         gpu_peak = None if peaks.gpu_bytes is None else max(0, peaks.gpu_bytes - start.gpu_bytes)
         return Usage(
             nodeid=start.nodeid,
             pid=self.child.pid,
             started_at=start.started_at,
-            wall_s=time.monotonic() - start.monotonic,
-            cpu_s=max(peaks.cpu_s - start.cpu_s, exit_cpu_s),
+            wall_s=figures.wall_s,
+            cpu_s=max(peaks.cpu_s - start.cpu_s, figures.exit_cpu_s),
             start_rss_bytes=start.rss_bytes,
             peak_own_rss_bytes=max(0, peaks.rss_bytes - start.rss_bytes),
-            peak_own_memory_bytes=start.mem.peak_bytes,
-            memory_method=start.mem.method,
+            peak_own_memory_bytes=figures.own_memory_bytes,
+            memory_method=figures.memory_method,
             peak_rss_bytes=peaks.rss_bytes,
             peak_vms_bytes=peaks.vms_bytes,
-            kernel_maxrss_bytes=kernel_peak_bytes,
+            kernel_maxrss_bytes=figures.kernel_peak_bytes,
             gpu_peak_bytes=gpu_peak,
             gpu_note=self.gpu_probe.note,
             samples=peaks.samples,
             budget=start.budget,
             mode=self.mode,
-            ending=None if self.exit_info is None else self.exit_info.ending,
+            ending=figures.ending,
             worker_pid=self.child.pid,
             worker_test_number=start.tests_before + 1,
             arch=told.arch,
             gpu_clamps=told.gpu_clamps,
             interrupted=told.interrupted,
             admission=told.admission,
-            timeline=peaks.timeline.to_json(
-                None if violation is None else violation.at - start.started_at
-            ),
+            timeline=figures.timeline,
+            # at the end, even for the last test of its child: what its teardown left counts
             shm_files_left=self._shm_left(start),
         )
 
@@ -583,12 +696,13 @@ class Worker:
                 Ending(None, signal.SIGKILL), 0, 0.0
             )
         self.exit_info = exit_info
+        reader.drain()  # its last words, as far as it got: which fixtures it tore down
 
     def stop(self, timeout_s: float) -> None:
         """Ask an idle child to tear down and leave; kill it if it has not within `timeout_s`
         (its teardown runs the last fixtures' finalizers and writes Taichi's kernel cache)."""
         if self.exit_info is None:
-            self._send(STOP_COMMAND)
+            self._send(_STOP)
             deadline = time.monotonic() + timeout_s
             wait_fd = self.child.wait_fd()
             while self.exit_info is None and time.monotonic() < deadline:
@@ -647,35 +761,34 @@ class _Peaks:
             self.gpu_bytes = max(self.gpu_bytes or 0, self.gpu_now)
 
 
+_Until = type[Ready] | type[Done]
+
+
 @dataclass
 class _Progress:
     """What the child has told about the running test: its phase, and whether it said `until`
-    (ready: set up; done: the test `nodeid` is over)."""
+    (ready: set up; done: the test `nodeid` is over). Only its word: see Worker._watch."""
 
     seen: int
-    until: Kind
+    until: _Until
+    nodeid: str
     phase: str = "setup"
-    done: bool = False
+    told: bool = False
 
-    def update(self, messages: list[dict[str, Any]], nodeid: str) -> None:
-        for message in messages[self.seen :]:
-            kind = message["t"]
-            if kind == Kind.PHASE.value and isinstance(message.get("when"), str):
-                self.phase = message["when"]
-            elif kind == self.until.value and (
-                self.until is Kind.READY or message.get("nodeid") == nodeid
-            ):
-                self.done = True
+    def update(self, messages: list[Message]) -> None:
+        for index in range(self.seen, len(messages)):
+            message = messages[index]
+            if isinstance(message, Phase):
+                self.phase = message.when
+            elif isinstance(message, Done):
+                self.told = self.told or (self.until is Done and message.nodeid == self.nodeid)
+            elif isinstance(message, Ready):
+                self.told = self.told or self.until is Ready
         self.seen = len(messages)
 
     @staticmethod
-    def last_phase(messages: list[dict[str, Any]]) -> str:
-        phases = [
-            m["when"]
-            for m in messages
-            if m["t"] == Kind.PHASE.value and isinstance(m.get("when"), str)
-        ]
-        return phases[-1] if phases else "setup"
+    def last_phase(messages: list[Message]) -> str:
+        return next((m.when for m in reversed(messages) if isinstance(m, Phase)), "setup")
 
 
 def _take_bells(control_fd: int) -> None:

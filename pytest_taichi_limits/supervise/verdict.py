@@ -11,13 +11,24 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from ..config.budget import Budget
 from ..config.units import MIB
-from ..ipc.protocol import CLAMP_NOTE, EXIT_DONE, Kind
+from ..ipc.protocol import (
+    CLAMP_NOTE,
+    EXIT_DONE,
+    ChildEnded,
+    Exit,
+    InternalError,
+    Message,
+    Note,
+    Refused,
+    TaichiDeviceOom,
+    TaichiInit,
+    TaichiInitDone,
+)
 from ..model.records import Crash, Ending, Usage, Violation, signal_name
 
 
@@ -28,6 +39,11 @@ class ExitInfo:
     ending: Ending
     maxrss_bytes: int
     cpu_s: float
+
+    @classmethod
+    def of(cls, ended: ChildEnded) -> ExitInfo:
+        """From the exit status line of the keeper or the zygote (ipc/protocol.py)."""
+        return cls(Ending.from_wait_status(ended.wait_status), ended.maxrss_bytes, ended.cpu_s)
 
 
 class _Child(Protocol):
@@ -107,10 +123,10 @@ def after_the_fact(
 
 
 def device_oom(
-    nodeid: str, budget: Budget, usage: Usage, messages: list[dict[str, Any]], pid: int
+    nodeid: str, budget: Budget, usage: Usage, messages: list[Message], pid: int
 ) -> Violation | None:
     """Taichi's own device out-of-memory error, under a gpu_gb cap, is that budget's."""
-    found = next((m for m in messages if m["t"] == Kind.TAICHI_DEVICE_OOM.value), None)
+    found = next((m for m in messages if isinstance(m, TaichiDeviceOom)), None)
     if found is None or budget.gpu_gb is None:
         return None
     measured = (usage.gpu_peak_bytes or 0) / 1024**3
@@ -119,35 +135,35 @@ def device_oom(
         "gpu_gb",
         budget.gpu_gb,
         measured,
-        f"Taichi (device memory: {found.get('what')}; ti.init capped at "
+        f"Taichi (device memory: {found.what}; ti.init capped at "
         f"device_memory_GB<={budget.gpu_gb:g})",
-        str(found.get("phase") or "call"),
+        found.phase or "call",
         pid,
         time.time(),
         (),
         "",
-        detail=str(found.get("line")),
+        detail=found.line,
     )
 
 
 def crash(
     nodeid: str,
     exit_info: ExitInfo | None,
-    messages: list[dict[str, Any]],
+    messages: list[Message],
     phase: str,
     channel_problem: str | None,
     child: _Child,
 ) -> Crash | None:
     """Why a test that did not finish ended (None: it ended as the protocol says)."""
-    kinds = {message["t"] for message in messages}
     ending = exit_info.ending if exit_info is not None else Ending(None, None)
-    if Kind.EXIT.value in kinds and ending.signal_number is None and ending.exit_code == EXIT_DONE:
+    exited = any(isinstance(message, Exit) for message in messages)
+    if exited and ending.signal_number is None and ending.exit_code == EXIT_DONE:
         return None
     cause = child.crash_cause()
-    internal = [m for m in messages if m["t"] == Kind.INTERNAL_ERROR.value]
-    refused = [m for m in messages if m["t"] == Kind.REFUSED.value]
+    internal = [m for m in messages if isinstance(m, InternalError)]
+    refused = [m for m in messages if isinstance(m, Refused)]
     if refused:
-        reason = str(refused[-1].get("text"))
+        reason = refused[-1].text
     elif cause is not None:
         reason = cause
     elif ending.signal_number is not None:
@@ -155,7 +171,7 @@ def crash(
         if ending.signal_number == signal.SIGKILL:
             reason += " from outside the plugin (the kernel's OOM killer does this)"
     elif internal:
-        reason = "the plugin failed inside the test process: " + str(internal[-1].get("text"))
+        reason = "the plugin failed inside the test process: " + internal[-1].text
     elif channel_problem is not None:
         # It did send, but what arrived was unusable: say that, not "it sent nothing".
         reason = (
@@ -169,35 +185,26 @@ def crash(
     return Crash(nodeid, reason, phase, read_stack(child.stack_fd), hint=init_crash_hint(messages))
 
 
-def clamp_notes(messages: list[dict[str, Any]]) -> list[str]:
+def clamp_notes(messages: list[Message]) -> list[str]:
     """Distinct clamp notes, in the order the child sent them."""
     notes: list[str] = []
     for message in messages:
-        if message["t"] == Kind.NOTE.value and message.get("key") == CLAMP_NOTE:
-            text = str(message.get("text"))
-            if text not in notes:
-                notes.append(text)
+        if isinstance(message, Note) and message.key == CLAMP_NOTE and message.text not in notes:
+            notes.append(message.text)
     return notes
 
 
-def describe_exit(message: Mapping[str, Any]) -> str:
-    """How a test stopped the session, from the child's "exit" message, for its usage."""
-    if message.get("reason") == "interrupt":
-        return "KeyboardInterrupt"
-    return f"pytest.exit({str(message.get('message'))!r}, returncode={message.get('returncode')})"
-
-
-def init_crash_hint(messages: list[dict[str, Any]]) -> str:
+def init_crash_hint(messages: list[Message]) -> str:
     """A hint when the child died inside ti.init (a backend probe that crashed), else ""."""
-    started = None
+    started: TaichiInit | None = None
     for message in messages:
-        if message.get("t") == Kind.TAICHI_INIT.value:
+        if isinstance(message, TaichiInit):
             started = message
-        elif message.get("t") == Kind.TAICHI_INIT_DONE.value:
+        elif isinstance(message, TaichiInitDone):
             started = None
     if started is None:
         return ""
-    arch, source = started.get("arch"), started.get("arch_from")
+    arch, source = started.arch, started.arch_from
     where = f"TI_ARCH={arch}" if source == "TI_ARCH" else f"arch={arch} ({source})"
     return (
         f"it crashed inside ti.init with {where}, while Taichi set up that backend. "

@@ -34,18 +34,12 @@ import pytest
 from ..config.budget import Budget
 from ..config.units import GIB
 from ..ipc.channel import ChannelWriter
-from ..ipc.protocol import CLAMP_NOTE, Kind
+from ..ipc.protocol import CLAMP_NOTE, Note, TaichiDeviceOom, TaichiInit, TaichiInitDone
 from . import reinit
 from .hooks import install_init_wrapper, set_init_context
 
 #: Taichi's own default for device_memory_GB (taichi/program/compile_config.cpp).
 TAICHI_DEFAULT_DEVICE_MEMORY_GB = 1.0
-
-#: Channel message kinds this module sends.
-INIT_STARTED = Kind.TAICHI_INIT.value
-INIT_DONE = Kind.TAICHI_INIT_DONE.value
-DEVICE_OOM = Kind.TAICHI_DEVICE_OOM.value
-
 
 # -- the cap ------------------------------------------------------------------------------------
 
@@ -145,7 +139,7 @@ class GpuCap:
     ) -> Any:
         reinit.cancel()  # the test's own init: the pytest process's is not replayed
         arch = args[0] if args else kwargs.get("arch")
-        self.writer.send(INIT_STARTED, **requested_arch(arch, os.environ))
+        self.writer.send(TaichiInit(*requested_arch(arch, os.environ)))
         if self.cap_gb is not None:
             request = memory_request(kwargs, os.environ)
             total = self.device_total() if request.fraction else None
@@ -153,16 +147,16 @@ class GpuCap:
             kwargs["device_memory_GB"] = capped.device_memory_GB
             kwargs["device_memory_fraction"] = capped.device_memory_fraction
             if capped.clamped:
-                self._send_clamp(capped, capped.note())
+                self._send_clamp(capped.note())
         try:
             return original(*args, **kwargs)
         finally:
-            self.writer.send(INIT_DONE, **_applied_arch())
+            self.writer.send(TaichiInitDone(_applied_arch()))
 
     def check_resolved(self, arch: Any, through_wrapper: bool) -> None:
         if not through_wrapper:
-            # No INIT_STARTED was sent for this call: at least the record names the arch.
-            self.writer.send(INIT_DONE, arch=arch_name(arch))
+            # No TaichiInit was sent for this call: at least the record names the arch.
+            self.writer.send(TaichiInitDone(arch_name(arch)))
         if self.cap_gb is None:
             return
         from taichi.lang import impl
@@ -179,37 +173,38 @@ class GpuCap:
             text = capped.note()
             if not through_wrapper:  # only then is it true
                 text += " (ti.init was reached through a reference the plugin could not replace)"
-            self._send_clamp(capped, text)
+            self._send_clamp(text)
 
-    def _send_clamp(self, capped: CappedMemory, text: str) -> None:
-        self.writer.send(
-            "note",
-            key=CLAMP_NOTE,
-            text=text,
-            asked=capped.request.describe(),
-            granted_gb=capped.device_memory_GB,
-            cap_gb=capped.cap_gb,
-        )
+    def _send_clamp(self, text: str) -> None:
+        self.writer.send(Note(CLAMP_NOTE, text))
 
 
-def _applied_arch() -> dict[str, str]:
+def _applied_arch() -> str | None:
     """The arch Taichi chose, where it got that far (it falls back, e.g. cuda -> x64)."""
     try:
         from taichi.lang import impl
 
-        return {"arch": arch_name(impl.current_cfg().arch)}
+        return arch_name(impl.current_cfg().arch)
     except Exception:  # noqa: BLE001 - a failed ti.init has no program to ask
-        return {}
+        return None
 
 
-def requested_arch(arch: Any, environ: Mapping[str, str]) -> dict[str, str]:
+def current_arch() -> str | None:
+    """The arch of this process's Taichi program now; None when there is none (never replays
+    the pytest process's init to find out)."""
+    if not reinit.taichi_initialised():
+        return None
+    return _applied_arch()
+
+
+def requested_arch(arch: Any, environ: Mapping[str, str]) -> tuple[str, str]:
     """The arch a ti.init call will try, by name, and where that came from."""
     env_arch = environ.get("TI_ARCH")
     if env_arch is not None:
-        return {"arch": env_arch, "arch_from": "TI_ARCH"}
+        return env_arch, "TI_ARCH"
     if arch is None:
-        return {"arch": "cpu", "arch_from": "Taichi's default"}
-    return {"arch": arch_name(arch), "arch_from": "argument"}
+        return "cpu", "Taichi's default"
+    return arch_name(arch), "argument"
 
 
 def arch_name(arch: Any) -> str:
@@ -251,7 +246,7 @@ def finish_child(writer: ChannelWriter) -> None:
     try:
         taichi.reset()
     except Exception as error:  # noqa: BLE001 - a failing reset must not hide the test's result
-        writer.send("note", key="taichi_reset_failed", text=f"{type(error).__name__}: {error}")
+        writer.send(Note("taichi_reset_failed", f"{type(error).__name__}: {error}"))
 
 
 def _has_program() -> bool:
@@ -300,5 +295,5 @@ def inspect_report(report: pytest.TestReport, writer: ChannelWriter) -> None:
         found = recognise_device_oom(text)
         if found is not None:
             what, line = found
-            writer.send(DEVICE_OOM, phase=report.when, what=what, line=line)
+            writer.send(TaichiDeviceOom(report.when, what, line))
             return

@@ -23,7 +23,7 @@ def fixture_arch(request: pytest.FixtureRequest) -> str:
     settings = request.config.stash.get(SETTINGS_KEY, None)
     configured = settings.arch if settings is not None else None
     if configured:
-        return check_arch(configured, "--taichi-limits-arch / ini taichi_limits_arch")
+        return check_arch(configured, "--taichi-limits-arch")  # checked at the start already
     return DEFAULT_ARCH
 
 
@@ -39,6 +39,14 @@ def taichi_limits_ti(request: pytest.FixtureRequest) -> Iterator[Any]:
     A test that uses it is supervised (with the default budget unless a marker says otherwise),
     so Taichi is only ever initialised in the test's own child process.
     """
+    if SETTINGS_KEY not in request.config.stash:
+        # The plugin is switched off (-p no:taichi-limits): Taichi would be initialised in the
+        # pytest process itself, unsupervised, which the fixture exists to prevent.
+        pytest.fail(
+            "the taichi_limits_ti fixture needs the taichi-limits plugin, which is switched off "
+            "(-p no:taichi-limits)",
+            pytrace=False,
+        )
     import taichi as ti
 
     budget = request.node.stash.get(BUDGET_KEY, None)

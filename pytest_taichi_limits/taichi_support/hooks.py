@@ -98,10 +98,6 @@ def set_init_context(context: InitContext | None) -> None:
     _STATE.context = context
 
 
-def init_context() -> InitContext | None:
-    return _STATE.context
-
-
 def when_taichi_imported(callback: Callable[[], None]) -> None:
     """Run `callback` now if Taichi is imported, else right after `import taichi` finishes."""
     if "taichi.lang.misc" in sys.modules:

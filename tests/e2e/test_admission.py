@@ -158,15 +158,15 @@ def test_with_room_for_all_they_overlap(
         (
             "mem_mb=4096",
             (
-                "needs memory 4.0 GB (its budget) but the whole capacity is 2.0 GB "
+                "needs memory 4.0 GiB (its budget) but the whole capacity is 2.0 GiB "
                 "(declared): it could never start*"
             ),
         ),
         (
             "mem_mb=10, gpu_gb=8",
             (
-                "needs GPU memory 8.0 GB (its budget) but the largest device holds "
-                "4.0 GB: it could never start*"
+                "needs GPU memory 8.0 GiB (its budget) but the largest device holds "
+                "4.0 GiB: it could never start*"
             ),
         ),
     ],
@@ -384,7 +384,7 @@ def test_each_gpu_test_gets_a_device_with_room_within_cuda_visible_devices(
     result.stdout.fnmatch_lines(
         [
             (
-                "*capacity memory * GPU 16.0 GB on each of 2 device(s) (fake "
+                "*capacity memory * GPU 16.0 GiB on each of 2 device(s) (fake "
                 "NVML, 3 device(s), 2 visible through "
                 "CUDA_VISIBLE_DEVICES='2,1')*"
             )

@@ -315,7 +315,8 @@ def test_unusable_baseline_and_tolerance_are_usage_errors(
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         [
-            "*--taichi-limits-tolerance: mem: unit 'percent' is not one of %, B, KiB, MiB, GiB (KB, MB, GB mean the same). *"
+            "*--taichi-limits-tolerance: mem: unit 'percent' is not one of %, B, KiB, MiB, GiB, TiB "
+            "(binary: KB, MB, GB, TB and K, M, G, T mean the same). *"
         ]
     )
 

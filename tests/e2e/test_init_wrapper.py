@@ -185,7 +185,8 @@ if pid == 0:
     taichi_support.prepare_child(Budget(gpu_gb=0.5), ChannelWriter(write_fd))
     imported_init(arch=ti.cpu, device_memory_GB=2)
     cfg = ti.lang.impl.current_cfg()
-    ChannelWriter(write_fd).send("applied", gb=cfg.device_memory_GB, sites=len(sites))
+    applied = {"t": "applied", "gb": cfg.device_memory_GB, "sites": len(sites)}
+    os.write(write_fd, (json.dumps(applied) + "\\n").encode())
     os._exit(0)
 os.close(write_fd)
 _, status = os.waitpid(pid, 0)

@@ -470,3 +470,66 @@ def test_a_test_that_attacks_its_parent_in_fork_mode_hits_the_keeper_not_pytest(
     )
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines([expected])
+
+
+# -- the arch a test ran with, wherever ti.init happened (issue 22) ------------------------------
+
+
+def _arch_of_every_test(usage: dict[str, dict[str, Any]]) -> set[str]:
+    archs = {event["arch"] for event in usage.values()}
+    assert "not initialised" not in archs, usage
+    return archs
+
+
+def test_a_later_test_in_a_module_worker_is_recorded_with_the_arch_it_ran_with(
+    pytester: pytest.Pytester, run_plugin: Any
+) -> None:
+    # test_1 initialises Taichi; test_2 and test_3 run kernels on that runtime in the same
+    # worker, without a ti.init of their own.
+    pytester.makepyfile(
+        test_shared="""
+        import taichi as ti
+
+        STATE = {}
+
+        @ti.kernel
+        def fill(values: ti.template(), factor: ti.i32):
+            for i in values:
+                values[i] = i * factor
+
+        def test_1_initialises():
+            ti.init(arch=ti.cpu)
+            STATE["values"] = ti.field(ti.i32, shape=8)
+            fill(STATE["values"], 1)
+
+        def test_2_runs_a_kernel():
+            fill(STATE["values"], 2)
+            assert STATE["values"][3] == 6
+
+        def test_3_runs_a_kernel():
+            fill(STATE["values"], 3)
+            assert STATE["values"][3] == 9
+    """
+    )
+    log = pytester.path / "usage.jsonl"
+    result = run_plugin(
+        "--taichi-limits", "--taichi-limits-isolation=module", f"--taichi-limits-log={log}"
+    )
+    result.assert_outcomes(passed=3)
+    usage = _usage(log)
+    assert len({event["worker_pid"] for event in usage.values()}) == 1
+    assert len(_arch_of_every_test(usage)) == 1
+
+
+def test_every_test_of_a_reimport_worker_is_recorded_with_the_arch_of_the_import_s_init(
+    pytester: pytest.Pytester, run_plugin: Any
+) -> None:
+    # ti.init at import, in the worker's collection: before its first test started.
+    tests = "\n".join(f"def test_{n}():\n    fill({n})\n" for n in range(1, 4))
+    pytester.makepyfile(test_stateful=STATEFUL_MODULE.replace("{tests}", tests))
+    log = pytester.path / "usage.jsonl"
+    result = run_plugin("--taichi-limits", f"--taichi-limits-log={log}")
+    result.assert_outcomes(passed=3)
+    usage = _usage(log)
+    assert {event["mode"] for event in usage.values()} == {"reimport"}
+    assert len(_arch_of_every_test(usage)) == 1

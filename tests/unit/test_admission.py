@@ -60,12 +60,21 @@ def _no_sleep(_: float) -> None:
 
 def test_capacity_spec_parses_units_and_rejects_typos() -> None:
     assert cap.parse_capacity("mem=20GB,gpu=80GB") == cap.Declared(20 * GB, 80 * GB)
-    assert cap.parse_capacity(" gpu = 1.5 GB ") == cap.Declared(None, int(1.5 * GB))
+    assert cap.parse_capacity(" gpu = 1.5 GiB ") == cap.Declared(None, int(1.5 * GB))
     assert cap.parse_capacity("mem=512M") == cap.Declared(512 * MB, None)
+    # the same units as every other option (the tolerance's GiB and MiB included)
+    assert cap.parse_capacity("mem=20GiB,gpu=512MiB") == cap.Declared(20 * GB, 512 * MB)
     for bad, says in (
         ("mem=20XB", "cannot read"),
+        ("mem=20XB", r"not one of B, KiB, MiB, GiB, TiB"),
         ("ram=1GB", "KEY=AMOUNT"),
-        ("mem=0GB", "more than 0"),
+        ("mem=0GB", "must be at least one byte"),
+        ("mem=0.0001B", "at least one byte"),  # was accepted as 0 B
+        ("mem=1e400GB", "more bytes than any machine has"),  # was "must be more than 0"
+        (
+            "mem=100",
+            r"amount '100': it has no unit: write e\.g\. 512MiB",
+        ),  # was 100 bytes, silently
         ("mem=1GB,mem=2GB", "twice"),
         (",", "names no"),
     ):
@@ -96,7 +105,7 @@ def test_capacity_from_declared_values_and_fake_nvml() -> None:
     )
     assert without_nvml.mem_source == "declared"
     assert [(d.index, d.total_bytes) for d in without_nvml.devices] == [(-1, 4 * GB)]
-    assert "GPU 4.0 GB on each of 1 device(s)" in without_nvml.describe()
+    assert "GPU 4.0 GiB on each of 1 device(s)" in without_nvml.describe()
     assert adm.Capacity.from_dict(measured.as_dict()) == measured
 
 
@@ -251,7 +260,7 @@ def test_a_test_larger_than_the_capacity_is_refused_at_once(tmp_path: Path) -> N
         sleep=_no_sleep,
         capacity=_capacity(2 * GB, (cap.Device(-1, 4 * GB),)),
     )
-    too_large = r"needs memory 4\.0 GB .*whole capacity is 2\.0 GB .*could never start"
+    too_large = r"needs memory 4\.0 GiB .*whole capacity is 2\.0 GiB .*could never start"
     with (
         pytest.raises(adm.AdmissionRefused, match=too_large),
         admission.admitted("tests/t.py::big", Budget(mem_mb=4096)),
@@ -260,8 +269,8 @@ def test_a_test_larger_than_the_capacity_is_refused_at_once(tmp_path: Path) -> N
     with (
         pytest.raises(
             adm.AdmissionRefused,
-            match=r"GPU memory 8\.0 GB .*largest device holds "
-            r"4\.0 GB",
+            match=r"GPU memory 8\.0 GiB .*largest device holds "
+            r"4\.0 GiB",
         ),
         admission.admitted("tests/t.py::gpu", Budget(mem_mb=1, gpu_gb=8)),
     ):
@@ -450,8 +459,8 @@ def test_summary_lines_say_total_wait_and_peak_reserved() -> None:
     lines = adm.summary_lines(waits, _capacity(6 * GB))
     assert lines[0] == "3 tests admitted; waited 3.0 s in total (longest 2.5 s: b)"
     assert lines[1] == (
-        "peak reserved memory 2.0 GB of 6.0 GB (machine-wide, every session); "
-        "peak reserved GPU memory on one device 3.0 GB"
+        "peak reserved memory 2.0 GiB of 6.0 GiB (machine-wide, every session); "
+        "peak reserved GPU memory on one device 3.0 GiB"
     )
     assert adm.summary_lines({}, None) == []
     assert adm.summary_lines({"a": (0.0, GB, 0)}, None)[-1].startswith("tests hardly waited")
@@ -463,8 +472,8 @@ def test_report_line_from_usage_extra() -> None:
     )
     assert adm.report_lines(grant.facts()) == [
         (
-            "admission: waited 1.23 s for memory 1.0 GB, GPU 2.0 GB on device 1 (its budget); "
-            "reserved on the machine then 3.0 GB"
+            "admission: waited 1.23 s for memory 1.0 GiB, GPU 2.0 GiB on device 1 (its budget); "
+            "reserved on the machine then 3.0 GiB"
         )
     ]
     assert adm.report_lines(None) == [] and adm.Grant().facts() is None

@@ -10,12 +10,13 @@ import pytest
 from pytest_taichi_limits.config.budget import Budget, BudgetError, check_value, parse_text, resolve
 from pytest_taichi_limits.config.units import human_bytes
 from pytest_taichi_limits.ipc.channel import ChannelReader, ChannelWriter
+from pytest_taichi_limits.ipc.protocol import Report
 from pytest_taichi_limits.render.text import trim_stack
 
 
 @pytest.mark.parametrize("value", [True, "5", 0, -1, math.nan, math.inf, 1e12, None, [1]])
 def test_check_value_refuses(value: object) -> None:
-    with pytest.raises(BudgetError, match="mem_mb must be a positive number of megabytes"):
+    with pytest.raises(BudgetError, match="mem_mb must be a positive number of MiB"):
         check_value("mem_mb", value)
 
 
@@ -35,12 +36,12 @@ def test_resolve_takes_each_key_from_the_closest_layer() -> None:
 def test_channel_round_trip_keeps_tuples_and_flags_garbage() -> None:
     read_fd, write_fd = os.pipe()
     os.set_blocking(read_fd, False)
-    ChannelWriter(write_fd).send("report", data={"longrepr": ("file.py", 3, "Skipped: x")})
+    ChannelWriter(write_fd).send(Report({"longrepr": ("file.py", 3, "Skipped: x")}))
     os.write(write_fd, b"not json\n")
     os.close(write_fd)
     reader = ChannelReader(read_fd)
     reader.drain()
-    assert reader.messages == [{"t": "report", "data": {"longrepr": ("file.py", 3, "Skipped: x")}}]
+    assert reader.messages == [Report({"longrepr": ("file.py", 3, "Skipped: x")})]
     assert reader.problem is not None and "garbage" in reader.problem
     assert reader.closed
     os.close(read_fd)

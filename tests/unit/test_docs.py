@@ -1,15 +1,19 @@
-"""The documentation stays navigable: links resolve, mkdocs lists every page, and the README's
-set-up commands are the ones CI runs.
+"""The documentation stays navigable and true: links resolve, mkdocs lists every page, the README's
+set-up commands are the ones CI runs, and the options tables are the ones --help is made from.
 
 Pure file checks: no pytest subprocess, no Taichi.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from pytest_taichi_limits.config.options import OPTIONS
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -175,3 +179,31 @@ def _contributing_layers() -> list[list[str]]:
 def test_contributing_lists_the_layers_of_the_import_contract() -> None:
     assert _contributing_layers() == _contract_layers()
     assert len(_contract_layers()) > 10  # the parsing found the table and the contract
+
+
+# -- generated parts: the options tables are --help's -------------------------------------------
+
+
+def _docs_tool() -> Any:
+    """tools/docs.py, the script that writes the generated regions (not a package module)."""
+    spec = importlib.util.spec_from_file_location("taichi_limits_docs_tool", ROOT / "tools/docs.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_options_tables_are_generated_from_the_options_help_is_made_from() -> None:
+    tool = _docs_tool()
+    stale = []
+    for page in tool.PAGES:
+        _, changed = tool.regenerate(page.read_text(encoding="utf-8"), runs=False, cache={})
+        stale += [f"{page.name}: {spec}" for spec in changed]
+    assert not stale, f"run `python tools/docs.py` to regenerate: {stale}"
+
+
+def test_the_reference_lists_every_option() -> None:
+    text = (DOCS / "reference.md").read_text(encoding="utf-8")
+    assert "<!-- generated: options -->" in text  # the whole table, not a chosen few
+    for option in OPTIONS:
+        assert f"| `{option.flag}" in text, option.flag

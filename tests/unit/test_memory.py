@@ -232,14 +232,15 @@ def test_the_usage_is_complete_when_the_supervisor_builds_it() -> None:
     from pytest_taichi_limits.config.budget import Budget
     from pytest_taichi_limits.config.settings import Settings
     from pytest_taichi_limits.ipc.channel import ChannelWriter
+    from pytest_taichi_limits.ipc.protocol import Exit, TaichiInitDone
     from pytest_taichi_limits.launch.forking import ForkLaunch
     from pytest_taichi_limits.model.records import Admitted
     from pytest_taichi_limits.supervise.supervisor import Worker
 
     def in_child(channel_fd: int, stack_fd: int, control_fd: int, parent_pid: int) -> None:
         channel = ChannelWriter(channel_fd)
-        channel.send("taichi_init_done", arch="x64")
-        channel.send("exit", reason="interrupt")
+        channel.send(TaichiInitDone(arch="x64"))
+        channel.send(Exit(reason="interrupt", message="", returncode=None))
         os._exit(0)
 
     facts = Admitted(0.5, 64 * MB, 0, "its budget", None, 64 * MB, 0, 1024 * MB)

@@ -15,6 +15,7 @@ import pytest
 from pytest_taichi_limits.config.budget import Budget
 from pytest_taichi_limits.config.units import MIB, human_bytes
 from pytest_taichi_limits.formats import baseline as baselines
+from pytest_taichi_limits.measure.gpu import NO_NVIDIA_GPU_NOTE
 from pytest_taichi_limits.model.records import (
     Ending,
     Growth,
@@ -27,7 +28,12 @@ from pytest_taichi_limits.model.records import (
 from pytest_taichi_limits.render import summary
 from pytest_taichi_limits.render import text as render
 from pytest_taichi_limits.results.outcomes import combined_outcome
-from pytest_taichi_limits.results.outputs import OutputError, check_distinct, check_replaceable
+from pytest_taichi_limits.results.outputs import (
+    OutputError,
+    check_distinct,
+    check_replaceable,
+    step_summary_problem,
+)
 
 # -- small fakes ----------------------------------------------------------------------------------
 
@@ -233,7 +239,7 @@ def test_combined_outcome(phases: dict[str, FakeReport], interrupted: bool, expe
     ],
 )
 def test_tolerance_refuses_duplicates_and_empty_items(spec: str, problem: str) -> None:
-    with pytest.raises(baselines.BaselineError, match=problem):
+    with pytest.raises(baselines.ToleranceError, match=problem):
         baselines.parse_tolerance(spec)
 
 
@@ -510,3 +516,22 @@ def test_the_failure_reason_is_the_first_line_of_the_first_failed_phase() -> Non
     assert failure_reason([passed]) == ""
     long = failure_reason([report("call", "failed", "x" * 1000)])
     assert len(long) == MAX_REASON_CHARS and long.endswith("…")
+
+
+def test_no_nvidia_gpu_is_left_out_of_the_usage_line() -> None:
+    """Said once in the header instead (plugin.py), not in every report."""
+    assert "GPU" not in render.usage_line(make_usage(gpu_note=NO_NVIDIA_GPU_NOTE))
+    failed = "not measured (NVML failed: NVMLError: Unknown Error)"
+    assert render.usage_line(make_usage(gpu_note=failed)).endswith(f"| GPU {failed}")
+
+
+def test_step_summary_problems(tmp_path: Path) -> None:
+    existing = tmp_path / "summary.md"
+    existing.write_text("earlier step\n")
+    assert step_summary_problem(str(existing)) is None
+    assert step_summary_problem(str(tmp_path / "new.md")) is None  # GitHub may not have made it
+    assert "does not exist" in str(step_summary_problem(str(tmp_path / "gone" / "s.md")))
+    assert step_summary_problem(str(tmp_path)) == "it is not a regular file"
+    assert "pseudo file system" in str(step_summary_problem("/proc/self/status"))
+    assert existing.read_text() == "earlier step\n"  # looked at, never written
+    assert not (tmp_path / "new.md").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from pytest_taichi_limits.ipc.protocol import Hello, TaichiInit, TaichiInitDone
 from pytest_taichi_limits.supervise.verdict import init_crash_hint
 from pytest_taichi_limits.taichi_support.cap import recognise_device_oom
 
@@ -61,7 +62,7 @@ def test_other_errors_are_not_device_out_of_memory(text: str) -> None:
 
 
 def test_init_crash_hint_only_while_inside_ti_init() -> None:
-    started = {"t": "taichi_init", "arch": "cuda", "arch_from": "TI_ARCH"}
-    assert "TI_ARCH=cuda" in init_crash_hint([{"t": "hello"}, started])
-    assert init_crash_hint([started, {"t": "taichi_init_done"}]) == ""
+    started = TaichiInit("cuda", "TI_ARCH")
+    assert "TI_ARCH=cuda" in init_crash_hint([Hello("t.py::t"), started])
+    assert init_crash_hint([started, TaichiInitDone(None)]) == ""
     assert init_crash_hint([]) == ""

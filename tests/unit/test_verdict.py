@@ -11,7 +11,17 @@ import pytest
 
 from pytest_taichi_limits.config.budget import Budget
 from pytest_taichi_limits.config.units import MIB
-from pytest_taichi_limits.ipc.protocol import CLAMP_NOTE, EXIT_DONE, Kind
+from pytest_taichi_limits.ipc.protocol import (
+    CLAMP_NOTE,
+    EXIT_DONE,
+    Exit,
+    Message,
+    Note,
+    Refused,
+    TaichiDeviceOom,
+    TaichiInit,
+    TaichiInitDone,
+)
 from pytest_taichi_limits.model.records import Ending, Usage
 from pytest_taichi_limits.supervise import verdict
 from pytest_taichi_limits.supervise.verdict import ExitInfo
@@ -68,11 +78,11 @@ def test_crash_reasons_say_what_happened(stack_fd: int) -> None:
     assert crash is not None and "OOM killer" in crash.reason
     cause = verdict.crash("t", killed, [], "call", None, _Child(stack_fd, "the zygote died"))
     assert cause is not None and cause.reason == "the zygote died"
-    refused = [{"t": Kind.REFUSED.value, "text": "different tests were collected"}]
+    refused: list[Message] = [Refused("different tests were collected")]
     clean = ExitInfo(Ending(EXIT_DONE, None), 0, 0.0)
     crash = verdict.crash("t", clean, refused, "collection", None, _Child(stack_fd))
     assert crash is not None and crash.reason == "different tests were collected"
-    exited = [{"t": Kind.EXIT.value, "reason": "exit"}]
+    exited: list[Message] = [Exit("exit", "stop", None)]
     assert verdict.crash("t", clean, exited, "call", None, _Child(stack_fd)) is None
     silent = verdict.crash("t", ExitInfo(Ending(3, None), 0, 0.0), [], "call", None,
                            _Child(stack_fd))  # fmt: skip
@@ -80,23 +90,22 @@ def test_crash_reasons_say_what_happened(stack_fd: int) -> None:
 
 
 def test_a_crash_inside_ti_init_gets_the_arch_hint(stack_fd: int) -> None:
-    messages = [{"t": Kind.TAICHI_INIT.value, "arch": "gpu", "arch_from": "argument"}]
+    messages: list[Message] = [TaichiInit("gpu", "argument")]
     crash = verdict.crash("t", ExitInfo(Ending(None, signal.SIGSEGV), 0, 0.0), messages,
                           "call", None, _Child(stack_fd))  # fmt: skip
     assert crash is not None and "arch=gpu (argument)" in crash.hint and "TI_ARCH=x64" in crash.hint
-    done = [*messages, {"t": Kind.TAICHI_INIT_DONE.value, "arch": "x64"}]
+    done = [*messages, TaichiInitDone("x64")]
     assert verdict.init_crash_hint(done) == ""
 
 
 def test_clamp_notes_are_distinct_and_in_order() -> None:
-    note = {"t": Kind.NOTE.value, "key": CLAMP_NOTE}
-    messages = [{**note, "text": "a"}, {"t": Kind.NOTE.value, "key": "other", "text": "x"},
-                {**note, "text": "b"}, {**note, "text": "a"}]  # fmt: skip
+    messages: list[Message] = [Note(CLAMP_NOTE, "a"), Note("other", "x"), Note(CLAMP_NOTE, "b"),
+                               Note(CLAMP_NOTE, "a")]  # fmt: skip
     assert verdict.clamp_notes(messages) == ["a", "b"]
 
 
 def test_device_oom_is_a_gpu_gb_violation_only_under_a_gpu_budget() -> None:
-    messages = [{"t": Kind.TAICHI_DEVICE_OOM.value, "phase": "call", "what": "pool", "line": "x"}]
+    messages: list[Message] = [TaichiDeviceOom("call", "pool", "x")]
     assert verdict.device_oom("t", Budget(), _usage(Budget()), messages, 1) is None
     found = verdict.device_oom("t", Budget(gpu_gb=1), _usage(Budget(gpu_gb=1)), messages, 1)
     assert found is not None and found.resource == "gpu_gb" and found.detail == "x"

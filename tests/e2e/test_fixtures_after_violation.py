@@ -1,0 +1,186 @@
+"""Fixtures above function scope when a test breaks its budget (issue 16, item 3).
+
+The supervisor's SIGTERM raises in the test's main thread: the test's fixtures and every higher-
+scoped one are torn down before the child leaves, in per-test and in module isolation. Where
+that cannot happen (native code that never returns to Python), the test's report names the
+fixtures whose teardown never ran. Every run goes through `run_plugin` (hard timeout).
+"""
+
+from __future__ import annotations
+
+import pytest
+from helpers.plugin_types import RunPlugin
+
+#: Two of three tests break a budget while Python code runs (a sleep, an allocation then a
+#: sleep): both are interruptible, so each setup of the module fixture has its teardown.
+INTERRUPTIBLE = """
+import os
+import time
+
+import pytest
+
+EVENTS = os.path.join(os.path.dirname(__file__), "events.txt")
+HELD = []
+
+
+def note(text):
+    with open(EVENTS, "a") as handle:
+        handle.write(text + "\\n")
+
+
+@pytest.fixture(scope="module")
+def resource():
+    note("setup")
+    yield
+    note("teardown")
+
+
+@pytest.mark.taichi_limits(wall_s=1)
+def test_a_hangs(resource):
+    time.sleep(120)
+
+
+def test_b_passes(resource):
+    pass
+
+
+@pytest.mark.taichi_limits(mem_mb=100)
+def test_c_allocates(resource):
+    HELD.append(b"\\x01" * (300 << 20))
+    time.sleep(120)
+"""
+
+
+def _events(pytester: pytest.Pytester) -> list[str]:
+    path = pytester.path / "events.txt"
+    return path.read_text().split() if path.exists() else []
+
+
+@pytest.mark.parametrize(
+    ("isolation", "mode", "workers"),
+    [("test", "auto", 3), ("module", "auto", 2), ("module", "spawn", 2)],
+)
+def test_every_setup_has_its_teardown_when_tests_break_their_budgets(
+    pytester: pytest.Pytester, run_plugin: RunPlugin, isolation: str, mode: str, workers: int
+) -> None:
+    pytester.makepyfile(test_module=INTERRUPTIBLE)
+    # A long grace period: the teardown is quick, and the verdict must not depend on the clock.
+    result = run_plugin(
+        "--taichi-limits",
+        f"--taichi-limits-isolation={isolation}",
+        f"--taichi-limits-mode={mode}",
+        "--taichi-limits-grace=30",
+    )
+    result.assert_outcomes(failed=2, passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*test_a_hangs - wall_s exceeded*",
+            "*test_c_allocates - mem_mb exceeded*",
+        ]
+    )
+    # One worker per test (isolation=test); with isolation=module the violation of test_a ends
+    # its worker, and test_b and test_c share the next one.
+    assert _events(pytester) == ["setup", "teardown"] * workers
+    result.stdout.no_fnmatch_line("*not torn down*")
+
+
+#: A Taichi kernel that fills 400 MB of a numpy array (the only moment the test's memory grows,
+#: so the violation comes while the kernel runs) and then spins: a kernel launch holds the GIL,
+#: so the child's SIGTERM handler never runs, and the supervisor's SIGKILL ends it.
+HOLDS_THE_GIL = """
+import os
+
+import numpy as np
+import pytest
+import taichi as ti
+
+EVENTS = os.path.join(os.path.dirname(__file__), "events.txt")
+
+
+def note(text):
+    with open(EVENTS, "a") as handle:
+        handle.write(text + "\\n")
+
+
+@pytest.fixture(scope="module")
+def recorder():
+    note("setup")
+    yield
+    note("teardown")
+
+
+def test_1_sets_the_fixture_up(recorder):
+    pass
+
+
+@pytest.mark.taichi_limits(mem_mb=150)
+def test_2_kernel_never_returns(recorder):
+    ti.init(arch=ti.cpu)
+
+    @ti.kernel
+    def fill_then_spin(values: ti.types.ndarray(dtype=ti.u8, ndim=1), rounds: ti.i64) -> ti.u64:
+        for i in range(values.shape[0]):
+            values[i] = ti.u8(1)
+        state = ti.u64(1)
+        done = ti.i64(0)
+        while done < rounds:
+            state ^= state << 13
+            state ^= state >> 7
+            state ^= state << 17
+            done += 1
+        return state
+
+    fill_then_spin(np.empty(16, dtype=np.uint8), 1)  # compiled: nothing held yet
+    fill_then_spin(np.empty(400 << 20, dtype=np.uint8), 1 << 62)
+"""
+
+
+def test_a_kernel_holding_the_gil_names_the_fixtures_whose_teardown_never_ran(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
+    pytester.makepyfile(test_kernel=HOLDS_THE_GIL)
+    result = run_plugin(
+        "--taichi-limits", "--taichi-limits-isolation=module", "--taichi-limits-grace=0.5"
+    )
+    result.assert_outcomes(failed=1, passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*mem_mb exceeded: * when caught, limit mem_mb=150*",
+            "*not torn down  recorder (module): the test process ended before its teardown ran*",
+            "*signals sent: SIGTERM, SIGKILL*",
+        ]
+    )
+    # Set up in test_1, kept for test_2 (same worker), never torn down.
+    assert _events(pytester) == ["setup"]
+
+
+def test_a_crash_names_the_fixtures_whose_teardown_never_ran(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
+    pytester.makepyfile(
+        test_crash="""
+        import os
+        import signal
+
+        import pytest
+
+        @pytest.fixture(scope="session")
+        def server():
+            yield
+
+        @pytest.fixture(scope="module")
+        def database(server):
+            yield
+
+        def test_segfaults(database):
+            os.kill(os.getpid(), signal.SIGSEGV)
+    """
+    )
+    result = run_plugin("--taichi-limits")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*the test process was killed by signal 11 (SIGSEGV)*",
+            "*not torn down  server (session), database (module): the test process ended*",
+        ]
+    )
