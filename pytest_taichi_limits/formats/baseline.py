@@ -489,9 +489,8 @@ def regression_report(
     warn_only: bool,
     report_path: str | None = None,
 ) -> str:
-    """`report_path`: the run's JSON report (the figures an accept takes), where one is
-    written."""
-    """The text a grown test fails (or warns) with: before, after, growth and the tolerance."""
+    """The text a grown test fails (or warns) with: before, after, growth and the tolerance.
+    `report_path`: the run's JSON report (the figures an accept takes), where one is written."""
     entry = baseline.tests[nodeid]
     made_with = baseline.environment_of(nodeid)
     lines = [regression_headline(exceeded)]
