@@ -145,7 +145,7 @@ def _nvml() -> tuple[Any, tuple[Any, ...]] | str:
     try:
         import pynvml
     except ImportError:
-        return "nvidia-ml-py is not installed; pip install 'pytest-taichi-limits[gpu]'"
+        return "nvidia-ml-py is not installed; pip install nvidia-ml-py (the gpu extra)"
     try:
         pynvml.nvmlInit()
         count = pynvml.nvmlDeviceGetCount()

@@ -317,8 +317,18 @@ svg text{font:11px system-ui,sans-serif;fill:var(--muted)}svg text.viot{fill:var
 svg .axis{stroke:#888}
 svg.bars .before{fill:#8c8c8c}svg.bars .after{fill:var(--warn)}
 tr.detail td{background:#fafafa}
-@media (max-width:700px){body{padding:8px}th:nth-child(6),td:nth-child(6),th:nth-child(5),
-td:nth-child(5){display:none}td.id{min-width:10em}}
+@media (max-width:700px){body{padding:8px}
+/* A phone: each table row is the test id on a line of its own, then the figures in equal
+   columns under their headers, so no table is wider than the screen and every button in it is
+   on the screen; long ids, tolerances and stacks wrap. */
+table,thead,tbody{display:block}tr{display:flex;flex-wrap:wrap;border-bottom:1px solid var(--line)}
+tr[hidden]{display:none}th,td{flex:1 1 0;min-width:0;border:0;padding:3px 2px;
+overflow-wrap:anywhere}th:first-child,td:first-child,td[colspan]{flex-basis:100%;text-align:left}
+table{font-size:13px}th{font-size:12px}td.id{min-width:0}
+#table th:nth-child(5),#table td:nth-child(5),#table th:nth-child(6),#table td:nth-child(6){
+display:none}
+svg.bars{zoom:.4}pre{white-space:pre-wrap;overflow-wrap:anywhere}
+dl.env{grid-template-columns:max-content minmax(0,1fr)}dd{overflow-wrap:anywhere}}
 """
 
 #: The failures list, the regression view's legend and ranges, the run's source: kept apart from

@@ -27,7 +27,7 @@ from ..formats.jsonreport import BaselineSection, Report, Source
 from ..model.records import Regression, Usage, UsageRecord, Violation
 from ..model.warnings import TaichiLimitsRegressionWarning
 from ..render import suggest, summary
-from . import ci
+from . import ci, pytesthtml
 from .collect import RecordCollector, attach
 from .outcomes import (
     combined_outcome,
@@ -140,6 +140,8 @@ def register(config: pytest.Config, options: Options, baseline: baselines.Baseli
         results = SessionResults(config, options, baseline)
         config.pluginmanager.register(results, PLUGIN_NAME)
         ci.register(config, ci_outputs, results, options.top)
+    if writes:
+        pytesthtml.register(config)  # columns and extras in pytest-html's report, if active
 
 
 def _mark_interrupted(item: pytest.Item, reports: list[pytest.TestReport], reason: str) -> None:

@@ -190,9 +190,89 @@ def test_the_regression_view_has_allowed_a_legend_the_range_and_what_to_do(page:
     assert memory.locator("line.allow").count() == 1  # and what is allowed
 
 
-def test_fits_a_phone(chromium: Any, report_page: Path) -> None:
-    phone = chromium.new_page(viewport={"width": 390, "height": 844})
-    phone.goto(report_page.as_uri())
-    overflow = phone.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+#: A phone's width: narrower than any laptop window, as wide as a big phone held upright.
+PHONE_WIDTH_PX = 400
+
+#: What a page at PHONE_WIDTH_PX shows that a person could not reach without scrolling sideways:
+#: the page's own overflow, every box that scrolls sideways (a table or a stack wider than the
+#: screen), and every control (button, field, menu, fold) that lies partly off the screen or under
+#: another element.
+_OFF_SCREEN = """() => {
+  const width = window.innerWidth;
+  // As a reader finds the page: nothing scrolled sideways (a click may have scrolled a box).
+  for (const e of document.querySelectorAll("body *")) { e.scrollLeft = 0; }
+  const boxes = Array.from(document.querySelectorAll("body *"))
+    .filter(e => e.scrollWidth > e.clientWidth + 1 && getComputedStyle(e).overflowX !== "visible")
+    .map(e => `${e.tagName.toLowerCase()}.${e.className} ${e.scrollWidth}px in ${e.clientWidth}px`);
+  const controls = [];
+  for (const e of document.querySelectorAll("button, input, select, summary, a[href]")) {
+    if (e.offsetParent === null) { continue; }
+    // Scrolled to vertically only: a sideways scroll is what must not be needed.
+    window.scrollBy(0, e.getBoundingClientRect().top - window.innerHeight / 2);
+    const box = e.getBoundingClientRect();
+    const name = `${e.tagName.toLowerCase()} "${(e.textContent || e.id).trim().slice(0, 30)}"`;
+    if (box.left < 0 || box.right > width + 0.5) {
+      controls.push(`${name} at ${Math.round(box.left)}..${Math.round(box.right)}px`);
+      continue;
+    }
+    const hit = document.elementFromPoint(box.left + box.width / 2, box.top + box.height / 2);
+    if (hit === null || !(hit === e || e.contains(hit))) {
+      controls.push(`${name} is covered`);
+    }
+  }
+  window.scrollTo(0, 0);
+  return {page: document.documentElement.scrollWidth - width, boxes, controls};
+}"""
+
+
+def _phone_documents() -> dict[str, Report]:
+    return {
+        "violations": report_files.over_budget(),
+        "regressions": report_files.with_baseline(),
+        "awkward_ids": report_files.awkward_ids(),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_phone_documents()))
+def test_fits_a_phone_with_every_control_reachable(
+    chromium: Any, tmp_path: Path, name: str
+) -> None:
+    """At 400 px the page never scrolls sideways, no table or stack needs a sideways scroll,
+    and every control can be reached and clicked, also with every test's charts open."""
+    path = tmp_path / "report.html"
+    path.write_text(htmlreport.render(_phone_documents()[name]), encoding="utf-8")
+    phone = chromium.new_page(viewport={"width": PHONE_WIDTH_PX, "height": 800})
+    phone.goto(path.as_uri())
+    closed = phone.evaluate(_OFF_SCREEN)
+    for button in phone.locator("#table button.show").all():
+        button.click()
+    assert phone.locator("#table tr.detail").count() == phone.locator("#table button.show").count()
+    opened = phone.evaluate(_OFF_SCREEN)
     phone.close()
-    assert overflow <= 1, f"the page is {overflow}px wider than a phone's screen"
+    assert closed == {"page": 0, "boxes": [], "controls": []}
+    assert opened == {"page": 0, "boxes": [], "controls": []}
+
+
+def test_a_big_report_fits_a_phone(chromium: Any, report_page: Path) -> None:
+    phone = chromium.new_page(viewport={"width": PHONE_WIDTH_PX, "height": 844})
+    phone.goto(report_page.as_uri())
+    found = phone.evaluate(_OFF_SCREEN)
+    phone.close()
+    assert found == {"page": 0, "boxes": [], "controls": []}
+
+
+def test_the_phone_check_sees_a_control_off_screen(chromium: Any, tmp_path: Path) -> None:
+    path = tmp_path / "wide.html"
+    path.write_text(
+        '<!DOCTYPE html><html><head><meta name="viewport" content="width=device-width">'
+        '</head><body><div style="overflow-x:auto"><table><tr><td style="min-width:600px">'
+        'wide</td><td><button type="button">far</button></td></tr></table></div></body></html>',
+        encoding="utf-8",
+    )
+    phone = chromium.new_page(viewport={"width": PHONE_WIDTH_PX, "height": 800})
+    phone.goto(path.as_uri())
+    found = phone.evaluate(_OFF_SCREEN)
+    phone.close()
+    assert found["page"] == 0
+    assert len(found["boxes"]) == 1 and found["boxes"][0].startswith("div.")
+    assert len(found["controls"]) == 1 and found["controls"][0].startswith('button "far" at ')
