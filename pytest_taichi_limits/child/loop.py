@@ -169,16 +169,34 @@ def serve(
         taichi_support.finish_child(writer)
     except StopRequested:
         if up is not None:  # everything, module and session fixtures too: this child ends
-            _run_phase(up, "teardown", writer, nextitem=None)
+            again = _TEARDOWN_BEGUN in up.stash  # the stop came during or after its teardown
+            _run_phase(up, "teardown", writer, hook=_teardown_hook(up, again), nextitem=None)
         raise
     writer.send(Finished())
+
+
+#: On a test's stash once its teardown phase has begun: pytest's hooks cannot run it twice as is.
+_TEARDOWN_BEGUN = pytest.StashKey[bool]()
+
+
+def _teardown_hook(item: pytest.Item, again: bool) -> Callable[..., Any]:
+    """The teardown hook of `item`; `again`: its teardown phase already ran (keeping the fixtures
+    its next test shares) or was cut short by a stop. pytest's logging plugin keeps per-test
+    state that its teardown wrapper deletes and needs at its start (a KeyError, before any
+    finalizer runs, the second time), so the fixtures still set up are torn down without it."""
+    if not again:
+        return item.ihook.pytest_runtest_teardown
+    manager = item.config.pluginmanager
+    logging_plugin = manager.get_plugin("logging-plugin")
+    without = [] if logging_plugin is None else [logging_plugin]
+    return manager.subset_hook_caller("pytest_runtest_teardown", without)
 
 
 def _tear_down_kept(item: pytest.Item, writer: ChannelWriter) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            item.ihook.pytest_runtest_teardown(item=item, nextitem=None)
+            _teardown_hook(item, again=True)(item=item, nextitem=None)
         except Exception as error:  # noqa: BLE001 - reported, never hidden
             writer.send(Note("teardown_failed", f"{type(error).__name__}: {error}"))
 
@@ -262,10 +280,17 @@ def _run_phases(item: pytest.Item, writer: ChannelWriter, nextitem: pytest.Item 
 
 
 def _run_phase(
-    item: pytest.Item, when: str, writer: ChannelWriter, **hook_kwargs: Any
+    item: pytest.Item,
+    when: str,
+    writer: ChannelWriter,
+    hook: Callable[..., Any] | None = None,
+    **hook_kwargs: Any,
 ) -> pytest.TestReport:
     writer.send(Phase(when))
-    hook = getattr(item.ihook, f"pytest_runtest_{when}")
+    if when == "teardown":
+        item.stash[_TEARDOWN_BEGUN] = True
+    if hook is None:
+        hook = getattr(item.ihook, f"pytest_runtest_{when}")
     reraise: tuple[type[BaseException], ...] = (
         pytest.exit.Exception,
         KeyboardInterrupt,

@@ -1,21 +1,72 @@
-"""Everything a person reads: violation and crash reports, usage lines, user properties."""
+"""Everything a person reads: violation and crash reports, usage lines, user properties.
+
+The one renderer of a violation's report: the failed test shows it in pytest's output, and the
+HTML report shows it again from the test's record. Both `Usage` (what the supervisor measured,
+in the pytest process) and `UsageRecord` (what a report holds) have the figures it reads.
+"""
 
 from __future__ import annotations
 
 import datetime
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from ..config.budget import BUDGET_KEYS, Budget
 from ..config.units import GIB, MIB, human_bytes
 from ..measure.gpu import NO_NVIDIA_GPU_NOTE
-from ..model.records import Crash, Usage, Violation
+from ..model.records import Crash, Ending, Usage, Violation
 
 #: Taichi archs that run on the host: device_memory_GB (the GPU pool the gpu_gb cap sets) is
 #: never used there.
 CPU_ARCHS = frozenset({"x64", "arm64", "cpu"})
 
 _CLAMPED = re.compile(r" clamped to device_memory_GB=[0-9.e+-]+ by gpu_gb=[0-9.e+-]+")
+
+
+class Figures(Protocol):
+    """What the reports read of a test's usage: a `Usage` or a `UsageRecord`."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def started_at(self) -> float: ...
+    @property
+    def wall_s(self) -> float: ...
+    @property
+    def cpu_s(self) -> float: ...
+    @property
+    def start_rss_bytes(self) -> int: ...
+    @property
+    def peak_own_memory_bytes(self) -> int: ...
+    @property
+    def memory_method(self) -> str: ...
+    @property
+    def kernel_own_rss_bytes(self) -> int: ...
+    @property
+    def peak_rss_bytes(self) -> int: ...
+    @property
+    def peak_vms_bytes(self) -> int: ...
+    @property
+    def gpu_peak_bytes(self) -> int | None: ...
+    @property
+    def gpu_note(self) -> str: ...
+    @property
+    def gpu_clamps(self) -> tuple[str, ...]: ...
+    @property
+    def shm_files_left(self) -> tuple[str, ...]: ...
+    @property
+    def shm_not_removed(self) -> tuple[str, ...]: ...
+    @property
+    def page_cache_bytes(self) -> int | None: ...
+    @property
+    def arch(self) -> str: ...
+    @property
+    def mode(self) -> str: ...
+    @property
+    def budget(self) -> Budget: ...
+    @property
+    def ending(self) -> Ending | None: ...
 
 
 def budget_text(budget: Budget) -> str:
@@ -25,13 +76,13 @@ def budget_text(budget: Budget) -> str:
     return " ".join(parts)
 
 
-def gpu_text(usage: Usage) -> str:
+def gpu_text(usage: Figures) -> str:
     if usage.gpu_peak_bytes is None:
         return f"GPU {usage.gpu_note}"
     return f"GPU {human_bytes(usage.gpu_peak_bytes)}"
 
 
-def gpu_cap_lines(usage: Usage) -> list[str]:
+def gpu_cap_lines(usage: Figures) -> list[str]:
     """What the gpu_gb cap took away from the test's ti.init calls, one line each, and what
     the test left in /dev/shm."""
     lines = [f"GPU cap: {clamp_note(note, usage.arch)}" for note in usage.gpu_clamps]
@@ -40,6 +91,8 @@ def gpu_cap_lines(usage: Usage) -> list[str]:
             f"left in /dev/shm (memory the machine still holds; "
             f"--taichi-limits-clean-shm removes it): {', '.join(usage.shm_files_left)}"
         )
+    if usage.shm_not_removed:
+        lines.append(f"kept in /dev/shm: {', '.join(usage.shm_not_removed)}")
     return lines
 
 
@@ -55,7 +108,7 @@ def clamp_note(note: str, arch: str) -> str:
     )
 
 
-def usage_line(usage: Usage) -> str:
+def usage_line(usage: Figures) -> str:
     kernel = f"kernel peak +{human_bytes(usage.kernel_own_rss_bytes)}"
     if usage.page_cache_bytes is not None:  # a cgroup: its page cache is said, never charged
         kernel = f"page cache +{human_bytes(usage.page_cache_bytes)}, not charged"
@@ -84,6 +137,53 @@ def _measure(resource_key: str, value: float) -> str:
     return f"{value:.2f} s"
 
 
+#: The most decimals a figure gets to show that it differs from the limit (a microsecond, a
+#: millionth of a unit): an excess smaller than that is shown as it rounds.
+_MAX_DECIMALS = 6
+_BYTE_UNITS = (("B", 1), ("KiB", 1024), ("MiB", MIB), ("GiB", GIB))
+
+
+def _precise(resource_key: str, value: float, shows: Callable[[float], bool]) -> str:
+    """`value` in the key's unit as _measure writes it, with more decimals (and for bytes, if
+    need be, a smaller unit) until `shows` holds of the number as written: no excess is
+    rounded away."""
+    text = _measure(resource_key, value)
+    if resource_key not in ("mem_mb", "gpu_gb"):
+        for decimals in range(2, _MAX_DECIMALS + 1):
+            number = f"{value:.{decimals}f}"
+            if shows(float(number)):
+                return f"{number} s"
+        return text
+    key_unit = MIB if resource_key == "mem_mb" else GIB
+    size = value * key_unit
+    units = [(name, per) for name, per in _BYTE_UNITS if per <= max(abs(size), 1)]
+    for name, per in reversed(units):
+        for decimals in range(1) if per == 1 else range(1, _MAX_DECIMALS + 1):
+            number = f"{size / per:.{decimals}f}"
+            if shows(float(number) * per / key_unit):
+                return f"{number} {name}"
+    return text
+
+
+def _above(violation: Violation) -> str:
+    """The figure when caught, with the digits that show it went over the limit."""
+    return _precise(violation.resource, violation.measured, lambda shown: shown > violation.limit)
+
+
+def _over(violation: Violation) -> str:
+    """How far over, never shown as nothing."""
+    return _precise(violation.resource, violation.over_by, lambda shown: shown > 0)
+
+
+def _percent(violation: Violation) -> str:
+    percent = 100.0 * violation.over_by / violation.limit
+    for decimals in range(1, _MAX_DECIMALS + 1):
+        text = f"{percent:.{decimals}f}"
+        if float(text) > 0:
+            return f"+{text}%"
+    return f"+<{10.0**-_MAX_DECIMALS:.{_MAX_DECIMALS}f}%"
+
+
 def _limit(resource_key: str, value: float) -> str:
     return f"{resource_key}={value:g}"
 
@@ -93,23 +193,48 @@ def _timestamp(unix_time: float) -> str:
     return moment.isoformat(timespec="milliseconds")
 
 
+def used_text(violation: Violation) -> str:
+    """What the test used when it was caught, or that it needed more than the limit (Taichi's
+    own pool ran out at the cap: there is no figure above it)."""
+    if violation.measured <= violation.limit:
+        return "over the limit"
+    return _above(violation)
+
+
+def over_text(violation: Violation) -> str:
+    """'25.5 MiB (+10.0%)': how far over the limit, "—" where no figure is above it."""
+    if violation.measured <= violation.limit:
+        return "—"
+    if not violation.limit:
+        return _over(violation)
+    return f"{_over(violation)} ({_percent(violation)})"
+
+
 def violation_headline(violation: Violation) -> str:
+    """The violation in one line. Every figure shows that it exceeded the limit: with the
+    decimals needed, "4096.01 MiB when caught, limit mem_mb=4096", never "4.0 GiB"."""
     if violation.measured <= violation.limit:
         # Caught by Taichi itself (its pool ran out at the cap): there is no figure above it.
         return (
             f"taichi_limits: {violation.resource} exceeded: the test needed more than the "
             f"limit {_limit(violation.resource, violation.limit)}"
         )
-    percent = 100.0 * violation.over_by / violation.limit if violation.limit else 0.0
+    over = _over(violation) + (f", {_percent(violation)}" if violation.limit else ", +0.0%")
     return (
-        f"taichi_limits: {violation.resource} exceeded: "
-        f"{_measure(violation.resource, violation.measured)}"
+        f"taichi_limits: {violation.resource} exceeded: {_above(violation)}"
         f" when caught, limit {_limit(violation.resource, violation.limit)}"
-        f" (over by {_measure(violation.resource, violation.over_by)}, +{percent:.1f}%)"
+        f" (over by {over})"
     )
 
 
-def violation_report(violation: Violation, usage: Usage) -> str:
+def _labelled(line: str) -> str:
+    """A line of gpu_cap_lines under its label in a report: a clamp, or /dev/shm's."""
+    if line.startswith("GPU cap: "):
+        return f"  gpu cap     {line[len('GPU cap: ') :]}"
+    return f"  /dev/shm    {line}"
+
+
+def violation_report(violation: Violation, usage: Figures) -> str:
     signals = ", ".join(violation.signals_sent) or "none"
     ending = usage.ending.describe if usage.ending else "unknown"
     lines = [
@@ -120,7 +245,7 @@ def violation_report(violation: Violation, usage: Usage) -> str:
         lines.append(f"  detail      {violation.detail}")
     lines += [
         f"  peak usage  {usage_line(usage)}",
-        *[f"  gpu cap     {line[len('GPU cap: ') :]}" for line in gpu_cap_lines(usage)],
+        *[_labelled(line) for line in gpu_cap_lines(usage)],
         f"  budget      {budget_text(usage.budget)}",
         f"  stopped     signals sent: {signals}; the test process {ending}",
         (
@@ -132,7 +257,7 @@ def violation_report(violation: Violation, usage: Usage) -> str:
     return "\n".join(lines)
 
 
-def crash_report(crash: Crash, usage: Usage) -> str:
+def crash_report(crash: Crash, usage: Figures) -> str:
     lines = [
         f"taichi_limits: {crash.reason}",
         f"  during      {crash.phase}",

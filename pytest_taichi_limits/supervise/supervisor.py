@@ -15,16 +15,18 @@ import select
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..config.budget import Budget
 from ..config.units import MIB
+from ..formats.environment import taichi_arch
 from ..ipc.channel import ChannelReader
 from ..ipc.protocol import (
     STACK_SIGNAL,
     Done,
+    Exit,
     Fixtures,
     Message,
     Phase,
@@ -36,7 +38,7 @@ from ..ipc.protocol import (
 from ..measure import gpu, shm
 from ..measure.meter import MemoryMethod, Meter, SmapsMemory, Tick
 from ..measure.proctree import process_cpu_s, send_signal
-from ..model.records import Crash, Ending, RunResult, Usage, Violation
+from ..model.records import Admitted, Crash, Ending, RunResult, Usage, Violation
 from ..model.timeline import Timeline
 from ..platform import linux
 from . import verdict
@@ -113,6 +115,46 @@ class WorkerGone(RuntimeError):
     """The child ended (or never became ready) before it could run the next test."""
 
 
+@dataclass(frozen=True)
+class _Told:
+    """What a test's usage learns from outside the measurement: from the child's messages
+    (its Taichi arch, the gpu_gb cap's clamps, a session stop), and from the plugin (what
+    admission reserved)."""
+
+    arch: str
+    gpu_clamps: tuple[str, ...]
+    interrupted: str  # why the test stopped the session; "" if it did not
+    admission: Admitted | None
+
+    @classmethod
+    def of(cls, messages: list[Message], admission: Admitted | None) -> _Told:
+        exits = [message for message in messages if isinstance(message, Exit)]
+        return cls(
+            taichi_arch(messages),
+            tuple(verdict.clamp_notes(messages)),
+            exits[-1].describe() if exits else "",
+            admission,
+        )
+
+
+@dataclass(frozen=True)
+class _Figures:
+    """What the parent measured of a test: at its end, or, for the last test of its child, when
+    it was over (`done`, the child waiting): what the child does afterwards (Taichi's reset,
+    leaving) is not the test's work."""
+
+    wall_s: float
+    cpu_s: float  # from the test's own start (Worker._cpu_s)
+    peaks: _Peaks  # a copy: the watch goes on updating its own
+    kernel_peak_bytes: int
+    own_memory_bytes: int  # the one figure: the verdict's, every report's, the chart's top
+    memory_method: str
+    memory_note: str
+    page_cache_bytes: int | None
+    timeline: Mapping[str, Any]
+    ending: Ending | None
+
+
 @dataclass
 class _TestStart:
     nodeid: str
@@ -128,7 +170,7 @@ class _TestStart:
     shm_before: dict[str, shm.FileKey]  # what /dev/shm held when the test started
     #: the last test of its child: its figures when it was over (`done`, the child waiting);
     #: its budget still holds until the child has exited
-    at_done: Usage | None = None
+    at_done: _Figures | None = None
 
 
 class Worker:
@@ -185,22 +227,35 @@ class Worker:
     # -- one test ---------------------------------------------------------------------------
 
     def run_test(
-        self, index: int, next_index: int | None, nodeid: str, budget: Budget
+        self,
+        index: int,
+        next_index: int | None,
+        nodeid: str,
+        budget: Budget,
+        admission: Admitted | None = None,
     ) -> RunResult:
+        """`admission`: what admission reserved for the test (admission.Grant.facts), for its
+        usage."""
         if self.exit_info is not None:
             raise WorkerGone(self._gone_text())
         with self._terminate:
             try:
-                return self._run_test(index, next_index, nodeid, budget)
+                return self._run_test(index, next_index, nodeid, budget, admission)
             except Exception as error:  # noqa: BLE001 - a failure to watch fails this test only
-                return self._watch_failed(nodeid, budget, error)
+                return self._watch_failed(nodeid, budget, error, admission)
             except BaseException:
                 # Ctrl-C, SIGTERM, SIGHUP, SIGQUIT (supervise/signals.py): the tree must not
                 # outlive our attention.
                 self._stop_tree(grace_s=min(self.settings.grace_s, 0.5))
                 raise
 
-    def _watch_failed(self, nodeid: str, budget: Budget, error: Exception) -> RunResult:
+    def _watch_failed(
+        self,
+        nodeid: str,
+        budget: Budget,
+        error: Exception,
+        admission: Admitted | None,
+    ) -> RunResult:
         """An error while watching (out of file descriptors, /proc unreadable): the test fails
         with it, its whole tree is ended, and the session goes on."""
         try:
@@ -228,6 +283,7 @@ class Worker:
             peak_own_memory_bytes=0,
             memory_method="not measured",
             worker_pid=self.child.pid,
+            admission=admission,
         )
         crash = Crash(
             nodeid,
@@ -239,7 +295,12 @@ class Worker:
         return RunResult(messages, usage, None, crash, None, "call", self._untorn(messages))
 
     def _run_test(
-        self, index: int, next_index: int | None, nodeid: str, budget: Budget
+        self,
+        index: int,
+        next_index: int | None,
+        nodeid: str,
+        budget: Budget,
+        admission: Admitted | None,
     ) -> RunResult:
         if not self._ready:
             # Starting up (in a fresh interpreter: importing and collecting the test module)
@@ -248,14 +309,14 @@ class Worker:
             peaks = _Peaks(rss_bytes=startup.rss_bytes, cpu_s=startup.cpu_s)
             violation, ready = self._watch(startup, peaks, Ready)
             if not ready:
-                return self._result(startup, peaks, violation, finished=False)
+                return self._result(startup, peaks, violation, False, admission)
             self._ready = True
         start = self._begin(nodeid, budget)
         self.tests_run += 1
         self._send(encode_command(RunCommand(index, next_index, budget.cpu_s, budget.gpu_gb)))
         peaks = _Peaks(rss_bytes=start.rss_bytes, cpu_s=start.cpu_s)
         violation, finished = self._watch(start, peaks, Done, last=next_index is None)
-        return self._result(start, peaks, violation, finished, worker_ends=next_index is None)
+        return self._result(start, peaks, violation, finished, admission, next_index is None)
 
     def _send(self, command: bytes) -> None:
         try:
@@ -349,7 +410,9 @@ class Worker:
                 if not last:
                     return None, True
                 # Its last test: what the child does until it has exited is still that test's.
-                start.at_done = self._figures_at_done(start, peaks)
+                if shm.new_entries(start.shm_before):  # looked at while its processes are there
+                    meter.observe_shm()
+                start.at_done = self._figures(start, peaks, True, None)
                 holding, held_at = True, now
                 self._send(_STOP)
             if reader.overflowed and not overflow_stopped:
@@ -378,14 +441,6 @@ class Worker:
             self._sees_waits = False
             return True
         return waiting
-
-    def _figures_at_done(self, start: _TestStart, peaks: _Peaks) -> Usage:
-        """The last test's figures when it was over, the child waiting for its next command:
-        what its child does afterwards (Taichi's reset, leaving) is not the test's work. What
-        its processes hold in /dev/shm is looked at now, while they are there to look at."""
-        if shm.new_entries(start.shm_before):
-            self.meter.observe_shm()
-        return self._usage(start, peaks, finished=True, violation_at_s=None)
 
     def _next_sleep(self, start: _TestStart, peaks: _Peaks, elapsed_s: float) -> float:
         """A quarter of the shortest time in which any limit could be reached, within bounds."""
@@ -492,6 +547,7 @@ class Worker:
         peaks: _Peaks,
         violation: Violation | None,
         finished: bool,
+        admission: Admitted | None,
         worker_ends: bool = True,
     ) -> RunResult:
         messages = self.reader.messages[start.first_message :]
@@ -500,20 +556,10 @@ class Worker:
         if start.at_done is not None and violation is None:
             figures = start.at_done
         else:
-            at_s = None if violation is None else violation.at - start.started_at
-            figures = self._usage(start, peaks, finished, at_s)
+            figures = self._figures(start, peaks, finished, violation)
         worker_ends = worker_ends or violation is not None or not finished
         shm_files = self._shm_left(start, worker_ends)
-        # Without a cgroup, shared memory the test may have made but was not seen holding is
-        # not charged: the record says so (with a cgroup, the kernel knows whose it is).
-        unattributed = "" if self.meter.memory.cgroup_inode() else shm_files.unattributed_note()
-        usage = dataclasses.replace(
-            figures,
-            gpu_clamps=tuple(verdict.clamp_notes(messages)),
-            shm_files_left=shm_files.left,
-            shm_not_removed=shm_files.not_removed,
-            memory_note="; ".join(note for note in (figures.memory_note, unattributed) if note),
-        )
+        usage = self._usage(start, figures, _Told.of(messages, admission), shm_files)
         result = RunResult(
             messages,
             usage,
@@ -566,7 +612,8 @@ class Worker:
         return self._fixtures_up if self.exit_info is not None else ()
 
     def _shm_left(self, start: _TestStart, worker_ends: bool) -> shm.LeftFiles:
-        """What the test made in /dev/shm and left there (listed in its report). With
+        """What the test made in /dev/shm and left there (listed in its report): at its end,
+        even for the last test of its child, what its teardown left counts. With
         --taichi-limits-clean-shm, at the worker's end, what its tests made and no process
         outside them uses is removed; what cannot be attributed to them is kept and listed."""
         new = shm.new_entries(start.shm_before)
@@ -601,42 +648,72 @@ class Worker:
             return max(0.0, sampled_s)
         return max(0.0, sampled_s, self.exit_info.cpu_s - start.child_cpu_s)
 
-    def _usage(
-        self, start: _TestStart, peaks: _Peaks, finished: bool, violation_at_s: float | None
-    ) -> Usage:
-        """The test's figures: one memory figure (the one the verdict uses) in every field and
-        surface that shows memory, the timeline's highest point included."""
-        memory = self.meter.memory
+    def _figures(
+        self, start: _TestStart, peaks: _Peaks, finished: bool, violation: Violation | None
+    ) -> _Figures:
+        """The test's figures now: one memory figure (the one the verdict uses), which is also
+        the highest point of its timeline (the last point holds it)."""
+        memory, exit_info = self.meter.memory, self.exit_info
         kernel_peak_bytes = self._peak_rss(start, finished)
         own_bytes = memory.final_bytes(max(0, kernel_peak_bytes - start.rss_bytes))
         wall_s = time.monotonic() - start.monotonic
         cpu_s = self._cpu_s(start, peaks)
+        gpu_own = None if peaks.gpu_bytes is None else max(0, peaks.gpu_bytes - start.gpu_bytes)
+        peaks.timeline.add(wall_s, own_bytes, cpu_s, gpu_own)
+        return _Figures(
+            wall_s=wall_s,
+            cpu_s=cpu_s,
+            peaks=dataclasses.replace(peaks),
+            kernel_peak_bytes=kernel_peak_bytes,
+            own_memory_bytes=own_bytes,
+            memory_method=self.meter.method,
+            memory_note=memory.note,
+            page_cache_bytes=memory.page_cache_bytes(),
+            timeline=peaks.timeline.to_json(
+                None if violation is None else violation.at - start.started_at
+            ),
+            ending=None if exit_info is None else exit_info.ending,
+        )
+
+    def _usage(
+        self, start: _TestStart, figures: _Figures, told: _Told, shm_files: shm.LeftFiles
+    ) -> Usage:
+        """The test's usage, complete: built once, never replaced."""
+        peaks = figures.peaks
         gpu_peak = None if peaks.gpu_bytes is None else max(0, peaks.gpu_bytes - start.gpu_bytes)
-        peaks.timeline.add(wall_s, own_bytes, cpu_s, gpu_peak)  # the last point holds the peak
+        # Without a cgroup, shared memory the test may have made but was not seen holding is
+        # not charged: the record says so (with a cgroup, the kernel knows whose it is).
+        unattributed = "" if self.meter.memory.cgroup_inode() else shm_files.unattributed_note()
         return Usage(
             nodeid=start.nodeid,
             pid=self.child.pid,
             started_at=start.started_at,
-            wall_s=wall_s,
-            cpu_s=cpu_s,
+            wall_s=figures.wall_s,
+            cpu_s=figures.cpu_s,
             start_rss_bytes=start.rss_bytes,
             peak_own_rss_bytes=max(0, peaks.rss_bytes - start.rss_bytes),
-            peak_own_memory_bytes=own_bytes,
-            memory_method=self.meter.method,
-            memory_note=memory.note,
-            page_cache_bytes=memory.page_cache_bytes(),
+            peak_own_memory_bytes=figures.own_memory_bytes,
+            memory_method=figures.memory_method,
+            memory_note="; ".join(note for note in (figures.memory_note, unattributed) if note),
+            page_cache_bytes=figures.page_cache_bytes,
             peak_rss_bytes=peaks.rss_bytes,
             peak_vms_bytes=peaks.vms_bytes,
-            kernel_maxrss_bytes=kernel_peak_bytes,
+            kernel_maxrss_bytes=figures.kernel_peak_bytes,
             gpu_peak_bytes=gpu_peak,
             gpu_note=self.meter.gpu.note,
             samples=peaks.samples,
             budget=start.budget,
             mode=self.mode,
-            ending=None if self.exit_info is None else self.exit_info.ending,
+            ending=figures.ending,
             worker_pid=self.child.pid,
             worker_test_number=start.tests_before + 1,
-            timeline=peaks.timeline.to_json(violation_at_s),
+            arch=told.arch,
+            gpu_clamps=told.gpu_clamps,
+            interrupted=told.interrupted,
+            admission=told.admission,
+            timeline=figures.timeline,
+            shm_files_left=shm_files.left,
+            shm_not_removed=shm_files.not_removed,
         )
 
     # -- ending the child -------------------------------------------------------------------

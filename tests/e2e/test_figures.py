@@ -91,7 +91,9 @@ def test_the_memory_figure_of_a_test_stopped_for_cpu_is_not_stale(
     result.assert_outcomes(failed=1)
     record = _record(json_path, "test_holds_then_burns")
     assert record["violation"]["resource"] == "cpu_s"
-    assert record["own_memory_bytes"] == record["peak_own_memory_bytes"] >= 800 << 20
+    # (stopped while it allocates or after: at least its first hundreds of MB, whatever the
+    # machine's pace)
+    assert record["own_memory_bytes"] == record["peak_own_memory_bytes"] >= 200 << 20
     result.stdout.fnmatch_lines(
         [f"*peak usage  own memory +{human_bytes(record['own_memory_bytes'])} (*"]
     )
