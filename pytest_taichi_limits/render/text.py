@@ -56,6 +56,10 @@ class Figures(Protocol):
     @property
     def shm_files_left(self) -> tuple[str, ...]: ...
     @property
+    def shm_not_removed(self) -> tuple[str, ...]: ...
+    @property
+    def page_cache_bytes(self) -> int | None: ...
+    @property
     def arch(self) -> str: ...
     @property
     def mode(self) -> str: ...
@@ -87,6 +91,8 @@ def gpu_cap_lines(usage: Figures) -> list[str]:
             f"left in /dev/shm (memory the machine still holds; "
             f"--taichi-limits-clean-shm removes it): {', '.join(usage.shm_files_left)}"
         )
+    if usage.shm_not_removed:
+        lines.append(f"kept in /dev/shm: {', '.join(usage.shm_not_removed)}")
     return lines
 
 
@@ -104,6 +110,8 @@ def clamp_note(note: str, arch: str) -> str:
 
 def usage_line(usage: Figures) -> str:
     kernel = f"kernel peak +{human_bytes(usage.kernel_own_rss_bytes)}"
+    if usage.page_cache_bytes is not None:  # a cgroup: its page cache is said, never charged
+        kernel = f"page cache +{human_bytes(usage.page_cache_bytes)}, not charged"
     if usage.peak_rss_bytes:
         sampled = (
             f"own memory +{human_bytes(usage.peak_own_memory_bytes)} "
@@ -219,6 +227,13 @@ def violation_headline(violation: Violation) -> str:
     )
 
 
+def _labelled(line: str) -> str:
+    """A line of gpu_cap_lines under its label in a report: a clamp, or /dev/shm's."""
+    if line.startswith("GPU cap: "):
+        return f"  gpu cap     {line[len('GPU cap: ') :]}"
+    return f"  /dev/shm    {line}"
+
+
 def violation_report(violation: Violation, usage: Figures) -> str:
     signals = ", ".join(violation.signals_sent) or "none"
     ending = usage.ending.describe if usage.ending else "unknown"
@@ -230,7 +245,7 @@ def violation_report(violation: Violation, usage: Figures) -> str:
         lines.append(f"  detail      {violation.detail}")
     lines += [
         f"  peak usage  {usage_line(usage)}",
-        *[f"  gpu cap     {line[len('GPU cap: ') :]}" for line in gpu_cap_lines(usage)],
+        *[_labelled(line) for line in gpu_cap_lines(usage)],
         f"  budget      {budget_text(usage.budget)}",
         f"  stopped     signals sent: {signals}; the test process {ending}",
         (
