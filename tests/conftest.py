@@ -2,6 +2,10 @@ from __future__ import annotations
 
 import os
 
+# Imported once for the whole test process: the `pytester` fixture removes modules first imported
+# during a test from sys.modules, and numpy 2 refuses to be imported a second time in a process
+# ("cannot load module more than once per process"). Taichi depends on numpy, so it is there.
+import numpy  # noqa: F401
 import pytest
 from helpers import memory
 from helpers.plugin_types import RunPlugin
