@@ -203,7 +203,7 @@ def _tear_down_kept(item: pytest.Item, writer: ChannelWriter) -> None:
 
 def run_item(item: pytest.Item, writer: ChannelWriter, nextitem: pytest.Item | None) -> None:
     """The test's phases and every message about them, up to `done`."""
-    writer.send(Hello(item.nodeid))
+    writer.send(Hello(item.nodeid, taichi_support.current_arch()))
     with warnings.catch_warnings(record=True) as caught:
         _run_phases(item, writer, nextitem)
     for message in caught:
