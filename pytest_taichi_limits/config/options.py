@@ -12,13 +12,22 @@ Budgets from markers beat both (see config/budget.py).
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import pytest
 
-from .budget import ARCH_NAMES, BUDGET_KEYS, BUILTIN_DEFAULTS, BudgetError, check_arch, parse_text
+from .budget import (
+    ARCH_NAMES,
+    BUDGET_KEYS,
+    BUILTIN_DEFAULTS,
+    BudgetError,
+    check_arch,
+    parse_text,
+    resolve,
+)
 from .capacity import CapacityError, Declared, parse_capacity
 from .settings import ISOLATIONS, MEMORY_METHODS, MODES, Settings
 from .tolerance import DEFAULT_TOLERANCE_SPEC, Tolerance, ToleranceError, parse_tolerance
@@ -528,11 +537,15 @@ def read_options(config: pytest.Config) -> Options:
     """Validate every option; raise pytest.UsageError naming the first bad one."""
     outputs = _outputs(config)
     compare_path = value_or_ini(config, "taichi_limits_compare")[0]
+    cli_budget = _budget_layer(config, from_ini=False)
+    ini_budget = _budget_layer(config, from_ini=True)
     options = Options(
         supervise_all=flag_or_ini(config, "taichi_limits"),
-        cli_budget=_budget_layer(config, from_ini=False),
-        ini_budget=_budget_layer(config, from_ini=True),
-        settings=_settings(config),
+        cli_budget=cli_budget,
+        ini_budget=ini_budget,
+        settings=dataclasses.replace(
+            _settings(config), default_budget=resolve({}, cli_budget, ini_budget)
+        ),
         outputs=outputs,
         top=_top(config),
         suggest=flag_or_ini(config, "taichi_limits_suggest"),

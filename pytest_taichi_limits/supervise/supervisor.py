@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..config.budget import Budget
+from ..config.budget import Budget, larger
 from ..config.units import MIB
 from ..formats.environment import taichi_arch
 from ..ipc.channel import ChannelReader
@@ -303,9 +303,12 @@ class Worker:
         admission: Admitted | None,
     ) -> RunResult:
         if not self._ready:
-            # Starting up (in a fresh interpreter: importing and collecting the test module)
-            # is watched under the first test's budget; its figures start when it is ready.
-            startup = self._begin(nodeid, budget, exact=self.mode != "fork")
+            # Starting up (a fresh interpreter's or a reimport worker's import and collection
+            # of its modules: their ti.init, their work at import) is no test's: it is watched
+            # under the session's default budget (or the first test's, where larger), and the
+            # first test's figures start once the worker is ready.
+            startup_budget = larger(self.settings.default_budget, budget)
+            startup = self._begin(nodeid, startup_budget, exact=self.mode != "fork")
             peaks = _Peaks(rss_bytes=startup.rss_bytes, cpu_s=startup.cpu_s)
             violation, ready = self._watch(startup, peaks, Ready)
             if not ready:
@@ -365,7 +368,9 @@ class Worker:
         cap_fd = meter.memory.cap_event_fd()
         always = [fd for fd in (child.control_fd, child.wait_fd(), cap_fd) if fd is not None]
         with_channel = [child.channel_fd, *always]
-        progress = _Progress(start.first_message, until, start.nodeid)
+        progress = _Progress(
+            start.first_message, until, start.nodeid, "setup" if until is Done else "collection"
+        )
         sampled_at = heard_at = -math.inf
         told_at = held_at = math.inf  # when the child said `until`; when it was asked to stop
         overflow_stopped = holding = False
@@ -405,7 +410,7 @@ class Worker:
             violation = self._check(start, peaks, progress.phase, now - start.monotonic)
             if violation is not None:
                 self._stop_tree()
-                return violation, False
+                return _at_startup(violation) if until is Ready else violation, False
             if back:
                 if not last:
                     return None, True
@@ -848,6 +853,19 @@ class _Progress:
     @staticmethod
     def last_phase(messages: list[Message]) -> str:
         return next((m.when for m in reversed(messages) if isinstance(m, Phase)), "setup")
+
+
+#: What a violation during a worker's start-up says (the budget in force is not the test's).
+STARTUP_DETAIL = (
+    "the worker went over while it started, before the test ran (a fresh interpreter or a "
+    "reimport worker importing and collecting the module: its ti.init and its work at "
+    "import), watched under the session's default budget, or the first test's where larger"
+)
+
+
+def _at_startup(violation: Violation) -> Violation:
+    detail = "; ".join(part for part in (STARTUP_DETAIL, violation.detail) if part)
+    return dataclasses.replace(violation, detail=detail)
 
 
 def _escape_reason(pid: int) -> str:
