@@ -21,9 +21,11 @@ outside that set holds a part of them (a process the origin forked for another p
 a multiprocessing pool made by a fixture, would lower the figure of a test that forks by its
 share of the origin's pages).
 
-The shared part is the larger of two views that may see the same pages: the tree's Pss_Shmem
-(mapped shared memory) and the files the test holds or left (shared memory whether mapped or
-not). docs/memory.md has the table of what is counted and what is not.
+The shared part is the files the test holds or left (shared memory whether mapped or not: memfds,
+tmpfs files) plus the tree's mapped shared memory (Pss_Shmem) outside those files (MAP_SHARED
+anonymous mappings): a page of a file the test also maps is counted once (the Pss of those
+mappings, from /proc/<pid>/smaps, read only where a process maps one). docs/memory.md has the
+table of what is counted and what is not.
 
 smaps_rollup walks every page table entry: about 5.5 ms per GB of RSS. The smaps method
 (measure/meter.py) reads it at a rate scaled to its cost and reads only statm in between.
@@ -37,7 +39,7 @@ import time
 from dataclasses import dataclass, field
 
 from .proctree import read_proc
-from .shm import Attribution
+from .shm import Attribution, mapped_pss_bytes
 
 _KB = 1024
 
@@ -66,7 +68,8 @@ class Reading:
     """One exact reading: bytes the machine holds for the test, before the baseline is taken."""
 
     anon_bytes: int  # Pss_Anon over the sharers minus the origin's resident anonymous memory
-    mapped_shm_bytes: int  # Pss_Shmem over the test's processes
+    #: Pss_Shmem over the test's processes, less the mappings of the files counted beside it
+    mapped_shm_bytes: int
     unmapped_shm_bytes: int  # memfds held open, tmpfs files the test held or left
     cpu_s: float  # what reading it cost the parent
 
@@ -95,7 +98,10 @@ class MemoryMeter:
         if found is None:
             return None
         anon, mapped_shm = found
-        unmapped_shm = self.attribution.held_bytes(self.attribution.observe(test_pids))
+        held = self.attribution.observe(test_pids)
+        unmapped_shm = self.attribution.held_bytes(held)
+        # A file the test holds and maps is in both figures: its mapped pages count once.
+        mapped_shm -= mapped_pss_bytes(test_pids, self.attribution.counted(held))
         self.cost_s = time.thread_time() - cpu_before
         return Reading(anon, mapped_shm, unmapped_shm, self.cost_s)
 
@@ -135,8 +141,6 @@ class MemoryMeter:
 def own_bytes(reading: Reading, baseline: Reading) -> int:
     """What the test holds at `reading`, above what was there at `baseline` (its start)."""
     anon = reading.anon_bytes - baseline.anon_bytes
-    shm = max(
-        reading.mapped_shm_bytes - baseline.mapped_shm_bytes,
-        reading.unmapped_shm_bytes - baseline.unmapped_shm_bytes,
-    )
-    return max(0, anon + max(0, shm))
+    mapped = reading.mapped_shm_bytes - baseline.mapped_shm_bytes
+    files = reading.unmapped_shm_bytes - baseline.unmapped_shm_bytes
+    return max(0, anon + max(0, mapped) + max(0, files))

@@ -5,6 +5,7 @@ Real cgroups (v1 here, as root) are in tests/unit/test_cgroup.py.
 
 from __future__ import annotations
 
+import mmap
 import os
 import time
 from pathlib import Path
@@ -19,22 +20,41 @@ from pytest_taichi_limits.measure.proctree import ProcessTree, TreeSample
 MB = 1 << 20
 
 
-def test_own_bytes_counts_anon_growth_and_the_larger_shared_view() -> None:
+def test_own_bytes_counts_anon_growth_files_and_other_shared_mappings() -> None:
     start = Reading(
         anon_bytes=5 * MB, mapped_shm_bytes=1 * MB, unmapped_shm_bytes=700 * MB, cpu_s=0.0
     )
-    # 100 MB new anon; 50 MB mapped shm (also seen as tmpfs growth of 50 MB): counted once
+    # 100 MB new anon; a 50 MB tmpfs file the test also maps (its mapping is left out of the
+    # mapped figure by the reading: MemoryMeter.read)
     now = Reading(
-        anon_bytes=105 * MB, mapped_shm_bytes=51 * MB, unmapped_shm_bytes=750 * MB, cpu_s=0.0
+        anon_bytes=105 * MB, mapped_shm_bytes=1 * MB, unmapped_shm_bytes=750 * MB, cpu_s=0.0
     )
     assert own_bytes(now, start) == 150 * MB
-    # a memfd written but never mapped: only the unmapped view sees it
+    # a memfd written but never mapped, and a MAP_SHARED anonymous mapping: both (the matrix
+    # found the smaller one left out when the figure was the larger of the two views)
     now = Reading(
-        anon_bytes=5 * MB, mapped_shm_bytes=1 * MB, unmapped_shm_bytes=900 * MB, cpu_s=0.0
+        anon_bytes=5 * MB, mapped_shm_bytes=31 * MB, unmapped_shm_bytes=900 * MB, cpu_s=0.0
     )
-    assert own_bytes(now, start) == 200 * MB
+    assert own_bytes(now, start) == 230 * MB
     # less than at the start (another process freed tmpfs space): never below zero
     assert own_bytes(Reading(0, 0, 0, 0.0), start) == 0
+
+
+def test_the_mapped_pages_of_a_held_file_are_found_in_smaps() -> None:
+    """A memfd this process holds and maps: its mapped pages are what both views see."""
+    fd = os.memfd_create("truth-overlap")
+    try:
+        os.ftruncate(fd, 4 * MB)
+        with mmap.mmap(fd, 4 * MB) as mapping:
+            for offset in range(0, 4 * MB, mmap.PAGESIZE):
+                mapping[offset] = 1
+            status = os.fstat(fd)
+            key = (status.st_dev, status.st_ino)
+            assert shm.mapped_pss_bytes([os.getpid()], {key}) == 4 * MB
+            assert shm.mapped_pss_bytes([os.getpid()], set()) == 0
+            assert shm.mapped_pss_bytes([os.getpid()], {(key[0], key[1] + 1)}) == 0
+    finally:
+        os.close(fd)
 
 
 def test_tmpfs_mounts_are_read_from_the_mount_table() -> None:
