@@ -528,8 +528,11 @@ class Worker:
     ) -> Violation:
         self.tree.remember_tree()
         stack = _request_stack(self.child, self.meter.memory.release_reserve)
-        # The figure at the moment it is stopped (an exact reading, whatever the method's
-        # pace): every report of this test shows it, whichever limit was broken.
+        # Frozen (SIGSTOP; _stop_tree continues it with its SIGTERM), then the figure at the
+        # moment it is stopped (an exact reading, whatever the method's pace): every report
+        # of this test shows it, whichever limit was broken, and nothing the test does after
+        # the reading is left out of it (it allocated on between the reading and the stop).
+        self.tree.signal_tree(signal.SIGSTOP)
         self.meter.sample(time.monotonic(), settle=True)
         detail = self.meter.memory.cap_detail() if resource_key == "mem_mb" else ""
         return Violation(
@@ -660,7 +663,8 @@ class Worker:
         the highest point of its timeline (the last point holds it)."""
         memory, exit_info = self.meter.memory, self.exit_info
         kernel_peak_bytes = self._peak_rss(start, finished)
-        own_bytes = memory.final_bytes(max(0, kernel_peak_bytes - start.rss_bytes))
+        ended = not finished and exit_info is not None  # no reading of its end: it is gone
+        own_bytes = memory.final_bytes(max(0, kernel_peak_bytes - start.rss_bytes), ended)
         wall_s = time.monotonic() - start.monotonic
         cpu_s = self._cpu_s(start, peaks)
         gpu_own = None if peaks.gpu_bytes is None else max(0, peaks.gpu_bytes - start.gpu_bytes)
@@ -730,6 +734,7 @@ class Worker:
         child, tree, reader = self.child, self.tree, self.reader
         grace = self.settings.grace_s if grace_s is None else grace_s
         tree.signal_tree(signal.SIGTERM)
+        tree.signal_tree(signal.SIGCONT)  # frozen for its last reading (_violate)
         deadline = time.monotonic() + grace
         exit_info = self.exit_info
         while time.monotonic() < deadline:
