@@ -733,8 +733,13 @@ class Worker:
         """SIGTERM the tree, wait out the grace period, then SIGKILL whatever is left."""
         child, tree, reader = self.child, self.tree, self.reader
         grace = self.settings.grace_s if grace_s is None else grace_s
-        tree.signal_tree(signal.SIGTERM)
-        tree.signal_tree(signal.SIGCONT)  # frozen for its last reading (_violate)
+        # To each main thread: a process's signal goes to whichever thread runs first (after
+        # the SIGCONT below, a Taichi worker's, say), and CPython then may not run its handler
+        # until the main thread leaves a sleep or a loop: the test ran on to SIGKILL (found by
+        # the truth matrix's cpu_s and wall_s cells in reimport workers). Then continued: it
+        # was frozen for its last reading (_violate).
+        tree.signal_tree(signal.SIGTERM, main_thread=True)
+        tree.signal_tree(signal.SIGCONT)
         deadline = time.monotonic() + grace
         exit_info = self.exit_info
         while time.monotonic() < deadline:

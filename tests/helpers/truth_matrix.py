@@ -85,7 +85,7 @@ class SessionConfig:
     def args(self) -> list[str]:
         args = [
             f"--taichi-limits-isolation={self.isolation}",
-            "--taichi-limits-grace=1",
+            "--taichi-limits-grace=5",  # a stopped test ends at its SIGTERM, well before
             "--taichi-limits-mem-mb=1024",
             "--taichi-limits-wall-s=120",
             "--taichi-limits-admit=off",  # another session's reservations are not a figure
@@ -197,6 +197,9 @@ class Expected:
     wall_s: tuple[float, float]
     outcome: str
     violation: str | None  # the budget key it went over
+    #: how its process ended, where it ended with the test: a stopped test at its SIGTERM
+    #: (each cell's work is interruptible Python), a crash by its signal
+    ending: str | None
 
     @property
     def kind(self) -> str:
@@ -270,7 +273,14 @@ def _expected(
         wall_s=(wall - 0.001, wall + WALL_S + truth.waited_s()),
         outcome=cell.outcome,
         violation=None if cell.ends in ("passed", "crash") else cell.ends,
+        ending=_ENDINGS.get(cell.ends),
     )
+
+
+_ENDINGS = {
+    "crash": "killed by signal 11 (SIGSEGV)",
+    **{key: "killed by signal 15 (SIGTERM)" for key in ("cpu_s", "mem_mb", "wall_s")},
+}
 
 
 # -- the surfaces -------------------------------------------------------------------------------
@@ -348,6 +358,7 @@ def json_report(outputs: Outputs) -> dict[str, Shown]:
                 "outcome": record["outcome"],
                 "mode": record["mode"],
                 "violation": (record["violation"] or {}).get("resource"),
+                "ending": record["ending"],
                 "peak_own_memory_bytes": record["peak_own_memory_bytes"],
             },
         )
@@ -625,6 +636,8 @@ def _check(
         found.append(Mismatch(nodeid, surface, "mode", extra["mode"], config.mode))
     if "violation" in extra and extra["violation"] != want.violation:
         found.append(Mismatch(nodeid, surface, "violation", extra["violation"], want.violation))
+    if "ending" in extra and extra["ending"] != want.ending:
+        found.append(Mismatch(nodeid, surface, "ending", extra["ending"], want.ending))
     if "highest memory" in extra and shown.memory and extra["highest memory"] != shown.memory[0]:
         found.append(
             Mismatch(nodeid, surface, "highest point", extra["highest memory"], shown.memory[0])
