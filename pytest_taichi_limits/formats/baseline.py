@@ -630,8 +630,9 @@ def regression_report(
     if entry.arch != record.arch or entry.mode != record.mode:
         lines.append(
             f"  note        this run used arch {record.arch} ({record.mode} mode): "
-            "figures of another arch or start mode are not comparable (spawn mode "
-            "counts the interpreter's own start-up)"
+            "figures of another arch or start mode are not comparable (a forked child's "
+            "first test pays for its copies of pytest's pages; a Taichi runtime made at "
+            "import is the worker's, not the test's)"
         )
     lines.append(
         "  what to do  find what grew; accept reviewed growth with: "
