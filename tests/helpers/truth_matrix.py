@@ -279,7 +279,7 @@ def _expected(
 
 _ENDINGS = {
     "crash": "killed by signal 11 (SIGSEGV)",
-    **{key: "killed by signal 15 (SIGTERM)" for key in ("cpu_s", "mem_mb", "wall_s")},
+    **dict.fromkeys(("cpu_s", "mem_mb", "wall_s"), "killed by signal 15 (SIGTERM)"),
 }
 
 
