@@ -124,6 +124,8 @@ class TaichiLimitsPlugin:
     @pytest.hookimpl(wrapper=True)
     def pytest_runtestloop(self, session: pytest.Session) -> Any:
         try:
+            if not is_spawn_worker(self.config):
+                self.runner.session_starts()  # the fork server, before the first test
             return (yield)
         finally:
             self.runner.stop_worker()  # -x, Ctrl-C: the worker's fixtures still tear down

@@ -61,13 +61,16 @@ class ChildStart:
     settings: Settings
 
 
-def run_forked(items: Sequence[pytest.Item], start: ChildStart) -> NoReturn:
-    """Run the tests the parent asks for, one at a time, in this forked process. Never returns."""
+def run_forked(
+    items: Sequence[pytest.Item], start: ChildStart, first: RunCommand | None = None
+) -> NoReturn:
+    """Run the tests the parent asks for, one at a time, in this forked process, beginning with
+    `first` (the command this child was forked with) if given. Never returns."""
     writer = ChannelWriter(start.channel_fd)
 
     def body() -> None:
         cap = start_child(writer, start)
-        serve(items, writer, CommandReader(start.control_fd), cap)
+        serve(items, writer, CommandReader(start.control_fd), cap, first)
 
     exit_guarded(writer, body)
 
@@ -140,19 +143,24 @@ def serve(
     writer: ChannelWriter,
     commands: CommandReader,
     cap: taichi_support.GpuCap,
+    first: RunCommand | None = None,
 ) -> None:
     """Wait for a command, run that test, tell the parent, wait again; tear down on stop.
+    A child forked with its `first` command runs it at once (the parent took the start
+    figures before the fork): no `ready`, no round trip.
 
     SIGTERM (the supervisor stopping this child) tears down every fixture still set up, then
     the child dies of SIGTERM (in exit_guarded)."""
     signal.signal(signal.SIGTERM, _StopOnSigterm())
     if items:
         items[0].config.pluginmanager.register(FixtureWatch(writer), "taichi_limits_fixtures")
-    writer.send(Ready(os.getpid()))
-    commands.ring()
+    if first is None:
+        writer.send(Ready(os.getpid()))
+        commands.ring()
     up: pytest.Item | None = None  # the test whose fixtures may be set up now
     try:
-        while isinstance(command := commands.next(), RunCommand):
+        while isinstance(command := first or commands.next(), RunCommand):
+            first = None
             _set_cpu_limit(command.cpu_s)
             cap.cap_gb = command.gpu_gb
             item = items[command.index]

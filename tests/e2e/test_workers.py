@@ -451,15 +451,15 @@ def test_an_application_package_made_at_import_is_imported_again_in_each_worker(
     "signal_name, expected",
     [
         ("SIGSTOP", "*taichi_limits: wall_s exceeded*"),
-        ("SIGKILL", "*the plugin's keeper process above the test was killed*"),
-        ("SIGUSR1", "*the plugin's keeper process above the test was killed*"),
+        ("SIGKILL", "*the plugin's fork server above the test was killed*"),
+        ("SIGUSR1", "*the plugin's fork server above the test was killed*"),
     ],
 )
-def test_a_test_that_attacks_its_parent_in_fork_mode_hits_the_keeper_not_pytest(
+def test_a_test_that_attacks_its_parent_in_fork_mode_hits_the_fork_server_not_pytest(
     pytester: pytest.Pytester, run_plugin: Any, signal_name: str, expected: str
 ) -> None:
-    # In fork mode the test's parent is the plugin's keeper, never pytest: stopping or killing
-    # it fails that test, and the next one runs.
+    # In fork mode the test's parent is the plugin's fork server, never pytest: stopping or
+    # killing it fails that test, and the next one runs (in a child of a new server).
     body = ZYGOTE_ATTACK.replace("{signal_name}", signal_name).replace(
         "ti.init(arch=ti.cpu)\nvalues = ti.field(ti.i32, shape=4)\n", ""
     )
