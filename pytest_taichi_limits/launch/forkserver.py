@@ -95,7 +95,9 @@ ChildBody = Callable[[ChildFds, ForkOrder], None]
 class ForkServer:
     """pytest's side of its fork server."""
 
-    def __init__(self, body: ChildBody) -> None:
+    def __init__(self, body: ChildBody, prepare: Callable[[], None] | None = None) -> None:
+        """`prepare`: run once in the server, before its first fork: what every child would
+        otherwise do for itself (child/loop.py's prepare_fork_server)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         parent_pid = os.getpid()
         for stream in (sys.stdout, sys.stderr):
@@ -104,7 +106,7 @@ class ForkServer:
         if pid == 0:
             try:
                 ours.close()
-                _Server(theirs, parent_pid, body).run()
+                _Server(theirs, parent_pid, body, prepare).run()
             finally:
                 os._exit(0)
         theirs.close()
@@ -363,10 +365,17 @@ def _wake(signum: int, frame: Any) -> None:
 
 
 class _Server:
-    def __init__(self, orders: socket.socket, parent_pid: int, body: ChildBody) -> None:
+    def __init__(
+        self,
+        orders: socket.socket,
+        parent_pid: int,
+        body: ChildBody,
+        prepare: Callable[[], None] | None,
+    ) -> None:
         self.orders = orders
         self.parent_pid = parent_pid
         self.body = body
+        self.prepare = prepare
         #: every test child not yet reaped: pid -> the write end of its status pipe
         self.children: dict[int, int] = {}
         self.handlers: dict[int, Any] = {}
@@ -380,6 +389,8 @@ class _Server:
         if os.getppid() != self.parent_pid:  # pytest died before the signal was armed
             return
         linux.set_child_subreaper(True)
+        if self.prepare is not None:
+            self.prepare()
         self.wake_read, self.wake_write = os.pipe()
         for fd in (self.wake_read, self.wake_write):
             os.set_blocking(fd, False)

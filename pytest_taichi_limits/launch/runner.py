@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from ..child.loop import ChildStart, run_forked
+from ..child.loop import ChildStart, prepare_fork_server, run_forked
 from ..child.session import reimport_worker
 from ..config.budget import Budget
 from ..config.settings import BUDGET_KEY, Settings
@@ -382,7 +382,8 @@ class Runner:
             # A forked child of a process holding a Taichi program hangs: reset it here (once
             # per server), and let the children (and a plain test here) replay the init lazily.
             reinit.reset_for_fork(self.recorder.last_init)
-            self._server = ForkServer(self._child_body())
+            items = self._items
+            self._server = ForkServer(self._child_body(), lambda: prepare_fork_server(items))
             self._server_stale = False
         return self._server
 
