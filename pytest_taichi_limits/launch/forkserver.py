@@ -451,6 +451,7 @@ class _Server:
         if pid == 0:
             try:
                 self._become_child(status)
+                os.environ.update(order.env)  # the devices admission chose: before any use
                 self.body(ChildFds(channel, stack, control, server_pid), order)
             finally:
                 os._exit(EXIT_INTERNAL_ERROR)
