@@ -121,14 +121,17 @@ class TaichiLimitsPlugin:
             # reports are written (complete: false); now end as the signal would have.
             die_of(self._terminated_by)
 
-    @pytest.hookimpl(wrapper=True)
+    # The innermost wrapper: the fork server starts right before the first test and is gone
+    # (its children's CPU time accounted to pytest) when any other wrapper's loop ends.
+    @pytest.hookimpl(wrapper=True, trylast=True)
     def pytest_runtestloop(self, session: pytest.Session) -> Any:
         try:
             if not is_spawn_worker(self.config):
                 self.runner.session_starts()  # the fork server, before the first test
             return (yield)
         finally:
-            self.runner.stop_worker()  # -x, Ctrl-C: the worker's fixtures still tear down
+            # -x, Ctrl-C: the worker's fixtures still tear down; then the fork server leaves
+            self.runner.session_ends()
 
     # -- collection -------------------------------------------------------------------------
 

@@ -142,6 +142,14 @@ class Runner:
             if self.choose_memory().support is not None:
                 self._order_server_cgroup(server)  # in the first worker's cgroup, in time
 
+    def session_ends(self) -> None:
+        """After the last test: the last worker stops (its fixtures torn down), and the fork
+        server leaves (no test is forked any more)."""
+        try:
+            self.stop_worker()
+        finally:
+            self._close_server()
+
     def plain_test_starts(self, item: pytest.Item) -> None:
         """pytest is about to run an unsupervised test here itself."""
         self._plain_left.discard(item.nodeid)

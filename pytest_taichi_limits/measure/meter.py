@@ -315,7 +315,7 @@ class SmapsMemory(MemoryMethod):
         tmpfs files and memfds it inherits. One exact reading per short test, at its end."""
         MemoryMethod.begin(self, tree, tick, limit_bytes, now, exact=True)
         self.idle_reading = None
-        self.baseline = None if self.reader is None else self.reader.at_birth()
+        self.baseline = None if self.reader is None else self.reader.at_birth(tick.rss_bytes)
         if self.baseline is not None:
             self._schedule(self.baseline, tick, now)
 

@@ -428,8 +428,11 @@ class Worker:
             ready, _, _ = select.select(with_channel if listen else always, [], [], sleep_s)
             if child.channel_fd in ready:
                 heard_at = time.monotonic()
-            if child.control_fd in ready:
-                _take_bells(child.control_fd)
+            if child.control_fd in ready and not _take_bells(child.control_fd):
+                # The child's end is closed (it is exiting): an end of file stays readable, and
+                # would spin this loop until the exit is seen (wait_fd says when).
+                always.remove(child.control_fd)
+                with_channel.remove(child.control_fd)
             capped = False
             if cap_fd is not None and cap_fd in ready:
                 capped = True
@@ -911,11 +914,12 @@ def _escape_reason(pid: int) -> str:
     )
 
 
-def _take_bells(control_fd: int) -> None:
+def _take_bells(control_fd: int) -> bool:
+    """Read the bells rung; False once the child's end is closed."""
     try:
-        os.read(control_fd, 4096)
+        return bool(os.read(control_fd, 4096))
     except OSError:
-        pass  # the child's end is gone: its exit is seen through wait_fd / poll_exit
+        return False  # the child's end is gone: its exit is seen through wait_fd / poll_exit
 
 
 def _request_stack(child: Launched, release: Callable[[], None]) -> str:
