@@ -19,7 +19,7 @@ from .config.budget import (
     resolve,
 )
 from .config.options import Options, add_options, is_spawn_worker, read_options
-from .config.settings import BUDGET_KEY, SETTINGS_KEY
+from .config.settings import BUDGET_KEY, SETTINGS_KEY, isolation_text
 from .formats import baseline as baselines
 from .ipc.protocol import Exit
 from .launch.runner import Refused, Runner
@@ -144,7 +144,7 @@ class TaichiLimitsPlugin:
         return [
             f"taichi-limits: supervising {scope}; default budget {render.budget_text(defaults)}; "
             f"sampling down to every {settings.interval_s:g} s, grace {settings.grace_s:g} s; "
-            f"start mode {settings.mode}, isolation {settings.isolation}",
+            f"start mode {settings.mode}, {isolation_text(settings)}",
             *([] if plan is None else [plan.header_line()]),
         ]
 

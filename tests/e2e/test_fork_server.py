@@ -119,12 +119,17 @@ def _dump():
 """
 
 
+@pytest.mark.parametrize("isolation", ["test", "module"])
 def test_a_trivial_test_pays_one_exact_reading_of_its_process(
-    pytester: pytest.Pytester, run_plugin: RunPlugin, monkeypatch: pytest.MonkeyPatch
+    pytester: pytest.Pytester,
+    run_plugin: RunPlugin,
+    monkeypatch: pytest.MonkeyPatch,
+    isolation: str,
 ) -> None:
     # Issue 19, item 2: smaps_rollup costs ~5.5 ms per GB of the process's RSS. A child forked
     # with its test's command has nothing of its own at birth: its start needs no reading; the
-    # figure is read once, when the test is over.
+    # figure is read once, when the test is over (in a worker that runs more, that reading is
+    # also the next test's start).
     pytester.makepyfile(
         counting=COUNT_READINGS,
         test_trivial="import pytest\n\n@pytest.mark.parametrize('n', range(3))\n"
@@ -140,15 +145,20 @@ def test_a_trivial_test_pays_one_exact_reading_of_its_process(
         "--taichi-limits",
         "--taichi-limits-memory-method=smaps",
         "--taichi-limits-mem-mb=512",
+        f"--taichi-limits-isolation={isolation}",
         f"--taichi-limits-log={log}",
     )
     result.assert_outcomes(passed=3)
     counts = json.loads(readings.read_text())
     found = usages(log)
     assert len(found) == 3
+    tests_per_worker: dict[int, int] = {}
     for name, usage in found.items():
         assert usage["memory_method"] == "smaps", name
-        assert counts.get(str(usage["pid"])) == 1, (name, counts)
+        tests_per_worker[usage["pid"]] = tests_per_worker.get(usage["pid"], 0) + 1
+    assert len(tests_per_worker) == (3 if isolation == "test" else 1)
+    for pid, tests in tests_per_worker.items():
+        assert counts.get(str(pid)) == tests, (pid, counts)
 
 
 STATEFUL_MARKED = """
