@@ -207,7 +207,7 @@ class Runner:
         elif fresh:
             how = (
                 "each in a worker of its own"
-                if self.settings.isolation != "session"
+                if self.settings.isolation == "test"
                 else "in one shared worker"
             )
             if self._fresh_kind() == "spawn":
@@ -266,9 +266,13 @@ class Runner:
                 "so that fork mode works."
             )
         if fresh_reason:
-            # Its tests share the module's state, as in plain pytest: one worker per module.
+            # Its tests share the module's state, as in plain pytest: one worker per module
+            # with isolation test. With module (or session) isolation, consecutive modules
+            # that import Taichi state share one worker: in plain pytest they share that
+            # state in one process too (the application module that called ti.init at import
+            # is imported once), and each worker would import and initialise it again.
             kind = "spawn" if kept_reason else self._fresh_kind()
-            return Key(kind, "session" if isolation == "session" else module)
+            return Key(kind, module if isolation == "test" else "session")
         return Key("spawn" if kept_reason else "fork", per_isolation)
 
     def run(

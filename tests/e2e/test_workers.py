@@ -43,6 +43,11 @@ def _usage(log: Path) -> dict[str, dict[str, Any]]:
     return {event["nodeid"].split("::")[-1]: event for event in events if event["event"] == "usage"}
 
 
+def _worker_pids(log: Path) -> set[int]:
+    events = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return {event["worker_pid"] for event in events if event["event"] == "usage"}
+
+
 def _setups(pytester: pytest.Pytester) -> list[str]:
     path = pytester.path / "setups.txt"
     return path.read_text().split() if path.exists() else []
@@ -473,6 +478,16 @@ def test_an_application_package_made_at_import_is_imported_again_in_each_worker(
     result = run_plugin("--taichi-limits", f"--taichi-limits-log={log}")
     result.assert_outcomes(passed=2)
     assert {event["mode"] for event in _usage(log).values()} == {"reimport"}
+    assert len(_worker_pids(log)) == 2  # isolation test: a worker per module
+    # With module isolation (the default), the two modules share one reimport worker, as they
+    # share app.kernels's Taichi state in one process in plain pytest: it is imported (and
+    # initialises Taichi) once.
+    shared = pytester.path / "shared.jsonl"
+    result = run_plugin("--taichi-limits", f"--taichi-limits-log={shared}", default_isolation=True)
+    result.assert_outcomes(passed=2)
+    assert {event["mode"] for event in _usage(shared).values()} == {"reimport"}
+    assert len(_worker_pids(shared)) == 1
+    result.stdout.fnmatch_lines(["*and run in one shared worker that imports them again*"])
 
 
 @pytest.mark.parametrize(
