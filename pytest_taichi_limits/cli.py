@@ -2,28 +2,35 @@
 pytest, for CI systems that run the tests in one job and judge them in another.
 
     taichi-limits compare BASELINE REPORT.json [--tolerance SPEC] [--markdown PATH] [-o OUT]
+    taichi-limits accept BASELINE REPORT.json TEST [TEST ...]
     taichi-limits merge A.json B.json ... -o OUT [--prefer newest]
     taichi-limits html REPORT.json -o report.html
     taichi-limits markdown REPORT.json [-o summary.md]
     taichi-limits show REPORT.json [--top N] [-v]
 
 Exit status: 0 fine, 1 regressions (compare), 2 a file or argument that cannot be used (the
-message says which and why; never a traceback).
+message says which and why; never a traceback); a closed pipe (`... | head`) ends it by SIGPIPE,
+quietly, as `cat`. Every subcommand reads its files through formats/reading.py: the same checks
+(size, JSON, kind, version, every record's shape) everywhere.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
+import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .formats import baseline as baselines
-from .formats import jsonreport, reading
+from .formats import reading
 from .formats.environment import differences
-from .formats.jsonreport import write_atomic
+from .formats.jsonreport import BaselineSection, Report, write_atomic
 from .formats.reading import InputError
+from .model.records import Regression, UsageRecord
 from .render import html as htmlreport
 from .render import markdown, summary
 
@@ -44,110 +51,128 @@ MERGE_COMPARED_KEYS = (
 # -- compare ------------------------------------------------------------------------------------
 
 
-def compare_document(
-    document: dict[str, Any], baseline: baselines.Baseline, tolerance: baselines.Tolerance
-) -> dict[str, Any]:
-    """The report with each record's `regression` and the `baseline` section recomputed against
-    `baseline`, as --taichi-limits-compare would have set them."""
+def compare_report(
+    report: Report,
+    baseline: baselines.Baseline,
+    tolerance: baselines.Tolerance,
+    report_path: str | None = None,
+) -> Report:
+    """The report with each record's regression and the baseline section recomputed against
+    `baseline`, as --taichi-limits-compare would have set them (`report_path`: the file the
+    report came from, named in the regression's hint)."""
     compared_records = []
-    for data in reading.records(document):
-        data["regression"] = None
-        nodeid = str(data["nodeid"])
-        if reading.comparable(data) and nodeid in baseline.tests:
-            record = reading.usage_record(data)
-            growths = baselines.compare(record, baseline.tests[nodeid], tolerance)
+    for record in report.records:
+        regression = None
+        if record.comparable and record.nodeid in baseline.tests:
+            growths = baselines.compare(record, baseline.tests[record.nodeid], tolerance)
             exceeded = [growth for growth in growths if growth.exceeded]
             if exceeded:
-                data["regression"] = {
-                    "warn_only": False,
-                    "text": baselines.regression_report(
-                        exceeded, growths, baseline, nodeid, record, False
-                    ),
-                    "growths": [growth.to_json() for growth in growths],
-                }
-        compared_records.append(data)
-    measured = {str(r["nodeid"]) for r in compared_records if reading.measured(r)}
-    everything = {str(r["nodeid"]) for r in compared_records}
-    section = {
-        "path": baseline.path,
-        "tolerance": tolerance.describe(),
-        "warn_only": False,
-        "regressions": [str(r["nodeid"]) for r in compared_records if r["regression"]],
-        "new_tests": sorted(measured - set(baseline.tests)),
-        "missing_tests": sorted(set(baseline.tests) - everything),
-        "environment_warnings": baseline.environment_warnings(document["environment"]),
-    }
-    return {**document, "records": compared_records, "baseline": section}
+                text = baselines.regression_report(
+                    exceeded, growths, baseline, record.nodeid, record, False, report_path
+                )
+                regression = Regression(False, text, tuple(growths))
+        compared_records.append(dataclasses.replace(record, regression=regression))
+    measured = {record.nodeid for record in compared_records if record.measured}
+    everything = {record.nodeid for record in compared_records}
+    section = BaselineSection(
+        path=baseline.path,
+        tolerance=tolerance.describe(),
+        warn_only=False,
+        regressions=tuple(record.nodeid for record in compared_records if record.regression),
+        new_tests=tuple(sorted(measured - set(baseline.tests))),
+        missing_tests=tuple(sorted(set(baseline.tests) - everything)),
+        environment_warnings=tuple(baseline.environment_warnings(report.environment)),
+    )
+    return dataclasses.replace(report, records=tuple(compared_records), baseline=section)
 
 
-def _summary_lines(document: dict[str, Any], top: int, verbose: bool) -> list[str]:
-    records = [reading.usage_record(data) for data in reading.records(document)]
+def _baseline_lines(report: Report, verbose: bool) -> list[str]:
+    section = report.baseline
+    if section is None:
+        return []
+    records = list(report.records)
+    lines = [f"WARNING: {line}" for line in section.environment_warnings]
+    lines += summary.regressions(records, section.path)
+    lines += summary.test_lists(section.new_tests, section.missing_tests, verbose, records)
+    if not section.regressions:
+        lines.append(f"no test grew beyond tolerance ({section.tolerance}) against {section.path}")
+    return lines
+
+
+def _summary_lines(report: Report, top: int, verbose: bool) -> list[str]:
+    records = list(report.records)
     lines: list[str] = []
     if records:
         lines += summary.top_consumers(records, top)
         lines += summary.violations(records)
-    section = document.get("baseline")
-    if section is not None:
-        lines += [f"WARNING: {line}" for line in section.get("environment_warnings") or []]
-        lines += summary.regressions(records, str(section.get("path")))
-        lines += summary.test_lists(
-            list(section.get("new_tests") or []), list(section.get("missing_tests") or []), verbose
-        )
-        if not section.get("regressions"):
-            lines.append(
-                f"no test grew beyond tolerance ({section.get('tolerance')}) against "
-                f"{section.get('path')}"
-            )
-    return lines
+    return lines + _baseline_lines(report, verbose)
 
 
 def run_compare(args: argparse.Namespace) -> int:
     baseline = reading.load_baseline(args.baseline)
-    document = reading.load_report(args.report)
+    report = reading.load_report(args.report)
     try:
         tolerance = baselines.parse_tolerance(args.tolerance)
     except baselines.ToleranceError as error:
         raise InputError(f"--tolerance: {error}") from None
-    compared = compare_document(document, baseline, tolerance)
+    compared = compare_report(report, baseline, tolerance, args.report)
     count = sum(
-        1
-        for record in compared["records"]
-        if reading.comparable(record) and record["nodeid"] in baseline.tests
+        1 for record in compared.records if record.comparable and record.nodeid in baseline.tests
     )
     lines = [
         (
-            f"{args.report}: {count} of {len(compared['records'])} tests compared with "
+            f"{args.report}: {count} of {len(compared.records)} tests compared with "
             f"{args.baseline} ({len(baseline.tests)} tests), tolerance {tolerance.describe()}"
         )
     ]
-    section = compared["baseline"]
-    lines += [f"WARNING: {line}" for line in section["environment_warnings"]]
-    records = [reading.usage_record(data) for data in compared["records"]]
-    lines += summary.regressions(records, baseline.path)
-    lines += summary.test_lists(section["new_tests"], section["missing_tests"], args.verbose)
-    if not section["regressions"]:
-        lines.append(
-            f"no test grew beyond tolerance ({tolerance.describe()}) against {baseline.path}"
-        )
-    print("\n".join(lines))
+    lines += _baseline_lines(compared, args.verbose)
+    _print("\n".join(lines))
     if args.markdown:
         _write(args.markdown, markdown.summary(compared, args.top), "Markdown summary")
     if args.output:
-        _write(
-            args.output, json.dumps(compared, indent=2, default=str) + "\n", "compared JSON report"
+        _write(args.output, _json_text(compared), "compared JSON report")
+    assert compared.baseline is not None
+    return EXIT_REGRESSIONS if compared.baseline.regressions else EXIT_OK
+
+
+def _json_text(report: Report) -> str:
+    return json.dumps(report.to_json(), indent=2, default=str) + "\n"
+
+
+# -- accept -------------------------------------------------------------------------------------
+
+
+def run_accept(args: argparse.Namespace) -> int:
+    """Reviewed growth, accepted: the named tests' entries of BASELINE from REPORT.json."""
+    baseline = reading.load_baseline(args.baseline)
+    report = reading.load_report(args.report)
+    by_id = {record.nodeid: record for record in report.records}
+    missing = [nodeid for nodeid in args.tests if nodeid not in by_id]
+    if missing:
+        raise InputError(
+            f"{args.report} has no record of {', '.join(map(repr, missing))}: give test ids as "
+            "the report writes them (taichi-limits show lists them)"
         )
-    return EXIT_REGRESSIONS if section["regressions"] else EXIT_OK
+    chosen = [by_id[nodeid] for nodeid in dict.fromkeys(args.tests)]
+    lines = baselines.accept(baseline, chosen, report.environment)
+    _print(
+        "\n".join(
+            [f"accepted into {args.baseline} from {args.report} ({len(lines)} tests):"]
+            + [f"  {line}" for line in lines]
+        )
+    )
+    return EXIT_OK
 
 
 # -- merge --------------------------------------------------------------------------------------
 
 
-def _environment_notes(sources: list[tuple[str, dict[str, Any]]]) -> list[str]:
+def _environment_notes(sources: list[tuple[str, Mapping[str, Any]]]) -> list[str]:
     """One line per file whose environment differs from the first file's."""
     first_path, first = sources[0]
     notes = []
     for path, environment in sources[1:]:
-        changed = differences(first, environment, MERGE_COMPARED_KEYS)
+        changed = differences(dict(first), dict(environment), MERGE_COMPARED_KEYS)
         if changed:
             notes.append(
                 f"note: {path} was made in another environment than {first_path}: "
@@ -163,58 +188,64 @@ def _duplicate(nodeid: str, kept: str, other: str) -> InputError:
     )
 
 
-def merge_reports(
-    loaded: list[tuple[str, dict[str, Any]]], prefer_newest: bool
-) -> tuple[dict[str, Any], list[str]]:
-    chosen: dict[str, tuple[str, dict[str, Any]]] = {}
-    for path, document in loaded:
-        for record in reading.records(document):
-            nodeid = str(record["nodeid"])
-            if nodeid in chosen:
-                if not prefer_newest:
-                    raise _duplicate(nodeid, chosen[nodeid][0], path)
-                if float(record.get("started_at") or 0) < float(
-                    chosen[nodeid][1].get("started_at") or 0
-                ):
-                    continue
-            chosen[nodeid] = (path, record)
-    records: list[Mapping[str, Any]] = [chosen[nodeid][1] for nodeid in sorted(chosen)]
-    notes = _environment_notes([(path, dict(doc["environment"])) for path, doc in loaded])
-    sections = [(path, doc["baseline"]) for path, doc in loaded if doc.get("baseline")]
-    section = None
-    if sections:
-        for key in ("path", "tolerance"):
-            values = sorted({str(found.get(key)) for _, found in sections})
-            if len(values) > 1:
-                notes.append(
-                    f"note: the reports were compared with different baseline {key}s: "
-                    + ", ".join(values)
-                )
-        first = sections[0][1]
-        union = {
-            key: sorted({str(nodeid) for _, found in sections for nodeid in found.get(key) or []})
-            for key in ("regressions", "new_tests", "environment_warnings")
-        }
-        missing = {str(n) for _, found in sections for n in found.get("missing_tests") or []}
-        section = {
-            **first,
-            **union,
-            "missing_tests": sorted(missing - set(chosen)),
-            "warn_only": all(bool(found.get("warn_only")) for _, found in sections),
-        }
-    document = jsonreport.document(
-        records,
-        loaded[0][1]["environment"],
-        all(bool(doc.get("complete")) for _, doc in loaded),
-        max(int(doc.get("exit_status") or 0) for _, doc in loaded),
-        section,
+def _merged_section(
+    sections: list[tuple[str, BaselineSection]], chosen: set[str], notes: list[str]
+) -> BaselineSection | None:
+    if not sections:
+        return None
+    for what, values in (
+        ("path", sorted({found.path for _, found in sections})),
+        ("tolerance", sorted({found.tolerance for _, found in sections})),
+    ):
+        if len(values) > 1:
+            notes.append(
+                f"note: the reports were compared with different baseline {what}s: "
+                + ", ".join(values)
+            )
+    first = sections[0][1]
+
+    def union(names: Callable[[BaselineSection], tuple[str, ...]]) -> tuple[str, ...]:
+        return tuple(sorted({nodeid for _, found in sections for nodeid in names(found)}))
+
+    return BaselineSection(
+        path=first.path,
+        tolerance=first.tolerance,
+        warn_only=all(found.warn_only for _, found in sections),
+        regressions=union(lambda found: found.regressions),
+        new_tests=union(lambda found: found.new_tests),
+        missing_tests=tuple(n for n in union(lambda found: found.missing_tests) if n not in chosen),
+        environment_warnings=union(lambda found: found.environment_warnings),
     )
-    return document, notes
+
+
+def merge_reports(
+    loaded: list[tuple[str, Report]], prefer_newest: bool
+) -> tuple[Report, list[str]]:
+    chosen: dict[str, tuple[str, UsageRecord]] = {}
+    for path, report in loaded:
+        for record in report.records:
+            if record.nodeid in chosen:
+                if not prefer_newest:
+                    raise _duplicate(record.nodeid, chosen[record.nodeid][0], path)
+                if record.started_at < chosen[record.nodeid][1].started_at:
+                    continue
+            chosen[record.nodeid] = (path, record)
+    notes = _environment_notes([(path, report.environment) for path, report in loaded])
+    sections = [(path, report.baseline) for path, report in loaded if report.baseline]
+    merged = Report(
+        records=tuple(chosen[nodeid][1] for nodeid in sorted(chosen)),
+        environment=loaded[0][1].environment,
+        complete=all(report.complete for _, report in loaded),
+        exit_status=max(report.exit_status for _, report in loaded),
+        baseline=_merged_section(sections, set(chosen), notes),
+        source=loaded[0][1].source,
+    )
+    return merged, notes
 
 
 def merge_baselines(
-    loaded: list[baselines.Baseline], prefer_newest: bool
-) -> tuple[dict[str, Any], list[str]]:
+    loaded: list[baselines.Baseline], prefer_newest: bool, path: str = "merged"
+) -> tuple[baselines.Baseline, list[str]]:
     tests: dict[str, tuple[str, baselines.Entry]] = {}
     environments: dict[str, dict[str, Any]] = {}
     for found in loaded:
@@ -234,19 +265,15 @@ def merge_baselines(
         if len(distinct) > 1
         else []
     )
-    document = {
-        "schema": baselines.SCHEMA,
-        "version": baselines.VERSION,
-        "environments": kept,
-        "tests": {nodeid: entry.to_json() for nodeid, (_, entry) in sorted(tests.items())},
-    }
-    return document, notes
+    merged = baselines.Baseline(path, {nodeid: entry for nodeid, (_, entry) in tests.items()}, kept)
+    return merged, notes
 
 
 def run_merge(args: argparse.Namespace) -> int:
     if len(args.files) < 2:
         raise InputError("merge: give at least two files")
-    kinds = {path: reading.kind_of(reading.read_json(path)) for path in args.files}
+    documents = {path: reading.read_json(path) for path in args.files}  # each read once
+    kinds = {path: reading.kind_of(data) for path, data in documents.items()}
     unknown = [path for path, kind in kinds.items() if kind == "unknown"]
     if unknown:
         raise InputError(
@@ -259,17 +286,20 @@ def run_merge(args: argparse.Namespace) -> int:
         )
     prefer_newest = args.prefer == "newest"
     if set(kinds.values()) == {"report"}:
-        document, notes = merge_reports(
-            [(path, reading.load_report(path)) for path in args.files], prefer_newest
+        report, notes = merge_reports(
+            [(path, reading.check_report(path, documents[path])) for path in args.files],
+            prefer_newest,
         )
-        what = f"JSON report of {len(document['records'])} tests"
-        text = json.dumps(document, indent=2, default=str) + "\n"
+        what = f"JSON report of {len(report.records)} tests"
+        text = _json_text(report)
     else:
-        document, notes = merge_baselines(
-            [reading.load_baseline(path) for path in args.files], prefer_newest
+        merged, notes = merge_baselines(
+            [reading.check_baseline(path, documents[path]) for path in args.files],
+            prefer_newest,
+            args.output,
         )
-        what = f"baseline of {len(document['tests'])} tests"
-        text = json.dumps(document, indent=2, sort_keys=True) + "\n"
+        what = f"baseline of {len(merged.tests)} tests"
+        text = json.dumps(merged.to_json(), indent=2, sort_keys=True) + "\n"
     for note in notes:
         print(note, file=sys.stderr)
     _write(args.output, text, f"merged {what}")
@@ -288,20 +318,24 @@ def run_markdown(args: argparse.Namespace) -> int:
     text = markdown.summary(reading.load_report(args.report), args.top)
     if args.output is None:
         sys.stdout.write(text)
+        sys.stdout.flush()
     else:
         _write(args.output, text, "Markdown summary")
     return EXIT_OK
 
 
 def run_show(args: argparse.Namespace) -> int:
-    document = reading.load_report(args.report)
+    report = reading.load_report(args.report)
     header = (
-        f"{args.report}: {len(document['records'])} supervised tests, written "
-        f"{document.get('created_at', '?')}"
-        + ("" if document.get("complete", True) else " (session interrupted: incomplete)")
+        f"{args.report}: {len(report.records)} supervised tests, written {report.created_at}"
+        + ("" if report.complete else " (session interrupted: incomplete)")
     )
-    print("\n".join([header, *_summary_lines(document, args.top, args.verbose)]))
+    _print("\n".join([header, *_summary_lines(report, args.top, args.verbose)]))
     return EXIT_OK
+
+
+def _print(text: str) -> None:
+    print(text)
 
 
 def _write(path: str, text: str, what: str) -> None:
@@ -357,6 +391,21 @@ def parser() -> argparse.ArgumentParser:
         help="also write the report with the comparison in it here",
     )
     compare.set_defaults(run=run_compare)
+
+    accept = commands.add_parser(
+        "accept",
+        help="accept reviewed growth: the named tests' figures from a run's JSON report become "
+        "their entries in the baseline",
+        description="Accept reviewed growth: each named test's figures in REPORT.json (the run's "
+        "--taichi-limits-json report) replace its entry in BASELINE, its range starting over "
+        "from that run; other tests keep theirs. A test that failed on its own, went over its "
+        "budget, was skipped or never started is refused (its figures were cut short); one "
+        "that failed only by growing is accepted.",
+    )
+    accept.add_argument("baseline", metavar="BASELINE")
+    accept.add_argument("report", metavar="REPORT.json")
+    accept.add_argument("tests", nargs="+", metavar="TEST", help="test ids, as the report has them")
+    accept.set_defaults(run=run_accept)
 
     merge = commands.add_parser(
         "merge", help="merge the JSON reports (or the baselines) of sharded runs into one"
@@ -424,6 +473,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (InputError, baselines.BaselineError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return EXIT_ERROR
+    except BrokenPipeError:
+        return _closed_pipe()
     except KeyboardInterrupt:
         return 130
     except Exception as error:  # noqa: BLE001 - the promise is: never a traceback
@@ -433,3 +484,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_ERROR
+
+
+def _closed_pipe() -> int:
+    """The reader of our output went away (`taichi-limits show r.json | head`): end quietly, as
+    `cat` does, by SIGPIPE; nothing is left to say to a reader that is gone."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # the interpreter's last flush must not fail again
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGPIPE)
+    return 128 + signal.SIGPIPE  # only where the signal could not end the process

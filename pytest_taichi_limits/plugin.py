@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import pytest
@@ -24,7 +23,6 @@ from .config.budget import (
 from .config.options import Options, add_options, is_spawn_worker, read_options
 from .config.settings import BUDGET_KEY, LEAK_ROUNDS_KEY, SETTINGS_KEY
 from .formats import baseline as baselines
-from .formats import environment
 from .ipc.protocol import Exit
 from .launch.runner import Refused, Runner
 from .launch.spawn import SpawnError
@@ -109,7 +107,6 @@ class TaichiLimitsPlugin:
         if not spawn_worker:
             recorder.install()  # no-op when pytest_load_initial_conftests did it already
         self.runner = Runner(config, options.settings, recorder)
-        self._budgets: dict[str, Budget] = {}
         self.admission = gate.start(config, options, baseline, spawn_worker=spawn_worker)
         self._terminated_by: int | None = None  # the signal that ended the session
 
@@ -155,8 +152,8 @@ class TaichiLimitsPlugin:
             )
         return lines
 
-    def pytest_report_collectionfinish(self) -> list[str]:
-        if not self._budgets:
+    def pytest_report_collectionfinish(self, items: list[pytest.Item]) -> list[str]:
+        if not any(BUDGET_KEY in item.stash for item in items):
             return []
         lines = self.runner.header_lines()
         no_gpu = gpu.no_gpu_reason()
@@ -189,10 +186,9 @@ class TaichiLimitsPlugin:
                 continue
             asked = rounds is not None or self.options.leak_rounds is not None
             budget = resolve(marked, self.options.cli_budget, self.options.ini_budget, asked)
-            item.stash[BUDGET_KEY] = budget
+            item.stash[BUDGET_KEY] = budget  # the one place a test's budget is kept
             # The rounds hold wherever leak_mb is set: by now, or by the budget hook at run time.
             item.stash[LEAK_ROUNDS_KEY] = rounds or self.options.leak_rounds or DEFAULT_LEAK_ROUNDS
-            self._budgets[item.nodeid] = budget
             kept.append(item)
         # A test with a bad marker is a collection error (reported above), never run.
         items[:] = kept
@@ -224,8 +220,7 @@ class TaichiLimitsPlugin:
             budget = _hook_budget(item, budget)
             # Reserved before the child starts, released when it is gone, whatever happens.
             with self.admission.admitted(item.nodeid, budget) as grant:
-                result = self.runner.run(item, nextitem, budget, self._budgets, grant.env)
-            result.usage = dataclasses.replace(result.usage, admission=grant.facts())
+                result = self.runner.run(item, nextitem, budget, grant.env, grant.facts())
         except (Refused, gate.AdmissionRefused) as error:
             text = str(error)
         except SpawnError as error:
@@ -233,7 +228,8 @@ class TaichiLimitsPlugin:
         except BudgetError as error:
             text = f"taichi_limits: {error}"
         if text is not None:  # never hang: this test fails, the run goes on (outside `except`,
-            replay.fail_without_running(item, text)  # or pytest chains the two)
+            # or pytest chains the two)
+            replay.fail_without_running(item, text, budget, self.runner.mode_of(item))
             item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
             return True
         exit_request = self._replay(item, result)
@@ -249,12 +245,6 @@ class TaichiLimitsPlugin:
         """Hand the child's reports to pytest as if the test had run here; the exit request
         (pytest.exit, Ctrl-C) the test made, if any."""
         exits = result.of_kind(Exit)
-        # Facts only the messages tell, before anything renders the usage (frozen: replaced).
-        result.usage = dataclasses.replace(
-            result.usage,
-            arch=environment.taichi_arch(result.messages),
-            interrupted=exits[-1].describe() if exits else "",
-        )
         replay.replay(item, result, gate.report_lines(result.usage.admission))
         return exits[-1] if exits else None
 

@@ -32,6 +32,7 @@ from ..config.budget import Budget
 from ..config.options import Options, is_xdist_worker
 from ..config.units import human_bytes
 from ..formats import baseline as baselines
+from ..model.records import Admitted, RecordError, UsageRecord
 from ..results.collect import RECORD_ATTRIBUTE
 from . import capacity as capacities
 from .capacity import Declared, Device
@@ -219,22 +220,20 @@ class Grant:
     env: dict[str, str] = field(default_factory=dict)  # for the child's environment
     capacity_mem_bytes: int = 0  # the memory capacity this test was admitted against
 
-    def facts(self) -> dict[str, Any] | None:
+    def facts(self) -> Admitted | None:
         """Usage.admission (and so the JSON log and records); None when not admitted."""
         if self.need is None:
             return None
-        return {
-            "admission_wait_s": round(self.wait_s, 4),
-            "admission_mem_bytes": self.need.mem_bytes,
-            "admission_gpu_bytes": self.need.gpu_bytes,
-            "admission_source": self.need.source,
-            "admission_device": None
-            if self.device is None or self.device.index < 0
-            else self.device.index,
-            "admission_reserved_mem_bytes": self.reserved_mem_bytes,
-            "admission_reserved_gpu_bytes": self.reserved_gpu_bytes,
-            "admission_capacity_mem_bytes": self.capacity_mem_bytes,
-        }
+        return Admitted(
+            wait_s=round(self.wait_s, 4),
+            mem_bytes=self.need.mem_bytes,
+            gpu_bytes=self.need.gpu_bytes,
+            source=self.need.source,
+            device=None if self.device is None or self.device.index < 0 else self.device.index,
+            reserved_mem_bytes=self.reserved_mem_bytes,
+            reserved_gpu_bytes=self.reserved_gpu_bytes,
+            capacity_mem_bytes=self.capacity_mem_bytes,
+        )
 
 
 def _highest(entry: baselines.Entry, field_name: str) -> float | None:
@@ -242,23 +241,21 @@ def _highest(entry: baselines.Entry, field_name: str) -> float | None:
     return None if found is None else found.high
 
 
-def report_lines(extra: Mapping[str, Any] | None) -> list[str]:
-    """The admission line of a test's usage section, from Usage.admission (none if it was not
-    admitted)."""
-    if not extra:
+def report_lines(admitted: Admitted | None) -> list[str]:
+    """The admission line of a test's usage section (none if it was not admitted)."""
+    if admitted is None:
         return []
     gpu = ""
-    if extra.get("admission_gpu_bytes"):
-        device = extra.get("admission_device")
-        gpu = f", GPU {human_bytes(extra['admission_gpu_bytes'])}" + (
+    if admitted.gpu_bytes:
+        device = admitted.device
+        gpu = f", GPU {human_bytes(admitted.gpu_bytes)}" + (
             "" if device is None else f" on device {device}"
         )
     return [
         (
-            f"admission: waited {extra['admission_wait_s']:.2f} s for memory "
-            f"{human_bytes(extra.get('admission_mem_bytes') or 0)}{gpu} "
-            f"({extra.get('admission_source')}); reserved on the machine then "
-            f"{human_bytes(extra.get('admission_reserved_mem_bytes') or 0)}"
+            f"admission: waited {admitted.wait_s:.2f} s for memory "
+            f"{human_bytes(admitted.mem_bytes)}{gpu} ({admitted.source}); reserved on the "
+            f"machine then {human_bytes(admitted.reserved_mem_bytes)}"
         )
     ]
 
@@ -472,15 +469,18 @@ class Admission:
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         # Where reports are logged: the only process, or the xdist controller.
-        record = getattr(report, RECORD_ATTRIBUTE, None)
-        if report.when != "teardown" or not isinstance(record, dict):
+        data = getattr(report, RECORD_ATTRIBUTE, None)
+        if report.when != "teardown" or data is None:
             return
-        extra = record.get("admission") or {}
-        if "admission_wait_s" in extra:
+        try:
+            admitted = UsageRecord.from_json(data).admission
+        except RecordError:
+            return  # the results plugin reports a record it cannot read
+        if admitted is not None:
             self.waits[report.nodeid] = (
-                float(extra["admission_wait_s"]),
-                int(extra.get("admission_reserved_mem_bytes") or 0),
-                int(extra.get("admission_reserved_gpu_bytes") or 0),
+                admitted.wait_s,
+                admitted.reserved_mem_bytes,
+                admitted.reserved_gpu_bytes,
             )
 
     def pytest_terminal_summary(self, terminalreporter: Any, config: pytest.Config) -> None:

@@ -180,7 +180,8 @@ def serve(
         if rounds is not None:
             up = rounds.current
         if up is not None:  # everything, module and session fixtures too: this child ends
-            _run_phase(up, "teardown", writer, nextitem=None)
+            again = _TEARDOWN_BEGUN in up.stash  # the stop came during or after its teardown
+            _run_phase(up, "teardown", writer, hook=_teardown_hook(up, again), nextitem=None)
         raise
     writer.send(Finished())
 
@@ -206,27 +207,37 @@ def _round_runner(
 
 
 def _teardown_again(item: pytest.Item, nextitem: pytest.Item | None, writer: ChannelWriter) -> None:
-    """Tear down what `item`'s teardown kept for `nextitem`'s sake (its teardown already ran).
-    pytest's logging plugin keeps per-test state that its teardown deletes and needs at its
-    start (a KeyError the second time, before any finalizer runs): the hook runs without it."""
-    manager = item.config.pluginmanager
-    logging_plugin = manager.get_plugin("logging-plugin")
-    hook = manager.subset_hook_caller(
-        "pytest_runtest_teardown", [] if logging_plugin is None else [logging_plugin]
-    )
+    """Tear down what `item`'s teardown kept for `nextitem`'s sake (its teardown already ran)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            hook(item=item, nextitem=nextitem)
+            _teardown_hook(item, again=True)(item=item, nextitem=nextitem)
         except Exception as error:  # noqa: BLE001 - reported, never hidden
             writer.send(Note("teardown_failed", f"{type(error).__name__}: {error}"))
+
+
+#: On a test's stash once its teardown phase has begun: pytest's hooks cannot run it twice as is.
+_TEARDOWN_BEGUN = pytest.StashKey[bool]()
+
+
+def _teardown_hook(item: pytest.Item, again: bool) -> Callable[..., Any]:
+    """The teardown hook of `item`; `again`: its teardown phase already ran (keeping the fixtures
+    its next test shares) or was cut short by a stop. pytest's logging plugin keeps per-test
+    state that its teardown wrapper deletes and needs at its start (a KeyError, before any
+    finalizer runs, the second time), so the fixtures still set up are torn down without it."""
+    if not again:
+        return item.ihook.pytest_runtest_teardown
+    manager = item.config.pluginmanager
+    logging_plugin = manager.get_plugin("logging-plugin")
+    without = [] if logging_plugin is None else [logging_plugin]
+    return manager.subset_hook_caller("pytest_runtest_teardown", without)
 
 
 def _tear_down_kept(item: pytest.Item, writer: ChannelWriter) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            item.ihook.pytest_runtest_teardown(item=item, nextitem=None)
+            _teardown_hook(item, again=True)(item=item, nextitem=None)
         except Exception as error:  # noqa: BLE001 - reported, never hidden
             writer.send(Note("teardown_failed", f"{type(error).__name__}: {error}"))
 
@@ -319,11 +330,20 @@ def _run_phases(item: pytest.Item, writer: ChannelWriter, nextitem: pytest.Item 
 
 
 def _run_phase(
-    item: pytest.Item, when: str, writer: ChannelWriter, send: bool = True, **hook_kwargs: Any
+    item: pytest.Item,
+    when: str,
+    writer: ChannelWriter,
+    hook: Callable[..., Any] | None = None,
+    *,
+    send: bool = True,
+    **hook_kwargs: Any,
 ) -> pytest.TestReport:
     """One phase of `item`; its report sent (`send=False`: the caller sends it, or not)."""
     writer.send(Phase(when))
-    hook = getattr(item.ihook, f"pytest_runtest_{when}")
+    if when == "teardown":
+        item.stash[_TEARDOWN_BEGUN] = True
+    if hook is None:
+        hook = getattr(item.ihook, f"pytest_runtest_{when}")
     reraise: tuple[type[BaseException], ...] = (
         pytest.exit.Exception,
         KeyboardInterrupt,

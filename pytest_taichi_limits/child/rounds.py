@@ -40,7 +40,13 @@ class PhaseRunner(Protocol):
     send=False, not yet sent)."""
 
     def __call__(
-        self, item: pytest.Item, when: str, writer: ChannelWriter, send: bool = ..., **kwargs: Any
+        self,
+        item: pytest.Item,
+        when: str,
+        writer: ChannelWriter,
+        *,
+        send: bool = ...,
+        **kwargs: Any,
     ) -> pytest.TestReport: ...
 
 

@@ -13,7 +13,7 @@ update different tests merge cleanly in git):
         "<node id>": {"runs": 3,
                       "own_memory_bytes": {"min": 120000000, "max": 122088448},
                       "cpu_s": {"min": 0.21, "max": 0.25}, "wall_s": {"min": 0.22, "max": 0.3},
-                      "gpu_bytes": null, "memory_method": "rss-growth",
+                      "gpu_bytes": null, "memory_method": "smaps",
                       "arch": "x64", "mode": "fork",
                       "environment": "<id>", "saved_at": "2026-11-28T13:40:00+00:00"}
       }
@@ -35,32 +35,24 @@ import hashlib
 import json
 import math
 import os
+import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
 # The tolerance is parsed in config/tolerance.py and applied here; its names are re-exported.
 from ..config.tolerance import DEFAULT_TOLERANCE_SPEC as DEFAULT_TOLERANCE_SPEC
-from ..config.tolerance import KINDS
 from ..config.tolerance import Allowance as Allowance
 from ..config.tolerance import Tolerance as Tolerance
 from ..config.tolerance import ToleranceError as ToleranceError
 from ..config.tolerance import parse_tolerance as parse_tolerance
 from ..config.units import human_bytes
-from ..model.records import UsageRecord
+from ..model.records import RESOURCES, Growth, UsageRecord
 from . import environment as env
 from .jsonreport import write_atomic
 
 SCHEMA = "pytest-taichi-limits/baseline"
 VERSION = 2
-
-#: Compared resources: tolerance key -> (baseline/record field, kind, words a person reads).
-RESOURCES: dict[str, tuple[str, str, str]] = {
-    "mem": ("own_memory_bytes", KINDS["mem"], "own memory"),
-    "cpu": ("cpu_s", KINDS["cpu"], "CPU time"),
-    "wall": ("wall_s", KINDS["wall"], "wall time"),
-    "gpu": ("gpu_bytes", KINDS["gpu"], "GPU memory"),
-}
 
 
 class BaselineError(ValueError):
@@ -126,6 +118,18 @@ class Baseline:
     tests: Mapping[str, Entry]
     environments: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
+    def to_json(self) -> dict[str, Any]:
+        """The file's document: sorted, with only the environments a test uses."""
+        used = {entry.environment for entry in self.tests.values()}
+        return {
+            "schema": SCHEMA,
+            "version": VERSION,
+            "environments": {
+                key: dict(value) for key, value in self.environments.items() if key in used
+            },
+            "tests": {nodeid: entry.to_json() for nodeid, entry in sorted(self.tests.items())},
+        }
+
     def environment_of(self, nodeid: str) -> Mapping[str, Any]:
         return self.environments.get(self.tests[nodeid].environment, {})
 
@@ -163,11 +167,16 @@ def load(path: str) -> Baseline:
         raise BaselineError(
             f"baseline {path!r} does not exist; create it with --taichi-limits-save-baseline={path}"
         ) from None
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RecursionError) as error:
         raise BaselineError(
             f"baseline {path!r} cannot be read: {error} (a file with git "
             "conflict markers reads so: resolve them, or save a new one)"
         ) from None
+    return parse(path, data)
+
+
+def parse(path: str, data: Any) -> Baseline:
+    """A baseline from the JSON value read from `path`. Raises BaselineError as `load`."""
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         raise BaselineError(
             f'{path!r} is not a pytest-taichi-limits baseline (no "schema": "{SCHEMA}")'
@@ -329,75 +338,81 @@ def save(
         written += 1
     environments = {key: dict(value) for key, value in previous.environments.items()}
     environments[environment_id] = dict(environment)
-    used = {entry.environment for entry in tests.values()}
-    document = {
-        "schema": SCHEMA,
-        "version": VERSION,
-        "environments": {key: value for key, value in environments.items() if key in used},
-        "tests": {nodeid: entry.to_json() for nodeid, entry in tests.items()},
-    }
-    write_atomic(path, json.dumps(document, indent=2, sort_keys=True) + "\n")
+    _write(path, tests, environments)
     return written, len(tests)
 
 
-# -- comparing ----------------------------------------------------------------------------------
+def acceptable(record: UsageRecord) -> str | None:
+    """Why `record`'s figures cannot be accepted into a baseline, or None: a test whose figures
+    were cut short (it failed on its own, went over a budget, stopped the session, never
+    started) or that measured nothing (skipped) would make a baseline every run exceeds."""
+    if not record.started:
+        return "it never started"
+    if record.outcome in ("skipped", "xfailed", "interrupted"):
+        return f"it {record.outcome} (its figures measure nothing)"
+    if record.violation is not None:
+        return "it went over its budget (its figures were cut short)"
+    if record.outcome in ("failed", "error") and not record.failed_by_growth:
+        return f"it {record.outcome} on its own (its figures were cut short): {record.reason}"
+    return None
 
 
-@dataclass(frozen=True)
-class Growth:
-    """One resource of one test, compared with the largest value the baseline saw."""
-
-    resource: str  # tolerance key
-    before: float  # the baseline's max
-    before_min: float  # the baseline's min (== before after one run)
-    runs: int  # how many runs the baseline's range spans
-    after: float
-    allowed: float  # the largest `after` within tolerance
-    tolerance: str  # e.g. "10%+16MiB"
-
-    @property
-    def kind(self) -> str:
-        return RESOURCES[self.resource][1]
-
-    @property
-    def exceeded(self) -> bool:
-        return self.after > self.allowed
-
-    @property
-    def growth(self) -> float:
-        """Above the baseline's max: a figure inside the range seen before did not grow."""
-        return self.after - self.before
-
-    @property
-    def growth_percent(self) -> float | None:
-        return None if self.before <= 0 else 100.0 * self.growth / self.before
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "resource": self.resource,
-            "before": self.before,
-            "before_min": self.before_min,
-            "runs": self.runs,
-            "after": self.after,
-            "growth": self.growth,
-            "growth_percent": self.growth_percent,
-            "allowed": self.allowed,
-            "tolerance": self.tolerance,
-            "exceeded": self.exceeded,
-            "unit": "B" if self.kind == "bytes" else "s",
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Growth:
-        return cls(
-            str(data["resource"]),
-            float(data["before"]),
-            float(data["before_min"]),
-            int(data["runs"]),
-            float(data["after"]),
-            float(data["allowed"]),
-            str(data["tolerance"]),
+def accept(
+    previous: Baseline, records: Iterable[UsageRecord], environment: Mapping[str, Any]
+) -> list[str]:
+    """Write (atomically) the baseline `previous` again with each record's figures as its test's
+    new entry: reviewed growth, accepted. Each accepted test's range starts over from this run
+    (the old range would keep the figures the growth left behind). Returns one line per
+    accepted test. Raises BaselineError for a record that cannot be accepted (see `acceptable`),
+    naming it, before anything is written."""
+    environment_id = _environment_id(environment)
+    saved_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    tests = dict(previous.tests)
+    lines = []
+    for record in records:
+        problem = acceptable(record)
+        if problem is not None:
+            raise BaselineError(f"{record.nodeid} cannot be accepted: {problem}")
+        before = previous.tests.get(record.nodeid)
+        tests[record.nodeid] = merged_entry(
+            None, record, environment_id, environment, {}, saved_at, timeline=False
         )
+        shown = _figures_text(record)
+        lines.append(
+            f"{record.nodeid}: {shown}"
+            + (" (new in the baseline)" if before is None else f" (was {_entry_text(before)})")
+        )
+    environments = {key: dict(value) for key, value in previous.environments.items()}
+    environments[environment_id] = dict(environment)
+    _write(previous.path, tests, environments)
+    return lines
+
+
+def _figures_text(record: UsageRecord) -> str:
+    return (
+        f"own memory {amount(record.own_memory_bytes, 'bytes')}, "
+        f"CPU {amount(record.cpu_s, 'seconds')}, wall {amount(record.wall_s, 'seconds')}"
+    )
+
+
+def _entry_text(entry: Entry) -> str:
+    parts = []
+    for name, words in (("own_memory_bytes", "own memory"), ("cpu_s", "CPU"), ("wall_s", "wall")):
+        seen = entry.ranges.get(name)
+        if seen is not None:
+            kind = "bytes" if name == "own_memory_bytes" else "seconds"
+            parts.append(f"{words} up to {amount(seen.high, kind)}")
+    return ", ".join(parts)
+
+
+def _write(
+    path: str, tests: Mapping[str, Entry], environments: Mapping[str, Mapping[str, Any]]
+) -> None:
+    text = json.dumps(Baseline(path, tests, environments).to_json(), indent=2, sort_keys=True)
+    write_atomic(path, text + "\n")
+
+
+# -- comparing ----------------------------------------------------------------------------------
 
 
 def compare(record: UsageRecord, entry: Entry, tolerance: Tolerance) -> list[Growth]:
@@ -430,7 +445,7 @@ def amount(value: float, kind: str, signed: bool = False) -> str:
     return f"{sign}{value:.2f} s"
 
 
-def _seen(growth: Growth) -> str:
+def seen_text(growth: Growth) -> str:
     """The baseline's figure: one value, or its range over several runs."""
     if growth.before_min == growth.before:
         return amount(growth.before, growth.kind)
@@ -443,7 +458,7 @@ def growth_text(growth: Growth) -> str:
     percent = growth.growth_percent
     percent_text = "" if percent is None else f", {percent:+.1f}%"
     return (
-        f"{_seen(growth)} -> {amount(growth.after, kind)} "
+        f"{seen_text(growth)} -> {amount(growth.after, kind)} "
         f"({amount(growth.growth, kind, signed=True)}{percent_text}), allowed up to "
         f"{amount(growth.allowed, kind)} ({growth.resource}={growth.tolerance})"
     )
@@ -459,6 +474,12 @@ def _runs_text(runs: int) -> str:
     return "1 run" if runs == 1 else f"{runs} runs"
 
 
+def accept_command(baseline_path: str, report_path: str | None, nodeid: str) -> str:
+    """The command that accepts a test's reviewed growth into the baseline."""
+    report = "REPORT.json" if report_path is None else shlex.quote(report_path)
+    return f"taichi-limits accept {shlex.quote(baseline_path)} {report} {shlex.quote(nodeid)}"
+
+
 def regression_report(
     exceeded: list[Growth],
     compared: list[Growth],
@@ -466,8 +487,10 @@ def regression_report(
     nodeid: str,
     record: UsageRecord,
     warn_only: bool,
+    report_path: str | None = None,
 ) -> str:
-    """The text a grown test fails (or warns) with: before, after, growth and the tolerance."""
+    """The text a grown test fails (or warns) with: before, after, growth and the tolerance.
+    `report_path`: the run's JSON report (the figures an accept takes), where one is written."""
     entry = baseline.tests[nodeid]
     made_with = baseline.environment_of(nodeid)
     lines = [regression_headline(exceeded)]
@@ -477,7 +500,7 @@ def regression_report(
         rows.append(
             (
                 RESOURCES[growth.resource][2],
-                _seen(growth),
+                seen_text(growth),
                 amount(growth.after, kind),
                 amount(growth.growth, kind, True)
                 + ("" if percent is None else f" ({percent:+.1f}%)"),
@@ -506,8 +529,10 @@ def regression_report(
             "counts the interpreter's own start-up)"
         )
     lines.append(
-        "  what to do  find what grew, or accept the new figures with "
-        "--taichi-limits-save-baseline (or widen --taichi-limits-tolerance)"
+        "  what to do  find what grew; accept reviewed growth with: "
+        + accept_command(baseline.path, report_path, nodeid)
+        + ("" if report_path else " (REPORT.json: the run's --taichi-limits-json report)")
+        + "; or widen --taichi-limits-tolerance"
         + (" [warning only: --taichi-limits-compare-warn]" if warn_only else "")
     )
     return "\n".join(lines)

@@ -1,7 +1,13 @@
-"""`--taichi-limits-json PATH`: one JSON document per session, written atomically.
+"""`--taichi-limits-json PATH`: one JSON document per session, written atomically, and the
+`Report` object it is read into (what the Markdown, HTML and command-line views render).
 
-Schema "pytest-taichi-limits/report", version 2 (REPORT_SCHEMA below is its JSON Schema; a field
+Schema "pytest-taichi-limits/report", version 3 (REPORT_SCHEMA below is its JSON Schema; a field
 is only ever added in a later version, never renamed or removed, without a version change).
+Version 3 (from version 2): records carry `reason` (why a failed test failed, in one line),
+`started` (false for a test refused before it started: admission, start mode; such a record has
+no figures, `pid` 0) and `ending` (how the test's process ended); the document carries `source`
+(the commit, branch and command line of the run, where known). Readers of version 3 read version
+2 documents too (the new fields take their defaults).
 Version 2 (from version 1): records are `UsageRecord.to_json()`; new `peak_own_memory_bytes` (the
 figure mem_mb is checked against), `memory_method` (how it was measured) and `gpu_clamps`;
 outcome "interrupted"; `violation.unit` of mem_mb is "MiB" and of gpu_gb "GiB"; regression
@@ -13,18 +19,22 @@ growths carry `before_min` and `runs` (the baseline's range).
   returncode 0, or a test that raised KeyboardInterrupt): tests that did not run have no record.
 - `exit_status`: pytest's exit status (0 all passed, 1 failures, 2 interrupted, ...).
 - `environment`: Python, pytest, Taichi and plugin versions, host, platform, machine.
+- `source`: `commit`, `branch` and `command` of the run, each null where not known (from CI
+  variables, else from `git`).
 - `records`: one per supervised test, sorted by node id: `nodeid`, `outcome` (passed, failed,
   error, skipped, xfailed, xpassed, or interrupted: the test stopped the session before it
-  finished), `own_memory_bytes` (the figure shown and compared with a baseline: the larger of
-  `peak_own_memory_bytes` and the kernel's exact peak growth), `peak_own_memory_bytes`,
-  `memory_method`, `peak_own_rss_bytes`, `kernel_own_rss_bytes`, `peak_rss_bytes`,
-  `start_rss_bytes`, `peak_vms_bytes`, `cpu_s`, `wall_s`, `gpu_peak_bytes` (null when not
-  measured) and `gpu_note` (why), `gpu_clamps` (what the gpu_gb cap took from ti.init calls),
-  `budget` (the limits in force, null = off; mem_mb in MiB, gpu_gb in GiB), `pid`, `started_at`
-  (Unix time), `mode` (fork/reimport/spawn), `arch` (Taichi arch of the test's last ti.init, or "not
-  initialised"), `violation` (null or the violation), `regression` (null or the baseline
-  comparison that failed or warned), `timeline` (optional: what the supervisor sampled, at most
-  200 points, documented in model/timeline.py).
+  finished), `reason` (a failed test's one-line reason, else ""), `started`, `own_memory_bytes`
+  (the figure shown and compared with a baseline: the larger of `peak_own_memory_bytes` and the
+  kernel's exact peak growth), `peak_own_memory_bytes`, `memory_method`, `peak_own_rss_bytes`,
+  `kernel_own_rss_bytes`, `peak_rss_bytes`, `start_rss_bytes`, `peak_vms_bytes`, `cpu_s`,
+  `wall_s`, `gpu_peak_bytes` (null when not measured) and `gpu_note` (why), `gpu_clamps` (what
+  the gpu_gb cap took from ti.init calls), `budget` (the limits in force, null = off; mem_mb in
+  MiB, gpu_gb in GiB), `pid`, `started_at` (Unix time), `mode` (fork/reimport/spawn), `arch`
+  (Taichi arch of the test's last ti.init, or "not initialised"), `ending` (null, or how the
+  test's process ended: "exited with status N", "killed by signal N (NAME)"), `violation` (null
+  or the violation), `regression` (null or the baseline comparison that failed or warned),
+  `timeline` (optional: what the supervisor sampled, at most 200 points, documented in
+  model/timeline.py).
 - `violations`: every violation of the session (the same objects as in the records).
 - `baseline`: null without --taichi-limits-compare; else its `path`, `tolerance`, `warn_only`,
   `regressions` (node ids), `new_tests` (measured now, not in the baseline) and `missing_tests`
@@ -40,14 +50,22 @@ import datetime
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from ..model.records import OUTCOMES
+from ..model.records import OUTCOMES, Growth, RecordError, UsageRecord
 from ..model.timeline import TIMELINE_SCHEMA
 
 SCHEMA = "pytest-taichi-limits/report"
-VERSION = 2
+VERSION = 3
+#: Versions this plugin reads (3 only added fields to 2).
+READABLE_VERSIONS = (2, 3)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+
 
 _NUMBER = {"type": "number"}
 _INTEGER = {"type": "integer", "minimum": 0}
@@ -81,6 +99,8 @@ _RECORD_SCHEMA: dict[str, Any] = {
         "worker_test_number",
         "violation",
         "regression",
+        "reason",
+        "started",
     ],
     "additionalProperties": False,
     "properties": {
@@ -108,11 +128,14 @@ _RECORD_SCHEMA: dict[str, Any] = {
                 for key in ("cpu_s", "mem_mb", "wall_s", "gpu_gb")
             },
         },
-        "pid": {"type": "integer", "minimum": 1},
+        "pid": {"type": "integer", "minimum": 0},  # 0: never started
         "started_at": _NUMBER,
         "mode": {"enum": ["fork", "reimport", "spawn"]},
         "arch": _STRING,
-        "worker_pid": {"type": "integer", "minimum": 1},
+        "worker_pid": {"type": "integer", "minimum": 0},
+        "ending": {"type": ["string", "null"]},
+        "reason": _STRING,
+        "started": {"type": "boolean"},
         "worker_test_number": {"type": "integer", "minimum": 1},
         "admission": {"type": ["object", "null"]},
         "shm_files_left": {"type": "array", "items": _STRING},
@@ -167,7 +190,7 @@ _RECORD_SCHEMA: dict[str, Any] = {
 #: JSON Schema (draft 2020-12) of the document.
 REPORT_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "title": "pytest-taichi-limits session report, version 2",
+    "title": "pytest-taichi-limits session report, version 3",
     "type": "object",
     "required": [
         "schema",
@@ -176,6 +199,7 @@ REPORT_SCHEMA: dict[str, Any] = {
         "complete",
         "exit_status",
         "environment",
+        "source",
         "records",
         "violations",
         "baseline",
@@ -191,6 +215,14 @@ REPORT_SCHEMA: dict[str, Any] = {
             "type": "object",
             "required": ["python", "pytest", "taichi", "host"],
             "additionalProperties": _STRING,
+        },
+        "source": {
+            "type": "object",
+            "required": ["commit", "branch", "command"],
+            "additionalProperties": False,
+            "properties": {
+                key: {"type": ["string", "null"]} for key in ("commit", "branch", "command")
+            },
         },
         "records": {"type": "array", "items": _RECORD_SCHEMA},
         "violations": {"type": "array", "items": {"type": "object"}},
@@ -219,26 +251,170 @@ REPORT_SCHEMA: dict[str, Any] = {
 }
 
 
-def document(
-    records: list[Mapping[str, Any]],
-    environment: Mapping[str, str],
-    complete: bool,
-    exit_status: int,
-    baseline: Mapping[str, Any] | None,
-) -> dict[str, Any]:
-    return {
-        "schema": SCHEMA,
-        "version": VERSION,
-        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
-            timespec="milliseconds"
-        ),
-        "complete": complete,
-        "exit_status": exit_status,
-        "environment": dict(environment),
-        "records": list(records),
-        "violations": [record["violation"] for record in records if record["violation"]],
-        "baseline": None if baseline is None else dict(baseline),
-    }
+@dataclass(frozen=True)
+class Source:
+    """Where the run's code came from and how it was started, where known (None: not)."""
+
+    commit: str | None = None
+    branch: str | None = None
+    command: str | None = None
+
+    def to_json(self) -> dict[str, str | None]:
+        return {"commit": self.commit, "branch": self.branch, "command": self.command}
+
+    @classmethod
+    def from_json(cls, data: Any) -> Source:
+        if data is None:
+            return cls()  # a version 2 document
+        if not isinstance(data, dict) or not all(
+            data.get(key) is None or isinstance(data.get(key), str)
+            for key in ("commit", "branch", "command")
+        ):
+            raise RecordError("source must map commit, branch and command to strings or null")
+        return cls(data.get("commit"), data.get("branch"), data.get("command"))
+
+
+@dataclass(frozen=True)
+class BaselineSection:
+    """What the comparison with a baseline found, for the whole session."""
+
+    path: str
+    tolerance: str
+    warn_only: bool
+    regressions: tuple[str, ...] = ()  # node ids
+    new_tests: tuple[str, ...] = ()  # measured now, not in the baseline
+    missing_tests: tuple[str, ...] = ()  # in the baseline, not measured now
+    environment_warnings: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "tolerance": self.tolerance,
+            "warn_only": self.warn_only,
+            "regressions": list(self.regressions),
+            "new_tests": list(self.new_tests),
+            "missing_tests": list(self.missing_tests),
+            "environment_warnings": list(self.environment_warnings),
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> BaselineSection:
+        if not isinstance(data, dict):
+            raise RecordError("baseline must be an object or null")
+        texts = {}
+        for key in ("path", "tolerance"):
+            if not isinstance(data.get(key), str):
+                raise RecordError(f"baseline: {key} must be a string")
+            texts[key] = str(data[key])
+        lists = {}
+        for key in ("regressions", "new_tests", "missing_tests", "environment_warnings"):
+            values = data.get(key, [])
+            if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+                raise RecordError(f"baseline: {key} must be a list of strings")
+            lists[key] = tuple(values)
+        if not isinstance(data.get("warn_only"), bool):
+            raise RecordError("baseline: warn_only must be true or false")
+        return cls(texts["path"], texts["tolerance"], bool(data["warn_only"]), **lists)
+
+
+@dataclass(frozen=True)
+class Report:
+    """One session's results: what the JSON report holds, what every view renders."""
+
+    records: tuple[UsageRecord, ...]  # sorted by node id
+    environment: Mapping[str, str]
+    complete: bool = True
+    exit_status: int = 0
+    baseline: BaselineSection | None = None
+    source: Source = field(default_factory=Source)
+    created_at: str = field(default_factory=_now)
+
+    @property
+    def failing(self) -> bool:
+        """A violation, a failing regression, or a failed or erroring test."""
+        return any(record.failing for record in self.records)
+
+    def counts(self) -> dict[str, int]:
+        """Tests per outcome."""
+        counts: dict[str, int] = {}
+        for record in self.records:
+            counts[record.outcome] = counts.get(record.outcome, 0) + 1
+        return counts
+
+    @property
+    def violations(self) -> list[UsageRecord]:
+        return [record for record in self.records if record.violation is not None]
+
+    @property
+    def regressions(self) -> list[UsageRecord]:
+        return [record for record in self.records if record.regression is not None]
+
+    def failed_otherwise(self) -> list[UsageRecord]:
+        """Failed, erroring or crashed tests that are no budget violation, and whose failure is
+        not only their growth against the baseline (both are listed on their own), by node id."""
+        return [record for record in self.records if _failed_otherwise(record)]
+
+    def exceeded_growths(self) -> Iterator[tuple[UsageRecord, Growth]]:
+        """(record, growth) for every figure that grew beyond its tolerance, by test and
+        resource: the rows of the regression tables in Markdown and HTML."""
+        for record in self.regressions:
+            assert record.regression is not None
+            for growth in record.regression.exceeded:
+                yield record, growth
+
+    def to_json(self) -> dict[str, Any]:
+        records = [record.to_json() for record in self.records]
+        return {
+            "schema": SCHEMA,
+            "version": VERSION,
+            "created_at": self.created_at,
+            "complete": self.complete,
+            "exit_status": self.exit_status,
+            "environment": dict(self.environment),
+            "source": self.source.to_json(),
+            "records": records,
+            "violations": [record["violation"] for record in records if record["violation"]],
+            "baseline": None if self.baseline is None else self.baseline.to_json(),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Report:
+        """The document's content as objects; RecordError naming the first thing that is wrong
+        (the schema and version are checked by the caller, formats/reading.py)."""
+        records = data.get("records")
+        if not isinstance(records, list):
+            raise RecordError('"records" must be a list of records')
+        environment = data.get("environment")
+        if not isinstance(environment, dict):
+            raise RecordError('"environment" must be an object')
+        complete, exit_status = data.get("complete", True), data.get("exit_status", 0)
+        if not isinstance(complete, bool):
+            raise RecordError('"complete" must be true or false')
+        if not isinstance(exit_status, int) or isinstance(exit_status, bool):
+            raise RecordError('"exit_status" must be a whole number')
+        baseline = data.get("baseline")
+        return cls(
+            records=tuple(
+                sorted(
+                    (UsageRecord.from_json(record) for record in records),
+                    key=lambda record: record.nodeid,
+                )
+            ),
+            environment={str(key): str(value) for key, value in environment.items()},
+            complete=complete,
+            exit_status=exit_status,
+            baseline=None if baseline is None else BaselineSection.from_json(baseline),
+            source=Source.from_json(data.get("source")),
+            created_at=str(data.get("created_at", "?")),
+        )
+
+
+def _failed_otherwise(record: UsageRecord) -> bool:
+    return (
+        record.outcome in ("failed", "error")
+        and record.violation is None
+        and not record.failed_by_growth
+    )
 
 
 def refuse_unsafe_target(path: str) -> None:
@@ -278,5 +454,5 @@ def write_atomic(path: str, text: str) -> None:
         raise
 
 
-def write(path: str, report: Mapping[str, Any]) -> None:
-    write_atomic(path, json.dumps(report, indent=2, default=str) + "\n")
+def write(path: str, report: Report) -> None:
+    write_atomic(path, json.dumps(report.to_json(), indent=2, default=str) + "\n")

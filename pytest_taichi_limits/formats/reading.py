@@ -1,20 +1,28 @@
-"""Reading the files the Markdown summary, the HTML report and the command line work from.
+"""Reading the files the command line works from: where JSON documents become objects.
 
-The JSON report (formats/jsonreport.py) and the baseline (formats/baseline.py) are read here and
-nowhere else
-in those modules, through small functions: when the record's shape changes, this is the one
-place to adapt. Everything below works on the documents as plain dicts.
+The JSON report (formats/jsonreport.py) becomes a `Report` of `UsageRecord`s, the baseline
+(formats/baseline.py) a `Baseline`, here and nowhere else; every view renders the objects. Every
+subcommand reads through the same checks: a file that is too large, not JSON, nested without
+end, of another kind or version, or with a record of the wrong shape is an InputError that says
+which and why.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from ..model.records import RecordError, UsageRecord
+from ..config.units import human_bytes
+from ..model.records import RecordError
 from . import baseline as baselines
 from . import jsonreport
+from .jsonreport import Report
+
+#: The largest file read: far above a report of 100,000 tests with timelines (~8 KiB each), far
+#: below what would exhaust a CI machine's memory. A device (`/dev/zero`) stops at its first
+#: chunk, which cannot start a JSON document.
+MAX_INPUT_BYTES = 1024**3
+_CHUNK_BYTES = 1024 * 1024
 
 
 class InputError(ValueError):
@@ -22,10 +30,31 @@ class InputError(ValueError):
     give instead."""
 
 
+def _read_text(path: str) -> str:
+    chunks: list[bytes] = []
+    size = 0
+    with open(path, "rb") as stream:
+        while True:
+            chunk = stream.read(_CHUNK_BYTES)
+            if not chunk:
+                break
+            start = chunk.lstrip(b" \t\r\n")
+            if not chunks and start and not start.startswith((b"{", b"[")):
+                raise InputError(f"{path}: not a JSON file (it does not start with {{)")
+            size += len(chunk)
+            if size > MAX_INPUT_BYTES:
+                raise InputError(
+                    f"{path}: larger than {human_bytes(MAX_INPUT_BYTES)}, not a file "
+                    "pytest-taichi-limits writes (merge the reports of shards with "
+                    "`taichi-limits merge` instead of writing one huge file)"
+                )
+            chunks.append(chunk)
+    return b"".join(chunks).decode("utf-8")
+
+
 def read_json(path: str) -> Any:
     try:
-        with open(path, encoding="utf-8") as stream:
-            return json.load(stream)
+        return json.loads(_read_text(path))
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -34,6 +63,10 @@ def read_json(path: str) -> Any:
         raise InputError(f"{path}: not a JSON file (not UTF-8 text)") from None
     except json.JSONDecodeError as error:
         raise InputError(f"{path}: not a JSON file ({error})") from None
+    except RecursionError:
+        raise InputError(
+            f"{path}: nested too deeply to be read, not a file pytest-taichi-limits writes"
+        ) from None
     except OSError as error:
         raise InputError(f"{path}: cannot be read: {error.strerror or error}") from None
 
@@ -48,8 +81,8 @@ def kind_of(data: Any) -> str:
     return "unknown"
 
 
-def check_report(path: str, data: Any) -> dict[str, Any]:
-    """`data` as a JSON report of the version this plugin writes; InputError otherwise."""
+def check_report(path: str, data: Any) -> Report:
+    """`data` as a JSON report of a version this plugin reads; InputError otherwise."""
     kind = kind_of(data)
     if kind == "baseline":
         raise InputError(
@@ -61,124 +94,36 @@ def check_report(path: str, data: Any) -> dict[str, Any]:
             f'{path} is not a pytest-taichi-limits JSON report (no "schema": '
             f'"{jsonreport.SCHEMA}"); write one with --taichi-limits-json'
         )
-    if data.get("version") != jsonreport.VERSION:
+    if data.get("version") not in jsonreport.READABLE_VERSIONS:
         raise InputError(
             f"{path} is a JSON report of version {data.get('version')!r}; this "
-            f"version of pytest-taichi-limits reads version {jsonreport.VERSION}: "
-            "write it again with this version"
+            f"version of pytest-taichi-limits reads versions "
+            f"{', '.join(map(str, jsonreport.READABLE_VERSIONS))}: write it again with this "
+            "version"
         )
-    records = data.get("records")
-    if not isinstance(records, list) or not all(
-        isinstance(record, dict) and isinstance(record.get("nodeid"), str) for record in records
-    ):
-        raise InputError(f'{path} is damaged: "records" must be a list of records with a "nodeid"')
-    if not isinstance(data.get("environment"), dict):
-        raise InputError(f'{path} is damaged: "environment" must be an object')
-    return dict(data)
+    try:
+        return Report.from_json(data)
+    except RecordError as error:
+        raise InputError(f"{path} is damaged: {error}") from None
 
 
-def load_report(path: str) -> dict[str, Any]:
+def load_report(path: str) -> Report:
     return check_report(path, read_json(path))
 
 
 def load_baseline(path: str) -> baselines.Baseline:
-    """A baseline file, through baseline.load; a JSON report given instead is named as such."""
-    data = read_json(path)
+    """A baseline file; a JSON report given instead is named as such."""
+    return check_baseline(path, read_json(path))
+
+
+def check_baseline(path: str, data: Any) -> baselines.Baseline:
+    """`data`, read from `path`, as a baseline; InputError otherwise."""
     if kind_of(data) == "report":
         raise InputError(
             f"{path} is a JSON report, not a baseline: give the file written by "
             "--taichi-limits-save-baseline"
         )
     try:
-        return baselines.load(path)
+        return baselines.parse(path, data)
     except baselines.BaselineError as error:
         raise InputError(str(error)) from None
-
-
-# -- adapters to the record shape ---------------------------------------------------------------
-
-
-def usage_record(data: Mapping[str, Any]) -> UsageRecord:
-    """A record of a JSON report as the plugin's own record object (for render/summary.py and the
-    baseline compare)."""
-    try:
-        return UsageRecord.from_json(dict(data))
-    except RecordError as error:
-        raise InputError(f"a record cannot be read: {error}") from None
-
-
-def records(document: Mapping[str, Any]) -> list[dict[str, Any]]:
-    return [dict(record) for record in document.get("records") or []]
-
-
-def measured(record: Mapping[str, Any]) -> bool:
-    """False for a test that never ran its body: its figures mean nothing."""
-    return record.get("outcome") != "skipped"
-
-
-def comparable(record: Mapping[str, Any]) -> bool:
-    """Whether --taichi-limits-compare compares this test: its body ran and was not skipped
-    (an xfail counts as skipped there). An error in setup cannot be told from one in teardown
-    here; its figures are the setup's, small, so comparing them does not fail it falsely."""
-    return record.get("outcome") in ("passed", "failed", "xpassed", "error")
-
-
-def budget_use(record: Mapping[str, Any]) -> dict[str, float]:
-    """Per limited resource, the share of its budget the test used (1.0 = all of it)."""
-    budget = record.get("budget") or {}
-    figures = {
-        "mem_mb": record.get("own_memory_bytes"),
-        "cpu_s": record.get("cpu_s"),
-        "wall_s": record.get("wall_s"),
-        "gpu_gb": record.get("gpu_peak_bytes"),
-    }
-    scale = {"mem_mb": 1024.0 * 1024.0, "cpu_s": 1.0, "wall_s": 1.0, "gpu_gb": 1024.0**3}
-    use = {}
-    for key, figure in figures.items():
-        limit = budget.get(key)
-        if isinstance(limit, (int, float)) and limit > 0 and isinstance(figure, (int, float)):
-            use[key] = float(figure) / (float(limit) * scale[key])
-    return use
-
-
-def verdict_counts(document: Mapping[str, Any]) -> dict[str, int]:
-    """Tests per outcome, and the violations and regressions among them."""
-    counts: dict[str, int] = {}
-    for record in records(document):
-        outcome = str(record.get("outcome"))
-        counts[outcome] = counts.get(outcome, 0) + 1
-    counts["violations"] = sum(1 for record in records(document) if record.get("violation"))
-    counts["regressions"] = sum(1 for record in records(document) if record.get("regression"))
-    return counts
-
-
-def regression_fails(record: Mapping[str, Any]) -> bool:
-    regression = record.get("regression") or {}
-    return bool(regression) and not regression.get("warn_only")
-
-
-def failing(document: Mapping[str, Any]) -> bool:
-    """A violation, a failing regression, or a failed or erroring test."""
-    return any(
-        record.get("violation")
-        or regression_fails(record)
-        or record.get("outcome") in ("failed", "error")
-        for record in records(document)
-    )
-
-
-def grown_records(records: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """The records that carry a regression, by test id."""
-    return sorted((r for r in records if r.get("regression")), key=lambda r: str(r["nodeid"]))
-
-
-def exceeded_growths(
-    grown: Iterable[Mapping[str, Any]],
-) -> Iterator[tuple[Mapping[str, Any], Mapping[str, Any]]]:
-    """(record, growth) for every figure that grew beyond its tolerance, by test and resource:
-    the rows of the regression tables in Markdown and HTML."""
-    for record in grown:
-        growths = record["regression"].get("growths") or []
-        for growth in sorted(growths, key=lambda g: str(g["resource"])):
-            if growth.get("exceeded"):
-                yield record, growth

@@ -26,15 +26,19 @@ import pytest
 from ..child.loop import ChildStart, run_forked
 from ..child.session import reimport_worker
 from ..config.budget import Budget
-from ..config.settings import Settings
+from ..config.settings import BUDGET_KEY, Settings
 from ..ipc.requests import WorkerRequest, fingerprint
 from ..measure import cgroup
-from ..model.records import RunResult
+from ..model.records import Admitted, RunResult
 from ..supervise.supervisor import STOP_TIMEOUT_S, Worker, WorkerGone
 from ..taichi_support import reinit
 from . import forksafety, startplan
 from .forking import ChildBody, ForkLaunch, LaunchError
 from .spawn import SpawnError, SpawnLaunch, Zygote, new_temp_dir, worker_args
+
+
+def _supervised(item: pytest.Item) -> bool:
+    return BUDGET_KEY in item.stash  # plugin.py puts each supervised test's budget there
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,6 @@ class Runner:
         self._worker_key: Key | None = None
         self._worker_env: dict[str, str] = {}
         self._worker_items: list[pytest.Item] = []
-        self._budgets: dict[str, Budget] = {}
         self._cgroup: cgroup.TestCgroup | None = None  # the current worker's, where writable
         self._zygote: Zygote | None = None
         self._cuda: str | None = None
@@ -227,12 +230,13 @@ class Runner:
         item: pytest.Item,
         nextitem: pytest.Item | None,
         budget: Budget,
-        budget_of: dict[str, Budget],
         env: Mapping[str, str] | None = None,
+        admission: Admitted | None = None,
     ) -> RunResult:
-        """`env`: variables for the child (the GPU admission chose): a worker started with
-        other values is not reused, as CUDA reads them once."""
-        self._budgets = budget_of
+        """`budget`: the test's, as the budget hook left it (every other supervised item's is
+        on its stash). `env`: variables for the child (the GPU admission chose): a worker
+        started with other values is not reused, as CUDA reads them once. `admission`: what
+        admission reserved for the test, for its usage."""
         self._kept_known = False  # what pytest's Taichi state holds now
         key = self.key_of(item)
         env = dict(env or {})
@@ -243,20 +247,27 @@ class Runner:
             or self._worker_env != env
         ):
             self.stop_worker()
-            self._launch(key, item, budget_of, env)
+            self._launch(key, item, env)
         worker = self._worker
         assert worker is not None
         index = self._worker_index(item)
         next_index = None
-        if nextitem is not None and nextitem.nodeid in budget_of and self._same_key(nextitem, key):
+        if nextitem is not None and _supervised(nextitem) and self._same_key(nextitem, key):
             next_index = self._worker_index(nextitem)
         try:
-            result = worker.run_test(index, next_index, item.nodeid, budget)
+            result = worker.run_test(index, next_index, item.nodeid, budget, admission)
         except WorkerGone as gone:
             raise SpawnError(str(gone)) from None
         if next_index is None or not worker.alive or result.violation or result.crash:
             self.stop_worker()
         return result
+
+    def mode_of(self, item: pytest.Item) -> str:
+        """How `item` starts, or would have started: fork, reimport or spawn."""
+        try:
+            return self.key_of(item).mode
+        except Refused:
+            return "fork"  # refused because fork mode was asked for a module that needs more
 
     def _same_key(self, item: pytest.Item, key: Key) -> bool:
         try:
@@ -273,19 +284,17 @@ class Runner:
             if candidate.nodeid == item.nodeid
         )
 
-    def _launch(
-        self, key: Key, item: pytest.Item, budget_of: dict[str, Budget], env: dict[str, str]
-    ) -> None:
+    def _launch(self, key: Key, item: pytest.Item, env: dict[str, str]) -> None:
         if key.mode != "fork":
             self._worker_items = [
                 candidate
                 for candidate in self._items
-                if candidate.nodeid in budget_of and self._same_key(candidate, key)
+                if _supervised(candidate) and self._same_key(candidate, key)
             ]
             self._worker_items = self._worker_items[self._worker_items.index(item) :]
         launched: ForkLaunch | SpawnLaunch
         if key.mode == "spawn":
-            launched = self._spawn(self._request(self._worker_items, budget_of, env))
+            launched = self._spawn(self._request(self._worker_items, env))
         else:
             # A forked child of a process holding a Taichi program hangs: reset it here, and
             # let the child (and a plain test here) replay the init lazily.
@@ -315,21 +324,16 @@ class Runner:
                 )
 
             return run_items
-        request = self._request(self._worker_items, self._budgets_of(self._worker_items), {})
+        request = self._request(self._worker_items, {})
         return functools.partial(reimport_worker, request, startplan.project_modules())
 
-    def _budgets_of(self, items: list[pytest.Item]) -> dict[str, Budget]:
-        return {item.nodeid: self._budgets[item.nodeid] for item in items}
-
-    def _request(
-        self, items: list[pytest.Item], budget_of: dict[str, Budget], env: dict[str, str]
-    ) -> WorkerRequest:
+    def _request(self, items: list[pytest.Item], env: dict[str, str]) -> WorkerRequest:
         args, options = worker_args(self.config)
         self._count += 1
         files = list(dict.fromkeys(str(item.path) for item in items))
         return WorkerRequest(
             tests=[fingerprint(item) for item in items],
-            budgets=[budget_of[item.nodeid] for item in items],
+            budgets=[item.stash[BUDGET_KEY] for item in items],
             args=[*args, f"--basetemp={self._basetemp(self._count)}", *files],
             options=options,
             invocation_dir=str(self.config.invocation_params.dir),

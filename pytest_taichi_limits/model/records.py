@@ -15,12 +15,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import signal
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ..config.budget import BUDGET_KEYS, Budget
+from ..config.tolerance import KINDS
+from ..config.units import GIB, MIB
 from ..ipc.protocol import Message
 from . import timeline as timelines
 
@@ -28,11 +32,7 @@ from . import timeline as timelines
 NO_TAICHI = "not initialised"
 
 
-UNITS = {"cpu_s": "s", "wall_s": "s", "mem_mb": "MiB", "gpu_gb": "GiB"}
-
-#: How the memory figure of a record was measured, until issue 10's own-memory measure lands:
-#: the growth of the tree's summed RSS above what the child started with.
-RSS_GROWTH = "rss-growth"
+UNITS = {"cpu_s": "s", "wall_s": "s", "mem_mb": "MiB", "gpu_gb": "GiB", "leak_mb": "MiB/round"}
 
 #: Every outcome a record can have: pytest's own words, and "interrupted" for a test that stopped
 #: the session (pytest.exit, KeyboardInterrupt) before it finished: never "passed".
@@ -69,6 +69,59 @@ class Ending:
             return f"killed by signal {self.signal_number} ({signal_name(self.signal_number)})"
         return f"exited with status {self.exit_code}"
 
+    @classmethod
+    def from_text(cls, text: str) -> Ending:
+        """The inverse of `describe` (a record's JSON carries the text). RecordError else."""
+        killed = _KILLED.fullmatch(text)
+        if killed is not None:
+            return cls(None, int(killed.group(1)))
+        exited = _EXITED.fullmatch(text)
+        if exited is not None:
+            return cls(int(exited.group(1)), None)
+        raise RecordError(f"ending {text!r} is neither 'exited with status N' nor 'killed by ...'")
+
+
+_KILLED = re.compile(r"killed by signal (\d+) \(.*\)")
+_EXITED = re.compile(r"exited with status (-?\d+)")
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """What admission (--taichi-limits-admit) reserved for a test before it started, and how
+    long the test waited for it."""
+
+    wait_s: float
+    mem_bytes: int  # reserved for the test
+    gpu_bytes: int
+    source: str  # where the figure came from: "its budget", "baseline peak plus tolerance..."
+    device: int | None  # the GPU it was pointed at (NVML index), if any
+    reserved_mem_bytes: int  # held on the machine right after its admission (all sessions)
+    reserved_gpu_bytes: int  # held on its device right after its admission
+    capacity_mem_bytes: int  # the memory capacity it was admitted against
+
+    def to_json(self) -> dict[str, Any]:
+        """The record's and the log line's `admission` object (names prefixed, as in
+        version 2)."""
+        return {f"admission_{name}": getattr(self, name) for name in self.__dataclass_fields__}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> Admitted:
+        fields = _object(data, f"{where}: admission")
+        where = f"{where}: admission"
+        device = fields.get("admission_device")
+        if device is not None and (not isinstance(device, int) or isinstance(device, bool)):
+            raise RecordError(f"{where}: admission_device must be a whole number or null")
+        return cls(
+            wait_s=_number(fields, "admission_wait_s", where),
+            mem_bytes=_integer(fields, "admission_mem_bytes", where),
+            gpu_bytes=_integer(fields, "admission_gpu_bytes", where),
+            source=_text(fields, "admission_source", where),
+            device=device,
+            reserved_mem_bytes=_integer(fields, "admission_reserved_mem_bytes", where),
+            reserved_gpu_bytes=_integer(fields, "admission_reserved_gpu_bytes", where),
+            capacity_mem_bytes=_integer(fields, "admission_capacity_mem_bytes", where),
+        )
+
 
 @dataclass(frozen=True)
 class Usage:
@@ -96,16 +149,15 @@ class Usage:
     #: The figure mem_mb is checked against: the peak of what the test made the machine hold,
     #: measured as memory_method says.
     peak_own_memory_bytes: int
-    memory_method: str  # e.g. "rss-growth"
+    memory_method: str  # "smaps", "cgroup" or "rss" (measure/memory.py)
     ending: Ending | None = None
     worker_pid: int = 0  # the supervised child (or spawn-mode worker) that ran the test
     worker_test_number: int = 1  # 1 for its first test; more where a child runs several
     arch: str = NO_TAICHI  # Taichi arch of the child's last ti.init
     gpu_clamps: tuple[str, ...] = ()  # what the gpu_gb cap took from the test's ti.init calls
     interrupted: str = ""  # why the test stopped the session (pytest.exit, Ctrl-C); "" if not
-    #: what admission reserved and how long the test waited for it (admission.Grant.facts);
-    #: None when admission is off
-    admission: Mapping[str, Any] | None = None
+    #: what admission reserved and how long the test waited for it; None when admission is off
+    admission: Admitted | None = None
     timeline: Mapping[str, Any] | None = None  # timeline.Timeline.to_json(): for the reports
     shm_files_left: tuple[str, ...] = ()  # what the test created in /dev/shm and left there
 
@@ -128,6 +180,7 @@ class Usage:
         data["shm_files_left"] = list(self.shm_files_left)
         data["kernel_own_rss_bytes"] = self.kernel_own_rss_bytes
         data["own_memory_bytes"] = self.own_memory_bytes
+        data["admission"] = None if self.admission is None else self.admission.to_json()
         del data["timeline"]  # for the JSON and HTML reports (on the record), never a log line
         return data
 
@@ -206,6 +259,119 @@ class Crash:
         return dataclasses.asdict(self)
 
 
+#: Compared resources: tolerance key -> (baseline field, kind, words a person reads).
+RESOURCES: dict[str, tuple[str, str, str]] = {
+    "mem": ("own_memory_bytes", KINDS["mem"], "own memory"),
+    "cpu": ("cpu_s", KINDS["cpu"], "CPU time"),
+    "wall": ("wall_s", KINDS["wall"], "wall time"),
+    "gpu": ("gpu_bytes", KINDS["gpu"], "GPU memory"),
+}
+
+
+@dataclass(frozen=True)
+class Growth:
+    """One resource of one test, compared with the largest value the baseline saw."""
+
+    resource: str  # tolerance key
+    before: float  # the baseline's max
+    before_min: float  # the baseline's min (== before after one run)
+    runs: int  # how many runs the baseline's range spans
+    after: float
+    allowed: float  # the largest `after` within tolerance
+    tolerance: str  # e.g. "10%+16MiB"
+
+    @property
+    def kind(self) -> str:
+        return RESOURCES[self.resource][1]
+
+    @property
+    def words(self) -> str:
+        """What a person calls the resource: "own memory", "CPU time", ..."""
+        return RESOURCES[self.resource][2]
+
+    @property
+    def exceeded(self) -> bool:
+        return self.after > self.allowed
+
+    @property
+    def growth(self) -> float:
+        """Above the baseline's max: a figure inside the range seen before did not grow."""
+        return self.after - self.before
+
+    @property
+    def growth_percent(self) -> float | None:
+        return None if self.before <= 0 else 100.0 * self.growth / self.before
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "resource": self.resource,
+            "before": self.before,
+            "before_min": self.before_min,
+            "runs": self.runs,
+            "after": self.after,
+            "growth": self.growth,
+            "growth_percent": self.growth_percent,
+            "allowed": self.allowed,
+            "tolerance": self.tolerance,
+            "exceeded": self.exceeded,
+            "unit": "B" if self.kind == "bytes" else "s",
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> Growth:
+        """The inverse of to_json (the derived fields are recomputed). RecordError else."""
+        fields = _object(data, "growth")
+        resource = _text(fields, "resource", "growth")
+        if resource not in RESOURCES:
+            raise RecordError(f"growth: resource {resource!r} is not one of {', '.join(RESOURCES)}")
+        return cls(
+            resource,
+            _number(fields, "before", "growth"),
+            _number(fields, "before_min", "growth"),
+            _integer(fields, "runs", "growth"),
+            _number(fields, "after", "growth"),
+            _number(fields, "allowed", "growth"),
+            _text(fields, "tolerance", "growth"),
+        )
+
+
+@dataclass(frozen=True)
+class Regression:
+    """A test that grew beyond the baseline's tolerance: every compared resource, and the text
+    it failed (or warned) with."""
+
+    warn_only: bool
+    text: str
+    growths: tuple[Growth, ...]  # every compared resource, exceeded or not
+
+    @property
+    def exceeded(self) -> list[Growth]:
+        """The growths beyond tolerance, by resource: the rows of the regression views."""
+        return sorted((g for g in self.growths if g.exceeded), key=lambda g: g.resource)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "warn_only": self.warn_only,
+            "text": self.text,
+            "growths": [growth.to_json() for growth in self.growths],
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "regression") -> Regression:
+        fields = _object(data, where)
+        warn_only = _field(fields, "warn_only", where)
+        growths = _field(fields, "growths", where)
+        if not isinstance(warn_only, bool) or not isinstance(growths, list):
+            raise RecordError(f"{where}: warn_only must be true or false, growths a list")
+        return cls(
+            warn_only, _text(fields, "text", where), tuple(Growth.from_json(g) for g in growths)
+        )
+
+
+#: The unit of each budget key, in bytes or seconds (budget_use compares a figure with it).
+_BUDGET_SCALE = {"mem_mb": MIB, "cpu_s": 1.0, "wall_s": 1.0, "gpu_gb": GIB}
+
+
 @dataclass(frozen=True)
 class UsageRecord:
     """What one supervised test used, and how it ended: the one shape every output reads.
@@ -218,7 +384,7 @@ class UsageRecord:
     outcome: str  # one of OUTCOMES
     own_memory_bytes: int  # max(peak_own_memory_bytes, kernel_own_rss_bytes): compared, shown
     peak_own_memory_bytes: int  # the figure mem_mb was checked against during the run
-    memory_method: str  # how peak_own_memory_bytes was measured, e.g. "rss-growth"
+    memory_method: str  # how peak_own_memory_bytes was measured: "smaps", "cgroup", "rss"
     peak_own_rss_bytes: int  # peak RSS of the process tree above its starting RSS (sampled)
     kernel_own_rss_bytes: int  # ru_maxrss of the child minus its starting RSS (exact)
     peak_rss_bytes: int  # absolute peak RSS of the tree
@@ -229,24 +395,85 @@ class UsageRecord:
     gpu_peak_bytes: int | None  # None: not measured, gpu_note says why
     gpu_note: str
     gpu_clamps: tuple[str, ...]  # what the gpu_gb cap took from the test's ti.init calls
-    budget: Mapping[str, float | None]  # budget key -> limit (None: off)
-    pid: int
+    budget: Budget  # the limits in force (None: off)
+    pid: int  # 0: the test never started (refused)
     started_at: float  # Unix time
-    mode: str  # fork or spawn
+    mode: str  # fork, reimport or spawn
     arch: str  # Taichi arch of the child's last ti.init, or "not initialised"
     violation: Violation | None
-    regression: Mapping[str, Any] | None  # the baseline comparison that failed or warned
+    regression: Regression | None  # the baseline comparison that failed or warned
     worker_pid: int = 0  # the supervised child that ran the test (several tests may share one)
     worker_test_number: int = 1  # 1 for the first test that child ran, 2 for the next, ...
-    admission: Mapping[str, Any] | None = None  # admission's reservation and wait, if it was on
+    admission: Admitted | None = None  # admission's reservation and wait, if it was on
     timeline: Mapping[str, Any] | None = None  # model/timeline.py: what the supervisor sampled
     shm_files_left: tuple[str, ...] = ()  # what the test created in /dev/shm and left there
+    ending: Ending | None = None  # how the test's process ended, where it ended with the test
+    #: Why a failed test failed, in one line: the assertion's first line, the crash, the budget
+    #: it went over, why it could not start. "" for a test that did not fail.
+    reason: str = ""
+    started: bool = True  # False: refused before it started (admission, start mode)
 
     @property
     def measured(self) -> bool:
-        """False for a test whose figures mean nothing: it never ran its body (skipped in setup)
-        or it stopped the session before it finished."""
-        return self.outcome not in ("skipped", "interrupted")
+        """False for a test whose figures mean nothing: it never started, never ran its body
+        (skipped in setup) or stopped the session before it finished."""
+        return self.started and self.outcome not in ("skipped", "interrupted")
+
+    @property
+    def comparable(self) -> bool:
+        """Whether a baseline comparison compares this test: its body ran and was not skipped
+        (an xfail counts as skipped there). An error in setup cannot be told from one in
+        teardown here; its figures are the setup's, small, so comparing them does not fail it
+        falsely."""
+        return self.started and self.outcome in ("passed", "failed", "xpassed", "error")
+
+    @property
+    def failing(self) -> bool:
+        """A failed or erroring test, a violation, or a regression that fails (not a warning)."""
+        return (
+            self.outcome in ("failed", "error")
+            or self.violation is not None
+            or (self.regression is not None and not self.regression.warn_only)
+        )
+
+    @property
+    def failed_by_growth(self) -> bool:
+        """Failed only because it grew beyond the baseline's tolerance: its reason is the
+        regression's headline (a record of version 2, without a reason, reads so too)."""
+        regression = self.regression
+        if self.outcome != "failed" or self.violation is not None:
+            return False
+        if regression is None or regression.warn_only:
+            return False
+        headline = regression.text.partition("\n")[0].removeprefix("taichi_limits: ")
+        return headline.startswith(self.reason.removesuffix("…"))
+
+    @property
+    def violation_at_s(self) -> float | None:
+        """Seconds after the start at which the violation was caught, where known: the
+        timeline's mark, else (a violation the kernel found after the exit) the violation's
+        wall-clock time against the test's start."""
+        moment = (self.timeline or {}).get("violation_at_s")
+        if isinstance(moment, (int, float)):
+            return float(moment)
+        if self.violation is None:
+            return None
+        return max(0.0, self.violation.at - self.started_at)
+
+    def budget_use(self) -> dict[str, float]:
+        """Per limited resource, the share of its budget the test used (1.0 = all of it)."""
+        figures = {
+            "mem_mb": self.own_memory_bytes,
+            "cpu_s": self.cpu_s,
+            "wall_s": self.wall_s,
+            "gpu_gb": self.gpu_peak_bytes,
+        }
+        use = {}
+        for key, figure in figures.items():
+            limit = getattr(self.budget, key)
+            if limit is not None and limit > 0 and figure is not None:
+                use[key] = float(figure) / (float(limit) * _BUDGET_SCALE[key])
+        return use
 
     @classmethod
     def from_usage(
@@ -254,101 +481,134 @@ class UsageRecord:
         usage: Usage,
         outcome: str,
         violation: Violation | None,
-        regression: Mapping[str, Any] | None = None,
+        regression: Regression | None = None,
+        reason: str = "",
     ) -> UsageRecord:
+        """The record of a test the supervisor watched: every figure of `usage` that the record
+        keeps (the same name in both), and how the test ended."""
+        figures = {name: getattr(usage, name) for name in _FROM_USAGE if name not in _RECORD_ONLY}
         return cls(
-            nodeid=usage.nodeid,
+            **figures,
             outcome=outcome,
-            own_memory_bytes=usage.own_memory_bytes,
-            peak_own_memory_bytes=usage.peak_own_memory_bytes,
-            memory_method=usage.memory_method,
-            peak_own_rss_bytes=usage.peak_own_rss_bytes,
-            kernel_own_rss_bytes=usage.kernel_own_rss_bytes,
-            peak_rss_bytes=usage.peak_rss_bytes,
-            start_rss_bytes=usage.start_rss_bytes,
-            peak_vms_bytes=usage.peak_vms_bytes,
-            cpu_s=usage.cpu_s,
-            wall_s=usage.wall_s,
-            gpu_peak_bytes=usage.gpu_peak_bytes,
-            gpu_note=usage.gpu_note,
-            gpu_clamps=usage.gpu_clamps,
-            budget=usage.budget.as_dict(),
-            pid=usage.pid,
-            started_at=usage.started_at,
-            mode=usage.mode,
-            arch=usage.arch,
             violation=violation,
             regression=regression,
+            reason=reason,
             worker_pid=usage.worker_pid or usage.pid,
-            worker_test_number=usage.worker_test_number,
-            admission=None if usage.admission is None else dict(usage.admission),
             timeline=None if usage.timeline is None else dict(usage.timeline),
-            shm_files_left=usage.shm_files_left,
+        )
+
+    @classmethod
+    def not_started(cls, nodeid: str, budget: Budget, reason: str, mode: str) -> UsageRecord:
+        """The record of a test that failed before any process ran it (admission refused it,
+        its module cannot start in the start mode asked for): no figure, only the reason."""
+        return cls(
+            nodeid=nodeid,
+            outcome="failed",
+            own_memory_bytes=0,
+            peak_own_memory_bytes=0,
+            memory_method="not measured",
+            peak_own_rss_bytes=0,
+            kernel_own_rss_bytes=0,
+            peak_rss_bytes=0,
+            start_rss_bytes=0,
+            peak_vms_bytes=0,
+            cpu_s=0.0,
+            wall_s=0.0,
+            gpu_peak_bytes=None,
+            gpu_note="not measured (the test never started)",
+            gpu_clamps=(),
+            budget=budget,
+            pid=0,
+            started_at=time.time(),
+            mode=mode,
+            arch=NO_TAICHI,
+            violation=None,
+            regression=None,
+            reason=reason,
+            started=False,
         )
 
     def to_json(self) -> dict[str, Any]:
         data = {name: getattr(self, name) for name in self.__dataclass_fields__}
         data["gpu_clamps"] = list(self.gpu_clamps)
-        data["budget"] = dict(self.budget)
+        data["budget"] = self.budget.as_dict()
         data["violation"] = None if self.violation is None else self.violation.to_json()
-        data["regression"] = None if self.regression is None else dict(self.regression)
-        data["admission"] = None if self.admission is None else dict(self.admission)
+        data["regression"] = None if self.regression is None else self.regression.to_json()
+        data["admission"] = None if self.admission is None else self.admission.to_json()
         data["timeline"] = None if self.timeline is None else dict(self.timeline)
         data["shm_files_left"] = list(self.shm_files_left)
+        data["ending"] = None if self.ending is None else self.ending.describe
         return data
 
     @classmethod
     def from_json(cls, data: Any) -> UsageRecord:
-        """The inverse of to_json. Raises RecordError naming the first field that is wrong."""
+        """The inverse of to_json. Raises RecordError naming the first field that is wrong.
+
+        Fields added in version 3 of the JSON report (`ending`, `reason`, `started`) may be
+        absent: a record of version 2 reads with their defaults."""
         fields = _object(data, "record")
         where = f"record of {fields.get('nodeid')!r}"
         outcome = _text(fields, "outcome", where)
         if outcome not in OUTCOMES:
             raise RecordError(f"{where}: outcome {outcome!r} is not one of {', '.join(OUTCOMES)}")
-        budget = _object(_field(fields, "budget", where), f"{where}: budget")
-        if set(budget) != set(BUDGET_KEYS) or not all(
-            value is None or _is_number(value) for value in budget.values()
-        ):
-            raise RecordError(
-                f"{where}: budget must map {', '.join(BUDGET_KEYS)} to numbers or null"
-            )
         clamps = _field(fields, "gpu_clamps", where)
         if not isinstance(clamps, list) or not all(isinstance(note, str) for note in clamps):
             raise RecordError(f"{where}: gpu_clamps must be a list of strings")
         gpu = fields.get("gpu_peak_bytes")
         violation = fields.get("violation")
         regression = fields.get("regression")
-        if regression is not None and not isinstance(regression, dict):
-            raise RecordError(f"{where}: regression must be an object or null")
-        return cls(
-            nodeid=_text(fields, "nodeid", where),
-            outcome=outcome,
-            own_memory_bytes=_integer(fields, "own_memory_bytes", where),
-            peak_own_memory_bytes=_integer(fields, "peak_own_memory_bytes", where),
-            memory_method=_text(fields, "memory_method", where),
-            peak_own_rss_bytes=_integer(fields, "peak_own_rss_bytes", where),
-            kernel_own_rss_bytes=_integer(fields, "kernel_own_rss_bytes", where),
-            peak_rss_bytes=_integer(fields, "peak_rss_bytes", where),
-            start_rss_bytes=_integer(fields, "start_rss_bytes", where),
-            peak_vms_bytes=_integer(fields, "peak_vms_bytes", where),
-            cpu_s=_number(fields, "cpu_s", where),
-            wall_s=_number(fields, "wall_s", where),
-            gpu_peak_bytes=None if gpu is None else _integer(fields, "gpu_peak_bytes", where),
-            gpu_note=_text(fields, "gpu_note", where),
-            gpu_clamps=tuple(clamps),
-            budget={key: None if value is None else float(value) for key, value in budget.items()},
-            pid=_integer(fields, "pid", where),
-            started_at=_number(fields, "started_at", where),
-            mode=_text(fields, "mode", where),
-            arch=_text(fields, "arch", where),
-            violation=None if violation is None else Violation.from_json(violation),
-            regression=None if regression is None else dict(regression),
-            worker_pid=_integer(fields, "worker_pid", where),
-            worker_test_number=_integer(fields, "worker_test_number", where),
-            admission=_optional_object(fields, "admission", where),
-            timeline=_timeline(fields, where),
-            shm_files_left=tuple(str(path) for path in fields.get("shm_files_left") or ()),
-        )
+        ending = fields.get("ending")
+        try:
+            return cls(
+                nodeid=_text(fields, "nodeid", where),
+                outcome=outcome,
+                own_memory_bytes=_integer(fields, "own_memory_bytes", where),
+                peak_own_memory_bytes=_integer(fields, "peak_own_memory_bytes", where),
+                memory_method=_text(fields, "memory_method", where),
+                peak_own_rss_bytes=_integer(fields, "peak_own_rss_bytes", where),
+                kernel_own_rss_bytes=_integer(fields, "kernel_own_rss_bytes", where),
+                peak_rss_bytes=_integer(fields, "peak_rss_bytes", where),
+                start_rss_bytes=_integer(fields, "start_rss_bytes", where),
+                peak_vms_bytes=_integer(fields, "peak_vms_bytes", where),
+                cpu_s=_number(fields, "cpu_s", where),
+                wall_s=_number(fields, "wall_s", where),
+                gpu_peak_bytes=None if gpu is None else _integer(fields, "gpu_peak_bytes", where),
+                gpu_note=_text(fields, "gpu_note", where),
+                gpu_clamps=tuple(clamps),
+                budget=_budget(fields, where),
+                pid=_integer(fields, "pid", where),
+                started_at=_number(fields, "started_at", where),
+                mode=_text(fields, "mode", where),
+                arch=_text(fields, "arch", where),
+                violation=None if violation is None else Violation.from_json(violation),
+                regression=None
+                if regression is None
+                else Regression.from_json(regression, f"{where}: regression"),
+                worker_pid=_integer(fields, "worker_pid", where),
+                worker_test_number=_integer(fields, "worker_test_number", where),
+                admission=None
+                if fields.get("admission") is None
+                else Admitted.from_json(fields["admission"], where),
+                timeline=_timeline(fields, where),
+                shm_files_left=_texts(fields, "shm_files_left", where),
+                ending=None if ending is None else Ending.from_text(_text(fields, "ending", where)),
+                reason=_text(fields, "reason", where) if "reason" in fields else "",
+                started=_flag(fields, "started", where, default=True),
+            )
+        except RecordError as error:
+            if str(error).startswith(where):
+                raise
+            raise RecordError(f"{where}: {error}") from None
+
+
+#: Fields a record copies from the usage under the same name.
+_FROM_USAGE = (
+    *(name for name in UsageRecord.__dataclass_fields__ if name in Usage.__dataclass_fields__),
+    "kernel_own_rss_bytes",
+    "own_memory_bytes",
+)
+#: Fields of both that the record takes from elsewhere (from_usage sets them itself).
+_RECORD_ONLY = frozenset({"worker_pid", "timeline"})
 
 
 # -- checking JSON values -------------------------------------------------------------------------
@@ -389,6 +649,35 @@ def _text(fields: Mapping[str, Any], name: str, where: str) -> str:
     value = _field(fields, name, where)
     if not isinstance(value, str):
         raise RecordError(f"{where}: {name} must be a string, got {value!r}")
+    return value
+
+
+#: Budget keys added after version 2 of the JSON report: a record written before may lack them.
+_LATER_BUDGET_KEYS = frozenset({"leak_mb"})  # version 4
+
+
+def _budget(fields: Mapping[str, Any], where: str) -> Budget:
+    budget = _object(_field(fields, "budget", where), f"{where}: budget")
+    if not set(BUDGET_KEYS) - _LATER_BUDGET_KEYS <= set(budget) <= set(BUDGET_KEYS) or not all(
+        value is None or (_is_number(value) and value > 0) for value in budget.values()
+    ):
+        raise RecordError(
+            f"{where}: budget must map {', '.join(BUDGET_KEYS)} to positive numbers or null"
+        )
+    return Budget(**{key: None if value is None else float(value) for key, value in budget.items()})
+
+
+def _texts(fields: Mapping[str, Any], name: str, where: str) -> tuple[str, ...]:
+    values = fields.get(name) or []
+    if not isinstance(values, list) or not all(isinstance(value, str) for value in values):
+        raise RecordError(f"{where}: {name} must be a list of strings")
+    return tuple(values)
+
+
+def _flag(fields: Mapping[str, Any], name: str, where: str, default: bool) -> bool:
+    value = fields.get(name, default)
+    if not isinstance(value, bool):
+        raise RecordError(f"{where}: {name} must be true or false, got {value!r}")
     return value
 
 

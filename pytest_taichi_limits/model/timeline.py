@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 #: Points a test keeps at most; even, so that merging pairs leaves exactly half.
@@ -141,21 +142,34 @@ def check(data: Mapping[str, Any]) -> None:
         raise TimelineError("timeline: 'violation_at_s' must be a number or null")
 
 
-def violation_moment(record: Mapping[str, Any]) -> float | None:
-    """Seconds after the start at which the record's violation was caught, where known.
+@dataclass(frozen=True)
+class Points:
+    """A stored timeline as the charts read it (the form `to_json` writes, checked)."""
 
-    The timeline's own mark, else (a violation the kernel found after the exit) the
-    violation's wall-clock time against the test's start.
-    """
-    timeline = record.get("timeline") or {}
-    moment = timeline.get("violation_at_s")
-    if isinstance(moment, (int, float)):
-        return float(moment)
-    violation = record.get("violation") or {}
-    at, started_at = violation.get("at"), record.get("started_at")
-    if isinstance(at, (int, float)) and isinstance(started_at, (int, float)):
-        return max(0.0, float(at) - float(started_at))
-    return None
+    t_s: tuple[float, ...]
+    mem_bytes: tuple[float, ...]
+    cpu_s: tuple[float, ...]
+    gpu_bytes: tuple[float | None, ...] | None
+    violation_at_s: float | None
+
+    @classmethod
+    def of(cls, data: Mapping[str, Any] | None) -> Points | None:
+        """The points of a stored timeline; None where there is none or it is not valid."""
+        if data is None:
+            return None
+        try:
+            check(data)
+        except TimelineError:
+            return None
+        gpu = data.get("gpu_bytes")
+        moment = data.get("violation_at_s")
+        return cls(
+            tuple(map(float, data["t_s"])),
+            tuple(map(float, data["mem_bytes"])),
+            tuple(map(float, data["cpu_s"])),
+            None if gpu is None else tuple(None if v is None else float(v) for v in gpu),
+            None if moment is None else float(moment),
+        )
 
 
 _NUMBERS: dict[str, Any] = {"type": "array", "items": {"type": "number"}}

@@ -1,5 +1,5 @@
 """The HTML report: one self-contained file (inline CSS, inline SVG, a little vanilla JS, nothing
-fetched from the network), made from the JSON report document.
+fetched from the network), made from the session's `Report` (formats/jsonreport.py).
 
 Built for big suites: the table's rows are plain HTML written here (so the page reads without
 JS), the per-test timelines travel once as compact JSON, and a chart is drawn only when its row
@@ -11,21 +11,17 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Mapping
 from typing import Any
 
-from ..config.units import MIB, human_bytes
-from ..formats import reading
-from ..formats.baseline import RESOURCES, amount
-from ..model import timeline
-from ..model.records import Violation
-from . import markdown
-from .text import trim_stack
-from .text import violation_headline as render_headline
+from ..config.units import GIB, MIB, human_bytes
+from ..formats.baseline import amount, seen_text
+from ..formats.jsonreport import Report
+from ..model.records import UsageRecord
+from ..model.timeline import Points
+from . import markdown, text
 
 #: Rows of the table laid out at once (the rest after "show all", or found by the filter).
 PAGE_ROWS = 500
-_BUDGET_KEYS = ("cpu_s", "mem_mb", "wall_s", "gpu_gb")
 
 
 def _e(value: object) -> str:
@@ -42,89 +38,35 @@ def _script_json(value: object) -> str:
     )
 
 
-# -- text of a violation ------------------------------------------------------------------------
-
-
-def violation_headline(violation: Mapping[str, Any]) -> str:
-    fields = {name: violation[name] for name in Violation.__dataclass_fields__ if name in violation}
-    fields["signals_sent"] = tuple(fields.get("signals_sent", ()))
-    try:
-        return render_headline(Violation(**fields))
-    except (TypeError, KeyError, ValueError):
-        return f"taichi_limits: {violation.get('resource')} exceeded"
-
-
-def violation_text(record: Mapping[str, Any]) -> str:
-    """The violation's full report, as the failed test showed it, from the record."""
-    violation = record.get("violation") or {}
-    budget = record.get("budget") or {}
-    gpu = record.get("gpu_peak_bytes")
-    lines = [
-        violation_headline(violation),
-        (
-            f"  caught by   {violation.get('detected_by', '?')}, during "
-            f"{violation.get('phase', '?')}"
-        ),
-    ]
-    if violation.get("detail"):
-        lines.append(f"  detail      {violation['detail']}")
-    lines += [
-        f"  peak usage  own RSS +{human_bytes(float(record.get('own_memory_bytes') or 0))} | "
-        f"RSS {human_bytes(float(record.get('peak_rss_bytes') or 0))} | "
-        f"CPU {float(record.get('cpu_s') or 0):.2f} s | "
-        f"wall {float(record.get('wall_s') or 0):.2f} s | "
-        + (
-            f"GPU {human_bytes(float(gpu))}"
-            if gpu is not None
-            else f"GPU {record.get('gpu_note') or 'not measured'}"
-        ),
-        "  budget      "
-        + " ".join(
-            f"{key}={'off' if budget.get(key) is None else f'{budget[key]:g}'}"
-            for key in _BUDGET_KEYS
-        ),
-        f"  stopped     signals sent: {', '.join(violation.get('signals_sent') or []) or 'none'}",
-        (
-            f"  process     pid {violation.get('pid', record.get('pid'))} "
-            f"({record.get('mode', '?')} mode, arch {record.get('arch', '?')})"
-        ),
-    ]
-    stack = trim_stack(str(violation.get("stack") or "")).rstrip()
-    if stack.strip():
-        lines.append("  stack at the moment of violation (all threads):")
-        lines += [f"    {line}" for line in stack.splitlines()]
-    else:
-        lines.append("  stack at the moment of violation: not available")
-    return "\n".join(lines)
-
-
 # -- data for the charts ------------------------------------------------------------------------
 
 
-def chart_data(record: Mapping[str, Any]) -> dict[str, Any]:
+def chart_data(record: UsageRecord) -> dict[str, Any]:
     """What one test's charts need, compact: MiB, GiB and seconds, rounded."""
-    budget = record.get("budget") or {}
+    budget = record.budget
     data: dict[str, Any] = {
-        "lm": budget.get("mem_mb"),
-        "lc": budget.get("cpu_s"),
-        "lg": budget.get("gpu_gb"),
-        "va": timeline.violation_moment(record),
-        "vr": (record.get("violation") or {}).get("resource"),
+        "lm": budget.mem_mb,
+        "lc": budget.cpu_s,
+        "lg": budget.gpu_gb,
+        "va": record.violation_at_s,
+        "vr": None if record.violation is None else record.violation.resource,
     }
-    line = record.get("timeline")
-    if isinstance(line, Mapping):
-        try:
-            timeline.check(line)
-        except timeline.TimelineError:
-            line = None
-    if isinstance(line, Mapping):
-        data["t"] = [round(float(value), 3) for value in line["t_s"]]
-        data["m"] = [round(float(value) / MIB, 2) for value in line["mem_bytes"]]
-        data["c"] = [round(float(value), 3) for value in line["cpu_s"]]
-        if line.get("gpu_bytes") is not None:
+    for growth in () if record.regression is None else record.regression.growths:
+        # The baseline's range and what is allowed, drawn on the test's own chart.
+        scale = {"mem": MIB, "cpu": 1.0}.get(growth.resource)
+        if scale is not None:
+            data["b" + growth.resource[0]] = [
+                round(value / scale, 3)
+                for value in (growth.before_min, growth.before, growth.allowed)
+            ]
+    points = Points.of(record.timeline)
+    if points is not None:
+        data["t"] = [round(value, 3) for value in points.t_s]
+        data["m"] = [round(value / MIB, 2) for value in points.mem_bytes]
+        data["c"] = [round(value, 3) for value in points.cpu_s]
+        if points.gpu_bytes is not None:
             data["g"] = [
-                None if value is None else round(float(value) / 1024**3, 4)
-                for value in line["gpu_bytes"]
+                None if value is None else round(value / GIB, 4) for value in points.gpu_bytes
             ]
     return data
 
@@ -132,107 +74,163 @@ def chart_data(record: Mapping[str, Any]) -> dict[str, Any]:
 # -- page parts ---------------------------------------------------------------------------------
 
 
-def _header(document: Mapping[str, Any]) -> str:
-    verdict = markdown.verdict(document, marks=False).removeprefix("### taichi-limits: ")
-    failing = reading.failing(document) or not document.get("complete", True)
-    environment = document.get("environment") or {}
+def _header(report: Report) -> str:
+    verdict = markdown.verdict(report, marks=False).removeprefix("### taichi-limits: ")
+    failing = report.failing or not report.complete
     rows = "".join(
-        f"<dt>{_e(key)}</dt><dd>{_e(value)}</dd>" for key, value in sorted(environment.items())
+        f"<dt>{_e(key)}</dt><dd>{_e(value)}</dd>"
+        for key, value in sorted(report.environment.items())
     )
-    baseline = document.get("baseline")
+    baseline = report.baseline
     compared = ""
     if baseline is not None:
         compared = (
-            f"<p>Compared with the baseline <code>{_e(baseline.get('path'))}</code>, "
-            f"tolerance <code>{_e(baseline.get('tolerance'))}</code>.</p>"
+            f"<p>Compared with the baseline <code>{_e(baseline.path)}</code>, "
+            f"tolerance <code>{_e(baseline.tolerance)}</code>.</p>"
         )
         compared += "".join(
             f'<p class="warn" role="note"><strong>Warning:</strong> {_e(line)}</p>'
-            for line in baseline.get("environment_warnings") or []
+            for line in baseline.environment_warnings
         )
     return (
         f"<header><h1>taichi-limits report</h1>"
         f'<p id="verdict" class="verdict {"bad" if failing else "good"}">{_e(verdict)}</p>'
-        f'<p class="when">Written {_e(document.get("created_at", "?"))}; pytest exit status '
-        f"{_e(document.get('exit_status', '?'))}.</p>{compared}"
+        f'<p class="when">Written {_e(report.created_at)}; pytest exit status '
+        f"{_e(report.exit_status)}.</p>{_source(report)}{compared}"
         f'<details><summary>Environment</summary><dl class="env">{rows}</dl></details>'
         f"</header>"
     )
 
 
-def _violations(records: list[dict[str, Any]], index: Mapping[str, int]) -> str:
-    found = sorted((r for r in records if r.get("violation")), key=lambda r: str(r["nodeid"]))
+def _source(report: Report) -> str:
+    """The commit, branch and command line of the run, those that are known."""
+    source = report.source
+    parts = [
+        f"<dt>{name}</dt><dd><code>{_e(value)}</code></dd>"
+        for name, value in (
+            ("Commit", source.commit),
+            ("Branch", source.branch),
+            ("Command", source.command),
+        )
+        if value
+    ]
+    return f'<dl class="source">{"".join(parts)}</dl>' if parts else ""
+
+
+def _violations(report: Report, index: dict[str, int]) -> str:
+    found = report.violations
     if not found:
         return ""
     parts = [f'<section id="violations"><h2>Budget violations ({len(found)})</h2>']
     for record in found:
+        assert record.violation is not None
         parts.append(
-            f'<article class="violation"><h3>{_e(record["nodeid"])}</h3>'
-            f'<div class="charts" data-i="{index[record["nodeid"]]}"></div>'
-            f"<pre>{_e(violation_text(record))}</pre></article>"
+            f'<article class="violation"><h3>{_e(record.nodeid)}</h3>'
+            f'<div class="charts" data-i="{index[record.nodeid]}"></div>'
+            f"<pre>{_e(text.violation_report(record.violation, record))}</pre></article>"
         )
     parts.append("</section>")
     return "".join(parts)
 
 
-def _bars(before: float, after: float) -> str:
-    """Two horizontal bars, before and after, scaled to the larger."""
-    top = max(before, after, 1e-12)
-    width_before, width_after = 140 * before / top, 140 * after / top
+def _failures(report: Report) -> str:
+    """Failed, erroring or crashed tests that are no budget violation, each with its reason."""
+    found = report.failed_otherwise()
+    if not found:
+        return ""
+    rows = "".join(
+        f'<tr><td class="id">{_e(record.nodeid)}</td>'
+        f'<td><span class="o {_e(record.outcome)}">{_e(record.outcome)}</span>'
+        f"{'' if record.started else ' (not started)'}</td>"
+        f'<td class="why">{_e(record.reason or "—")}</td></tr>'
+        for record in found
+    )
     return (
-        f'<svg class="bars" width="150" height="26" role="img" '
-        f'aria-label="before and after"><rect x="0" y="2" height="9" '
-        f'width="{width_before:.1f}" class="before"/><rect x="0" y="15" height="9" '
-        f'width="{width_after:.1f}" class="after"/></svg>'
+        f'<section id="failures"><h2>Failures that are not budget violations ({len(found)})'
+        '</h2><div class="scroll"><table><thead><tr><th>Test</th><th>Outcome</th>'
+        f"<th>Reason</th></tr></thead><tbody>{rows}</tbody></table></div></section>"
     )
 
 
-def _regressions(document: Mapping[str, Any], records: list[dict[str, Any]]) -> str:
-    if document.get("baseline") is None:
+def _bars(before: float, after: float, allowed: float) -> str:
+    """Two horizontal bars, before and after, and a mark at "allowed up to", scaled to the
+    largest of the three."""
+    top = max(before, after, allowed, 1e-12)
+    width_before, width_after = 140 * before / top, 140 * after / top
+    mark = 140 * allowed / top
+    return (
+        f'<svg class="bars" width="150" height="26" role="img" '
+        f'aria-label="before, after and allowed up to"><rect x="0" y="2" height="9" '
+        f'width="{width_before:.1f}" class="before"/><rect x="0" y="15" height="9" '
+        f'width="{width_after:.1f}" class="after"/><line class="allowed" x1="{mark:.1f}" '
+        f'x2="{mark:.1f}" y1="0" y2="26"/></svg>'
+    )
+
+
+_LEGEND = (
+    '<p class="legend"><span class="key before"></span> before: the baseline\'s largest figure '
+    '(its range where it saw several runs) <span class="key after"></span> after: this run '
+    '<span class="key allowed"></span> allowed up to: before plus the tolerance. On a test\'s '
+    "chart the grey band is the baseline's range and the orange dashes what is allowed.</p>"
+)
+
+
+def _regressions(report: Report, index: dict[str, int]) -> str:
+    if report.baseline is None:
         return ""
-    grown = reading.grown_records(records)
+    grown = report.regressions
     if not grown:
         return (
             '<section id="regressions"><h2>Regressions</h2><p>No test grew beyond the '
             "tolerance.</p></section>"
         )
     rows = []
-    for record, growth in reading.exceeded_growths(grown):
-        kind = RESOURCES[growth["resource"]][1]
-        percent = growth.get("growth_percent")
+    for record, growth in report.exceeded_growths():
+        kind = growth.kind
+        percent = growth.growth_percent
+        assert record.regression is not None
         rows.append(
-            f'<tr><td class="id">{_e(record["nodeid"])}</td>'
-            f"<td>{_e(RESOURCES[growth['resource']][2])}</td>"
-            f'<td class="n">{_e(amount(growth["before"], kind))}</td>'
-            f'<td class="n">{_e(amount(growth["after"], kind))}</td>'
-            f'<td class="n">{_e(amount(growth["growth"], kind, signed=True))}'
+            f'<tr><td class="id">{_e(record.nodeid)}</td>'
+            f"<td>{_e(growth.words)}</td>"
+            f'<td class="n">{_e(seen_text(growth))}</td>'
+            f'<td class="n">{_e(amount(growth.after, kind))}</td>'
+            f'<td class="n">{_e(amount(growth.allowed, kind))}</td>'
+            f'<td class="n">{_e(amount(growth.growth, kind, signed=True))}'
             f"{'' if percent is None else f' ({percent:+.1f}%)'}</td>"
-            f"<td>{_bars(float(growth['before']), float(growth['after']))}</td>"
-            f"<td>{_e(growth['resource'])}={_e(growth['tolerance'])}"
-            f"{' (warning only)' if record['regression'].get('warn_only') else ''}</td></tr>"
+            f"<td>{_bars(growth.before, growth.after, growth.allowed)}</td>"
+            f"<td>{_e(growth.resource)}={_e(growth.tolerance)}"
+            f"{' (warning only)' if record.regression.warn_only else ''}</td></tr>"
         )
+    charts = "".join(
+        f'<article class="grown"><h3>{_e(record.nodeid)}</h3>'
+        f'<div class="charts" data-i="{index[record.nodeid]}"></div></article>'
+        for record in grown
+    )
     return (
         f'<section id="regressions"><h2>Regressions against the baseline ({len(grown)})</h2>'
         '<div class="scroll"><table><thead><tr><th>Test</th><th>Resource</th>'
-        "<th>Before</th><th>After</th><th>Growth</th><th>Before / after</th>"
-        f"<th>Tolerance</th></tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
-        "</section>"
+        "<th>Before</th><th>After</th><th>Allowed up to</th><th>Growth</th>"
+        f"<th>Before / after</th><th>Tolerance</th></tr></thead><tbody>{''.join(rows)}</tbody>"
+        f'</table></div>{_LEGEND}<p class="todo"><strong>What to do:</strong> '
+        f"{markdown.what_to_do(report.baseline.path, lambda c: f'<code>{_e(c)}</code>', _e)}"
+        f"</p>{charts}</section>"
     )
 
 
-def _row(record: Mapping[str, Any], position: int) -> str:
+def _row(record: UsageRecord, position: int) -> str:
     hidden = " hidden" if position >= PAGE_ROWS else ""
-    outcome = str(record.get("outcome"))
-    use = reading.budget_use(record)
+    outcome = record.outcome
+    use = record.budget_use()
     use_max = max(use.values()) if use else -1.0
-    memory = float(record.get("own_memory_bytes") or 0)
-    cpu, wall = float(record.get("cpu_s") or 0), float(record.get("wall_s") or 0)
-    gpu = record.get("gpu_peak_bytes")
+    memory = float(record.own_memory_bytes)
+    cpu, wall = record.cpu_s, record.wall_s
+    gpu = record.gpu_peak_bytes
     flags = " ".join(
         flag
         for flag, on in (
-            ("violation", record.get("violation")),
-            ("regression", record.get("regression")),
+            ("violation", record.violation is not None),
+            ("regression", record.regression is not None),
+            ("not-started", not record.started),
         )
         if on
     )
@@ -243,7 +241,7 @@ def _row(record: Mapping[str, Any], position: int) -> str:
         f'<tr{hidden} data-i="{position}" data-o="{_e(outcome)}" data-f="{flags}" '
         f'data-k="{memory:.0f} {cpu:.4f} {wall:.4f} {-1 if gpu is None else gpu} '
         f'{use_max:.4f}">'
-        f'<td class="id">{_e(record["nodeid"])}{badges}</td>'
+        f'<td class="id">{_e(record.nodeid)}{badges}</td>'
         f'<td><span class="o {_e(outcome)}">{_e(outcome)}</span></td>'
         f'<td class="n">{human_bytes(memory)}</td><td class="n">{cpu:.2f} s</td>'
         f'<td class="n">{wall:.2f} s</td>'
@@ -254,7 +252,7 @@ def _row(record: Mapping[str, Any], position: int) -> str:
     )
 
 
-def _table(records: list[dict[str, Any]]) -> str:
+def _table(records: tuple[UsageRecord, ...]) -> str:
     headers = [
         ("Test", "s"),
         ("Outcome", "s"),
@@ -269,7 +267,7 @@ def _table(records: list[dict[str, Any]]) -> str:
         f'data-col="{column}">{name}</button></th>'
         for column, (name, key) in enumerate(headers)
     )
-    outcomes = sorted({str(record.get("outcome")) for record in records})
+    outcomes = sorted({record.outcome for record in records})
     options = "".join(f'<option value="{_e(o)}">{_e(o)}</option>' for o in outcomes)
     body = "".join(_row(record, position) for position, record in enumerate(records))
     return (
@@ -333,17 +331,32 @@ svg.bars{zoom:.4}pre{white-space:pre-wrap;overflow-wrap:anywhere}
 dl.env{grid-template-columns:max-content minmax(0,1fr)}dd{overflow-wrap:anywhere}}
 """
 
+#: The failures list, the regression view's legend and ranges, the run's source: kept apart from
+#: the page's layout above (the two change for different reasons).
+_RECORDS_CSS = """
+.badge.not-started{color:var(--bad)}
+#failures th,#failures td{text-align:left}td.why{word-break:break-word}
+dl.source{display:grid;grid-template-columns:max-content 1fr;gap:0 1em;margin:.3em 0}
+dl.source code{word-break:break-all}
+svg.bars .allowed{stroke:var(--fg);stroke-width:2}svg .band{fill:#8c8c8c;fill-opacity:.25}
+svg .allow{stroke:var(--warn);stroke-dasharray:3 3}
+.legend,.todo{font-size:13px;color:var(--muted)}.legend .key{display:inline-block;width:14px;
+height:9px;vertical-align:middle}.key.before{background:#8c8c8c}.key.after{background:var(--warn)}
+.key.allowed{width:2px;height:14px;background:var(--fg)}article.grown{margin:.6em 0}
+"""
+
 _JS = r"""
 (function(){
 "use strict";
 var DATA=JSON.parse(document.getElementById("data").textContent),PAGE=__PAGE_ROWS__;
 function f(v,d){return (Math.round(v*Math.pow(10,d))/Math.pow(10,d)).toString();}
-function chart(title,unit,t,ys,cls,limit,va,vr,mine){
+function chart(title,unit,t,ys,cls,limit,va,vr,mine,band){
   var W=340,H=130,L=44,R=8,T=18,B=22,ok=[];
   for(var i=0;i<t.length;i++){if(ys[i]!==null&&ys[i]!==undefined){ok.push(i);}}
   if(!ok.length){return '<div class="chart"><p>'+title+': no samples</p></div>';}
   var tmax=Math.max(t[t.length-1],va===null?0:va,1e-3),ymax=0;
   ok.forEach(function(i){ymax=Math.max(ymax,ys[i]);});
+  if(band){ymax=Math.max(ymax,band[2]);}
   var far=limit!==null&&limit>3*ymax&&ymax>0;
   if(limit!==null&&!far){ymax=Math.max(ymax,limit);}
   ymax=ymax>0?ymax*1.08:1;
@@ -363,6 +376,13 @@ function chart(title,unit,t,ys,cls,limit,va,vr,mine){
     s+='<line class="lim" x1="'+L+'" x2="'+(W-R)+'" y1="'+Y(limit)+'" y2="'+Y(limit)+'">';
     s+='<title>limit '+limit+' '+unit+'</title></line>';
   }
+  if(band){
+    var hi=parseFloat(Y(band[1])),lo=parseFloat(Y(band[0]));
+    s+='<rect class="band" x="'+L+'" width="'+(W-L-R)+'" y="'+hi+'" height="'+
+      Math.max(1,lo-hi)+'"><title>baseline '+band[0]+'..'+band[1]+' '+unit+'</title></rect>';
+    s+='<line class="allow" x1="'+L+'" x2="'+(W-R)+'" y1="'+Y(band[2])+'" y2="'+Y(band[2])+'">';
+    s+='<title>allowed up to '+band[2]+' '+unit+'</title></line>';
+  }
   s+='<polyline class="'+cls+'" fill="none" stroke-width="1.8" points="'+pts+'"/>';
   if(va!==null){
     s+='<line class="vio" x1="'+X(va)+'" x2="'+X(va)+'" y1="'+T+'" y2="'+(H-B)+'">';
@@ -378,8 +398,8 @@ function charts(d){
       'the report was written without timelines.</p></div>';
   }
   var va=d.va===undefined?null:d.va,s="";
-  s+=chart("own memory","MiB",d.t,d.m,"mem",d.lm,va,d.vr,"mem_mb");
-  s+=chart("CPU time","s",d.t,d.c,"cpu",d.lc,va,d.vr,"cpu_s");
+  s+=chart("own memory","MiB",d.t,d.m,"mem",d.lm,va,d.vr,"mem_mb",d.bm);
+  s+=chart("CPU time","s",d.t,d.c,"cpu",d.lc,va,d.vr,"cpu_s",d.bc);
   if(d.g){s+=chart("GPU memory","GiB",d.t,d.g,"gpu",d.lg,va,d.vr,"gpu_gb");}
   return s;
 }
@@ -450,17 +470,17 @@ input.addEventListener("input",filter);show.addEventListener("change",filter);fi
 """
 
 
-def render(document: Mapping[str, Any]) -> str:
+def render(report: Report) -> str:
     """The whole page."""
-    records = sorted(reading.records(document), key=lambda record: str(record["nodeid"]))
-    index = {str(record["nodeid"]): position for position, record in enumerate(records)}
+    records = report.records  # sorted by node id
+    index = {record.nodeid: position for position, record in enumerate(records)}
     data = [chart_data(record) for record in records]
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>taichi-limits report</title><style>{_CSS}</style></head><body>"
-        f"{_header(document)}<main>{_violations(records, index)}"
-        f"{_regressions(document, records)}{_table(records)}</main>"
+        f"<title>taichi-limits report</title><style>{_CSS}{_RECORDS_CSS}</style></head><body>"
+        f"{_header(report)}<main>{_violations(report, index)}{_failures(report)}"
+        f"{_regressions(report, index)}{_table(records)}</main>"
         f'<script type="application/json" id="data">{_script_json(data)}</script>'
         f"<script>{_JS.replace('__PAGE_ROWS__', str(PAGE_ROWS))}</script>"
         "<noscript><style>#table tr[hidden]{display:table-row}</style></noscript>"

@@ -1,22 +1,23 @@
-"""The Markdown summary of a session (GitHub job summary, pull request comment), from the JSON
-report document.
+"""The Markdown summary of a session (GitHub job summary, pull request comment), from the
+session's `Report` (formats/jsonreport.py).
 
-What it holds, in this order: a verdict line; the budget violations; the regressions against
-the baseline; the top consumers; the tests new and missing against the baseline. Rows are in a
-stable order (test id, then resource), test ids are escaped for Markdown and long ones
-shortened, and the whole text stays under GitHub's job-summary limit (1 MiB), with a note when
-rows had to be left out.
+What it holds, in this order: a verdict line; the budget violations; the other failures (a
+failed assertion, a crash, a test refused before it started), each with its one-line reason;
+the regressions against the baseline; the top consumers; the tests new and missing against the
+baseline. Rows are in a stable order (test id, then resource), test ids are escaped for Markdown
+and long ones shortened, and the whole text stays under GitHub's job-summary limit (1 MiB), with
+a note when rows had to be left out.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
 
 from ..config.units import human_bytes
-from ..formats import reading
-from ..formats.baseline import RESOURCES, amount
-from ..model.records import UNITS
+from ..formats.baseline import accept_command, amount, seen_text
+from ..formats.jsonreport import Report
+from ..model.records import UsageRecord
+from . import text
 
 #: GitHub refuses a job summary above 1 MiB; what is written stays below with room for a note.
 LIMIT_BYTES = 1024 * 1024
@@ -62,23 +63,15 @@ def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]], right: set[
     return lines
 
 
-def _measure(resource: str, value: float) -> str:
-    if resource == "mem_mb":
-        return human_bytes(value * 1024 * 1024)
-    if resource == "gpu_gb":
-        return human_bytes(value * 1024**3)
-    return f"{value:.2f} s"
-
-
-def verdict(document: Mapping[str, Any], marks: bool = True) -> str:
+def verdict(report: Report, marks: bool = True) -> str:
     """'### taichi-limits: ❌ FAILED — 2 budget violations, ...' (`marks`: with the emoji);
     PASSED only for a session that ran to its end."""
-    counts = reading.verdict_counts(document)
-    violations, regressions = counts.pop("violations"), counts.pop("regressions")
+    counts = report.counts()
+    violations, regressions = len(report.violations), len(report.regressions)
     total = sum(counts.values())
-    failing = reading.failing(document)
+    failing = report.failing
     # An interrupted session never passed: tests that did not run have no record.
-    interrupted = not failing and not document.get("complete", True)
+    interrupted = not failing and not report.complete
     mark = "FAILED" if failing else "INTERRUPTED" if interrupted else "PASSED"
     if marks:
         mark = ("❌ " if failing else "⚠️ " if interrupted else "✅ ") + mark
@@ -88,44 +81,31 @@ def verdict(document: Mapping[str, Any], marks: bool = True) -> str:
         if counts.get(name)
     )
     parts = [f"{violations} budget violation{'s' if violations != 1 else ''}"]
-    if document.get("baseline") is not None:
+    if report.baseline is not None:
         parts.append(f"{regressions} regression{'s' if regressions != 1 else ''}")
     parts.append(
         f"{total} supervised test{'s' if total != 1 else ''}"
         + (f" ({outcomes})" if outcomes else "")
     )
-    incomplete = "" if document.get("complete", True) else " — session interrupted, incomplete"
+    incomplete = "" if report.complete else " — session interrupted, incomplete"
     return f"### taichi-limits: {mark} — {', '.join(parts)}{incomplete}"
 
 
-def violations_section(document: Mapping[str, Any]) -> list[str]:
-    found = sorted(
-        (record for record in reading.records(document) if record.get("violation")),
-        key=lambda record: str(record["nodeid"]),
-    )
+def violations_section(report: Report) -> list[str]:
+    found = report.violations
     if not found:
         return []
     rows = []
     for record in found:
-        violation = record["violation"]
-        resource = str(violation.get("resource"))
-        limit, measured = float(violation.get("limit", 0)), float(violation.get("measured", 0))
-        over = (
-            "—"
-            if measured <= limit
-            else (
-                f"{_measure(resource, measured - limit)} (+{100 * (measured - limit) / limit:.1f}%)"
-                if limit
-                else _measure(resource, measured - limit)
-            )
-        )
+        violation = record.violation
+        assert violation is not None
         rows.append(
             (
-                test_id(record["nodeid"]),
-                escape(resource),
-                f"{limit:g} {UNITS.get(resource, '')}".strip(),
-                _measure(resource, measured) if measured > limit else "over the limit",
-                over,
+                test_id(record.nodeid),
+                escape(violation.resource),
+                f"{violation.limit:g} {violation.unit}",
+                text.used_text(violation),
+                text.over_text(violation),
             )
         )
     return [
@@ -136,59 +116,108 @@ def violations_section(document: Mapping[str, Any]) -> list[str]:
     ]
 
 
-def regressions_section(document: Mapping[str, Any]) -> list[str]:
-    section = document.get("baseline")
+def failures_section(report: Report) -> list[str]:
+    """Every failed, erroring or crashed test that is no budget violation, with why: a failed
+    assertion, a crash, a test that could not start."""
+    found = report.failed_otherwise()
+    if not found:
+        return []
+    rows = [
+        (
+            test_id(record.nodeid),
+            record.outcome if record.started else f"{record.outcome} (not started)",
+            escape(record.reason or "—"),
+        )
+        for record in found
+    ]
+    return [
+        "",
+        f"#### Failures that are not budget violations ({len(found)})",
+        "",
+        *_table(("Test", "Outcome", "Reason"), rows, set()),
+    ]
+
+
+def regressions_section(report: Report) -> list[str]:
+    section = report.baseline
     if section is None:
         return []
-    grown = reading.grown_records(reading.records(document))
     lines = [""]
-    for warning in section.get("environment_warnings") or []:
-        lines.append(f"> **Warning:** {escape(str(warning))}")
+    for warning in section.environment_warnings:
+        lines.append(f"> **Warning:** {escape(warning)}")
         lines.append("")
-    if not grown:
+    if not report.regressions:
         lines.append(
-            f"No test grew beyond the tolerance ({escape(str(section.get('tolerance')))})"
-            f" against the baseline `{str(section.get('path')).replace('`', '')}`."
+            f"No test grew beyond the tolerance ({escape(section.tolerance)})"
+            f" against the baseline `{section.path.replace('`', '')}`."
         )
         return lines
     rows = []
-    for record, growth in reading.exceeded_growths(grown):
-        kind = RESOURCES[growth["resource"]][1]
-        percent = growth.get("growth_percent")
+    for record, growth in report.exceeded_growths():
+        kind = growth.kind
+        percent = growth.growth_percent
+        assert record.regression is not None
         rows.append(
             (
-                test_id(record["nodeid"]),
-                RESOURCES[growth["resource"]][2],
-                amount(growth["before"], kind),
-                amount(growth["after"], kind),
-                amount(growth["growth"], kind, signed=True)
+                test_id(record.nodeid),
+                growth.words,
+                seen_text(growth),
+                amount(growth.after, kind),
+                amount(growth.allowed, kind),
+                amount(growth.growth, kind, signed=True)
                 + ("" if percent is None else f" ({percent:+.1f}%)"),
-                escape(f"{growth['resource']}={growth['tolerance']}")
-                + (" (warning only)" if record["regression"].get("warn_only") else ""),
+                escape(f"{growth.resource}={growth.tolerance}")
+                + (" (warning only)" if record.regression.warn_only else ""),
             )
         )
+    header = ("Test", "Resource", "Before", "After", "Allowed up to", "Growth", "Tolerance")
     lines += [
-        f"#### Regressions against the baseline ({len(grown)})",
+        f"#### Regressions against the baseline ({len(report.regressions)})",
         "",
-        *_table(("Test", "Resource", "Before", "After", "Growth", "Tolerance"), rows, {2, 3, 4}),
+        *_table(header, rows, {2, 3, 4, 5}),
+        "",
+        (
+            "Before: the baseline's largest figure (its range, where it saw several runs); "
+            "allowed up to: that plus the tolerance."
+        ),
+        "",
+        "**What to do:** " + what_to_do(section.path, lambda command: f"`{command}`", escape),
     ]
     return lines
 
 
+def what_to_do(
+    baseline_path: str,
+    code: Callable[[str], str] = str,
+    plain: Callable[[str], str] = str,
+) -> str:
+    """The one line under every regression view: how to act on a growth (`code` marks up the
+    command, `plain` the words around it)."""
+    command = accept_command(baseline_path, None, "TEST").replace("`", "") + " ..."
+    return (
+        plain("find what grew; accept reviewed growth with: ")
+        + code(command)
+        + plain(
+            " (REPORT.json: the run's --taichi-limits-json report); or widen "
+            "--taichi-limits-tolerance."
+        )
+    )
+
+
 def _top(
-    records: list[dict[str, Any]],
+    records: list[UsageRecord],
     title: str,
-    figure: Callable[[dict[str, Any]], float],
-    cell: Callable[[dict[str, Any]], str],
+    figure: Callable[[UsageRecord], float],
+    cell: Callable[[UsageRecord], str],
     top: int,
 ) -> list[str]:
-    ranked = sorted(records, key=lambda record: (-figure(record), str(record["nodeid"])))[:top]
-    rows = [(test_id(record["nodeid"]), cell(record)) for record in ranked]
+    ranked = sorted(records, key=lambda record: (-figure(record), record.nodeid))[:top]
+    rows = [(test_id(record.nodeid), cell(record)) for record in ranked]
     return ["", f"**{title}**", "", *_table(("Test", title.split(" by ")[-1]), rows, {1})]
 
 
-def top_section(document: Mapping[str, Any], top: int) -> list[str]:
-    measured = [record for record in reading.records(document) if reading.measured(record)]
+def top_section(report: Report, top: int) -> list[str]:
+    measured = [record for record in report.records if record.measured]
     if top <= 0 or not measured:
         return []
     shown = min(top, len(measured))
@@ -196,30 +225,30 @@ def top_section(document: Mapping[str, Any], top: int) -> list[str]:
     lines += _top(
         measured,
         f"Top {shown} by own memory",
-        lambda r: float(r.get("own_memory_bytes") or 0),
-        lambda r: human_bytes(float(r.get("own_memory_bytes") or 0)),
+        lambda r: r.own_memory_bytes,
+        lambda r: human_bytes(r.own_memory_bytes),
         top,
     )
     lines += _top(
         measured,
         f"Top {shown} by CPU time",
-        lambda r: float(r.get("cpu_s") or 0),
-        lambda r: f"{float(r.get('cpu_s') or 0):.2f} s",
+        lambda r: r.cpu_s,
+        lambda r: f"{r.cpu_s:.2f} s",
         top,
     )
-    on_gpu = [record for record in measured if record.get("gpu_peak_bytes") is not None]
+    on_gpu = [record for record in measured if record.gpu_peak_bytes is not None]
     if on_gpu:
         lines += _top(
             on_gpu,
             f"Top {min(top, len(on_gpu))} by GPU memory",
-            lambda r: float(r["gpu_peak_bytes"]),
-            lambda r: human_bytes(float(r["gpu_peak_bytes"])),
+            lambda r: float(r.gpu_peak_bytes or 0),
+            lambda r: human_bytes(float(r.gpu_peak_bytes or 0)),
             top,
         )
     return lines
 
 
-def _listed(title: str, nodeids: list[str]) -> list[str]:
+def _listed(title: str, nodeids: Sequence[str]) -> list[str]:
     if not nodeids:
         return []
     lines = ["", f"<details><summary>{title} ({len(nodeids)})</summary>", ""]
@@ -230,24 +259,23 @@ def _listed(title: str, nodeids: list[str]) -> list[str]:
     return lines
 
 
-def tests_section(document: Mapping[str, Any]) -> list[str]:
-    section = document.get("baseline")
+def tests_section(report: Report) -> list[str]:
+    section = report.baseline
     if section is None:
         return []
-    return _listed(
-        "New since the baseline, not compared", list(section.get("new_tests") or [])
-    ) + _listed(
-        "In the baseline but not measured in this run", list(section.get("missing_tests") or [])
+    return _listed("New since the baseline, not compared", section.new_tests) + _listed(
+        "In the baseline but not measured in this run", section.missing_tests
     )
 
 
-def summary(document: Mapping[str, Any], top: int = 5, limit_bytes: int = LIMIT_BYTES) -> str:
+def summary(report: Report, top: int = 5, limit_bytes: int = LIMIT_BYTES) -> str:
     """The whole summary, at most `limit_bytes` of UTF-8."""
-    lines = [verdict(document)]
-    lines += violations_section(document)
-    lines += regressions_section(document)
-    lines += top_section(document, top)
-    lines += tests_section(document)
+    lines = [verdict(report)]
+    lines += violations_section(report)
+    lines += failures_section(report)
+    lines += regressions_section(report)
+    lines += top_section(report, top)
+    lines += tests_section(report)
     return _fit(lines, limit_bytes) + "\n"
 
 

@@ -12,6 +12,8 @@ Headroom and rounding (each figure is what the supervisor measured for the test)
 The fixed part keeps a test that uses almost nothing from failing on noise; the factor leaves room
 for slower or busier machines (CPU and wall time vary far more between machines than memory).
 The ini snippet takes the largest suggestion of every key, so every measured test fits under it.
+A test that failed, or grew beyond the baseline, gets its marker commented out and says so: its
+figure (cut short, or a leak) is no budget to paste, and it is left out of the ini snippet.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 
 from ..config.budget import BUDGET_KEYS, MARKER_NAME, check_value
 from ..config.units import GIB, MIB
+from ..formats.baseline import amount
 from ..model.records import UsageRecord
 
 #: key: (factor, fixed addition in the key's unit, rounding step in the key's unit)
@@ -50,6 +53,9 @@ class Suggestion:
     values: dict[str, float]  # budget key -> suggested limit
     measured: str  # what it was derived from, for a person
     lower_bound: bool  # the test failed: its peaks were cut short
+    #: Why this is no value to paste ("" where it is): the test failed, or grew beyond the
+    #: baseline (a leak's figure would become its budget).
+    caution: str = ""
 
     def marker(self) -> str:
         arguments = ", ".join(f"{key}={_number(value)}" for key, value in self.values.items())
@@ -75,8 +81,32 @@ def suggestion_for(record: UsageRecord) -> Suggestion:
         f"{record.cpu_s:.2f} s, wall {record.wall_s:.2f} s, {gpu_text}"
     )
     return Suggestion(
-        record.nodeid, values, measured, lower_bound=record.outcome in ("failed", "error")
+        record.nodeid,
+        values,
+        measured,
+        lower_bound=record.outcome in ("failed", "error"),
+        caution=_caution(record),
     )
+
+
+def _caution(record: UsageRecord) -> str:
+    regression = record.regression
+    if regression is not None and regression.exceeded:
+        grown = "; ".join(
+            f"{growth.words} {amount(growth.before, growth.kind)} -> "
+            f"{amount(growth.after, growth.kind)}"
+            for growth in regression.exceeded
+        )
+        return (
+            f"it GREW beyond the baseline ({grown}): find what grew before raising its budget to it"
+        )
+    if record.outcome in ("failed", "error"):
+        why = f" ({record.reason})" if record.reason else ""
+        return (
+            f"it {record.outcome.upper()}{why}: its peaks were cut short; make it pass before "
+            "taking its figures for a budget"
+        )
+    return ""
 
 
 def suggestions(records: Iterable[UsageRecord]) -> list[Suggestion]:
@@ -95,11 +125,20 @@ def lines(found: list[Suggestion]) -> list[str]:
         )
     ]
     for suggestion in found:
-        note = "; FAILED: peaks are lower bounds" if suggestion.lower_bound else ""
-        out.append(f"{suggestion.marker()}  # {suggestion.nodeid} ({suggestion.measured}{note})")
-    fitting = [suggestion for suggestion in found if not suggestion.lower_bound] or found
+        line = f"{suggestion.marker()}  # {suggestion.nodeid} ({suggestion.measured})"
+        if suggestion.caution:
+            # Commented out: a failed or grown test's figure is no value to paste.
+            line = f"# {line}: not a value to paste: {suggestion.caution}"
+        out.append(line)
+    fitting = [suggestion for suggestion in found if not suggestion.caution]
+    if not fitting:
+        out.append(
+            "no suite-wide defaults: every measured test failed or grew, so none of their "
+            "figures is a budget"
+        )
+        return out
     out.append(
-        "suite-wide defaults every measured test fits under (pytest.ini; in "
+        "suite-wide defaults every measured test that passed fits under (pytest.ini; in "
         "pyproject.toml under [tool.pytest.ini_options] as strings):"
     )
     out.append("[pytest]")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from ..config.units import human_bytes
-from ..formats.baseline import RESOURCES, Growth, growth_text
+from ..formats import baseline as baselines
+from ..formats.baseline import growth_text
 from ..model.records import UsageRecord
 from . import text
 
@@ -92,32 +93,52 @@ def violations(records: list[UsageRecord]) -> list[str]:
 
 def regressions(records: list[UsageRecord], baseline_path: str) -> list[str]:
     """Every test that grew beyond tolerance, one line per grown resource."""
-    grown = [record for record in records if record.regression]
+    grown = [record for record in records if record.regression is not None]
     if not grown:
         return []
     # -W error turns a warning back into a failure: what happened is on each regression.
-    warn_only = all((record.regression or {}).get("warn_only") for record in grown)
+    warn_only = all(record.regression.warn_only for record in grown if record.regression)
     verdict = "warnings only (--taichi-limits-compare-warn)" if warn_only else "these tests fail"
     lines = [f"regressions against {baseline_path} ({len(grown)}; {verdict}):"]
     for record in grown:
-        for data in (record.regression or {}).get("growths", []):
-            growth = Growth.from_json(data)
+        assert record.regression is not None
+        for growth in record.regression.growths:
             if growth.exceeded:
-                lines.append(
-                    f"  {record.nodeid}  {RESOURCES[growth.resource][2]} {growth_text(growth)}"
-                )
+                lines.append(f"  {record.nodeid}  {growth.words} {growth_text(growth)}")
     return lines
 
 
-def test_lists(new_tests: list[str], missing_tests: list[str], verbose: bool) -> list[str]:
-    """Tests measured now but not in the baseline, and the reverse: listed, never failed."""
+def test_lists(
+    new_tests: Sequence[str],
+    missing_tests: Sequence[str],
+    verbose: bool,
+    records: Sequence[UsageRecord] = (),
+) -> list[str]:
+    """Tests measured now but not in the baseline, and the reverse: listed, never failed.
+
+    A new test that a save would not write (`records` say it failed, errored or stopped the
+    session) is listed apart, with why: saving never adds it, so the hint that it does would
+    send the user in circles.
+    """
+    savable = {record.nodeid for record in baselines.savable(records)}
+    unsaved = {record.nodeid for record in records} - savable
     lines: list[str] = []
-    if new_tests:
+    adds = [nodeid for nodeid in new_tests if nodeid not in unsaved]
+    never = [nodeid for nodeid in new_tests if nodeid in unsaved]
+    if adds:
         lines.append(
-            f"new since the baseline, not compared ({len(new_tests)}; "
+            f"new since the baseline, not compared ({len(adds)}; "
             "--taichi-limits-save-baseline adds them):"
         )
-        lines += [f"  {nodeid}" for nodeid in new_tests]
+        lines += [f"  {nodeid}" for nodeid in adds]
+    if never:
+        lines.append(
+            f"new since the baseline, not compared, and not saved by "
+            f"--taichi-limits-save-baseline until they pass ({len(never)}; a test that failed "
+            "or stopped the session is never saved: its figures were cut short, so they would "
+            "make a baseline that every later run exceeds):"
+        )
+        lines += [f"  {nodeid}" for nodeid in never]
     if missing_tests:
         shown = missing_tests if verbose else missing_tests[:MISSING_SHOWN]
         lines.append(f"in the baseline but not measured in this run ({len(missing_tests)}):")

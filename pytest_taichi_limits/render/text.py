@@ -1,15 +1,21 @@
-"""Everything a person reads: violation and crash reports, usage lines, user properties."""
+"""Everything a person reads: violation and crash reports, usage lines, user properties.
+
+The one renderer of a violation's report: the failed test shows it in pytest's output, and the
+HTML report shows it again from the test's record. Both `Usage` (what the supervisor measured,
+in the pytest process) and `UsageRecord` (what a report holds) have the figures it reads.
+"""
 
 from __future__ import annotations
 
 import datetime
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from ..config.budget import BUDGET_KEYS, Budget
 from ..config.units import GIB, MIB, human_bytes
 from ..measure.gpu import NO_NVIDIA_GPU_NOTE
-from ..model.records import Crash, Usage, Violation
+from ..model.records import Crash, Ending, Usage, Violation
 
 #: Taichi archs that run on the host: device_memory_GB (the GPU pool the gpu_gb cap sets) is
 #: never used there.
@@ -18,20 +24,68 @@ CPU_ARCHS = frozenset({"x64", "arm64", "cpu"})
 _CLAMPED = re.compile(r" clamped to device_memory_GB=[0-9.e+-]+ by gpu_gb=[0-9.e+-]+")
 
 
+class Figures(Protocol):
+    """What the reports read of a test's usage: a `Usage` or a `UsageRecord`."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def started_at(self) -> float: ...
+    @property
+    def wall_s(self) -> float: ...
+    @property
+    def cpu_s(self) -> float: ...
+    @property
+    def start_rss_bytes(self) -> int: ...
+    @property
+    def peak_own_memory_bytes(self) -> int: ...
+    @property
+    def memory_method(self) -> str: ...
+    @property
+    def kernel_own_rss_bytes(self) -> int: ...
+    @property
+    def peak_rss_bytes(self) -> int: ...
+    @property
+    def peak_vms_bytes(self) -> int: ...
+    @property
+    def gpu_peak_bytes(self) -> int | None: ...
+    @property
+    def gpu_note(self) -> str: ...
+    @property
+    def gpu_clamps(self) -> tuple[str, ...]: ...
+    @property
+    def shm_files_left(self) -> tuple[str, ...]: ...
+    @property
+    def arch(self) -> str: ...
+    @property
+    def mode(self) -> str: ...
+    @property
+    def budget(self) -> Budget: ...
+    @property
+    def ending(self) -> Ending | None: ...
+
+
+#: Budget keys that switch a way of running on, rather than limit a figure: shown only when set
+#: (a test that does not hunt leaks has no leak_mb to speak of).
+_SHOWN_WHEN_SET = frozenset({"leak_mb"})
+
+
 def budget_text(budget: Budget) -> str:
     parts = []
     for key, value in budget.as_dict().items():
+        if value is None and key in _SHOWN_WHEN_SET:
+            continue
         parts.append(f"{key}={'off' if value is None else f'{value:g}'}")
     return " ".join(parts)
 
 
-def gpu_text(usage: Usage) -> str:
+def gpu_text(usage: Figures) -> str:
     if usage.gpu_peak_bytes is None:
         return f"GPU {usage.gpu_note}"
     return f"GPU {human_bytes(usage.gpu_peak_bytes)}"
 
 
-def gpu_cap_lines(usage: Usage) -> list[str]:
+def gpu_cap_lines(usage: Figures) -> list[str]:
     """What the gpu_gb cap took away from the test's ti.init calls, one line each, and what
     the test left in /dev/shm."""
     lines = [f"GPU cap: {clamp_note(note, usage.arch)}" for note in usage.gpu_clamps]
@@ -55,7 +109,7 @@ def clamp_note(note: str, arch: str) -> str:
     )
 
 
-def usage_line(usage: Usage) -> str:
+def usage_line(usage: Figures) -> str:
     kernel = f"kernel peak +{human_bytes(usage.kernel_own_rss_bytes)}"
     if usage.peak_rss_bytes:
         sampled = (
@@ -82,6 +136,53 @@ def _measure(resource_key: str, value: float) -> str:
     return f"{value:.2f} s"
 
 
+#: The most decimals a figure gets to show that it differs from the limit (a microsecond, a
+#: millionth of a unit): an excess smaller than that is shown as it rounds.
+_MAX_DECIMALS = 6
+_BYTE_UNITS = (("B", 1), ("KiB", 1024), ("MiB", MIB), ("GiB", GIB))
+
+
+def _precise(resource_key: str, value: float, shows: Callable[[float], bool]) -> str:
+    """`value` in the key's unit as _measure writes it, with more decimals (and for bytes, if
+    need be, a smaller unit) until `shows` holds of the number as written: no excess is
+    rounded away."""
+    text = _measure(resource_key, value)
+    if resource_key not in ("mem_mb", "gpu_gb"):
+        for decimals in range(2, _MAX_DECIMALS + 1):
+            number = f"{value:.{decimals}f}"
+            if shows(float(number)):
+                return f"{number} s"
+        return text
+    key_unit = MIB if resource_key == "mem_mb" else GIB
+    size = value * key_unit
+    units = [(name, per) for name, per in _BYTE_UNITS if per <= max(abs(size), 1)]
+    for name, per in reversed(units):
+        for decimals in range(1) if per == 1 else range(1, _MAX_DECIMALS + 1):
+            number = f"{size / per:.{decimals}f}"
+            if shows(float(number) * per / key_unit):
+                return f"{number} {name}"
+    return text
+
+
+def _above(violation: Violation) -> str:
+    """The figure when caught, with the digits that show it went over the limit."""
+    return _precise(violation.resource, violation.measured, lambda shown: shown > violation.limit)
+
+
+def _over(violation: Violation) -> str:
+    """How far over, never shown as nothing."""
+    return _precise(violation.resource, violation.over_by, lambda shown: shown > 0)
+
+
+def _percent(violation: Violation) -> str:
+    percent = 100.0 * violation.over_by / violation.limit
+    for decimals in range(1, _MAX_DECIMALS + 1):
+        text = f"{percent:.{decimals}f}"
+        if float(text) > 0:
+            return f"+{text}%"
+    return f"+<{10.0**-_MAX_DECIMALS:.{_MAX_DECIMALS}f}%"
+
+
 def _limit(resource_key: str, value: float) -> str:
     return f"{resource_key}={value:g}"
 
@@ -91,23 +192,41 @@ def _timestamp(unix_time: float) -> str:
     return moment.isoformat(timespec="milliseconds")
 
 
+def used_text(violation: Violation) -> str:
+    """What the test used when it was caught, or that it needed more than the limit (Taichi's
+    own pool ran out at the cap: there is no figure above it)."""
+    if violation.measured <= violation.limit:
+        return "over the limit"
+    return _above(violation)
+
+
+def over_text(violation: Violation) -> str:
+    """'25.5 MiB (+10.0%)': how far over the limit, "—" where no figure is above it."""
+    if violation.measured <= violation.limit:
+        return "—"
+    if not violation.limit:
+        return _over(violation)
+    return f"{_over(violation)} ({_percent(violation)})"
+
+
 def violation_headline(violation: Violation) -> str:
+    """The violation in one line. Every figure shows that it exceeded the limit: with the
+    decimals needed, "4096.01 MiB when caught, limit mem_mb=4096", never "4.0 GiB"."""
     if violation.measured <= violation.limit:
         # Caught by Taichi itself (its pool ran out at the cap): there is no figure above it.
         return (
             f"taichi_limits: {violation.resource} exceeded: the test needed more than the "
             f"limit {_limit(violation.resource, violation.limit)}"
         )
-    percent = 100.0 * violation.over_by / violation.limit if violation.limit else 0.0
+    over = _over(violation) + (f", {_percent(violation)}" if violation.limit else ", +0.0%")
     return (
-        f"taichi_limits: {violation.resource} exceeded: "
-        f"{_measure(violation.resource, violation.measured)}"
+        f"taichi_limits: {violation.resource} exceeded: {_above(violation)}"
         f" when caught, limit {_limit(violation.resource, violation.limit)}"
-        f" (over by {_measure(violation.resource, violation.over_by)}, +{percent:.1f}%)"
+        f" (over by {over})"
     )
 
 
-def violation_report(violation: Violation, usage: Usage) -> str:
+def violation_report(violation: Violation, usage: Figures) -> str:
     signals = ", ".join(violation.signals_sent) or "none"
     ending = usage.ending.describe if usage.ending else "unknown"
     lines = [
@@ -130,7 +249,7 @@ def violation_report(violation: Violation, usage: Usage) -> str:
     return "\n".join(lines)
 
 
-def crash_report(crash: Crash, usage: Usage) -> str:
+def crash_report(crash: Crash, usage: Figures) -> str:
     lines = [
         f"taichi_limits: {crash.reason}",
         f"  during      {crash.phase}",
@@ -230,6 +349,8 @@ def user_properties(usage: Usage, violation: Violation | None) -> list[tuple[str
     ]
     for key in BUDGET_KEYS:
         value = getattr(usage.budget, key)
+        if value is None and key in _SHOWN_WHEN_SET:
+            continue
         properties.append((f"taichi_limits_budget_{key}", "off" if value is None else value))
     clamps = gpu_cap_lines(usage)
     if clamps:

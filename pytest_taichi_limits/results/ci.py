@@ -1,8 +1,8 @@
 """Reports for CI and reviewers, written at the end of a session: the Markdown summary
 (`--taichi-limits-markdown`, or GitHub's job summary on its own) and the HTML report
-(`--taichi-limits-html`). Both are made from the session's JSON report document, which the
-results plugin (results/session.py) builds; this plugin only renders and writes it. It is
-registered only where the session's files are written (not in an xdist worker).
+(`--taichi-limits-html`). Both are made from the session's `Report`, which the results plugin
+(results/session.py) builds; this plugin only renders and writes it. It is registered only where
+the session's files are written (not in an xdist worker).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import pytest
 
-from ..formats.jsonreport import write_atomic
+from ..formats.jsonreport import Report, write_atomic
 from ..render import html as htmlreport
 from ..render import markdown
 from .outputs import STEP_SUMMARY_NAME
@@ -20,8 +20,8 @@ from .outputs import STEP_SUMMARY_NAME
 PLUGIN_NAME = "taichi_limits_ci_reports"
 
 
-class SessionDocument(Protocol):
-    def session_document(self, exitstatus: int) -> dict[str, Any]: ...
+class SessionReport(Protocol):
+    def session_report(self, exitstatus: int) -> Report: ...
 
 
 @dataclass(frozen=True)
@@ -33,14 +33,14 @@ class CiOutputs:
     html_path: str | None
 
 
-def register(config: pytest.Config, outputs: CiOutputs, source: SessionDocument, top: int) -> None:
+def register(config: pytest.Config, outputs: CiOutputs, source: SessionReport, top: int) -> None:
     config.pluginmanager.register(TaichiLimitsCiReports(outputs, source, top), PLUGIN_NAME)
 
 
 class TaichiLimitsCiReports:
     """Writes the Markdown summary and the HTML report where the session ends."""
 
-    def __init__(self, outputs: CiOutputs, source: SessionDocument, top: int) -> None:
+    def __init__(self, outputs: CiOutputs, source: SessionReport, top: int) -> None:
         self.outputs = outputs
         self.source = source
         self.top = top
@@ -52,18 +52,18 @@ class TaichiLimitsCiReports:
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if self.outputs.markdown_path is None and self.outputs.html_path is None:
             return
-        document = self.source.session_document(int(exitstatus))
+        report = self.source.session_report(int(exitstatus))
         # An automatic job summary only for a run that supervised something: a plain pytest
         # step of the same job must not add an empty one.
         if self.outputs.markdown_path is not None and (
-            not self.outputs.markdown_append or document["records"]
+            not self.outputs.markdown_append or report.records
         ):
-            self._markdown(self.outputs.markdown_path, markdown.summary(document, self.top))
+            self._markdown(self.outputs.markdown_path, markdown.summary(report, self.top))
         if self.outputs.html_path is not None:
             self._write(
                 "HTML report",
                 self.outputs.html_path,
-                lambda path: write_atomic(path, htmlreport.render(document)),
+                lambda path: write_atomic(path, htmlreport.render(report)),
             )
         if self.errors and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.INTERNAL_ERROR

@@ -121,3 +121,24 @@ def combined_outcome(phases: Mapping[str, Any], interrupted: bool = False) -> st
     if interrupted and outcome not in ("failed", "error"):
         return INTERRUPTED
     return outcome
+
+
+#: The longest reason a record keeps: one line a person reads, not a traceback.
+MAX_REASON_CHARS = 300
+
+
+def failure_reason(reports: Sequence[pytest.TestReport]) -> str:
+    """Why the test failed, in one line: the first failed phase's own message (the assertion's
+    first line, the exception, the crash or violation headline), "" where none failed."""
+    for report in reports:
+        if not report.failed:
+            continue
+        crash = getattr(report.longrepr, "reprcrash", None)
+        message = getattr(crash, "message", None)
+        text = message if isinstance(message, str) else report.longreprtext
+        line = next((line.strip() for line in text.splitlines() if line.strip()), "")
+        line = line.removeprefix("taichi_limits: ") or f"failed in {report.when}"
+        if len(line) > MAX_REASON_CHARS:
+            line = line[: MAX_REASON_CHARS - 1] + "…"
+        return line
+    return ""

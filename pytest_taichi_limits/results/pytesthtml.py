@@ -11,13 +11,11 @@ worker): the figures come from the record each supervised test's teardown report
 from __future__ import annotations
 
 import html
-from collections.abc import Mapping
 from typing import Any
 
 import pytest
 
 from ..config.units import human_bytes
-from ..formats import reading
 from ..model.records import RecordError, UsageRecord
 from .collect import RECORD_ATTRIBUTE
 
@@ -56,18 +54,17 @@ def _sort_key(value: float) -> str:
     return f'<span hidden="">{max(0, round(value * 1000)):020d}</span>'
 
 
-def figure_cells(record: Mapping[str, Any]) -> list[str]:
-    """The five cells of a supervised test's row, from its record (as JSON)."""
-    memory = float(record.get("own_memory_bytes") or 0)
-    cpu, wall = float(record.get("cpu_s") or 0), float(record.get("wall_s") or 0)
-    gpu = record.get("gpu_peak_bytes")
-    use = reading.budget_use(record)
+def figure_cells(record: UsageRecord) -> list[str]:
+    """The five cells of a supervised test's row, from its record."""
+    memory, cpu, wall = float(record.own_memory_bytes), record.cpu_s, record.wall_s
+    gpu = record.gpu_peak_bytes
+    use = record.budget_use()
     use_max = max(use.values()) if use else None
     use_title = ", ".join(f"{key} {100 * share:.0f}%" for key, share in sorted(use.items()))
     gpu_text = (
         f"{_sort_key(float(gpu))}{human_bytes(float(gpu))}"
         if gpu is not None
-        else f'<span title="{html.escape(str(record.get("gpu_note", "")))}">not measured</span>'
+        else f'<span title="{html.escape(record.gpu_note)}">not measured</span>'
     )
     texts = (
         f"{_sort_key(memory)}{human_bytes(memory)}",
@@ -121,7 +118,7 @@ class PytestHtmlColumns:
             record = UsageRecord.from_json(data)
         except RecordError:
             return  # results/collect.py reports it; the row keeps empty cells
-        self._cells[report.nodeid] = figure_cells(record.to_json())
+        self._cells[report.nodeid] = figure_cells(record)
         self._add_extras(report, record, failures)
 
     @staticmethod
@@ -133,9 +130,8 @@ class PytestHtmlColumns:
             text = violation_text(failures, record.violation.resource)
             if text is not None:
                 added.append(extras.text(text, name=VIOLATION_EXTRA))
-        regression = (record.regression or {}).get("text")
-        if regression:
-            added.append(extras.text(str(regression), name=REGRESSION_EXTRA))
+        if record.regression is not None:
+            added.append(extras.text(record.regression.text, name=REGRESSION_EXTRA))
         if added:
             report.extras = [*getattr(report, "extras", []), *added]  # type: ignore[attr-defined]
 

@@ -15,10 +15,12 @@ from typing import Any
 
 import pytest
 
+from ..config.budget import Budget
 from ..ipc.protocol import Exit, RaisedWarning, Report
-from ..model.records import Crash, RunResult, Usage, Violation
+from ..model.records import Crash, RunResult, Usage, UsageRecord, Violation
 from ..render import text as render
-from .outcomes import parent_report
+from .collect import attach
+from .outcomes import failure_reason, parent_report
 
 logger = logging.getLogger("pytest_taichi_limits")
 
@@ -43,9 +45,13 @@ def replay(item: pytest.Item, result: RunResult, usage_lines: list[str]) -> None
         item.ihook.pytest_runtest_logreport(report=report)
 
 
-def fail_without_running(item: pytest.Item, text: str) -> None:
-    """The test could not start (refused, no worker): it fails with `text`, the run goes on."""
-    for report in complete_phases(item, {}, text):
+def fail_without_running(item: pytest.Item, text: str, budget: Budget, mode: str) -> None:
+    """The test could not start (refused, no worker): it fails with `text`, the run goes on,
+    and its record says why (every report lists it as a failed test)."""
+    reports = complete_phases(item, {}, text)
+    reason = failure_reason(reports)
+    attach(reports[-1], UsageRecord.not_started(item.nodeid, budget, reason, mode))
+    for report in reports:
         item.ihook.pytest_runtest_logreport(report=report)
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -23,14 +22,16 @@ import pytest
 from ..config.options import Options, is_xdist_worker
 from ..formats import baseline as baselines
 from ..formats import jsonreport
-from ..formats.environment import session_environment
-from ..model.records import Usage, UsageRecord, Violation
+from ..formats.environment import run_source, session_environment
+from ..formats.jsonreport import BaselineSection, Report, Source
+from ..model.records import Regression, Usage, UsageRecord, Violation
 from ..model.warnings import TaichiLimitsRegressionWarning
 from ..render import suggest, summary
 from . import ci, pytesthtml
 from .collect import RecordCollector, attach
 from .outcomes import (
     combined_outcome,
+    failure_reason,
     give_durations,
     interrupted_report,
     is_parent_made,
@@ -174,11 +175,12 @@ class RecordMaker:
         outcome = combined_outcome(
             {report.when: report for report in reports}, interrupted=bool(usage.interrupted)
         )
-        attach(reports[-1], UsageRecord.from_usage(usage, outcome, violation, regression))
+        reason = failure_reason(reports) if outcome in ("failed", "error") else ""
+        attach(reports[-1], UsageRecord.from_usage(usage, outcome, violation, regression, reason))
 
     def _compare(
         self, item: pytest.Item, usage: Usage, reports: list[pytest.TestReport]
-    ) -> Mapping[str, Any] | None:
+    ) -> Regression | None:
         """The regression against the baseline, if the test grew beyond tolerance (and the
         call report turned into a failure unless only warned)."""
         if self.baseline is None or item.nodeid not in self.baseline.tests:
@@ -195,7 +197,13 @@ class RecordMaker:
             return None
         warn_only = self.options.warn_only
         text = baselines.regression_report(
-            exceeded, compared, self.baseline, item.nodeid, record, warn_only
+            exceeded,
+            compared,
+            self.baseline,
+            item.nodeid,
+            record,
+            warn_only,
+            self.options.outputs.json,
         )
         if warn_only:
             try:
@@ -215,11 +223,7 @@ class RecordMaker:
                 reports[call_index] = parent_report(item, "call", text, call)
             else:  # already failed (or an xfail): the regression is added to what it says
                 call.sections.append(("taichi_limits regression", text))
-        return {
-            "warn_only": warn_only,
-            "text": text,
-            "growths": [growth.to_json() for growth in compared],
-        }
+        return Regression(warn_only, text, tuple(compared))
 
 
 class SessionResults:
@@ -240,6 +244,7 @@ class SessionResults:
         self.written: list[str] = []  # what the summary tells about files written
         self.write_errors: list[str] = []
         self.interrupted = False  # Ctrl-C or pytest.exit, whatever the exit status says
+        self.source: Source | None = None  # the run's commit, branch, command line
         self.loop_finished = False  # the run loop returned: every selected test had its turn
         self.interrupt_status = int(pytest.ExitCode.INTERRUPTED)  # what pytest exits with then
 
@@ -272,19 +277,19 @@ class SessionResults:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         self.collector.add(report)
 
-    def _baseline_section(self, records: list[UsageRecord]) -> dict[str, Any] | None:
+    def _baseline_section(self, records: list[UsageRecord]) -> BaselineSection | None:
         if self.baseline is None:
             return None
         measured = {record.nodeid for record in records if record.measured}
-        return {
-            "path": self.baseline.path,
-            "tolerance": self.options.tolerance.describe(),
-            "warn_only": self.options.warn_only,
-            "regressions": [record.nodeid for record in records if record.regression],
-            "new_tests": sorted(measured - set(self.baseline.tests)),
-            "missing_tests": sorted(set(self.baseline.tests) - {r.nodeid for r in records}),
-            "environment_warnings": self.baseline.environment_warnings(self.environment),
-        }
+        return BaselineSection(
+            path=self.baseline.path,
+            tolerance=self.options.tolerance.describe(),
+            warn_only=self.options.warn_only,
+            regressions=tuple(record.nodeid for record in records if record.regression),
+            new_tests=tuple(sorted(measured - set(self.baseline.tests))),
+            missing_tests=tuple(sorted(set(self.baseline.tests) - {r.nodeid for r in records})),
+            environment_warnings=tuple(self.baseline.environment_warnings(self.environment)),
+        )
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtestloop(self, session: pytest.Session) -> Any:
@@ -327,15 +332,18 @@ class SessionResults:
         relative = os.path.relpath(path, start)
         return path if relative.startswith(os.pardir) else relative
 
-    def session_document(self, exitstatus: int) -> dict[str, Any]:
-        """The JSON report of this session (also what the Markdown and HTML reports show)."""
+    def session_report(self, exitstatus: int) -> Report:
+        """This session's report: the JSON report, and what the Markdown and HTML show."""
         records = self.collector.records
-        return jsonreport.document(
-            [record.to_json() for record in records],
-            self.environment,
-            self._complete(exitstatus, records),
-            self._exit_status(exitstatus),
-            self._baseline_section(records),
+        if self.source is None:  # once: the JSON, Markdown and HTML reports each ask
+            self.source = run_source(str(self.config.rootpath), self.config.invocation_params.args)
+        return Report(
+            records=tuple(records),
+            environment=self.environment,
+            complete=self._complete(exitstatus, records),
+            exit_status=self._exit_status(exitstatus),
+            baseline=self._baseline_section(records),
+            source=self.source,
         )
 
     # First: before xdist tears its workers down (seconds, in which a second Ctrl-C would end
@@ -346,10 +354,8 @@ class SessionResults:
         self.write_errors += self.collector.problems
         complete = self._complete(exitstatus, records)
         if self.json_path is not None:
-            document = self.session_document(exitstatus)
-            self._write(
-                "JSON report", self.json_path, lambda path: jsonreport.write(path, document)
-            )
+            report = self.session_report(exitstatus)
+            self._write("JSON report", self.json_path, lambda path: jsonreport.write(path, report))
         if self.save_path is not None:
             if not complete:
                 self.written.append(
@@ -399,14 +405,14 @@ class SessionResults:
             lines += summary.violations(records)
         section = self._baseline_section(records)
         if section is not None:
-            lines += summary.regressions(records, section["path"])
+            lines += summary.regressions(records, section.path)
             lines += summary.test_lists(
-                section["new_tests"], section["missing_tests"], self.config.get_verbosity() > 0
+                section.new_tests, section.missing_tests, self.config.get_verbosity() > 0, records
             )
-            if not section["regressions"]:
+            if not section.regressions:
                 lines.append(
                     f"no test grew beyond tolerance ({self.options.tolerance.describe()})"
-                    f" against {section['path']}"
+                    f" against {section.path}"
                 )
         if self.options.suggest:
             lines += suggest.lines(suggest.suggestions(records))

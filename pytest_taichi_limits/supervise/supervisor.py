@@ -15,15 +15,18 @@ import select
 import signal
 import socket
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..config.budget import Budget
 from ..config.units import MIB
+from ..formats.environment import taichi_arch
 from ..ipc.channel import ChannelReader
 from ..ipc.protocol import (
     STACK_SIGNAL,
     Done,
+    Exit,
     Fixtures,
     Message,
     Phase,
@@ -38,7 +41,7 @@ from ..measure.proctree import (
     TreeSample,
     send_signal,
 )
-from ..model.records import Crash, Ending, RunResult, Usage, Violation
+from ..model.records import Admitted, Crash, Ending, RunResult, Usage, Violation
 from ..model.timeline import Timeline
 from ..platform import linux
 from . import verdict
@@ -113,6 +116,44 @@ class WorkerGone(RuntimeError):
     """The child ended (or never became ready) before it could run the next test."""
 
 
+@dataclass(frozen=True)
+class _Told:
+    """What a test's usage learns from outside the measurement: from the child's messages
+    (its Taichi arch, the gpu_gb cap's clamps, a session stop), and from the plugin (what
+    admission reserved)."""
+
+    arch: str
+    gpu_clamps: tuple[str, ...]
+    interrupted: str  # why the test stopped the session; "" if it did not
+    admission: Admitted | None
+
+    @classmethod
+    def of(cls, messages: list[Message], admission: Admitted | None) -> _Told:
+        exits = [message for message in messages if isinstance(message, Exit)]
+        return cls(
+            taichi_arch(messages),
+            tuple(verdict.clamp_notes(messages)),
+            exits[-1].describe() if exits else "",
+            admission,
+        )
+
+
+@dataclass(frozen=True)
+class _Figures:
+    """What the parent measured of a test: at its end, or, for the last test of its child, when
+    it was over (`done`, the child waiting): what the child does afterwards (Taichi's reset,
+    leaving) is not the test's work."""
+
+    wall_s: float
+    peaks: _Peaks  # a copy: the watch goes on updating its own
+    kernel_peak_bytes: int
+    own_memory_bytes: int
+    memory_method: str
+    timeline: Mapping[str, Any]
+    ending: Ending | None
+    exit_cpu_s: float  # the child's CPU time from wait4 when its whole life was this test
+
+
 @dataclass
 class _TestStart:
     nodeid: str
@@ -128,7 +169,7 @@ class _TestStart:
     shm_before: frozenset[tuple[str, int]]  # what /dev/shm held when the test started
     #: the last test of its child: its figures when it was over (`done`, the child waiting);
     #: its budget still holds until the child has exited
-    at_done: Usage | None = None
+    at_done: _Figures | None = None
 
 
 class Worker:
@@ -183,22 +224,35 @@ class Worker:
     # -- one test ---------------------------------------------------------------------------
 
     def run_test(
-        self, index: int, next_index: int | None, nodeid: str, budget: Budget
+        self,
+        index: int,
+        next_index: int | None,
+        nodeid: str,
+        budget: Budget,
+        admission: Admitted | None = None,
     ) -> RunResult:
+        """`admission`: what admission reserved for the test (admission.Grant.facts), for its
+        usage."""
         if self.exit_info is not None:
             raise WorkerGone(self._gone_text())
         with self._terminate:
             try:
-                return self._run_test(index, next_index, nodeid, budget)
+                return self._run_test(index, next_index, nodeid, budget, admission)
             except Exception as error:  # noqa: BLE001 - a failure to watch fails this test only
-                return self._watch_failed(nodeid, budget, error)
+                return self._watch_failed(nodeid, budget, error, admission)
             except BaseException:
                 # Ctrl-C, SIGTERM, SIGHUP, SIGQUIT (supervise/signals.py): the tree must not
                 # outlive our attention.
                 self._stop_tree(grace_s=min(self.settings.grace_s, 0.5))
                 raise
 
-    def _watch_failed(self, nodeid: str, budget: Budget, error: Exception) -> RunResult:
+    def _watch_failed(
+        self,
+        nodeid: str,
+        budget: Budget,
+        error: Exception,
+        admission: Admitted | None,
+    ) -> RunResult:
         """An error while watching (out of file descriptors, /proc unreadable): the test fails
         with it, its whole tree is ended, and the session goes on."""
         try:
@@ -226,6 +280,7 @@ class Worker:
             peak_own_memory_bytes=0,
             memory_method="not measured",
             worker_pid=self.child.pid,
+            admission=admission,
         )
         crash = Crash(
             nodeid,
@@ -237,7 +292,12 @@ class Worker:
         return RunResult(messages, usage, None, crash, None, "call", self._untorn(messages))
 
     def _run_test(
-        self, index: int, next_index: int | None, nodeid: str, budget: Budget
+        self,
+        index: int,
+        next_index: int | None,
+        nodeid: str,
+        budget: Budget,
+        admission: Admitted | None,
     ) -> RunResult:
         if not self._ready:
             # Starting up (in a fresh interpreter: importing and collecting the test module)
@@ -246,14 +306,14 @@ class Worker:
             peaks = _Peaks(rss_bytes=startup.rss_bytes, cpu_s=startup.cpu_s)
             violation, ready = self._watch(startup, peaks, Ready)
             if not ready:
-                return self._result(startup, peaks, violation, finished=False)
+                return self._result(startup, peaks, violation, False, admission)
             self._ready = True
         start = self._begin(nodeid, budget)
         self.tests_run += 1
         self._send(encode_command(RunCommand(index, next_index, budget.cpu_s, budget.gpu_gb)))
         peaks = _Peaks(rss_bytes=start.rss_bytes, cpu_s=start.cpu_s)
         violation, finished = self._watch(start, peaks, Done, last=next_index is None)
-        return self._result(start, peaks, violation, finished)
+        return self._result(start, peaks, violation, finished, admission)
 
     def _send(self, command: bytes) -> None:
         try:
@@ -352,7 +412,9 @@ class Worker:
                 if not last:
                     return None, True
                 # Its last test: what the child does until it has exited is still that test's.
-                start.at_done = self._figures_at_done(start, peaks)
+                start.at_done = self._figures(
+                    start, peaks, linux.peak_rss_bytes(self.child.pid), None
+                )
                 holding, held_at = True, now
                 self._send(_STOP)
             if reader.overflowed and not overflow_stopped:
@@ -381,12 +443,6 @@ class Worker:
             self._sees_waits = False
             return True
         return waiting
-
-    def _figures_at_done(self, start: _TestStart, peaks: _Peaks) -> Usage:
-        """The last test's figures when it was over, the child waiting for its next command:
-        what its child does afterwards (Taichi's reset, leaving) is not the test's work."""
-        usage = self._usage(start, peaks, linux.peak_rss_bytes(self.child.pid))
-        return dataclasses.replace(usage, timeline=peaks.timeline.to_json(None))
 
     def _next_sleep(self, start: _TestStart, peaks: _Peaks, elapsed_s: float) -> float:
         """A quarter of the shortest time in which any limit could be reached, within bounds."""
@@ -476,26 +532,21 @@ class Worker:
         )
 
     def _result(
-        self, start: _TestStart, peaks: _Peaks, violation: Violation | None, finished: bool
+        self,
+        start: _TestStart,
+        peaks: _Peaks,
+        violation: Violation | None,
+        finished: bool,
+        admission: Admitted | None,
     ) -> RunResult:
         messages = self.reader.messages[start.first_message :]
         self._next_message = len(self.reader.messages)
         phase = _Progress.last_phase(messages) if self._ready else "collection"
         if start.at_done is not None and violation is None:
-            usage = start.at_done
+            figures = start.at_done
         else:
-            usage = self._usage(start, peaks, self._peak_rss(start, finished))
-            usage = dataclasses.replace(
-                usage,
-                timeline=peaks.timeline.to_json(
-                    None if violation is None else violation.at - start.started_at
-                ),
-            )
-        usage = dataclasses.replace(
-            usage,
-            gpu_clamps=tuple(verdict.clamp_notes(messages)),
-            shm_files_left=self._shm_left(start),
-        )
+            figures = self._figures(start, peaks, self._peak_rss(start, finished), violation)
+        usage = self._usage(start, figures, _Told.of(messages, admission))
         result = RunResult(
             messages,
             usage,
@@ -559,30 +610,60 @@ class Worker:
             return linux.peak_rss_bytes(self.child.pid)
         return 0
 
-    def _usage(self, start: _TestStart, peaks: _Peaks, kernel_peak_bytes: int) -> Usage:
-        exit_cpu_s = self.exit_info.cpu_s if self.exit_info and start.tests_before == 0 else 0.0
+    def _figures(
+        self,
+        start: _TestStart,
+        peaks: _Peaks,
+        kernel_peak_bytes: int,
+        violation: Violation | None,
+    ) -> _Figures:
+        """The test's figures now (`kernel_peak_bytes`: its exact peak RSS; 0: not known)."""
+        exit_info = self.exit_info
+        return _Figures(
+            wall_s=time.monotonic() - start.monotonic,
+            peaks=dataclasses.replace(peaks),
+            kernel_peak_bytes=kernel_peak_bytes,
+            own_memory_bytes=start.mem.peak_bytes,
+            memory_method=start.mem.method,
+            timeline=peaks.timeline.to_json(
+                None if violation is None else violation.at - start.started_at
+            ),
+            ending=None if exit_info is None else exit_info.ending,
+            exit_cpu_s=exit_info.cpu_s if exit_info and start.tests_before == 0 else 0.0,
+        )
+
+    def _usage(self, start: _TestStart, figures: _Figures, told: _Told) -> Usage:
+        """The test's usage, complete: built once, never replaced."""
+        peaks = figures.peaks
         gpu_peak = None if peaks.gpu_bytes is None else max(0, peaks.gpu_bytes - start.gpu_bytes)
         return Usage(
             nodeid=start.nodeid,
             pid=self.child.pid,
             started_at=start.started_at,
-            wall_s=time.monotonic() - start.monotonic,
-            cpu_s=max(peaks.cpu_s - start.cpu_s, exit_cpu_s),
+            wall_s=figures.wall_s,
+            cpu_s=max(peaks.cpu_s - start.cpu_s, figures.exit_cpu_s),
             start_rss_bytes=start.rss_bytes,
             peak_own_rss_bytes=max(0, peaks.rss_bytes - start.rss_bytes),
-            peak_own_memory_bytes=start.mem.peak_bytes,
-            memory_method=start.mem.method,
+            peak_own_memory_bytes=figures.own_memory_bytes,
+            memory_method=figures.memory_method,
             peak_rss_bytes=peaks.rss_bytes,
             peak_vms_bytes=peaks.vms_bytes,
-            kernel_maxrss_bytes=kernel_peak_bytes,
+            kernel_maxrss_bytes=figures.kernel_peak_bytes,
             gpu_peak_bytes=gpu_peak,
             gpu_note=self.gpu_probe.note,
             samples=peaks.samples,
             budget=start.budget,
             mode=self.mode,
-            ending=None if self.exit_info is None else self.exit_info.ending,
+            ending=figures.ending,
             worker_pid=self.child.pid,
             worker_test_number=start.tests_before + 1,
+            arch=told.arch,
+            gpu_clamps=told.gpu_clamps,
+            interrupted=told.interrupted,
+            admission=told.admission,
+            timeline=figures.timeline,
+            # at the end, even for the last test of its child: what its teardown left counts
+            shm_files_left=self._shm_left(start),
         )
 
     # -- ending the child -------------------------------------------------------------------

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import shlex
+import subprocess
+import sys
 
 import pytest
 from helpers.plugin_types import RunPlugin
@@ -316,3 +319,36 @@ def test_unusable_baseline_and_tolerance_are_usage_errors(
             "(binary: KB, MB, GB, TB and K, M, G, T mean the same). *"
         ]
     )
+
+
+def test_reviewed_growth_is_accepted_with_the_command_the_hint_names(
+    growing: pytest.Pytester, run_plugin: RunPlugin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 21 item 3: the regression's "what to do" names one command that accepts the
+    growth; run as written, the next comparison passes, and the other test keeps its entry."""
+    _save(run_plugin, monkeypatch, 8)
+    before = json.loads((growing.path / "base.json").read_text())["tests"]
+    monkeypatch.setenv("FIELD_MB", "200")
+    grown = run_plugin(
+        "--taichi-limits", "--taichi-limits-compare=base.json", "--taichi-limits-json=run.json"
+    )
+    grown.assert_outcomes(failed=1, passed=1)
+    hint = next(line for line in grown.outlines if "what to do" in line)
+    command = hint.split("accept reviewed growth with: ")[1].split("; or widen")[0]
+    assert command == "taichi-limits accept base.json run.json test_growing.py::test_grows"
+    accepted = subprocess.run(
+        [sys.executable, "-m", "pytest_taichi_limits", *shlex.split(command)[1:]],
+        cwd=growing.path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert accepted.returncode == 0, accepted.stderr
+    assert "test_growing.py::test_grows: own memory" in accepted.stdout
+    after = json.loads((growing.path / "base.json").read_text())["tests"]
+    assert after["test_growing.py::test_steady"] == before["test_growing.py::test_steady"]
+    grown_entry = after["test_growing.py::test_grows"]
+    assert grown_entry["runs"] == 1  # the range starts over from the accepted run
+    assert grown_entry["own_memory_bytes"]["min"] > 150 * 1024 * 1024
+    run_plugin("--taichi-limits", "--taichi-limits-compare=base.json").assert_outcomes(passed=2)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -50,7 +52,7 @@ def _baseline(
             "wall_s": span(0.6),
             "gpu_bytes": None,
             "runs": 1,
-            "memory_method": "rss-growth",
+            "memory_method": "smaps",
             "arch": "x64",
             "mode": "fork",
             "environment": environment_id,
@@ -266,7 +268,7 @@ def test_merge_refuses_a_mix_of_reports_and_baselines(tmp_path: Path) -> None:
 
 
 def test_html_show_and_markdown(tmp_path: Path) -> None:
-    report = _write(tmp_path / "r.json", report_files.over_budget())
+    report = _write(tmp_path / "r.json", report_files.over_budget_document())
     page = tmp_path / "out" / "report.html"
     assert cli("html", report, "-o", page).returncode == 0
     text = page.read_text()
@@ -342,7 +344,7 @@ def test_a_report_given_as_the_baseline_and_missing_files(tmp_path: Path) -> Non
     assert usage.returncode == 2 and "invalid choice" in usage.stderr
 
 
-@pytest.mark.parametrize("command", ["compare", "merge", "html", "markdown", "show"])
+@pytest.mark.parametrize("command", ["compare", "accept", "merge", "html", "markdown", "show"])
 def test_help_of_every_command(command: str) -> None:
     result = cli(command, "--help")
     assert result.returncode == 0 and f"usage: taichi-limits {command}" in result.stdout
@@ -370,3 +372,82 @@ def test_compare_skips_what_the_plugin_skips(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "c.json").read_text())["baseline"]["regressions"] == [
         "t.py::test_xpass"
     ]
+
+
+# -- one validation, bounded input, a closed pipe (issue 16 item 13) -----------------------------
+
+
+@pytest.mark.parametrize("command", ["show", "html", "markdown", "compare", "merge", "accept"])
+def test_every_command_checks_every_record_the_same_way(tmp_path: Path, command: str) -> None:
+    bad = report_files.record("t.py::test_1")
+    bad["cpu_s"] = "lots"
+    report = _write(tmp_path / "r.json", report_files.document([report_files.record("t.py::x")]))
+    data = json.loads(report.read_text())
+    data["records"] = [bad]
+    _write(report, data)
+    base = _baseline(tmp_path / "base.json", {"t.py::test_1": {}})
+    args: dict[str, list[str | Path]] = {
+        "show": [report],
+        "html": [report, "-o", tmp_path / "x.html"],
+        "markdown": [report],
+        "compare": [base, report],
+        "merge": [report, _write(tmp_path / "b.json", report_files.document([])), "-o", "m.json"],
+        "accept": [base, report, "t.py::test_1"],
+    }
+    result = cli(command, *args[command])
+    assert result.returncode == 2, result.stderr
+    assert f"{report} is damaged: record of 't.py::test_1': cpu_s must be a number" in (
+        result.stderr
+    )
+    assert "a bug" not in result.stderr
+    _no_traceback(result)
+
+
+def test_a_device_and_a_deep_nest_are_refused_at_once(tmp_path: Path) -> None:
+    zero = cli("show", "/dev/zero")  # once read without end (9.5 GB in 10 s)
+    assert zero.returncode == 2 and "/dev/zero: not a JSON file" in zero.stderr
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    nested = cli("markdown", deep)
+    assert nested.returncode == 2 and "nested too deeply" in nested.stderr, nested.stderr
+    _no_traceback(nested)
+
+
+def test_a_closed_pipe_ends_the_command_quietly_as_cat(tmp_path: Path) -> None:
+    """`taichi-limits show r.json | head`: the reader is gone before the first write."""
+    report = _write(tmp_path / "r.json", report_files.over_budget_document())
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        shown = subprocess.run(
+            [sys.executable, "-m", "pytest_taichi_limits", "show", str(report)],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert shown.returncode == -signal.SIGPIPE
+    assert shown.stderr == ""
+
+
+def test_accept_refuses_figures_that_were_cut_short(tmp_path: Path) -> None:
+    records = [
+        report_files.record("t.py::test_ok", memory_mb=40.0),
+        report_files.record("t.py::test_broken", "failed", reason="assert 1 == 2"),
+    ]
+    report = _write(tmp_path / "r.json", report_files.document(records))
+    base = _baseline(tmp_path / "base.json", {"t.py::test_ok": {}, "t.py::test_broken": {}})
+    before = base.read_text()
+    refused = cli("accept", base, report, "t.py::test_ok", "t.py::test_broken")
+    assert refused.returncode == 2
+    assert "t.py::test_broken cannot be accepted: it failed on its own" in refused.stderr
+    assert base.read_text() == before  # nothing written
+    unknown = cli("accept", base, report, "t.py::test_nope")
+    assert unknown.returncode == 2 and "has no record of 't.py::test_nope'" in unknown.stderr
+    accepted = cli("accept", base, report, "t.py::test_ok")
+    assert accepted.returncode == 0, accepted.stderr
+    entry = json.loads(base.read_text())["tests"]["t.py::test_ok"]
+    assert entry["own_memory_bytes"] == {"min": 40 * report_files.MB, "max": 40 * report_files.MB}

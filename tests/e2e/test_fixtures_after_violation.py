@@ -184,3 +184,108 @@ def test_a_crash_names_the_fixtures_whose_teardown_never_ran(
             "*not torn down  server (session), database (module): the test process ended*",
         ]
     )
+
+
+#: The violation comes while the test's own teardown runs: the function fixture's finalizer
+#: allocates past mem_mb, then sleeps, so the supervisor's SIGTERM lands inside pytest's
+#: teardown (issue 16, item 3: a stop there must not leave pytest's own machinery half done).
+OVER_IN_TEARDOWN = """
+import os
+import time
+
+import pytest
+
+EVENTS = os.path.join(os.path.dirname(__file__), "events.txt")
+HELD = []
+
+
+def note(text):
+    with open(EVENTS, "a") as handle:
+        handle.write(text + "\\n")
+
+
+@pytest.fixture(scope="module")
+def resource():
+    note("setup")
+    yield
+    note("teardown")
+
+
+@pytest.fixture
+def grows_when_torn_down():
+    yield
+    note("finalizer")
+    HELD.append(b"\\x01" * (300 << 20))
+    time.sleep(120)
+
+
+@pytest.mark.taichi_limits(mem_mb=100)
+def test_over_in_teardown(resource, grows_when_torn_down):
+    pass
+
+
+def test_after(resource):
+    pass
+"""
+
+
+@pytest.mark.parametrize("isolation", ["test", "module"])
+def test_a_violation_during_teardown_is_the_tests_failure_and_nothing_else(
+    pytester: pytest.Pytester, run_plugin: RunPlugin, isolation: str
+) -> None:
+    pytester.makepyfile(test_module=OVER_IN_TEARDOWN)
+    result = run_plugin(
+        "--taichi-limits", f"--taichi-limits-isolation={isolation}", "--taichi-limits-grace=30"
+    )
+    # Not an error from pytest's own teardown machinery (a KeyError of its logging plugin, run
+    # a second time) on top of the violation.
+    result.assert_outcomes(failed=1, passed=1)
+    result.stdout.fnmatch_lines(["*test_over_in_teardown - mem_mb exceeded*"])
+    result.stdout.no_fnmatch_line("*KeyError*")
+    # The module fixture is torn down in the stopped child; test_after sets it up again.
+    assert _events(pytester) == ["setup", "finalizer", "teardown", "setup", "teardown"]
+
+
+#: The first test fails, and -x stops the session before the second, for which the worker kept
+#: the module fixture up.
+STOPPED_BY_X = """
+import os
+
+import pytest
+
+EVENTS = os.path.join(os.path.dirname(__file__), "events.txt")
+
+
+def note(text):
+    with open(EVENTS, "a") as handle:
+        handle.write(text + "\\n")
+
+
+@pytest.fixture(scope="module")
+def resource():
+    note("setup")
+    yield
+    note("teardown")
+
+
+def test_fails(resource):
+    assert False
+
+
+def test_never_runs(resource):
+    pass
+"""
+
+
+@pytest.mark.parametrize("mode", ["auto", "spawn"])
+def test_fixtures_kept_for_a_test_that_never_comes_are_torn_down(
+    pytester: pytest.Pytester, run_plugin: RunPlugin, mode: str
+) -> None:
+    pytester.makepyfile(test_module=STOPPED_BY_X)
+    result = run_plugin(
+        "--taichi-limits", "--taichi-limits-isolation=module", f"--taichi-limits-mode={mode}", "-x"
+    )
+    result.assert_outcomes(failed=1)
+    # pytest's teardown hooks run a second time for test_fails: before, its logging plugin's
+    # KeyError stopped them before the module fixture's finalizer.
+    assert _events(pytester) == ["setup", "teardown"]

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from helpers import browser, report_files
 
+from pytest_taichi_limits.formats.jsonreport import Report
 from pytest_taichi_limits.render import html as htmlreport
 
 EXECUTABLE, WHY = browser.find_browser()
@@ -20,10 +21,10 @@ pytestmark = pytest.mark.skipif(
 MANY = 5000
 
 
-def _big_document() -> dict[str, Any]:
+def _big_report() -> Report:
     """The examples' kinds of records plus MANY plain ones, like a big suite."""
-    records = list(report_files.over_budget()["records"]) + list(
-        report_files.with_baseline()["records"]
+    records = list(report_files.over_budget_document()["records"]) + list(
+        report_files.with_baseline_document()["records"]
     )
     records.append(report_files.record("tests/test_a.py::test_no_timeline", timeline=None))
     for index in range(MANY):
@@ -35,7 +36,9 @@ def _big_document() -> dict[str, Any]:
                 timeline=report_files.timeline(0.5, 3.0, 0.2),
             )
         )
-    return report_files.document(records, report_files.with_baseline()["baseline"], exit_status=1)
+    return report_files.report(
+        records, report_files.with_baseline_document()["baseline"], exit_status=1
+    )
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +51,7 @@ def chromium() -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def report_page(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("html") / "report.html"
-    path.write_text(htmlreport.render(_big_document()), encoding="utf-8")
+    path.write_text(htmlreport.render(_big_report()), encoding="utf-8")
     return path
 
 
@@ -170,6 +173,23 @@ def test_regressions_show_before_and_after(page: Any) -> None:
     assert rows.first.locator("svg.bars rect").count() == 2
 
 
+def test_the_regression_view_has_allowed_a_legend_the_range_and_what_to_do(page: Any) -> None:
+    """Issue 21 item 4: "allowed up to" beside before and after, a legend for the bars, the
+    baseline's range on the grown test's chart, and the one line saying what to do."""
+    section = page.locator("#regressions")
+    header = section.locator("thead").inner_text()
+    assert "Before" in header and "After" in header and "Allowed up to" in header
+    assert "126.0 MiB" in section.locator("tbody tr").first.inner_text()
+    assert section.locator("tbody tr").first.locator("svg.bars line.allowed").count() == 1
+    assert "allowed up to: before plus the tolerance" in section.locator(".legend").inner_text()
+    todo = section.locator(".todo").inner_text()
+    assert "taichi-limits accept baseline.json REPORT.json TEST ..." in todo
+    grown = section.locator("article.grown .charts").first
+    memory = grown.locator("svg").first
+    assert memory.locator("rect.band").count() == 1  # the baseline's range
+    assert memory.locator("line.allow").count() == 1  # and what is allowed
+
+
 #: A phone's width: narrower than any laptop window, as wide as a big phone held upright.
 PHONE_WIDTH_PX = 400
 
@@ -205,7 +225,7 @@ _OFF_SCREEN = """() => {
 }"""
 
 
-def _phone_documents() -> dict[str, dict[str, Any]]:
+def _phone_documents() -> dict[str, Report]:
     return {
         "violations": report_files.over_budget(),
         "regressions": report_files.with_baseline(),

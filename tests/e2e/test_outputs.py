@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.plugin_types import RunPlugin
 
 from pytest_taichi_limits.formats import jsonreport
 
@@ -132,3 +134,29 @@ def test_ini_paths_and_xdist_carry_timelines(suite: pytest.Pytester, run_plugin:
     assert all(record["timeline"] is not None for record in records)
     assert "✅ PASSED" in (out / "summary.md").read_text()
     assert "test_suite.py::test_fine" in (out / "report.html").read_text()
+
+
+def test_the_html_header_names_the_commit_branch_and_command(
+    pytester: pytest.Pytester, run_plugin: RunPlugin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 21 item 4: outside CI the commit and branch come from `git`, where present."""
+    for name in ("GITHUB_SHA", "GITHUB_HEAD_REF", "GITHUB_REF_NAME", "CI_COMMIT_SHA"):
+        monkeypatch.delenv(name, raising=False)
+    pytester.makepyfile(
+        test_one="import pytest\n\n@pytest.mark.taichi_limits\ndef test_a():\n    pass\n"
+    )
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=topic"]
+    for command in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "one"]):
+        subprocess.run([*git, *command], cwd=pytester.path, check=True)
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=pytester.path, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    run_plugin("--taichi-limits-html=r.html", "--taichi-limits-json=r.json").assert_outcomes(
+        passed=1
+    )
+    page = (pytester.path / "r.html").read_text()
+    assert f"<dt>Commit</dt><dd><code>{commit}</code></dd>" in page
+    assert "<dt>Branch</dt><dd><code>topic</code></dd>" in page
+    assert "--taichi-limits-html=r.html --taichi-limits-json=r.json" in page
+    source = json.loads((pytester.path / "r.json").read_text())["source"]
+    assert source["commit"] == commit and source["branch"] == "topic"

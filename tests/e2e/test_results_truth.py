@@ -81,7 +81,7 @@ def test_a_test_that_stops_the_session_is_never_passed(
     assert result.ret == returncode
     document = json.loads((pytester.path / "report.json").read_text())
     jsonschema.validate(document, jsonreport.REPORT_SCHEMA)  # "interrupted" is in schema 2
-    assert document["version"] == 2
+    assert document["version"] == jsonreport.VERSION
     outcomes = {
         record["nodeid"].split("::")[1]: record["outcome"] for record in document["records"]
     }

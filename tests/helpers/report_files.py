@@ -1,7 +1,8 @@
-"""Synthetic JSON report documents for the Markdown, HTML and command-line tests.
+"""Synthetic session reports for the Markdown, HTML and command-line tests.
 
-Built with the plugin's own jsonreport.document, with fixed times, so that a golden file only
-changes when the rendering does.
+Records are written as the JSON report holds them and read back with the plugin's own
+`Report.from_json`, with fixed times, so that a golden file only changes when the rendering does.
+`document()` gives the JSON document, `report()` the object every view renders.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from pytest_taichi_limits.formats import jsonreport
+from pytest_taichi_limits.formats.jsonreport import BaselineSection, Report
+from pytest_taichi_limits.model.records import UsageRecord
 from pytest_taichi_limits.model.timeline import Timeline
 
 MB = 1024 * 1024
@@ -60,7 +62,7 @@ def record(
         "outcome": outcome,
         "own_memory_bytes": own,
         "peak_own_memory_bytes": own,
-        "memory_method": "rss-growth",
+        "memory_method": "smaps",
         "peak_own_rss_bytes": own,
         "kernel_own_rss_bytes": own,
         "peak_rss_bytes": own + 50 * MB,
@@ -134,18 +136,39 @@ def document(
     exit_status: int = 0,
     environment: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    made = jsonreport.document(
-        sorted(copy.deepcopy(records), key=lambda r: r["nodeid"]),
-        environment or ENVIRONMENT,
-        complete,
-        exit_status,
-        baseline,
+    """The JSON document of a session with these records (plain JSON values)."""
+    made = Report(
+        records=tuple(
+            UsageRecord.from_json(record)
+            for record in sorted(copy.deepcopy(records), key=lambda r: r["nodeid"])
+        ),
+        environment=environment or ENVIRONMENT,
+        complete=complete,
+        exit_status=exit_status,
+        baseline=None if baseline is None else BaselineSection.from_json(baseline),
+        created_at="2027-01-15T10:00:00.000+00:00",
     )
-    made["created_at"] = "2027-01-15T10:00:00.000+00:00"
-    return made
+    return made.to_json()
 
 
-def over_budget() -> dict[str, Any]:
+def report(*args: Any, **kwargs: Any) -> Report:
+    """The session's Report, as `document` makes it."""
+    return Report.from_json(document(*args, **kwargs))
+
+
+def over_budget() -> Report:
+    return Report.from_json(over_budget_document())
+
+
+def with_baseline() -> Report:
+    return Report.from_json(with_baseline_document())
+
+
+def awkward_ids() -> Report:
+    return Report.from_json(awkward_ids_document())
+
+
+def over_budget_document() -> dict[str, Any]:
     """Two violations, a pass, a skip; no baseline."""
     big = "tests/test_big.py::test_big"
     spin = "tests/test_big.py::test_spin"
@@ -175,7 +198,7 @@ def over_budget() -> dict[str, Any]:
     )
 
 
-def with_baseline() -> dict[str, Any]:
+def with_baseline_document() -> dict[str, Any]:
     """A regression, a warning-only regression, a new and a missing test, another Taichi."""
     grown = "tests/test_a.py::test_grown"
     warned = "tests/test_a.py::test_warned"
@@ -223,7 +246,7 @@ def with_baseline() -> dict[str, Any]:
     return document(records, section, exit_status=1)
 
 
-def awkward_ids() -> dict[str, Any]:
+def awkward_ids_document() -> dict[str, Any]:
     """Test ids that Markdown would misread, and a very long one."""
     long_id = (
         "tests/deep/"
@@ -240,4 +263,56 @@ def awkward_ids() -> dict[str, Any]:
             record("tests/test_md.py::test_markup[<b>*bold*_x_</b>]"),
             record(long_id, memory_mb=99.0),
         ]
+    )
+
+
+def with_failures() -> Report:
+    """A failed assertion, a crash, a test refused before it started, a regression that failed
+    its test, and a pass."""
+    refused = record(
+        "tests/test_c.py::test_refused",
+        "failed",
+        memory_mb=0.0,
+        cpu_s=0.0,
+        wall_s=0.0,
+        pid=0,
+        worker_pid=0,
+        started=False,
+        timeline=None,
+        reason="taichi_limits admission: tests/test_c.py::test_refused needs memory 4.0 GB",
+    )
+    grown = record(
+        "tests/test_c.py::test_grown",
+        "failed",
+        reason="grew beyond the baseline's tolerance: own memory 10.0 MiB -> 40.0 MiB",
+        regression={
+            "warn_only": False,
+            "text": "taichi_limits: grew beyond the baseline's tolerance: own memory 10.0 MiB -> "
+            "40.0 MiB (+30.0 MiB, +300.0%), allowed up to 27.0 MiB (mem=10%+16MiB)",
+            "growths": [growth("mem", 10 * MB, 40 * MB, 27 * MB, "10%+16MiB")],
+        },
+    )
+    section = {
+        "path": "baseline.json",
+        "tolerance": "mem=10%+16MiB",
+        "warn_only": False,
+        "regressions": ["tests/test_c.py::test_grown"],
+        "new_tests": [],
+        "missing_tests": [],
+        "environment_warnings": [],
+    }
+    return report(
+        [
+            record("tests/test_c.py::test_assert", "failed", reason="assert 1 + 1 == 3"),
+            record(
+                "tests/test_c.py::test_crash",
+                "failed",
+                reason="the test process was killed by signal 11 (SIGSEGV)",
+            ),
+            refused,
+            grown,
+            record("tests/test_c.py::test_fine"),
+        ],
+        section,
+        exit_status=1,
     )

@@ -152,7 +152,7 @@ def test_admitted_gpu_test_gets_a_device_with_room_and_its_environment(tmp_path:
         assert second.env["CUDA_VISIBLE_DEVICES"] == second.device.uuid
         facts = second.facts()
         assert facts is not None  # narrows for mypy
-        assert facts["admission_reserved_gpu_bytes"] == 10 * GB
+        assert facts.reserved_gpu_bytes == 10 * GB
     one_card = adm.Admission(
         "budget",
         directory=str(tmp_path),
@@ -229,7 +229,7 @@ def test_need_from_budget_and_from_baseline(tmp_path: Path) -> None:
         "t": BaselineEntry(
             runs=2,
             ranges=ranges,
-            memory_method="rss-growth",
+            memory_method="smaps",
             arch="x64",
             mode="fork",
             environment="e",
@@ -476,7 +476,7 @@ def test_report_line_from_usage_extra() -> None:
             "reserved on the machine then 3.0 GiB"
         )
     ]
-    assert adm.report_lines({}) == [] and adm.Grant().facts() is None
+    assert adm.report_lines(None) == [] and adm.Grant().facts() is None
 
 
 # -- fork safety --------------------------------------------------------------------------------

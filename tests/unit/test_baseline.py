@@ -1,14 +1,22 @@
-"""Baseline save and compare, through real runs that grow a real Taichi field."""
+"""Baseline tolerance specs and the reading of the compared baseline."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
+from pytest_taichi_limits.admission import gate
+from pytest_taichi_limits.config.options import read_options
 from pytest_taichi_limits.formats.baseline import (
     DEFAULT_TOLERANCE_SPEC,
+    SCHEMA,
+    VERSION,
     ToleranceError,
     parse_tolerance,
 )
+from pytest_taichi_limits.results.session import RecordMaker, load_baseline
 
 
 @pytest.mark.parametrize(
@@ -39,3 +47,28 @@ def test_tolerance_defaults_and_errors() -> None:
     for bad in ("mem=10s", "cpu=8MB", "disk=5%", "mem", "mem=ten%", "cpu=inf s"):
         with pytest.raises(ToleranceError, match="A tolerance is comma-separated KEY=SPEC"):
             parse_tolerance(bad)
+
+
+def test_the_compared_baseline_is_read_once_and_shared(
+    pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The comparison and admission by baseline share one reading of the file (plugin.py
+    loads it once and hands it to both): a file that changes (or goes) during the run cannot
+    give them different figures."""
+    monkeypatch.setenv("PYTEST_TAICHI_LIMITS_LEDGER", str(tmp_path / "ledger"))
+    path = tmp_path / "baseline.json"
+    path.write_text(
+        json.dumps({"schema": SCHEMA, "version": VERSION, "environments": {}, "tests": {}})
+    )
+    config = pytester.parseconfig(
+        f"--taichi-limits-compare={path}", "--taichi-limits-admit=baseline"
+    )
+    options = read_options(config)
+    baseline = load_baseline(options)
+    assert baseline is not None
+    path.unlink()
+    admission = gate.start(config, options, baseline)
+    assert RecordMaker(options, baseline).baseline is baseline
+    assert admission.baseline is baseline.tests
+    with pytest.raises(pytest.UsageError, match=r"--taichi-limits-compare: .*does not exist"):
+        load_baseline(options)

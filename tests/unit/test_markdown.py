@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from helpers import report_files
 
+from pytest_taichi_limits.formats.jsonreport import Report
 from pytest_taichi_limits.render import markdown
 
 GOLDEN = Path(__file__).parents[1] / "golden" / "markdown"
@@ -31,6 +32,17 @@ def test_golden_over_budget() -> None:
 
 def test_golden_regressions_new_and_missing() -> None:
     _golden("with_baseline.md", markdown.summary(report_files.with_baseline()))
+
+
+def test_golden_failures_with_their_reasons() -> None:
+    """Failed and crashed tests, and a test refused before it started, are named with their
+    one-line reason; a test failed by its growth alone is in the regressions, not twice."""
+    text = markdown.summary(report_files.with_failures())
+    _golden("with_failures.md", text)
+    section = text.split("#### Failures that are not budget violations (3)")[1].split("####")[0]
+    assert "test\\_assert | failed | assert 1 + 1 == 3 |" in section
+    assert "test\\_refused | failed (not started) | taichi\\_limits admission:" in section
+    assert "test\\_grown" not in section
 
 
 def test_golden_awkward_ids() -> None:
@@ -80,19 +92,21 @@ def test_stays_under_the_limit_with_a_note() -> None:
         )
         for index in range(3000)
     ]
-    document = report_files.document(records)
-    text = markdown.summary(document, limit_bytes=64 * 1024)
+    report = report_files.report(records)
+    text = markdown.summary(report, limit_bytes=64 * 1024)
     assert len(text.encode("utf-8")) <= 64 * 1024
     assert "truncated to stay under 64 KiB" in text
-    full = markdown.summary(document)
+    full = markdown.summary(report)
     assert "truncated" not in full and len(full.encode("utf-8")) <= markdown.LIMIT_BYTES
 
 
 def test_order_does_not_depend_on_the_order_of_records() -> None:
-    document = report_files.with_baseline()
+    document = report_files.with_baseline_document()
     shuffled = dict(document, records=list(document["records"]))
     random.Random(7).shuffle(shuffled["records"])
-    assert markdown.summary(shuffled) == markdown.summary(document)
+    assert markdown.summary(Report.from_json(shuffled)) == markdown.summary(
+        Report.from_json(document)
+    )
 
 
 def test_verdict_line() -> None:
@@ -100,7 +114,7 @@ def test_verdict_line() -> None:
         "### taichi-limits: ❌ FAILED — 2 budget violations, 4 supervised tests "
         "(1 passed, 2 failed, 1 skipped)"
     )
-    passed = report_files.document([report_files.record("t.py::test_ok")])
+    passed = report_files.report([report_files.record("t.py::test_ok")])
     assert markdown.verdict(passed, marks=False) == (
         "### taichi-limits: PASSED — 0 budget violations, 1 supervised test (1 passed)"
     )
@@ -108,14 +122,14 @@ def test_verdict_line() -> None:
 
 def test_an_interrupted_session_is_never_passed() -> None:
     ok = [report_files.record("t.py::test_ok")]
-    interrupted = report_files.document(ok, complete=False, exit_status=2)
+    interrupted = report_files.report(ok, complete=False, exit_status=2)
     assert markdown.verdict(interrupted) == (
         "### taichi-limits: ⚠️ INTERRUPTED — 0 budget violations, 1 supervised test (1 passed)"
         " — session interrupted, incomplete"
     )
     failed = [report_files.record("t.py::test_bad", outcome="failed")]
     assert markdown.verdict(
-        report_files.document(failed, complete=False, exit_status=2), marks=False
+        report_files.report(failed, complete=False, exit_status=2), marks=False
     ).startswith("### taichi-limits: FAILED — ")
 
 

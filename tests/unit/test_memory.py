@@ -223,3 +223,33 @@ def test_an_error_while_watching_fails_the_test_and_ends_its_tree(
     assert result.usage.ending is not None
     assert result.usage.ending.signal_number in (signal.SIGTERM, signal.SIGKILL)
     assert result.usage.memory_method == "not measured"
+
+
+def test_the_usage_is_complete_when_the_supervisor_builds_it() -> None:
+    """The Taichi arch and a session stop (from the child's messages) and admission's
+    reservation (from the plugin) are in the usage the supervisor hands back: nothing later
+    rebuilds it."""
+    from pytest_taichi_limits.config.budget import Budget
+    from pytest_taichi_limits.config.settings import Settings
+    from pytest_taichi_limits.ipc.channel import ChannelWriter
+    from pytest_taichi_limits.ipc.protocol import Exit, TaichiInitDone
+    from pytest_taichi_limits.launch.forking import ForkLaunch
+    from pytest_taichi_limits.model.records import Admitted
+    from pytest_taichi_limits.supervise.supervisor import Worker
+
+    def in_child(channel_fd: int, stack_fd: int, control_fd: int, parent_pid: int) -> None:
+        channel = ChannelWriter(channel_fd)
+        channel.send(TaichiInitDone(arch="x64"))
+        channel.send(Exit(reason="interrupt", message="", returncode=None))
+        os._exit(0)
+
+    facts = Admitted(0.5, 64 * MB, 0, "its budget", None, 64 * MB, 0, 1024 * MB)
+    worker = Worker(ForkLaunch(in_child), Settings(grace_s=0.5), "fork")
+    try:
+        result = worker.run_test(0, None, "t::x", Budget(wall_s=30), facts)
+    finally:
+        worker.close()
+    assert result.usage.arch == "x64"
+    assert result.usage.interrupted == "KeyboardInterrupt"
+    assert result.usage.admission == facts
+    assert result.usage.timeline is not None

@@ -4,12 +4,18 @@ tests/e2e/test_pytest_html.py; a GPU figure can only be shown here, on a machine
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from helpers import report_files
 
+from pytest_taichi_limits.model.records import UsageRecord
 from pytest_taichi_limits.results import pytesthtml
 
 MB = 1024 * 1024
+
+
+def _record(nodeid: str, **fields: Any) -> UsageRecord:
+    return UsageRecord.from_json(report_files.record(nodeid, **fields))
 
 
 def _texts(cells: list[str]) -> list[str]:
@@ -17,7 +23,7 @@ def _texts(cells: list[str]) -> list[str]:
 
 
 def test_cells_of_a_gpu_test_with_every_budget() -> None:
-    record = report_files.record(
+    record = _record(
         "t.py::test_gpu",
         memory_mb=300.0,
         cpu_s=1.5,
@@ -34,14 +40,13 @@ def test_cells_of_a_gpu_test_with_every_budget() -> None:
 
 def test_cells_sort_by_their_figures_as_text() -> None:
     keys = [
-        pytesthtml.figure_cells(report_files.record("t.py::x", memory_mb=mb))[0]
-        for mb in (9.0, 10.0, 200.0)
+        pytesthtml.figure_cells(_record("t.py::x", memory_mb=mb))[0] for mb in (9.0, 10.0, 200.0)
     ]
     assert sorted(keys) == keys  # "9.0 MiB" before "10.0 MiB": the hidden key orders them
 
 
 def test_a_test_without_gpu_figure_or_limits() -> None:
-    record = report_files.record(
+    record = _record(
         "t.py::test_cpu", budget={"cpu_s": None, "mem_mb": None, "wall_s": None, "gpu_gb": None}
     )
     texts = _texts(pytesthtml.figure_cells(record))
@@ -50,7 +55,7 @@ def test_a_test_without_gpu_figure_or_limits() -> None:
 
 
 def test_ids_and_notes_are_escaped() -> None:
-    record = report_files.record("t.py::x", gpu_bytes=None, gpu_note='<b onclick="x">')
+    record = _record("t.py::x", gpu_bytes=None, gpu_note='<b onclick="x">')
     assert "<b onclick" not in "".join(pytesthtml.figure_cells(record))
 
 

@@ -8,7 +8,7 @@ import os
 import stat
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -17,8 +17,10 @@ from pytest_taichi_limits.config.units import MIB, human_bytes
 from pytest_taichi_limits.formats import baseline as baselines
 from pytest_taichi_limits.measure.gpu import NO_NVIDIA_GPU_NOTE
 from pytest_taichi_limits.model.records import (
-    RSS_GROWTH,
+    Ending,
+    Growth,
     RecordError,
+    Regression,
     Usage,
     UsageRecord,
     Violation,
@@ -54,7 +56,7 @@ def make_usage(**changes: Any) -> Usage:
         budget=Budget(None, 1024.0, 600.0, None),
         mode="fork",
         peak_own_memory_bytes=30 * MIB,
-        memory_method=RSS_GROWTH,
+        memory_method="smaps",
         arch="x64",
         gpu_clamps=(
             (
@@ -107,15 +109,42 @@ def phase(outcome: str, xfail: bool = False) -> FakeReport:
 
 
 def test_record_round_trips_through_json() -> None:
+    growth = Growth("mem", 10.0 * MIB, 9.0 * MIB, 2, 40.0 * MIB, 20.0 * MIB, "10%+8MiB")
     record = UsageRecord.from_usage(
-        make_usage(),
+        make_usage(ending=Ending(None, 15)),
         "failed",
         make_violation(),
-        {"warn_only": False, "text": "grew", "growths": []},
+        Regression(False, "grew", (growth,)),
+        reason="mem_mb exceeded",
     )
     data = json.loads(json.dumps(record.to_json()))  # what xdist and the JSON report carry
     assert UsageRecord.from_json(data) == record
     assert data["violation"]["unit"] == "MiB" and data["violation"]["over_by"] == 236.5
+    assert data["ending"] == "killed by signal 15 (SIGTERM)" and data["started"] is True
+
+
+def test_a_version_2_record_reads_with_the_defaults_of_the_new_fields() -> None:
+    data = make_record().to_json()
+    for added in ("ending", "reason", "started"):
+        del data[added]
+    record = UsageRecord.from_json(data)
+    assert (record.ending, record.reason, record.started) == (None, "", True)
+
+
+def test_the_violation_moment_prefers_the_timeline_mark() -> None:
+    violation = make_violation(at=103.5)
+    record = make_record(started_at=100.0, violation=violation, timeline=None)
+    assert record.violation_at_s == 3.5
+    marked = replace(record, timeline={"violation_at_s": 2.0})
+    assert marked.violation_at_s == 2.0
+    assert make_record(violation=None).violation_at_s is None
+
+
+def test_a_test_that_never_started_has_a_record_but_no_figures() -> None:
+    record = UsageRecord.not_started("t.py::test_big", Budget(mem_mb=4096.0), "refused", "fork")
+    assert record.outcome == "failed" and record.reason == "refused"
+    assert not record.measured and not record.comparable and record.failing
+    assert UsageRecord.from_json(json.loads(json.dumps(record.to_json()))) == record
 
 
 def test_violation_round_trips_through_json() -> None:
@@ -128,7 +157,7 @@ def test_own_memory_is_the_larger_of_measured_and_kernel_peak() -> None:
     assert usage.kernel_own_rss_bytes == 40 * MIB
     record = UsageRecord.from_usage(usage, "passed", None)
     assert record.own_memory_bytes == 40 * MIB
-    assert record.memory_method == RSS_GROWTH
+    assert record.memory_method == "smaps"
     bigger = UsageRecord.from_usage(replace(usage, peak_own_memory_bytes=70 * MIB), "passed", None)
     assert bigger.own_memory_bytes == 70 * MIB
 
@@ -268,7 +297,7 @@ def test_compare_measures_growth_above_the_range_max() -> None:
             "wall_s": baselines.Range(10.0, 20.0),
             "gpu_bytes": None,
         },
-        memory_method=RSS_GROWTH,
+        memory_method="smaps",
         arch="x64",
         mode="fork",
         environment="e",
@@ -281,7 +310,7 @@ def test_compare_measures_growth_above_the_range_max() -> None:
     [cpu] = [g for g in baselines.compare(grown, entry, tolerance) if g.exceeded]
     assert (cpu.before, cpu.before_min, cpu.runs) == (19.3, 9.8, 9)
     assert cpu.allowed == pytest.approx(19.3 * 1.5 + 1)
-    assert baselines.Growth.from_json(cpu.to_json()) == cpu
+    assert Growth.from_json(cpu.to_json()) == cpu
     report = baselines.regression_report(
         [cpu],
         [cpu],
@@ -311,7 +340,7 @@ def _entry(**changes: Any) -> dict[str, Any]:
         "cpu_s": {"min": 1, "max": 1},
         "wall_s": {"min": 1, "max": 1},
         "gpu_bytes": None,
-        "memory_method": RSS_GROWTH,
+        "memory_method": "smaps",
         "arch": "x64",
         "mode": "fork",
         "environment": "e",
@@ -403,6 +432,90 @@ def test_violation_summary_line_is_the_report_headline() -> None:
         "  FAILED test_x.py::test_x - mem_mb exceeded: 300.5 MiB when caught, limit "
         "mem_mb=64 (over by 236.5 MiB, +369.5%)"
     )
+
+
+def test_input_beyond_the_size_limit_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pytest_taichi_limits.formats import reading
+
+    path = tmp_path / "big.json"
+    path.write_text("[" + "1," * 5000 + "1]")
+    monkeypatch.setattr(reading, "MAX_INPUT_BYTES", 4096)
+    monkeypatch.setattr(reading, "_CHUNK_BYTES", 1024)
+    with pytest.raises(reading.InputError, match=r"larger than 4\.0 KiB, not a file"):
+        reading.read_json(str(path))
+
+
+@pytest.mark.parametrize(
+    "resource, limit, measured, headline",
+    [
+        (
+            "mem_mb",
+            4096.0,
+            4096.0 + 12 / 1024,
+            "mem_mb exceeded: 4.00001 GiB when caught, limit mem_mb=4096 "
+            "(over by 12.0 KiB, +0.0003%)",
+        ),
+        (
+            "mem_mb",
+            4096.0,
+            4096.0 + 1 / MIB,
+            "mem_mb exceeded: 4096.000001 MiB when caught, limit mem_mb=4096 "
+            "(over by 1 B, +<0.000001%)",
+        ),
+        (
+            "wall_s",
+            1.0,
+            1.0013,
+            "wall_s exceeded: 1.001 s when caught, limit wall_s=1 (over by 0.001 s, +0.1%)",
+        ),
+        (
+            "mem_mb",
+            256.0,
+            281.5,
+            "mem_mb exceeded: 281.5 MiB when caught, limit mem_mb=256 (over by 25.5 MiB, +10.0%)",
+        ),
+    ],
+)
+def test_the_headline_never_rounds_an_excess_away(
+    resource: str, limit: float, measured: float, headline: str
+) -> None:
+    """Issue 22: "4.0 GiB when caught, limit mem_mb=4096" read as if nothing was exceeded."""
+    violation = make_violation(resource=resource, limit=limit, measured=measured)
+    assert render.violation_headline(violation) == f"taichi_limits: {headline}"
+    assert render.used_text(violation) == headline.split(": ")[1].split(" when")[0]
+
+
+def test_the_runs_source_comes_from_ci_variables_first(tmp_path: Path) -> None:
+    from pytest_taichi_limits.formats.environment import run_source
+
+    environ = {"GITHUB_SHA": "abc123", "GITHUB_HEAD_REF": "fix/leak", "GITHUB_REF_NAME": "9/merge"}
+    source = run_source(str(tmp_path), ["--taichi-limits", "tests/a b.py"], environ)
+    assert (source.commit, source.branch) == ("abc123", "fix/leak")
+    assert source.command == "pytest --taichi-limits 'tests/a b.py'"
+    gitlab = run_source(str(tmp_path), [], {"CI_COMMIT_SHA": "d00d", "CI_COMMIT_REF_NAME": "main"})
+    assert (gitlab.commit, gitlab.branch, gitlab.command) == ("d00d", "main", "pytest")
+
+
+def test_the_failure_reason_is_the_first_line_of_the_first_failed_phase() -> None:
+    from pytest_taichi_limits.results.outcomes import MAX_REASON_CHARS, failure_reason
+
+    def report(
+        when: Literal["setup", "call", "teardown"],
+        outcome: Literal["passed", "failed", "skipped"],
+        longrepr: str | None,
+    ) -> pytest.TestReport:
+        return pytest.TestReport("t.py::t", ("t.py", 0, "t"), {}, outcome, longrepr, when)
+
+    passed = report("setup", "passed", None)
+    failed = report("call", "failed", "\ntaichi_limits: the test process was killed\n  during")
+    assert failure_reason([passed, failed, report("teardown", "failed", "later")]) == (
+        "the test process was killed"
+    )
+    assert failure_reason([passed]) == ""
+    long = failure_reason([report("call", "failed", "x" * 1000)])
+    assert len(long) == MAX_REASON_CHARS and long.endswith("…")
 
 
 def test_no_nvidia_gpu_is_left_out_of_the_usage_line() -> None:

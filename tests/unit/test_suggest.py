@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import textwrap
+from dataclasses import replace
 
 import pytest
 
-from pytest_taichi_limits.model.records import UsageRecord
-from pytest_taichi_limits.render.suggest import HEADROOM, suggestion_for
+from pytest_taichi_limits.config.budget import Budget
+from pytest_taichi_limits.model.records import Growth, Regression, UsageRecord
+from pytest_taichi_limits.render.suggest import HEADROOM, lines, suggestion_for, suggestions
 
 
 def _record(
@@ -19,7 +21,7 @@ def _record(
         outcome=outcome,
         own_memory_bytes=int(own_mb * mb),
         peak_own_memory_bytes=int(own_mb * mb),
-        memory_method="rss-growth",
+        memory_method="smaps",
         peak_own_rss_bytes=int(own_mb * mb),
         kernel_own_rss_bytes=0,
         peak_rss_bytes=0,
@@ -30,7 +32,7 @@ def _record(
         gpu_peak_bytes=None if gpu_mb is None else int(gpu_mb * mb),
         gpu_note="",
         gpu_clamps=(),
-        budget={},
+        budget=Budget(),
         pid=1,
         started_at=0.0,
         mode="fork",
@@ -67,3 +69,24 @@ def test_failed_test_is_marked_as_a_lower_bound() -> None:
     suggestion = suggestion_for(_record(50, 1, 1, None, outcome="failed"))
     assert suggestion.lower_bound
     assert textwrap.shorten(suggestion.measured, 200).startswith("measured own memory 50.0 MiB")
+
+
+def test_a_failed_or_grown_test_is_no_value_to_paste() -> None:
+    """Issue 21 item 3: a leaking test's figure must not be offered as its budget."""
+    failed = replace(_record(50, 1, 1, None, outcome="failed"), reason="assert leak == 0")
+    growth = Growth("mem", 100 * 1024 * 1024, 100 * 1024 * 1024, 1, 400 * 1024**2, 126e6, "10%")
+    grown = replace(
+        _record(400, 1, 1, None, outcome="failed"),
+        nodeid="t.py::grown",
+        regression=Regression(False, "taichi_limits: grew", (growth,)),
+    )
+    fine = replace(_record(10, 1, 1, None), nodeid="t.py::fine")
+    printed = lines(suggestions([failed, grown, fine]))
+    [failed_line] = [line for line in printed if "t.py::t " in line]
+    assert failed_line.startswith("# @pytest.mark.taichi_limits(")
+    assert "not a value to paste: it FAILED (assert leak == 0)" in failed_line
+    [grown_line] = [line for line in printed if "t.py::grown" in line]
+    assert grown_line.startswith("# @pytest.mark.taichi_limits(")
+    assert "it GREW beyond the baseline (own memory 100.0 MiB -> 400.0 MiB)" in grown_line
+    assert any(line.startswith("@pytest.mark.taichi_limits(") for line in printed)
+    assert "taichi_limits_mem_mb = 96" in printed  # only the test that passed: 1.5 x 10 + 64

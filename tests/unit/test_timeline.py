@@ -11,10 +11,10 @@ import pytest
 from pytest_taichi_limits.model.timeline import (
     CAPACITY,
     TIMELINE_SCHEMA,
+    Points,
     Timeline,
     TimelineError,
     check,
-    violation_moment,
 )
 
 
@@ -93,9 +93,10 @@ def test_check_rejects_bad_timelines() -> None:
         check({"t_s": [0.0], "mem_bytes": "x", "cpu_s": [0.0]})
 
 
-def test_violation_moment_prefers_the_timeline_mark() -> None:
-    record = {"started_at": 100.0, "violation": {"at": 103.5}, "timeline": {"violation_at_s": 2.0}}
-    assert violation_moment(record) == 2.0
-    record["timeline"] = None
-    assert violation_moment(record) == 3.5
-    assert violation_moment({"started_at": 1.0, "violation": None}) is None
+def test_points_read_a_stored_timeline_and_refuse_a_bad_one() -> None:
+    timeline = Timeline()
+    timeline.add(0.5, 1000, 0.25, 2048)
+    points = Points.of(timeline.to_json(violation_at_s=0.4))
+    assert points == Points((0.5,), (1000.0,), (0.25,), (2048.0,), 0.4)
+    assert Points.of({"t_s": [0.0], "mem_bytes": []}) is None
+    assert Points.of(None) is None
