@@ -26,13 +26,11 @@ import pytest
 
 from ..config.settings import BUDGET_KEY, LEAK_ROUNDS_KEY
 from ..ipc.channel import ChannelWriter, CommandReader
-from ..ipc.protocol import NextRoundCommand, Note, RoundEnd, RunCommand
+from ..ipc.protocol import ROUNDS_NOTE, NextRoundCommand, Note, RoundEnd, RunCommand
 from ..taichi_support.census import TaichiCensus
 
 #: The report section that names the round a test failed in.
 SECTION = "taichi_limits leak hunting"
-#: The key of the Note that says why a test ran once although leak hunting was on.
-NOTE = "leak_hunting"
 
 
 class PhaseRunner(Protocol):
@@ -86,7 +84,9 @@ class RoundRunner:
         total = self.command.rounds
         item = _fresh(self.item)
         if item is None:  # pytest would not copy it: once, as usual, and the parent hears why
-            self.writer.send(Note(NOTE, f"{self.item.nodeid} could not be copied for its rounds"))
+            self.writer.send(
+                Note(ROUNDS_NOTE, f"{self.item.nodeid} could not be copied for its rounds")
+            )
             item, total = self.item, 1
         for number in range(1, total + 1):
             self.current = item

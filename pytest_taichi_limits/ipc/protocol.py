@@ -39,6 +39,8 @@ PHASES = ("setup", "call", "teardown")
 
 #: The `key` of a Note that says a ti.init's device memory was clamped to gpu_gb.
 CLAMP_NOTE = "gpu_clamp"
+#: The `key` of a Note that says why a test that hunts leaks ran once (child/rounds.py).
+ROUNDS_NOTE = "leak_hunting"
 
 #: faulthandler dumps every thread's Python stack on this signal, even while native code
 #: (a Taichi kernel) holds the GIL. A real-time signal, so tests that use SIGUSR1/2 keep them.

@@ -27,6 +27,7 @@ from ..config.tolerance import KINDS
 from ..config.units import GIB, MIB
 from ..ipc.protocol import Message
 from . import timeline as timelines
+from .leaks import LeakRecordError, Leaks
 
 #: The arch of a supervised test that never called ti.init.
 NO_TAICHI = "not initialised"
@@ -160,6 +161,7 @@ class Usage:
     admission: Admitted | None = None
     timeline: Mapping[str, Any] | None = None  # timeline.Timeline.to_json(): for the reports
     shm_files_left: tuple[str, ...] = ()  # what the test created in /dev/shm and left there
+    leaks: Leaks | None = None  # leak hunting's rounds and verdict (model/leaks.py); None: off
 
     @property
     def kernel_own_rss_bytes(self) -> int:
@@ -181,6 +183,7 @@ class Usage:
         data["kernel_own_rss_bytes"] = self.kernel_own_rss_bytes
         data["own_memory_bytes"] = self.own_memory_bytes
         data["admission"] = None if self.admission is None else self.admission.to_json()
+        data["leaks"] = None if self.leaks is None else self.leaks.to_json()
         del data["timeline"]  # for the JSON and HTML reports (on the record), never a log line
         return data
 
@@ -412,6 +415,7 @@ class UsageRecord:
     #: it went over, why it could not start. "" for a test that did not fail.
     reason: str = ""
     started: bool = True  # False: refused before it started (admission, start mode)
+    leaks: Leaks | None = None  # leak hunting's rounds and verdict (version 4); None: off
 
     @property
     def measured(self) -> bool:
@@ -538,14 +542,15 @@ class UsageRecord:
         data["timeline"] = None if self.timeline is None else dict(self.timeline)
         data["shm_files_left"] = list(self.shm_files_left)
         data["ending"] = None if self.ending is None else self.ending.describe
+        data["leaks"] = None if self.leaks is None else self.leaks.to_json()
         return data
 
     @classmethod
     def from_json(cls, data: Any) -> UsageRecord:
         """The inverse of to_json. Raises RecordError naming the first field that is wrong.
 
-        Fields added in version 3 of the JSON report (`ending`, `reason`, `started`) may be
-        absent: a record of version 2 reads with their defaults."""
+        Fields added in version 3 of the JSON report (`ending`, `reason`, `started`) and in
+        version 4 (`leaks`) may be absent: an earlier record reads with their defaults."""
         fields = _object(data, "record")
         where = f"record of {fields.get('nodeid')!r}"
         outcome = _text(fields, "outcome", where)
@@ -594,6 +599,7 @@ class UsageRecord:
                 ending=None if ending is None else Ending.from_text(_text(fields, "ending", where)),
                 reason=_text(fields, "reason", where) if "reason" in fields else "",
                 started=_flag(fields, "started", where, default=True),
+                leaks=_leaks(fields, where),
             )
         except RecordError as error:
             if str(error).startswith(where):
@@ -665,6 +671,15 @@ def _budget(fields: Mapping[str, Any], where: str) -> Budget:
             f"{where}: budget must map {', '.join(BUDGET_KEYS)} to positive numbers or null"
         )
     return Budget(**{key: None if value is None else float(value) for key, value in budget.items()})
+
+
+def _leaks(fields: Mapping[str, Any], where: str) -> Leaks | None:
+    if fields.get("leaks") is None:
+        return None
+    try:
+        return Leaks.from_json(fields["leaks"])
+    except LeakRecordError as error:
+        raise RecordError(f"{where}: {error}") from None
 
 
 def _texts(fields: Mapping[str, Any], name: str, where: str) -> tuple[str, ...]:

@@ -123,3 +123,19 @@ def blocked_reading(pid: int, inode: int) -> bool | None:
     except (OSError, ValueError):
         return False
     return target.endswith(f":[{inode}]")
+
+
+def open_fd_count(pid: int) -> int | None:
+    """How many files `pid` holds open; None when /proc cannot show it."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return None
+
+
+def thread_count(pid: int) -> int | None:
+    """How many threads `pid` runs; None when /proc cannot show it."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return None

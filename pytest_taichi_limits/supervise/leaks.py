@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import itertools
 import statistics
+import time
 from collections.abc import Sequence
 
-from ..config.units import human_bytes
+from ..config.budget import Budget
+from ..config.units import MIB, human_bytes
 from ..model.leaks import SERIES, Leaks, RoundReading, SeriesVerdict
+from ..model.records import Violation
 
 #: One judged round in this many may not grow: a leak shows in nearly every round, and one
 #: late collection should not hide it.
@@ -139,6 +142,29 @@ _NEVER_FREED_WHY = (
     "Taichi 1.7.4 never frees the memory of a vector or matrix ndarray (taichi-dev/taichi#8763); "
     "make it once, or use a scalar ndarray with one more axis"
 )
+
+
+def violation(nodeid: str, budget: Budget, found: Leaks, pid: int, method: str) -> Violation | None:
+    """The test's leak, as a leak_mb violation (None: nothing grew). `measured` is own memory's
+    growth per round, MiB; `detail` says every figure that grew."""
+    leaking = found.leaking
+    if not leaking:
+        return None
+    own = found.of("own_memory_bytes")
+    return Violation(
+        nodeid,
+        "leak_mb",
+        float(budget.leak_mb or 0),
+        0.0 if own is None else own.slope / MIB,
+        f"supervisor (an exact reading after each of {found.measured_rounds} measured rounds, "
+        f"{found.warmup_rounds} warm-up rounds first; {method})",
+        "call",
+        pid,
+        time.time(),
+        (),
+        "",
+        detail="; ".join(describe(verdict) for verdict in leaking),
+    )
 
 
 def describe(verdict: SeriesVerdict) -> str:
