@@ -27,6 +27,7 @@ import pytest
 from ..config.settings import BUDGET_KEY, LEAK_ROUNDS_KEY
 from ..ipc.channel import ChannelWriter, CommandReader
 from ..ipc.protocol import ROUNDS_NOTE, NextRoundCommand, Note, RoundEnd, RunCommand
+from ..platform import linux
 from ..taichi_support.census import TaichiCensus
 
 #: The report section that names the round a test failed in.
@@ -124,6 +125,7 @@ class RoundRunner:
     def _pause(self, number: int) -> bool:
         """Tell the parent this round is over and wait while it reads; False: it said stop."""
         gc.collect()
+        linux.trim_heap()
         counts, sites, made = self.census.take()
         self.writer.send(RoundEnd(number, dict(counts), dict(sites), dict(made)))
         self.commands.ring()

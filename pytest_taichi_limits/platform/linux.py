@@ -139,3 +139,15 @@ def thread_count(pid: int) -> int | None:
         return len(os.listdir(f"/proc/{pid}/task"))
     except OSError:
         return None
+
+
+def trim_heap() -> bool:
+    """Give the C library's free heap memory back to the kernel (glibc's malloc_trim), so that
+    what a process holds is what it uses, not what its allocator keeps for later; False where
+    there is no malloc_trim (another C library)."""
+    libc = _libc()
+    trim = getattr(libc, "malloc_trim", None) if libc is not None else None
+    if trim is None:
+        return False
+    trim(0)
+    return True
