@@ -28,9 +28,10 @@ import time
 from collections.abc import Sequence
 
 from ..config.budget import Budget
-from ..config.units import MIB, human_bytes
+from ..config.units import MIB
 from ..model.leaks import SERIES, Leaks, RoundReading, SeriesVerdict
 from ..model.records import Violation
+from ..render import leaks as leak_text
 
 #: One judged round in this many may not grow: a leak shows in nearly every round, and in a long
 #: run one round that grew less should not hide it. Up to five rounds, every one must grow: noise
@@ -151,7 +152,7 @@ _NEVER_FREED_WHY = (
 
 def violation(nodeid: str, budget: Budget, found: Leaks, pid: int, method: str) -> Violation | None:
     """The test's leak, as a leak_mb violation (None: nothing grew). `measured` is own memory's
-    growth per round, MiB; `detail` says every figure that grew."""
+    growth per round, MiB; `detail` names every figure that grew, by how much per round."""
     leaking = found.leaking
     if not leaking:
         return None
@@ -168,21 +169,7 @@ def violation(nodeid: str, budget: Budget, found: Leaks, pid: int, method: str) 
         time.time(),
         (),
         "",
-        detail="; ".join(describe(verdict) for verdict in leaking),
-    )
-
-
-def describe(verdict: SeriesVerdict) -> str:
-    """One leaking figure in words: 'own memory grew 2.0 MiB per round (5 of 5 rounds)'."""
-    if verdict.unit == "bytes":
-        amount = f"{human_bytes(verdict.slope)} per round"
-        allowed = f", allowance {human_bytes(verdict.allowance)}"
-    else:
-        amount = f"by {_count(verdict.slope)} per round"
-        allowed = ""
-    return (
-        f"{verdict.name} grew {amount} (in {verdict.growing_rounds} of {verdict.rounds} "
-        f"rounds{allowed})"
+        detail=leak_text.summary(found),
     )
 
 

@@ -10,7 +10,8 @@ import pytest
 
 from pytest_taichi_limits.config.units import MIB
 from pytest_taichi_limits.model.leaks import LeakRecordError, Leaks, RoundReading
-from pytest_taichi_limits.supervise.leaks import describe, judge, judge_series, theil_sen
+from pytest_taichi_limits.render.leaks import grew, summary
+from pytest_taichi_limits.supervise.leaks import judge, judge_series, theil_sen
 
 
 def test_theil_sen_is_the_median_pairwise_slope() -> None:
@@ -84,7 +85,7 @@ def test_counts_leak_with_one_more_in_nearly_every_round() -> None:
     assert not judge_series("threads", [2, 3, 3, 3, 3, 3], 0.0).leak  # a pool that started
     verdict = judge_series("open_fds", [10, 12, 14, 16], 0.0)
     assert verdict.leak and verdict.slope == 2 and verdict.growing_rounds == 3
-    assert describe(verdict) == "open files grew by 2 per round (in 3 of 3 rounds)"
+    assert grew(verdict) == "open files grew by 2 per round (in 3 of 3 rounds)"
 
 
 def _reading(number: int, warmup: bool, mib: float, **more: Any) -> RoundReading:
@@ -137,9 +138,10 @@ def test_judge_names_ndarrays_that_taichi_never_frees_when_memory_grows() -> Non
     assert len(leaks.causes) == 1
     assert leaks.causes[0].startswith("1 vector ndarray made per round at t.py:9 in test_a: ")
     assert "taichi-dev/taichi#8763" in leaks.causes[0]
-    assert describe(leaks.leaking[0]) == (
+    assert grew(leaks.leaking[0]) == (
         "own memory grew 1.2 MiB per round (in 5 of 5 rounds, allowance 1.0 MiB)"
     )
+    assert summary(leaks) == "own memory +1.2 MiB/round"
 
 
 def test_without_warmup_the_first_measured_round_is_the_start() -> None:
