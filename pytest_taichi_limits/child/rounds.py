@@ -74,6 +74,7 @@ class RoundRunner:
     #: False once the parent answered a pause with anything but NextRoundCommand: this child
     #: then tears everything down and waits for no other command
     go_on: bool = field(init=False, default=True)
+    _reports: list[pytest.TestReport] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
         self.current = self.item
@@ -90,37 +91,46 @@ class RoundRunner:
             )
             item, total = self.item, 1
         for number in range(1, total + 1):
-            self.current = item
-            self.per_round()
-            reports, passed = self._setup_and_call(item)
-            last = number == total or not passed
-            if passed and not self._pause(number):
-                last = True
-            if last:
-                ending = nextitem if self.go_on else None
-                reports.append(
-                    self.run_phase(item, "teardown", self.writer, send=False, nextitem=ending)
-                )
-                self._send(reports, number, total)
-                return
-            following = _fresh(self.item) or self.item
-            # A test that is run as itself again keeps only its parents' fixtures.
-            keep = following if following is not item else item.parent
-            teardown = self.run_phase(item, "teardown", self.writer, send=False, nextitem=keep)
-            if not teardown.passed:
-                # The fixtures kept for the next round are still set up: tear them down as the
-                # test's own teardown would have.
-                self.teardown_again(item, nextitem)
-                self._send([*reports, teardown], number, total)
+            self.current, self._reports = item, []
+            try:
+                following = self._round(item, number, total, nextitem)
+            except BaseException:
+                # pytest.exit, Ctrl-C, a stop: what this round reported so far is the test's,
+                # as in a run without rounds.
+                self._send(number, total)
+                raise
+            if following is None:
+                self._send(number, total)
                 return
             item = following
 
-    def _setup_and_call(self, item: pytest.Item) -> tuple[list[pytest.TestReport], bool]:
-        setup = self.run_phase(item, "setup", self.writer, send=False)
-        reports = [setup]
+    def _round(
+        self, item: pytest.Item, number: int, total: int, nextitem: pytest.Item | None
+    ) -> pytest.Item | None:
+        """One round; the item of the next one, or None: this round decides."""
+        self.per_round()
+        setup = self._phase(item, "setup")
         if setup.passed and not item.config.getoption("setuponly", False):
-            reports.append(self.run_phase(item, "call", self.writer, send=False))
-        return reports, all(report.passed for report in reports)
+            self._phase(item, "call")
+        passed = all(report.passed for report in self._reports)
+        # Every round that passed pauses for its reading, the last one too.
+        if not passed or not self._pause(number) or number == total:
+            self._phase(item, "teardown", nextitem=nextitem if self.go_on else None)
+            return None
+        following = _fresh(self.item) or self.item
+        # A test that is run as itself again keeps only its parents' fixtures.
+        keep = following if following is not item else item.parent
+        if not self._phase(item, "teardown", nextitem=keep).passed:
+            # The fixtures kept for the next round are still set up: tear them down as the
+            # test's own teardown would have.
+            self.teardown_again(item, nextitem)
+            return None
+        return following
+
+    def _phase(self, item: pytest.Item, when: str, **kwargs: Any) -> pytest.TestReport:
+        report = self.run_phase(item, when, self.writer, send=False, **kwargs)
+        self._reports.append(report)
+        return report
 
     def _pause(self, number: int) -> bool:
         """Tell the parent this round is over and wait while it reads; False: it said stop."""
@@ -132,7 +142,8 @@ class RoundRunner:
         self.go_on = isinstance(self.commands.next(), NextRoundCommand)
         return self.go_on
 
-    def _send(self, reports: list[pytest.TestReport], number: int, total: int) -> None:
+    def _send(self, number: int, total: int) -> None:
+        reports, self._reports = self._reports, []
         failed = next((report for report in reports if not report.passed), None)
         if failed is not None and total > 1:
             failed.sections.append((SECTION, round_text(number, self.command)))

@@ -163,7 +163,7 @@ def violation(nodeid: str, budget: Budget, found: Leaks, pid: int, method: str) 
         float(budget.leak_mb or 0),
         0.0 if own is None else own.slope / MIB,
         f"supervisor (an exact reading after each of {found.measured_rounds} measured rounds, "
-        f"{found.warmup_rounds} warm-up rounds first; {method})",
+        f"which followed {_rounds(found.warmup_rounds)} of warm-up; {method})",
         "call",
         pid,
         time.time(),
@@ -171,6 +171,10 @@ def violation(nodeid: str, budget: Budget, found: Leaks, pid: int, method: str) 
         "",
         detail=leak_text.summary(found),
     )
+
+
+def _rounds(number: int) -> str:
+    return f"{number} round" if number == 1 else f"{number} rounds"
 
 
 def _plural(kind: str, number: str) -> str:
