@@ -230,7 +230,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "taichi_limits_tolerance",
         "allowed growth per resource against the baseline, relative plus absolute, e.g. "
-        "'mem=10%+8MiB,cpu=25%+0.5s,wall=off'; keys mem, cpu, wall, gpu, each once; byte "
+        "'mem=10%+8MiB,cpu=25%+0.5s,wall=off'; keys mem, cpu, wall, gpu and leak (own memory's "
+        "growth per round of leak hunting), each once; byte "
         f"units {BYTE_UNITS_TEXT}; seconds {SECOND_UNITS_TEXT}; keys not named keep their "
         f"default ({DEFAULT_TOLERANCE_SPEC})",
         metavar="SPEC",

@@ -264,3 +264,81 @@ def _counts(fields_: Mapping[str, Any], name: str, where: str) -> dict[str, int]
     ):
         raise LeakRecordError(f"{where}: {name} must map names to whole numbers")
     return {key: int(count) for key, count in value.items()}
+
+
+_COUNT = {"type": "integer", "minimum": 0}
+_COUNTS = {"type": "object", "additionalProperties": _COUNT}
+_NUMBER = {"type": "number"}
+
+#: JSON Schema of `Leaks.to_json()` (the JSON report's `leaks`, null where a test did not hunt).
+LEAKS_SCHEMA: dict[str, Any] = {
+    "type": ["object", "null"],
+    "required": [
+        "warmup_rounds",
+        "measured_rounds",
+        "allowance_bytes",
+        "rounds",
+        "series",
+        "causes",
+        "note",
+    ],
+    "additionalProperties": False,
+    "properties": {
+        "warmup_rounds": _COUNT,
+        "measured_rounds": _COUNT,
+        "allowance_bytes": {"type": ["integer", "null"], "minimum": 0},
+        "rounds": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": [
+                    "round",
+                    "warmup",
+                    "own_memory_bytes",
+                    "gpu_bytes",
+                    "open_fds",
+                    "threads",
+                    "processes",
+                    "cpu_s",
+                    "wall_s",
+                    "taichi",
+                    "sites",
+                    "made",
+                ],
+                "additionalProperties": False,
+                "properties": {
+                    "round": {"type": "integer", "minimum": 1},
+                    "warmup": {"type": "boolean"},
+                    "own_memory_bytes": _COUNT,
+                    "gpu_bytes": {"type": ["integer", "null"], "minimum": 0},
+                    "open_fds": {"type": ["integer", "null"], "minimum": 0},
+                    "threads": {"type": ["integer", "null"], "minimum": 0},
+                    "processes": _COUNT,
+                    "cpu_s": _NUMBER,
+                    "wall_s": _NUMBER,
+                    "taichi": _COUNTS,
+                    "sites": _COUNTS,
+                    "made": _COUNTS,
+                },
+            },
+        },
+        "series": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["key", "slope", "growing_rounds", "rounds", "allowance", "leak"],
+                "additionalProperties": False,
+                "properties": {
+                    "key": {"enum": [key for key, _, _ in SERIES]},
+                    "slope": _NUMBER,
+                    "growing_rounds": _COUNT,
+                    "rounds": _COUNT,
+                    "allowance": _NUMBER,
+                    "leak": {"type": "boolean"},
+                },
+            },
+        },
+        "causes": {"type": "array", "items": {"type": "string"}},
+        "note": {"type": "string"},
+    },
+}

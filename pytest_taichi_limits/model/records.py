@@ -268,6 +268,7 @@ RESOURCES: dict[str, tuple[str, str, str]] = {
     "cpu": ("cpu_s", KINDS["cpu"], "CPU time"),
     "wall": ("wall_s", KINDS["wall"], "wall time"),
     "gpu": ("gpu_bytes", KINDS["gpu"], "GPU memory"),
+    "leak": ("leak_bytes_per_round", KINDS["leak"], "own memory growth per round"),
 }
 
 

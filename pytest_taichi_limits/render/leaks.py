@@ -105,3 +105,41 @@ def usage_lines(leaks: Leaks | None) -> list[str]:
     )
     verdict = "leak" if leaks.leaking else "no leak"
     return [f"{head}, {verdict}{growth}{allowance}"]
+
+
+def verdict_word(leaks: Leaks) -> str:
+    """'leak', 'no leak' or 'not judged'."""
+    if not leaks.judged:
+        return "not judged"
+    return "leak" if leaks.leaking else "no leak"
+
+
+def own_growth(leaks: Leaks) -> str:
+    """Own memory's growth per round, or '—' where it was not judged."""
+    own = leaks.of("own_memory_bytes")
+    return "—" if own is None else amount(own)
+
+
+def properties(leaks: Leaks | None) -> list[tuple[str, str | int]]:
+    """Leak hunting's JUnit properties: the rounds, the verdict, own memory's growth per round
+    and after each round, what grew and why."""
+    if leaks is None:
+        return []
+    found: list[tuple[str, str | int]] = [
+        ("taichi_limits_leak_rounds", f"{leaks.warmup_rounds}:{leaks.measured_rounds}"),
+        ("taichi_limits_leak_verdict", verdict_word(leaks)),
+        (
+            "taichi_limits_leak_own_memory_bytes",
+            " ".join(str(reading.own_memory_bytes) for reading in leaks.readings),
+        ),
+    ]
+    own = leaks.of("own_memory_bytes")
+    if own is not None:
+        found.append(("taichi_limits_leak_own_memory_bytes_per_round", round(own.slope)))
+    if leaks.leaking:
+        found.append(("taichi_limits_leak_grew", summary(leaks)))
+    if leaks.causes:
+        found.append(("taichi_limits_leak_cause", "; ".join(leaks.causes)))
+    if leaks.note:
+        found.append(("taichi_limits_leak_note", leaks.note))
+    return found

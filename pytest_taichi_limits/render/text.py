@@ -383,6 +383,7 @@ def user_properties(usage: Usage, violation: Violation | None) -> list[tuple[str
     clamps = gpu_cap_lines(usage)
     if clamps:
         properties.append(("taichi_limits_gpu_clamp", "; ".join(clamps)))
+    properties += leak_text.properties(usage.leaks)
     if violation is not None:
         properties.append(("taichi_limits_violation", violation.resource))
     return properties
