@@ -20,6 +20,10 @@ from typing import Any
 
 import pytest
 
+from pytest_taichi_limits.formats import jsonreport
+
+jsonschema = pytest.importorskip("jsonschema")
+
 MIB = 1024 * 1024
 
 #: A module-scoped Taichi program shared by every round (a per-test ti.init/ti.reset would free
@@ -196,8 +200,27 @@ def test_a_python_leak_and_a_native_leak_are_caught(
     pytester: pytest.Pytester, run_plugin: Any
 ) -> None:
     pytester.makepyfile(test_leaky=PYTHON_AND_NATIVE)
-    result, usage = _run(pytester, run_plugin, "--taichi-limits-leaks=2:5")
+    report, junit = pytester.path / "report.json", pytester.path / "junit.xml"
+    result, usage = _run(
+        pytester,
+        run_plugin,
+        "--taichi-limits-leaks=2:5",
+        f"--taichi-limits-json={report}",
+        f"--junitxml={junit}",
+    )
     result.assert_outcomes(failed=2)
+    document = json.loads(report.read_text())
+    jsonschema.validate(document, jsonreport.REPORT_SCHEMA)
+    assert {len(record["leaks"]["rounds"]) for record in document["records"]} == {7}
+    assert {violation["resource"] for violation in document["violations"]} == {"leak_mb"}
+    assert junit.read_text().count('name="taichi_limits_leak_verdict" value="leak"') == 2
+    result.stdout.fnmatch_lines(
+        [
+            "leaks: 2 of 2 tests that hunted leaks grew in every round (warm-up+measured "
+            "rounds: 2+5):",
+            "  LEAK test_leaky.py::test_malloc_never_freed - own memory +*/round",
+        ]
+    )
     for name in ("test_python_list_grows", "test_malloc_never_freed"):
         leaks = usage[name]["leaks"]
         assert _leaking(usage[name]) == {"own_memory_bytes"}, leaks
