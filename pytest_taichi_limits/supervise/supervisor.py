@@ -84,6 +84,7 @@ _CPU_COUNT = os.cpu_count() or 1
 #: microseconds, a test that forged the word may never be.
 _WAIT_LOOK_S = 0.01
 _WAIT_POLL_S = 0.001
+_ROUND_POLL_S = 0.0002
 #: How long a child may take to tear down after its last test (module and session fixtures'
 #: finalizers, Taichi's offline cache) before it is killed.
 STOP_TIMEOUT_S = 60.0
@@ -394,7 +395,10 @@ class Worker:
             listen = not reader.closed and quiet_s >= self.settings.interval_s
             sleep_s = self._next_sleep(start, peaks, start.round_elapsed_s(time.monotonic()))
             if not holding and time.monotonic() - told_at < _WAIT_LOOK_S:
-                sleep_s = min(sleep_s, _WAIT_POLL_S)  # it is about to wait: look again soon
+                # It is about to wait: look again soon (sooner between two rounds of leak
+                # hunting, where the test goes on as soon as the parent has read).
+                pending = start.rounds is not None and start.rounds.pending
+                sleep_s = min(sleep_s, _ROUND_POLL_S if pending else _WAIT_POLL_S)
             ready, _, _ = select.select(with_channel if listen else always, [], [], sleep_s)
             if child.channel_fd in ready:
                 heard_at = time.monotonic()
