@@ -138,7 +138,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "taichi_limits_leaks",
         "hunt leaks in every supervised test: W warm-up rounds, then N measured rounds of its "
-        "setup, call and teardown in the same child, with an exact reading after each; a test "
+        "setup, call and teardown in the same child, with an exact reading in each (after the "
+        "call, before the teardown); a test "
         "whose own memory or GPU memory grows by more than leak_mb per round (default "
         f"{DEFAULT_LEAK_MB:g} here), or whose Taichi fields, ndarrays, SNode trees, open files, "
         "threads or processes grow, in nearly every measured round, fails (docs/leaks.md). "

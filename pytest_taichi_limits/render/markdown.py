@@ -1,7 +1,8 @@
 """The Markdown summary of a session (GitHub job summary, pull request comment), from the
 session's `Report` (formats/jsonreport.py).
 
-What it holds, in this order: a verdict line; the budget violations; the other failures (a
+What it holds, in this order: a verdict line; the budget violations; leak hunting's verdicts
+(the tests that leaked, with what grew per round and its cause); the other failures (a
 failed assertion, a crash, a test refused before it started), each with its one-line reason;
 the regressions against the baseline; the top consumers; the tests new and missing against the
 baseline. Rows are in a stable order (test id, then resource), test ids are escaped for Markdown
