@@ -166,7 +166,8 @@ def serve(
                 rounds = _round_runner(item, command, writer, commands, census)
             run_item(item, writer, nextitem, rounds)
             if rounds is not None and not rounds.go_on:
-                break  # the parent stopped this child during a round: all is torn down
+                up = None  # the parent stopped this child during a round: all is torn down
+                break
             rounds = None
             commands.ring()
             up = None if nextitem is None else item

@@ -154,7 +154,9 @@ def _program_counts(ndarrays: list[Any]) -> dict[str, int]:
     try:
         from taichi.lang import impl
 
-        prog = impl.get_runtime().prog
+        prog = impl.get_runtime().__dict__.get("prog")  # never the lazy replay's property
+        if prog is None:
+            return {}
         trees = int(prog.get_snode_tree_size())
         tree_bytes = sum(int(prog.get_snode_root(i).cell_size_bytes) for i in range(trees))
         array_bytes = sum(_ndarray_bytes(array) for array in ndarrays)
