@@ -435,15 +435,17 @@ function chart(title,unit,t,ys,cls,limit,va,vr,mine,band){
   return '<div class="chart">'+s+'</svg></div>';
 }
 function rounds(d){
-  /* Leak hunting: own memory after each round; warm-up rounds left of the dashed line. */
-  var W=340,H=130,L=44,R=8,T=18,B=22,n=d.r.length,ymax=0;
+  /* Leak hunting: own memory after each round; warm-up rounds left of the dashed line; the
+     growth the allowance lets through, from the last warm-up round on, as a dotted line. */
+  var W=340,H=130,L=44,R=8,T=18,B=22,n=d.r.length,ymax=0,w0=Math.max(0,(d.rw||0)-1);
+  var top=d.ra===undefined?null:d.r[w0]+d.ra*(n-1-w0);
   d.r.forEach(function(v){ymax=Math.max(ymax,v);});
+  if(top!==null){ymax=Math.max(ymax,top);}
   ymax=ymax>0?ymax*1.08:1;
   function X(i){return (L+(W-L-R)*(n>1?i/(n-1):0.5)).toFixed(1);}
   function Y(v){return (T+(H-T-B)*(1-v/ymax)).toFixed(1);}
   var s='<svg viewBox="0 0 '+W+' '+H+'" role="img" aria-label="own memory after each round">';
-  s+='<text x="'+L+'" y="12">own memory after each round (MiB): '+d.rv+
-    (d.ra===undefined?'':', allowance '+d.ra+' MiB/round')+'</text>';
+  s+='<text x="'+L+'" y="12">own memory per round (MiB): '+d.rv+'</text>';
   s+='<line class="axis" x1="'+L+'" y1="'+(H-B)+'" x2="'+(W-R)+'" y2="'+(H-B)+'"/>';
   s+='<line class="axis" x1="'+L+'" y1="'+T+'" x2="'+L+'" y2="'+(H-B)+'"/>';
   s+='<text x="2" y="'+(T+8)+'">'+f(ymax,ymax<10?2:0)+'</text><text x="2" y="'+(H-B)+'">0</text>';
@@ -453,6 +455,10 @@ function rounds(d){
     var w=((+X(d.rw-1))+(+X(d.rw)))/2;
     s+='<line class="lim" x1="'+w+'" x2="'+w+'" y1="'+T+'" y2="'+(H-B)+'">';
     s+='<title>warm-up rounds before this line, measured rounds after</title></line>';
+  }
+  if(top!==null&&n>1){
+    s+='<line class="allow" x1="'+X(w0)+'" y1="'+Y(d.r[w0])+'" x2="'+X(n-1)+'" y2="'+Y(top)+'">';
+    s+='<title>growth the allowance lets through: '+d.ra+' MiB per round</title></line>';
   }
   var pts=d.r.map(function(v,i){return X(i)+","+Y(v);}).join(" ");
   s+='<polyline class="mem" fill="none" stroke-width="1.8" points="'+pts+'"/>';

@@ -63,7 +63,7 @@ def test_html_has_the_leaks_section_and_a_per_round_chart() -> None:
     data = html.chart_data(_records()["test_step"])
     assert data["rw"] == 2 and data["rv"] == "leak" and data["ra"] == 1.0
     assert data["r"][:3] == [pytest.approx(42.3), pytest.approx(44.6), pytest.approx(46.9)]
-    assert "own memory after each round (MiB)" in page  # the chart's drawing code
+    assert "own memory per round (MiB): " in page  # the chart's drawing code
     assert "r" not in html.chart_data(
         report_files.report([report_files.record("t.py::a")]).records[0]
     )
