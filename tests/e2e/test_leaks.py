@@ -196,7 +196,7 @@ def test_taichi_leak_patterns_are_caught_with_their_cause(
     )
 
 
-def test_a_python_leak_and_a_native_leak_are_caught(
+def test_a_python_leak_and_a_native_leak_are_caught_under_xdist(
     pytester: pytest.Pytester, run_plugin: Any
 ) -> None:
     pytester.makepyfile(test_leaky=PYTHON_AND_NATIVE)
@@ -204,6 +204,8 @@ def test_a_python_leak_and_a_native_leak_are_caught(
     result, usage = _run(
         pytester,
         run_plugin,
+        "-n",
+        "2",
         "--taichi-limits-leaks=2:5",
         f"--taichi-limits-json={report}",
         f"--junitxml={junit}",
