@@ -109,6 +109,8 @@ class TaichiLimitsPlugin:
         self.runner = Runner(config, options.settings, recorder)
         self.admission = gate.start(config, options, baseline, spawn_worker=spawn_worker)
         self._terminated_by: int | None = None  # the signal that ended the session
+        if not spawn_worker:
+            self.runner.choose_memory()  # a usage error here, before any test, if it must be
 
     def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
         if isinstance(excinfo.value, Terminated):
@@ -137,10 +139,12 @@ class TaichiLimitsPlugin:
         rounds = options.leak_rounds
         defaults = resolve({}, options.cli_budget, options.ini_budget, rounds is not None)
         settings = options.settings
+        plan = self.runner.memory_plan
         lines = [
             f"taichi-limits: supervising {scope}; default budget {render.budget_text(defaults)}; "
             f"sampling down to every {settings.interval_s:g} s, grace {settings.grace_s:g} s; "
             f"start mode {settings.mode}, isolation {settings.isolation}",
+            *([] if plan is None else [plan.header_line()]),
         ]
         if defaults.leak_mb is not None:
             rounds = rounds or DEFAULT_LEAK_ROUNDS

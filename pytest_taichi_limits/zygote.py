@@ -161,12 +161,14 @@ def serve(control: socket.socket) -> None:
                 os.close(fd)
             continue
         if pid == 0:
+            _join_cgroup(request.cgroup_procs)  # before anything: every page is charged there
             control.close()
             result.close()
             run_worker(request, channel_fd, stack_fd, control_fd, zygote_pid)  # never returns
             os._exit(70)
         for fd in (channel_fd, stack_fd, control_fd):
             os.close(fd)
+        _join_cgroup(request.cgroup_procs, pid)  # in before the parent looks (the child too)
         try:
             result.send(encode_status(ChildStarted(pid)))
         except OSError:
@@ -178,6 +180,20 @@ def serve(control: socket.socket) -> None:
         except OSError:
             pass
         result.close()
+
+
+def _join_cgroup(procs: str | None, pid: int = 0) -> None:
+    """Move a worker (0: this process) into its memory cgroup (measure/cgroup.py): all it
+    starts is born there. The worker does it first thing and the zygote once it has forked
+    it, whichever comes first. Where neither can, the parent finds the worker outside and
+    measures it by smaps instead."""
+    if procs is None:
+        return
+    try:
+        with open(procs, "w") as handle:
+            handle.write(str(pid))
+    except OSError:
+        pass
 
 
 def main(argv: list[str]) -> None:

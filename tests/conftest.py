@@ -2,7 +2,12 @@ from __future__ import annotations
 
 import os
 
+# Imported once for the whole test process: the `pytester` fixture removes modules first imported
+# during a test from sys.modules, and numpy 2 refuses to be imported a second time in a process
+# ("cannot load module more than once per process"). Taichi depends on numpy, so it is there.
+import numpy  # noqa: F401
 import pytest
+from helpers import memory
 from helpers.plugin_types import RunPlugin
 
 pytest_plugins = ["pytester"]
@@ -16,9 +21,15 @@ RUN_TIMEOUT_S = 120
 
 @pytest.fixture
 def run_plugin(pytester: pytest.Pytester) -> RunPlugin:
-    """Run pytest in a subprocess (real forks, real signals) with a hard timeout."""
+    """Run pytest in a subprocess (real forks, real signals) with a hard timeout, under the
+    memory method the suite runs with (helpers/memory.py)."""
 
     def run(*args: str, timeout: float = RUN_TIMEOUT_S) -> pytest.RunResult:
-        return pytester.runpytest_subprocess("-p", "no:cacheprovider", *args, timeout=timeout)
+        # Switched off (-p no:taichi_limits, or the name pytest prints): no option of it is known.
+        disabled = any(arg in ("no:taichi_limits", "no:taichi-limits") for arg in args)
+        method = [] if disabled else memory.option_args()
+        return pytester.runpytest_subprocess(
+            "-p", "no:cacheprovider", *method, *args, timeout=timeout
+        )
 
     return run

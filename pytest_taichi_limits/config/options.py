@@ -31,7 +31,7 @@ from .budget import (
     parse_text,
 )
 from .capacity import CapacityError, Declared, parse_capacity
-from .settings import ISOLATIONS, MODES, Settings
+from .settings import ISOLATIONS, MEMORY_METHODS, MODES, Settings
 from .tolerance import DEFAULT_TOLERANCE_SPEC, Tolerance, ToleranceError, parse_tolerance
 from .units import BYTE_UNITS_TEXT, SECOND_UNITS_TEXT, UnitError, parse_seconds
 
@@ -97,7 +97,9 @@ def budget_flag(key: str) -> str:
 _BUDGET_HELP = {
     "cpu_s": "CPU seconds (user+system, all threads and subprocesses)",
     "mem_mb": "MiB (2**20 bytes) of own memory: what the test's process tree makes the machine "
-    "hold at its peak, above what was there when it started (never an address-space limit)",
+    "hold at its peak, above what was there when it started: anonymous and shared memory, page "
+    "cache not counted (--taichi-limits-memory-method says how it is measured; never an "
+    "address-space limit)",
     "wall_s": "wall-clock seconds, enforced from outside so native code holding the GIL "
     "is stopped too",
     "gpu_gb": "GiB (2**30 bytes) of GPU memory: caps ti.init(device_memory_GB=...) and, where NVML "
@@ -181,9 +183,19 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "taichi_limits_clean_shm",
-        "remove what a supervised test created in /dev/shm and left there (each test's "
-        "report lists such files either way)",
+        "remove what a supervised test's processes made in /dev/shm and left there, at its "
+        "worker's end, where no process outside the test uses it; what cannot be attributed "
+        "to the test is kept and listed (each test's report lists what it left either way)",
         ini=False,
+    ),
+    Option(
+        "taichi_limits_memory_method",
+        "how mem_mb is measured: cgroup (a memory cgroup per worker: the kernel's figure and a "
+        "hard cap; an error where none can be made), smaps (/proc/<pid>/smaps_rollup, no "
+        "cgroup), auto (cgroup where one can be made, else smaps). Default auto; "
+        "docs/memory.md",
+        metavar="METHOD",
+        choices=MEMORY_METHODS,
     ),
     Option(
         "taichi_limits_arch",
@@ -474,6 +486,7 @@ def _settings(config: pytest.Config) -> Settings:
         arch=_arch(config),
         isolation=_choice(config, "taichi_limits_isolation", ISOLATIONS, "test"),
         clean_shm=flag_or_ini(config, "taichi_limits_clean_shm"),
+        memory_method=_choice(config, "taichi_limits_memory_method", MEMORY_METHODS, "auto"),
     )
 
 

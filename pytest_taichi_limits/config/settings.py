@@ -10,8 +10,19 @@ from .budget import ISOLATIONS, Budget, LeakRounds  # ISOLATIONS: tests per supe
 
 #: How a supervised test is started: in a forked child, or in a fresh interpreter.
 MODES = ("auto", "fork", "spawn")
+#: How memory is measured: a memory cgroup per worker where one can be made (auto), always
+#: (cgroup: an error where none can), or never (smaps: /proc/<pid>/smaps_rollup).
+MEMORY_METHODS = ("auto", "cgroup", "smaps")
 
-__all__ = ["BUDGET_KEY", "ISOLATIONS", "LEAK_ROUNDS_KEY", "MODES", "SETTINGS_KEY", "Settings"]
+__all__ = [
+    "BUDGET_KEY",
+    "ISOLATIONS",
+    "LEAK_ROUNDS_KEY",
+    "MEMORY_METHODS",
+    "MODES",
+    "SETTINGS_KEY",
+    "Settings",
+]
 
 
 @dataclass(frozen=True)
@@ -22,6 +33,7 @@ class Settings:
     arch: str | None = None
     isolation: str = "test"
     clean_shm: bool = False  # --taichi-limits-clean-shm: remove what a test left in /dev/shm
+    memory_method: str = "auto"  # --taichi-limits-memory-method: one of MEMORY_METHODS
 
 
 #: A supervised test's resolved budget, on its item (the taichi_limits_ti fixture reads it).

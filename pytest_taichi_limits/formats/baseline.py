@@ -14,7 +14,7 @@ update different tests merge cleanly in git):
                       "own_memory_bytes": {"min": 120000000, "max": 122088448},
                       "cpu_s": {"min": 0.21, "max": 0.25}, "wall_s": {"min": 0.22, "max": 0.3},
                       "gpu_bytes": null, "leak_bytes_per_round": {"min": 9000, "max": 14000},
-                      "memory_method": "smaps",
+                      "memory_method": "cgroup-v1",
                       "arch": "x64", "mode": "fork",
                       "environment": "<id>", "saved_at": "2026-11-28T13:40:00+00:00"}
       }

@@ -28,9 +28,13 @@ growths carry `before_min` and `runs` (the baseline's range).
 - `records`: one per supervised test, sorted by node id: `nodeid`, `outcome` (passed, failed,
   error, skipped, xfailed, xpassed, or interrupted: the test stopped the session before it
   finished), `reason` (a failed test's one-line reason, else ""), `started`, `own_memory_bytes`
-  (the figure shown and compared with a baseline: the larger of `peak_own_memory_bytes` and the
-  kernel's exact peak growth), `peak_own_memory_bytes`, `memory_method`, `peak_own_rss_bytes`,
-  `kernel_own_rss_bytes`, `peak_rss_bytes`, `start_rss_bytes`, `peak_vms_bytes`, `cpu_s`,
+  (the figure mem_mb was checked against, shown everywhere and compared with a baseline),
+  `peak_own_memory_bytes` (the same figure), `memory_method` (cgroup-v2, cgroup-v1, smaps or
+  rss: docs/memory.md), optional `memory_note` (why not a cgroup, or what could not be
+  attributed), `page_cache_bytes` (cgroup methods: page cache, never charged),
+  `shm_files_left` and `shm_not_removed` (what the test left in /dev/shm, and what
+  --taichi-limits-clean-shm kept, with why), `peak_own_rss_bytes`, `kernel_own_rss_bytes`,
+  `peak_rss_bytes`, `start_rss_bytes`, `peak_vms_bytes`, `cpu_s`,
   `wall_s`, `gpu_peak_bytes` (null when not measured) and `gpu_note` (why), `gpu_clamps` (what
   the gpu_gb cap took from ti.init calls), `budget` (the limits in force, null = off; mem_mb in
   MiB, gpu_gb in GiB), `pid`, `started_at` (Unix time), `mode` (fork/reimport/spawn), `arch`
@@ -150,6 +154,9 @@ _RECORD_SCHEMA: dict[str, Any] = {
         "worker_test_number": {"type": "integer", "minimum": 1},
         "admission": {"type": ["object", "null"]},
         "shm_files_left": {"type": "array", "items": _STRING},
+        "shm_not_removed": {"type": "array", "items": _STRING},
+        "memory_note": _STRING,
+        "page_cache_bytes": {"type": ["integer", "null"], "minimum": 0},
         "violation": {
             "type": ["object", "null"],
             "required": [

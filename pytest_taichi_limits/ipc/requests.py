@@ -47,3 +47,5 @@ class WorkerRequest:
     invocation_dir: str
     settings: Settings
     env: dict[str, str]  # set before collection (the device admission chose)
+    #: the worker's memory cgroup: it moves itself in first thing (measure/cgroup.py)
+    cgroup_procs: str | None = None

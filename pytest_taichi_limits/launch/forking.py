@@ -54,8 +54,9 @@ class LaunchError(RuntimeError):
 class ForkLaunch:
     """A keeper and, below it, a forked child that runs `body`: implements supervisor.Launched.
 
-    `cgroup_procs`: a cgroup v2 `cgroup.procs` the keeper moves itself into first, so that the
-    child and everything it starts are born in it (measure/cgroup.py).
+    `cgroup_procs`: the worker's memory cgroup's `cgroup.procs` (v1 or v2) the keeper moves
+    itself into before it forks, so that the child and everything it starts are born in it
+    (measure/cgroup.py).
     """
 
     def __init__(self, body: ChildBody, cgroup_procs: str | None = None) -> None:
@@ -166,7 +167,7 @@ def _keep(
             with open(cgroup_procs, "w") as handle:
                 handle.write("0")
         except OSError:
-            pass  # the parent sees the cgroup empty and measures through /proc instead
+            pass  # the parent finds the child outside it and measures by smaps instead
     keeper_pid = os.getpid()
     pid = os.fork()
     if pid == 0:

@@ -17,7 +17,6 @@ import contextlib
 import functools
 import os
 import shutil
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
@@ -29,6 +28,7 @@ from ..config.budget import Budget
 from ..config.settings import BUDGET_KEY, LEAK_ROUNDS_KEY, Settings
 from ..ipc.requests import WorkerRequest, fingerprint
 from ..measure import cgroup
+from ..measure.meter import MemoryMethod, MemoryPlan, MeterError, choose, memory_for
 from ..model.records import Admitted, RunResult
 from ..supervise.supervisor import STOP_TIMEOUT_S, Worker, WorkerGone
 from ..taichi_support import reinit
@@ -69,6 +69,10 @@ class Runner:
         self._worker_env: dict[str, str] = {}
         self._worker_items: list[pytest.Item] = []
         self._cgroup: cgroup.TestCgroup | None = None  # the current worker's, where writable
+        self._cgroups_made = 0
+        #: how memory is measured (measure/meter.py); chosen by `choose_memory`, in the
+        #: process that launches workers, before any test runs
+        self.memory_plan: MemoryPlan | None = None
         self._zygote: Zygote | None = None
         self._cuda: str | None = None
         self._temp_dir: str | None = None
@@ -78,6 +82,18 @@ class Runner:
         self._plain_left: set[str] = set()
         self._kept: str | None = None  # keeps_taichi_state(), while _kept_known
         self._kept_known = False
+
+    def choose_memory(self) -> MemoryPlan:
+        """The memory method of this run (--taichi-limits-memory-method), once, before any
+        test: cgroups of earlier sessions whose pytest is gone are swept away first."""
+        if self.memory_plan is None:
+            try:
+                self.memory_plan = choose(self.settings.memory_method)
+            except MeterError as error:
+                raise pytest.UsageError(str(error)) from None
+            if self.memory_plan.support is not None:
+                cgroup.sweep_stale(self.memory_plan.support.parent)
+        return self.memory_plan
 
     # -- after collection -------------------------------------------------------------------
 
@@ -294,24 +310,56 @@ class Runner:
             ]
             self._worker_items = self._worker_items[self._worker_items.index(item) :]
         launched: ForkLaunch | SpawnLaunch
+        why_not = self._new_cgroup()
+        procs = None if self._cgroup is None else self._cgroup.procs_file()
         if key.mode == "spawn":
-            launched = self._spawn(self._request(self._worker_items, env))
+            try:
+                launched = self._spawn(self._request(self._worker_items, env, procs))
+            except SpawnError:
+                self._close_cgroup()
+                raise
         else:
             # A forked child of a process holding a Taichi program hangs: reset it here, and
             # let the child (and a plain test here) replay the init lazily.
             reinit.reset_for_fork(self.recorder.last_init)
-            self._cgroup = _new_cgroup()
-            procs = None if self._cgroup is None else self._cgroup.procs_file()
             try:
                 with _environment(env):  # the child inherits it at the fork
                     launched = ForkLaunch(self._fork_body(key), procs)
             except LaunchError as error:
                 self._close_cgroup()
                 raise SpawnError(str(error)) from None
-            self._cgroup = _joined(self._cgroup, launched.pid)
-        self._worker = Worker(launched, self.settings, key.mode, self._cgroup)
+        why_not = why_not or self._check_joined(launched.pid)
+        self._worker = Worker(launched, self.settings, key.mode, self._memory(launched, why_not))
         self._worker_key = key
         self._worker_env = env
+
+    def _new_cgroup(self) -> str:
+        """A memory cgroup of its own for the next worker, where this run measures by
+        cgroup; "" when made (or not wanted), else why it could not be made."""
+        plan = self.choose_memory()
+        if plan.support is None:
+            return ""
+        self._cgroups_made += 1
+        try:
+            self._cgroup = cgroup.TestCgroup.create(
+                plan.support, cgroup.cgroup_name(self._cgroups_made)
+            )
+        except OSError as error:
+            return f"the worker's memory cgroup could not be made ({error}): smaps instead"
+        return ""
+
+    def _check_joined(self, pid: int) -> str:
+        """Whether the worker is in its cgroup (its keeper moved itself in before it forked
+        it); "" when it is, else why the worker is measured by smaps instead."""
+        if self._cgroup is None or pid in self._cgroup.pids():
+            return ""
+        self._close_cgroup()
+        return "the worker could not join its memory cgroup: smaps instead"
+
+    def _memory(self, launched: ForkLaunch | SpawnLaunch, why_not: str) -> MemoryMethod:
+        return memory_for(
+            launched.origin_pid, launched.keeper_pid, self.memory_plan, self._cgroup, why_not
+        )
 
     def _fork_body(self, key: Key) -> ChildBody:
         if key.mode == "fork":
@@ -325,10 +373,13 @@ class Runner:
                 )
 
             return run_items
+        # (the keeper moved itself into the worker's cgroup: the worker is born inside)
         request = self._request(self._worker_items, {})
         return functools.partial(reimport_worker, request, startplan.project_modules())
 
-    def _request(self, items: list[pytest.Item], env: dict[str, str]) -> WorkerRequest:
+    def _request(
+        self, items: list[pytest.Item], env: dict[str, str], cgroup_procs: str | None = None
+    ) -> WorkerRequest:
         args, options = worker_args(self.config)
         self._count += 1
         files = list(dict.fromkeys(str(item.path) for item in items))
@@ -340,6 +391,7 @@ class Runner:
             invocation_dir=str(self.config.invocation_params.dir),
             settings=self.settings,
             env=env,
+            cgroup_procs=cgroup_procs,
         )
 
     def _spawn(self, request: WorkerRequest) -> SpawnLaunch:
@@ -383,8 +435,11 @@ class Runner:
 
     def _close_cgroup(self) -> None:
         if self._cgroup is not None:
-            self._cgroup.kill()  # whatever of the test is left, wherever it was re-parented
-            self._cgroup.remove()
+            # Whatever of the test is left, wherever it was re-parented: killed, then the
+            # cgroup removed (a deadline each; what a SIGKILL of pytest leaves, the next
+            # session's sweep removes).
+            self._cgroup.kill()
+            self._cgroup.remove(cgroup.REMOVE_DEADLINE_S)
             self._cgroup = None
 
     def _close_zygote(self) -> None:
@@ -398,35 +453,6 @@ class Runner:
         if self._temp_dir is not None:
             shutil.rmtree(self._temp_dir, ignore_errors=True)
             self._temp_dir = None
-
-
-@functools.cache
-def _cgroup_support() -> cgroup.CgroupSupport | str:
-    return cgroup.detect()
-
-
-def _new_cgroup() -> cgroup.TestCgroup | None:
-    """A cgroup v2 of its own for the next worker, where this machine has a writable one."""
-    support = _cgroup_support()
-    if isinstance(support, str):
-        return None
-    try:
-        return cgroup.TestCgroup.create(support, f"taichi-limits-{os.getpid()}-{time.time_ns()}")
-    except OSError:
-        return None
-
-
-def _joined(test_cgroup: cgroup.TestCgroup | None, pid: int) -> cgroup.TestCgroup | None:
-    """The cgroup, if the worker is in it (its keeper moved itself there before forking)."""
-    if test_cgroup is None:
-        return None
-    if pid not in test_cgroup.pids():
-        try:
-            test_cgroup.add(pid)
-        except OSError:
-            test_cgroup.remove()
-            return None
-    return test_cgroup
 
 
 def _conftest_paths(config: pytest.Config) -> list[str]:

@@ -68,6 +68,29 @@ def read_proc(path: str, size: int = 1 << 16) -> bytes | None:
         os.close(fd)
 
 
+def read_proc_all(path: str, limit: int = 1 << 24) -> bytes | None:
+    """A /proc file that may be longer than one read returns (maps: a page per read), up to
+    `limit` bytes; None when it cannot be read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while size < limit:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
 @dataclass
 class TreeSample:
     rss_bytes: int = 0
@@ -83,6 +106,19 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 def start_ticks(stat: bytes) -> int:
     """Field 22 of /proc/<pid>/stat: when the process started, in clock ticks after boot."""
     return int(stat[stat.rindex(b")") + 2 :].split()[19])
+
+
+def process_cpu_s(pid: int) -> float:
+    """One process's CPU time, its reaped children's included (utime stime cutime cstime): what
+    wait4 will say when it ends; 0.0 when it cannot be read."""
+    stat = read_proc(f"/proc/{pid}/stat", 1024)
+    if not stat:
+        return 0.0
+    try:
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        return sum(int(fields[index]) for index in (11, 12, 13, 14)) / _CLOCK_TICKS
+    except (ValueError, IndexError):
+        return 0.0
 
 
 def _add_figures(statm_text: bytes, stat: bytes, into: TreeSample) -> bool:

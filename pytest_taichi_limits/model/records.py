@@ -35,6 +35,10 @@ NO_TAICHI = "not initialised"
 
 UNITS = {"cpu_s": "s", "wall_s": "s", "mem_mb": "MiB", "gpu_gb": "GiB", "leak_mb": "MiB/round"}
 
+#: How a record's memory figure was measured (`memory_method`), docs/memory.md: the worker's
+#: memory cgroup, /proc/<pid>/smaps_rollup, or (neither readable) the tree's RSS growth.
+MEMORY_METHODS = ("cgroup-v2", "cgroup-v1", "smaps", "rss", "not measured")
+
 #: Every outcome a record can have: pytest's own words, and "interrupted" for a test that stopped
 #: the session (pytest.exit, KeyboardInterrupt) before it finished: never "passed".
 OUTCOMES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed", "interrupted")
@@ -147,10 +151,15 @@ class Usage:
     samples: int
     budget: Budget
     mode: str  # "fork" or "spawn"
-    #: The figure mem_mb is checked against: the peak of what the test made the machine hold,
-    #: measured as memory_method says.
+    #: The figure mem_mb is checked against and every report shows: the peak of what the test
+    #: made the machine hold, measured as memory_method says (docs/memory.md).
     peak_own_memory_bytes: int
-    memory_method: str  # "smaps", "cgroup" or "rss" (measure/memory.py)
+    memory_method: str  # one of MEMORY_METHODS
+    #: why this method where it is not a cgroup, or what it could not attribute ("": nothing)
+    memory_note: str = ""
+    #: file pages charged to the test's cgroup at its end: reported apart, never in the figure
+    #: (None: not a cgroup method)
+    page_cache_bytes: int | None = None
     ending: Ending | None = None
     worker_pid: int = 0  # the supervised child (or spawn-mode worker) that ran the test
     worker_test_number: int = 1  # 1 for its first test; more where a child runs several
@@ -160,7 +169,9 @@ class Usage:
     #: what admission reserved and how long the test waited for it; None when admission is off
     admission: Admitted | None = None
     timeline: Mapping[str, Any] | None = None  # timeline.Timeline.to_json(): for the reports
-    shm_files_left: tuple[str, ...] = ()  # what the test created in /dev/shm and left there
+    shm_files_left: tuple[str, ...] = ()  # what the test made in /dev/shm and left there
+    #: --taichi-limits-clean-shm: "path (why)" for each new /dev/shm entry that was kept
+    shm_not_removed: tuple[str, ...] = ()
     leaks: Leaks | None = None  # leak hunting's rounds and verdict (model/leaks.py); None: off
 
     @property
@@ -169,9 +180,9 @@ class Usage:
 
     @property
     def own_memory_bytes(self) -> int:
-        """The test's own memory as every output shows it: the measured peak, or the kernel's
-        exact peak growth where that is larger (a peak can fall between two samples)."""
-        return max(self.peak_own_memory_bytes, self.kernel_own_rss_bytes)
+        """The test's own memory as every output shows it: `peak_own_memory_bytes`, one figure
+        (the supervisor folds the kernel's exact peak into it where the method allows)."""
+        return self.peak_own_memory_bytes
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON values (the --taichi-limits-log line, the logger's extra)."""
@@ -180,6 +191,7 @@ class Usage:
         data["ending"] = None if self.ending is None else self.ending.describe
         data["gpu_clamps"] = list(self.gpu_clamps)
         data["shm_files_left"] = list(self.shm_files_left)
+        data["shm_not_removed"] = list(self.shm_not_removed)
         data["kernel_own_rss_bytes"] = self.kernel_own_rss_bytes
         data["own_memory_bytes"] = self.own_memory_bytes
         data["admission"] = None if self.admission is None else self.admission.to_json()
@@ -386,9 +398,12 @@ class UsageRecord:
 
     nodeid: str
     outcome: str  # one of OUTCOMES
-    own_memory_bytes: int  # max(peak_own_memory_bytes, kernel_own_rss_bytes): compared, shown
-    peak_own_memory_bytes: int  # the figure mem_mb was checked against during the run
-    memory_method: str  # how peak_own_memory_bytes was measured: "smaps", "cgroup", "rss"
+    #: the test's memory figure: what mem_mb was checked against, what every report shows
+    #: and what a baseline compares (the same value as peak_own_memory_bytes: both names are
+    #: in the JSON report since version 2)
+    own_memory_bytes: int
+    peak_own_memory_bytes: int
+    memory_method: str  # how it was measured: one of MEMORY_METHODS
     peak_own_rss_bytes: int  # peak RSS of the process tree above its starting RSS (sampled)
     kernel_own_rss_bytes: int  # ru_maxrss of the child minus its starting RSS (exact)
     peak_rss_bytes: int  # absolute peak RSS of the tree
@@ -410,7 +425,10 @@ class UsageRecord:
     worker_test_number: int = 1  # 1 for the first test that child ran, 2 for the next, ...
     admission: Admitted | None = None  # admission's reservation and wait, if it was on
     timeline: Mapping[str, Any] | None = None  # model/timeline.py: what the supervisor sampled
-    shm_files_left: tuple[str, ...] = ()  # what the test created in /dev/shm and left there
+    shm_files_left: tuple[str, ...] = ()  # what the test made in /dev/shm and left there
+    memory_note: str = ""  # why this memory method, or what it could not attribute
+    page_cache_bytes: int | None = None  # cgroup methods: page cache, never charged
+    shm_not_removed: tuple[str, ...] = ()  # --taichi-limits-clean-shm: "path (why)" kept
     ending: Ending | None = None  # how the test's process ended, where it ended with the test
     #: Why a failed test failed, in one line: the assertion's first line, the crash, the budget
     #: it went over, why it could not start. "" for a test that did not fail.
@@ -542,6 +560,7 @@ class UsageRecord:
         data["admission"] = None if self.admission is None else self.admission.to_json()
         data["timeline"] = None if self.timeline is None else dict(self.timeline)
         data["shm_files_left"] = list(self.shm_files_left)
+        data["shm_not_removed"] = list(self.shm_not_removed)
         data["ending"] = None if self.ending is None else self.ending.describe
         data["leaks"] = None if self.leaks is None else self.leaks.to_json()
         return data
@@ -597,6 +616,9 @@ class UsageRecord:
                 else Admitted.from_json(fields["admission"], where),
                 timeline=_timeline(fields, where),
                 shm_files_left=_texts(fields, "shm_files_left", where),
+                memory_note=_text(fields, "memory_note", where) if "memory_note" in fields else "",
+                page_cache_bytes=_optional_integer(fields, "page_cache_bytes", where),
+                shm_not_removed=_texts(fields, "shm_not_removed", where),
                 ending=None if ending is None else Ending.from_text(_text(fields, "ending", where)),
                 reason=_text(fields, "reason", where) if "reason" in fields else "",
                 started=_flag(fields, "started", where, default=True),
@@ -681,6 +703,11 @@ def _leaks(fields: Mapping[str, Any], where: str) -> Leaks | None:
         return Leaks.from_json(fields["leaks"])
     except LeakRecordError as error:
         raise RecordError(f"{where}: {error}") from None
+
+
+def _optional_integer(fields: Mapping[str, Any], name: str, where: str) -> int | None:
+    """An optional whole number (absent or null in a report written without it)."""
+    return None if fields.get(name) is None else _integer(fields, name, where)
 
 
 def _texts(fields: Mapping[str, Any], name: str, where: str) -> tuple[str, ...]:

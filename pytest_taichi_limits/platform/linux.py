@@ -12,6 +12,7 @@ from typing import Any
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
+_FALLOC_FL_KEEP_SIZE = 1
 
 
 @lru_cache(maxsize=1)
@@ -31,6 +32,17 @@ def set_child_subreaper(enabled: bool) -> bool:
 def set_parent_death_signal(signum: int) -> bool:
     libc = _libc()
     return libc is not None and libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0) == 0
+
+
+def preallocate(fd: int, size: int) -> bool:
+    """Allocate a file's pages up to `size` without changing its size (fallocate with
+    FALLOC_FL_KEEP_SIZE): the pages are charged to this process's memory cgroup, so a writer
+    in another cgroup that is at its limit can still fill them."""
+    libc = _libc()
+    if libc is None:
+        return False
+    done = libc.fallocate(fd, _FALLOC_FL_KEEP_SIZE, ctypes.c_long(0), ctypes.c_long(size))
+    return bool(done == 0)
 
 
 def enlarge_pipe(fd: int, size: int = 1 << 20) -> None:

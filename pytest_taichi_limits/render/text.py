@@ -58,6 +58,10 @@ class Figures(Protocol):
     @property
     def shm_files_left(self) -> tuple[str, ...]: ...
     @property
+    def shm_not_removed(self) -> tuple[str, ...]: ...
+    @property
+    def page_cache_bytes(self) -> int | None: ...
+    @property
     def arch(self) -> str: ...
     @property
     def mode(self) -> str: ...
@@ -98,6 +102,8 @@ def gpu_cap_lines(usage: Figures) -> list[str]:
             f"left in /dev/shm (memory the machine still holds; "
             f"--taichi-limits-clean-shm removes it): {', '.join(usage.shm_files_left)}"
         )
+    if usage.shm_not_removed:
+        lines.append(f"kept in /dev/shm: {', '.join(usage.shm_not_removed)}")
     return lines
 
 
@@ -115,6 +121,8 @@ def clamp_note(note: str, arch: str) -> str:
 
 def usage_line(usage: Figures) -> str:
     kernel = f"kernel peak +{human_bytes(usage.kernel_own_rss_bytes)}"
+    if usage.page_cache_bytes is not None:  # a cgroup: its page cache is said, never charged
+        kernel = f"page cache +{human_bytes(usage.page_cache_bytes)}, not charged"
     if usage.peak_rss_bytes:
         sampled = (
             f"own memory +{human_bytes(usage.peak_own_memory_bytes)} "
@@ -234,6 +242,13 @@ def violation_headline(violation: Violation) -> str:
     )
 
 
+def _labelled(line: str) -> str:
+    """A line of gpu_cap_lines under its label in a report: a clamp, or /dev/shm's."""
+    if line.startswith("GPU cap: "):
+        return f"  gpu cap     {line[len('GPU cap: ') :]}"
+    return f"  /dev/shm    {line}"
+
+
 def violation_report(violation: Violation, usage: Figures) -> str:
     if violation.resource == leak_text.RESOURCE and usage.leaks is not None:
         return _leak_report(violation, usage, usage.leaks)
@@ -247,7 +262,7 @@ def violation_report(violation: Violation, usage: Figures) -> str:
         lines.append(f"  detail      {violation.detail}")
     lines += [
         f"  peak usage  {usage_line(usage)}",
-        *[f"  gpu cap     {line[len('GPU cap: ') :]}" for line in gpu_cap_lines(usage)],
+        *[_labelled(line) for line in gpu_cap_lines(usage)],
         # a leak that broke a budget in round 7: the rounds so far
         *([] if usage.leaks is None else leak_text.report_lines(usage.leaks)),
         f"  budget      {budget_text(usage.budget)}",

@@ -15,7 +15,7 @@ import select
 import signal
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -38,12 +38,9 @@ from ..ipc.protocol import (
     StopCommand,
     encode_command,
 )
-from ..measure import cgroup, gpu, memory
-from ..measure.proctree import (
-    ProcessTree,
-    TreeSample,
-    send_signal,
-)
+from ..measure import gpu, shm
+from ..measure.meter import MemoryMethod, Meter, SmapsMemory, Tick
+from ..measure.proctree import process_cpu_s, send_signal
 from ..model.leaks import Leaks
 from ..model.records import Admitted, Crash, Ending, RunResult, Usage, Violation
 from ..model.timeline import Timeline
@@ -69,6 +66,8 @@ __all__ = [
     "stack_file",
 ]
 
+#: Pages of the stack file allocated by the parent before the child writes its stacks.
+STACK_FILE_BYTES = 1 << 20
 #: How long the parent waits for faulthandler to write the child's stacks.
 _STACK_WAIT_S = 0.25
 _STACK_POLL_S = 0.001
@@ -151,13 +150,15 @@ class _Figures:
     leaving) is not the test's work."""
 
     wall_s: float
+    cpu_s: float  # from the test's own start (Worker._cpu_s)
     peaks: _Peaks  # a copy: the watch goes on updating its own
     kernel_peak_bytes: int
-    own_memory_bytes: int
+    own_memory_bytes: int  # the one figure: the verdict's, every report's, the chart's top
     memory_method: str
+    memory_note: str
+    page_cache_bytes: int | None
     timeline: Mapping[str, Any]
     ending: Ending | None
-    exit_cpu_s: float  # the child's CPU time from wait4 when its whole life was this test
 
 
 @dataclass
@@ -168,11 +169,11 @@ class _TestStart:
     monotonic: float
     rss_bytes: int  # RSS of the child when the test started (measured here, not told)
     cpu_s: float  # CPU time of the tree when the test started
+    child_cpu_s: float  # the child's own CPU time (its reaped children's included) then
     gpu_bytes: int  # GPU memory of the tree when the test started
     first_message: int  # index of the first message that belongs to this test
     tests_before: int  # tests this child ran before this one
-    mem: memory.MemoryWatch  # the test's own memory (measure/memory.py)
-    shm_before: frozenset[tuple[str, int]]  # what /dev/shm held when the test started
+    shm_before: dict[str, shm.FileKey]  # what /dev/shm held when the test started
     #: the last test of its child: its figures when it was over (`done`, the child waiting);
     #: its budget still holds until the child has exited
     at_done: _Figures | None = None
@@ -199,24 +200,26 @@ class Worker:
         child: Launched,
         settings: Settings,
         mode: str,
-        test_cgroup: cgroup.TestCgroup | None = None,
+        memory: MemoryMethod | None = None,
     ) -> None:
         self.child = child
-        # the worker's own cgroup v2 (measure/cgroup.py), where writable
-        self.test_cgroup = test_cgroup
         self.settings = settings
         self.mode = mode
-        self.tree = ProcessTree(child.keeper_pid, include_root=False)
+        # Everything measured of this worker, by the memory method in force (measure/meter.py)
+        self.meter = Meter(
+            child.keeper_pid,
+            child.pid,
+            memory or SmapsMemory(child.origin_pid, child.keeper_pid),
+        )
+        self.tree = self.meter.tree
         self.reader = ChannelReader(child.channel_fd)
-        self.gpu_probe = gpu.probe_for(child.pid)
-        if isinstance(self.gpu_probe, gpu.NvmlProbe):  # orphans below the keeper count too
-            tree = self.tree
-            self.gpu_probe.pids = lambda _root: tree.pids()
         self.exit_info: ExitInfo | None = None
+        #: what /dev/shm held when this worker started (--taichi-limits-clean-shm)
+        self._shm_at_start = shm.entries() if settings.clean_shm else {}
         self.tests_run = 0
         self._terminate = TerminateInOrder()
-        self._sample = TreeSample()
         self._closed = False
+        self._escaped: int | None = None  # a test process that left the worker's cgroup
         self._ready = False
         self._next_message = 0  # the first message that belongs to the next test
         self._fixtures_up: tuple[str, ...] = ()  # the child's last word on them (Fixtures)
@@ -336,7 +339,7 @@ class Worker:
         self._send(encode_command(command))
         peaks = _Peaks(rss_bytes=start.rss_bytes, cpu_s=start.cpu_s)
         violation, finished = self._watch(start, peaks, Done, last=next_index is None)
-        return self._result(start, peaks, violation, finished, admission)
+        return self._result(start, peaks, violation, finished, admission, next_index is None)
 
     def _send(self, command: bytes) -> None:
         try:
@@ -347,27 +350,24 @@ class Worker:
     def _begin(self, nodeid: str, budget: Budget, exact: bool = True) -> _TestStart:
         """The parent's own figures at the start, read while the child is idle (waiting for
         its command): never the child's word for them."""
-        self.tree.sample(self._sample)
+        now = time.monotonic()
+        tick = self.meter.begin(budget.mem_bytes, now, exact)
         linux.reset_peak_rss(self.child.pid)
         # What a child holds on the GPU before its first test is that test's (a fresh child
         # holds nothing; a fresh interpreter's module import is charged to its first test).
-        gpu_start = self.gpu_probe.sample() or 0 if self.tests_run else 0
-        mem = memory.MemoryWatch.start_for(
-            self.child.origin_pid, self.child.keeper_pid, budget.mem_bytes, self.test_cgroup, exact
-        )
-        mem.begin(self.child.pid, self.tree, self._sample, time.monotonic())
+        gpu_start = self.meter.gpu_now() or 0 if self.tests_run else 0
         return _TestStart(
             nodeid,
             budget,
             time.time(),
-            time.monotonic(),
+            now,
             linux.rss_bytes(self.child.pid),
-            self._sample.cpu_s,
+            tick.cpu_s,
+            process_cpu_s(self.child.pid),
             gpu_start,
             self._next_message,
             self.tests_run,
-            mem,
-            memory.shm_entries(),
+            shm.entries(),
         )
 
     def _watch(
@@ -380,11 +380,13 @@ class Worker:
         sees (in /proc) the child's main thread wait on the control socket for its next command.
         The `last` test of a child is over when the child has exited: it is asked to stop then,
         and the budget holds until it is gone, while its figures are those of that moment."""
-        child, reader, sample = self.child, self.reader, self._sample
+        child, reader, meter = self.child, self.reader, self.meter
         # The child rings the control socket after `ready` and `done`: those wake the loop at
         # once. Other messages wake it at most once per interval (each wake-up costs the parent
         # about 0.2 ms of CPU; the 1 MiB pipe holds what the child writes meanwhile).
-        always = [fd for fd in (child.control_fd, child.wait_fd()) if fd is not None]
+        # The kernel's cap (a cgroup) wakes it too: the test's tasks wait there for their stack.
+        cap_fd = meter.memory.cap_event_fd()
+        always = [fd for fd in (child.control_fd, child.wait_fd(), cap_fd) if fd is not None]
         with_channel = [child.channel_fd, *always]
         progress = _Progress(start.first_message, until, start.nodeid)
         sampled_at = heard_at = -math.inf
@@ -404,6 +406,10 @@ class Worker:
                 heard_at = time.monotonic()
             if child.control_fd in ready:
                 _take_bells(child.control_fd)
+            capped = False
+            if cap_fd is not None and cap_fd in ready:
+                capped = True
+                _take_bells(cap_fd)  # the eventfd's count; the tick below reads the cap
             reader.drain()
             progress.update(reader.messages)
             now = time.monotonic()
@@ -417,23 +423,15 @@ class Worker:
             if back:
                 reader.drain()  # what it wrote before it began to wait is all this test's
                 progress.update(reader.messages)
-            if back or not ready or now - sampled_at >= self.settings.interval_s:
-                self.tree.sample(sample)
-                peaks.take(sample, self.gpu_probe)
-                mem = start.mem
-                if back or mem.due(sample, now):
-                    # Back in the plugin's hands, the child is idle: the exact figure of the
-                    # finished test.
-                    mem.exact(self.tree, sample, now)
-                own_bytes = mem.estimate(sample)  # where only RSS can be read, this keeps its peak
-                if sample.processes:  # the report's timeline (model/timeline.py)
-                    peaks.timeline.add(
-                        now - start.monotonic,
-                        own_bytes,
-                        sample.cpu_s - start.cpu_s,
-                        peaks.gpu_own(start.gpu_bytes),
-                    )
+            if back or not ready or capped or now - sampled_at >= self.settings.interval_s:
+                # Back in the plugin's hands, the child is idle: the exact figure of the
+                # finished test.
+                peaks.take(meter.sample(now, settle=back), start)
+                self._escaped = self._escaped or meter.memory.escaped(self.tree)
                 sampled_at = now
+            if self._escaped is not None:  # out of the figure's reach: stopped, and said so
+                self._stop_tree()
+                return None, False
             violation = self._check(start, peaks, progress.phase, start.round_elapsed_s(now))
             if violation is not None:
                 self._stop_tree()
@@ -442,9 +440,9 @@ class Worker:
                 if not last:
                     return None, True
                 # Its last test: what the child does until it has exited is still that test's.
-                start.at_done = self._figures(
-                    start, peaks, linux.peak_rss_bytes(self.child.pid), None
-                )
+                if shm.new_entries(start.shm_before):  # looked at while its processes are there
+                    meter.observe_shm()
+                start.at_done = self._figures(start, peaks, True, None)
                 holding, held_at = True, now
                 self._send(_STOP)
             if reader.overflowed and not overflow_stopped:
@@ -474,25 +472,17 @@ class Worker:
         if not rounds.pending or not self._waits_for_command():
             return False
         self.reader.drain()
-        sample = self._sample
-        self.tree.sample(sample)
-        peaks.take(sample, self.gpu_probe)
-        rounds.take(
-            now,
-            sample.cpu_s,
-            self._exact_own_bytes(start, now),
-            peaks.gpu_own(start.gpu_bytes),
-            self.child.pid,
-            sample.processes,
-        )
+        tick = self._exact_reading(now)
+        peaks.take(tick, start)
+        gpu_own = None if tick.gpu_bytes is None else max(0, tick.gpu_bytes - start.gpu_bytes)
+        rounds.take(now, tick.cpu_s, tick.own_memory_bytes, gpu_own, self.child.pid, tick.processes)
         self._send(encode_command(NextRoundCommand()))
         return True
 
-    def _exact_own_bytes(self, start: _TestStart, now: float) -> int:
-        """The test's own memory now, exactly (the child idle): leak hunting's reading after
-        each round, by the method in force."""
-        start.mem.exact(self.tree, self._sample, now)
-        return start.mem.verdict_bytes(self._sample)
+    def _exact_reading(self, now: float) -> Tick:
+        """The figures now, the test's memory exact (the child idle): leak hunting's reading
+        after each round, by the memory method in force (measure/meter.py)."""
+        return self.meter.sample(now, settle=True)
 
     def _waits_for_command(self) -> bool:
         """Whether the child's main thread waits on the control socket, as the kernel shows it:
@@ -508,22 +498,21 @@ class Worker:
 
     def _next_sleep(self, start: _TestStart, peaks: _Peaks, elapsed_s: float) -> float:
         """A quarter of the shortest time in which any limit could be reached, within bounds."""
-        budget = start.budget
+        budget, tick, memory = start.budget, self.meter.tick, self.meter.memory
         headroom_s = _MAX_SLEEP_S * 4
-        if budget.mem_bytes is not None and start.mem.started:
+        if budget.mem_bytes is not None and memory.started:
             headroom_s = min(
                 headroom_s,
-                (budget.mem_bytes - start.mem.estimate(self._sample))
-                / _WORST_RSS_GROWTH_BYTES_PER_S,
+                (budget.mem_bytes - memory.estimate(tick)) / _WORST_RSS_GROWTH_BYTES_PER_S,
             )
         if budget.cpu_s is not None:
             headroom_s = min(
-                headroom_s, (budget.cpu_s - start.round_cpu_s(self._sample.cpu_s)) / _CPU_COUNT
+                headroom_s, (budget.cpu_s - start.round_cpu_s(tick.cpu_s)) / _CPU_COUNT
             )
         # No safe growth rate to assume for GPU memory. Without NVML nothing is sampled for it
         # (the ti.init cap still holds), so gpu_gb alone must not make the loop spin: at 0.01 s
         # that cost 2.8 % of a core per test on CPU-only CI (benchmarks/bench_supervisor_cost.py).
-        if budget.gpu_gb is not None and isinstance(self.gpu_probe, gpu.NvmlProbe):
+        if budget.gpu_gb is not None and isinstance(self.meter.gpu, gpu.NvmlProbe):
             headroom_s = 0.0
         sleep_s = min(_MAX_SLEEP_S, max(self.settings.interval_s, headroom_s / 4))
         if budget.wall_s is not None:  # the wall-clock deadline is known exactly
@@ -533,16 +522,26 @@ class Worker:
     def _check(
         self, start: _TestStart, peaks: _Peaks, phase: str, elapsed_s: float
     ) -> Violation | None:
-        budget, sample, mem = start.budget, self._sample, start.mem
-        cpu_s = start.round_cpu_s(sample.cpu_s)
-        if budget.mem_bytes is not None and mem.over(budget.mem_bytes, sample):
+        budget, tick, memory = start.budget, self.meter.tick, self.meter.memory
+        cpu_s = start.round_cpu_s(tick.cpu_s)
+        if budget.mem_bytes is not None and memory.held_at_cap():
             return self._violate(
                 start,
                 "mem_mb",
                 budget.mem_mb,
-                mem.verdict_bytes(sample) / MIB,
+                memory.own_bytes / MIB,
                 phase,
-                f"supervisor ({mem.describe()}, sampled)",
+                f"kernel (the test's memory cgroup reached its cap, a little above mem_mb, and "
+                f"held the test there) and supervisor ({memory.describe()})",
+            )
+        if budget.mem_bytes is not None and self.meter.over_memory(budget.mem_bytes):
+            return self._violate(
+                start,
+                "mem_mb",
+                budget.mem_mb,
+                memory.own_bytes / MIB,
+                phase,
+                f"supervisor ({memory.describe()}, sampled)",
             )
         if budget.cpu_s is not None and cpu_s > budget.cpu_s:
             detected = "supervisor (CPU time of the process tree, sampled)"
@@ -553,7 +552,7 @@ class Worker:
             return self._violate(
                 start, "wall_s", budget.wall_s, elapsed_s, phase, "supervisor (wall clock)"
             )
-        gpu_now = peaks.gpu_now
+        gpu_now = tick.gpu_bytes
         if (
             budget.gpu_bytes is not None
             and gpu_now is not None
@@ -579,7 +578,11 @@ class Worker:
         detected_by: str,
     ) -> Violation:
         self.tree.remember_tree()
-        stack = _request_stack(self.child)
+        stack = _request_stack(self.child, self.meter.memory.release_reserve)
+        # The figure at the moment it is stopped (an exact reading, whatever the method's
+        # pace): every report of this test shows it, whichever limit was broken.
+        self.meter.sample(time.monotonic(), settle=True)
+        detail = self.meter.memory.cap_detail() if resource_key == "mem_mb" else ""
         return Violation(
             start.nodeid,
             resource_key,
@@ -591,6 +594,7 @@ class Worker:
             time.time(),
             (),
             stack,
+            detail=detail,
         )
 
     def _result(
@@ -600,6 +604,7 @@ class Worker:
         violation: Violation | None,
         finished: bool,
         admission: Admitted | None,
+        worker_ends: bool = True,
     ) -> RunResult:
         messages = self.reader.messages[start.first_message :]
         self._next_message = len(self.reader.messages)
@@ -607,9 +612,12 @@ class Worker:
         if start.at_done is not None and violation is None:
             figures = start.at_done
         else:
-            figures = self._figures(start, peaks, self._peak_rss(start, finished), violation)
+            figures = self._figures(start, peaks, finished, violation)
+        worker_ends = worker_ends or violation is not None or not finished
+        shm_files = self._shm_left(start, worker_ends)
         told = _Told.of(messages, admission)
-        usage = self._usage(start, figures, told, _leaks(start, violation, finished, messages))
+        hunt = _leaks(start, violation, finished, messages)
+        usage = self._usage(start, figures, told, shm_files, hunt)
         result = RunResult(
             messages,
             usage,
@@ -624,6 +632,9 @@ class Worker:
             return result
         if self.exit_info is not None:
             self.tree.kill_survivors()
+        if self._escaped is not None:
+            result.crash = Crash(start.nodeid, _escape_reason(self._escaped), phase, "")
+            return result
         result.violation = verdict.after_the_fact(
             start.nodeid,
             start.budget,
@@ -632,7 +643,8 @@ class Worker:
             self.child.pid,
             phase,
             self.child.stack_fd,
-            start.mem.cgroup_oom_kills(),
+            self.meter.memory.oom_kills(),
+            self.meter.memory.describe(),
             None if start.rounds is None else start.rounds.last_cpu_s(usage.cpu_s, start.cpu_s),
         )
         if result.violation is None:
@@ -650,7 +662,11 @@ class Worker:
             )
         if result.violation is None and result.crash is None and usage.leaks is not None:
             result.violation = leaks.violation(
-                start.nodeid, start.budget, usage.leaks, self.child.pid, start.mem.describe()
+                start.nodeid,
+                start.budget,
+                usage.leaks,
+                self.child.pid,
+                self.meter.memory.describe(),
             )
         return result
 
@@ -662,13 +678,25 @@ class Worker:
                 self._fixtures_up = message.up
         return self._fixtures_up if self.exit_info is not None else ()
 
-    def _shm_left(self, start: _TestStart) -> tuple[str, ...]:
-        """What the test created in /dev/shm and left there (removed with
-        --taichi-limits-clean-shm; listed in its report either way)."""
-        left = memory.files_left(start.shm_before)
-        if left and self.settings.clean_shm:
-            memory.remove_files(left)
-        return left
+    def _shm_left(self, start: _TestStart, worker_ends: bool) -> shm.LeftFiles:
+        """What the test made in /dev/shm and left there (listed in its report): at its end,
+        even for the last test of its child, what its teardown left counts. With
+        --taichi-limits-clean-shm, at the worker's end, what its tests made and no process
+        outside them uses is removed; what cannot be attributed to them is kept and listed."""
+        new = shm.new_entries(start.shm_before)
+        clean = self.settings.clean_shm and worker_ends
+        if not new and not clean:
+            return shm.LeftFiles()
+        if self.exit_info is None:  # the child is idle: what its processes hold, map
+            self.meter.observe_shm()
+        inside = {self.child.pid, self.child.keeper_pid, *self.tree.members()}
+        cgroup_inode = self.meter.memory.cgroup_inode()
+        mine = shm.settle_left(new, self.meter.shm, cgroup_inode, inside, clean=False)
+        if not clean:
+            return mine
+        since_worker_start = shm.new_entries(self._shm_at_start)
+        cleaned = shm.settle_left(since_worker_start, self.meter.shm, cgroup_inode, inside, True)
+        return shm.LeftFiles(mine.left, cleaned.not_removed, mine.unattributed)
 
     def _peak_rss(self, start: _TestStart, finished: bool) -> int:
         """The kernel's exact peak RSS of the child during this test (0: not known)."""
@@ -678,49 +706,73 @@ class Worker:
             return linux.peak_rss_bytes(self.child.pid)
         return 0
 
+    def _cpu_s(self, start: _TestStart, peaks: _Peaks) -> float:
+        """CPU time from the test's own start: the tree's, or the kernel's figure for a child
+        that ended (wait4), less what the child had used before the test began (a worker's
+        import and ti.init, earlier tests)."""
+        sampled_s = peaks.cpu_s - start.cpu_s
+        if self.exit_info is None:
+            return max(0.0, sampled_s)
+        return max(0.0, sampled_s, self.exit_info.cpu_s - start.child_cpu_s)
+
     def _figures(
-        self,
-        start: _TestStart,
-        peaks: _Peaks,
-        kernel_peak_bytes: int,
-        violation: Violation | None,
+        self, start: _TestStart, peaks: _Peaks, finished: bool, violation: Violation | None
     ) -> _Figures:
-        """The test's figures now (`kernel_peak_bytes`: its exact peak RSS; 0: not known)."""
-        exit_info = self.exit_info
+        """The test's figures now: one memory figure (the one the verdict uses), which is also
+        the highest point of its timeline (the last point holds it)."""
+        memory, exit_info = self.meter.memory, self.exit_info
+        kernel_peak_bytes = self._peak_rss(start, finished)
+        own_bytes = memory.final_bytes(max(0, kernel_peak_bytes - start.rss_bytes))
+        wall_s = time.monotonic() - start.monotonic
+        cpu_s = self._cpu_s(start, peaks)
+        gpu_own = None if peaks.gpu_bytes is None else max(0, peaks.gpu_bytes - start.gpu_bytes)
+        peaks.timeline.add(wall_s, own_bytes, cpu_s, gpu_own)
         return _Figures(
-            wall_s=time.monotonic() - start.monotonic,
+            wall_s=wall_s,
+            cpu_s=cpu_s,
             peaks=dataclasses.replace(peaks),
             kernel_peak_bytes=kernel_peak_bytes,
-            own_memory_bytes=start.mem.peak_bytes,
-            memory_method=start.mem.method,
+            own_memory_bytes=own_bytes,
+            memory_method=self.meter.method,
+            memory_note=memory.note,
+            page_cache_bytes=memory.page_cache_bytes(),
             timeline=peaks.timeline.to_json(
                 None if violation is None else violation.at - start.started_at
             ),
             ending=None if exit_info is None else exit_info.ending,
-            exit_cpu_s=exit_info.cpu_s if exit_info and start.tests_before == 0 else 0.0,
         )
 
     def _usage(
-        self, start: _TestStart, figures: _Figures, told: _Told, leak_hunt: Leaks | None = None
+        self,
+        start: _TestStart,
+        figures: _Figures,
+        told: _Told,
+        shm_files: shm.LeftFiles,
+        hunt: Leaks | None = None,
     ) -> Usage:
         """The test's usage, complete: built once, never replaced."""
         peaks = figures.peaks
         gpu_peak = None if peaks.gpu_bytes is None else max(0, peaks.gpu_bytes - start.gpu_bytes)
+        # Without a cgroup, shared memory the test may have made but was not seen holding is
+        # not charged: the record says so (with a cgroup, the kernel knows whose it is).
+        unattributed = "" if self.meter.memory.cgroup_inode() else shm_files.unattributed_note()
         return Usage(
             nodeid=start.nodeid,
             pid=self.child.pid,
             started_at=start.started_at,
             wall_s=figures.wall_s,
-            cpu_s=max(peaks.cpu_s - start.cpu_s, figures.exit_cpu_s),
+            cpu_s=figures.cpu_s,
             start_rss_bytes=start.rss_bytes,
             peak_own_rss_bytes=max(0, peaks.rss_bytes - start.rss_bytes),
             peak_own_memory_bytes=figures.own_memory_bytes,
             memory_method=figures.memory_method,
+            memory_note="; ".join(note for note in (figures.memory_note, unattributed) if note),
+            page_cache_bytes=figures.page_cache_bytes,
             peak_rss_bytes=peaks.rss_bytes,
             peak_vms_bytes=peaks.vms_bytes,
             kernel_maxrss_bytes=figures.kernel_peak_bytes,
             gpu_peak_bytes=gpu_peak,
-            gpu_note=self.gpu_probe.note,
+            gpu_note=self.meter.gpu.note,
             samples=peaks.samples,
             budget=start.budget,
             mode=self.mode,
@@ -732,9 +784,9 @@ class Worker:
             interrupted=told.interrupted,
             admission=told.admission,
             timeline=figures.timeline,
-            # at the end, even for the last test of its child: what its teardown left counts
-            shm_files_left=self._shm_left(start),
-            leaks=leak_hunt,
+            shm_files_left=shm_files.left,
+            shm_not_removed=shm_files.not_removed,
+            leaks=hunt,
         )
 
     # -- ending the child -------------------------------------------------------------------
@@ -757,6 +809,10 @@ class Worker:
             if exit_info is not None and not tree.any_alive():
                 self.exit_info, self._signals_sent = exit_info, ("SIGTERM",)
                 return
+            if self.meter.memory.held_at_cap():
+                # Tasks held at the memory cgroup's cap wait in the kernel: no handler of
+                # theirs can run (their teardown cannot either); the grace would be in vain.
+                break
             time.sleep(min(0.01, grace))
         tree.kill_descendants()
         tree.kill_survivors()
@@ -802,34 +858,39 @@ class Worker:
             return
         self._closed = True
         self.kill()
-        self.tree.close()
+        self.meter.close()
         self.child.close()
 
 
 @dataclass
 class _Peaks:
+    """The highest figures of one test's ticks, and its timeline (model/timeline.py)."""
+
     rss_bytes: int = 0
     vms_bytes: int = 0
     cpu_s: float = 0.0
     gpu_bytes: int | None = None
-    gpu_now: int | None = None
     samples: int = 0
     timeline: Timeline = field(default_factory=Timeline)
 
-    def gpu_own(self, start_bytes: int) -> int | None:
-        """GPU memory of the tree now, above what it held when the test started."""
-        return None if self.gpu_now is None else max(0, self.gpu_now - start_bytes)
-
-    def take(self, sample: TreeSample, gpu_probe: gpu.GpuProbe) -> None:
+    def take(self, tick: Tick, start: _TestStart) -> None:
         self.samples += 1
-        if sample.processes == 0:
+        if tick.processes == 0:
             return
-        self.rss_bytes = max(self.rss_bytes, sample.rss_bytes)
-        self.vms_bytes = max(self.vms_bytes, sample.vms_bytes)
-        self.cpu_s = max(self.cpu_s, sample.cpu_s)
-        self.gpu_now = gpu_probe.sample()
-        if self.gpu_now is not None:
-            self.gpu_bytes = max(self.gpu_bytes or 0, self.gpu_now)
+        self.rss_bytes = max(self.rss_bytes, tick.rss_bytes)
+        self.vms_bytes = max(self.vms_bytes, tick.vms_bytes)
+        self.cpu_s = max(self.cpu_s, tick.cpu_s)
+        gpu_own = None
+        if tick.gpu_bytes is not None:
+            self.gpu_bytes = max(self.gpu_bytes or 0, tick.gpu_bytes)
+            gpu_own = max(0, tick.gpu_bytes - start.gpu_bytes)
+        # The figure itself, never an estimate: the chart's highest point is the report's.
+        self.timeline.add(
+            time.monotonic() - start.monotonic,
+            tick.own_memory_bytes,
+            tick.cpu_s - start.cpu_s,
+            gpu_own,
+        )
 
 
 _Until = type[Ready] | type[Done]
@@ -885,6 +946,14 @@ def _leaks(
     return rounds.verdict(why)
 
 
+def _escape_reason(pid: int) -> str:
+    return (
+        f"taichi_limits: process {pid} of the test left the test's memory cgroup (it wrote to "
+        "another cgroup's cgroup.procs, which root may do): its memory could no longer be "
+        "measured or capped, so the test was stopped"
+    )
+
+
 def _take_bells(control_fd: int) -> None:
     try:
         os.read(control_fd, 4096)
@@ -892,14 +961,20 @@ def _take_bells(control_fd: int) -> None:
         pass  # the child's end is gone: its exit is seen through wait_fd / poll_exit
 
 
-def _request_stack(child: Launched) -> str:
+def _request_stack(child: Launched, release: Callable[[], None]) -> str:
+    """faulthandler's dump of every thread of the child, now. `release` lets tasks the
+    kernel's cap holds run the dump (they wait in the kernel until then)."""
     # Only the stack of this moment: an earlier SIGXCPU dump would be read as part of it.
     os.ftruncate(child.stack_fd, 0)
     os.lseek(child.stack_fd, 0, os.SEEK_SET)  # the offset is shared with the child
+    # The dump's pages are allocated here, charged to this process: a test held at its
+    # memory cgroup's cap could not allocate them, and its dump would be lost.
+    linux.preallocate(child.stack_fd, STACK_FILE_BYTES)
     try:
         os.kill(child.pid, STACK_SIGNAL)
     except ProcessLookupError:
         return read_stack(child.stack_fd)
+    release()
     deadline = time.monotonic() + _STACK_WAIT_S
     size = -1
     unchanged_polls = 0
@@ -924,7 +999,9 @@ def control_pair() -> tuple[int, int]:
 
 def stack_file() -> int:
     if hasattr(os, "memfd_create"):
-        return os.memfd_create("pytest-taichi-limits-stack")
+        fd = os.memfd_create("pytest-taichi-limits-stack")
+        linux.preallocate(fd, STACK_FILE_BYTES)  # a crash dump at the cap has its pages
+        return fd
     import tempfile
 
     with tempfile.TemporaryFile() as handle:  # deleted at once; the duplicate keeps it open

@@ -68,9 +68,11 @@ def after_the_fact(
     phase: str,
     stack_fd: int,
     cgroup_oom_kills: int = 0,
+    memory_described: str = "RSS of the process tree",
     round_cpu_s: float | None = None,
 ) -> Violation | None:
-    """The kernel's own accounting can show a peak that fell between two samples.
+    """The kernel's own accounting can show a peak that fell between two samples; and the test's
+    final memory figure (`usage.own_memory_bytes`, read once it was over) is judged here.
     `round_cpu_s`: for a test run in rounds (leak hunting), the CPU time of the round it ended
     in, which cpu_s holds against (the test's own otherwise)."""
     cpu_s = usage.cpu_s if round_cpu_s is None else round_cpu_s
@@ -95,7 +97,7 @@ def after_the_fact(
             "mem_mb",
             budget.mem_mb,
             usage.own_memory_bytes / MIB,
-            "kernel (the test's cgroup reached memory.max and the OOM killer ran)",
+            "kernel (the test's memory cgroup reached its cap and the OOM killer ran)",
         )
     if (
         budget.cpu_s is not None
@@ -109,12 +111,17 @@ def after_the_fact(
             cpu_s,
             f"kernel (RLIMIT_CPU: {signal_name(ending.signal_number or 0)})",
         )
-    if budget.mem_bytes is not None and usage.kernel_own_rss_bytes > budget.mem_bytes:
+    if budget.mem_bytes is not None and usage.own_memory_bytes > budget.mem_bytes:
+        # The one figure every report shows: where the kernel's peak RSS of the test process
+        # made it, the kernel caught what fell between two samples.
+        by_kernel = usage.own_memory_bytes == usage.kernel_own_rss_bytes
         return late(
             "mem_mb",
             budget.mem_mb,
-            usage.kernel_own_rss_bytes / MIB,
-            "kernel (peak RSS of the test process, between two samples)",
+            usage.own_memory_bytes / MIB,
+            "kernel (peak RSS of the test process, between two samples)"
+            if by_kernel
+            else f"supervisor ({memory_described}, at the test's end)",
         )
     if budget.cpu_s is not None and cpu_s > budget.cpu_s:
         return late(

@@ -332,7 +332,9 @@ def test_fork_storm_is_stopped_and_reaped(
     result.assert_outcomes(failed=1, passed=1)
     result.stdout.fnmatch_lines(
         [
-            "*mem_mb exceeded: * when caught, limit mem_mb=300 *",
+            # (a memory cgroup's cap, which counts the storm's kernel memory too, may hold it
+            # first: "the test needed more than the limit")
+            "*mem_mb exceeded: * limit mem_mb=300*",
             "*signals sent: SIGTERM*",
         ]
     )

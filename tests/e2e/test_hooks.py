@@ -28,7 +28,7 @@ def _append(line):
 
 
 def pytest_taichi_limits_usage(item, usage):
-    _append({"hook": "usage", "nodeid": item.nodeid, "own": usage.peak_own_rss_bytes,
+    _append({"hook": "usage", "nodeid": item.nodeid, "own": usage.own_memory_bytes,
              "wall_s_budget": usage.budget.wall_s})
 
 

@@ -1,4 +1,7 @@
-"""Pure logic of the memory figure and the per-test cgroup (cgroup v2 is faked on disk)."""
+"""Pure logic of the memory figure, the meter and cgroup v2 (faked on disk); /dev/shm attribution.
+
+Real cgroups (v1 here, as root) are in tests/unit/test_cgroup.py.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_taichi_limits.measure import cgroup, memory
-from pytest_taichi_limits.measure.memory import MemoryWatch, Reading, own_bytes
+from pytest_taichi_limits.measure import cgroup, memory, meter, shm
+from pytest_taichi_limits.measure.memory import Reading, own_bytes
+from pytest_taichi_limits.measure.meter import CgroupMemory, MemoryPlan, SmapsMemory, Tick
 from pytest_taichi_limits.measure.proctree import ProcessTree, TreeSample
 
 MB = 1 << 20
@@ -35,9 +39,9 @@ def test_own_bytes_counts_anon_growth_and_the_larger_shared_view() -> None:
 
 def test_tmpfs_mounts_are_read_from_the_mount_table() -> None:
     table = "tmpfs /dev/shm tmpfs rw 0 0\n/dev/sda1 /tmp ext4 rw 0 0\nproc /proc proc rw 0 0\n"
-    assert memory.tmpfs_mounts(mounts_text=table) == ("/dev/shm",)
+    assert shm.tmpfs_mounts(mounts_text=table) == ("/dev/shm",)
     table += "tmpfs /tmp tmpfs rw 0 0\n"
-    assert memory.tmpfs_mounts(mounts_text=table) == ("/dev/shm", "/tmp")
+    assert shm.tmpfs_mounts(mounts_text=table) == ("/dev/shm", "/tmp")
 
 
 def test_rollup_of_this_process_has_the_fields_the_figure_needs() -> None:
@@ -50,30 +54,91 @@ def test_rollup_of_this_process_has_the_fields_the_figure_needs() -> None:
     assert memory.rollup(2**22 + 12345) is None  # no such pid
 
 
-def test_memfd_bytes_counts_each_file_once_and_skips_the_plugins_own(tmp_path: Path) -> None:
+def test_held_files_count_each_memfd_once_and_skip_the_plugins_own() -> None:
     fd = os.memfd_create("data")
     own = os.memfd_create("pytest-taichi-limits-stack")
     try:
         os.write(fd, b"\x01" * (3 * MB))
         os.write(own, b"\x01" * (2 * MB))
         duplicate = os.dup(fd)
-        counted = memory.memfd_bytes([os.getpid(), os.getpid()])
+        held = shm.held_files([os.getpid(), os.getpid()], frozenset())
         os.close(duplicate)
-        assert 3 * MB <= counted < 4 * MB
+        assert len(held) == 1
+        assert 3 * MB <= sum(found.bytes for found in held.values()) < 4 * MB
     finally:
         os.close(fd)
         os.close(own)
 
 
-def test_files_left_lists_new_entries_only(tmp_path: Path) -> None:
+def test_a_tmpfs_file_is_attributed_once_seen_held_and_counted_while_it_is_there(
+    tmp_path: Path,
+) -> None:
+    if not shm.tmpfs_mounts():
+        pytest.skip("no tmpfs mount here")
+    path = f"{shm.tmpfs_mounts()[0]}/taichi-limits-unit-{os.getpid()}"
+    attribution = shm.Attribution()
+    try:
+        with open(path, "wb") as handle:
+            handle.write(b"\x01" * (2 * MB))
+            handle.flush()
+            held = attribution.observe([os.getpid()])
+            assert attribution.held_bytes(held) >= 2 * MB
+        # closed and left there: still the test's, still memory
+        assert attribution.held_bytes(attribution.observe([os.getpid()])) >= 2 * MB
+        key = next(iter(attribution.seen))
+        os.unlink(path)
+        with open(path, "wb") as handle:  # replaced by someone else: a new inode, not seen
+            handle.write(b"\x01" * MB)
+        assert shm.file_bytes(path, key) == 0
+        assert attribution.held_bytes({}) == 0
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)
+
+
+def test_new_entries_are_new_or_replaced_names(tmp_path: Path) -> None:
     (tmp_path / "old").write_text("x")
-    before = memory.shm_entries(str(tmp_path))
+    (tmp_path / "replaced").write_text("x")
+    before = shm.entries(str(tmp_path))
     (tmp_path / "new").write_text("y")
     (tmp_path / "newdir").mkdir()
-    left = memory.files_left(before, str(tmp_path))
-    assert left == (str(tmp_path / "new"), str(tmp_path / "newdir"))
-    assert memory.remove_files(left) == []
-    assert sorted(os.listdir(tmp_path)) == ["old"]
+    (tmp_path / "replacement").write_text("z")  # another process's, renamed over the old
+    os.replace(tmp_path / "replacement", tmp_path / "replaced")
+    new = shm.new_entries(before, str(tmp_path))
+    assert sorted(new) == [str(tmp_path / name) for name in ("new", "newdir", "replaced")]
+    assert shm.remove(str(tmp_path / "newdir")) is None
+    assert shm.remove(str(tmp_path / "gone")) is None  # already gone: nothing to say
+
+
+def test_settle_left_keeps_what_it_cannot_attribute(tmp_path: Path) -> None:
+    (tmp_path / "theirs").write_text("x")
+    (tmp_path / "mine").write_text("y")
+    new = shm.new_entries({}, str(tmp_path))
+    attribution = shm.Attribution()
+    attribution.seen[new[str(tmp_path / "mine")]] = str(tmp_path / "mine")
+    kept = shm.settle_left(new, attribution, None, {os.getpid()}, clean=False)
+    assert kept.left == (str(tmp_path / "mine"),) and kept.not_removed == ()
+    cleaned = shm.settle_left(new, attribution, None, {os.getpid()}, clean=True)
+    assert cleaned.left == (str(tmp_path / "mine"),)
+    assert cleaned.not_removed == (f"{tmp_path / 'theirs'} (not attributable to the test: kept)",)
+    assert sorted(os.listdir(tmp_path)) == ["theirs"]
+
+
+def test_settle_left_never_removes_a_file_in_use_outside_the_test(tmp_path: Path) -> None:
+    path = tmp_path / "shared"
+    path.write_text("y")
+    new = shm.new_entries({}, str(tmp_path))
+    attribution = shm.Attribution(mounts=(str(tmp_path),))
+    attribution.seen[new[str(path)]] = str(path)
+    with open(path) as handle:  # this process, outside the "test" (pid 1 only)
+        assert handle.readable()
+        result = shm.settle_left(new, attribution, None, {1}, clean=True)
+    assert result.not_removed == (f"{path} (in use by pid {os.getpid()} outside the test: kept)",)
+    assert path.exists()
+
+
+def test_meminfo_shmem_is_a_number() -> None:
+    assert shm.meminfo_shmem_bytes() >= 0
 
 
 def test_process_tree_reads_members_past_the_kept_open_ones() -> None:
@@ -97,7 +162,25 @@ def test_process_tree_reads_members_past_the_kept_open_ones() -> None:
             os.waitpid(pid, 0)
 
 
-# -- cgroup v2 -----------------------------------------------------------------------------------
+# -- the plan: which method, chosen once ---------------------------------------------------------
+
+
+def test_smaps_forced_says_so_and_cgroup_forced_without_one_is_an_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    plan = meter.choose("smaps")
+    assert plan.method == "smaps" and "--taichi-limits-memory-method=smaps" in plan.reason
+    monkeypatch.setattr(meter, "_detected", lambda: "no usable memory cgroup (because)")
+    with pytest.raises(meter.MeterError, match="memory-method=cgroup, but no usable"):
+        meter.choose("cgroup")
+    assert meter.choose("auto") == MemoryPlan(None, "no usable memory cgroup (because)")
+    found = cgroup.CgroupSupport("/sys/fs/cgroup/memory/x", 1)
+    monkeypatch.setattr(meter, "_detected", lambda: found)
+    assert meter.choose("cgroup").method == "cgroup-v1"
+    assert "cgroup-v1" in meter.choose("auto").header_line()
+
+
+# -- cgroup v2, faked on disk --------------------------------------------------------------------
 
 
 def fake_v2(
@@ -111,35 +194,67 @@ def fake_v2(
     return f"0::{own}\n"
 
 
-def test_detect_says_why_not_on_cgroup_v1(tmp_path: Path) -> None:
-    assert "cgroup v1 or hybrid" in str(cgroup.detect(str(tmp_path), "1:memory:/\n"))
+def test_detect_says_why_not_on_each_version(tmp_path: Path) -> None:
+    found = cgroup.detect(str(tmp_path), "1:memory:/\n", "proc /proc proc rw 0 0\n")
+    assert isinstance(found, str)
+    assert "cgroup v2: not mounted" in found and "cgroup v1: no memory controller" in found
 
 
 def test_detect_without_the_memory_controller(tmp_path: Path) -> None:
     proc = fake_v2(tmp_path, controllers="cpu pids")
-    assert "memory controller is not delegated" in str(cgroup.detect(str(tmp_path), proc))
+    found = cgroup.detect_v2(str(tmp_path), proc, "")
+    assert "memory controller is not delegated" in str(found)
 
 
 def test_detect_finds_a_delegated_cgroup(tmp_path: Path) -> None:
     proc = fake_v2(tmp_path)
-    found = cgroup.detect(str(tmp_path), proc)
-    assert found == cgroup.CgroupSupport(str(tmp_path / "ci" / "job"))
+    found = cgroup.detect(str(tmp_path), proc, "")
+    assert found == cgroup.CgroupSupport(str(tmp_path / "ci" / "job"), 2)
+    assert found.method == "cgroup-v2"
+
+
+def test_detect_finds_the_unified_hierarchy_where_a_hybrid_layout_mounts_it(
+    tmp_path: Path,
+) -> None:
+    unified = tmp_path / "unified"
+    unified.mkdir()
+    proc = fake_v2(unified)
+    mounts = f"cgroup2 {unified} cgroup2 rw 0 0\n"
+    assert cgroup.detect_v2(str(tmp_path), proc, mounts) == cgroup.CgroupSupport(
+        str(unified / "ci" / "job"), 2
+    )
 
 
 def test_detect_enables_memory_for_children_when_it_may(tmp_path: Path) -> None:
     proc = fake_v2(tmp_path, subtree="")
-    found = cgroup.detect(str(tmp_path), proc)
+    found = cgroup.detect_v2(str(tmp_path), proc, "")
     assert isinstance(found, cgroup.CgroupSupport)
     assert (tmp_path / "ci" / "job" / "cgroup.subtree_control").read_text() == "+memory"
 
 
-def test_own_cgroup_path() -> None:
+def test_own_cgroup_paths() -> None:
     assert cgroup.own_cgroup_path("12:cpu:/x\n0::/user.slice/a.scope\n") == "/user.slice/a.scope"
     assert cgroup.own_cgroup_path("0::/\n") == "/"
     assert cgroup.own_cgroup_path("4:memory:/x\n") is None
+    assert cgroup.own_v1_memory_path("5:cpu,cpuacct:/y\n4:memory:/process_api/7\n") == (
+        "/process_api/7"
+    )
+    assert cgroup.own_v1_memory_path("0::/\n") is None
+    mounts = "cgroup /sys/fs/cgroup/memory cgroup rw,relatime,memory 0 0\n"
+    assert cgroup.mount_point("cgroup", "memory", mounts) == "/sys/fs/cgroup/memory"
+    assert cgroup.mount_point("cgroup", "cpu", mounts) is None
 
 
-def fake_test_cgroup(tmp_path: Path, anon: int, shmem: int, oom_kill: int = 0) -> cgroup.TestCgroup:
+def test_names_carry_their_owner_and_a_dead_owner_is_told_apart() -> None:
+    name = cgroup.cgroup_name(3)
+    assert cgroup.owner_of(name) == (os.getpid(), cgroup.own_start_ticks())
+    assert cgroup.owner_alive(*cgroup.owner_of(name))  # type: ignore[misc]
+    assert not cgroup.owner_alive(os.getpid(), cgroup.own_start_ticks() + 1)  # a recycled pid
+    assert cgroup.owner_of("taichi-limits-probe-12") is None
+    assert cgroup.owner_of("user.slice") is None
+
+
+def fake_test_cgroup(tmp_path: Path, anon: int, shmem: int, oom_kill: int = 0) -> cgroup.CgroupV2:
     path = tmp_path / "test"
     path.mkdir(exist_ok=True)
     (path / "memory.stat").write_text(f"anon {anon}\nfile 999999999\nkernel 12\nshmem {shmem}\n")
@@ -147,48 +262,69 @@ def fake_test_cgroup(tmp_path: Path, anon: int, shmem: int, oom_kill: int = 0) -
     (path / "memory.events").write_text(
         f"low 0\nhigh 0\nmax 3\noom {oom_kill}\noom_kill {oom_kill}\n"
     )
-    (path / "memory.max").write_text("max\n")
+    for name in ("memory.max", "memory.high"):
+        (path / name).write_text("max\n")
     (path / "cgroup.procs").write_text("")
-    return cgroup.TestCgroup(str(path))
+    return cgroup.CgroupV2(str(path))
 
 
-def test_test_cgroup_figures_leave_the_page_cache_out(tmp_path: Path) -> None:
+def test_v2_figures_leave_the_page_cache_out(tmp_path: Path) -> None:
     made = fake_test_cgroup(tmp_path, anon=100 * MB, shmem=20 * MB, oom_kill=1)
     assert made.held_bytes() == 120 * MB
+    assert made.page_cache_bytes() == 999999999 - 20 * MB
     assert made.oom_kills() == 1
-    made.set_max(5 * MB)
-    assert (tmp_path / "test" / "memory.max").read_text() == str(5 * MB)
+    made.set_cap(5 * MB, 100 * MB)
+    assert (tmp_path / "test" / "memory.high").read_text() == str(105 * MB)
+    assert (tmp_path / "test" / "memory.max").read_text() == str(105 * MB + 16 * MB)
+    made.set_cap(5 * MB, None)
+    assert (tmp_path / "test" / "memory.max").read_text() == "max"
+    made.close()
 
 
-def test_memory_watch_with_a_cgroup_caps_and_measures_from_memory_stat(tmp_path: Path) -> None:
+def test_cgroup_memory_caps_and_measures_from_memory_stat(tmp_path: Path) -> None:
     made = fake_test_cgroup(tmp_path, anon=10 * MB, shmem=0)
-    watch = MemoryWatch.start_for(os.getpid(), os.getpid(), 100 * MB, made)
+    method = CgroupMemory(made)
     tree = ProcessTree(os.getpid())
-    sample = tree.sample(TreeSample())
-    watch.begin(os.getpid(), tree, sample, 0.0)
-    assert watch.method_name() == "cgroup"
-    # the cap: memory.current at the start + the limit + room for page cache and kernel memory
-    cap = int((tmp_path / "test" / "memory.max").read_text())
-    assert cap == 10 * MB + 999999999 + 100 * MB + 64 * MB
+    tick = Tick()
+    tree.sample(tick)
+    method.begin(tree, tick, 100 * MB, 0.0, exact=True)
+    assert method.name == "cgroup-v2"
+    # the throttle at memory.current at the start + the limit; the backstop above it
+    assert int((tmp_path / "test" / "memory.high").read_text()) == 10 * MB + 999999999 + 100 * MB
     fake_test_cgroup(tmp_path, anon=60 * MB, shmem=70 * MB)
-    assert watch.due(sample, 0.0)
-    watch.exact(tree, sample, 0.0)
-    assert watch.own_bytes == 120 * MB
-    assert watch.over(100 * MB, sample)
+    method.read(tree, tick, 0.0, settle=False)
+    assert method.own_bytes == 120 * MB and method.peak_bytes == 120 * MB
+    # no RSS in the figure: a mapped file is page cache, never the test's
+    assert method.final_bytes(kernel_own_rss_bytes=900 * MB) == 120 * MB
     tree.close()
+    made.close()
 
 
-def test_memory_watch_never_judges_on_the_estimate(tmp_path: Path) -> None:
-    watch = MemoryWatch(meter=None, limit=100 * MB, start_rss_bytes=0)
-    watch.started = True
-    watch.meter = memory.MemoryMeter(os.getpid(), os.getpid())
-    watch.baseline = Reading(0, 0, 0, 0.001)
-    watch.own_bytes = 10 * MB
-    sample = TreeSample(rss_bytes=10 * 1024 * MB)  # a fork of a 10 GB process
-    assert watch.method_name() == "smaps"
-    assert watch.estimate(sample) > 100 * MB  # so an exact reading is due at once ...
-    assert watch.due(sample, now=1.0)
-    assert not watch.over(100 * MB, sample)  # ... but the verdict waits for it
+def test_smaps_never_judges_on_the_estimate() -> None:
+    method = SmapsMemory(os.getpid(), os.getpid())
+    if method.reader is None:
+        pytest.skip("no smaps_rollup here")
+    method.started = True
+    method.limit_bytes = 100 * MB
+    method.baseline = Reading(0, 0, 0, 0.001)
+    method.own_bytes = 10 * MB
+    tick = Tick(rss_bytes=10 * 1024 * MB)  # a fork of a 10 GB process
+    assert method.name == "smaps"
+    assert method.estimate(tick) > 100 * MB  # so an exact reading is due at once ...
+    assert method._due(tick, now=1.0)
+    assert method.own_bytes <= 100 * MB  # ... but the verdict waits for it
+    # the kernel's exact peak RSS growth of the child still counts, after the fact
+    assert method.final_bytes(kernel_own_rss_bytes=150 * MB) == 150 * MB
+
+
+def test_smaps_reads_again_when_shared_memory_grows_on_the_machine() -> None:
+    method = SmapsMemory(os.getpid(), os.getpid())
+    method.started, method.limit_bytes = True, 100 * MB
+    method.baseline = Reading(0, 0, 0, 0.001)
+    method.shmem_at_exact, method.shmem_now = 0, 300 * MB  # someone wrote 300 MB to /dev/shm
+    tick = Tick()
+    assert method._due(tick, now=1.0)  # a cheap sign: read exactly, at once ...
+    assert method.own_bytes == 0  # ... and charge only what the test's processes hold
 
 
 def test_an_error_while_watching_fails_the_test_and_ends_its_tree(
@@ -223,6 +359,19 @@ def test_an_error_while_watching_fails_the_test_and_ends_its_tree(
     assert result.usage.ending is not None
     assert result.usage.ending.signal_number in (signal.SIGTERM, signal.SIGKILL)
     assert result.usage.memory_method == "not measured"
+
+
+def test_an_xdist_worker_in_the_sessions_leaf_makes_its_cgroups_beside_it(tmp_path: Path) -> None:
+    # pytest, alone in a delegated cgroup, moved itself into a leaf named for it; an xdist
+    # worker it started is in that leaf too.
+    fake_v2(tmp_path)
+    leaf = tmp_path / "ci" / "job" / cgroup.cgroup_name(0)
+    leaf.mkdir()
+    (leaf / "cgroup.controllers").write_text("memory\n")
+    proc = f"0::/ci/job/{leaf.name}\n"
+    assert cgroup.detect_v2(str(tmp_path), proc, "") == cgroup.CgroupSupport(
+        str(tmp_path / "ci" / "job"), 2
+    )
 
 
 def test_the_usage_is_complete_when_the_supervisor_builds_it() -> None:

@@ -1,0 +1,287 @@
+"""Real memory cgroups (measure/cgroup.py): made, filled by real processes, capped, emptied.
+
+These run where this process may make a memory cgroup (cgroup v1 as root, or a delegated cgroup
+v2) and are skipped with the reason elsewhere. Every cgroup a test makes is killed and removed
+by the fixture, whatever the test's outcome.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import mmap
+import os
+import select
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from pytest_taichi_limits.measure import cgroup, shm
+from pytest_taichi_limits.measure.meter import CgroupMemory, Tick
+from pytest_taichi_limits.measure.proctree import ProcessTree
+from pytest_taichi_limits.platform import linux
+
+MB = 1 << 20
+SUPPORT = cgroup.detect()
+pytestmark = pytest.mark.skipif(
+    not isinstance(SUPPORT, cgroup.CgroupSupport), reason=f"no memory cgroup here: {SUPPORT}"
+)
+
+
+@pytest.fixture
+def made() -> Iterator[Callable[[], cgroup.TestCgroup]]:
+    """Make cgroups named as the plugin names them; all killed and removed at the end."""
+    assert isinstance(SUPPORT, cgroup.CgroupSupport)
+    support = SUPPORT
+    found: list[cgroup.TestCgroup] = []
+
+    def make() -> cgroup.TestCgroup:
+        found.append(cgroup.TestCgroup.create(support, cgroup.cgroup_name(900 + len(found))))
+        return found[-1]
+
+    try:
+        yield make
+    finally:
+        for each in found:
+            each.kill(2.0)
+            each.remove(2.0)
+        assert not [each.path for each in found if os.path.exists(each.path)]
+
+
+def _in_cgroup(test_cgroup: cgroup.TestCgroup, body: Callable[[int], None]) -> tuple[int, int]:
+    """Fork a process that joins `test_cgroup` and runs `body(ready_fd)`; (pid, read end)."""
+    ready_read, ready_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(ready_read)
+            with open(test_cgroup.procs_file(), "w") as handle:
+                handle.write("0")
+            body(ready_write)
+        finally:
+            os._exit(0)
+    os.close(ready_write)
+    return pid, ready_read
+
+
+def _wait_ready(ready_fd: int, timeout_s: float = 30.0) -> None:
+    assert select.select([ready_fd], [], [], timeout_s)[0], "the process in the cgroup hung"
+    assert os.read(ready_fd, 1) == b"r"
+
+
+def _end(pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+
+
+def test_the_figure_is_anonymous_and_shared_memory_never_page_cache(
+    made: Callable[[], cgroup.TestCgroup], tmp_path: Path
+) -> None:
+    test_cgroup = made()
+    on_disk = tmp_path / "file"
+
+    def hold(ready: int) -> None:
+        held = [b"\x01" * (64 * MB)]
+        fd = os.memfd_create("held")
+        for _ in range(32):
+            os.write(fd, b"\x02" * MB)
+        on_disk.write_bytes(b"\x03" * (48 * MB))  # page cache, not the test's memory
+        os.write(ready, b"r")
+        time.sleep(60)
+        del held
+
+    start = test_cgroup.held_bytes()
+    assert start is not None and start < MB
+    pid, ready = _in_cgroup(test_cgroup, hold)
+    try:
+        _wait_ready(ready)
+        held = test_cgroup.held_bytes()
+        assert held is not None
+        # 64 MiB + 32 MiB, within 2 MiB (the interpreter's own pages copied on write)
+        assert abs(held - 96 * MB) < 2 * MB, held / MB
+        assert test_cgroup.page_cache_bytes() >= 40 * MB
+        usage = test_cgroup.usage_bytes()
+        assert usage is not None and usage >= held + 40 * MB
+    finally:
+        _end(pid)
+
+
+def test_another_processes_shm_file_is_not_charged_even_when_the_test_maps_it(
+    made: Callable[[], cgroup.TestCgroup],
+) -> None:
+    test_cgroup = made()
+    path = f"/dev/shm/taichi-limits-unit-{os.getpid()}"
+    with open(path, "wb") as handle:  # written here: charged to this process's cgroup
+        handle.write(b"\x01" * (64 * MB))
+
+    def map_it(ready: int) -> None:
+        with open(path, "rb") as handle:
+            mapping = mmap.mmap(handle.fileno(), 0, mmap.MAP_SHARED, mmap.PROT_READ)
+            sum(mapping[offset] for offset in range(0, len(mapping), 4096))  # resident in it
+            os.write(ready, b"r")
+            time.sleep(60)
+
+    pid, ready = _in_cgroup(test_cgroup, map_it)
+    try:
+        _wait_ready(ready)
+        held = test_cgroup.held_bytes()
+        assert held is not None
+        assert held < 4 * MB, held / MB
+        assert shm.charged_to_cgroup(path, os.stat(test_cgroup.path).st_ino) is False
+    finally:
+        _end(pid)
+        os.unlink(path)
+
+
+def test_a_file_the_test_wrote_is_charged_to_its_cgroup(
+    made: Callable[[], cgroup.TestCgroup],
+) -> None:
+    test_cgroup = made()
+    path = f"/dev/shm/taichi-limits-unit-{os.getpid()}-mine"
+
+    def write_it(ready: int) -> None:
+        with open(path, "wb") as handle:
+            handle.write(b"\x01" * (8 * MB))
+        os.write(ready, b"r")
+        time.sleep(60)
+
+    pid, ready = _in_cgroup(test_cgroup, write_it)
+    try:
+        _wait_ready(ready)
+        held = test_cgroup.held_bytes()
+        assert held is not None and held >= 8 * MB
+        if os.geteuid() != 0:
+            pytest.skip("/proc/kpagecgroup needs root")
+        assert shm.charged_to_cgroup(path, os.stat(test_cgroup.path).st_ino) is True
+    finally:
+        _end(pid)
+        os.unlink(path)
+
+
+@pytest.mark.skipif(
+    not isinstance(SUPPORT, cgroup.CgroupSupport) or SUPPORT.version != 1,
+    reason="the held-at-the-cap path is cgroup v1's (memory.oom_control)",
+)
+def test_v1_holds_the_test_at_its_cap_for_its_stack_then_it_is_killed(
+    made: Callable[[], cgroup.TestCgroup],
+) -> None:
+    test_cgroup = made()
+    stack_fd = os.memfd_create("pytest-taichi-limits-stack")
+    test_cgroup.set_cap(test_cgroup.usage_bytes() or 0, 100 * MB)
+    cap = int(Path(test_cgroup.file("memory.limit_in_bytes")).read_text())
+    event_fd = test_cgroup.cap_event_fd()
+    assert event_fd is not None
+
+    def grow(ready: int) -> None:
+        faulthandler.register(signal.SIGUSR1, file=stack_fd, all_threads=True)
+        held = []
+        os.write(ready, b"r")
+        while True:  # at 1 GB/s or so, until the cap holds it
+            held.append(b"\x01" * MB)
+
+    pid, ready = _in_cgroup(test_cgroup, grow)
+    try:
+        _wait_ready(ready)
+        assert select.select([event_fd], [], [], 30)[0], "the cap was never reached"
+        assert test_cgroup.held_at_cap()
+        assert linux.preallocate(stack_fd, MB)  # the dump's pages are this process's
+        os.kill(pid, signal.SIGUSR1)
+        test_cgroup.release_reserve()  # now it may run the dump, and no further than the cap
+        deadline = time.monotonic() + 10
+        while not os.fstat(stack_fd).st_size and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert "in grow" in os.pread(stack_fd, 1 << 16, 0).decode()
+        peak = test_cgroup.peak_bytes()
+        assert peak is not None and peak <= cap + cgroup.STACK_RESERVE_BYTES
+        assert int(Path(test_cgroup.file("memory.limit_in_bytes")).read_text()) == (
+            cap + cgroup.STACK_RESERVE_BYTES
+        )
+    finally:
+        _end(pid)
+        os.close(stack_fd)
+
+
+def test_kill_empties_a_cgroup_whatever_its_processes_do(
+    made: Callable[[], cgroup.TestCgroup],
+) -> None:
+    test_cgroup = made()
+
+    def scatter(ready: int) -> None:
+        for _ in range(20):  # orphans, in new sessions, re-parented to init
+            if os.fork() == 0:
+                os.setsid()
+                if os.fork() == 0:
+                    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                    time.sleep(600)
+                os._exit(0)
+        os.write(ready, b"r")
+        time.sleep(600)
+
+    pid, ready = _in_cgroup(test_cgroup, scatter)
+    _wait_ready(ready)
+    assert len(test_cgroup.pids()) >= 21
+    assert test_cgroup.kill(10.0)
+    os.waitpid(pid, 0)
+    assert test_cgroup.pids() == []
+    assert test_cgroup.remove(5.0) and not os.path.exists(test_cgroup.path)
+
+
+def test_a_stale_cgroup_of_a_dead_owner_is_swept_and_a_live_owners_kept(
+    made: Callable[[], cgroup.TestCgroup],
+) -> None:
+    assert isinstance(SUPPORT, cgroup.CgroupSupport)
+    ours = made()  # its owner (this process) is alive
+    owner = os.fork()
+    if owner == 0:
+        os._exit(0)
+    ticks = cgroup.own_start_ticks(owner)
+    os.waitpid(owner, 0)  # gone: a pytest killed by SIGKILL
+    stale = cgroup.TestCgroup.create(SUPPORT, f"{cgroup.NAME_PREFIX}{owner}-{ticks}-1")
+    try:
+
+        def linger(ready: int) -> None:
+            os.write(ready, b"r")
+            time.sleep(600)
+
+        pid, ready = _in_cgroup(stale, linger)
+        _wait_ready(ready)
+        cgroup.sweep_stale(SUPPORT.parent)  # (another session's sweep may come first: the same)
+        os.waitpid(pid, 0)  # the sweep killed it
+        assert not os.path.exists(stale.path)
+        assert os.path.exists(ours.path)
+    finally:
+        stale.kill(2.0)
+        stale.remove(2.0)
+
+
+def test_a_process_that_moves_itself_out_is_found(
+    made: Callable[[], cgroup.TestCgroup],
+) -> None:
+    assert isinstance(SUPPORT, cgroup.CgroupSupport)
+    parent_procs = os.path.join(SUPPORT.parent, "cgroup.procs")
+    test_cgroup = made()
+    keeper_read, keeper_write = os.pipe()
+    keeper = os.fork()
+    if keeper == 0:  # a keeper in the cgroup, with a test child that leaves it
+        with open(test_cgroup.procs_file(), "w") as handle:
+            handle.write("0")
+        if os.fork() == 0:
+            with open(parent_procs, "w") as handle:  # as root, nothing refuses this
+                handle.write("0")
+            os.write(keeper_write, b"r")
+            time.sleep(600)
+        time.sleep(600)
+    os.close(keeper_write)
+    tree = ProcessTree(keeper, include_root=False)
+    method = CgroupMemory(test_cgroup)
+    try:
+        _wait_ready(keeper_read)
+        assert tree.sample(Tick()).processes == 1
+        escaped = method.escaped(tree)
+        assert escaped is not None and escaped not in test_cgroup.pids()
+    finally:
+        tree.kill_descendants()
+        tree.close()
+        _end(keeper)
