@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from .budget import ISOLATIONS, Budget  # ISOLATIONS: how many tests share one supervised child
+from .budget import ISOLATIONS, Budget, LeakRounds  # ISOLATIONS: tests per supervised child
 
 #: How a supervised test is started: in a forked child, or in a fresh interpreter.
 MODES = ("auto", "fork", "spawn")
@@ -14,7 +14,15 @@ MODES = ("auto", "fork", "spawn")
 #: (cgroup: an error where none can), or never (smaps: /proc/<pid>/smaps_rollup).
 MEMORY_METHODS = ("auto", "cgroup", "smaps")
 
-__all__ = ["BUDGET_KEY", "ISOLATIONS", "MEMORY_METHODS", "MODES", "SETTINGS_KEY", "Settings"]
+__all__ = [
+    "BUDGET_KEY",
+    "ISOLATIONS",
+    "LEAK_ROUNDS_KEY",
+    "MEMORY_METHODS",
+    "MODES",
+    "SETTINGS_KEY",
+    "Settings",
+]
 
 
 @dataclass(frozen=True)
@@ -30,5 +38,7 @@ class Settings:
 
 #: A supervised test's resolved budget, on its item (the taichi_limits_ti fixture reads it).
 BUDGET_KEY = pytest.StashKey[Budget]()
+#: A supervised test's leak hunting rounds, on its item, where its budget has a leak_mb.
+LEAK_ROUNDS_KEY = pytest.StashKey[LeakRounds]()
 #: This run's settings, on the config.
 SETTINGS_KEY = pytest.StashKey[Settings]()
