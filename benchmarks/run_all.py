@@ -13,6 +13,7 @@ Each script also runs alone (`--quick` for a fast pass):
     python benchmarks/bench_suite_shapes.py      # 7. issue 9's suite shapes, each isolation
     python benchmarks/bench_markers_only.py      # 8. markers only, pytest's Taichi state kept
     python benchmarks/bench_memory_method.py     # 9. the memory method's cost: cgroup vs smaps
+    python benchmarks/bench_leaks.py             # 10. leak hunting: cost, detection threshold
 
 run_all runs bench_suite_shapes with `--only a,b,c,e,f`: its (d) and (g) are scripts 6 and 1.
 
@@ -38,6 +39,7 @@ SCRIPTS = (
     "bench_suite_shapes",
     "bench_markers_only",
     "bench_memory_method",
+    "bench_leaks",
 )
 
 

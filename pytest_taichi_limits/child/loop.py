@@ -44,7 +44,9 @@ from ..ipc.protocol import (
 from ..measure.proctree import ProcessTree
 from ..platform import linux
 from ..taichi_support import cap as taichi_support
+from ..taichi_support.census import TaichiCensus
 from ..taichi_support.hooks import install_init_wrapper
+from .rounds import RoundRunner
 
 if TYPE_CHECKING:
     from ..config.settings import Settings
@@ -188,6 +190,8 @@ def serve(
         writer.send(Ready(os.getpid()))
         commands.ring()
     up: pytest.Item | None = None  # the test whose fixtures may be set up now
+    census = TaichiCensus(str(items[0].config.rootpath)) if items else TaichiCensus()
+    rounds: RoundRunner | None = None  # leak hunting's, while it runs a test in rounds
     try:
         while isinstance(command := first or commands.next(), RunCommand):
             first = None
@@ -196,7 +200,13 @@ def serve(
             item = items[command.index]
             nextitem = None if command.next_index is None else items[command.next_index]
             up = item
-            run_item(item, writer, nextitem)
+            if command.measured_rounds:
+                rounds = _round_runner(item, command, writer, commands, census)
+            run_item(item, writer, nextitem, rounds)
+            if rounds is not None and not rounds.go_on:
+                up = None  # the parent stopped this child during a round: all is torn down
+                break
+            rounds = None
             commands.ring()
             up = None if nextitem is None else item
         if up is not None:
@@ -206,11 +216,43 @@ def serve(
             up = None
         taichi_support.finish_child(writer)
     except StopRequested:
+        if rounds is not None:
+            up = rounds.current
         if up is not None:  # everything, module and session fixtures too: this child ends
             again = _TEARDOWN_BEGUN in up.stash  # the stop came during or after its teardown
             _run_phase(up, "teardown", writer, hook=_teardown_hook(up, again), nextitem=None)
         raise
     writer.send(Finished())
+
+
+def _round_runner(
+    item: pytest.Item,
+    command: RunCommand,
+    writer: ChannelWriter,
+    commands: CommandReader,
+    census: TaichiCensus,
+) -> RoundRunner:
+    return RoundRunner(
+        item,
+        command,
+        writer,
+        commands,
+        census,
+        run_phase=_run_phase,
+        send_report=lambda item, report: _send_report(item, report, writer),
+        teardown_again=lambda item, nextitem: _teardown_again(item, nextitem, writer),
+        per_round=lambda: _set_cpu_limit(command.cpu_s),
+    )
+
+
+def _teardown_again(item: pytest.Item, nextitem: pytest.Item | None, writer: ChannelWriter) -> None:
+    """Tear down what `item`'s teardown kept for `nextitem`'s sake (its teardown already ran)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            _teardown_hook(item, again=True)(item=item, nextitem=nextitem)
+        except Exception as error:  # noqa: BLE001 - reported, never hidden
+            writer.send(Note("teardown_failed", f"{type(error).__name__}: {error}"))
 
 
 #: On a test's stash once its teardown phase has begun: pytest's hooks cannot run it twice as is.
@@ -239,11 +281,20 @@ def _tear_down_kept(item: pytest.Item, writer: ChannelWriter) -> None:
             writer.send(Note("teardown_failed", f"{type(error).__name__}: {error}"))
 
 
-def run_item(item: pytest.Item, writer: ChannelWriter, nextitem: pytest.Item | None) -> None:
-    """The test's phases and every message about them, up to `done`."""
+def run_item(
+    item: pytest.Item,
+    writer: ChannelWriter,
+    nextitem: pytest.Item | None,
+    rounds: RoundRunner | None = None,
+) -> None:
+    """The test's phases (in rounds, when it hunts leaks) and every message about them, up to
+    `done`."""
     writer.send(Hello(item.nodeid))
     with warnings.catch_warnings(record=True) as caught:
-        _run_phases(item, writer, nextitem)
+        if rounds is not None:
+            rounds.run(nextitem)
+        else:
+            _run_phases(item, writer, nextitem)
     for message in caught:
         writer.send(_warning(message))
     # Anything the test started and left running dies with it, not after it.
@@ -322,8 +373,11 @@ def _run_phase(
     when: str,
     writer: ChannelWriter,
     hook: Callable[..., Any] | None = None,
+    *,
+    send: bool = True,
     **hook_kwargs: Any,
 ) -> pytest.TestReport:
+    """One phase of `item`; its report sent (`send=False`: the caller sends it, or not)."""
     writer.send(Phase(when))
     if when == "teardown":
         item.stash[_TEARDOWN_BEGUN] = True
@@ -341,10 +395,15 @@ def _run_phase(
         reraise=reraise,
     )
     report: pytest.TestReport = item.ihook.pytest_runtest_makereport(item=item, call=call)
+    if send:
+        _send_report(item, report, writer)
+    return report
+
+
+def _send_report(item: pytest.Item, report: pytest.TestReport, writer: ChannelWriter) -> None:
     data = item.config.hook.pytest_report_to_serializable(config=item.config, report=report)
     writer.send(Report(data))
     taichi_support.inspect_report(report, writer)
-    return report
 
 
 def _warning(message: warnings.WarningMessage) -> RaisedWarning:

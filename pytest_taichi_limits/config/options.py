@@ -18,7 +18,18 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from .budget import ARCH_NAMES, BUDGET_KEYS, BUILTIN_DEFAULTS, BudgetError, check_arch, parse_text
+from .budget import (
+    ARCH_NAMES,
+    BUDGET_KEYS,
+    BUILTIN_DEFAULTS,
+    DEFAULT_LEAK_MB,
+    DEFAULT_LEAK_ROUNDS,
+    BudgetError,
+    LeakRounds,
+    check_arch,
+    parse_leak_rounds,
+    parse_text,
+)
 from .capacity import CapacityError, Declared, parse_capacity
 from .settings import DEFAULT_ISOLATION, ISOLATIONS, MEMORY_METHODS, MODES, Settings
 from .tolerance import DEFAULT_TOLERANCE_SPEC, Tolerance, ToleranceError, parse_tolerance
@@ -93,6 +104,9 @@ _BUDGET_HELP = {
     "is stopped too",
     "gpu_gb": "GiB (2**30 bytes) of GPU memory: caps ti.init(device_memory_GB=...) and, where NVML "
     "is available, the measured GPU memory of the test's processes",
+    "leak_mb": "MiB (2**20 bytes) of growth allowed per measured round of leak hunting: setting it "
+    "runs each test in rounds (--taichi-limits-leaks) and fails one whose own memory or GPU "
+    "memory grows by more per round, in nearly every round",
 }
 _DEFAULT_INTERVAL_S = 0.01
 _DEFAULT_GRACE_S = 2.0
@@ -123,6 +137,18 @@ OPTIONS: tuple[Option, ...] = (
         "@pytest.mark.taichi_limits(...) are supervised even without it",
     ),
     *(_budget_option(key) for key in BUDGET_KEYS),
+    Option(
+        "taichi_limits_leaks",
+        "hunt leaks in every supervised test: W warm-up rounds, then N measured rounds of its "
+        "setup, call and teardown in the same child, with an exact reading in each (after the "
+        "call, before the teardown); a test "
+        "whose own memory or GPU memory grows by more than leak_mb per round (default "
+        f"{DEFAULT_LEAK_MB:g} here), or whose Taichi fields, ndarrays, SNode trees, open files, "
+        "threads or processes grow, in nearly every measured round, fails (docs/leaks.md). "
+        f"'off': only tests that set leak_mb or leak_rounds. Default off; W:N is "
+        f"{DEFAULT_LEAK_ROUNDS.text()} where a test asks without one",
+        metavar="W:N|off",
+    ),
     Option(
         "taichi_limits_interval",
         "finest interval at which the supervisor samples memory and CPU of the test's "
@@ -219,7 +245,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "taichi_limits_tolerance",
         "allowed growth per resource against the baseline, relative plus absolute, e.g. "
-        "'mem=10%+8MiB,cpu=25%+0.5s,wall=off'; keys mem, cpu, wall, gpu, each once; byte "
+        "'mem=10%+8MiB,cpu=25%+0.5s,wall=off'; keys mem, cpu, wall, gpu and leak (own memory's "
+        "growth per round of leak hunting), each once; byte "
         f"units {BYTE_UNITS_TEXT}; seconds {SECOND_UNITS_TEXT}; keys not named keep their "
         f"default ({DEFAULT_TOLERANCE_SPEC})",
         metavar="SPEC",
@@ -399,6 +426,8 @@ class Options:
     timeline_in_baseline: bool = False
     admit: str | None = None  # "budget" or "baseline"; None: every test starts at once
     capacity: Declared = field(default_factory=Declared)
+    #: --taichi-limits-leaks: leak hunting for every supervised test, in these rounds (None: off)
+    leak_rounds: LeakRounds | None = None
 
 
 def _budget_layer(config: pytest.Config, from_ini: bool) -> dict[str, float | None]:
@@ -491,6 +520,16 @@ def _tolerance(config: pytest.Config) -> Tolerance:
         raise pytest.UsageError(f"{where}: {error}") from None
 
 
+def _leak_rounds(config: pytest.Config) -> LeakRounds | None:
+    text, where = value_or_ini(config, "taichi_limits_leaks")
+    if text is None or text.strip().lower() in ("off", "none", "no", "false", "0"):
+        return None
+    try:
+        return parse_leak_rounds(text, where, " or 'off'")
+    except BudgetError as error:
+        raise pytest.UsageError(str(error)) from None
+
+
 def _admit(config: pytest.Config) -> str | None:
     text, where = value_or_ini(config, "taichi_limits_admit")
     word = None if text is None else text.strip().lower()
@@ -552,6 +591,7 @@ def read_options(config: pytest.Config) -> Options:
         timeline_in_baseline=flag_or_ini(config, "taichi_limits_timeline_in_baseline"),
         admit=_admit(config),
         capacity=_capacity(config),
+        leak_rounds=_leak_rounds(config),
     )
     saving = outputs.save_baseline is not None
     _needs(

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from .budget import ISOLATIONS, Budget  # ISOLATIONS: how many tests share one supervised child
+from .budget import ISOLATIONS, Budget, LeakRounds  # ISOLATIONS: tests per supervised child
 
 #: How a supervised test is started: in a forked child, or in a fresh interpreter.
 MODES = ("auto", "fork", "spawn")
@@ -16,14 +16,15 @@ MEMORY_METHODS = ("auto", "cgroup", "smaps")
 
 #: Without --taichi-limits-isolation: one child per test module. Chosen from measurements
 #: (docs/how-it-works.md, docs/performance.md): a module's tests share what they share in plain
-#: pytest (module state, module fixtures, Taichi's program and kernels), which costs 1.2-1.3x
-#: plain pytest on real suites where a fresh child per test costs 1.6-2.3x.
+#: pytest (module state, module fixtures, Taichi's program and kernels), which costs 1.1-1.3x
+#: plain pytest on real suites where a fresh child per test costs 1.4-3.9x.
 DEFAULT_ISOLATION = "module"
 
 __all__ = [
     "BUDGET_KEY",
     "DEFAULT_ISOLATION",
     "ISOLATIONS",
+    "LEAK_ROUNDS_KEY",
     "MEMORY_METHODS",
     "MODES",
     "SETTINGS_KEY",
@@ -47,6 +48,8 @@ class Settings:
 
 #: A supervised test's resolved budget, on its item (the taichi_limits_ti fixture reads it).
 BUDGET_KEY = pytest.StashKey[Budget]()
+#: A supervised test's leak hunting rounds, on its item, where its budget has a leak_mb.
+LEAK_ROUNDS_KEY = pytest.StashKey[LeakRounds]()
 #: This run's settings, on the config.
 SETTINGS_KEY = pytest.StashKey[Settings]()
 

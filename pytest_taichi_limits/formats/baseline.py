@@ -13,7 +13,8 @@ update different tests merge cleanly in git):
         "<node id>": {"runs": 3,
                       "own_memory_bytes": {"min": 120000000, "max": 122088448},
                       "cpu_s": {"min": 0.21, "max": 0.25}, "wall_s": {"min": 0.22, "max": 0.3},
-                      "gpu_bytes": null, "memory_method": "cgroup-v1",
+                      "gpu_bytes": null, "leak_bytes_per_round": {"min": 9000, "max": 14000},
+                      "memory_method": "cgroup-v1",
                       "arch": "x64", "mode": "fork",
                       "environment": "<id>", "saved_at": "2026-11-28T13:40:00+00:00"}
       }
@@ -23,6 +24,8 @@ A baseline holds a range per figure: saving again (without --taichi-limits-basel
 widens each test's range with this run's figures and counts the run, so a test whose CPU time
 varies from run to run is compared with the worst run the baseline saw, not with one lucky run.
 A test is compared per resource: `after > max * (1 + relative) + absolute` is a regression.
+`leak_bytes_per_round` (own memory's growth per measured round of leak hunting, docs/leaks.md)
+is null, or absent in a file written before it existed, for a test that did not hunt leaks.
 
 Version 1 (one figure per test, own memory as the growth of summed RSS) is refused: its figures
 mean something else (issue 10 changed what own memory counts).
@@ -212,10 +215,10 @@ def _entry(path: str, nodeid: str, data: Any) -> Entry:
         raise bad("runs", f"must be a whole number >= 1, got {runs!r}")
     ranges: dict[str, Range | None] = {}
     for key, (name, _, _) in RESOURCES.items():
-        if name not in data:
+        if name not in data and key not in _LATER:
             raise bad(name, "is missing")
-        value = data[name]
-        if value is None and key == "gpu":  # GPU memory not measured in that run
+        value = data.get(name)
+        if value is None and key in _OPTIONAL:  # not measured in that run
             ranges[name] = None
             continue
         low = value.get("min") if isinstance(value, dict) else None
@@ -237,6 +240,11 @@ def _entry(path: str, nodeid: str, data: Any) -> Entry:
     return Entry(runs=runs, ranges=ranges, timeline=timeline, **texts)
 
 
+#: Figures an entry may hold null for (not measured), and those it may lack (added later).
+_OPTIONAL = frozenset({"gpu", "leak"})
+_LATER = frozenset({"leak"})
+
+
 def _is_figure(value: Any) -> TypeGuard[float]:
     return (
         isinstance(value, (int, float))
@@ -253,7 +261,16 @@ def _figures(record: UsageRecord) -> dict[str, float | None]:
         "cpu_s": record.cpu_s,
         "wall_s": record.wall_s,
         "gpu_bytes": record.gpu_peak_bytes,
+        "leak_bytes_per_round": _leak_growth(record),
     }
+
+
+def _leak_growth(record: UsageRecord) -> float | None:
+    """Own memory's growth per measured round, where the test hunted leaks and every round ran
+    (a slope below zero, memory given back, is no growth)."""
+    leaks = record.leaks
+    growth = None if leaks is None or not leaks.judged else leaks.growth_bytes_per_round
+    return None if growth is None else max(0.0, growth)
 
 
 def merged_entry(

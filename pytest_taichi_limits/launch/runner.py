@@ -23,7 +23,7 @@ import pytest
 from ..child.loop import ChildStart, prepare_fork_server, run_forked
 from ..child.session import reimport_worker
 from ..config.budget import Budget
-from ..config.settings import BUDGET_KEY, Settings
+from ..config.settings import BUDGET_KEY, LEAK_ROUNDS_KEY, Settings
 from ..ipc.protocol import ForkOrder, RunCommand, decode_command
 from ..ipc.requests import WorkerRequest, decode_reimport, encode_reimport, fingerprint
 from ..measure import cgroup
@@ -305,7 +305,8 @@ class Runner:
         if nextitem is not None and _supervised(nextitem) and self._same_key(nextitem, key):
             next_index = self._worker_index(nextitem)
         try:
-            result = worker.run_test(index, next_index, item.nodeid, budget, admission)
+            rounds = item.stash.get(LEAK_ROUNDS_KEY, None)
+            result = worker.run_test(index, next_index, item.nodeid, budget, admission, rounds)
         except WorkerGone as gone:
             raise SpawnError(str(gone)) from None
         if next_index is None or not worker.alive or result.violation or result.crash:

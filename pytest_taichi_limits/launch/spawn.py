@@ -262,7 +262,7 @@ class SpawnLaunch:
     #: the zygote forks a worker at once; it reports ready (supervisor.Launched)
     unborn = False
 
-    def start(self, first: RunCommand) -> None:
+    def start(self, first: RunCommand | None) -> None:
         raise WorkerGone("a spawn-mode worker is started by the zygote, never with a command")
 
     def birth_rss_bytes(self) -> int:

@@ -405,6 +405,7 @@ class SessionResults:
         if records:
             lines += summary.top_consumers(records, self.options.top)
             lines += summary.violations(records)
+            lines += summary.leaks(records)
         section = self._baseline_section(records)
         if section is not None:
             lines += summary.regressions(records, section.path)

@@ -159,7 +159,7 @@ class _BareChild:
 
     unborn = False  # forked already: it reports ready
 
-    def start(self, first: RunCommand) -> None:
+    def start(self, first: RunCommand | None) -> None:
         raise AssertionError("forked already")
 
     def birth_rss_bytes(self) -> int:
