@@ -21,7 +21,7 @@ from .config.budget import (
     resolve,
 )
 from .config.options import Options, add_options, is_spawn_worker, read_options
-from .config.settings import BUDGET_KEY, LEAK_ROUNDS_KEY, SETTINGS_KEY
+from .config.settings import BUDGET_KEY, LEAK_ROUNDS_KEY, SETTINGS_KEY, isolation_text
 from .formats import baseline as baselines
 from .ipc.protocol import Exit
 from .launch.runner import Refused, Runner
@@ -124,12 +124,17 @@ class TaichiLimitsPlugin:
             # reports are written (complete: false); now end as the signal would have.
             die_of(self._terminated_by)
 
-    @pytest.hookimpl(wrapper=True)
+    # The innermost wrapper: the fork server starts right before the first test and is gone
+    # (its children's CPU time accounted to pytest) when any other wrapper's loop ends.
+    @pytest.hookimpl(wrapper=True, trylast=True)
     def pytest_runtestloop(self, session: pytest.Session) -> Any:
         try:
+            if not is_spawn_worker(self.config):
+                self.runner.session_starts()  # the fork server, before the first test
             return (yield)
         finally:
-            self.runner.stop_worker()  # -x, Ctrl-C: the worker's fixtures still tear down
+            # -x, Ctrl-C: the worker's fixtures still tear down; then the fork server leaves
+            self.runner.session_ends()
 
     # -- collection -------------------------------------------------------------------------
 
@@ -143,7 +148,7 @@ class TaichiLimitsPlugin:
         lines = [
             f"taichi-limits: supervising {scope}; default budget {render.budget_text(defaults)}; "
             f"sampling down to every {settings.interval_s:g} s, grace {settings.grace_s:g} s; "
-            f"start mode {settings.mode}, isolation {settings.isolation}",
+            f"start mode {settings.mode}, {isolation_text(settings)}",
             *([] if plan is None else [plan.header_line()]),
         ]
         if defaults.leak_mb is not None:

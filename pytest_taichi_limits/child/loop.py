@@ -45,6 +45,7 @@ from ..measure.proctree import ProcessTree
 from ..platform import linux
 from ..taichi_support import cap as taichi_support
 from ..taichi_support.census import TaichiCensus
+from ..taichi_support.hooks import install_init_wrapper
 from .rounds import RoundRunner
 
 if TYPE_CHECKING:
@@ -63,13 +64,16 @@ class ChildStart:
     settings: Settings
 
 
-def run_forked(items: Sequence[pytest.Item], start: ChildStart) -> NoReturn:
-    """Run the tests the parent asks for, one at a time, in this forked process. Never returns."""
+def run_forked(
+    items: Sequence[pytest.Item], start: ChildStart, first: RunCommand | None = None
+) -> NoReturn:
+    """Run the tests the parent asks for, one at a time, in this forked process, beginning with
+    `first` (the command this child was forked with) if given. Never returns."""
     writer = ChannelWriter(start.channel_fd)
 
     def body() -> None:
         cap = start_child(writer, start)
-        serve(items, writer, CommandReader(start.control_fd), cap)
+        serve(items, writer, CommandReader(start.control_fd), cap, first)
 
     exit_guarded(writer, body)
 
@@ -118,10 +122,11 @@ class _StopOnSigterm:
 class FixtureWatch:
     """Tells the parent which fixtures above function scope are set up in this child, each time
     that changes (a `Fixtures` message): when the child is killed before it could tear them
-    down, the test's report names them. Public hooks only; registered in the child alone."""
+    down, the test's report names them. Public hooks only; registered in the child, or in the
+    fork server for its children (`prepare_fork_server`), never in pytest itself."""
 
-    def __init__(self, writer: ChannelWriter) -> None:
-        self.writer = writer
+    def __init__(self, writer: ChannelWriter | None) -> None:
+        self.writer = writer  # None in the fork server: each child sets its own
         self._up: dict[object, str] = {}
 
     @pytest.hookimpl(wrapper=True)
@@ -129,12 +134,41 @@ class FixtureWatch:
         result = yield
         if fixturedef.scope != "function" and fixturedef not in self._up:
             self._up[fixturedef] = f"{fixturedef.argname} ({fixturedef.scope})"
-            self.writer.send(Fixtures(tuple(self._up.values())))
+            self._send()
         return result
 
     def pytest_fixture_post_finalizer(self, fixturedef: pytest.FixtureDef[Any]) -> None:
         if self._up.pop(fixturedef, None) is not None:
+            self._send()
+
+    def _send(self) -> None:
+        if self.writer is not None:
             self.writer.send(Fixtures(tuple(self._up.values())))
+
+
+_FIXTURE_WATCH = "taichi_limits_fixtures"
+
+
+def prepare_fork_server(items: Sequence[pytest.Item]) -> None:
+    """In the fork server, once: what each child it forks would otherwise do for itself, and
+    copy pytest's pages for (registering a plugin touches every hook caller; about 1 MiB of
+    copies per child). Everything inherited is frozen out of the garbage collector, so that no
+    collection in a child ever walks (and copies) pytest's objects."""
+    install_init_wrapper()
+    if items:
+        items[0].config.pluginmanager.register(FixtureWatch(None), _FIXTURE_WATCH)
+    gc.freeze()
+
+
+def _watch_fixtures(items: Sequence[pytest.Item], writer: ChannelWriter) -> None:
+    if not items:
+        return
+    manager = items[0].config.pluginmanager
+    watch = manager.get_plugin(_FIXTURE_WATCH)
+    if isinstance(watch, FixtureWatch):  # registered by the fork server
+        watch.writer = writer
+    else:
+        manager.register(FixtureWatch(writer), _FIXTURE_WATCH)
 
 
 def serve(
@@ -142,21 +176,25 @@ def serve(
     writer: ChannelWriter,
     commands: CommandReader,
     cap: taichi_support.GpuCap,
+    first: RunCommand | None = None,
 ) -> None:
     """Wait for a command, run that test, tell the parent, wait again; tear down on stop.
+    A child forked with its `first` command runs it at once (the parent took the start
+    figures before the fork): no `ready`, no round trip.
 
     SIGTERM (the supervisor stopping this child) tears down every fixture still set up, then
     the child dies of SIGTERM (in exit_guarded)."""
     signal.signal(signal.SIGTERM, _StopOnSigterm())
-    if items:
-        items[0].config.pluginmanager.register(FixtureWatch(writer), "taichi_limits_fixtures")
-    writer.send(Ready(os.getpid()))
-    commands.ring()
+    _watch_fixtures(items, writer)
+    if first is None:
+        writer.send(Ready(os.getpid()))
+        commands.ring()
     up: pytest.Item | None = None  # the test whose fixtures may be set up now
     census = TaichiCensus(str(items[0].config.rootpath)) if items else TaichiCensus()
     rounds: RoundRunner | None = None  # leak hunting's, while it runs a test in rounds
     try:
-        while isinstance(command := commands.next(), RunCommand):
+        while isinstance(command := first or commands.next(), RunCommand):
+            first = None
             _set_cpu_limit(command.cpu_s)
             cap.cap_gb = command.gpu_gb
             item = items[command.index]

@@ -31,7 +31,7 @@ from .budget import (
     parse_text,
 )
 from .capacity import CapacityError, Declared, parse_capacity
-from .settings import ISOLATIONS, MEMORY_METHODS, MODES, Settings
+from .settings import DEFAULT_ISOLATION, ISOLATIONS, MEMORY_METHODS, MODES, Settings
 from .tolerance import DEFAULT_TOLERANCE_SPEC, Tolerance, ToleranceError, parse_tolerance
 from .units import BYTE_UNITS_TEXT, SECOND_UNITS_TEXT, UnitError, parse_seconds
 
@@ -177,7 +177,9 @@ OPTIONS: tuple[Option, ...] = (
         "module: module fixtures set up once), session (one child runs every test in turn, "
         "as plain pytest does). Budgets, figures and reports stay per test; a violation or "
         "crash ends the child and the next test gets a new one. The marker key isolation= "
-        "overrides it per test. Default test",
+        "overrides it per test. Default module (a test's figures may then include its "
+        "module's shared set-up when it runs first in its child; test gives figures that "
+        "never depend on the tests before it)",
         metavar="ISOLATION",
         choices=ISOLATIONS,
     ),
@@ -468,6 +470,12 @@ def _choice(config: pytest.Config, dest: str, choices: Sequence[str], default: s
     return text
 
 
+def _given_where(config: pytest.Config, dest: str) -> str:
+    """Where an option was given (its flag, or its ini key); "" where it was not."""
+    text, where = value_or_ini(config, dest)
+    return "" if text is None else where
+
+
 def _arch(config: pytest.Config) -> str | None:
     text, where = value_or_ini(config, "taichi_limits_arch")
     if text is None:
@@ -484,7 +492,8 @@ def _settings(config: pytest.Config) -> Settings:
         grace_s=_seconds(config, "taichi_limits_grace", _DEFAULT_GRACE_S, 0.0, 600.0),
         mode=_choice(config, "taichi_limits_mode", MODES, "auto"),
         arch=_arch(config),
-        isolation=_choice(config, "taichi_limits_isolation", ISOLATIONS, "test"),
+        isolation=_choice(config, "taichi_limits_isolation", ISOLATIONS, DEFAULT_ISOLATION),
+        isolation_from=_given_where(config, "taichi_limits_isolation"),
         clean_shm=flag_or_ini(config, "taichi_limits_clean_shm"),
         memory_method=_choice(config, "taichi_limits_memory_method", MEMORY_METHODS, "auto"),
     )

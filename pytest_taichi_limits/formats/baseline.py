@@ -505,9 +505,12 @@ def regression_report(
     record: UsageRecord,
     warn_only: bool,
     report_path: str | None = None,
+    shared_start: bool = False,
 ) -> str:
     """The text a grown test fails (or warns) with: before, after, growth and the tolerance.
-    `report_path`: the run's JSON report (the figures an accept takes), where one is written."""
+    `report_path`: the run's JSON report (the figures an accept takes), where one is written.
+    `shared_start`: the test ran first in a child that runs several tests (isolation module or
+    session), so its figures carry what its module's tests share."""
     entry = baseline.tests[nodeid]
     made_with = baseline.environment_of(nodeid)
     lines = [regression_headline(exceeded)]
@@ -544,6 +547,14 @@ def regression_report(
             f"  note        this run used arch {record.arch} ({record.mode} mode): "
             "figures of another arch or start mode are not comparable (spawn mode "
             "counts the interpreter's own start-up)"
+        )
+    if shared_start:
+        lines.append(
+            "  note        this test ran first in its child (isolation module or session): its "
+            "figures include what the tests sharing that child share (module fixtures, "
+            "Taichi's start, kernel loads), which it does not pay where another test of its "
+            "module runs before it (a full run against a run of it alone, -k); "
+            "--taichi-limits-isolation=test gives figures that do not depend on that"
         )
     lines.append(
         "  what to do  find what grew; accept reviewed growth with: "

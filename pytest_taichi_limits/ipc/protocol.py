@@ -9,11 +9,13 @@ Three kinds of records cross a process boundary, each a family of frozen datacla
   (memory, CPU time, the clock), and believes the child's `Done` only once it has seen the child
   wait for its next command (supervise/supervisor.py);
 - *commands*, from the parent to an idle child: run the test at an index, or stop;
-- *exit statuses*, from the plugin's subreaper above the test (the keeper of a forked child, or
-  the spawn-mode zygote) to the parent: the child's pid, then how it ended (wait4's status, peak
-  RSS and CPU time).
+- *exit statuses*, from the plugin's subreaper above the test (the fork server of a forked
+  child, or the spawn-mode zygote) to the parent: the child's pid, then how it ended (wait4's
+  status, peak RSS and CPU time), and the fork server's answer to a move;
+- *orders*, from the parent to its fork server (launch/forkserver.py): fork a test's child (its
+  file descriptors travel with the order), or move into the next worker's memory cgroup.
 
-Each family is one JSON object per line, its kind under a tag key ("t", "c", "s"); a tuple
+Each family is one JSON object per line, its kind under a tag key ("t", "c", "s", "o"); a tuple
 inside a field survives the trip (pytest's serialised reports rely on them). To add a message
 kind, see CONTRIBUTING.md ("How to add a message kind").
 """
@@ -347,13 +349,51 @@ class ChildEnded:
 
 @dataclass(frozen=True, slots=True)
 class StartFailed:
-    """The zygote could not fork a worker."""
+    """The zygote (or the fork server) could not fork a worker."""
 
     KIND: ClassVar[str] = "failed"
     error: str
 
 
-Status = ChildStarted | ChildEnded | StartFailed
+@dataclass(frozen=True, slots=True)
+class Moved:
+    """The fork server's answer to a MoveOrder: "" when it is in that cgroup now, else why not."""
+
+    KIND: ClassVar[str] = "moved"
+    error: str
+
+
+Status = ChildStarted | ChildEnded | StartFailed | Moved
+
+
+# -- orders: parent -> its fork server ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ForkOrder:
+    """Fork a test's child. Its channel, stack, control and status fds come with the order.
+
+    `env`: variables set in the child before anything else (the device admission chose them).
+    `first`: the child's first run command, encoded (a RunCommand line): the child starts that
+    test at once, without a ready/command round trip. `request`: a reimport worker's request
+    and the modules it imports again, pickled and base64-encoded (the parent's own words)."""
+
+    KIND: ClassVar[str] = "fork"
+    env: dict[str, Any]
+    first: str | None = None
+    request: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MoveOrder:
+    """Move into the memory cgroup whose cgroup.procs is `procs` (the next worker's), so that
+    the next child is born there; answered with Moved."""
+
+    KIND: ClassVar[str] = "move"
+    procs: str
+
+
+Order = ForkOrder | MoveOrder
 
 
 # -- the codec ------------------------------------------------------------------------------------
@@ -531,8 +571,9 @@ COMMANDS: _Family[Command] = _Family(
     "c", "the control socket", (RunCommand, NextRoundCommand, StopCommand)
 )
 STATUSES: _Family[Status] = _Family(
-    "s", "the exit status line", (ChildStarted, ChildEnded, StartFailed)
+    "s", "the exit status line", (ChildStarted, ChildEnded, StartFailed, Moved)
 )
+ORDERS: _Family[Order] = _Family("o", "the fork server's order", (ForkOrder, MoveOrder))
 
 assert set(MESSAGES.kinds) == {kind.KIND for kind in Message.__args__}
 
@@ -560,3 +601,11 @@ def encode_status(status: Status) -> bytes:
 
 def decode_status(data: bytes) -> Status:
     return STATUSES.decode(data)
+
+
+def encode_order(order: Order) -> bytes:
+    return ORDERS.encode(order)
+
+
+def decode_order(data: bytes) -> Order:
+    return ORDERS.decode(data)

@@ -204,6 +204,8 @@ class RecordMaker:
             record,
             warn_only,
             self.options.outputs.json,
+            shared_start=record.worker_test_number == 1
+            and self.options.settings.isolation != "test",
         )
         if warn_only:
             try:

@@ -91,10 +91,14 @@ _STOP = encode_command(StopCommand())
 
 
 class Launched(Protocol):
-    """A started child: the pid to watch, where it writes and reads, how to learn it ended."""
+    """A started child: the pid to watch, where it writes and reads, how to learn it ended.
 
-    pid: int
-    #: the plugin's subreaper above the test (the keeper; the zygote in spawn mode): every
+    A child forked by the fork server may be *unborn* until its first test: it is forked with
+    that test's run command (`start`) and begins it at once, without a ready/command round trip.
+    """
+
+    pid: int  # 0 while unborn
+    #: the plugin's subreaper above the test (the fork server; the zygote in spawn mode): every
     #: process below it is the test's, its orphans included, none above it
     keeper_pid: int
     #: the process the test was forked from (it shares copy-on-write pages with the test)
@@ -115,6 +119,17 @@ class Launched(Protocol):
         """Why the child died when its own end says nothing true (its zygote was killed)."""
 
     def close(self) -> None: ...
+
+    @property
+    def unborn(self) -> bool:
+        """Not forked yet: `start` forks it with its first command."""
+
+    def start(self, first: RunCommand | None) -> None:
+        """Fork the child, which runs `first` at once (None: it reports ready and waits).
+        Raises WorkerGone when it cannot."""
+
+    def birth_rss_bytes(self) -> int:
+        """What the child held in memory when it was forked (its parent's resident memory)."""
 
 
 class WorkerGone(RuntimeError):
@@ -319,6 +334,12 @@ class Worker:
         admission: Admitted | None,
         rounds: LeakRounds | None = None,
     ) -> RunResult:
+        if self.child.unborn:
+            if rounds is None or budget.leak_mb is None:
+                return self._run_at_birth(index, next_index, nodeid, budget, admission)
+            # Leak hunting reads the child exactly between rounds, from a start read while it
+            # waits: forked without a command, it reports ready first, as a worker always did.
+            self._start_child(None)
         if not self._ready:
             # Starting up (in a fresh interpreter: importing and collecting the test module)
             # is watched under the first test's budget; its figures start when it is ready.
@@ -341,18 +362,55 @@ class Worker:
         violation, finished = self._watch(start, peaks, Done, last=next_index is None)
         return self._result(start, peaks, violation, finished, admission, next_index is None)
 
+    def _run_at_birth(
+        self,
+        index: int,
+        next_index: int | None,
+        nodeid: str,
+        budget: Budget,
+        admission: Admitted | None,
+    ) -> RunResult:
+        """The child's first test, which it is forked with: the start figures are those of its
+        birth (nothing of its own in memory or CPU time yet, the resident memory it inherits),
+        taken before the fork, while nothing of the test runs."""
+        birth_rss_bytes = self.child.birth_rss_bytes()
+        start = self._begin(nodeid, budget, birth_rss_bytes=birth_rss_bytes)
+        start.rss_bytes = birth_rss_bytes
+        self._start_child(RunCommand(index, next_index, budget.cpu_s, budget.gpu_gb))
+        self._ready = True
+        self.tests_run += 1
+        peaks = _Peaks(rss_bytes=start.rss_bytes, cpu_s=start.cpu_s)
+        violation, finished = self._watch(start, peaks, Done, last=next_index is None)
+        return self._result(start, peaks, violation, finished, admission, next_index is None)
+
+    def _start_child(self, first: RunCommand | None) -> None:
+        try:
+            self.child.start(first)
+        except WorkerGone:
+            self.exit_info = ExitInfo(Ending(None, None), 0, 0.0)
+            raise
+
     def _send(self, command: bytes) -> None:
         try:
             os.write(self.child.control_fd, command)
         except OSError:
             pass  # the child is gone: the watch finds out how
 
-    def _begin(self, nodeid: str, budget: Budget, exact: bool = True) -> _TestStart:
+    def _begin(
+        self,
+        nodeid: str,
+        budget: Budget,
+        exact: bool = True,
+        birth_rss_bytes: int | None = None,
+    ) -> _TestStart:
         """The parent's own figures at the start, read while the child is idle (waiting for
-        its command): never the child's word for them."""
+        its command), or before it is forked (`birth_rss_bytes`: what it will inherit): never
+        the child's word for them."""
         now = time.monotonic()
-        tick = self.meter.begin(budget.mem_bytes, now, exact)
-        linux.reset_peak_rss(self.child.pid)
+        tick = self.meter.begin(budget.mem_bytes, now, exact, birth_rss_bytes)
+        born = birth_rss_bytes is None
+        if born:
+            linux.reset_peak_rss(self.child.pid)
         # What a child holds on the GPU before its first test is that test's (a fresh child
         # holds nothing; a fresh interpreter's module import is charged to its first test).
         gpu_start = self.meter.gpu_now() or 0 if self.tests_run else 0
@@ -361,9 +419,9 @@ class Worker:
             budget,
             time.time(),
             now,
-            linux.rss_bytes(self.child.pid),
+            linux.rss_bytes(self.child.pid) if born else 0,
             tick.cpu_s,
-            process_cpu_s(self.child.pid),
+            process_cpu_s(self.child.pid) if born else 0.0,
             gpu_start,
             self._next_message,
             self.tests_run,
@@ -404,8 +462,11 @@ class Worker:
             ready, _, _ = select.select(with_channel if listen else always, [], [], sleep_s)
             if child.channel_fd in ready:
                 heard_at = time.monotonic()
-            if child.control_fd in ready:
-                _take_bells(child.control_fd)
+            if child.control_fd in ready and not _take_bells(child.control_fd):
+                # The child's end is closed (it is exiting): an end of file stays readable, and
+                # would spin this loop until the exit is seen (wait_fd says when).
+                always.remove(child.control_fd)
+                with_channel.remove(child.control_fd)
             capped = False
             if cap_fd is not None and cap_fd in ready:
                 capped = True
@@ -847,6 +908,9 @@ class Worker:
 
     def kill(self) -> None:
         """End the child and everything it started, now."""
+        if self.child.unborn:  # never forked: nothing of it to end
+            self.exit_info = self.exit_info or ExitInfo(Ending(None, None), 0, 0.0)
+            return
         with self._terminate:
             if self.exit_info is None:
                 self._stop_tree(grace_s=0.0)
@@ -954,11 +1018,12 @@ def _escape_reason(pid: int) -> str:
     )
 
 
-def _take_bells(control_fd: int) -> None:
+def _take_bells(control_fd: int) -> bool:
+    """Read the bells rung; False once the child's end is closed."""
     try:
-        os.read(control_fd, 4096)
+        return bool(os.read(control_fd, 4096))
     except OSError:
-        pass  # the child's end is gone: its exit is seen through wait_fd / poll_exit
+        return False  # the child's end is gone: its exit is seen through wait_fd / poll_exit
 
 
 def _request_stack(child: Launched, release: Callable[[], None]) -> str:

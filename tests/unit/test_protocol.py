@@ -19,9 +19,12 @@ from pytest_taichi_limits.ipc.protocol import (
     Exit,
     Finished,
     Fixtures,
+    ForkOrder,
     Hello,
     InternalError,
     Message,
+    Moved,
+    MoveOrder,
     NextRoundCommand,
     Note,
     Phase,
@@ -90,8 +93,27 @@ def test_commands_and_exit_statuses_round_trip() -> None:
     line = b'{"c": "run", "index": 0, "next_index": null, "cpu_s": 2, "gpu_gb": null}'
     decoded = protocol.decode_command(line)
     assert isinstance(decoded, RunCommand) and isinstance(decoded.cpu_s, float)
-    for status in (ChildStarted(7), ChildEnded(9, 1 << 30, 0.25), StartFailed("OSError: x")):
+    for status in (
+        ChildStarted(7),
+        ChildEnded(9, 1 << 30, 0.25),
+        StartFailed("OSError: x"),
+        Moved(""),
+        Moved("[Errno 2] No such file or directory"),
+    ):
         assert protocol.decode_status(protocol.encode_status(status)) == status
+
+
+def test_the_fork_servers_orders_round_trip() -> None:
+    first = protocol.encode_command(RunCommand(3, None, 2.0, None)).decode()
+    for order in (
+        ForkOrder({}),
+        ForkOrder({"CUDA_VISIBLE_DEVICES": "1"}, first=first),
+        ForkOrder({}, request="cGlja2xl"),
+        MoveOrder("/sys/fs/cgroup/memory/x/taichi-limits-1-2-3/cgroup.procs"),
+    ):
+        assert protocol.decode_order(protocol.encode_order(order)) == order
+    with pytest.raises(ChannelError, match="the fork server's order carried an unknown"):
+        protocol.decode_order(b'{"o": "exec"}')
 
 
 def test_an_exit_status_comes_from_wait4() -> None:
