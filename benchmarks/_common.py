@@ -182,12 +182,7 @@ def ensure_pytest8_venv(quiet: bool = True) -> Path | None:
 ISOLATION_MODES = ("test", "module", "session")
 
 
-def isolation_modes(python: str = sys.executable, timeout_s: float = 120) -> tuple[str, ...]:
-    """The --taichi-limits-isolation values the installed plugin offers; () when it has none.
-
-    Read from `pytest --help`, so a benchmark measures the plugin that is installed rather than
-    failing on an option an older one does not have.
-    """
+def _pytest_help(python: str, timeout_s: float) -> str | None:
     try:
         proc = subprocess.run(
             [python, "-m", "pytest", "--help", "-p", "no:cacheprovider"],
@@ -201,14 +196,37 @@ def isolation_modes(python: str = sys.executable, timeout_s: float = 120) -> tup
         )
     except subprocess.TimeoutExpired:
         print(f"TIMEOUT: `pytest --help` took over {timeout_s:g} s; isolation columns stay n/a")
-        return ()
-    match = re.search(r"--taichi-limits-isolation(?:=\{([a-z,]+)\})?", proc.stdout)
+        return None
+    return proc.stdout
+
+
+def isolation_modes(python: str = sys.executable, timeout_s: float = 120) -> tuple[str, ...]:
+    """The --taichi-limits-isolation values the installed plugin offers; () when it has none.
+
+    Read from `pytest --help`, so a benchmark measures the plugin that is installed rather than
+    failing on an option an older one does not have.
+    """
+    text = _pytest_help(python, timeout_s)
+    match = (
+        None if text is None else re.search(r"--taichi-limits-isolation(?:=\{([a-z,]+)\})?", text)
+    )
     if match is None:
         return ()
     if match.group(1) is None:  # the help names no choices: try all three
         return ISOLATION_MODES
     offered = match.group(1).split(",")
     return tuple(mode for mode in ISOLATION_MODES if mode in offered)
+
+
+def default_isolation(python: str = sys.executable, timeout_s: float = 120) -> str | None:
+    """The isolation `--taichi-limits` uses without the option ("Default X" in its help)."""
+    text = _pytest_help(python, timeout_s) or ""
+    at = text.find("--taichi-limits-isolation")
+    if at < 0:
+        return None
+    end = text.find("\n  --", at + 1)
+    match = re.search(r"Default\s+(\w+)", text[at : end if end > 0 else len(text)])
+    return None if match is None else match.group(1)
 
 
 def junit_outcomes(junit: Path) -> dict[str, str]:

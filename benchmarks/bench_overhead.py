@@ -119,7 +119,14 @@ def main() -> None:
         "plain": pytest_cmd(sys.executable, "-p", "bench_timer"),
         "floor": pytest_cmd(sys.executable, "-p", "bench_timer", "-p", "bench_floor"),
         "floor+run": pytest_cmd(sys.executable, "-p", "bench_timer", "-p", "bench_floor_run"),
-        "taichi-limits": pytest_cmd(sys.executable, "-p", "bench_timer", "--taichi-limits"),
+        # A child per test, as pytest-forked: the like-for-like comparison.
+        "taichi-limits": pytest_cmd(
+            sys.executable, "-p", "bench_timer", "--taichi-limits", "--taichi-limits-isolation=test"
+        ),
+        # --taichi-limits as it is (its default isolation: a child per module here, one file).
+        "taichi-limits (default)": pytest_cmd(
+            sys.executable, "-p", "bench_timer", "--taichi-limits"
+        ),
     }
     if forked_python is not None:
         variants["plain (pytest 8)"] = pytest_cmd(str(forked_python), "-p", "bench_timer")
@@ -176,12 +183,13 @@ def render(
         "plain ms/test",
         "floor: fork+wait4",
         "fork+run in child",
-        "taichi-limits",
-        "taichi-limits / floor",
-        "taichi-limits / fork+run",
+        "taichi-limits, isolation test",
+        "/ floor",
+        "/ fork+run",
     ]
     if with_forked:
-        headers += ["pytest-forked (pytest 8)", "taichi-limits / pytest-forked"]
+        headers += ["pytest-forked (pytest 8)", "/ pytest-forked"]
+    headers.append("taichi-limits, default isolation")
     rows = []
     for kind, count in counts.items():
 
@@ -206,6 +214,7 @@ def render(
         if with_forked:
             forked = per_test("pytest-forked") - per_test("plain (pytest 8)")
             row += [f"+{forked:.2f} ms", _ratio(ours, forked)]
+        row.append(f"+{per_test('taichi-limits (default)') - plain:.2f} ms")
         rows.append(row)
     return table(
         headers,

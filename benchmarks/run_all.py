@@ -13,8 +13,9 @@ Each script also runs alone (`--quick` for a fast pass):
     python benchmarks/bench_suite_shapes.py      # 7. issue 9's suite shapes, each isolation
     python benchmarks/bench_markers_only.py      # 8. markers only, pytest's Taichi state kept
     python benchmarks/bench_memory_method.py     # 9. the memory method's cost: cgroup vs smaps
+    python benchmarks/bench_leaks.py             # 10. leak hunting: cost, detection threshold
 
-run_all runs bench_suite_shapes with `--only a,b,c,e`: its (d) and (f) are scripts 6 and 1.
+run_all runs bench_suite_shapes with `--only a,b,c,e,f`: its (d) and (g) are scripts 6 and 1.
 
 Timings are only meaningful on a machine with nothing else running: the scripts interleave the
 variants they compare and take medians, which evens out noise but does not remove it.
@@ -38,6 +39,7 @@ SCRIPTS = (
     "bench_suite_shapes",
     "bench_markers_only",
     "bench_memory_method",
+    "bench_leaks",
 )
 
 
@@ -58,7 +60,7 @@ def main() -> None:
                 continue
             command += ["--taichi-src", args.taichi_src]
         if name == "bench_suite_shapes":
-            command += ["--only", "a,b,c,e"]  # (d) and (f) are bench_taichi_suite, bench_overhead
+            command += ["--only", "a,b,c,e,f"]  # (d) and (g) are bench_taichi_suite, bench_overhead
         print(f"\n== {name}", flush=True)
         if subprocess.run(command, cwd=HERE, check=False).returncode != 0:
             failed.append(name)

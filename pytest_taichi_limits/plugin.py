@@ -9,17 +9,19 @@ import pytest
 from . import hookspecs
 from .admission import gate
 from .config.budget import (
+    DEFAULT_LEAK_ROUNDS,
     MARKER_NAME,
     Budget,
     BudgetError,
     check_budget,
     marker_arch,
     marker_isolation,
+    marker_leak_rounds,
     marker_values,
     resolve,
 )
 from .config.options import Options, add_options, is_spawn_worker, read_options
-from .config.settings import BUDGET_KEY, SETTINGS_KEY
+from .config.settings import BUDGET_KEY, LEAK_ROUNDS_KEY, SETTINGS_KEY, isolation_text
 from .formats import baseline as baselines
 from .ipc.protocol import Exit
 from .launch.runner import Refused, Runner
@@ -74,10 +76,11 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     config.addinivalue_line(
         "markers",
-        f"{MARKER_NAME}(cpu_s=None, mem_mb=None, wall_s=None, gpu_gb=None, arch=None, "
-        "isolation=None): run the test in a supervised child process with this budget "
-        "(keyword arguments only; None means no limit; isolation: test, module or session). "
-        "Precedence per key: marker > command line > ini > built-in default.",
+        f"{MARKER_NAME}(cpu_s=None, mem_mb=None, wall_s=None, gpu_gb=None, leak_mb=None, "
+        "arch=None, isolation=None, leak_rounds=None): run the test in a supervised child "
+        "process with this budget (keyword arguments only; None means no limit; isolation: "
+        "test, module or session; leak_mb or leak_rounds='W:N' hunts leaks by running it in "
+        "rounds). Precedence per key: marker > command line > ini > built-in default.",
     )
     options = read_options(config)  # every option, validated, before anything else starts
     if is_spawn_worker(config):
@@ -121,27 +124,42 @@ class TaichiLimitsPlugin:
             # reports are written (complete: false); now end as the signal would have.
             die_of(self._terminated_by)
 
-    @pytest.hookimpl(wrapper=True)
+    # The innermost wrapper: the fork server starts right before the first test and is gone
+    # (its children's CPU time accounted to pytest) when any other wrapper's loop ends.
+    @pytest.hookimpl(wrapper=True, trylast=True)
     def pytest_runtestloop(self, session: pytest.Session) -> Any:
         try:
+            if not is_spawn_worker(self.config):
+                self.runner.session_starts()  # the fork server, before the first test
             return (yield)
         finally:
-            self.runner.stop_worker()  # -x, Ctrl-C: the worker's fixtures still tear down
+            # -x, Ctrl-C: the worker's fixtures still tear down; then the fork server leaves
+            self.runner.session_ends()
 
     # -- collection -------------------------------------------------------------------------
 
     def pytest_report_header(self) -> list[str]:
         options = self.options
         scope = "every test" if options.supervise_all else "tests marked taichi_limits"
-        defaults = resolve({}, options.cli_budget, options.ini_budget)
+        rounds = options.leak_rounds
+        defaults = resolve({}, options.cli_budget, options.ini_budget, rounds is not None)
         settings = options.settings
         plan = self.runner.memory_plan
-        return [
+        lines = [
             f"taichi-limits: supervising {scope}; default budget {render.budget_text(defaults)}; "
             f"sampling down to every {settings.interval_s:g} s, grace {settings.grace_s:g} s; "
-            f"start mode {settings.mode}, isolation {settings.isolation}",
+            f"start mode {settings.mode}, {isolation_text(settings)}",
             *([] if plan is None else [plan.header_line()]),
         ]
+        if defaults.leak_mb is not None:
+            rounds = rounds or DEFAULT_LEAK_ROUNDS
+            lines.append(
+                f"taichi-limits: hunting leaks: each supervised test runs {rounds.warmup} "
+                f"warm-up and {rounds.measured} measured rounds; it fails when it grows in "
+                f"nearly every measured round (own memory by more than leak_mb="
+                f"{defaults.leak_mb:g} MiB per round)"
+            )
+        return lines
 
     def pytest_report_collectionfinish(self, items: list[pytest.Item]) -> list[str]:
         if not any(BUDGET_KEY in item.stash for item in items):
@@ -171,11 +189,15 @@ class TaichiLimitsPlugin:
                 isolation[item.nodeid] = (
                     marker_isolation(item.nodeid, markers) or self.options.settings.isolation
                 )
+                rounds = marker_leak_rounds(item.nodeid, markers)
             except BudgetError as error:
                 self._collection_error(item, str(error))
                 continue
-            budget = resolve(marked, self.options.cli_budget, self.options.ini_budget)
+            asked = rounds is not None or self.options.leak_rounds is not None
+            budget = resolve(marked, self.options.cli_budget, self.options.ini_budget, asked)
             item.stash[BUDGET_KEY] = budget  # the one place a test's budget is kept
+            # The rounds hold wherever leak_mb is set: by now, or by the budget hook at run time.
+            item.stash[LEAK_ROUNDS_KEY] = rounds or self.options.leak_rounds or DEFAULT_LEAK_ROUNDS
             kept.append(item)
         # A test with a bad marker is a collection error (reported above), never run.
         items[:] = kept

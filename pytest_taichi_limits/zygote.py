@@ -135,11 +135,12 @@ def _empty_session() -> None:
 def serve(control: socket.socket) -> None:
     from .child.session import run_worker
     from .ipc.protocol import ChildEnded, ChildStarted, StartFailed, encode_status
+    from .launch.forkserver import receive_with_fds
     from .measure.proctree import reap_own_children
 
     while True:
         try:
-            data, fds, _, _ = socket.recv_fds(control, 1 << 22, 8)
+            data, fds = receive_with_fds(control, 1 << 22)  # close-on-exec, as pytest made them
         except (ConnectionError, OSError):
             return
         if not data:

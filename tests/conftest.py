@@ -22,12 +22,21 @@ RUN_TIMEOUT_S = 120
 @pytest.fixture
 def run_plugin(pytester: pytest.Pytester) -> RunPlugin:
     """Run pytest in a subprocess (real forks, real signals) with a hard timeout, under the
-    memory method the suite runs with (helpers/memory.py)."""
+    memory method the suite runs with (helpers/memory.py).
 
-    def run(*args: str, timeout: float = RUN_TIMEOUT_S) -> pytest.RunResult:
+    Inner runs use `--taichi-limits-isolation=test` unless they give an isolation themselves
+    (or `default_isolation=True`: the plugin's own default, module): most of the suite checks
+    what a fresh child per test guarantees (the strictest case), as it was written to."""
+
+    def run(
+        *args: str, timeout: float = RUN_TIMEOUT_S, default_isolation: bool = False
+    ) -> pytest.RunResult:
         # Switched off (-p no:taichi_limits, or the name pytest prints): no option of it is known.
         disabled = any(arg in ("no:taichi_limits", "no:taichi-limits") for arg in args)
         method = [] if disabled else memory.option_args()
+        given = any(arg.startswith("--taichi-limits-isolation") for arg in args)
+        if not (disabled or given or default_isolation):
+            method.append("--taichi-limits-isolation=test")
         return pytester.runpytest_subprocess(
             "-p", "no:cacheprovider", *method, *args, timeout=timeout
         )

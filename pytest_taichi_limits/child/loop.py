@@ -44,6 +44,9 @@ from ..ipc.protocol import (
 from ..measure.proctree import ProcessTree
 from ..platform import linux
 from ..taichi_support import cap as taichi_support
+from ..taichi_support.census import TaichiCensus
+from ..taichi_support.hooks import install_init_wrapper
+from .rounds import RoundRunner
 
 if TYPE_CHECKING:
     from ..config.settings import Settings
@@ -61,13 +64,16 @@ class ChildStart:
     settings: Settings
 
 
-def run_forked(items: Sequence[pytest.Item], start: ChildStart) -> NoReturn:
-    """Run the tests the parent asks for, one at a time, in this forked process. Never returns."""
+def run_forked(
+    items: Sequence[pytest.Item], start: ChildStart, first: RunCommand | None = None
+) -> NoReturn:
+    """Run the tests the parent asks for, one at a time, in this forked process, beginning with
+    `first` (the command this child was forked with) if given. Never returns."""
     writer = ChannelWriter(start.channel_fd)
 
     def body() -> None:
         cap = start_child(writer, start)
-        serve(items, writer, CommandReader(start.control_fd), cap)
+        serve(items, writer, CommandReader(start.control_fd), cap, first)
 
     exit_guarded(writer, body)
 
@@ -116,10 +122,11 @@ class _StopOnSigterm:
 class FixtureWatch:
     """Tells the parent which fixtures above function scope are set up in this child, each time
     that changes (a `Fixtures` message): when the child is killed before it could tear them
-    down, the test's report names them. Public hooks only; registered in the child alone."""
+    down, the test's report names them. Public hooks only; registered in the child, or in the
+    fork server for its children (`prepare_fork_server`), never in pytest itself."""
 
-    def __init__(self, writer: ChannelWriter) -> None:
-        self.writer = writer
+    def __init__(self, writer: ChannelWriter | None) -> None:
+        self.writer = writer  # None in the fork server: each child sets its own
         self._up: dict[object, str] = {}
 
     @pytest.hookimpl(wrapper=True)
@@ -127,12 +134,41 @@ class FixtureWatch:
         result = yield
         if fixturedef.scope != "function" and fixturedef not in self._up:
             self._up[fixturedef] = f"{fixturedef.argname} ({fixturedef.scope})"
-            self.writer.send(Fixtures(tuple(self._up.values())))
+            self._send()
         return result
 
     def pytest_fixture_post_finalizer(self, fixturedef: pytest.FixtureDef[Any]) -> None:
         if self._up.pop(fixturedef, None) is not None:
+            self._send()
+
+    def _send(self) -> None:
+        if self.writer is not None:
             self.writer.send(Fixtures(tuple(self._up.values())))
+
+
+_FIXTURE_WATCH = "taichi_limits_fixtures"
+
+
+def prepare_fork_server(items: Sequence[pytest.Item]) -> None:
+    """In the fork server, once: what each child it forks would otherwise do for itself, and
+    copy pytest's pages for (registering a plugin touches every hook caller; about 1 MiB of
+    copies per child). Everything inherited is frozen out of the garbage collector, so that no
+    collection in a child ever walks (and copies) pytest's objects."""
+    install_init_wrapper()
+    if items:
+        items[0].config.pluginmanager.register(FixtureWatch(None), _FIXTURE_WATCH)
+    gc.freeze()
+
+
+def _watch_fixtures(items: Sequence[pytest.Item], writer: ChannelWriter) -> None:
+    if not items:
+        return
+    manager = items[0].config.pluginmanager
+    watch = manager.get_plugin(_FIXTURE_WATCH)
+    if isinstance(watch, FixtureWatch):  # registered by the fork server
+        watch.writer = writer
+    else:
+        manager.register(FixtureWatch(writer), _FIXTURE_WATCH)
 
 
 def serve(
@@ -140,25 +176,37 @@ def serve(
     writer: ChannelWriter,
     commands: CommandReader,
     cap: taichi_support.GpuCap,
+    first: RunCommand | None = None,
 ) -> None:
     """Wait for a command, run that test, tell the parent, wait again; tear down on stop.
+    A child forked with its `first` command runs it at once (the parent took the start
+    figures before the fork): no `ready`, no round trip.
 
     SIGTERM (the supervisor stopping this child) tears down every fixture still set up, then
     the child dies of SIGTERM (in exit_guarded)."""
     signal.signal(signal.SIGTERM, _StopOnSigterm())
-    if items:
-        items[0].config.pluginmanager.register(FixtureWatch(writer), "taichi_limits_fixtures")
-    writer.send(Ready(os.getpid()))
-    commands.ring()
+    _watch_fixtures(items, writer)
+    if first is None:
+        writer.send(Ready(os.getpid()))
+        commands.ring()
     up: pytest.Item | None = None  # the test whose fixtures may be set up now
+    census = TaichiCensus(str(items[0].config.rootpath)) if items else TaichiCensus()
+    rounds: RoundRunner | None = None  # leak hunting's, while it runs a test in rounds
     try:
-        while isinstance(command := commands.next(), RunCommand):
+        while isinstance(command := first or commands.next(), RunCommand):
+            first = None
             _set_cpu_limit(command.cpu_s)
             cap.cap_gb = command.gpu_gb
             item = items[command.index]
             nextitem = None if command.next_index is None else items[command.next_index]
             up = item
-            run_item(item, writer, nextitem)
+            if command.measured_rounds:
+                rounds = _round_runner(item, command, writer, commands, census)
+            run_item(item, writer, nextitem, rounds)
+            if rounds is not None and not rounds.go_on:
+                up = None  # the parent stopped this child during a round: all is torn down
+                break
+            rounds = None
             commands.ring()
             up = None if nextitem is None else item
         if up is not None:
@@ -168,11 +216,43 @@ def serve(
             up = None
         taichi_support.finish_child(writer)
     except StopRequested:
+        if rounds is not None:
+            up = rounds.current
         if up is not None:  # everything, module and session fixtures too: this child ends
             again = _TEARDOWN_BEGUN in up.stash  # the stop came during or after its teardown
             _run_phase(up, "teardown", writer, hook=_teardown_hook(up, again), nextitem=None)
         raise
     writer.send(Finished())
+
+
+def _round_runner(
+    item: pytest.Item,
+    command: RunCommand,
+    writer: ChannelWriter,
+    commands: CommandReader,
+    census: TaichiCensus,
+) -> RoundRunner:
+    return RoundRunner(
+        item,
+        command,
+        writer,
+        commands,
+        census,
+        run_phase=_run_phase,
+        send_report=lambda item, report: _send_report(item, report, writer),
+        teardown_again=lambda item, nextitem: _teardown_again(item, nextitem, writer),
+        per_round=lambda: _set_cpu_limit(command.cpu_s),
+    )
+
+
+def _teardown_again(item: pytest.Item, nextitem: pytest.Item | None, writer: ChannelWriter) -> None:
+    """Tear down what `item`'s teardown kept for `nextitem`'s sake (its teardown already ran)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            _teardown_hook(item, again=True)(item=item, nextitem=nextitem)
+        except Exception as error:  # noqa: BLE001 - reported, never hidden
+            writer.send(Note("teardown_failed", f"{type(error).__name__}: {error}"))
 
 
 #: On a test's stash once its teardown phase has begun: pytest's hooks cannot run it twice as is.
@@ -201,11 +281,20 @@ def _tear_down_kept(item: pytest.Item, writer: ChannelWriter) -> None:
             writer.send(Note("teardown_failed", f"{type(error).__name__}: {error}"))
 
 
-def run_item(item: pytest.Item, writer: ChannelWriter, nextitem: pytest.Item | None) -> None:
-    """The test's phases and every message about them, up to `done`."""
+def run_item(
+    item: pytest.Item,
+    writer: ChannelWriter,
+    nextitem: pytest.Item | None,
+    rounds: RoundRunner | None = None,
+) -> None:
+    """The test's phases (in rounds, when it hunts leaks) and every message about them, up to
+    `done`."""
     writer.send(Hello(item.nodeid, taichi_support.current_arch()))
     with warnings.catch_warnings(record=True) as caught:
-        _run_phases(item, writer, nextitem)
+        if rounds is not None:
+            rounds.run(nextitem)
+        else:
+            _run_phases(item, writer, nextitem)
     for message in caught:
         writer.send(_warning(message))
     # Anything the test started and left running dies with it, not after it.
@@ -284,8 +373,11 @@ def _run_phase(
     when: str,
     writer: ChannelWriter,
     hook: Callable[..., Any] | None = None,
+    *,
+    send: bool = True,
     **hook_kwargs: Any,
 ) -> pytest.TestReport:
+    """One phase of `item`; its report sent (`send=False`: the caller sends it, or not)."""
     writer.send(Phase(when))
     if when == "teardown":
         item.stash[_TEARDOWN_BEGUN] = True
@@ -303,10 +395,15 @@ def _run_phase(
         reraise=reraise,
     )
     report: pytest.TestReport = item.ihook.pytest_runtest_makereport(item=item, call=call)
+    if send:
+        _send_report(item, report, writer)
+    return report
+
+
+def _send_report(item: pytest.Item, report: pytest.TestReport, writer: ChannelWriter) -> None:
     data = item.config.hook.pytest_report_to_serializable(config=item.config, report=report)
     writer.send(Report(data))
     taichi_support.inspect_report(report, writer)
-    return report
 
 
 def _warning(message: warnings.WarningMessage) -> RaisedWarning:

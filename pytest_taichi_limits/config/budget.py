@@ -23,18 +23,21 @@ _SPECS: dict[str, tuple[str, float, str]] = {
     "mem_mb": ("MiB of own memory", 1024.0 * 1024.0, "mem_mb=1024"),
     "wall_s": ("wall-clock seconds", 7 * 24 * 3600.0, "wall_s=60"),
     "gpu_gb": ("GiB of GPU memory", 1024.0, "gpu_gb=2"),
+    "leak_mb": ("MiB of growth per measured round", 1024.0 * 1024.0, "leak_mb=1"),
 }
 BUDGET_KEYS: tuple[str, ...] = tuple(_SPECS)
 
 #: Built-in defaults. wall_s is set so that a hung test can never hang CI; mem_mb so that one
 #: runaway allocation cannot push a 2-core, 24 GiB CI machine into the OOM killer. cpu_s and
 #: gpu_gb are off: wall_s already bounds CPU time of a single-threaded test, and Taichi's own
-#: device_memory_GB default (1 GB) is left alone unless a budget asks for a cap.
+#: device_memory_GB default (1 GB) is left alone unless a budget asks for a cap. leak_mb is off:
+#: leak hunting runs a test several times (docs/leaks.md), which only the user may ask for.
 BUILTIN_DEFAULTS: Mapping[str, float | None] = {
     "cpu_s": None,
     "mem_mb": 4096.0,
     "wall_s": 600.0,
     "gpu_gb": None,
+    "leak_mb": None,
 }
 
 #: Arch names the `arch` marker key and --taichi-limits-arch accept: Taichi 1.7.4's arch names
@@ -56,14 +59,20 @@ ARCH_NAMES = (
 )
 MARKER_ARCH_KEY = "arch"
 MARKER_ISOLATION_KEY = "isolation"
+MARKER_LEAK_ROUNDS_KEY = "leak_rounds"
 #: Marker keys that are settings, not budgets.
-_NOT_BUDGETS = (MARKER_ARCH_KEY, MARKER_ISOLATION_KEY)
+_NOT_BUDGETS = (MARKER_ARCH_KEY, MARKER_ISOLATION_KEY, MARKER_LEAK_ROUNDS_KEY)
 ISOLATIONS = ("test", "module", "session")
 #: Every key the marker takes: the budgets, then the settings.
 MARKER_KEYS: tuple[str, ...] = BUDGET_KEYS + _NOT_BUDGETS
 
 #: Words that switch a default off on the command line or in ini files.
 OFF_WORDS = frozenset({"off", "none", "no", "unlimited"})
+
+#: Leak hunting's round counts: at least this many measured rounds (a slope needs points, and
+#: "growth in nearly every round" needs rounds to count), and at most this many in all.
+MIN_MEASURED_ROUNDS = 3
+MAX_LEAK_ROUNDS = 1000
 
 
 class BudgetError(ValueError):
@@ -78,6 +87,9 @@ class Budget:
     mem_mb: float | None = None
     wall_s: float | None = None
     gpu_gb: float | None = None
+    #: leak hunting (docs/leaks.md): the growth of own memory (and GPU memory) allowed per
+    #: measured round, MiB; None: the test runs once, as usual
+    leak_mb: float | None = None
 
     def as_dict(self) -> dict[str, float | None]:
         return dataclasses.asdict(self)
@@ -92,6 +104,53 @@ class Budget:
     @property
     def gpu_bytes(self) -> int | None:
         return None if self.gpu_gb is None else int(self.gpu_gb * 1024**3)
+
+    @property
+    def leak_bytes(self) -> int | None:
+        return None if self.leak_mb is None else int(self.leak_mb * 1024 * 1024)
+
+
+@dataclass(frozen=True)
+class LeakRounds:
+    """How often leak hunting runs a test in one child: `warmup` rounds first (caches fill,
+    lazy imports happen; their growth is never judged), then `measured` rounds, each followed by
+    an exact reading. pytest-leaks' and CPython's `-R` notation: "warmup:measured"."""
+
+    warmup: int
+    measured: int
+
+    @property
+    def total(self) -> int:
+        return self.warmup + self.measured
+
+    def text(self) -> str:
+        return f"{self.warmup}:{self.measured}"
+
+
+#: The rounds and the allowance when leak hunting is on and nothing says otherwise: chosen so
+#: that the clean set (tests/e2e/test_leaks.py: a Taichi kernel in a loop over a fixed field,
+#: caches that fill once, noisy allocations that are freed) is never flagged, while a leak of
+#: 2 MiB per round is (docs/leaks.md, "Choosing the rounds and the allowance").
+DEFAULT_LEAK_ROUNDS = LeakRounds(2, 5)
+DEFAULT_LEAK_MB = 1.0
+
+_ROUNDS_TEXT = (
+    f"'W:N' with W >= 0 warm-up rounds and N >= {MIN_MEASURED_ROUNDS} measured rounds, "
+    f"W + N <= {MAX_LEAK_ROUNDS} (e.g. '2:5')"
+)
+
+
+def parse_leak_rounds(value: object, where: str, alternative: str = "") -> LeakRounds:
+    """`value` ("W:N") as LeakRounds, or BudgetError naming `where` and what is accepted
+    (`alternative`: what else the caller's syntax takes, e.g. " or 'off'")."""
+    warmup = measured = -1
+    if isinstance(value, str):
+        first, colon, second = value.strip().partition(":")
+        if colon and first.strip().isdecimal() and second.strip().isdecimal():
+            warmup, measured = int(first), int(second)
+    if warmup < 0 or measured < MIN_MEASURED_ROUNDS or warmup + measured > MAX_LEAK_ROUNDS:
+        raise BudgetError(f"{where} must be {_ROUNDS_TEXT}{alternative}, got {value!r}")
+    return LeakRounds(warmup, measured)
 
 
 def builtin_budget() -> Budget:
@@ -222,6 +281,17 @@ def marker_arch(nodeid: str, markers: Iterable[Any]) -> str | None:
     return None
 
 
+def marker_leak_rounds(nodeid: str, markers: Iterable[Any]) -> LeakRounds | None:
+    """The closest `taichi_limits` marker's `leak_rounds`, checked; None where none sets one."""
+    for marker in markers:
+        if MARKER_LEAK_ROUNDS_KEY in marker.kwargs:
+            return parse_leak_rounds(
+                marker.kwargs[MARKER_LEAK_ROUNDS_KEY],
+                f"{nodeid}: @pytest.mark.{MARKER_NAME}: {MARKER_LEAK_ROUNDS_KEY}",
+            )
+    return None
+
+
 def marker_isolation(nodeid: str, markers: Iterable[Any]) -> str | None:
     """The closest `taichi_limits` marker's `isolation`, checked; None where none sets one."""
     for marker in markers:
@@ -240,11 +310,18 @@ def resolve(
     marker: Mapping[str, float | None],
     cli: Mapping[str, float | None],
     ini: Mapping[str, float | None],
+    leaks_asked: bool = False,
 ) -> Budget:
-    """Apply the precedence chain marker > command line > ini > built-in default per key."""
+    """Apply the precedence chain marker > command line > ini > built-in default per key.
+
+    `leaks_asked`: leak hunting's rounds were given (--taichi-limits-leaks, its ini key, or the
+    marker's leak_rounds), which switches it on: leak_mb then defaults to DEFAULT_LEAK_MB."""
+    defaults = BUILTIN_DEFAULTS
+    if leaks_asked:
+        defaults = {**BUILTIN_DEFAULTS, "leak_mb": DEFAULT_LEAK_MB}
     values: dict[str, float | None] = {}
     for key in BUDGET_KEYS:
-        for layer in (marker, cli, ini, BUILTIN_DEFAULTS):
+        for layer in (marker, cli, ini, defaults):
             if key in layer:
                 values[key] = layer[key]
                 break

@@ -23,13 +23,17 @@ from .budget import (
     ARCH_NAMES,
     BUDGET_KEYS,
     BUILTIN_DEFAULTS,
+    DEFAULT_LEAK_MB,
+    DEFAULT_LEAK_ROUNDS,
     BudgetError,
+    LeakRounds,
     check_arch,
+    parse_leak_rounds,
     parse_text,
     resolve,
 )
 from .capacity import CapacityError, Declared, parse_capacity
-from .settings import ISOLATIONS, MEMORY_METHODS, MODES, Settings
+from .settings import DEFAULT_ISOLATION, ISOLATIONS, MEMORY_METHODS, MODES, Settings
 from .tolerance import DEFAULT_TOLERANCE_SPEC, Tolerance, ToleranceError, parse_tolerance
 from .units import BYTE_UNITS_TEXT, SECOND_UNITS_TEXT, UnitError, parse_seconds
 
@@ -102,6 +106,9 @@ _BUDGET_HELP = {
     "is stopped too",
     "gpu_gb": "GiB (2**30 bytes) of GPU memory: caps ti.init(device_memory_GB=...) and, where NVML "
     "is available, the measured GPU memory of the test's processes",
+    "leak_mb": "MiB (2**20 bytes) of growth allowed per measured round of leak hunting: setting it "
+    "runs each test in rounds (--taichi-limits-leaks) and fails one whose own memory or GPU "
+    "memory grows by more per round, in nearly every round",
 }
 _DEFAULT_INTERVAL_S = 0.01
 _DEFAULT_GRACE_S = 2.0
@@ -133,6 +140,18 @@ OPTIONS: tuple[Option, ...] = (
     ),
     *(_budget_option(key) for key in BUDGET_KEYS),
     Option(
+        "taichi_limits_leaks",
+        "hunt leaks in every supervised test: W warm-up rounds, then N measured rounds of its "
+        "setup, call and teardown in the same child, with an exact reading in each (after the "
+        "call, before the teardown); a test "
+        "whose own memory or GPU memory grows by more than leak_mb per round (default "
+        f"{DEFAULT_LEAK_MB:g} here), or whose Taichi fields, ndarrays, SNode trees, open files, "
+        "threads or processes grow, in nearly every measured round, fails (docs/leaks.md). "
+        f"'off': only tests that set leak_mb or leak_rounds. Default off; W:N is "
+        f"{DEFAULT_LEAK_ROUNDS.text()} where a test asks without one",
+        metavar="W:N|off",
+    ),
+    Option(
         "taichi_limits_interval",
         "finest interval at which the supervisor samples memory and CPU of the test's "
         "processes, used as a limit comes near; far from every limit it samples every 0.1 s: "
@@ -160,7 +179,9 @@ OPTIONS: tuple[Option, ...] = (
         "module: module fixtures set up once), session (one child runs every test in turn, "
         "as plain pytest does). Budgets, figures and reports stay per test; a violation or "
         "crash ends the child and the next test gets a new one. The marker key isolation= "
-        "overrides it per test. Default test",
+        "overrides it per test. Default module (a test's figures may then include its "
+        "module's shared set-up when it runs first in its child; test gives figures that "
+        "never depend on the tests before it)",
         metavar="ISOLATION",
         choices=ISOLATIONS,
     ),
@@ -226,7 +247,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "taichi_limits_tolerance",
         "allowed growth per resource against the baseline, relative plus absolute, e.g. "
-        "'mem=10%+8MiB,cpu=25%+0.5s,wall=off'; keys mem, cpu, wall, gpu, each once; byte "
+        "'mem=10%+8MiB,cpu=25%+0.5s,wall=off'; keys mem, cpu, wall, gpu and leak (own memory's "
+        "growth per round of leak hunting), each once; byte "
         f"units {BYTE_UNITS_TEXT}; seconds {SECOND_UNITS_TEXT}; keys not named keep their "
         f"default ({DEFAULT_TOLERANCE_SPEC})",
         metavar="SPEC",
@@ -418,6 +440,8 @@ class Options:
     #: --taichi-limits-calibration: "auto", "off", or the loop's seconds as given
     calibration: str | float = "auto"
     capacity: Declared = field(default_factory=Declared)
+    #: --taichi-limits-leaks: leak hunting for every supervised test, in these rounds (None: off)
+    leak_rounds: LeakRounds | None = None
 
 
 def _budget_layer(config: pytest.Config, from_ini: bool) -> dict[str, float | None]:
@@ -460,6 +484,12 @@ def _choice(config: pytest.Config, dest: str, choices: Sequence[str], default: s
     return text
 
 
+def _given_where(config: pytest.Config, dest: str) -> str:
+    """Where an option was given (its flag, or its ini key); "" where it was not."""
+    text, where = value_or_ini(config, dest)
+    return "" if text is None else where
+
+
 def _arch(config: pytest.Config) -> str | None:
     text, where = value_or_ini(config, "taichi_limits_arch")
     if text is None:
@@ -476,7 +506,8 @@ def _settings(config: pytest.Config) -> Settings:
         grace_s=_seconds(config, "taichi_limits_grace", _DEFAULT_GRACE_S, 0.0, 600.0),
         mode=_choice(config, "taichi_limits_mode", MODES, "auto"),
         arch=_arch(config),
-        isolation=_choice(config, "taichi_limits_isolation", ISOLATIONS, "test"),
+        isolation=_choice(config, "taichi_limits_isolation", ISOLATIONS, DEFAULT_ISOLATION),
+        isolation_from=_given_where(config, "taichi_limits_isolation"),
         clean_shm=flag_or_ini(config, "taichi_limits_clean_shm"),
         memory_method=_choice(config, "taichi_limits_memory_method", MEMORY_METHODS, "auto"),
     )
@@ -521,6 +552,16 @@ def _tolerance(config: pytest.Config) -> Tolerance:
         return parse_tolerance(text)
     except ToleranceError as error:
         raise pytest.UsageError(f"{where}: {error}") from None
+
+
+def _leak_rounds(config: pytest.Config) -> LeakRounds | None:
+    text, where = value_or_ini(config, "taichi_limits_leaks")
+    if text is None or text.strip().lower() in ("off", "none", "no", "false", "0"):
+        return None
+    try:
+        return parse_leak_rounds(text, where, " or 'off'")
+    except BudgetError as error:
+        raise pytest.UsageError(str(error)) from None
 
 
 def _admit(config: pytest.Config) -> str | None:
@@ -589,6 +630,7 @@ def read_options(config: pytest.Config) -> Options:
         admit=_admit(config),
         capacity=_capacity(config),
         calibration=_calibration(config),
+        leak_rounds=_leak_rounds(config),
     )
     saving = outputs.save_baseline is not None
     _needs(

@@ -13,7 +13,8 @@ update different tests merge cleanly in git):
         "<node id>": {"runs": 3,
                       "own_memory_bytes": {"min": 120000000, "max": 122088448},
                       "cpu_s": {"min": 0.21, "max": 0.25}, "wall_s": {"min": 0.22, "max": 0.3},
-                      "gpu_bytes": null, "memory_method": "cgroup-v1",
+                      "gpu_bytes": null, "leak_bytes_per_round": {"min": 9000, "max": 14000},
+                      "memory_method": "cgroup-v1",
                       "arch": "x64", "mode": "fork",
                       "calibration": {"cpu_s": 0.031, "wall_s": 0.033},
                       "environment": "<id>", "saved_at": "2026-11-28T13:40:00+00:00"}
@@ -24,6 +25,8 @@ A baseline holds a range per figure: saving again (without --taichi-limits-basel
 widens each test's range with this run's figures and counts the run, so a test whose CPU time
 varies from run to run is compared with the worst run the baseline saw, not with one lucky run.
 A test is compared per resource: `after > max * (1 + relative) + absolute` is a regression.
+`leak_bytes_per_round` (own memory's growth per measured round of leak hunting, docs/leaks.md)
+is null, or absent in a file written before it existed, for a test that did not hunt leaks.
 
 `calibration` (absent in a file written before it existed) is what the calibration loop cost in
 the run the entry's ranges are in units of (measure/calibration.py): a later run's CPU and wall
@@ -232,10 +235,10 @@ def _entry(path: str, nodeid: str, data: Any) -> Entry:
         raise bad("runs", f"must be a whole number >= 1, got {runs!r}")
     ranges: dict[str, Range | None] = {}
     for key, (name, _, _) in RESOURCES.items():
-        if name not in data:
+        if name not in data and key not in _LATER:
             raise bad(name, "is missing")
-        value = data[name]
-        if value is None and key == "gpu":  # GPU memory not measured in that run
+        value = data.get(name)
+        if value is None and key in _OPTIONAL:  # not measured in that run
             ranges[name] = None
             continue
         low = value.get("min") if isinstance(value, dict) else None
@@ -266,6 +269,11 @@ def _entry(path: str, nodeid: str, data: Any) -> Entry:
     return Entry(runs=runs, ranges=ranges, timeline=timeline, calibration=calibration, **texts)
 
 
+#: Figures an entry may hold null for (not measured), and those it may lack (added later).
+_OPTIONAL = frozenset({"gpu", "leak"})
+_LATER = frozenset({"leak"})
+
+
 def _is_figure(value: Any) -> TypeGuard[float]:
     return (
         isinstance(value, (int, float))
@@ -282,6 +290,7 @@ def _figures(record: UsageRecord) -> dict[str, float | None]:
         "cpu_s": record.cpu_s,
         "wall_s": record.wall_s,
         "gpu_bytes": record.gpu_peak_bytes,
+        "leak_bytes_per_round": _leak_growth(record),
     }
 
 
@@ -293,6 +302,14 @@ def _speed_scales(ranges_in: Calibration | None, run: Calibration | None) -> dic
         for key in TIMED:
             scales[RESOURCES[key][0]] = 1.0 / run.ratio(key, ranges_in)
     return scales
+
+
+def _leak_growth(record: UsageRecord) -> float | None:
+    """Own memory's growth per measured round, where the test hunted leaks and every round ran
+    (a slope below zero, memory given back, is no growth)."""
+    leaks = record.leaks
+    growth = None if leaks is None or not leaks.judged else leaks.growth_bytes_per_round
+    return None if growth is None else max(0.0, growth)
 
 
 def merged_entry(
@@ -584,9 +601,12 @@ def regression_report(
     record: UsageRecord,
     warn_only: bool,
     report_path: str | None = None,
+    shared_start: bool = False,
 ) -> str:
     """The text a grown test fails (or warns) with: before, after, growth and the tolerance.
-    `report_path`: the run's JSON report (the figures an accept takes), where one is written."""
+    `report_path`: the run's JSON report (the figures an accept takes), where one is written.
+    `shared_start`: the test ran first in a child that runs several tests (isolation module or
+    session), so its figures carry what its module's tests share."""
     entry = baseline.tests[nodeid]
     made_with = baseline.environment_of(nodeid)
     lines = [regression_headline(exceeded)]
@@ -633,6 +653,14 @@ def regression_report(
             "figures of another arch or start mode are not comparable (a forked child's "
             "first test pays for its copies of pytest's pages; a Taichi runtime made at "
             "import is the worker's, not the test's)"
+        )
+    if shared_start:
+        lines.append(
+            "  note        this test ran first in its child (isolation module or session): its "
+            "figures include what the tests sharing that child share (module fixtures, "
+            "Taichi's start, kernel loads), which it does not pay where another test of its "
+            "module runs before it (a full run against a run of it alone, -k); "
+            "--taichi-limits-isolation=test gives figures that do not depend on that"
         )
     lines.append(
         "  what to do  find what grew; accept reviewed growth with: "

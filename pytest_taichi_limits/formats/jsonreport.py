@@ -3,11 +3,15 @@
 
 Schema "pytest-taichi-limits/report", version 4 (REPORT_SCHEMA below is its JSON Schema; a field
 is only ever added in a later version, never renamed or removed, without a version change).
-Version 4 (from version 3): the document carries `calibration` (what the calibration loop cost at
-the run's start and end: the machine's speed, measure/calibration.py), the baseline section
+Version 4 (from version 3): records carry `leaks` (null, or leak hunting's rounds: every round's
+reading, the verdict on each figure, the causes; model/leaks.py), the budget `leak_mb` (MiB of
+growth allowed per measured round, null = leak hunting off), and a violation's resource may be
+`leak_mb` (unit "MiB/round"); the document carries `calibration` (what the calibration loop cost
+at the run's start and end: the machine's speed, measure/calibration.py), the baseline section
 `calibration` (the baseline's), and each regression growth its `scale` (how much slower the
 machine was than when the baseline was saved: the baseline's CPU and wall figures are compared
-multiplied by it). Readers of version 4 read versions 2 and 3 (absent: not calibrated, scale 1).
+multiplied by it). Readers of version 4 read versions 2 and 3 (absent: no leak hunting, not
+calibrated, scale 1).
 Version 3 (from version 2): records carry `reason` (why a failed test failed, in one line),
 `started` (false for a test refused before it started: admission, start mode; such a record has
 no figures, `pid` 0) and `ending` (how the test's process ended); the document carries `source`
@@ -43,7 +47,13 @@ growths carry `before_min` and `runs` (the baseline's range).
   test's process ended: "exited with status N", "killed by signal N (NAME)"), `violation` (null
   or the violation), `regression` (null or the baseline comparison that failed or warned),
   `timeline` (optional: what the supervisor sampled, at most 200 points, documented in
-  model/timeline.py).
+  model/timeline.py), `leaks` (null, or leak hunting's `warmup_rounds`, `measured_rounds`,
+  `allowance_bytes`, `rounds`: the reading after each round (`own_memory_bytes` since the test
+  began, `gpu_bytes`, `open_fds`, `threads`, `processes`, the round's `cpu_s` and `wall_s`,
+  Taichi's counts in `taichi`, objects alive per call site in `sites`, ndarrays made per call
+  site in `made`), `series`: per judged figure its `slope` per round, `growing_rounds`,
+  `rounds`, `allowance` and `leak`; `causes`: where what stayed was made; `note`: why the rounds
+  were not judged, "" when they were).
 - `violations`: every violation of the session (the same objects as in the records).
 - `calibration`: null where the run was not calibrated (no baseline compared or saved, no JSON
   report, or --taichi-limits-calibration=off); else `start` and `end` (null when the run did not
@@ -67,12 +77,14 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..model.records import OUTCOMES, Calibration, Growth, RecordError, UsageRecord
+from ..config.budget import BUDGET_KEYS
+from ..model.leaks import LEAKS_SCHEMA
+from ..model.records import OUTCOMES, UNITS, Calibration, Growth, RecordError, UsageRecord
 from ..model.timeline import TIMELINE_SCHEMA
 
 SCHEMA = "pytest-taichi-limits/report"
 VERSION = 4
-#: Versions this plugin reads (3 and 4 only added fields).
+#: Versions this plugin reads (3 and 4 only added fields to 2).
 READABLE_VERSIONS = (2, 3, 4)
 
 
@@ -134,11 +146,10 @@ _RECORD_SCHEMA: dict[str, Any] = {
         "gpu_note": _STRING,
         "budget": {
             "type": "object",
-            "required": ["cpu_s", "mem_mb", "wall_s", "gpu_gb"],
+            "required": list(BUDGET_KEYS),
             "additionalProperties": False,
             "properties": {
-                key: {"type": ["number", "null"], "exclusiveMinimum": 0}
-                for key in ("cpu_s", "mem_mb", "wall_s", "gpu_gb")
+                key: {"type": ["number", "null"], "exclusiveMinimum": 0} for key in BUDGET_KEYS
             },
         },
         "pid": {"type": "integer", "minimum": 0},  # 0: never started
@@ -171,9 +182,10 @@ _RECORD_SCHEMA: dict[str, Any] = {
                 "signals_sent",
                 "stack",
             ],
-            "properties": {"resource": {"enum": ["cpu_s", "mem_mb", "wall_s", "gpu_gb"]}},
+            "properties": {"resource": {"enum": list(UNITS)}},
         },
         "timeline": TIMELINE_SCHEMA,
+        "leaks": LEAKS_SCHEMA,
         "regression": {
             "type": ["object", "null"],
             "required": ["warn_only", "growths", "text"],

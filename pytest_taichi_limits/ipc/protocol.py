@@ -9,11 +9,13 @@ Three kinds of records cross a process boundary, each a family of frozen datacla
   (memory, CPU time, the clock), and believes the child's `Done` only once it has seen the child
   wait for its next command (supervise/supervisor.py);
 - *commands*, from the parent to an idle child: run the test at an index, or stop;
-- *exit statuses*, from the plugin's subreaper above the test (the keeper of a forked child, or
-  the spawn-mode zygote) to the parent: the child's pid, then how it ended (wait4's status, peak
-  RSS and CPU time).
+- *exit statuses*, from the plugin's subreaper above the test (the fork server of a forked
+  child, or the spawn-mode zygote) to the parent: the child's pid, then how it ended (wait4's
+  status, peak RSS and CPU time), and the fork server's answer to a move;
+- *orders*, from the parent to its fork server (launch/forkserver.py): fork a test's child (its
+  file descriptors travel with the order), or move into the next worker's memory cgroup.
 
-Each family is one JSON object per line, its kind under a tag key ("t", "c", "s"); a tuple
+Each family is one JSON object per line, its kind under a tag key ("t", "c", "s", "o"); a tuple
 inside a field survives the trip (pytest's serialised reports rely on them). To add a message
 kind, see CONTRIBUTING.md ("How to add a message kind").
 """
@@ -27,6 +29,8 @@ from collections.abc import Callable
 from dataclasses import MISSING, dataclass, fields
 from typing import Any, ClassVar, Generic, Protocol, TypeVar, get_type_hints
 
+from ..config.budget import MAX_LEAK_ROUNDS
+
 
 class ChannelError(ValueError):
     """A line that is not a record of the family it was read as; the text says why."""
@@ -37,6 +41,8 @@ PHASES = ("setup", "call", "teardown")
 
 #: The `key` of a Note that says a ti.init's device memory was clamped to gpu_gb.
 CLAMP_NOTE = "gpu_clamp"
+#: The `key` of a Note that says why a test that hunts leaks ran once (child/rounds.py).
+ROUNDS_NOTE = "leak_hunting"
 
 #: faulthandler dumps every thread's Python stack on this signal, even while native code
 #: (a Taichi kernel) holds the GIL. A real-time signal, so tests that use SIGUSR1/2 keep them.
@@ -161,6 +167,56 @@ class Done:
     arch: str | None = None
 
 
+#: Taichi's own counts a RoundEnd may carry (taichi_support/census.py says what each counts).
+TAICHI_COUNTS = (
+    "fields",
+    "ndarrays",
+    "textures",
+    "sparse_matrices",
+    "snode_trees",
+    "taichi_bytes",
+)
+#: A RoundEnd names at most this many call sites, each in at most this many characters: the
+#: child's word is bounded.
+MOST_SITES = 20
+_LONGEST_SITE = 300
+
+
+def _check_counts(name: str, counts: dict[str, Any], keys: tuple[str, ...] | None) -> None:
+    if len(counts) > (len(keys) if keys is not None else MOST_SITES):
+        raise ValueError(f"{name} holds more than {MOST_SITES} entries")
+    for key, value in counts.items():
+        if keys is not None and key not in keys:
+            raise ValueError(f"{name} has an unknown count {key[:40]!r}")
+        if len(key) > _LONGEST_SITE:
+            raise ValueError(f"{name} has a name longer than {_LONGEST_SITE} characters")
+        if not _is_int(value) or value < 0:
+            raise ValueError(f"{name}[{key[:40]!r}] must be a whole number >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class RoundEnd:
+    """Leak hunting: round `number` (1 for the first warm-up round) ran its setup and call, the
+    child collected its garbage, and it waits for `NextRoundCommand` while the parent takes its
+    exact reading (the test's teardown follows). `taichi`: Taichi's own counts now
+    (TAICHI_COUNTS); `sites`: Taichi objects made in the rounds so far and alive now, per
+    "kind at file:line in function"; `made`: ndarrays made in this round, per site (alive or
+    not: Taichi 1.7.4 never frees a vector or matrix ndarray's memory)."""
+
+    KIND: ClassVar[str] = "round_end"
+    number: int
+    taichi: dict[str, Any]
+    sites: dict[str, Any]
+    made: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.number <= MAX_LEAK_ROUNDS:
+            raise ValueError(f"number must be from 1 to {MAX_LEAK_ROUNDS}, got {self.number}")
+        _check_counts("taichi", self.taichi, TAICHI_COUNTS)
+        _check_counts("sites", self.sites, None)
+        _check_counts("made", self.made, None)
+
+
 @dataclass(frozen=True, slots=True)
 class Exit:
     """pytest.exit or KeyboardInterrupt inside the test: the session must end."""
@@ -215,6 +271,7 @@ Message = (
     | Fixtures
     | Report
     | RaisedWarning
+    | RoundEnd
     | Done
     | Exit
     | Refused
@@ -236,6 +293,28 @@ class RunCommand:
     next_index: int | None
     cpu_s: float | None  # the test's CPU budget, for the child's RLIMIT_CPU backstop
     gpu_gb: float | None  # the test's GPU budget, for the ti.init cap
+    #: leak hunting (child/rounds.py): run the test this many warm-up and measured rounds;
+    #: 0 measured rounds: once, as usual
+    warmup_rounds: int = 0
+    measured_rounds: int = 0
+
+    def __post_init__(self) -> None:
+        rounds = (self.warmup_rounds, self.measured_rounds)
+        if min(rounds) < 0 or sum(rounds) > MAX_LEAK_ROUNDS:
+            raise ValueError(f"rounds must be >= 0 and at most {MAX_LEAK_ROUNDS} in all")
+
+    @property
+    def rounds(self) -> int:
+        """How many times the test runs (1 without leak hunting)."""
+        return self.warmup_rounds + self.measured_rounds if self.measured_rounds else 1
+
+
+@dataclass(frozen=True, slots=True)
+class NextRoundCommand:
+    """Leak hunting: the parent took its reading after a RoundEnd; tear this round down and run
+    the next one."""
+
+    KIND: ClassVar[str] = "next_round"
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,7 +324,7 @@ class StopCommand:
     KIND: ClassVar[str] = "stop"
 
 
-Command = RunCommand | StopCommand
+Command = RunCommand | NextRoundCommand | StopCommand
 
 
 # -- exit statuses: the subreaper above the test -> parent ----------------------------------------
@@ -273,13 +352,51 @@ class ChildEnded:
 
 @dataclass(frozen=True, slots=True)
 class StartFailed:
-    """The zygote could not fork a worker."""
+    """The zygote (or the fork server) could not fork a worker."""
 
     KIND: ClassVar[str] = "failed"
     error: str
 
 
-Status = ChildStarted | ChildEnded | StartFailed
+@dataclass(frozen=True, slots=True)
+class Moved:
+    """The fork server's answer to a MoveOrder: "" when it is in that cgroup now, else why not."""
+
+    KIND: ClassVar[str] = "moved"
+    error: str
+
+
+Status = ChildStarted | ChildEnded | StartFailed | Moved
+
+
+# -- orders: parent -> its fork server ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ForkOrder:
+    """Fork a test's child. Its channel, stack, control and status fds come with the order.
+
+    `env`: variables set in the child before anything else (the device admission chose them).
+    `first`: the child's first run command, encoded (a RunCommand line): the child starts that
+    test at once, without a ready/command round trip. `request`: a reimport worker's request
+    and the modules it imports again, pickled and base64-encoded (the parent's own words)."""
+
+    KIND: ClassVar[str] = "fork"
+    env: dict[str, Any]
+    first: str | None = None
+    request: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MoveOrder:
+    """Move into the memory cgroup whose cgroup.procs is `procs` (the next worker's), so that
+    the next child is born there; answered with Moved."""
+
+    KIND: ClassVar[str] = "move"
+    procs: str
+
+
+Order = ForkOrder | MoveOrder
 
 
 # -- the codec ------------------------------------------------------------------------------------
@@ -445,6 +562,7 @@ MESSAGES: _Family[Message] = _Family(
         Fixtures,
         Report,
         RaisedWarning,
+        RoundEnd,
         Done,
         Exit,
         Refused,
@@ -452,10 +570,13 @@ MESSAGES: _Family[Message] = _Family(
         Finished,
     ),
 )
-COMMANDS: _Family[Command] = _Family("c", "the control socket", (RunCommand, StopCommand))
-STATUSES: _Family[Status] = _Family(
-    "s", "the exit status line", (ChildStarted, ChildEnded, StartFailed)
+COMMANDS: _Family[Command] = _Family(
+    "c", "the control socket", (RunCommand, NextRoundCommand, StopCommand)
 )
+STATUSES: _Family[Status] = _Family(
+    "s", "the exit status line", (ChildStarted, ChildEnded, StartFailed, Moved)
+)
+ORDERS: _Family[Order] = _Family("o", "the fork server's order", (ForkOrder, MoveOrder))
 
 assert set(MESSAGES.kinds) == {kind.KIND for kind in Message.__args__}
 
@@ -483,3 +604,11 @@ def encode_status(status: Status) -> bytes:
 
 def decode_status(data: bytes) -> Status:
     return STATUSES.decode(data)
+
+
+def encode_order(order: Order) -> bytes:
+    return ORDERS.encode(order)
+
+
+def decode_order(data: bytes) -> Order:
+    return ORDERS.decode(data)

@@ -6,6 +6,7 @@ fork: never from the test's side of the wire.
 
 from __future__ import annotations
 
+import base64
 import pickle
 from dataclasses import dataclass
 from typing import Any
@@ -49,3 +50,14 @@ class WorkerRequest:
     env: dict[str, str]  # set before collection (the device admission chose)
     #: the worker's memory cgroup: it moves itself in first thing (measure/cgroup.py)
     cgroup_procs: str | None = None
+
+
+def encode_reimport(request: WorkerRequest, modules: list[str]) -> str:
+    """A reimport worker's request and the modules it imports again, for the fork server's
+    order (ipc/protocol.py's ForkOrder.request): pickled, then base64 so that it is text."""
+    return base64.b64encode(pickle.dumps((request, modules))).decode("ascii")
+
+
+def decode_reimport(text: str) -> tuple[WorkerRequest, list[str]]:
+    request, modules = pickle.loads(base64.b64decode(text))  # our own order, never the test's
+    return request, modules

@@ -13,27 +13,27 @@ next test with that key starts a new one. Each test keeps its own budget, figure
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import os
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pytest
 
-from ..child.loop import ChildStart, run_forked
+from ..child.loop import ChildStart, prepare_fork_server, run_forked
 from ..child.session import reimport_worker
 from ..config.budget import Budget
-from ..config.settings import BUDGET_KEY, Settings
-from ..ipc.requests import WorkerRequest, fingerprint
+from ..config.settings import BUDGET_KEY, LEAK_ROUNDS_KEY, Settings
+from ..ipc.protocol import ForkOrder, RunCommand, decode_command
+from ..ipc.requests import WorkerRequest, decode_reimport, encode_reimport, fingerprint
 from ..measure import cgroup
+from ..measure.memory import rollup
 from ..measure.meter import MemoryMethod, MemoryPlan, MeterError, choose, memory_for
 from ..model.records import Admitted, RunResult
 from ..supervise.supervisor import STOP_TIMEOUT_S, Worker, WorkerGone
 from ..taichi_support import reinit
 from . import forksafety, startplan
-from .forking import ChildBody, ForkLaunch, LaunchError
+from .forkserver import ChildBody, ChildFds, ForkServer, LaunchError, ServerLaunch
 from .spawn import SpawnError, SpawnLaunch, Zygote, new_temp_dir, worker_args
 
 
@@ -70,6 +70,13 @@ class Runner:
         self._worker_items: list[pytest.Item] = []
         self._cgroup: cgroup.TestCgroup | None = None  # the current worker's, where writable
         self._cgroups_made = 0
+        #: forks every fork-mode and reimport worker (launch/forkserver.py); started at the
+        #: first one, replaced when a test stopped or killed it, or when pytest ran an
+        #: unsupervised test since (its children would not see what that test changed)
+        self._server: ForkServer | None = None
+        self._server_stale = False
+        #: the cgroup the server moved (or is moving) into: the next forked worker's
+        self._server_cgroup: cgroup.TestCgroup | None = None
         #: how memory is measured (measure/meter.py); chosen by `choose_memory`, in the
         #: process that launches workers, before any test runs
         self.memory_plan: MemoryPlan | None = None
@@ -121,10 +128,33 @@ class Runner:
         if self.modules and (self._fresh_kind() == "spawn" or kept):
             self._start_zygote()  # warms up while the forked (or unsupervised) tests run
 
+    def session_starts(self) -> None:
+        """Before the first test: the fork server, where a supervised test will be forked and
+        nothing of pytest's Taichi state is kept for unsupervised tests (starting it resets
+        Taichi here). Started now, it is there before any test, as pytest's other children
+        are; otherwise it is started at the first forked test."""
+        if self.settings.mode == "spawn" or self._cuda is not None:
+            return
+        if self.keeps_taichi_state() is not None:
+            return
+        if any(_supervised(item) and self.mode_of(item) != "spawn" for item in self._items):
+            server = self._fork_server()
+            if self.choose_memory().support is not None:
+                self._order_server_cgroup(server)  # in the first worker's cgroup, in time
+
+    def session_ends(self) -> None:
+        """After the last test: the last worker stops (its fixtures torn down), and the fork
+        server leaves (no test is forked any more)."""
+        try:
+            self.stop_worker()
+        finally:
+            self._close_server()
+
     def plain_test_starts(self, item: pytest.Item) -> None:
         """pytest is about to run an unsupervised test here itself."""
         self._plain_left.discard(item.nodeid)
         self._kept_known = False  # it may make or drop Taichi objects here
+        self._server_stale = True  # and change what the next supervised test should inherit
 
     def keeps_taichi_state(self) -> str | None:
         """Why the next supervised test must start without a Taichi reset here (None: it may).
@@ -177,7 +207,7 @@ class Runner:
         elif fresh:
             how = (
                 "each in a worker of its own"
-                if self.settings.isolation != "session"
+                if self.settings.isolation == "test"
                 else "in one shared worker"
             )
             if self._fresh_kind() == "spawn":
@@ -236,9 +266,13 @@ class Runner:
                 "so that fork mode works."
             )
         if fresh_reason:
-            # Its tests share the module's state, as in plain pytest: one worker per module.
+            # Its tests share the module's state, as in plain pytest: one worker per module
+            # with isolation test. With module (or session) isolation, consecutive modules
+            # that import Taichi state share one worker: in plain pytest they share that
+            # state in one process too (the application module that called ti.init at import
+            # is imported once), and each worker would import and initialise it again.
             kind = "spawn" if kept_reason else self._fresh_kind()
-            return Key(kind, "session" if isolation == "session" else module)
+            return Key(kind, module if isolation == "test" else "session")
         return Key("spawn" if kept_reason else "fork", per_isolation)
 
     def run(
@@ -271,7 +305,8 @@ class Runner:
         if nextitem is not None and _supervised(nextitem) and self._same_key(nextitem, key):
             next_index = self._worker_index(nextitem)
         try:
-            result = worker.run_test(index, next_index, item.nodeid, budget, admission)
+            rounds = item.stash.get(LEAK_ROUNDS_KEY, None)
+            result = worker.run_test(index, next_index, item.nodeid, budget, admission, rounds)
         except WorkerGone as gone:
             raise SpawnError(str(gone)) from None
         if next_index is None or not worker.alive or result.violation or result.crash:
@@ -308,44 +343,137 @@ class Runner:
                 if _supervised(candidate) and self._same_key(candidate, key)
             ]
             self._worker_items = self._worker_items[self._worker_items.index(item) :]
-        launched: ForkLaunch | SpawnLaunch
-        why_not = self._new_cgroup()
-        procs = None if self._cgroup is None else self._cgroup.procs_file()
+        launched: ServerLaunch | SpawnLaunch
         if key.mode == "spawn":
+            why_not = self._new_cgroup()
+            procs = None if self._cgroup is None else self._cgroup.procs_file()
             try:
                 launched = self._spawn(self._request(self._worker_items, env, procs))
             except SpawnError:
                 self._close_cgroup()
                 raise
+            why_not = why_not or self._check_joined(launched.pid)
         else:
-            # A forked child of a process holding a Taichi program hangs: reset it here, and
-            # let the child (and a plain test here) replay the init lazily.
-            reinit.reset_for_fork(self.recorder.last_init)
-            try:
-                with _environment(env):  # the child inherits it at the fork
-                    launched = ForkLaunch(self._fork_body(key), procs)
-            except LaunchError as error:
-                self._close_cgroup()
-                raise SpawnError(str(error)) from None
-        why_not = why_not or self._check_joined(launched.pid)
+            launched, why_not = self._fork_launch(key, env)
         self._worker = Worker(launched, self.settings, key.mode, self._memory(launched, why_not))
         self._worker_key = key
         self._worker_env = env
 
-    def _new_cgroup(self) -> str:
-        """A memory cgroup of its own for the next worker, where this run measures by
-        cgroup; "" when made (or not wanted), else why it could not be made."""
+    def _fork_launch(self, key: Key, env: dict[str, str]) -> tuple[ServerLaunch, str]:
+        """A worker forked by the fork server: unborn until its first test (it is forked with
+        that test's command), or, for a reimport worker, started now; and why it is not
+        measured by cgroup, if it is not."""
+        if key.mode == "fork":
+            self._worker_items = self._items
+        server = self._fork_server()
+        why_not = self._take_server_cgroup(server)
+        request = None
+        if key.mode != "fork":
+            request = encode_reimport(
+                self._request(self._worker_items, {}), startplan.project_modules()
+            )
+        try:
+            launched = ServerLaunch(server, env, request)
+            if launched.unborn and self._cgroup is None and self._maps_shared_memory(server):
+                # The smaps method cannot know what such a child holds at birth: it reports
+                # ready, and its start figures are read while it waits, as before.
+                launched.start(None)
+        except LaunchError as error:
+            self._close_cgroup()
+            raise SpawnError(str(error)) from None
+        if self.memory_plan is not None and self.memory_plan.support is not None:
+            launched.after_start = lambda: self._order_server_cgroup(server)
+            if not launched.unborn:
+                self._order_server_cgroup(server)
+        return launched, why_not
+
+    def _fork_server(self) -> ForkServer:
+        """The fork server, started (or replaced) now if it has to be."""
+        if self._server is not None and (self._server_stale or not self._server.usable()):
+            self._close_server()
+        if self._server is None:
+            # A forked child of a process holding a Taichi program hangs: reset it here (once
+            # per server), and let the children (and a plain test here) replay the init lazily.
+            reinit.reset_for_fork(self.recorder.last_init)
+            items = self._items
+            self._server = ForkServer(self._child_body(), lambda: prepare_fork_server(items))
+            self._server_stale = False
+        return self._server
+
+    def _child_body(self) -> ChildBody:
+        """What a child of the fork server runs: the collected items (inherited, as the server
+        was forked after collection), or a reimport worker's session."""
+        items, settings = self._items, self.settings
+
+        def run_child(fds: ChildFds, order: ForkOrder) -> None:
+            if order.request is not None:
+                request, modules = decode_reimport(order.request)
+                reimport_worker(
+                    request, modules, fds.channel, fds.stack, fds.control, fds.parent_pid
+                )
+            first = None if order.first is None else decode_command(order.first.encode())
+            start = ChildStart(fds.channel, fds.stack, fds.control, fds.parent_pid, settings)
+            run_forked(items, start, first if isinstance(first, RunCommand) else None)
+
+        return run_child
+
+    def _maps_shared_memory(self, server: ForkServer) -> bool:
+        """Whether the server maps shared memory (tmpfs, memfd, MAP_SHARED) that its children
+        inherit: read once per server, from its smaps_rollup."""
+        if server.maps_shared_memory is None:
+            figures = rollup(server.pid)
+            server.maps_shared_memory = figures is None or figures.get("Pss_Shmem", 0) > 0
+        return server.maps_shared_memory
+
+    def _take_server_cgroup(self, server: ForkServer) -> str:
+        """The cgroup the server sits in becomes the new worker's (the server moved in while
+        the last worker ran); "" when it is (or none is wanted), else why not."""
         plan = self.choose_memory()
         if plan.support is None:
             return ""
+        if self._server_cgroup is None:
+            why_not = self._order_server_cgroup(server)
+            if why_not:
+                return why_not
+        error = server.moved()
+        self._cgroup, self._server_cgroup = self._server_cgroup, None
+        if not error:
+            return ""
+        # It is still where it was: replaced before the next worker, and the cgroup dropped.
+        self._close_cgroup()
+        self._close_server()
+        return f"the worker could not be born in its memory cgroup ({error}): smaps instead"
+
+    def _order_server_cgroup(self, server: ForkServer) -> str:
+        """Make the next worker's cgroup and order the server into it (while the current
+        worker runs, if there is one); "" when ordered, else why it could not be made."""
+        made = self._make_cgroup()
+        if isinstance(made, str):
+            return made
+        self._server_cgroup = made
+        server.move_to(made.procs_file())
+        return ""
+
+    def _new_cgroup(self) -> str:
+        """A memory cgroup of its own for the next (spawn-mode) worker, where this run
+        measures by cgroup; "" when made (or not wanted), else why it could not be made."""
+        if self.choose_memory().support is None:
+            return ""
+        made = self._make_cgroup()
+        if isinstance(made, str):
+            return made
+        self._cgroup = made
+        return ""
+
+    def _make_cgroup(self) -> cgroup.TestCgroup | str:
+        """A new memory cgroup, or why it could not be made."""
+        plan = self.choose_memory()
+        assert plan.support is not None
         self._cgroups_made += 1
         try:
-            self._cgroup = cgroup.TestCgroup.create(
-                plan.support, cgroup.cgroup_name(self._cgroups_made)
-            )
+            return cgroup.TestCgroup.create(plan.support, cgroup.cgroup_name(self._cgroups_made))
         except OSError as error:
             return f"the worker's memory cgroup could not be made ({error}): smaps instead"
-        return ""
 
     def _check_joined(self, pid: int) -> str:
         """Whether the worker is in its cgroup (its keeper moved itself in before it forked
@@ -355,26 +483,10 @@ class Runner:
         self._close_cgroup()
         return "the worker could not join its memory cgroup: smaps instead"
 
-    def _memory(self, launched: ForkLaunch | SpawnLaunch, why_not: str) -> MemoryMethod:
+    def _memory(self, launched: ServerLaunch | SpawnLaunch, why_not: str) -> MemoryMethod:
         return memory_for(
             launched.origin_pid, launched.keeper_pid, self.memory_plan, self._cgroup, why_not
         )
-
-    def _fork_body(self, key: Key) -> ChildBody:
-        if key.mode == "fork":
-            self._worker_items = items = self._items
-            settings = self.settings
-
-            def run_items(channel_fd: int, stack_fd: int, control_fd: int, parent_pid: int) -> None:
-                run_forked(
-                    items,
-                    ChildStart(channel_fd, stack_fd, control_fd, parent_pid, settings),
-                )
-
-            return run_items
-        # (the keeper moved itself into the worker's cgroup: the worker is born inside)
-        request = self._request(self._worker_items, {})
-        return functools.partial(reimport_worker, request, startplan.project_modules())
 
     def _request(
         self, items: list[pytest.Item], env: dict[str, str], cgroup_procs: str | None = None
@@ -433,13 +545,17 @@ class Runner:
         self._close_cgroup()
 
     def _close_cgroup(self) -> None:
-        if self._cgroup is not None:
-            # Whatever of the test is left, wherever it was re-parented: killed, then the
-            # cgroup removed (a deadline each; what a SIGKILL of pytest leaves, the next
-            # session's sweep removes).
-            self._cgroup.kill()
-            self._cgroup.remove(cgroup.REMOVE_DEADLINE_S)
-            self._cgroup = None
+        found, self._cgroup = self._cgroup, None
+        if found is not None:
+            _end_cgroup(found, self._server)
+
+    def _close_server(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()  # it kills whatever is left below it, and leaves
+        found, self._server_cgroup = self._server_cgroup, None
+        if found is not None:
+            _end_cgroup(found, None)
 
     def _close_zygote(self) -> None:
         if self._zygote is not None:
@@ -448,6 +564,7 @@ class Runner:
 
     def close(self) -> None:
         self.stop_worker()
+        self._close_server()
         self._close_zygote()
         if self._temp_dir is not None:
             shutil.rmtree(self._temp_dir, ignore_errors=True)
@@ -463,16 +580,14 @@ def _conftest_paths(config: pytest.Config) -> list[str]:
     return paths
 
 
-@contextlib.contextmanager
-def _environment(values: Mapping[str, str]) -> Iterator[None]:
-    """os.environ with `values` set for the block, then as it was."""
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+def _end_cgroup(found: cgroup.TestCgroup, server: ForkServer | None) -> None:
+    """Whatever of the test is left in `found`, wherever it was re-parented: killed, then the
+    cgroup removed (a deadline each; what a SIGKILL of pytest leaves, the next session's sweep
+    removes). The fork server, which moved in to fork the worker, has moved on to the next
+    worker's cgroup by now (its answer is waited for); it is never killed here."""
+    spared: set[int] = set()
+    if server is not None:
+        server.moved()
+        spared.add(server.pid)
+    found.kill(spare=spared)
+    found.remove(cgroup.REMOVE_DEADLINE_S)

@@ -37,6 +37,7 @@ from ..ipc.protocol import (
     ChannelError,
     ChildEnded,
     ChildStarted,
+    RunCommand,
     StartFailed,
     Status,
     decode_status,
@@ -44,7 +45,7 @@ from ..ipc.protocol import (
 from ..ipc.requests import WorkerRequest
 from ..model.records import Ending, signal_name
 from ..platform import linux
-from ..supervise.supervisor import ExitInfo, control_pair, pidfd_open, stack_file
+from ..supervise.supervisor import ExitInfo, WorkerGone, control_pair, pidfd_open, stack_file
 
 #: How long the parent waits for the zygote to fork a worker; the first time this includes the
 #: zygote's own start (importing pytest, Taichi, the plugins and the suite's third-party stack).
@@ -257,6 +258,15 @@ class SpawnLaunch:
         self._pidfd = pidfd_open(self.pid)
         os.set_blocking(read_fd, False)
         ours.setblocking(False)
+
+    #: the zygote forks a worker at once; it reports ready (supervisor.Launched)
+    unborn = False
+
+    def start(self, first: RunCommand | None) -> None:
+        raise WorkerGone("a spawn-mode worker is started by the zygote, never with a command")
+
+    def birth_rss_bytes(self) -> int:
+        return 0
 
     def _receive_start(self, timeout_s: float) -> Status:
         deadline = time.monotonic() + timeout_s

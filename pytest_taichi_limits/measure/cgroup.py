@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from .proctree import read_proc, start_ticks
@@ -394,13 +395,14 @@ class TestCgroup:
         text = read_proc(self.procs_file(), 1 << 20) or b""
         return [int(word) for word in text.split()]
 
-    def kill(self, deadline_s: float = REMOVE_DEADLINE_S) -> bool:
+    def kill(self, deadline_s: float = REMOVE_DEADLINE_S, spare: Collection[int] = ()) -> bool:
         """SIGKILL every process in the cgroup, however it was re-parented, until it is
-        empty or the deadline passes; whether it is empty. A process that forks meanwhile is
-        born in the cgroup and found by the next round."""
+        empty (but for `spare`: the plugin's fork server, on its way out) or the deadline
+        passes; whether it is. A process that forks meanwhile is born in the cgroup and found
+        by the next round."""
         deadline = time.monotonic() + deadline_s
         while True:
-            pids = self.pids()
+            pids = [pid for pid in self.pids() if pid not in spare]
             if not pids:
                 return True
             for pid in pids:
@@ -409,7 +411,7 @@ class TestCgroup:
                 except (ProcessLookupError, PermissionError):
                     pass
             if time.monotonic() > deadline:
-                return not self.pids()
+                return not [pid for pid in self.pids() if pid not in spare]
             time.sleep(0.001)
 
     def remove(self, wait_s: float = 1.0) -> bool:
@@ -482,12 +484,13 @@ class CgroupV2(TestCgroup):
     def oom_kills(self) -> int:
         return _field(self._pread("memory.events") or b"", b"oom_kill")
 
-    def kill(self, deadline_s: float = REMOVE_DEADLINE_S) -> bool:
-        try:
-            self._write("cgroup.kill", "1")  # Linux 5.14+
-        except OSError:
-            pass
-        return super().kill(deadline_s)
+    def kill(self, deadline_s: float = REMOVE_DEADLINE_S, spare: Collection[int] = ()) -> bool:
+        if not spare:  # cgroup.kill would take the spared process too
+            try:
+                self._write("cgroup.kill", "1")  # Linux 5.14+
+            except OSError:
+                pass
+        return super().kill(deadline_s, spare)
 
 
 class CgroupV1(TestCgroup):

@@ -42,6 +42,9 @@ from .proctree import read_proc
 from .shm import Attribution, mapped_pss_bytes
 
 _KB = 1024
+#: What reading smaps_rollup costs per byte of the process's RSS (about 5.5 ms per GB here): the
+#: pace of the first exact reading of a child that was never read (measure/meter.py).
+ROLLUP_S_PER_BYTE = 5.5e-3 / (1 << 30)
 
 
 def rollup(pid: int) -> dict[str, int] | None:
@@ -119,15 +122,37 @@ class MemoryMeter:
         shm = figures.get("Pss_Shmem", 0)
         return figures.get("Private_Dirty", 0) - shm, shm
 
+    def at_birth(self, rss_bytes: int) -> Reading:
+        """The reading of a child at its fork from the keeper, before it runs: no anonymous
+        memory of its own (both formulas give 0 for a process that shares every page with the
+        one it was forked from), and the tmpfs files and memfds it inherits open. Its cost is
+        what reading a process of `rss_bytes` costs, so that the next reading is paced as if
+        it had been read (a large child is not read again while it starts up)."""
+        held = self.attribution.held_bytes(self.attribution.observe([self.keeper_pid]))
+        return Reading(0, 0, held, rss_bytes * ROLLUP_S_PER_BYTE)
+
     def _shared(self, test_pids: list[int]) -> tuple[int, int] | None:
-        """Several processes: Pss_Anon over every sharer, minus the origin's own."""
+        """Several processes: Pss_Anon over every sharer, less what was there before the test.
+
+        With a keeper (the fork server) between the origin (pytest) and the test, every page
+        the test was forked with is the keeper's (its Anonymous), and pytest's own copies of
+        pages it wrote since it forked the keeper are pytest's alone (its private ones): both
+        are taken away, so that a test is never charged for how far pytest's memory has moved
+        away from the keeper's. Without one (spawn mode: the zygote forked the test), the
+        origin's Anonymous."""
         origin = rollup(self.origin_pid)
         if origin is None:
             return None
-        anon = origin.get("Pss_Anon", 0) - origin.get("Anonymous", 0)
-        if self.keeper_pid != self.origin_pid:
+        if self.keeper_pid == self.origin_pid:
+            anon = origin.get("Pss_Anon", 0) - origin.get("Anonymous", 0)
+        else:
             keeper = rollup(self.keeper_pid) or {}
-            anon += keeper.get("Pss_Anon", 0)
+            anon = (
+                origin.get("Pss_Anon", 0)
+                - _private_anon(origin)
+                + keeper.get("Pss_Anon", 0)
+                - keeper.get("Anonymous", 0)
+            )
         mapped_shm = 0
         for pid in test_pids:
             figures = rollup(pid)
@@ -136,6 +161,12 @@ class MemoryMeter:
             anon += figures.get("Pss_Anon", 0)
             mapped_shm += figures.get("Pss_Shmem", 0)
         return anon, mapped_shm
+
+
+def _private_anon(figures: dict[str, int]) -> int:
+    """A process's anonymous pages that no other process maps (as the single-process formula
+    counts them): its private dirty pages that are not shared memory."""
+    return max(0, figures.get("Private_Dirty", 0) - figures.get("Pss_Shmem", 0))
 
 
 def own_bytes(reading: Reading, baseline: Reading) -> int:

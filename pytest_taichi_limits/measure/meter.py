@@ -122,6 +122,14 @@ class MemoryMethod:
         self.own_bytes = self.peak_bytes = 0
         self.start_rss_bytes = tick.rss_bytes
 
+    def begin_at_birth(
+        self, tree: ProcessTree, tick: Tick, limit_bytes: int | None, now: float
+    ) -> None:
+        """A test begins with the child's birth (it is forked with its command and starts at
+        once): the start figures, read before the fork. `tick.rss_bytes` is what the child
+        inherits."""
+        self.begin(tree, tick, limit_bytes, now, exact=True)
+
     def read(self, tree: ProcessTree, tick: Tick, now: float, settle: bool) -> None:
         """One tick (`settle`: the child is idle again, the test is over)."""
         self._note(tick.rss_bytes - self.start_rss_bytes)
@@ -320,6 +328,18 @@ class SmapsMemory(MemoryMethod):
         if self.baseline is not None:
             self._schedule(self.baseline, tick, now)
 
+    def begin_at_birth(
+        self, tree: ProcessTree, tick: Tick, limit_bytes: int | None, now: float
+    ) -> None:
+        """No reading: at its fork a child has nothing of its own (measure/memory.py's formulas
+        give 0 for a process that shares every page with the one it was forked from), only the
+        tmpfs files and memfds it inherits. One exact reading per short test, at its end."""
+        MemoryMethod.begin(self, tree, tick, limit_bytes, now, exact=True)
+        self.idle_reading = None
+        self.baseline = None if self.reader is None else self.reader.at_birth(tick.rss_bytes)
+        if self.baseline is not None:
+            self._schedule(self.baseline, tick, now)
+
     def read(self, tree: ProcessTree, tick: Tick, now: float, settle: bool) -> None:
         if self.baseline is None or self.reader is None:
             super().read(tree, tick, now, settle)
@@ -386,11 +406,23 @@ class Meter:
     def method(self) -> str:
         return self.memory.name if self.memory.started else "not measured"
 
-    def begin(self, limit_bytes: int | None, now: float, exact: bool = True) -> Tick:
-        """A test begins, the child idle: the start figures (and the cap, for a cgroup)."""
+    def begin(
+        self,
+        limit_bytes: int | None,
+        now: float,
+        exact: bool = True,
+        birth_rss_bytes: int | None = None,
+    ) -> Tick:
+        """A test begins, the child idle: the start figures (and the cap, for a cgroup).
+        `birth_rss_bytes`: the child is about to be forked with the test's command, inheriting
+        this much resident memory."""
         tick = self.tick
         self.tree.sample(tick)
-        self.memory.begin(self.tree, tick, limit_bytes, now, exact)
+        if birth_rss_bytes is None:
+            self.memory.begin(self.tree, tick, limit_bytes, now, exact)
+        else:
+            tick.rss_bytes = birth_rss_bytes
+            self.memory.begin_at_birth(self.tree, tick, limit_bytes, now)
         tick.own_memory_bytes = 0
         return tick
 

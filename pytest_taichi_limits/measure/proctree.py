@@ -332,7 +332,10 @@ def stop_then_kill(pids: list[int]) -> None:
 
 
 def send_signal(pid: int, signum: int) -> None:
-    """os.kill that ignores processes already gone (or no longer ours)."""
+    """os.kill that ignores processes already gone (or no longer ours). Never a process group
+    (a pid of 0 or below: a child not forked yet is no target, and must not become one)."""
+    if pid <= 0:
+        return
     try:
         os.kill(pid, signum)
     except (ProcessLookupError, PermissionError):

@@ -27,12 +27,13 @@ from ..config.tolerance import KINDS
 from ..config.units import GIB, MIB
 from ..ipc.protocol import Message
 from . import timeline as timelines
+from .leaks import LeakRecordError, Leaks
 
 #: The arch of a supervised test that never called ti.init.
 NO_TAICHI = "not initialised"
 
 
-UNITS = {"cpu_s": "s", "wall_s": "s", "mem_mb": "MiB", "gpu_gb": "GiB"}
+UNITS = {"cpu_s": "s", "wall_s": "s", "mem_mb": "MiB", "gpu_gb": "GiB", "leak_mb": "MiB/round"}
 
 #: How a record's memory figure was measured (`memory_method`), docs/memory.md: the worker's
 #: memory cgroup, /proc/<pid>/smaps_rollup, or (neither readable) the tree's RSS growth.
@@ -171,6 +172,7 @@ class Usage:
     shm_files_left: tuple[str, ...] = ()  # what the test made in /dev/shm and left there
     #: --taichi-limits-clean-shm: "path (why)" for each new /dev/shm entry that was kept
     shm_not_removed: tuple[str, ...] = ()
+    leaks: Leaks | None = None  # leak hunting's rounds and verdict (model/leaks.py); None: off
 
     @property
     def kernel_own_rss_bytes(self) -> int:
@@ -193,6 +195,7 @@ class Usage:
         data["kernel_own_rss_bytes"] = self.kernel_own_rss_bytes
         data["own_memory_bytes"] = self.own_memory_bytes
         data["admission"] = None if self.admission is None else self.admission.to_json()
+        data["leaks"] = None if self.leaks is None else self.leaks.to_json()
         del data["timeline"]  # for the JSON and HTML reports (on the record), never a log line
         return data
 
@@ -277,6 +280,7 @@ RESOURCES: dict[str, tuple[str, str, str]] = {
     "cpu": ("cpu_s", KINDS["cpu"], "CPU time"),
     "wall": ("wall_s", KINDS["wall"], "wall time"),
     "gpu": ("gpu_bytes", KINDS["gpu"], "GPU memory"),
+    "leak": ("leak_bytes_per_round", KINDS["leak"], "own memory growth per round"),
 }
 
 
@@ -484,6 +488,7 @@ class UsageRecord:
     #: it went over, why it could not start. "" for a test that did not fail.
     reason: str = ""
     started: bool = True  # False: refused before it started (admission, start mode)
+    leaks: Leaks | None = None  # leak hunting's rounds and verdict (version 4); None: off
 
     @property
     def measured(self) -> bool:
@@ -611,14 +616,15 @@ class UsageRecord:
         data["shm_files_left"] = list(self.shm_files_left)
         data["shm_not_removed"] = list(self.shm_not_removed)
         data["ending"] = None if self.ending is None else self.ending.describe
+        data["leaks"] = None if self.leaks is None else self.leaks.to_json()
         return data
 
     @classmethod
     def from_json(cls, data: Any) -> UsageRecord:
         """The inverse of to_json. Raises RecordError naming the first field that is wrong.
 
-        Fields added in version 3 of the JSON report (`ending`, `reason`, `started`) may be
-        absent: a record of version 2 reads with their defaults."""
+        Fields added in version 3 of the JSON report (`ending`, `reason`, `started`) and in
+        version 4 (`leaks`) may be absent: an earlier record reads with their defaults."""
         fields = _object(data, "record")
         where = f"record of {fields.get('nodeid')!r}"
         outcome = _text(fields, "outcome", where)
@@ -670,6 +676,7 @@ class UsageRecord:
                 ending=None if ending is None else Ending.from_text(_text(fields, "ending", where)),
                 reason=_text(fields, "reason", where) if "reason" in fields else "",
                 started=_flag(fields, "started", where, default=True),
+                leaks=_leaks(fields, where),
             )
         except RecordError as error:
             if str(error).startswith(where):
@@ -728,15 +735,28 @@ def _text(fields: Mapping[str, Any], name: str, where: str) -> str:
     return value
 
 
+#: Budget keys added after version 2 of the JSON report: a record written before may lack them.
+_LATER_BUDGET_KEYS = frozenset({"leak_mb"})  # version 4
+
+
 def _budget(fields: Mapping[str, Any], where: str) -> Budget:
     budget = _object(_field(fields, "budget", where), f"{where}: budget")
-    if set(budget) != set(BUDGET_KEYS) or not all(
+    if not set(BUDGET_KEYS) - _LATER_BUDGET_KEYS <= set(budget) <= set(BUDGET_KEYS) or not all(
         value is None or (_is_number(value) and value > 0) for value in budget.values()
     ):
         raise RecordError(
             f"{where}: budget must map {', '.join(BUDGET_KEYS)} to positive numbers or null"
         )
     return Budget(**{key: None if value is None else float(value) for key, value in budget.items()})
+
+
+def _leaks(fields: Mapping[str, Any], where: str) -> Leaks | None:
+    if fields.get("leaks") is None:
+        return None
+    try:
+        return Leaks.from_json(fields["leaks"])
+    except LeakRecordError as error:
+        raise RecordError(f"{where}: {error}") from None
 
 
 def _optional_integer(fields: Mapping[str, Any], name: str, where: str) -> int | None:

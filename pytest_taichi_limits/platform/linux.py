@@ -146,3 +146,31 @@ def blocked_reading(pid: int, inode: int) -> bool | None:
     except (OSError, ValueError):
         return False
     return target.endswith(f":[{inode}]")
+
+
+def open_fd_count(pid: int) -> int | None:
+    """How many files `pid` holds open; None when /proc cannot show it."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return None
+
+
+def thread_count(pid: int) -> int | None:
+    """How many threads `pid` runs; None when /proc cannot show it."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return None
+
+
+def trim_heap() -> bool:
+    """Give the C library's free heap memory back to the kernel (glibc's malloc_trim), so that
+    what a process holds is what it uses, not what its allocator keeps for later; False where
+    there is no malloc_trim (another C library)."""
+    libc = _libc()
+    trim = getattr(libc, "malloc_trim", None) if libc is not None else None
+    if trim is None:
+        return False
+    trim(0)
+    return True

@@ -18,6 +18,7 @@ from ..formats.baseline import amount, seen_text, speed_text
 from ..formats.jsonreport import Report
 from ..model.records import UsageRecord
 from ..model.timeline import Points
+from . import leaks as leak_text
 from . import markdown, text
 
 #: Rows of the table laid out at once (the rest after "show all", or found by the filter).
@@ -59,6 +60,14 @@ def chart_data(record: UsageRecord) -> dict[str, Any]:
                 round(value / scale, 3)
                 for value in (growth.before_min, growth.before, growth.allowed)
             ]
+    leaks = record.leaks
+    if leaks is not None and leaks.readings:
+        # Leak hunting: own memory after each round, the warm-up rounds apart, the allowance.
+        data["r"] = [round(reading.own_memory_bytes / MIB, 3) for reading in leaks.readings]
+        data["rw"] = leaks.warmup_rounds
+        data["rv"] = leak_text.verdict_word(leaks)
+        if leaks.allowance_bytes is not None:
+            data["ra"] = round(leaks.allowance_bytes / MIB, 3)
     points = Points.of(record.timeline)
     if points is not None:
         data["t"] = [round(value, 3) for value in points.t_s]
@@ -152,6 +161,39 @@ def _failures(report: Report) -> str:
         f'<section id="failures"><h2>Failures that are not budget violations ({len(found)})'
         '</h2><div class="scroll"><table><thead><tr><th>Test</th><th>Outcome</th>'
         f"<th>Reason</th></tr></thead><tbody>{rows}</tbody></table></div></section>"
+    )
+
+
+def _leaks(report: Report) -> str:
+    """Leak hunting: the tests that leaked (or whose rounds were not judged), each with what grew
+    per round and its cause; the others counted. Their per-round charts are beside each test's
+    timeline."""
+    hunted = [record for record in report.records if record.leaks is not None]
+    if not hunted:
+        return ""
+    rows = []
+    for record in hunted:
+        leaks = record.leaks
+        assert leaks is not None
+        if leaks.judged and not leaks.leaking:
+            continue
+        rows.append(
+            f'<tr><td class="id">{_e(record.nodeid)}</td><td>{_e(leak_text.verdict_word(leaks))}'
+            f"</td><td>{_e(leak_text.summary(leaks) or leak_text.own_growth(leaks))}</td>"
+            f'<td class="why">{_e("; ".join(leaks.causes) or leaks.note or "—")}</td></tr>'
+        )
+    leaking = sum(1 for record in hunted if record.leaks is not None and record.leaks.leaking)
+    table = (
+        '<div class="scroll"><table><thead><tr><th>Test</th><th>Verdict</th>'
+        f"<th>Grew per round</th><th>Cause</th></tr></thead><tbody>{''.join(rows)}</tbody>"
+        "</table></div>"
+        if rows
+        else ""
+    )
+    clean = len(hunted) - len(rows)
+    return (
+        f'<section id="leaks"><h2>Leak hunting ({leaking} of {len(hunted)} tests leaked)</h2>'
+        f"{table}{f'<p>No leak in {clean} of them.</p>' if clean else ''}</section>"
     )
 
 
@@ -317,7 +359,7 @@ article.violation{border-top:2px solid var(--bad);margin:1em 0}
 svg .mem{stroke:var(--mem)}svg .cpu{stroke:var(--cpu)}svg .gpu{stroke:var(--gpu)}
 svg .lim{stroke:var(--lim);stroke-dasharray:6 4}svg .vio{stroke:var(--bad);stroke-width:2}
 svg text{font:11px system-ui,sans-serif;fill:var(--muted)}svg text.viot{fill:var(--bad)}
-svg .axis{stroke:#888}
+svg .axis{stroke:#888}svg .round{fill:var(--mem)}
 svg.bars .before{fill:#8c8c8c}svg.bars .after{fill:var(--warn)}
 tr.detail td{background:#fafafa}
 @media (max-width:700px){body{padding:8px}
@@ -395,16 +437,51 @@ function chart(title,unit,t,ys,cls,limit,va,vr,mine,band){
   }
   return '<div class="chart">'+s+'</svg></div>';
 }
+function rounds(d){
+  /* Leak hunting: own memory after each round; warm-up rounds left of the dashed line; the
+     growth the allowance lets through, from the last warm-up round on, as a dotted line. */
+  var W=340,H=130,L=44,R=8,T=18,B=22,n=d.r.length,ymax=0,w0=Math.max(0,(d.rw||0)-1);
+  var top=d.ra===undefined?null:d.r[w0]+d.ra*(n-1-w0);
+  d.r.forEach(function(v){ymax=Math.max(ymax,v);});
+  if(top!==null){ymax=Math.max(ymax,top);}
+  ymax=ymax>0?ymax*1.08:1;
+  function X(i){return (L+(W-L-R)*(n>1?i/(n-1):0.5)).toFixed(1);}
+  function Y(v){return (T+(H-T-B)*(1-v/ymax)).toFixed(1);}
+  var s='<svg viewBox="0 0 '+W+' '+H+'" role="img" aria-label="own memory after each round">';
+  s+='<text x="'+L+'" y="12">own memory per round (MiB): '+d.rv+'</text>';
+  s+='<line class="axis" x1="'+L+'" y1="'+(H-B)+'" x2="'+(W-R)+'" y2="'+(H-B)+'"/>';
+  s+='<line class="axis" x1="'+L+'" y1="'+T+'" x2="'+L+'" y2="'+(H-B)+'"/>';
+  s+='<text x="2" y="'+(T+8)+'">'+f(ymax,ymax<10?2:0)+'</text><text x="2" y="'+(H-B)+'">0</text>';
+  s+='<text x="'+L+'" y="'+(H-6)+'">round 1</text>';
+  s+='<text x="'+(W-R-50)+'" y="'+(H-6)+'">round '+n+'</text>';
+  if(d.rw>0&&d.rw<n){
+    var w=((+X(d.rw-1))+(+X(d.rw)))/2;
+    s+='<line class="lim" x1="'+w+'" x2="'+w+'" y1="'+T+'" y2="'+(H-B)+'">';
+    s+='<title>warm-up rounds before this line, measured rounds after</title></line>';
+  }
+  if(top!==null&&n>1){
+    s+='<line class="allow" x1="'+X(w0)+'" y1="'+Y(d.r[w0])+'" x2="'+X(n-1)+'" y2="'+Y(top)+'">';
+    s+='<title>growth the allowance lets through: '+d.ra+' MiB per round</title></line>';
+  }
+  var pts=d.r.map(function(v,i){return X(i)+","+Y(v);}).join(" ");
+  s+='<polyline class="mem" fill="none" stroke-width="1.8" points="'+pts+'"/>';
+  d.r.forEach(function(v,i){
+    s+='<circle class="round" cx="'+X(i)+'" cy="'+Y(v)+'" r="2.5"><title>round '+(i+1)+': '+
+      v+' MiB</title></circle>';
+  });
+  return '<div class="chart">'+s+'</svg></div>';
+}
 function charts(d){
+  var r=d.r?rounds(d):"";
   if(!d.t){
     return '<div class="chart"><p>No timeline: the test ended before the first sample, or '+
-      'the report was written without timelines.</p></div>';
+      'the report was written without timelines.</p></div>'+r;
   }
   var va=d.va===undefined?null:d.va,s="";
   s+=chart("own memory","MiB",d.t,d.m,"mem",d.lm,va,d.vr,"mem_mb",d.bm);
   s+=chart("CPU time","s",d.t,d.c,"cpu",d.lc,va,d.vr,"cpu_s",d.bc);
   if(d.g){s+=chart("GPU memory","GiB",d.t,d.g,"gpu",d.lg,va,d.vr,"gpu_gb");}
-  return s;
+  return s+r;
 }
 document.querySelectorAll(".charts[data-i]").forEach(function(el){
   el.innerHTML=charts(DATA[+el.getAttribute("data-i")]);
@@ -482,7 +559,7 @@ def render(report: Report) -> str:
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>taichi-limits report</title><style>{_CSS}{_RECORDS_CSS}</style></head><body>"
-        f"{_header(report)}<main>{_violations(report, index)}{_failures(report)}"
+        f"{_header(report)}<main>{_violations(report, index)}{_leaks(report)}{_failures(report)}"
         f"{_regressions(report, index)}{_table(records)}</main>"
         f'<script type="application/json" id="data">{_script_json(data)}</script>'
         f"<script>{_JS.replace('__PAGE_ROWS__', str(PAGE_ROWS))}</script>"

@@ -1,7 +1,8 @@
 """The Markdown summary of a session (GitHub job summary, pull request comment), from the
 session's `Report` (formats/jsonreport.py).
 
-What it holds, in this order: a verdict line; the budget violations; the other failures (a
+What it holds, in this order: a verdict line; the budget violations; leak hunting's verdicts
+(the tests that leaked, with what grew per round and its cause); the other failures (a
 failed assertion, a crash, a test refused before it started), each with its one-line reason;
 the regressions against the baseline; the top consumers; the tests new and missing against the
 baseline. Rows are in a stable order (test id, then resource), test ids are escaped for Markdown
@@ -17,6 +18,7 @@ from ..config.units import human_bytes
 from ..formats.baseline import accept_command, amount, seen_text, speed_text
 from ..formats.jsonreport import Report
 from ..model.records import UsageRecord
+from . import leaks as leak_text
 from . import text
 
 #: GitHub refuses a job summary above 1 MiB; what is written stays below with room for a note.
@@ -114,6 +116,35 @@ def violations_section(report: Report) -> list[str]:
         "",
         *_table(("Test", "Resource", "Limit", "Used", "Over by"), rows, {2, 3, 4}),
     ]
+
+
+def leaks_section(report: Report) -> list[str]:
+    """The tests that hunted leaks: the ones that leaked first, each with its growth per round
+    and its cause; the clean ones are only counted."""
+    hunted = [record for record in report.records if record.leaks is not None]
+    if not hunted:
+        return []
+    shown = [r for r in hunted if r.leaks is not None and (r.leaks.leaking or not r.leaks.judged)]
+    rows = []
+    for record in shown:
+        leaks = record.leaks
+        assert leaks is not None
+        rows.append(
+            (
+                test_id(record.nodeid),
+                leak_text.verdict_word(leaks),
+                escape(leak_text.summary(leaks) or leak_text.own_growth(leaks)),
+                escape("; ".join(leaks.causes) or leaks.note or "—"),
+            )
+        )
+    leaking = sum(1 for r in hunted if r.leaks is not None and r.leaks.leaking)
+    lines = ["", f"#### Leak hunting ({leaking} of {len(hunted)} tests leaked)", ""]
+    if rows:
+        lines += _table(("Test", "Verdict", "Grew per round", "Cause"), rows, set())
+    clean = len(hunted) - len(shown)
+    if clean:
+        lines += ["", f"No leak in {clean} of them."]
+    return lines
 
 
 def failures_section(report: Report) -> list[str]:
@@ -276,6 +307,7 @@ def summary(report: Report, top: int = 5, limit_bytes: int = LIMIT_BYTES) -> str
     """The whole summary, at most `limit_bytes` of UTF-8."""
     lines = [verdict(report)]
     lines += violations_section(report)
+    lines += leaks_section(report)
     lines += failures_section(report)
     lines += regressions_section(report)
     lines += top_section(report, top)

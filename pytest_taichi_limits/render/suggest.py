@@ -8,12 +8,17 @@ Headroom and rounding (each figure is what the supervisor measured for the test)
 | cpu_s  | 2 x CPU seconds + 2 s                             | a whole second     |
 | wall_s | 3 x wall seconds + 10 s                           | a multiple of 5    |
 | gpu_gb | 1.25 x GPU peak + 0.25 GiB (only where measured)  | a multiple of 0.25 |
+| leak_mb| 4 x own memory's growth per round + 0.25 MiB      | a multiple of 0.25 |
+|        | (only where the test hunted leaks and did not leak)|                    |
 
 The fixed part keeps a test that uses almost nothing from failing on noise; the factor leaves room
 for slower or busier machines (CPU and wall time vary far more between machines than memory).
 The ini snippet takes the largest suggestion of every key, so every measured test fits under it.
 A test that failed, or grew beyond the baseline, gets its marker commented out and says so: its
 figure (cut short, or a leak) is no budget to paste, and it is left out of the ini snippet.
+leak_mb's factor is the widest: a growth per round of a few KiB is noise, and noise varies more
+than a peak. The ini snippet names leak_mb only when every test in it hunted leaks (the key
+switches leak hunting on for every supervised test).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from ..config.budget import BUDGET_KEYS, MARKER_NAME, check_value
 from ..config.units import GIB, MIB
 from ..formats.baseline import amount
 from ..model.records import UsageRecord
+from . import leaks as leak_text
 
 #: key: (factor, fixed addition in the key's unit, rounding step in the key's unit)
 HEADROOM: dict[str, tuple[float, float, float]] = {
@@ -33,6 +39,7 @@ HEADROOM: dict[str, tuple[float, float, float]] = {
     "cpu_s": (2.0, 2.0, 1.0),
     "wall_s": (3.0, 10.0, 5.0),
     "gpu_gb": (1.25, 0.25, 0.25),
+    "leak_mb": (4.0, 0.25, 0.25),
 }
 
 
@@ -80,6 +87,10 @@ def suggestion_for(record: UsageRecord) -> Suggestion:
         f"measured own memory {record.own_memory_bytes / MIB:.1f} MiB, CPU "
         f"{record.cpu_s:.2f} s, wall {record.wall_s:.2f} s, {gpu_text}"
     )
+    growth = _leak_growth(record)
+    if growth is not None:
+        values["leak_mb"] = _suggest("leak_mb", growth / MIB)
+        measured += f", own memory {amount(growth, 'bytes', signed=True)} per round"
     return Suggestion(
         record.nodeid,
         values,
@@ -89,7 +100,23 @@ def suggestion_for(record: UsageRecord) -> Suggestion:
     )
 
 
+def _leak_growth(record: UsageRecord) -> float | None:
+    """Own memory's growth per round where the test hunted leaks, all its rounds ran, and it
+    did not leak (a leak's growth is no allowance; memory given back is no growth)."""
+    leaks = record.leaks
+    if leaks is None or not leaks.judged or leaks.leaking:
+        return None
+    growth = leaks.growth_bytes_per_round
+    return None if growth is None else max(0.0, growth)
+
+
 def _caution(record: UsageRecord) -> str:
+    leaks = record.leaks
+    if leaks is not None and leaks.leaking:
+        return (
+            f"it LEAKED ({leak_text.summary(leaks)}): find the leak before taking its growth "
+            "for an allowance"
+        )
     regression = record.regression
     if regression is not None and regression.exceeded:
         grown = "; ".join(
@@ -121,7 +148,7 @@ def lines(found: list[Suggestion]) -> list[str]:
     out = [
         (
             "suggested budgets (headroom: mem 1.5x+64 MiB, cpu 2x+2 s, wall 3x+10 s, gpu "
-            "1.25x+0.25 GiB; rounded up):"
+            "1.25x+0.25 GiB, leak 4x+0.25 MiB per round; rounded up):"
         )
     ]
     for suggestion in found:
@@ -144,6 +171,8 @@ def lines(found: list[Suggestion]) -> list[str]:
     out.append("[pytest]")
     for key in BUDGET_KEYS:
         values = [s.values[key] for s in fitting if key in s.values]
+        if key == "leak_mb" and len(values) < len(fitting):
+            continue  # it would switch leak hunting on for tests that never hunted
         if values:
             out.append(f"taichi_limits_{key} = {_number(max(values))}")
     return out

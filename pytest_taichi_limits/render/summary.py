@@ -8,6 +8,7 @@ from ..config.units import human_bytes
 from ..formats import baseline as baselines
 from ..formats.baseline import growth_text
 from ..model.records import UsageRecord
+from . import leaks as leak_text
 from . import text
 
 #: How many missing tests are named before the rest are only counted (all of them with -v).
@@ -89,6 +90,44 @@ def violations(records: list[UsageRecord]) -> list[str]:
             f"{headline.removeprefix('taichi_limits: ')}"
         )
     return lines
+
+
+def leaks(records: list[UsageRecord]) -> list[str]:
+    """The "Leaks" block: the tests that leaked, each with what grew per round and where what
+    stayed was made; those whose rounds were not judged, with why; the others in one line."""
+    hunted = [record for record in records if record.leaks is not None]
+    if not hunted:
+        return []
+    leaking = [r for r in hunted if r.leaks is not None and r.leaks.leaking]
+    unjudged = [r for r in hunted if r.leaks is not None and not r.leaks.judged]
+    rounds = sorted(
+        {f"{r.leaks.warmup_rounds}+{r.leaks.measured_rounds}" for r in hunted if r.leaks}
+    )
+    lines = [
+        f"leaks: {len(leaking)} of {len(hunted)} tests that hunted leaks grew in every round "
+        f"(warm-up+measured rounds: {', '.join(rounds)}):"
+    ]
+    for record in leaking:
+        assert record.leaks is not None
+        lines.append(f"  LEAK {record.nodeid} - {leak_text.summary(record.leaks)}")
+        lines += [f"       {cause}" for cause in record.leaks.causes]
+    for record in unjudged:
+        assert record.leaks is not None
+        lines.append(f"  not judged {record.nodeid} - {record.leaks.note}")
+    clean = [r for r in hunted if r not in leaking and r not in unjudged and r.leaks]
+    if clean:
+        largest = max(clean, key=lambda r: _growth(r))
+        assert largest.leaks is not None
+        lines.append(
+            f"  no leak in {len(clean)} (largest own memory growth "
+            f"{leak_text.own_growth(largest.leaks)}, {largest.nodeid})"
+        )
+    return lines
+
+
+def _growth(record: UsageRecord) -> float:
+    found = None if record.leaks is None else record.leaks.growth_bytes_per_round
+    return found or 0.0
 
 
 def regressions(records: list[UsageRecord], baseline_path: str) -> list[str]:

@@ -15,7 +15,9 @@ from typing import Any, Protocol
 from ..config.budget import BUDGET_KEYS, Budget
 from ..config.units import GIB, MIB, human_bytes
 from ..measure.gpu import NO_NVIDIA_GPU_NOTE
+from ..model.leaks import Leaks
 from ..model.records import Crash, Ending, Usage, Violation
+from . import leaks as leak_text
 
 #: Taichi archs that run on the host: device_memory_GB (the GPU pool the gpu_gb cap sets) is
 #: never used there.
@@ -67,11 +69,20 @@ class Figures(Protocol):
     def budget(self) -> Budget: ...
     @property
     def ending(self) -> Ending | None: ...
+    @property
+    def leaks(self) -> Leaks | None: ...
+
+
+#: Budget keys that switch a way of running on, rather than limit a figure: shown only when set
+#: (a test that does not hunt leaks has no leak_mb to speak of).
+_SHOWN_WHEN_SET = frozenset({"leak_mb"})
 
 
 def budget_text(budget: Budget) -> str:
     parts = []
     for key, value in budget.as_dict().items():
+        if value is None and key in _SHOWN_WHEN_SET:
+            continue
         parts.append(f"{key}={'off' if value is None else f'{value:g}'}")
     return " ".join(parts)
 
@@ -196,6 +207,8 @@ def _timestamp(unix_time: float) -> str:
 def used_text(violation: Violation) -> str:
     """What the test used when it was caught, or that it needed more than the limit (Taichi's
     own pool ran out at the cap: there is no figure above it)."""
+    if violation.resource == leak_text.RESOURCE:
+        return leak_text.used(violation)
     if violation.measured <= violation.limit:
         return "over the limit"
     return _above(violation)
@@ -203,7 +216,7 @@ def used_text(violation: Violation) -> str:
 
 def over_text(violation: Violation) -> str:
     """'25.5 MiB (+10.0%)': how far over the limit, "—" where no figure is above it."""
-    if violation.measured <= violation.limit:
+    if violation.measured <= violation.limit or violation.resource == leak_text.RESOURCE:
         return "—"
     if not violation.limit:
         return _over(violation)
@@ -213,6 +226,8 @@ def over_text(violation: Violation) -> str:
 def violation_headline(violation: Violation) -> str:
     """The violation in one line. Every figure shows that it exceeded the limit: with the
     decimals needed, "4096.01 MiB when caught, limit mem_mb=4096", never "4.0 GiB"."""
+    if violation.resource == leak_text.RESOURCE:
+        return leak_text.headline(violation)
     if violation.measured <= violation.limit:
         # Caught by Taichi itself (its pool ran out at the cap): there is no figure above it.
         return (
@@ -235,6 +250,8 @@ def _labelled(line: str) -> str:
 
 
 def violation_report(violation: Violation, usage: Figures) -> str:
+    if violation.resource == leak_text.RESOURCE and usage.leaks is not None:
+        return _leak_report(violation, usage, usage.leaks)
     signals = ", ".join(violation.signals_sent) or "none"
     ending = usage.ending.describe if usage.ending else "unknown"
     lines = [
@@ -246,6 +263,8 @@ def violation_report(violation: Violation, usage: Figures) -> str:
     lines += [
         f"  peak usage  {usage_line(usage)}",
         *[_labelled(line) for line in gpu_cap_lines(usage)],
+        # a leak that broke a budget in round 7: the rounds so far
+        *([] if usage.leaks is None else leak_text.report_lines(usage.leaks)),
         f"  budget      {budget_text(usage.budget)}",
         f"  stopped     signals sent: {signals}; the test process {ending}",
         (
@@ -257,12 +276,28 @@ def violation_report(violation: Violation, usage: Figures) -> str:
     return "\n".join(lines)
 
 
+def _leak_report(violation: Violation, usage: Figures, leaks: Leaks) -> str:
+    """A leak: found after the rounds, nothing was stopped, no stack to show: what grew, where
+    what stayed was made, and the figures after each round."""
+    return "\n".join(
+        [
+            violation_headline(violation),
+            f"  caught by   {violation.detected_by}",
+            *leak_text.report_lines(leaks),
+            f"  peak usage  {usage_line(usage)}",
+            f"  budget      {budget_text(usage.budget)}",
+            f"  process     pid {violation.pid}, {usage.wall_s:.2f} s in all ({usage.mode} mode)",
+        ]
+    )
+
+
 def crash_report(crash: Crash, usage: Figures) -> str:
     lines = [
         f"taichi_limits: {crash.reason}",
         f"  during      {crash.phase}",
         *([f"  hint        {crash.hint}"] if crash.hint else []),
         f"  last usage  {usage_line(usage)}",
+        *([] if usage.leaks is None else leak_text.report_lines(usage.leaks)),
         f"  budget      {budget_text(usage.budget)}",
         (
             f"  process     pid {usage.pid}, started at {_timestamp(usage.started_at)} "
@@ -357,10 +392,13 @@ def user_properties(usage: Usage, violation: Violation | None) -> list[tuple[str
     ]
     for key in BUDGET_KEYS:
         value = getattr(usage.budget, key)
+        if value is None and key in _SHOWN_WHEN_SET:
+            continue
         properties.append((f"taichi_limits_budget_{key}", "off" if value is None else value))
     clamps = gpu_cap_lines(usage)
     if clamps:
         properties.append(("taichi_limits_gpu_clamp", "; ".join(clamps)))
+    properties += leak_text.properties(usage.leaks)
     if violation is not None:
         properties.append(("taichi_limits_violation", violation.resource))
     return properties

@@ -18,6 +18,7 @@ import pytest
 from ..config.budget import Budget
 from ..ipc.protocol import Exit, RaisedWarning, Report
 from ..model.records import Crash, RunResult, Usage, UsageRecord, Violation
+from ..render import leaks as leak_text
 from ..render import text as render
 from .collect import attach
 from .outcomes import failure_reason, parent_report
@@ -120,7 +121,14 @@ def _record(
 ) -> None:
     usage, violation = result.usage, result.violation
     properties = render.user_properties(usage, violation)
-    section = "\n".join([render.usage_line(usage), *render.gpu_cap_lines(usage), *usage_lines])
+    section = "\n".join(
+        [
+            render.usage_line(usage),
+            *render.gpu_cap_lines(usage),
+            *leak_text.usage_lines(usage.leaks),
+            *usage_lines,
+        ]
+    )
     for report in reports:
         report.user_properties = list(report.user_properties) + properties
         if show_usage:  # a failure's own report already has the figures

@@ -211,6 +211,8 @@ class RecordMaker:
             record,
             warn_only,
             self.options.outputs.json,
+            shared_start=record.worker_test_number == 1
+            and self.options.settings.isolation != "test",
         )
         if warn_only:
             try:
@@ -430,6 +432,7 @@ class SessionResults:
         if records:
             lines += summary.top_consumers(records, self.options.top)
             lines += summary.violations(records)
+            lines += summary.leaks(records)
         section = self._baseline_section(records)
         if section is not None:
             lines += summary.regressions(records, section.path)

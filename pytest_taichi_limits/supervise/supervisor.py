@@ -19,16 +19,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..config.budget import Budget, larger
+from ..config.budget import Budget, LeakRounds, larger
 from ..config.units import MIB
 from ..formats.environment import taichi_arch
 from ..ipc.channel import ChannelReader
 from ..ipc.protocol import (
+    ROUNDS_NOTE,
     STACK_SIGNAL,
     Done,
     Exit,
     Fixtures,
     Message,
+    NextRoundCommand,
+    Note,
     Phase,
     Ready,
     RunCommand,
@@ -38,10 +41,12 @@ from ..ipc.protocol import (
 from ..measure import gpu, shm
 from ..measure.meter import MemoryMethod, Meter, SmapsMemory, Tick
 from ..measure.proctree import process_cpu_s, send_signal
+from ..model.leaks import Leaks
 from ..model.records import Admitted, Crash, Ending, RunResult, Usage, Violation
 from ..model.timeline import Timeline
 from ..platform import linux
-from . import verdict
+from . import leaks, verdict
+from .rounds import RoundWatch
 from .signals import TerminateInOrder
 from .verdict import ExitInfo, read_stack
 
@@ -78,6 +83,7 @@ _CPU_COUNT = os.cpu_count() or 1
 #: microseconds, a test that forged the word may never be.
 _WAIT_LOOK_S = 0.01
 _WAIT_POLL_S = 0.001
+_ROUND_POLL_S = 0.0002
 #: How long a child may take to tear down after its last test (module and session fixtures'
 #: finalizers, Taichi's offline cache) before it is killed.
 STOP_TIMEOUT_S = 60.0
@@ -85,10 +91,14 @@ _STOP = encode_command(StopCommand())
 
 
 class Launched(Protocol):
-    """A started child: the pid to watch, where it writes and reads, how to learn it ended."""
+    """A started child: the pid to watch, where it writes and reads, how to learn it ended.
 
-    pid: int
-    #: the plugin's subreaper above the test (the keeper; the zygote in spawn mode): every
+    A child forked by the fork server may be *unborn* until its first test: it is forked with
+    that test's run command (`start`) and begins it at once, without a ready/command round trip.
+    """
+
+    pid: int  # 0 while unborn
+    #: the plugin's subreaper above the test (the fork server; the zygote in spawn mode): every
     #: process below it is the test's, its orphans included, none above it
     keeper_pid: int
     #: the process the test was forked from (it shares copy-on-write pages with the test)
@@ -109,6 +119,17 @@ class Launched(Protocol):
         """Why the child died when its own end says nothing true (its zygote was killed)."""
 
     def close(self) -> None: ...
+
+    @property
+    def unborn(self) -> bool:
+        """Not forked yet: `start` forks it with its first command."""
+
+    def start(self, first: RunCommand | None) -> None:
+        """Fork the child, which runs `first` at once (None: it reports ready and waits).
+        Raises WorkerGone when it cannot."""
+
+    def birth_rss_bytes(self) -> int:
+        """What the child held in memory when it was forked (its parent's resident memory)."""
 
 
 class WorkerGone(RuntimeError):
@@ -171,6 +192,15 @@ class _TestStart:
     #: the last test of its child: its figures when it was over (`done`, the child waiting);
     #: its budget still holds until the child has exited
     at_done: _Figures | None = None
+    rounds: RoundWatch | None = None  # leak hunting's rounds (supervise/rounds.py)
+
+    def round_elapsed_s(self, now: float) -> float:
+        """Wall-clock time the budget holds against: the test's, or its round's."""
+        return now - self.monotonic if self.rounds is None else self.rounds.elapsed_s(now)
+
+    def round_cpu_s(self, tree_cpu_s: float) -> float:
+        """CPU time the budget holds against: the test's, or its round's."""
+        return tree_cpu_s - self.cpu_s if self.rounds is None else self.rounds.cpu_s(tree_cpu_s)
 
 
 class Worker:
@@ -233,14 +263,15 @@ class Worker:
         nodeid: str,
         budget: Budget,
         admission: Admitted | None = None,
+        rounds: LeakRounds | None = None,
     ) -> RunResult:
         """`admission`: what admission reserved for the test (admission.Grant.facts), for its
-        usage."""
+        usage. `rounds`: leak hunting's, where the budget has a leak_mb."""
         if self.exit_info is not None:
             raise WorkerGone(self._gone_text())
         with self._terminate:
             try:
-                return self._run_test(index, next_index, nodeid, budget, admission)
+                return self._run_test(index, next_index, nodeid, budget, admission, rounds)
             except Exception as error:  # noqa: BLE001 - a failure to watch fails this test only
                 return self._watch_failed(nodeid, budget, error, admission)
             except BaseException:
@@ -301,7 +332,14 @@ class Worker:
         nodeid: str,
         budget: Budget,
         admission: Admitted | None,
+        rounds: LeakRounds | None = None,
     ) -> RunResult:
+        if self.child.unborn:
+            if rounds is None or budget.leak_mb is None:
+                return self._run_at_birth(index, next_index, nodeid, budget, admission)
+            # Leak hunting reads the child exactly between rounds, from a start read while it
+            # waits: forked without a command, it reports ready first, as a worker always did.
+            self._start_child(None)
         if not self._ready:
             # Starting up (a fresh interpreter's or a reimport worker's import and collection
             # of its modules: their ti.init, their work at import) is no test's: it is watched
@@ -316,10 +354,44 @@ class Worker:
             self._ready = True
         start = self._begin(nodeid, budget)
         self.tests_run += 1
-        self._send(encode_command(RunCommand(index, next_index, budget.cpu_s, budget.gpu_gb)))
+        command = RunCommand(index, next_index, budget.cpu_s, budget.gpu_gb)
+        if rounds is not None and budget.leak_mb is not None:
+            start.rounds = RoundWatch(rounds, budget.leak_bytes, start.monotonic, start.cpu_s)
+            command = dataclasses.replace(
+                command, warmup_rounds=rounds.warmup, measured_rounds=rounds.measured
+            )
+        self._send(encode_command(command))
         peaks = _Peaks(rss_bytes=start.rss_bytes, cpu_s=start.cpu_s)
         violation, finished = self._watch(start, peaks, Done, last=next_index is None)
         return self._result(start, peaks, violation, finished, admission, next_index is None)
+
+    def _run_at_birth(
+        self,
+        index: int,
+        next_index: int | None,
+        nodeid: str,
+        budget: Budget,
+        admission: Admitted | None,
+    ) -> RunResult:
+        """The child's first test, which it is forked with: the start figures are those of its
+        birth (nothing of its own in memory or CPU time yet, the resident memory it inherits),
+        taken before the fork, while nothing of the test runs."""
+        birth_rss_bytes = self.child.birth_rss_bytes()
+        start = self._begin(nodeid, budget, birth_rss_bytes=birth_rss_bytes)
+        start.rss_bytes = birth_rss_bytes
+        self._start_child(RunCommand(index, next_index, budget.cpu_s, budget.gpu_gb))
+        self._ready = True
+        self.tests_run += 1
+        peaks = _Peaks(rss_bytes=start.rss_bytes, cpu_s=start.cpu_s)
+        violation, finished = self._watch(start, peaks, Done, last=next_index is None)
+        return self._result(start, peaks, violation, finished, admission, next_index is None)
+
+    def _start_child(self, first: RunCommand | None) -> None:
+        try:
+            self.child.start(first)
+        except WorkerGone:
+            self.exit_info = ExitInfo(Ending(None, None), 0, 0.0)
+            raise
 
     def _send(self, command: bytes) -> None:
         try:
@@ -327,12 +399,21 @@ class Worker:
         except OSError:
             pass  # the child is gone: the watch finds out how
 
-    def _begin(self, nodeid: str, budget: Budget, exact: bool = True) -> _TestStart:
+    def _begin(
+        self,
+        nodeid: str,
+        budget: Budget,
+        exact: bool = True,
+        birth_rss_bytes: int | None = None,
+    ) -> _TestStart:
         """The parent's own figures at the start, read while the child is idle (waiting for
-        its command): never the child's word for them."""
+        its command), or before it is forked (`birth_rss_bytes`: what it will inherit): never
+        the child's word for them."""
         now = time.monotonic()
-        tick = self.meter.begin(budget.mem_bytes, now, exact)
-        linux.reset_peak_rss(self.child.pid)
+        tick = self.meter.begin(budget.mem_bytes, now, exact, birth_rss_bytes)
+        born = birth_rss_bytes is None
+        if born:
+            linux.reset_peak_rss(self.child.pid)
         # What a child holds on the GPU before its first test is that test's (a fresh child
         # holds nothing; a fresh interpreter's module import is charged to its first test).
         gpu_start = self.meter.gpu_now() or 0 if self.tests_run else 0
@@ -341,9 +422,9 @@ class Worker:
             budget,
             time.time(),
             now,
-            linux.rss_bytes(self.child.pid),
+            linux.rss_bytes(self.child.pid) if born else 0,
             tick.cpu_s,
-            process_cpu_s(self.child.pid),
+            process_cpu_s(self.child.pid) if born else 0.0,
             gpu_start,
             self._next_message,
             self.tests_run,
@@ -377,14 +458,20 @@ class Worker:
         while True:
             quiet_s = time.monotonic() - heard_at
             listen = not reader.closed and quiet_s >= self.settings.interval_s
-            sleep_s = self._next_sleep(start, peaks, time.monotonic() - start.monotonic)
+            sleep_s = self._next_sleep(start, peaks, start.round_elapsed_s(time.monotonic()))
             if not holding and time.monotonic() - told_at < _WAIT_LOOK_S:
-                sleep_s = min(sleep_s, _WAIT_POLL_S)  # it is about to wait: look again soon
+                # It is about to wait: look again soon (sooner between two rounds of leak
+                # hunting, where the test goes on as soon as the parent has read).
+                pending = start.rounds is not None and start.rounds.pending
+                sleep_s = min(sleep_s, _ROUND_POLL_S if pending else _WAIT_POLL_S)
             ready, _, _ = select.select(with_channel if listen else always, [], [], sleep_s)
             if child.channel_fd in ready:
                 heard_at = time.monotonic()
-            if child.control_fd in ready:
-                _take_bells(child.control_fd)
+            if child.control_fd in ready and not _take_bells(child.control_fd):
+                # The child's end is closed (it is exiting): an end of file stays readable, and
+                # would spin this loop until the exit is seen (wait_fd says when).
+                always.remove(child.control_fd)
+                with_channel.remove(child.control_fd)
             capped = False
             if cap_fd is not None and cap_fd in ready:
                 capped = True
@@ -392,6 +479,10 @@ class Worker:
             reader.drain()
             progress.update(reader.messages)
             now = time.monotonic()
+            if self._round_over(start, peaks, progress, now):
+                told_at = math.inf  # the next round is under way
+            elif start.rounds is not None and start.rounds.pending and told_at == math.inf:
+                told_at = now  # it is about to wait for its next round: look again soon
             if progress.told and told_at == math.inf:
                 told_at = now
             back = progress.told and not holding and self._waits_for_command()
@@ -407,7 +498,7 @@ class Worker:
             if self._escaped is not None:  # out of the figure's reach: stopped, and said so
                 self._stop_tree()
                 return None, False
-            violation = self._check(start, peaks, progress.phase, now - start.monotonic)
+            violation = self._check(start, peaks, progress.phase, start.round_elapsed_s(now))
             if violation is not None:
                 self._stop_tree()
                 return _at_startup(violation) if until is Ready else violation, False
@@ -435,6 +526,30 @@ class Worker:
                 self._stop_tree()  # its teardown hangs: the test itself was over
                 return None, True
 
+    def _round_over(
+        self, start: _TestStart, peaks: _Peaks, progress: _Progress, now: float
+    ) -> bool:
+        """Leak hunting: once the child said a round ended and waits, idle, for the next one,
+        the round's reading, and the word to go on."""
+        rounds = start.rounds
+        if rounds is None or progress.told:
+            return False
+        rounds.update(self.reader.messages, start.first_message)
+        if not rounds.pending or not self._waits_for_command():
+            return False
+        self.reader.drain()
+        tick = self._exact_reading(now)
+        peaks.take(tick, start)
+        gpu_own = None if tick.gpu_bytes is None else max(0, tick.gpu_bytes - start.gpu_bytes)
+        rounds.take(now, tick.cpu_s, tick.own_memory_bytes, gpu_own, self.child.pid, tick.processes)
+        self._send(encode_command(NextRoundCommand()))
+        return True
+
+    def _exact_reading(self, now: float) -> Tick:
+        """The figures now, the test's memory exact (the child idle): leak hunting's reading
+        after each round, by the memory method in force (measure/meter.py)."""
+        return self.meter.sample(now, settle=True)
+
     def _waits_for_command(self) -> bool:
         """Whether the child's main thread waits on the control socket, as the kernel shows it:
         the word `ready` or `done` can be forged by the test, that cannot. Where /proc cannot
@@ -457,7 +572,9 @@ class Worker:
                 (budget.mem_bytes - memory.estimate(tick)) / _WORST_RSS_GROWTH_BYTES_PER_S,
             )
         if budget.cpu_s is not None:
-            headroom_s = min(headroom_s, (budget.cpu_s - (tick.cpu_s - start.cpu_s)) / _CPU_COUNT)
+            headroom_s = min(
+                headroom_s, (budget.cpu_s - start.round_cpu_s(tick.cpu_s)) / _CPU_COUNT
+            )
         # No safe growth rate to assume for GPU memory. Without NVML nothing is sampled for it
         # (the ti.init cap still holds), so gpu_gb alone must not make the loop spin: at 0.01 s
         # that cost 2.8 % of a core per test on CPU-only CI (benchmarks/bench_supervisor_cost.py).
@@ -472,7 +589,7 @@ class Worker:
         self, start: _TestStart, peaks: _Peaks, phase: str, elapsed_s: float
     ) -> Violation | None:
         budget, tick, memory = start.budget, self.meter.tick, self.meter.memory
-        cpu_s = tick.cpu_s - start.cpu_s
+        cpu_s = start.round_cpu_s(tick.cpu_s)
         if budget.mem_bytes is not None and memory.held_at_cap():
             return self._violate(
                 start,
@@ -567,7 +684,9 @@ class Worker:
             figures = self._figures(start, peaks, finished, violation)
         worker_ends = worker_ends or violation is not None or not finished
         shm_files = self._shm_left(start, worker_ends)
-        usage = self._usage(start, figures, _Told.of(messages, admission), shm_files)
+        told = _Told.of(messages, admission)
+        hunt = _leaks(start, violation, finished, messages)
+        usage = self._usage(start, figures, told, shm_files, hunt)
         result = RunResult(
             messages,
             usage,
@@ -595,6 +714,7 @@ class Worker:
             self.child.stack_fd,
             self.meter.memory.oom_kills(),
             self.meter.memory.describe(),
+            None if start.rounds is None else start.rounds.last_cpu_s(usage.cpu_s, start.cpu_s),
         )
         if result.violation is None:
             result.violation = verdict.device_oom(
@@ -608,6 +728,14 @@ class Worker:
                 phase,
                 self.reader.problem,
                 self.child,
+            )
+        if result.violation is None and result.crash is None and usage.leaks is not None:
+            result.violation = leaks.violation(
+                start.nodeid,
+                start.budget,
+                usage.leaks,
+                self.child.pid,
+                self.meter.memory.describe(),
             )
         return result
 
@@ -685,7 +813,12 @@ class Worker:
         )
 
     def _usage(
-        self, start: _TestStart, figures: _Figures, told: _Told, shm_files: shm.LeftFiles
+        self,
+        start: _TestStart,
+        figures: _Figures,
+        told: _Told,
+        shm_files: shm.LeftFiles,
+        hunt: Leaks | None = None,
     ) -> Usage:
         """The test's usage, complete: built once, never replaced."""
         peaks = figures.peaks
@@ -723,6 +856,7 @@ class Worker:
             timeline=figures.timeline,
             shm_files_left=shm_files.left,
             shm_not_removed=shm_files.not_removed,
+            leaks=hunt,
         )
 
     # -- ending the child -------------------------------------------------------------------
@@ -789,6 +923,9 @@ class Worker:
 
     def kill(self) -> None:
         """End the child and everything it started, now."""
+        if self.child.unborn:  # never forked: nothing of it to end
+            self.exit_info = self.exit_info or ExitInfo(Ending(None, None), 0, 0.0)
+            return
         with self._terminate:
             if self.exit_info is None:
                 self._stop_tree(grace_s=0.0)
@@ -878,6 +1015,29 @@ def _at_startup(violation: Violation) -> Violation:
     return dataclasses.replace(violation, detail=detail)
 
 
+def _leaks(
+    start: _TestStart, violation: Violation | None, finished: bool, messages: list[Message]
+) -> Leaks | None:
+    """Leak hunting's verdict on the test's rounds (None: it did not hunt leaks), saying why
+    where the rounds did not all run."""
+    rounds = start.rounds
+    if rounds is None:
+        return None
+    if len(rounds.readings) >= rounds.rounds.total:
+        return rounds.verdict()
+    where = f"the rounds stopped in round {rounds.in_progress()} of {rounds.rounds.total}"
+    notes = [m.text for m in messages if isinstance(m, Note) and m.key == ROUNDS_NOTE]
+    if violation is not None:
+        why = f"{where}: {violation.resource} exceeded"
+    elif not finished:
+        why = f"{where}: the test process ended"
+    elif notes:
+        why = f"leak hunting ran the test once: {notes[-1]}"
+    else:
+        why = f"{where}: the test did not pass it"
+    return rounds.verdict(why)
+
+
 def _escape_reason(pid: int) -> str:
     return (
         f"taichi_limits: process {pid} of the test left the test's memory cgroup (it wrote to "
@@ -886,11 +1046,12 @@ def _escape_reason(pid: int) -> str:
     )
 
 
-def _take_bells(control_fd: int) -> None:
+def _take_bells(control_fd: int) -> bool:
+    """Read the bells rung; False once the child's end is closed."""
     try:
-        os.read(control_fd, 4096)
+        return bool(os.read(control_fd, 4096))
     except OSError:
-        pass  # the child's end is gone: its exit is seen through wait_fd / poll_exit
+        return False  # the child's end is gone: its exit is seen through wait_fd / poll_exit
 
 
 def _request_stack(child: Launched, release: Callable[[], None]) -> str:

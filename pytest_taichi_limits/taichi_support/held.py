@@ -36,6 +36,9 @@ _MARK = "_taichi_limits_held"
 
 #: Told the frame that made each new object (launch/startplan.py notes import-time ones).
 ObjectListener = Callable[[types.FrameType], None]
+#: Told each new object, what a user calls its kind, and the frame whose call made it
+#: (taichi_support/census.py: leak hunting's count of objects per call site).
+MadeListener = Callable[[Any, str, types.FrameType], None]
 
 
 @dataclass
@@ -43,6 +46,7 @@ class HeldObjects:
     """The Taichi objects made in this process that are still alive, by kind."""
 
     on_new: ObjectListener | None = None
+    on_made: MadeListener | None = None
     _live: dict[str, weakref.WeakSet[Any]] = field(default_factory=dict)
     _installed: bool = False
 
@@ -66,6 +70,10 @@ class HeldObjects:
     def _kinds(self) -> list[str]:
         return [kind for kind, live in self._live.items() if len(live)]
 
+    def live(self) -> dict[str, list[Any]]:
+        """The objects alive now, by kind (every kind this Taichi has, alive or not)."""
+        return {kind: list(objects) for kind, objects in self._live.items()}
+
     def _wrap(self) -> None:
         classes = []
         for module_name, class_name, kind in _KINDS:
@@ -79,7 +87,7 @@ class HeldObjects:
                 continue  # its constructor is a parent's: not what this Taichi looks like
             if getattr(original, _MARK, False):  # another session's (pytester in-process)
                 original = original.__wrapped__
-            cls.__init__ = _noting(original, live, self)  # type: ignore[misc]
+            cls.__init__ = _noting(original, live, self, kind)  # type: ignore[misc]
         if taichi_initialised():
             # Taichi was imported and initialised before the plugin could watch (a plugin that
             # loaded first): the objects made meanwhile are found once, on the heap.
@@ -90,13 +98,15 @@ class HeldObjects:
 
 
 def _noting(
-    original: Callable[..., None], live: weakref.WeakSet[Any], held: HeldObjects
+    original: Callable[..., None], live: weakref.WeakSet[Any], held: HeldObjects, kind: str
 ) -> Callable[..., None]:
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         original(self, *args, **kwargs)
         live.add(self)
         if held.on_new is not None:
             held.on_new(sys._getframe(1))
+        if held.on_made is not None:
+            held.on_made(self, kind, sys._getframe(1))
 
     __init__.__doc__ = original.__doc__
     __init__.__wrapped__ = original  # type: ignore[attr-defined]

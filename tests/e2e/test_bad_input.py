@@ -22,12 +22,13 @@ BAD_MARKERS = [
         "test_unknown_key",
         "memory_mb=1",
         f"{_MARK} got unknown argument 'memory_mb' (did you mean 'mem_mb'?); allowed: cpu_s, "
-        "mem_mb, wall_s, gpu_gb, arch, isolation",
+        "mem_mb, wall_s, gpu_gb, leak_mb, arch, isolation, leak_rounds",
     ),
     (
         "test_positional",
         "100",
-        f"{_MARK} takes keyword arguments only (cpu_s, mem_mb, wall_s, gpu_gb, arch, isolation), "
+        f"{_MARK} takes keyword arguments only (cpu_s, mem_mb, wall_s, gpu_gb, leak_mb, arch, "
+        "isolation, leak_rounds), "
         "got "
         "positional (100,)",
     ),

@@ -70,7 +70,8 @@ def test_grown_field_fails_showing_before_after_growth_and_tolerance(
         [
             (
                 "*taichi-limits: comparing with baseline base.json (2 tests); tolerance "
-                "mem=10%+16MiB,cpu=50%+1s,wall=off,gpu=10%+64MiB; a test that grew beyond it will fail"
+                "mem=10%+16MiB,cpu=50%+1s,wall=off,gpu=10%+64MiB,leak=50%+256KiB; a test that grew "
+                "beyond it will fail"
             ),
             "*_ test_grows _*",
             (

@@ -97,7 +97,13 @@ def test_document_is_valid_and_complete(pytester: pytest.Pytester, run_plugin: R
     field = by_name["test_field"]
     assert field["arch"] == "x64"
     assert field["own_memory_bytes"] >= 16 * 1024 * 1024  # the 16 MB field is in the figure
-    assert field["budget"] == {"cpu_s": 60, "mem_mb": 1024, "wall_s": 600, "gpu_gb": None}
+    assert field["budget"] == {
+        "cpu_s": 60,
+        "mem_mb": 1024,
+        "wall_s": 600,
+        "gpu_gb": None,
+        "leak_mb": None,
+    }
     assert field["gpu_peak_bytes"] is None and field["gpu_note"].startswith("not measured")
     assert by_name["test_fails"]["arch"] == "not initialised"
     [violation] = document["violations"]

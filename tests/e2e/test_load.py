@@ -16,6 +16,9 @@ import pytest
 from helpers.plugin_types import RunPlugin
 from helpers.watch import assert_parent_restored, resource_records, watch
 
+#: Minutes of work each: `-m "not slow"` leaves them out of a quick run; CI runs them.
+pytestmark = pytest.mark.slow
+
 #: Tests per session. 1,000 took 67 s serially and 50 s with -n 2 on a 2-core machine at load 6;
 #: TAICHI_LIMITS_LOAD_COUNT sizes it (e.g. smaller on a slower machine).
 COUNT = int(os.environ.get("TAICHI_LIMITS_LOAD_COUNT", "1000"))

@@ -136,10 +136,12 @@ def test_held_cases_are_within_2_mib_of_what_they_hold(
     found = usages(log)
     assert SUPPORT is not None
     assert {usage["memory_method"] for usage in found.values()} == {SUPPORT.method}
-    # What running any test in a fresh child costs (pytest's own pages copied on write, about
-    # 2 MiB): the same in every case, so it is taken away before comparing.
+    # What running any test in a fresh child costs, from the child's birth (pytest's own pages
+    # copied on write by Python's after-fork work, the plugin's start-up in the child and
+    # pytest's hooks: about 5 MiB): the same in every case, so it is taken away before
+    # comparing.
     machinery = found.pop("test_trivial")["own_memory_bytes"]
-    assert machinery < 4 * MB
+    assert machinery < 8 * MB
     # Four forked interpreters copy about 1 MiB each of their own (Python's after-fork work),
     # counted while they live, that is if a sample saw them before the test's end killed them.
     forks = found.pop("test_forks_only")["own_memory_bytes"] - machinery

@@ -390,6 +390,7 @@ def test_zygote_and_worker_die_with_a_killed_pytest(pytester: pytest.Pytester, m
     """
     )
     environment = {**os.environ, "TAICHI_LIMITS_TEST_TAG": tag}
+    output = (pytester.path / "pytest-output.txt").open("w")
     pytest_process = subprocess.Popen(
         [
             sys.executable,
@@ -403,15 +404,20 @@ def test_zygote_and_worker_die_with_a_killed_pytest(pytester: pytest.Pytester, m
         ],
         cwd=pytester.path,
         env=environment,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=output,
+        stderr=subprocess.STDOUT,
     )
     try:
         deadline = time.monotonic() + 90
         # pytest itself and the worker that runs the test (forked; with a zygote in spawn mode).
-        while len(_tagged(tag)) < 2 and time.monotonic() < deadline:
+        while (
+            len(_tagged(tag)) < 2 and pytest_process.poll() is None and time.monotonic() < deadline
+        ):
             time.sleep(0.2)
-        assert len(_tagged(tag)) >= 2, "the worker never started"
+        assert len(_tagged(tag)) >= 2, (
+            f"the worker never started (pytest's exit status: {pytest_process.poll()}); "
+            f"its output:\n{(pytester.path / 'pytest-output.txt').read_text()[-3000:]}"
+        )
         pytest_process.send_signal(signal.SIGKILL)
         pytest_process.wait(timeout=10)
         deadline = time.monotonic() + 10
@@ -421,6 +427,7 @@ def test_zygote_and_worker_die_with_a_killed_pytest(pytester: pytest.Pytester, m
     finally:
         pytest_process.kill()
         pytest_process.wait()
+        output.close()
         for process in _tagged(tag):
             process.kill()
 

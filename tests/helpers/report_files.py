@@ -316,3 +316,84 @@ def with_failures() -> Report:
         section,
         exit_status=1,
     )
+
+
+def leaks(
+    per_round_mb: float,
+    fields: bool = False,
+    warmup: int = 2,
+    measured: int = 5,
+    stopped: str = "",
+) -> dict[str, Any]:
+    """Leak hunting's JSON for a test whose own memory grows `per_round_mb` each round (and, with
+    `fields`, one Taichi field per round, made at tests/test_sim.py:42 in step)."""
+    from pytest_taichi_limits.model.leaks import RoundReading
+    from pytest_taichi_limits.supervise.leaks import judge
+
+    readings = [
+        RoundReading(
+            number=number,
+            warmup=number <= warmup,
+            own_memory_bytes=int((40 + per_round_mb * number) * MB),
+            gpu_bytes=None,
+            open_fds=12,
+            threads=8,
+            processes=0,
+            cpu_s=0.05,
+            wall_s=0.06,
+            taichi={"fields": number if fields else 1, "snode_trees": 1},
+            sites={"field at tests/test_sim.py:42 in step": number} if fields else {},
+        )
+        for number in range(1, warmup + measured + 1)
+    ]
+    found = judge(
+        readings[: len(readings) - 2] if stopped else readings, warmup, measured, MB, stopped
+    )
+    return found.to_json()
+
+
+def with_leaks_document() -> dict[str, Any]:
+    """A test that leaks memory and fields, one that does not, one whose rounds stopped."""
+    leaky = "tests/test_sim.py::test_step"
+    leak_violation = violation(leaky, "cpu_s", 1.0, 2.3)
+    leak_violation.update(
+        resource="leak_mb",
+        unit="MiB/round",
+        measured=2.3,
+        over_by=1.3,
+        detected_by="supervisor (an exact reading after each of 5 measured rounds, which "
+        "followed 2 rounds of warm-up; private and shared memory of the process tree, "
+        "smaps_rollup)",
+        signals_sent=[],
+        stack="",
+        detail="own memory +2.3 MiB/round, Taichi fields +1/round",
+    )
+    budget = {"cpu_s": None, "mem_mb": 4096.0, "wall_s": 600.0, "gpu_gb": None, "leak_mb": 1.0}
+    return document(
+        [
+            record(
+                leaky,
+                "failed",
+                memory_mb=56.0,
+                violation=leak_violation,
+                budget=budget,
+                leaks=leaks(2.3, fields=True),
+                reason="leak: own memory +2.3 MiB/round, Taichi fields +1/round",
+            ),
+            record("tests/test_sim.py::test_clean", budget=budget, leaks=leaks(0.01)),
+            record(
+                "tests/test_sim.py::test_flaky",
+                "failed",
+                budget=budget,
+                leaks=leaks(
+                    0.0, stopped="the rounds stopped in round 6 of 7: the test did not pass it"
+                ),
+                reason="assert 0.1 + 0.2 == 0.3",
+            ),
+        ],
+        exit_status=1,
+    )
+
+
+def with_leaks() -> Report:
+    return Report.from_json(with_leaks_document())

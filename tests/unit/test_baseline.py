@@ -44,7 +44,9 @@ def test_tolerance_defaults_and_errors() -> None:
     assert defaults.describe() == DEFAULT_TOLERANCE_SPEC
     assert defaults.allowances["wall"] is None
     assert parse_tolerance("mem=off").allowances["mem"] is None
-    assert parse_tolerance("cpu=1s").describe() == "mem=10%+16MiB,cpu=1s,wall=off,gpu=10%+64MiB"
+    assert parse_tolerance("cpu=1s").describe() == (
+        "mem=10%+16MiB,cpu=1s,wall=off,gpu=10%+64MiB,leak=50%+256KiB"
+    )
     for bad in ("mem=10s", "cpu=8MB", "disk=5%", "mem", "mem=ten%", "cpu=inf s"):
         with pytest.raises(ToleranceError, match="A tolerance is comma-separated KEY=SPEC"):
             parse_tolerance(bad)

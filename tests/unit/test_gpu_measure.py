@@ -15,7 +15,7 @@ import pytest
 
 from pytest_taichi_limits.config.budget import Budget
 from pytest_taichi_limits.config.settings import Settings
-from pytest_taichi_limits.ipc.protocol import ChildEnded, Ready, encode_message
+from pytest_taichi_limits.ipc.protocol import ChildEnded, Ready, RunCommand, encode_message
 from pytest_taichi_limits.measure import gpu
 from pytest_taichi_limits.supervise.supervisor import ExitInfo, Worker, stack_file
 
@@ -156,6 +156,14 @@ class _BareChild:
     def close(self) -> None:
         for fd in (self.channel_fd, self.control_fd, self.stack_fd):
             os.close(fd)
+
+    unborn = False  # forked already: it reports ready
+
+    def start(self, first: RunCommand | None) -> None:
+        raise AssertionError("forked already")
+
+    def birth_rss_bytes(self) -> int:
+        return 0
 
 
 def test_supervisor_enforces_gpu_gb_on_the_measured_figure(monkeypatch: pytest.MonkeyPatch) -> None:

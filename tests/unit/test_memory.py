@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from pytest_taichi_limits.ipc.protocol import ForkOrder, RunCommand
+from pytest_taichi_limits.launch.forkserver import ChildFds, ForkServer, ServerLaunch
 from pytest_taichi_limits.measure import cgroup, memory, meter, shm
 from pytest_taichi_limits.measure.memory import Reading, own_bytes
 from pytest_taichi_limits.measure.meter import CgroupMemory, MemoryPlan, SmapsMemory, Tick
@@ -355,23 +357,25 @@ def test_an_error_while_watching_fails_the_test_and_ends_its_tree(
 
     from pytest_taichi_limits.config.budget import Budget
     from pytest_taichi_limits.config.settings import Settings
-    from pytest_taichi_limits.launch.forking import ForkLaunch
     from pytest_taichi_limits.supervise.supervisor import Worker
 
-    def in_child(channel_fd: int, stack_fd: int, control_fd: int, parent_pid: int) -> None:
+    def in_child(fds: ChildFds, order: ForkOrder) -> None:
         time.sleep(60)
         os._exit(0)
 
     def out_of_fds(self: ProcessTree, into: TreeSample) -> TreeSample:
         raise OSError(errno.EMFILE, "Too many open files")
 
-    worker = Worker(ForkLaunch(in_child), Settings(grace_s=0.5), "fork")
-    monkeypatch.setattr(ProcessTree, "sample", out_of_fds)
+    server = ForkServer(in_child)
+    worker = Worker(ServerLaunch(server, {}), Settings(grace_s=0.5), "fork")
     try:
+        worker.child.start(RunCommand(0, None, None, None))  # born before /proc fails it
+        monkeypatch.setattr(ProcessTree, "sample", out_of_fds)
         result = worker.run_test(0, None, "t::x", Budget(wall_s=30))
     finally:
         monkeypatch.undo()
         worker.close()
+        server.close()
     assert result.crash is not None
     assert (
         "could not watch this test (OSError: [Errno 24] Too many open files)" in result.crash.reason
@@ -402,22 +406,23 @@ def test_the_usage_is_complete_when_the_supervisor_builds_it() -> None:
     from pytest_taichi_limits.config.settings import Settings
     from pytest_taichi_limits.ipc.channel import ChannelWriter
     from pytest_taichi_limits.ipc.protocol import Exit, TaichiInitDone
-    from pytest_taichi_limits.launch.forking import ForkLaunch
     from pytest_taichi_limits.model.records import Admitted
     from pytest_taichi_limits.supervise.supervisor import Worker
 
-    def in_child(channel_fd: int, stack_fd: int, control_fd: int, parent_pid: int) -> None:
-        channel = ChannelWriter(channel_fd)
+    def in_child(fds: ChildFds, order: ForkOrder) -> None:
+        channel = ChannelWriter(fds.channel)
         channel.send(TaichiInitDone(arch="x64"))
         channel.send(Exit(reason="interrupt", message="", returncode=None))
         os._exit(0)
 
     facts = Admitted(0.5, 64 * MB, 0, "its budget", None, 64 * MB, 0, 1024 * MB)
-    worker = Worker(ForkLaunch(in_child), Settings(grace_s=0.5), "fork")
+    server = ForkServer(in_child)
+    worker = Worker(ServerLaunch(server, {}), Settings(grace_s=0.5), "fork")
     try:
         result = worker.run_test(0, None, "t::x", Budget(wall_s=30), facts)
     finally:
         worker.close()
+        server.close()
     assert result.usage.arch == "x64"
     assert result.usage.interrupted == "KeyboardInterrupt"
     assert result.usage.admission == facts

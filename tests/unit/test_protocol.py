@@ -19,15 +19,20 @@ from pytest_taichi_limits.ipc.protocol import (
     Exit,
     Finished,
     Fixtures,
+    ForkOrder,
     Hello,
     InternalError,
     Message,
+    Moved,
+    MoveOrder,
+    NextRoundCommand,
     Note,
     Phase,
     RaisedWarning,
     Ready,
     Refused,
     Report,
+    RoundEnd,
     RunCommand,
     StartFailed,
     StopCommand,
@@ -51,6 +56,8 @@ EVERY_MESSAGE: list[Message] = [
     Fixtures(()),
     Report({"nodeid": "t", "longrepr": ("file.py", 3, "Skipped: x"), "sections": [["a", "b"]]}),
     RaisedWarning("deprecated", "builtins:DeprecationWarning", "t.py", 7),
+    RoundEnd(3, {"fields": 4, "snode_trees": 2}, {"field at t.py:3 in step": 2}, {}),
+    RoundEnd(1, {}, {}, {"vector ndarray at t.py:9 in test_a": 1}),
     Done("t.py::t", "x64"),
     Done("t.py::t", None),
     Exit("exit", "stop here", 3),
@@ -73,14 +80,41 @@ def test_every_message_round_trips(message: Message) -> None:
 
 
 def test_commands_and_exit_statuses_round_trip() -> None:
-    for command in (RunCommand(4, None, 2.5, None), RunCommand(0, 1, None, 1.0), StopCommand()):
+    for command in (
+        RunCommand(4, None, 2.5, None),
+        RunCommand(0, 1, None, 1.0),
+        RunCommand(0, 1, None, None, 2, 5),
+        NextRoundCommand(),
+        StopCommand(),
+    ):
         assert protocol.decode_command(protocol.encode_command(command)) == command
+    assert RunCommand(0, 1, None, None, 2, 5).rounds == 7
+    assert RunCommand(0, 1, None, None).rounds == 1
     # A budget written as a whole number is still a float on the child's side.
     line = b'{"c": "run", "index": 0, "next_index": null, "cpu_s": 2, "gpu_gb": null}'
     decoded = protocol.decode_command(line)
     assert isinstance(decoded, RunCommand) and isinstance(decoded.cpu_s, float)
-    for status in (ChildStarted(7), ChildEnded(9, 1 << 30, 0.25), StartFailed("OSError: x")):
+    for status in (
+        ChildStarted(7),
+        ChildEnded(9, 1 << 30, 0.25),
+        StartFailed("OSError: x"),
+        Moved(""),
+        Moved("[Errno 2] No such file or directory"),
+    ):
         assert protocol.decode_status(protocol.encode_status(status)) == status
+
+
+def test_the_fork_servers_orders_round_trip() -> None:
+    first = protocol.encode_command(RunCommand(3, None, 2.0, None)).decode()
+    for order in (
+        ForkOrder({}),
+        ForkOrder({"CUDA_VISIBLE_DEVICES": "1"}, first=first),
+        ForkOrder({}, request="cGlja2xl"),
+        MoveOrder("/sys/fs/cgroup/memory/x/taichi-limits-1-2-3/cgroup.procs"),
+    ):
+        assert protocol.decode_order(protocol.encode_order(order)) == order
+    with pytest.raises(ChannelError, match="the fork server's order carried an unknown"):
+        protocol.decode_order(b'{"o": "exec"}')
 
 
 def test_an_exit_status_comes_from_wait4() -> None:
@@ -113,6 +147,28 @@ def test_an_exit_status_comes_from_wait4() -> None:
         (b'{"t": "fixtures", "up": ["a", 1]}', "up must be a list of strings, got ['a', 1]"),
         (b'{"t": "report", "data": []}', "'report' message: data must be an object, got []"),
         (b'{"t": "done", "nodeid": "a", "arch": 64}', "arch must be a string or null, got 64"),
+        (
+            b'{"t": "round_end", "number": 0, "taichi": {}, "sites": {}, "made": {}}',
+            "'round_end' message: number must be from 1 to 1000, got 0",
+        ),
+        (
+            b'{"t": "round_end", "number": 1, "taichi": {"rss": 1}, "sites": {}, "made": {}}',
+            "taichi has an unknown count 'rss'",
+        ),
+        (
+            b'{"t": "round_end", "number": 1, "taichi": {"fields": -1}, "sites": {}, "made": {}}',
+            "taichi['fields'] must be a whole number >= 0",
+        ),
+        (
+            b'{"t": "round_end", "number": 1, "taichi": {}, "sites": {"a": true}, "made": {}}',
+            "sites['a'] must be a whole number >= 0",
+        ),
+        (
+            b'{"t": "round_end", "number": 1, "taichi": {}, "sites": {}, "made": {'
+            + b", ".join(b'"s%d": 1' % n for n in range(21))
+            + b"}}",
+            "made holds more than 20 entries",
+        ),
     ],
 )
 def test_anything_else_is_a_channel_error_that_says_what(line: bytes, problem: str) -> None:
