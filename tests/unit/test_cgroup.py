@@ -317,6 +317,9 @@ def test_what_a_process_held_when_it_crashed_is_the_kernel_s_peak(
     if not method.peak_reset:
         pytest.skip("this kernel cannot restart the cgroup's peak")
     crashed = method.final_bytes(0, ended=True)
-    # 48 MiB, within 2 MiB (the forked interpreter's copies; page tables)
-    assert abs(crashed - 48 * MB) < 2 * MB, crashed / MB
+    # 48 MiB, less 2 MiB at most (page tables; a page the kernel had not charged yet), more by
+    # the forked interpreter's copies (2 MiB) and, at most, the page cache it wrote: the peak
+    # had the cache in it, and the kernel may reclaim clean cache before the reading that
+    # subtracts it (seen once in a busy `-n 2` run: 64.9 MiB). Never 0, the figure it fixes.
+    assert 46 * MB < crashed < (48 + 16 + 2) * MB, crashed / MB
     tree.close()
