@@ -72,11 +72,15 @@ class Ending:
     def describe(self) -> str:
         if self.signal_number is not None:
             return f"killed by signal {self.signal_number} ({signal_name(self.signal_number)})"
+        if self.exit_code is None:  # a spawn-mode zygote that stopped answering never said
+            return UNKNOWN_ENDING
         return f"exited with status {self.exit_code}"
 
     @classmethod
     def from_text(cls, text: str) -> Ending:
         """The inverse of `describe` (a record's JSON carries the text). RecordError else."""
+        if text == UNKNOWN_ENDING:
+            return cls(None, None)
         killed = _KILLED.fullmatch(text)
         if killed is not None:
             return cls(None, int(killed.group(1)))
@@ -86,6 +90,8 @@ class Ending:
         raise RecordError(f"ending {text!r} is neither 'exited with status N' nor 'killed by ...'")
 
 
+#: How a process ended that was seen to end by no one who could say how.
+UNKNOWN_ENDING = "ended, and its exit status is unknown (no process that saw it end said how)"
 _KILLED = re.compile(r"killed by signal (\d+) \(.*\)")
 _EXITED = re.compile(r"exited with status (-?\d+)")
 
