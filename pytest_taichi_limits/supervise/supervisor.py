@@ -146,6 +146,7 @@ class _Told:
     gpu_clamps: tuple[str, ...]
     interrupted: str  # why the test stopped the session; "" if it did not
     admission: Admitted | None
+    arch_fallback: str  # a GPU arch asked for and the CPU given (the record's gpu_note); or ""
 
     @classmethod
     def of(cls, messages: list[Message], admission: Admitted | None) -> _Told:
@@ -155,6 +156,7 @@ class _Told:
             tuple(verdict.clamp_notes(messages)),
             exits[-1].describe() if exits else "",
             admission,
+            verdict.arch_fallback(messages),
         )
 
 
@@ -842,7 +844,7 @@ class Worker:
             peak_vms_bytes=peaks.vms_bytes,
             kernel_maxrss_bytes=figures.kernel_peak_bytes,
             gpu_peak_bytes=gpu_peak,
-            gpu_note=self.meter.gpu.note,
+            gpu_note=told.arch_fallback or self.meter.gpu.note,
             samples=peaks.samples,
             budget=start.budget,
             mode=self.mode,
