@@ -42,7 +42,7 @@ from ..ipc.protocol import (
     Status,
     decode_status,
 )
-from ..ipc.requests import WorkerRequest
+from ..ipc.requests import SYS_PATH_VARIABLE, WorkerRequest, encode_request, encode_sys_path
 from ..model.records import Ending, signal_name
 from ..platform import linux
 from ..supervise.supervisor import ExitInfo, WorkerGone, control_pair, pidfd_open, stack_file
@@ -167,7 +167,7 @@ class Zygote:
         environment = dict(os.environ)
         # The zygote sees the modules this run sees (rootdir inserts, the pytest script's dir),
         # and imports this run's third-party stack once for all its workers.
-        environment["PYTEST_TAICHI_LIMITS_SYS_PATH"] = json.dumps([str(path) for path in sys.path])
+        environment[SYS_PATH_VARIABLE] = encode_sys_path(sys.path)
         listing = os.path.join(temp_dir, "preimport.json")
         with open(listing, "w") as handle:
             json.dump(preimport, handle)
@@ -205,7 +205,7 @@ class Zygote:
         return f"exited with status {code}"
 
     def request(self, request: WorkerRequest, fds: list[int]) -> None:
-        socket.send_fds(self.control, [pickle.dumps(request)], fds)
+        socket.send_fds(self.control, [encode_request(request)], fds)
 
     def close(self) -> None:
         """Ask it to leave (its control socket closes); kill it when it does not at once."""
