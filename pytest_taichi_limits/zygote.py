@@ -101,7 +101,13 @@ def _empty_session() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     try:
-        with tempfile.TemporaryDirectory(prefix="pytest-taichi-limits-zygote-") as empty:
+        from .launch.spawn import TEMP_PREFIX
+        from .measure.cgroup import own_start_ticks
+
+        # Named after this process: if it is killed before it removes the folder, the next
+        # session's sweep does (launch/spawn.py).
+        owner = f"{os.getpid()}-{own_start_ticks()}-"
+        with tempfile.TemporaryDirectory(prefix=TEMP_PREFIX + owner) as empty:
             ini = os.path.join(empty, "pytest.ini")
             with open(ini, "w") as handle:
                 handle.write("[pytest]\n")

@@ -23,6 +23,7 @@ import json
 import os
 import pickle
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -43,6 +44,7 @@ from ..ipc.protocol import (
     decode_status,
 )
 from ..ipc.requests import SYS_PATH_VARIABLE, WorkerRequest, encode_request, encode_sys_path
+from ..measure import cgroup
 from ..model.records import Ending, signal_name
 from ..platform import linux
 from ..supervise.supervisor import ExitInfo, WorkerGone, control_pair, pidfd_open, stack_file
@@ -350,5 +352,34 @@ def _decode(data: bytes) -> Status:
         return StartFailed(str(error))
 
 
+#: The start of the name of every temporary folder of a pytest process that starts workers.
+TEMP_PREFIX = "pytest-taichi-limits-spawn-"
+
+
 def new_temp_dir() -> str:
-    return tempfile.mkdtemp(prefix="pytest-taichi-limits-spawn-")
+    """A folder for the zygote's listing and the workers' files, removed when the session ends.
+    Named after this process (pid and start time): a session killed before it could remove its
+    folder (SIGKILL) leaves it to the next one, which removes it here."""
+    sweep_stale_temp_dirs(tempfile.gettempdir())
+    owner = os.getpid()
+    return tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{owner}-{cgroup.own_start_ticks(owner)}-")
+
+
+def sweep_stale_temp_dirs(parent: str) -> list[str]:
+    """Remove the temporary folders under `parent` whose pytest process is gone; the paths
+    removed. A live owner's (another session, another xdist worker) is left alone."""
+    removed = []
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return removed
+    for name in names:
+        words = name[len(TEMP_PREFIX) :].split("-") if name.startswith(TEMP_PREFIX) else []
+        if len(words) != 3 or not (words[0].isdigit() and words[1].isdigit()):
+            continue  # not ours, or named before folders carried their owner: whose is unknown
+        if cgroup.owner_alive(int(words[0]), int(words[1])):
+            continue
+        path = os.path.join(parent, name)
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
