@@ -256,6 +256,9 @@ def main() -> None:
         "-p",
         "bench_rusage",
         "--taichi-limits",
+        # A child per test: the kernel's figures (wait4's peak RSS and CPU) are per process,
+        # and the CPU test burns until its own process has used the seconds asked for.
+        "--taichi-limits-isolation=test",
         f"--taichi-limits-log={log}",
         *extra,
         "test_accuracy.py",

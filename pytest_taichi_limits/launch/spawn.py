@@ -368,7 +368,7 @@ def new_temp_dir() -> str:
 def sweep_stale_temp_dirs(parent: str) -> list[str]:
     """Remove the temporary folders under `parent` whose pytest process is gone; the paths
     removed. A live owner's (another session, another xdist worker) is left alone."""
-    removed = []
+    removed: list[str] = []
     try:
         names = os.listdir(parent)
     except OSError:
