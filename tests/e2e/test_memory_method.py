@@ -815,6 +815,9 @@ def test_a_one_second_hold_of_300_mb_under_a_large_pytest_is_caught(
             left.unlink(missing_ok=True)
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines(["*mem_mb exceeded*"] * 2)
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    violated = [event["resource"] for event in events if event["event"] == "violation"]
+    assert violated == ["mem_mb", "mem_mb"], events
     for name, usage in usages(log).items():
-        assert usage["violation"]["resource"] == "mem_mb", (name, usage)
-        assert usage["own_memory_bytes"] > 200 * MB, (name, usage)
+        # Over the budget, and never twice what was held (a file held and mapped: issue 17)
+        assert 200 * MB < usage["own_memory_bytes"] < 320 * MB, (name, usage)
