@@ -161,7 +161,7 @@ def _memory_run(root: Path, case_mb: int, method: str) -> tuple[dict[str, dict],
     cmd = pytest_cmd(
         sys.executable,
         "--taichi-limits",
-        "--taichi-limits-isolation=test",  # each case in its own child: the kernel's per-process figures
+        "--taichi-limits-isolation=test",  # a child per case: the kernel's figures are per process
         f"--taichi-limits-memory-method={method}",
         f"--taichi-limits-log={log}",
         f"--taichi-limits-mem-mb={8 * case_mb}",
