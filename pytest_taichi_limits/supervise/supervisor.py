@@ -461,7 +461,8 @@ class Worker:
             quiet_s = time.monotonic() - heard_at
             listen = not reader.closed and quiet_s >= self.settings.interval_s
             sleep_s = self._next_sleep(start, peaks, start.round_elapsed_s(time.monotonic()))
-            if not holding and time.monotonic() - told_at < _WAIT_LOOK_S:
+            # (told_at is infinite until the child says `until`: -inf is no "just told")
+            if not holding and 0.0 <= time.monotonic() - told_at < _WAIT_LOOK_S:
                 # It is about to wait: look again soon (sooner between two rounds of leak
                 # hunting, where the test goes on as soon as the parent has read).
                 pending = start.rounds is not None and start.rounds.pending
