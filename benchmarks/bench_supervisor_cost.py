@@ -106,7 +106,7 @@ def _trio(megabytes: int) -> tuple[int, int]:
 
 
 def reading_costs(sizes: list[int], repeats: int = 20) -> list[list[object]]:
-    from pytest_taichi_limits.measure import memory
+    from pytest_taichi_limits.measure import memory, meter
     from pytest_taichi_limits.measure.proctree import ProcessTree, TreeSample
 
     rows: list[list[object]] = []
@@ -119,17 +119,17 @@ def reading_costs(sizes: list[int], repeats: int = 20) -> list[list[object]]:
             for _ in range(repeats):
                 tree.sample(sample)
             statm_s = (time.thread_time() - start) / repeats
-            meter = memory.MemoryMeter(os.getpid(), keeper)
+            reader = memory.MemoryMeter(os.getpid(), keeper)
             start = time.thread_time()
             for _ in range(repeats):
-                meter.read(tree.members())
+                reader.read(tree.members())
             exact_s = (time.thread_time() - start) / repeats
             tree.close()
         finally:
             os.kill(keeper, signal.SIGKILL)
             os.kill(test_pid, signal.SIGKILL)
             os.waitpid(keeper, 0)
-        gap_s = max(memory._MIN_EXACT_GAP_S, exact_s / memory._EXACT_CPU_SHARE)
+        gap_s = max(meter.MIN_EXACT_GAP_S, exact_s / meter.EXACT_CPU_SHARE)
         rows.append(
             [
                 f"{megabytes} MB",
