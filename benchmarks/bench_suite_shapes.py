@@ -667,15 +667,18 @@ class ShapeResult:
 
 
 def variants(
-    isolations: Sequence[str], common: Sequence[str] = (), default: str | None = None
+    isolations: Sequence[str],
+    common: Sequence[str] = (),
+    default: str | None = None,
+    limits: Sequence[str] = LIMITS,
 ) -> dict[str, list[str]]:
     """plain, then --taichi-limits as it is ("default", unless its default isolation is one of
     the columns anyway), then each isolation."""
     chosen: dict[str, list[str]] = {"plain": [*common]}
     if default not in isolations:
-        chosen["default"] = [*common, *LIMITS]
+        chosen["default"] = [*common, *limits]
     for mode in isolations:
-        chosen[mode] = [*common, *LIMITS, f"--taichi-limits-isolation={mode}"]
+        chosen[mode] = [*common, *limits, f"--taichi-limits-isolation={mode}"]
     return chosen
 
 
@@ -686,6 +689,7 @@ def measure(
     isolations: Sequence[str],
     timeout_s: float,
     default: str | None = None,
+    limits: Sequence[str] = LIMITS,
 ) -> ShapeResult:
     size = shape.quick if quick else shape.full
     root = workdir(f"shape-{shape.key}")
@@ -734,7 +738,7 @@ def measure(
             f" (output in {warm.log})"
         )
     for repeat in range(repeats):
-        for name, options in variants(isolations, shape.common, default).items():
+        for name, options in variants(isolations, shape.common, default, limits).items():
             done = trial(name, options, f"{name}-{repeat + 1}")
             result.trials.setdefault(name, []).append(done)
             result.problems += _problems(name, repeat, done, reference, result)
@@ -1010,6 +1014,12 @@ def main() -> None:
         help="comma-separated shapes to run, e.g. a,b,e (default: all)",
     )
     parser.add_argument(
+        "--memory-method",
+        choices=("cgroup", "smaps"),
+        default=None,
+        help="--taichi-limits-memory-method for every plugin run (default: the plugin's, auto)",
+    )
+    parser.add_argument(
         "--taichi-src",
         type=Path,
         default=None,
@@ -1039,7 +1049,13 @@ def main() -> None:
         )
     isolations = isolation_modes()
     default = default_isolation()
+    limits = [
+        *LIMITS,
+        *([f"--taichi-limits-memory-method={args.memory_method}"] if args.memory_method else []),
+    ]
     print(machine_line())
+    if args.memory_method:
+        print(f"--taichi-limits-memory-method={args.memory_method} in every plugin run")
     print(
         "--taichi-limits-isolation: "
         + (
@@ -1053,7 +1069,9 @@ def main() -> None:
     problems: list[str] = []
     for shape in SHAPES:
         if shape.key in args.only:
-            results.append(measure(shape, args.quick, repeats, isolations, timeout_s, default))
+            results.append(
+                measure(shape, args.quick, repeats, isolations, timeout_s, default, limits)
+            )
             problems += results[-1].problems
     if results:
         print()

@@ -8,7 +8,7 @@ The loop sleeps `--taichi-limits-interval` near a limit and up to 0.1 s while ev
 away (supervise/supervisor.py, _next_sleep). Two budgets are measured for each interval:
 
 - default budget (mem_mb 4096, wall_s 600): far from every limit, the adaptive case;
-- with mem_mb=5: a budget nearly used up (the test's own RSS is within 5 MB of it), so the loop
+- with mem_mb=10: a budget nearly used up (a forked child holds 5-6 MiB of its own), so the loop
   samples at the interval all the time -- the worst case. (A gpu_gb budget does the same where
   NVML measures GPU memory.)
 
@@ -106,7 +106,7 @@ def _trio(megabytes: int) -> tuple[int, int]:
 
 
 def reading_costs(sizes: list[int], repeats: int = 20) -> list[list[object]]:
-    from pytest_taichi_limits.measure import memory
+    from pytest_taichi_limits.measure import memory, meter
     from pytest_taichi_limits.measure.proctree import ProcessTree, TreeSample
 
     rows: list[list[object]] = []
@@ -119,17 +119,17 @@ def reading_costs(sizes: list[int], repeats: int = 20) -> list[list[object]]:
             for _ in range(repeats):
                 tree.sample(sample)
             statm_s = (time.thread_time() - start) / repeats
-            meter = memory.MemoryMeter(os.getpid(), keeper)
+            reader = memory.MemoryMeter(os.getpid(), keeper)
             start = time.thread_time()
             for _ in range(repeats):
-                meter.read(tree.members())
+                reader.read(tree.members())
             exact_s = (time.thread_time() - start) / repeats
             tree.close()
         finally:
             os.kill(keeper, signal.SIGKILL)
             os.kill(test_pid, signal.SIGKILL)
             os.waitpid(keeper, 0)
-        gap_s = max(memory._MIN_EXACT_GAP_S, exact_s / memory._EXACT_CPU_SHARE)
+        gap_s = max(meter.MIN_EXACT_GAP_S, exact_s / meter.EXACT_CPU_SHARE)
         rows.append(
             [
                 f"{megabytes} MB",
@@ -194,7 +194,7 @@ def main() -> None:
             f"near-{interval}",
             "--taichi-limits",
             f"--taichi-limits-interval={interval}",
-            "--taichi-limits-mem-mb=5",
+            "--taichi-limits-mem-mb=10",
         )
         rows.append(
             [
@@ -213,7 +213,7 @@ def main() -> None:
                 "interval",
                 "parent CPU, default budget",
                 "% of one core",
-                "parent CPU, mem_mb=5 (samples every interval)",
+                "parent CPU, mem_mb=10 (samples every interval)",
                 "% of one core",
             ],
             rows,

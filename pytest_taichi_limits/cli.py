@@ -154,7 +154,7 @@ def run_accept(args: argparse.Namespace) -> int:
             "the report writes them (taichi-limits show lists them)"
         )
     chosen = [by_id[nodeid] for nodeid in dict.fromkeys(args.tests)]
-    lines = baselines.accept(baseline, chosen, report.environment)
+    lines = baselines.accept(baseline, chosen, report.environment, report.calibration.figure)
     _print(
         "\n".join(
             [f"accepted into {args.baseline} from {args.report} ({len(lines)} tests):"]

@@ -15,7 +15,6 @@ from __future__ import annotations
 import gc
 import json
 import os
-import pickle
 import signal
 import socket
 import sys
@@ -102,7 +101,13 @@ def _empty_session() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     try:
-        with tempfile.TemporaryDirectory(prefix="pytest-taichi-limits-zygote-") as empty:
+        from .launch.spawn import TEMP_PREFIX
+        from .measure.cgroup import own_start_ticks
+
+        # Named after this process: if it is killed before it removes the folder, the next
+        # session's sweep does (launch/spawn.py).
+        owner = f"{os.getpid()}-{own_start_ticks()}-"
+        with tempfile.TemporaryDirectory(prefix=TEMP_PREFIX + owner) as empty:
             ini = os.path.join(empty, "pytest.ini")
             with open(ini, "w") as handle:
                 handle.write("[pytest]\n")
@@ -135,6 +140,7 @@ def _empty_session() -> None:
 def serve(control: socket.socket) -> None:
     from .child.session import run_worker
     from .ipc.protocol import ChildEnded, ChildStarted, StartFailed, encode_status
+    from .ipc.requests import decode_request
     from .launch.forkserver import receive_with_fds
     from .measure.proctree import reap_own_children
 
@@ -152,7 +158,7 @@ def serve(control: socket.socket) -> None:
         channel_fd, stack_fd, result_fd, control_fd = fds
         result = socket.socket(fileno=result_fd)
         try:
-            request = pickle.loads(data)
+            request = decode_request(data)
             zygote_pid = os.getpid()
             pid = os.fork()
         except Exception as error:  # noqa: BLE001 - the parent must hear why
@@ -208,9 +214,11 @@ def main(argv: list[str]) -> None:
     # Its own process group: a Ctrl-C at the terminal is pytest's to handle, not ours.
     os.setpgid(0, 0)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    parent_path = os.environ.pop("PYTEST_TAICHI_LIMITS_SYS_PATH", None)
+    from .ipc.requests import SYS_PATH_VARIABLE, decode_sys_path
+
+    parent_path = os.environ.pop(SYS_PATH_VARIABLE, None)
     if parent_path:
-        sys.path[:] = json.loads(parent_path)
+        sys.path[:] = decode_sys_path(parent_path)
     control = socket.socket(fileno=control_fd)
     _prewarm()
     # Everything imported so far is shared with every worker: keep the collector from

@@ -289,7 +289,7 @@ def run_item(
 ) -> None:
     """The test's phases (in rounds, when it hunts leaks) and every message about them, up to
     `done`."""
-    writer.send(Hello(item.nodeid))
+    writer.send(Hello(item.nodeid, taichi_support.current_arch()))
     with warnings.catch_warnings(record=True) as caught:
         if rounds is not None:
             rounds.run(nextitem)

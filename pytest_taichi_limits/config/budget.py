@@ -153,6 +153,19 @@ def parse_leak_rounds(value: object, where: str, alternative: str = "") -> LeakR
     return LeakRounds(warmup, measured)
 
 
+def builtin_budget() -> Budget:
+    return Budget(**BUILTIN_DEFAULTS)
+
+
+def larger(first: Budget, second: Budget) -> Budget:
+    """Per key the larger limit of the two; no limit (None) is the largest."""
+    values: dict[str, float | None] = {}
+    for key in BUDGET_KEYS:
+        one, other = getattr(first, key), getattr(second, key)
+        values[key] = None if one is None or other is None else max(one, other)
+    return Budget(**values)
+
+
 def allowed_text(key: str) -> str:
     unit, largest, example = _SPECS[key]
     # .15g: 1048576, not 1.04858e+06

@@ -12,6 +12,7 @@ Budgets from markers beat both (see config/budget.py).
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from .budget import (
     check_arch,
     parse_leak_rounds,
     parse_text,
+    resolve,
 )
 from .capacity import CapacityError, Declared, parse_capacity
 from .settings import DEFAULT_ISOLATION, ISOLATIONS, MEMORY_METHODS, MODES, Settings
@@ -252,6 +254,16 @@ OPTIONS: tuple[Option, ...] = (
         metavar="SPEC",
     ),
     Option(
+        "taichi_limits_calibration",
+        "the machine's speed, for comparing CPU and wall time with a baseline saved on another "
+        "day: auto (the default: a calibration loop of about 0.2 s at the start and end of a "
+        "run that compares or saves a baseline or writes the JSON report; the baseline's CPU "
+        "and wall figures are compared scaled by the ratio of its run's calibration to this "
+        "run's), off (never calibrate; compare unscaled), or SECONDS (take this as the loop's "
+        "CPU and wall time instead of measuring it)",
+        metavar="auto|off|SECONDS",
+    ),
+    Option(
         "taichi_limits_compare_warn",
         "with --taichi-limits-compare: a test that grew gets a warning instead of failing",
         ini=False,
@@ -425,6 +437,8 @@ class Options:
     replace_baseline: bool = False
     timeline_in_baseline: bool = False
     admit: str | None = None  # "budget" or "baseline"; None: every test starts at once
+    #: --taichi-limits-calibration: "auto", "off", or the loop's seconds as given
+    calibration: str | float = "auto"
     capacity: Declared = field(default_factory=Declared)
     #: --taichi-limits-leaks: leak hunting for every supervised test, in these rounds (None: off)
     leak_rounds: LeakRounds | None = None
@@ -497,6 +511,26 @@ def _settings(config: pytest.Config) -> Settings:
         clean_shm=flag_or_ini(config, "taichi_limits_clean_shm"),
         memory_method=_choice(config, "taichi_limits_memory_method", MEMORY_METHODS, "auto"),
     )
+
+
+#: The largest calibration figure taken: a loop of about 0.03 s that took a minute is a typo.
+_MAX_CALIBRATION_S = 60.0
+
+
+def _calibration(config: pytest.Config) -> str | float:
+    text, where = value_or_ini(config, "taichi_limits_calibration")
+    if text is None or text.strip().lower() in ("auto", "off"):
+        return "auto" if text is None else text.strip().lower()
+    try:
+        value = parse_seconds(text)
+    except UnitError:
+        value = float("nan")
+    if not 0 < value <= _MAX_CALIBRATION_S:
+        raise pytest.UsageError(
+            f"{where} must be auto, off, or the calibration loop's seconds (more than 0, up "
+            f"to {_MAX_CALIBRATION_S:g}), got {text!r}"
+        )
+    return value
 
 
 def _top(config: pytest.Config) -> int:
@@ -576,11 +610,15 @@ def read_options(config: pytest.Config) -> Options:
     """Validate every option; raise pytest.UsageError naming the first bad one."""
     outputs = _outputs(config)
     compare_path = value_or_ini(config, "taichi_limits_compare")[0]
+    cli_budget = _budget_layer(config, from_ini=False)
+    ini_budget = _budget_layer(config, from_ini=True)
     options = Options(
         supervise_all=flag_or_ini(config, "taichi_limits"),
-        cli_budget=_budget_layer(config, from_ini=False),
-        ini_budget=_budget_layer(config, from_ini=True),
-        settings=_settings(config),
+        cli_budget=cli_budget,
+        ini_budget=ini_budget,
+        settings=dataclasses.replace(
+            _settings(config), default_budget=resolve({}, cli_budget, ini_budget)
+        ),
         outputs=outputs,
         top=_top(config),
         suggest=flag_or_ini(config, "taichi_limits_suggest"),
@@ -591,6 +629,7 @@ def read_options(config: pytest.Config) -> Options:
         timeline_in_baseline=flag_or_ini(config, "taichi_limits_timeline_in_baseline"),
         admit=_admit(config),
         capacity=_capacity(config),
+        calibration=_calibration(config),
         leak_rounds=_leak_rounds(config),
     )
     saving = outputs.save_baseline is not None

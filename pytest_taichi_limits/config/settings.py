@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 
-from .budget import ISOLATIONS, Budget, LeakRounds  # ISOLATIONS: tests per supervised child
+# ISOLATIONS: tests per supervised child
+from .budget import ISOLATIONS, Budget, LeakRounds, builtin_budget
 
 #: How a supervised test is started: in a forked child, or in a fresh interpreter.
 MODES = ("auto", "fork", "spawn")
@@ -44,6 +45,11 @@ class Settings:
     isolation_from: str = ""
     clean_shm: bool = False  # --taichi-limits-clean-shm: remove what a test left in /dev/shm
     memory_method: str = "auto"  # --taichi-limits-memory-method: one of MEMORY_METHODS
+    #: The budget of a test without a marker (command line > ini > built-in). A worker's
+    #: start-up (a fresh interpreter's, or a reimport worker's import of its modules: their
+    #: module-level ti.init and work) is no test's: it is watched under this budget, or the
+    #: first test's where that is larger, never under a smaller test budget.
+    default_budget: Budget = field(default_factory=builtin_budget)
 
 
 #: A supervised test's resolved budget, on its item (the taichi_limits_ti fixture reads it).

@@ -16,6 +16,7 @@ update different tests merge cleanly in git):
                       "gpu_bytes": null, "leak_bytes_per_round": {"min": 9000, "max": 14000},
                       "memory_method": "cgroup-v1",
                       "arch": "x64", "mode": "fork",
+                      "calibration": {"cpu_s": 0.031, "wall_s": 0.033},
                       "environment": "<id>", "saved_at": "2026-11-28T13:40:00+00:00"}
       }
     }
@@ -26,6 +27,12 @@ varies from run to run is compared with the worst run the baseline saw, not with
 A test is compared per resource: `after > max * (1 + relative) + absolute` is a regression.
 `leak_bytes_per_round` (own memory's growth per measured round of leak hunting, docs/leaks.md)
 is null, or absent in a file written before it existed, for a test that did not hunt leaks.
+
+`calibration` (absent in a file written before it existed) is what the calibration loop cost in
+the run the entry's ranges are in units of (measure/calibration.py): a later run's CPU and wall
+figures are compared with the ranges scaled by the ratio of its own calibration to this one,
+and a run that widens the ranges adds its figures scaled the same way. An entry without one
+is compared unscaled, and takes the calibration of the next run that saves it.
 
 Version 1 (one figure per test, own memory as the growth of summed RSS) is refused: its figures
 mean something else (issue 10 changed what own memory counts).
@@ -50,7 +57,7 @@ from ..config.tolerance import Tolerance as Tolerance
 from ..config.tolerance import ToleranceError as ToleranceError
 from ..config.tolerance import parse_tolerance as parse_tolerance
 from ..config.units import human_bytes
-from ..model.records import RESOURCES, Growth, UsageRecord
+from ..model.records import RESOURCES, SAME_SPEED, TIMED, Calibration, Growth, UsageRecord
 from . import environment as env
 from .jsonreport import write_atomic
 
@@ -97,6 +104,8 @@ class Entry:
     saved_at: str
     #: the last saved run's timeline (model/timeline.py), with --taichi-limits-timeline-in-baseline
     timeline: Mapping[str, Any] | None = None
+    #: the calibration of the run the CPU and wall ranges are in units of (None: not known)
+    calibration: Calibration | None = None
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -112,6 +121,8 @@ class Entry:
         )
         if self.timeline is not None:
             data["timeline"] = dict(self.timeline)
+        if self.calibration is not None:
+            data["calibration"] = self.calibration.to_json()
         return data
 
 
@@ -132,6 +143,15 @@ class Baseline:
             },
             "tests": {nodeid: entry.to_json() for nodeid, entry in sorted(self.tests.items())},
         }
+
+    def calibration(self) -> Calibration | None:
+        """The median of the tests' calibrations (by CPU; None: none is calibrated): what the
+        header and the summary compare this run's speed with."""
+        found = sorted(
+            (entry.calibration for entry in self.tests.values() if entry.calibration),
+            key=lambda calibration: calibration.cpu_s,
+        )
+        return found[len(found) // 2] if found else None
 
     def environment_of(self, nodeid: str) -> Mapping[str, Any]:
         return self.environments.get(self.tests[nodeid].environment, {})
@@ -237,7 +257,16 @@ def _entry(path: str, nodeid: str, data: Any) -> Entry:
     timeline = data.get("timeline")
     if timeline is not None and not isinstance(timeline, dict):
         raise bad("timeline", f"must be an object or absent, got {timeline!r}")
-    return Entry(runs=runs, ranges=ranges, timeline=timeline, **texts)
+    calibration = None
+    if data.get("calibration") is not None:
+        try:
+            calibration = Calibration.from_json(data["calibration"], "calibration")
+        except ValueError:
+            raise bad(
+                "calibration",
+                f'must be {{"cpu_s": seconds, "wall_s": seconds}}, got {data["calibration"]!r}',
+            ) from None
+    return Entry(runs=runs, ranges=ranges, timeline=timeline, calibration=calibration, **texts)
 
 
 #: Figures an entry may hold null for (not measured), and those it may lack (added later).
@@ -265,6 +294,16 @@ def _figures(record: UsageRecord) -> dict[str, float | None]:
     }
 
 
+def _speed_scales(ranges_in: Calibration | None, run: Calibration | None) -> dict[str, float]:
+    """Baseline field -> the factor that brings a figure of the run calibrated `run` to the
+    speed of the run calibrated `ranges_in` (1.0 where either is unknown, and for memory)."""
+    scales = {name: 1.0 for name, _, _ in RESOURCES.values()}
+    if ranges_in is not None and run is not None:
+        for key in TIMED:
+            scales[RESOURCES[key][0]] = 1.0 / run.ratio(key, ranges_in)
+    return scales
+
+
 def _leak_growth(record: UsageRecord) -> float | None:
     """Own memory's growth per measured round, where the test hunted leaks and every round ran
     (a slope below zero, memory given back, is no growth)."""
@@ -281,11 +320,14 @@ def merged_entry(
     previous_environment: Mapping[str, Any],
     saved_at: str,
     timeline: bool = False,
+    calibration: Calibration | None = None,
 ) -> Entry:
     """`record`'s figures, as a new entry or widening `previous`.
 
     A range only spans runs that are comparable: another arch, start mode, memory method, Python
-    or Taichi starts the range over (its figures would differ for that reason alone).
+    or Taichi starts the range over (its figures would differ for that reason alone). A range
+    stays in the units of the run it started in: this run's CPU and wall figures widen it
+    scaled to that run's speed (`calibration`: this run's; an entry without one takes it).
     """
     figures = _figures(record)
     comparable = (
@@ -295,12 +337,16 @@ def merged_entry(
         and previous.memory_method == record.memory_method
         and not env.differences(dict(previous_environment), dict(environment))
     )
+    units = previous.calibration if comparable and previous is not None else None
+    units = units or calibration
+    scales = _speed_scales(units, calibration)
     ranges: dict[str, Range | None] = {}
     for name, value in figures.items():
         before = previous.ranges.get(name) if comparable and previous is not None else None
         if value is None:
             ranges[name] = before  # not measured now: the range keeps what was measured
         else:
+            value *= scales[name]
             ranges[name] = Range(value, value) if before is None else before.widened(value)
     runs = previous.runs + 1 if comparable and previous is not None else 1
     return Entry(
@@ -312,6 +358,7 @@ def merged_entry(
         environment=environment_id,
         saved_at=saved_at,
         timeline=record.timeline if timeline else None,
+        calibration=units,
     )
 
 
@@ -336,8 +383,10 @@ def save(
     environment: Mapping[str, Any],
     replace: bool,
     timelines: bool = False,
+    calibration: Calibration | None = None,
 ) -> tuple[int, int]:
     """Write (atomically) the baseline; merge into the existing file unless `replace`.
+    `calibration`: this run's (None: not calibrated).
 
     Returns (tests written by this run, tests in the file).
     """
@@ -350,7 +399,14 @@ def save(
         before = tests.get(record.nodeid)
         before_environment = {} if before is None else previous.environment_of(record.nodeid)
         tests[record.nodeid] = merged_entry(
-            before, record, environment_id, environment, before_environment, saved_at, timelines
+            before,
+            record,
+            environment_id,
+            environment,
+            before_environment,
+            saved_at,
+            timelines,
+            calibration,
         )
         written += 1
     environments = {key: dict(value) for key, value in previous.environments.items()}
@@ -375,13 +431,16 @@ def acceptable(record: UsageRecord) -> str | None:
 
 
 def accept(
-    previous: Baseline, records: Iterable[UsageRecord], environment: Mapping[str, Any]
+    previous: Baseline,
+    records: Iterable[UsageRecord],
+    environment: Mapping[str, Any],
+    calibration: Calibration | None = None,
 ) -> list[str]:
     """Write (atomically) the baseline `previous` again with each record's figures as its test's
     new entry: reviewed growth, accepted. Each accepted test's range starts over from this run
-    (the old range would keep the figures the growth left behind). Returns one line per
-    accepted test. Raises BaselineError for a record that cannot be accepted (see `acceptable`),
-    naming it, before anything is written."""
+    (the old range would keep the figures the growth left behind), in the units of the run's
+    `calibration`. Returns one line per accepted test. Raises BaselineError for a record that
+    cannot be accepted (see `acceptable`), naming it, before anything is written."""
     environment_id = _environment_id(environment)
     saved_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     tests = dict(previous.tests)
@@ -392,7 +451,7 @@ def accept(
             raise BaselineError(f"{record.nodeid} cannot be accepted: {problem}")
         before = previous.tests.get(record.nodeid)
         tests[record.nodeid] = merged_entry(
-            None, record, environment_id, environment, {}, saved_at, timeline=False
+            None, record, environment_id, environment, {}, saved_at, False, calibration
         )
         shown = _figures_text(record)
         lines.append(
@@ -432,8 +491,15 @@ def _write(
 # -- comparing ----------------------------------------------------------------------------------
 
 
-def compare(record: UsageRecord, entry: Entry, tolerance: Tolerance) -> list[Growth]:
-    """Every compared resource of one test (exceeded or not); GPU only where both measured it."""
+def compare(
+    record: UsageRecord,
+    entry: Entry,
+    tolerance: Tolerance,
+    calibration: Calibration | None = None,
+) -> list[Growth]:
+    """Every compared resource of one test (exceeded or not); GPU only where both measured it.
+    CPU and wall are compared at this run's speed: the baseline's figures multiplied by the
+    ratio of this run's `calibration` to the entry's (where both are known)."""
     figures = _figures(record)
     growths = []
     for key, allowance in tolerance.allowances.items():
@@ -441,6 +507,9 @@ def compare(record: UsageRecord, entry: Entry, tolerance: Tolerance) -> list[Gro
         seen, after = entry.ranges.get(name), figures[name]
         if allowance is None or seen is None or after is None:
             continue
+        scale = 1.0
+        if key in TIMED and calibration is not None and entry.calibration is not None:
+            scale = calibration.ratio(key, entry.calibration)
         growths.append(
             Growth(
                 key,
@@ -448,8 +517,9 @@ def compare(record: UsageRecord, entry: Entry, tolerance: Tolerance) -> list[Gro
                 seen.low,
                 entry.runs,
                 float(after),
-                allowance.limit(seen.high),
+                allowance.limit(seen.high * scale),
                 allowance.describe(),
+                scale,
             )
         )
     return growths
@@ -463,10 +533,36 @@ def amount(value: float, kind: str, signed: bool = False) -> str:
 
 
 def seen_text(growth: Growth) -> str:
-    """The baseline's figure: one value, or its range over several runs."""
+    """The baseline's figure: one value, or its range over several runs; at this run's speed
+    where the machine's speed scaled it ("0.30 s x1.52 = 0.46 s")."""
     if growth.before_min == growth.before:
-        return amount(growth.before, growth.kind)
-    return f"{amount(growth.before_min, growth.kind)}..{amount(growth.before, growth.kind)}"
+        text = amount(growth.before, growth.kind)
+    else:
+        text = f"{amount(growth.before_min, growth.kind)}..{amount(growth.before, growth.kind)}"
+    if growth.scale == 1.0:
+        return text
+    return f"{text} x{growth.scale:.2f} = {amount(growth.before_now, growth.kind)}"
+
+
+def speed_text(run: Calibration, baseline: Calibration) -> str:
+    """How fast the machine ran against the baseline's run, as the calibration loop measured
+    it: "1.52x slower (CPU) and 2.01x slower (wall) than when the baseline was saved"."""
+    parts = []
+    for key, words in (("cpu", "CPU"), ("wall", "wall")):
+        ratio = run.ratio(key, baseline)
+        if abs(ratio - 1.0) <= SAME_SPEED:
+            how = "about as fast"
+        elif ratio > 1:
+            how = f"{ratio:.2f}x slower"
+        else:
+            how = f"{1 / ratio:.2f}x faster"
+        parts.append(f"{how} ({words})")
+    return (
+        f"the machine ran {parts[0]} and {parts[1]} than when the baseline was saved "
+        f"(calibration loop: {run.cpu_s:.4f} s CPU, {run.wall_s:.4f} s wall, against "
+        f"{baseline.cpu_s:.4f} s and {baseline.wall_s:.4f} s); CPU and wall figures are "
+        "compared with the baseline's scaled by these ratios"
+    )
 
 
 def growth_text(growth: Growth) -> str:
@@ -542,11 +638,21 @@ def regression_report(
         f"{made_with.get('python', '?')}, Taichi {made_with.get('taichi', '?')}, arch "
         f"{entry.arch} ({entry.mode} mode)"
     )
+    scaled = [growth for growth in compared if growth.scale != 1.0]
+    if scaled:
+        lines.append(
+            "  speed       "
+            + ", ".join(f"{g.resource} x{g.scale:.2f}" for g in scaled)
+            + ": the machine was that much slower (above 1) or faster than when the baseline "
+            "was saved (the calibration loop of each run): the baseline's figures are compared "
+            "multiplied by it"
+        )
     if entry.arch != record.arch or entry.mode != record.mode:
         lines.append(
             f"  note        this run used arch {record.arch} ({record.mode} mode): "
-            "figures of another arch or start mode are not comparable (spawn mode "
-            "counts the interpreter's own start-up)"
+            "figures of another arch or start mode are not comparable (a forked child's "
+            "first test pays for its copies of pytest's pages; a Taichi runtime made at "
+            "import is the worker's, not the test's)"
         )
     if shared_start:
         lines.append(

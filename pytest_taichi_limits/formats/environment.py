@@ -15,7 +15,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..ipc.protocol import Done, Message, TaichiInit, TaichiInitDone
+from ..ipc.protocol import Done, Hello, Message, TaichiInit, TaichiInitDone
 from ..model.records import NO_TAICHI
 from .jsonreport import Source
 
@@ -97,11 +97,12 @@ def taichi_arch(messages: list[Message]) -> str:
     The last arch told wins: the child's `done` (the arch of its Taichi program when the test
     ended, wherever ti.init happened: at import, in an earlier test of the same worker), else
     the test's last ti.init: the arch Taichi chose, else the one it asked for (`arch=ti.cpu`
-    is reported as `x64` on x86-64 hosts).
+    is reported as `x64` on x86-64 hosts), else the arch its program had when the test began
+    (`hello`: a test stopped by a budget or crashed says no `done`).
     """
     arch = NO_TAICHI
     for message in messages:
-        if isinstance(message, (TaichiInit, TaichiInitDone, Done)) and message.arch:
+        if isinstance(message, (Hello, TaichiInit, TaichiInitDone, Done)) and message.arch:
             arch = message.arch
     return arch
 

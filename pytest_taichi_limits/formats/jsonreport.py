@@ -6,7 +6,12 @@ is only ever added in a later version, never renamed or removed, without a versi
 Version 4 (from version 3): records carry `leaks` (null, or leak hunting's rounds: every round's
 reading, the verdict on each figure, the causes; model/leaks.py), the budget `leak_mb` (MiB of
 growth allowed per measured round, null = leak hunting off), and a violation's resource may be
-`leak_mb` (unit "MiB/round"). Readers of version 4 read versions 2 and 3 too.
+`leak_mb` (unit "MiB/round"); the document carries `calibration` (what the calibration loop cost
+at the run's start and end: the machine's speed, measure/calibration.py), the baseline section
+`calibration` (the baseline's), and each regression growth its `scale` (how much slower the
+machine was than when the baseline was saved: the baseline's CPU and wall figures are compared
+multiplied by it). Readers of version 4 read versions 2 and 3 (absent: no leak hunting, not
+calibrated, scale 1).
 Version 3 (from version 2): records carry `reason` (why a failed test failed, in one line),
 `started` (false for a test refused before it started: admission, start mode; such a record has
 no figures, `pid` 0) and `ending` (how the test's process ended); the document carries `source`
@@ -50,9 +55,13 @@ growths carry `before_min` and `runs` (the baseline's range).
   `rounds`, `allowance` and `leak`; `causes`: where what stayed was made; `note`: why the rounds
   were not judged, "" when they were).
 - `violations`: every violation of the session (the same objects as in the records).
+- `calibration`: null where the run was not calibrated (no baseline compared or saved, no JSON
+  report, or --taichi-limits-calibration=off); else `start` and `end` (null when the run did not
+  get that far), each `{"cpu_s", "wall_s"}` of the calibration loop.
 - `baseline`: null without --taichi-limits-compare; else its `path`, `tolerance`, `warn_only`,
-  `regressions` (node ids), `new_tests` (measured now, not in the baseline) and `missing_tests`
-  (in the baseline, not measured now).
+  `regressions` (node ids), `new_tests` (measured now, not in the baseline), `missing_tests`
+  (in the baseline, not measured now) and `calibration` (the median of its tests' calibrations,
+  or null).
 
 The file is written to a temporary file in the same directory and moved over PATH with
 os.replace: a run killed at any moment leaves either the previous document or the new one.
@@ -70,7 +79,7 @@ from typing import Any
 
 from ..config.budget import BUDGET_KEYS
 from ..model.leaks import LEAKS_SCHEMA
-from ..model.records import OUTCOMES, UNITS, Growth, RecordError, UsageRecord
+from ..model.records import OUTCOMES, UNITS, Calibration, Growth, RecordError, UsageRecord
 from ..model.timeline import TIMELINE_SCHEMA
 
 SCHEMA = "pytest-taichi-limits/report"
@@ -199,10 +208,21 @@ _RECORD_SCHEMA: dict[str, Any] = {
                             "exceeded",
                             "unit",
                         ],
+                        "properties": {"scale": {"type": "number", "exclusiveMinimum": 0}},
                     },
                 },
             },
         },
+    },
+}
+
+_CALIBRATION_SCHEMA: dict[str, Any] = {
+    "type": ["object", "null"],
+    "required": ["cpu_s", "wall_s"],
+    "additionalProperties": False,
+    "properties": {
+        "cpu_s": {"type": "number", "exclusiveMinimum": 0},
+        "wall_s": {"type": "number", "exclusiveMinimum": 0},
     },
 }
 
@@ -222,6 +242,7 @@ REPORT_SCHEMA: dict[str, Any] = {
         "records",
         "violations",
         "baseline",
+        "calibration",
     ],
     "additionalProperties": False,
     "properties": {
@@ -244,6 +265,12 @@ REPORT_SCHEMA: dict[str, Any] = {
             },
         },
         "records": {"type": "array", "items": _RECORD_SCHEMA},
+        "calibration": {
+            "type": ["object", "null"],
+            "required": ["start", "end"],
+            "additionalProperties": False,
+            "properties": {"start": _CALIBRATION_SCHEMA, "end": _CALIBRATION_SCHEMA},
+        },
         "violations": {"type": "array", "items": {"type": "object"}},
         "baseline": {
             "type": ["object", "null"],
@@ -264,6 +291,7 @@ REPORT_SCHEMA: dict[str, Any] = {
                 "new_tests": {"type": "array", "items": _STRING},
                 "missing_tests": {"type": "array", "items": _STRING},
                 "environment_warnings": {"type": "array", "items": _STRING},
+                "calibration": _CALIBRATION_SCHEMA,
             },
         },
     },
@@ -304,6 +332,8 @@ class BaselineSection:
     new_tests: tuple[str, ...] = ()  # measured now, not in the baseline
     missing_tests: tuple[str, ...] = ()  # in the baseline, not measured now
     environment_warnings: tuple[str, ...] = ()
+    #: the median of the baseline's tests' calibrations (None: none calibrated)
+    calibration: Calibration | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -314,6 +344,7 @@ class BaselineSection:
             "new_tests": list(self.new_tests),
             "missing_tests": list(self.missing_tests),
             "environment_warnings": list(self.environment_warnings),
+            "calibration": None if self.calibration is None else self.calibration.to_json(),
         }
 
     @classmethod
@@ -333,7 +364,50 @@ class BaselineSection:
             lists[key] = tuple(values)
         if not isinstance(data.get("warn_only"), bool):
             raise RecordError("baseline: warn_only must be true or false")
-        return cls(texts["path"], texts["tolerance"], bool(data["warn_only"]), **lists)
+        calibration = data.get("calibration")
+        return cls(
+            texts["path"],
+            texts["tolerance"],
+            bool(data["warn_only"]),
+            **lists,
+            calibration=None
+            if calibration is None
+            else Calibration.from_json(calibration, "baseline: calibration"),
+        )
+
+
+@dataclass(frozen=True)
+class RunCalibration:
+    """What the calibration loop cost at a run's start and end (None: not measured then)."""
+
+    start: Calibration | None = None
+    end: Calibration | None = None
+
+    @property
+    def figure(self) -> Calibration | None:
+        """The run's calibration: the mean of its start and end."""
+        first = self.start or self.end
+        return None if first is None else Calibration.combined(first, self.end)
+
+    def to_json(self) -> dict[str, Any] | None:
+        if self.start is None and self.end is None:
+            return None
+        return {
+            "start": None if self.start is None else self.start.to_json(),
+            "end": None if self.end is None else self.end.to_json(),
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> RunCalibration:
+        if data is None:
+            return cls()  # not calibrated, or a document of version 2 or 3
+        if not isinstance(data, dict):
+            raise RecordError("calibration must be an object or null")
+        start, end = data.get("start"), data.get("end")
+        return cls(
+            None if start is None else Calibration.from_json(start, "calibration: start"),
+            None if end is None else Calibration.from_json(end, "calibration: end"),
+        )
 
 
 @dataclass(frozen=True)
@@ -347,6 +421,14 @@ class Report:
     baseline: BaselineSection | None = None
     source: Source = field(default_factory=Source)
     created_at: str = field(default_factory=_now)
+    calibration: RunCalibration = field(default_factory=RunCalibration)
+
+    def speeds(self) -> tuple[Calibration, Calibration] | None:
+        """(this run's calibration, the baseline's), where both are known: how much slower or
+        faster the machine ran than when the baseline was saved."""
+        now = self.calibration.figure
+        then = None if self.baseline is None else self.baseline.calibration
+        return None if now is None or then is None else (now, then)
 
     @property
     def failing(self) -> bool:
@@ -394,6 +476,7 @@ class Report:
             "records": records,
             "violations": [record["violation"] for record in records if record["violation"]],
             "baseline": None if self.baseline is None else self.baseline.to_json(),
+            "calibration": self.calibration.to_json(),
         }
 
     @classmethod
@@ -425,6 +508,7 @@ class Report:
             baseline=None if baseline is None else BaselineSection.from_json(baseline),
             source=Source.from_json(data.get("source")),
             created_at=str(data.get("created_at", "?")),
+            calibration=RunCalibration.from_json(data.get("calibration")),
         )
 
 

@@ -70,10 +70,13 @@ class Ready:
 
 @dataclass(frozen=True, slots=True)
 class Hello:
-    """A test starts."""
+    """A test starts. `arch`: the arch of the child's Taichi program at that moment (None: no
+    program), wherever ti.init happened: a test the supervisor stops, or that crashes, never
+    says `done`, and still ran with it."""
 
     KIND: ClassVar[str] = "hello"
     nodeid: str
+    arch: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

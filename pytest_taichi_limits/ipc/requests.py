@@ -7,6 +7,7 @@ fork: never from the test's side of the wire.
 from __future__ import annotations
 
 import base64
+import json
 import pickle
 from dataclasses import dataclass
 from typing import Any
@@ -61,3 +62,31 @@ def encode_reimport(request: WorkerRequest, modules: list[str]) -> str:
 def decode_reimport(text: str) -> tuple[WorkerRequest, list[str]]:
     request, modules = pickle.loads(base64.b64decode(text))  # our own order, never the test's
     return request, modules
+
+
+def encode_request(request: WorkerRequest) -> bytes:
+    """A spawn-mode worker's request, for the zygote's control socket."""
+    return pickle.dumps(request)
+
+
+def decode_request(data: bytes) -> WorkerRequest:
+    request = pickle.loads(data)  # our own socket, never the test's
+    if not isinstance(request, WorkerRequest):
+        raise TypeError(f"the zygote was sent a {type(request).__name__}, not a WorkerRequest")
+    return request
+
+
+#: The environment variable that gives the zygote pytest's sys.path.
+SYS_PATH_VARIABLE = "PYTEST_TAICHI_LIMITS_SYS_PATH"
+
+
+def encode_sys_path(paths: list[str]) -> str:
+    """pytest's sys.path (rootdir inserts, the pytest script's folder), for the zygote."""
+    return json.dumps([str(path) for path in paths])
+
+
+def decode_sys_path(text: str) -> list[str]:
+    paths = json.loads(text)
+    if not isinstance(paths, list) or not all(isinstance(path, str) for path in paths):
+        raise ValueError(f"{SYS_PATH_VARIABLE} is not a list of paths: {text[:80]!r}")
+    return paths

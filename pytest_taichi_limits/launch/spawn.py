@@ -23,6 +23,7 @@ import json
 import os
 import pickle
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -42,7 +43,8 @@ from ..ipc.protocol import (
     Status,
     decode_status,
 )
-from ..ipc.requests import WorkerRequest
+from ..ipc.requests import SYS_PATH_VARIABLE, WorkerRequest, encode_request, encode_sys_path
+from ..measure import cgroup
 from ..model.records import Ending, signal_name
 from ..platform import linux
 from ..supervise.supervisor import ExitInfo, WorkerGone, control_pair, pidfd_open, stack_file
@@ -167,7 +169,7 @@ class Zygote:
         environment = dict(os.environ)
         # The zygote sees the modules this run sees (rootdir inserts, the pytest script's dir),
         # and imports this run's third-party stack once for all its workers.
-        environment["PYTEST_TAICHI_LIMITS_SYS_PATH"] = json.dumps([str(path) for path in sys.path])
+        environment[SYS_PATH_VARIABLE] = encode_sys_path(sys.path)
         listing = os.path.join(temp_dir, "preimport.json")
         with open(listing, "w") as handle:
             json.dump(preimport, handle)
@@ -205,7 +207,7 @@ class Zygote:
         return f"exited with status {code}"
 
     def request(self, request: WorkerRequest, fds: list[int]) -> None:
-        socket.send_fds(self.control, [pickle.dumps(request)], fds)
+        socket.send_fds(self.control, [encode_request(request)], fds)
 
     def close(self) -> None:
         """Ask it to leave (its control socket closes); kill it when it does not at once."""
@@ -350,5 +352,34 @@ def _decode(data: bytes) -> Status:
         return StartFailed(str(error))
 
 
+#: The start of the name of every temporary folder of a pytest process that starts workers.
+TEMP_PREFIX = "pytest-taichi-limits-spawn-"
+
+
 def new_temp_dir() -> str:
-    return tempfile.mkdtemp(prefix="pytest-taichi-limits-spawn-")
+    """A folder for the zygote's listing and the workers' files, removed when the session ends.
+    Named after this process (pid and start time): a session killed before it could remove its
+    folder (SIGKILL) leaves it to the next one, which removes it here."""
+    sweep_stale_temp_dirs(tempfile.gettempdir())
+    owner = os.getpid()
+    return tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{owner}-{cgroup.own_start_ticks(owner)}-")
+
+
+def sweep_stale_temp_dirs(parent: str) -> list[str]:
+    """Remove the temporary folders under `parent` whose pytest process is gone; the paths
+    removed. A live owner's (another session, another xdist worker) is left alone."""
+    removed: list[str] = []
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return removed
+    for name in names:
+        words = name[len(TEMP_PREFIX) :].split("-") if name.startswith(TEMP_PREFIX) else []
+        if len(words) != 3 or not (words[0].isdigit() and words[1].isdigit()):
+            continue  # not ours, or named before folders carried their owner: whose is unknown
+        if cgroup.owner_alive(int(words[0]), int(words[1])):
+            continue
+        path = os.path.join(parent, name)
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed

@@ -138,9 +138,11 @@ class MemoryMethod:
         """The best guess of the figure now, for the supervisor's pace: never a verdict."""
         return self.own_bytes
 
-    def final_bytes(self, kernel_own_rss_bytes: int) -> int:
+    def final_bytes(self, kernel_own_rss_bytes: int, ended: bool = False) -> int:
         """The test's figure once it is over: what every report shows and the verdict uses.
-        The kernel's exact peak RSS growth of the child catches a peak between two samples."""
+        The kernel's exact peak RSS growth of the child catches a peak between two samples.
+        `ended`: the test's process ended before an exact reading at its end could be taken
+        (it crashed, or was stopped): what it held then is gone."""
         return max(self.peak_bytes, kernel_own_rss_bytes)
 
     def _note(self, own: int) -> None:
@@ -187,6 +189,8 @@ class CgroupMemory(MemoryMethod):
         self.test_cgroup = test_cgroup
         self.start_held_bytes = 0
         self.start_usage_bytes = 0
+        self.start_cache_bytes = 0
+        self.peak_reset = False  # the kernel's peak restarted at this test's start
 
     @property
     def name(self) -> str:
@@ -202,7 +206,8 @@ class CgroupMemory(MemoryMethod):
         found = self.test_cgroup
         self.start_held_bytes = found.held_bytes() or 0
         self.start_usage_bytes = found.usage_bytes() or self.start_held_bytes
-        found.reset_peak()
+        self.start_cache_bytes = found.page_cache_bytes()
+        self.peak_reset = found.reset_peak()
         try:
             found.set_cap(self.start_usage_bytes, limit_bytes)
         except OSError as error:  # the sampled check still holds
@@ -213,10 +218,26 @@ class CgroupMemory(MemoryMethod):
         if held is not None:
             self._note(held - self.start_held_bytes)
 
-    def final_bytes(self, kernel_own_rss_bytes: int) -> int:
+    def final_bytes(self, kernel_own_rss_bytes: int, ended: bool = False) -> int:
         # The cgroup's figure has no RSS in it: a mapped file (page cache) or another
         # process's shared memory the test maps are not the test's, RSS or not.
+        if ended:
+            return max(self.peak_bytes, self.kernel_peak_bytes())
         return self.peak_bytes
+
+    def kernel_peak_bytes(self) -> int:
+        """The kernel's peak of the cgroup's charge during the test, less its start and the
+        page cache the test added: for a test whose processes are gone (a crash, a stop)
+        before a reading saw what they held last (a crash right after an allocation freed it
+        before any sample, issue 22's matrix). Kernel memory (page tables) is in the charge:
+        a few KiB per MiB. 0 where the peak could not be restarted at the test's start (it
+        would hold an earlier test's)."""
+        found = self.test_cgroup
+        peak = found.peak_bytes()
+        if not self.peak_reset or peak is None:
+            return 0
+        cache_growth = max(0, found.page_cache_bytes() - self.start_cache_bytes)
+        return max(0, peak - self.start_usage_bytes - cache_growth)
 
     def cap_event_fd(self) -> int | None:
         return self.test_cgroup.cap_event_fd()

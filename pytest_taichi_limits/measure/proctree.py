@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import psutil
 
+from ..platform import linux
+
 _HAS_CHILDREN_FILES = os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
 
 #: Members whose /proc files stay open (two fds each). Past this, a sample opens, reads and
@@ -285,10 +287,13 @@ class ProcessTree:
         for pid in self.pids():
             self._remember(pid)
 
-    def signal_tree(self, signum: int) -> None:
+    def signal_tree(self, signum: int, main_thread: bool = False) -> None:
+        """`main_thread`: to each process's main thread (linux.signal_main_thread), where a
+        Python handler must run."""
         for pid in self.pids():
             self._remember(pid)
-            send_signal(pid, signum)
+            if not (main_thread and linux.signal_main_thread(pid, signum)):
+                send_signal(pid, signum)
 
     def kill_descendants(self, rounds: int = 50) -> None:
         """Stop, then kill, every descendant until none is left (fork storms included).

@@ -117,16 +117,43 @@ def mapped_files(pids: Iterable[int], devices: frozenset[int]) -> dict[FileKey, 
         text = read_proc_all(f"/proc/{pid}/maps") or b""
         for line in text.splitlines():
             words = line.split(maxsplit=5)
-            if len(words) < 6 or words[4] == b"0":
-                continue
-            major, _, minor = words[3].partition(b":")
-            try:
-                key = (os.makedev(int(major, 16), int(minor, 16)), int(words[4]))
-            except ValueError:
-                continue
-            if key[0] in devices:
+            key = _vma_key(line)
+            if key is not None and len(words) == 6 and key[0] in devices:
                 found[key] = words[5].decode(errors="replace").removesuffix(" (deleted)")
     return found
+
+
+def _vma_key(header: bytes) -> FileKey | None:
+    """(dev, inode) of the file a /proc/<pid>/maps or smaps header line maps; None: none."""
+    words = header.split(maxsplit=5)
+    if len(words) < 5 or words[4] == b"0":
+        return None
+    major, _, minor = words[3].partition(b":")
+    try:
+        return os.makedev(int(major, 16), int(minor, 16)), int(words[4])
+    except ValueError:
+        return None
+
+
+def mapped_pss_bytes(pids: Iterable[int], keys: set[FileKey]) -> int:
+    """The proportional resident memory (Pss) of the mappings of the files `keys` in `pids`:
+    pages that both the files' own figure (held, left) and the mapped shared memory
+    (Pss_Shmem) see. /proc/<pid>/smaps is read only for a process whose maps shows one."""
+    if not keys:
+        return 0
+    total = 0
+    for pid in pids:
+        maps = read_proc_all(f"/proc/{pid}/maps") or b""
+        if not any(_vma_key(line) in keys for line in maps.splitlines()):
+            continue
+        counting = False
+        for line in (read_proc_all(f"/proc/{pid}/smaps") or b"").splitlines():
+            if line[:1] in b"0123456789abcdef" and b"-" in line.split(b" ", 1)[0]:
+                counting = _vma_key(line) in keys
+            elif counting and line.startswith(b"Pss:"):
+                words = line.split()
+                total += int(words[1]) * 1024 if len(words) > 1 and words[1].isdigit() else 0
+    return total
 
 
 def tmpfs_devices(mounts: Iterable[str]) -> frozenset[int]:
@@ -274,6 +301,10 @@ class Attribution:
             for key, path in mapped_files(pids, self.devices).items():
                 self.seen.setdefault(key, path)
         return held
+
+    def counted(self, held: dict[FileKey, HeldFile]) -> set[FileKey]:
+        """The files `held_bytes` counts: those held now and every one seen before."""
+        return set(held) | set(self.seen)
 
     def held_bytes(self, held: dict[FileKey, HeldFile]) -> int:
         """Memory in the files `held` now plus every tmpfs file seen before that still

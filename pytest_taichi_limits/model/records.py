@@ -72,11 +72,15 @@ class Ending:
     def describe(self) -> str:
         if self.signal_number is not None:
             return f"killed by signal {self.signal_number} ({signal_name(self.signal_number)})"
+        if self.exit_code is None:  # a spawn-mode zygote that stopped answering never said
+            return UNKNOWN_ENDING
         return f"exited with status {self.exit_code}"
 
     @classmethod
     def from_text(cls, text: str) -> Ending:
         """The inverse of `describe` (a record's JSON carries the text). RecordError else."""
+        if text == UNKNOWN_ENDING:
+            return cls(None, None)
         killed = _KILLED.fullmatch(text)
         if killed is not None:
             return cls(None, int(killed.group(1)))
@@ -86,6 +90,8 @@ class Ending:
         raise RecordError(f"ending {text!r} is neither 'exited with status N' nor 'killed by ...'")
 
 
+#: How a process ended that was seen to end by no one who could say how.
+UNKNOWN_ENDING = "ended, and its exit status is unknown (no process that saw it end said how)"
 _KILLED = re.compile(r"killed by signal (\d+) \(.*\)")
 _EXITED = re.compile(r"exited with status (-?\d+)")
 
@@ -284,9 +290,54 @@ RESOURCES: dict[str, tuple[str, str, str]] = {
 }
 
 
+#: Resources a machine's speed changes (tolerance keys): compared scaled by the calibration.
+TIMED = ("cpu", "wall")
+#: Within this share of each other, two calibrations say "about as fast".
+SAME_SPEED = 0.1
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What the calibration loop (measure/calibration.py) cost in one run: CPU seconds (how
+    much work a CPU second buys) and wall seconds (how much CPU the run could get)."""
+
+    cpu_s: float
+    wall_s: float
+
+    def ratio(self, resource: str, baseline: Calibration) -> float:
+        """How much slower this run is than `baseline` for a TIMED resource: the factor a
+        baseline's figure is multiplied by before it is compared (2.0: twice as slow now)."""
+        if resource == "cpu":
+            return self.cpu_s / baseline.cpu_s
+        return self.wall_s / baseline.wall_s
+
+    @staticmethod
+    def combined(first: Calibration, second: Calibration | None) -> Calibration:
+        """A run's figure from its start and end calibrations: their mean."""
+        if second is None:
+            return first
+        return Calibration((first.cpu_s + second.cpu_s) / 2, (first.wall_s + second.wall_s) / 2)
+
+    def to_json(self) -> dict[str, float]:
+        return {"cpu_s": self.cpu_s, "wall_s": self.wall_s}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> Calibration:
+        fields = _object(data, where)
+        figures = (_number(fields, "cpu_s", where), _number(fields, "wall_s", where))
+        if min(figures) <= 0:
+            raise RecordError(f"{where}: cpu_s and wall_s must be positive")
+        return cls(*figures)
+
+
 @dataclass(frozen=True)
 class Growth:
-    """One resource of one test, compared with the largest value the baseline saw."""
+    """One resource of one test, compared with the largest value the baseline saw.
+
+    `scale`: how much slower the machine was than when the baseline was saved, for CPU and
+    wall time (the ratio of the two runs' calibrations; 1.0 for memory, or where a run was not
+    calibrated). The baseline's figures are compared multiplied by it: `allowed` is already
+    scaled, `before` and `before_min` are the figures as the baseline stores them."""
 
     resource: str  # tolerance key
     before: float  # the baseline's max
@@ -295,6 +346,7 @@ class Growth:
     after: float
     allowed: float  # the largest `after` within tolerance
     tolerance: str  # e.g. "10%+16MiB"
+    scale: float = 1.0
 
     @property
     def kind(self) -> str:
@@ -310,13 +362,19 @@ class Growth:
         return self.after > self.allowed
 
     @property
+    def before_now(self) -> float:
+        """The baseline's max at this run's speed."""
+        return self.before * self.scale
+
+    @property
     def growth(self) -> float:
-        """Above the baseline's max: a figure inside the range seen before did not grow."""
-        return self.after - self.before
+        """Above the baseline's max (at this run's speed): a figure inside the range seen
+        before did not grow."""
+        return self.after - self.before_now
 
     @property
     def growth_percent(self) -> float | None:
-        return None if self.before <= 0 else 100.0 * self.growth / self.before
+        return None if self.before_now <= 0 else 100.0 * self.growth / self.before_now
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -331,6 +389,7 @@ class Growth:
             "tolerance": self.tolerance,
             "exceeded": self.exceeded,
             "unit": "B" if self.kind == "bytes" else "s",
+            "scale": self.scale,
         }
 
     @classmethod
@@ -348,6 +407,7 @@ class Growth:
             _number(fields, "after", "growth"),
             _number(fields, "allowed", "growth"),
             _text(fields, "tolerance", "growth"),
+            _number(fields, "scale", "growth") if "scale" in fields else 1.0,
         )
 
 

@@ -34,6 +34,17 @@ def set_parent_death_signal(signum: int) -> bool:
     return libc is not None and libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0) == 0
 
 
+def signal_main_thread(pid: int, signum: int) -> bool:
+    """Send `signum` to the main thread of process `pid` (tgkill), not to whichever of its
+    threads the kernel picks. CPython runs a Python handler in its main thread only, and a
+    signal another thread took (a Taichi worker's, the first to run after a SIGCONT) may not
+    reach it while the main thread sleeps or holds the GIL in a loop (CPython 3.11). False
+    where it could not be sent (gone, no tgkill): the caller then uses kill."""
+    libc = _libc()
+    tgkill = None if libc is None else getattr(libc, "tgkill", None)
+    return tgkill is not None and tgkill(pid, pid, signum) == 0
+
+
 def preallocate(fd: int, size: int) -> bool:
     """Allocate a file's pages up to `size` without changing its size (fallocate with
     FALLOC_FL_KEEP_SIZE): the pages are charged to this process's memory cgroup, so a writer

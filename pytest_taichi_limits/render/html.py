@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 from ..config.units import GIB, MIB, human_bytes
-from ..formats.baseline import amount, seen_text
+from ..formats.baseline import amount, seen_text, speed_text
 from ..formats.jsonreport import Report
 from ..model.records import UsageRecord
 from ..model.timeline import Points
@@ -101,6 +101,9 @@ def _header(report: Report) -> str:
             f'<p class="warn" role="note"><strong>Warning:</strong> {_e(line)}</p>'
             for line in baseline.environment_warnings
         )
+        speeds = report.speeds()
+        if speeds is not None:
+            compared += f"<p><strong>Machine speed:</strong> {_e(speed_text(*speeds))}.</p>"
     return (
         f"<header><h1>taichi-limits report</h1>"
         f'<p id="verdict" class="verdict {"bad" if failing else "good"}">{_e(verdict)}</p>'

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from ..config.units import human_bytes
-from ..formats.baseline import accept_command, amount, seen_text
+from ..formats.baseline import accept_command, amount, seen_text, speed_text
 from ..formats.jsonreport import Report
 from ..model.records import UsageRecord
 from . import leaks as leak_text
@@ -176,6 +176,10 @@ def regressions_section(report: Report) -> list[str]:
     lines = [""]
     for warning in section.environment_warnings:
         lines.append(f"> **Warning:** {escape(warning)}")
+        lines.append("")
+    speeds = report.speeds()
+    if speeds is not None:
+        lines.append(f"> **Machine speed:** {escape(speed_text(*speeds))}")
         lines.append("")
     if not report.regressions:
         lines.append(

@@ -24,7 +24,7 @@ from ..formats import baseline as baselines
 from ..formats import jsonreport
 from ..formats.environment import run_source, session_environment
 from ..formats.jsonreport import BaselineSection, Report, Source
-from ..model.records import Regression, Usage, UsageRecord, Violation
+from ..model.records import Calibration, Regression, Usage, UsageRecord, Violation
 from ..model.warnings import TaichiLimitsRegressionWarning
 from ..render import suggest, summary
 from . import ci, pytesthtml
@@ -46,6 +46,7 @@ from .outputs import (
     resolve,
     step_summary_problem,
 )
+from .speed import RunSpeed
 from .usagelog import UsageLog
 
 PLUGIN_NAME = "taichi_limits_reports"
@@ -135,9 +136,12 @@ def register(config: pytest.Config, options: Options, baseline: baselines.Baseli
         log = UsageLog(options.outputs.log)
         log.check()
         config.pluginmanager.register(log, LOG_PLUGIN_NAME)
-    config.pluginmanager.register(RecordMaker(options, baseline), RECORDS_PLUGIN_NAME)
+    outputs = options.outputs
+    wanted = baseline is not None or outputs.save_baseline is not None or outputs.json is not None
+    speed = RunSpeed(options.calibration, wanted)  # each process measures its own
+    config.pluginmanager.register(RecordMaker(options, baseline, speed), RECORDS_PLUGIN_NAME)
     if ci_outputs is not None:
-        results = SessionResults(config, options, baseline)
+        results = SessionResults(config, options, baseline, speed)
         config.pluginmanager.register(results, PLUGIN_NAME)
         ci.register(config, ci_outputs, results, options.top)
     if writes:
@@ -156,9 +160,12 @@ def _mark_interrupted(item: pytest.Item, reports: list[pytest.TestReport], reaso
 class RecordMaker:
     """In the process that ran the test: durations, the baseline compare, the record."""
 
-    def __init__(self, options: Options, baseline: baselines.Baseline | None) -> None:
+    def __init__(
+        self, options: Options, baseline: baselines.Baseline | None, speed: RunSpeed
+    ) -> None:
         self.options = options
         self.baseline = baseline
+        self.speed = speed
 
     @pytest.hookimpl(trylast=True)  # after any other implementation changed the reports
     def pytest_taichi_limits_reports(
@@ -190,7 +197,7 @@ class RecordMaker:
             return None  # the test body did not run: its figures say nothing
         record = UsageRecord.from_usage(usage, "passed", None)
         compared = baselines.compare(
-            record, self.baseline.tests[item.nodeid], self.options.tolerance
+            record, self.baseline.tests[item.nodeid], self.options.tolerance, self.speed.start()
         )
         exceeded = [growth for growth in compared if growth.exceeded]
         if not exceeded:
@@ -233,10 +240,15 @@ class SessionResults:
     summary of one session."""
 
     def __init__(
-        self, config: pytest.Config, options: Options, baseline: baselines.Baseline | None
+        self,
+        config: pytest.Config,
+        options: Options,
+        baseline: baselines.Baseline | None,
+        speed: RunSpeed,
     ) -> None:
         self.config = config
         self.options = options
+        self.speed = speed
         self.environment = session_environment()
         self.collector = RecordCollector()
         self.baseline = baseline
@@ -266,6 +278,9 @@ class SessionResults:
                 f"taichi-limits: WARNING: {line}"
                 for line in self.baseline.environment_warnings(self.environment)
             ]
+            speed = self._speed_line(self.speed.start())
+            if speed:
+                lines.append(f"taichi-limits: {speed}")
         if self.save_path is not None:
             how = "replacing it" if self.options.replace_baseline else "merging into it"
             lines.append(
@@ -273,6 +288,14 @@ class SessionResults:
                 f"{self._shown(self.save_path)} ({how})"
             )
         return lines
+
+    def _speed_line(self, now: Calibration | None) -> str:
+        """How fast the machine runs against the baseline's runs ("" where either side was not
+        calibrated)."""
+        then = None if self.baseline is None else self.baseline.calibration()
+        if now is None or then is None:
+            return ""
+        return baselines.speed_text(now, then)
 
     # -- records, where reports are logged ------------------------------------------------------
 
@@ -291,6 +314,7 @@ class SessionResults:
             new_tests=tuple(sorted(measured - set(self.baseline.tests))),
             missing_tests=tuple(sorted(set(self.baseline.tests) - {r.nodeid for r in records})),
             environment_warnings=tuple(self.baseline.environment_warnings(self.environment)),
+            calibration=self.baseline.calibration(),
         )
 
     @pytest.hookimpl(wrapper=True)
@@ -346,6 +370,7 @@ class SessionResults:
             exit_status=self._exit_status(exitstatus),
             baseline=self._baseline_section(records),
             source=self.source,
+            calibration=self.speed.run(),
         )
 
     # First: before xdist tears its workers down (seconds, in which a second Ctrl-C would end
@@ -355,6 +380,7 @@ class SessionResults:
         records = self.collector.records
         self.write_errors += self.collector.problems
         complete = self._complete(exitstatus, records)
+        self.speed.finish()  # the end's calibration: with the start's, the run's figure
         if self.json_path is not None:
             report = self.session_report(exitstatus)
             self._write("JSON report", self.json_path, lambda path: jsonreport.write(path, report))
@@ -378,6 +404,7 @@ class SessionResults:
                 self.environment,
                 self.options.replace_baseline,
                 timelines=self.options.timeline_in_baseline,
+                calibration=self.speed.run().figure,
             )
             skipped = len(records) - written
             self.written.append(
@@ -417,6 +444,9 @@ class SessionResults:
                     f"no test grew beyond tolerance ({self.options.tolerance.describe()})"
                     f" against {section.path}"
                 )
+            speed = self._speed_line(self.speed.run().figure)
+            if speed:
+                lines.append(f"machine speed: {speed}")
         if self.options.suggest:
             lines += suggest.lines(suggest.suggestions(records))
         lines += self.written

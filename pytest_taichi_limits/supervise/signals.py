@@ -89,10 +89,10 @@ def _default(signum: int) -> Any:
 
 
 def keeper_signals() -> dict[int, Any]:
-    """In the keeper (launch/forking.py): ignore Ctrl-C, Ctrl-\\, a hangup and SIGTERM. They
-    reach pytest's whole process group (a terminal, a CI runner that ends the group) and are
-    pytest's to handle: a keeper that died of one would take the test's child with it and
-    leave its orphans to init before pytest could stop them (pytest ends the keeper with
+    """In the fork server (launch/forkserver.py): ignore Ctrl-C, Ctrl-\\, a hangup and SIGTERM.
+    They reach pytest's whole process group (a terminal, a CI runner that ends the group) and
+    are pytest's to handle: a server that died of one would take the test's child with it and
+    leave its orphans to init before pytest could stop them (pytest ends the server with
     SIGKILL). Returns the handlers to give back to the test's child."""
     saved: dict[int, Any] = {}
     for signum in (*TERMINATING, signal.SIGINT):

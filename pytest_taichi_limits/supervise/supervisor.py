@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..config.budget import Budget, LeakRounds
+from ..config.budget import Budget, LeakRounds, larger
 from ..config.units import MIB
 from ..formats.environment import taichi_arch
 from ..ipc.channel import ChannelReader
@@ -146,6 +146,7 @@ class _Told:
     gpu_clamps: tuple[str, ...]
     interrupted: str  # why the test stopped the session; "" if it did not
     admission: Admitted | None
+    arch_fallback: str  # a GPU arch asked for and the CPU given (the record's gpu_note); or ""
 
     @classmethod
     def of(cls, messages: list[Message], admission: Admitted | None) -> _Told:
@@ -155,6 +156,7 @@ class _Told:
             tuple(verdict.clamp_notes(messages)),
             exits[-1].describe() if exits else "",
             admission,
+            verdict.arch_fallback(messages),
         )
 
 
@@ -341,9 +343,12 @@ class Worker:
             # waits: forked without a command, it reports ready first, as a worker always did.
             self._start_child(None)
         if not self._ready:
-            # Starting up (in a fresh interpreter: importing and collecting the test module)
-            # is watched under the first test's budget; its figures start when it is ready.
-            startup = self._begin(nodeid, budget, exact=self.mode != "fork")
+            # Starting up (a fresh interpreter's or a reimport worker's import and collection
+            # of its modules: their ti.init, their work at import) is no test's: it is watched
+            # under the session's default budget (or the first test's, where larger), and the
+            # first test's figures start once the worker is ready.
+            startup_budget = larger(self.settings.default_budget, budget)
+            startup = self._begin(nodeid, startup_budget, exact=self.mode != "fork")
             peaks = _Peaks(rss_bytes=startup.rss_bytes, cpu_s=startup.cpu_s)
             violation, ready = self._watch(startup, peaks, Ready)
             if not ready:
@@ -446,7 +451,9 @@ class Worker:
         cap_fd = meter.memory.cap_event_fd()
         always = [fd for fd in (child.control_fd, child.wait_fd(), cap_fd) if fd is not None]
         with_channel = [child.channel_fd, *always]
-        progress = _Progress(start.first_message, until, start.nodeid)
+        progress = _Progress(
+            start.first_message, until, start.nodeid, "setup" if until is Done else "collection"
+        )
         sampled_at = heard_at = -math.inf
         told_at = held_at = math.inf  # when the child said `until`; when it was asked to stop
         overflow_stopped = holding = False
@@ -454,7 +461,8 @@ class Worker:
             quiet_s = time.monotonic() - heard_at
             listen = not reader.closed and quiet_s >= self.settings.interval_s
             sleep_s = self._next_sleep(start, peaks, start.round_elapsed_s(time.monotonic()))
-            if not holding and time.monotonic() - told_at < _WAIT_LOOK_S:
+            # (told_at is infinite until the child says `until`: -inf is no "just told")
+            if not holding and 0.0 <= time.monotonic() - told_at < _WAIT_LOOK_S:
                 # It is about to wait: look again soon (sooner between two rounds of leak
                 # hunting, where the test goes on as soon as the parent has read).
                 pending = start.rounds is not None and start.rounds.pending
@@ -496,7 +504,7 @@ class Worker:
             violation = self._check(start, peaks, progress.phase, start.round_elapsed_s(now))
             if violation is not None:
                 self._stop_tree()
-                return violation, False
+                return _at_startup(violation) if until is Ready else violation, False
             if back:
                 if not last:
                     return None, True
@@ -640,8 +648,11 @@ class Worker:
     ) -> Violation:
         self.tree.remember_tree()
         stack = _request_stack(self.child, self.meter.memory.release_reserve)
-        # The figure at the moment it is stopped (an exact reading, whatever the method's
-        # pace): every report of this test shows it, whichever limit was broken.
+        # Frozen (SIGSTOP; _stop_tree continues it with its SIGTERM), then the figure at the
+        # moment it is stopped (an exact reading, whatever the method's pace): every report
+        # of this test shows it, whichever limit was broken, and nothing the test does after
+        # the reading is left out of it (it allocated on between the reading and the stop).
+        self.tree.signal_tree(signal.SIGSTOP)
         self.meter.sample(time.monotonic(), settle=True)
         detail = self.meter.memory.cap_detail() if resource_key == "mem_mb" else ""
         return Violation(
@@ -783,7 +794,8 @@ class Worker:
         the highest point of its timeline (the last point holds it)."""
         memory, exit_info = self.meter.memory, self.exit_info
         kernel_peak_bytes = self._peak_rss(start, finished)
-        own_bytes = memory.final_bytes(max(0, kernel_peak_bytes - start.rss_bytes))
+        ended = not finished and exit_info is not None  # no reading of its end: it is gone
+        own_bytes = memory.final_bytes(max(0, kernel_peak_bytes - start.rss_bytes), ended)
         wall_s = time.monotonic() - start.monotonic
         cpu_s = self._cpu_s(start, peaks)
         gpu_own = None if peaks.gpu_bytes is None else max(0, peaks.gpu_bytes - start.gpu_bytes)
@@ -833,7 +845,7 @@ class Worker:
             peak_vms_bytes=peaks.vms_bytes,
             kernel_maxrss_bytes=figures.kernel_peak_bytes,
             gpu_peak_bytes=gpu_peak,
-            gpu_note=self.meter.gpu.note,
+            gpu_note=told.arch_fallback or self.meter.gpu.note,
             samples=peaks.samples,
             budget=start.budget,
             mode=self.mode,
@@ -858,7 +870,13 @@ class Worker:
         """SIGTERM the tree, wait out the grace period, then SIGKILL whatever is left."""
         child, tree, reader = self.child, self.tree, self.reader
         grace = self.settings.grace_s if grace_s is None else grace_s
-        tree.signal_tree(signal.SIGTERM)
+        # To each main thread: a process's signal goes to whichever thread runs first (after
+        # the SIGCONT below, a Taichi worker's, say), and CPython then may not run its handler
+        # until the main thread leaves a sleep or a loop: the test ran on to SIGKILL (found by
+        # the truth matrix's cpu_s and wall_s cells in reimport workers). Then continued: it
+        # was frozen for its last reading (_violate).
+        tree.signal_tree(signal.SIGTERM, main_thread=True)
+        tree.signal_tree(signal.SIGCONT)
         deadline = time.monotonic() + grace
         exit_info = self.exit_info
         while time.monotonic() < deadline:
@@ -985,6 +1003,19 @@ class _Progress:
     @staticmethod
     def last_phase(messages: list[Message]) -> str:
         return next((m.when for m in reversed(messages) if isinstance(m, Phase)), "setup")
+
+
+#: What a violation during a worker's start-up says (the budget in force is not the test's).
+STARTUP_DETAIL = (
+    "the worker went over while it started, before the test ran (a fresh interpreter or a "
+    "reimport worker importing and collecting the module: its ti.init and its work at "
+    "import), watched under the session's default budget, or the first test's where larger"
+)
+
+
+def _at_startup(violation: Violation) -> Violation:
+    detail = "; ".join(part for part in (STARTUP_DETAIL, violation.detail) if part)
+    return dataclasses.replace(violation, detail=detail)
 
 
 def _leaks(

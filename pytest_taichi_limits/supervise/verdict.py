@@ -205,6 +205,31 @@ def clamp_notes(messages: list[Message]) -> list[str]:
     return notes
 
 
+#: Taichi's GPU backends: asked for one of these and given a CPU arch, a test ran elsewhere.
+GPU_ARCHS = frozenset(
+    {"gpu", "cuda", "vulkan", "opengl", "gles", "metal", "amdgpu", "dx11", "dx12"}
+)
+
+
+def arch_fallback(messages: list[Message]) -> str:
+    """What the test asked Taichi for and did not get, where a GPU arch fell back to the CPU
+    (Taichi only warns: a test written for CUDA then passes on x64, its GPU budget unused);
+    "" otherwise."""
+    asked: TaichiInit | None = None
+    for message in messages:
+        if isinstance(message, TaichiInit):
+            asked = message
+        elif isinstance(message, TaichiInitDone) and asked is not None:
+            if asked.arch in GPU_ARCHS and message.arch not in (None, *GPU_ARCHS):
+                where = "TI_ARCH" if asked.arch_from == "TI_ARCH" else "arch"
+                return (
+                    f"not measured: the test asked for {where}={asked.arch} and Taichi ran it "
+                    f"on {message.arch} (no usable {asked.arch} backend here)"
+                )
+            asked = None
+    return ""
+
+
 def init_crash_hint(messages: list[Message]) -> str:
     """A hint when the child died inside ti.init (a backend probe that crashed), else ""."""
     started: TaichiInit | None = None

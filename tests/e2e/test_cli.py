@@ -349,6 +349,17 @@ def test_help_of_every_command(command: str) -> None:
     result = cli(command, "--help")
     assert result.returncode == 0 and f"usage: taichi-limits {command}" in result.stdout
     _no_traceback(result)
+    if command in OUTPUT_HELP:  # issue 21 item 7: -o says what it writes
+        assert "-o " in result.stdout and OUTPUT_HELP[command] in " ".join(result.stdout.split())
+
+
+#: What each command's -o/--output help says it writes.
+OUTPUT_HELP = {
+    "compare": "also write the report with the comparison in it here",
+    "merge": "write the merged report (or baseline) here, atomically",
+    "html": "write the HTML page here, atomically",
+    "markdown": "write the summary here, atomically, instead of printing it",
+}
 
 
 def test_compare_skips_what_the_plugin_skips(tmp_path: Path) -> None:

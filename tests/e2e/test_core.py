@@ -599,3 +599,43 @@ def test_mixed_supervised_and_plain_tests_run_each_finalizer_once(
     run_plugin().assert_outcomes(passed=3)
     # Every set-up is matched by exactly one tear-down, in the process that did it.
     assert events.read_text().split() == ["up", "down", "up", "down", "up", "down"]
+
+
+WAKE_COUNTER = """
+import atexit, json, os, select as real_select
+from pytest_taichi_limits.supervise import supervisor
+
+WAKES = {"timeouts": 0, "shortest": 1.0}
+
+
+class CountingSelect:
+    def select(self, readers, writers, errors, timeout):
+        ready = real_select.select(readers, writers, errors, timeout)
+        if not ready[0]:
+            WAKES["timeouts"] += 1
+            WAKES["shortest"] = min(WAKES["shortest"], timeout)
+        return ready
+
+
+supervisor.select = CountingSelect()  # the watch loop's select, counted
+atexit.register(lambda: open(os.environ["WAKES_FILE"], "w").write(json.dumps(WAKES)))
+"""
+
+
+def test_the_watch_loop_sleeps_while_a_test_sleeps(
+    pytester: pytest.Pytester, run_plugin: RunPlugin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Far from every limit the loop sleeps up to 0.1 s between looks. A bug made it poll every
+    # millisecond from a test's start (a "just told" test of an infinite time): 8 % of a core
+    # for each running test (benchmarks/bench_supervisor_cost.py). Counted, not timed: the
+    # loop's timeouts for a 2 s sleep are at most 2 s / 10 ms (the interval), plus a few
+    # 1 ms looks once the child says it is done, however slow or busy the machine; they were
+    # 1,620 with the bug.
+    pytester.makeconftest(WAKE_COUNTER)
+    pytester.makepyfile("import time\n\ndef test_sleeps():\n    time.sleep(2)\n")
+    wakes = pytester.path / "wakes.json"
+    monkeypatch.setenv("WAKES_FILE", str(wakes))
+    result = run_plugin("--taichi-limits", timeout=120)
+    result.assert_outcomes(passed=1)
+    counted = json.loads(wakes.read_text())
+    assert counted["timeouts"] <= 200, counted

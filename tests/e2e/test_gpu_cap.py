@@ -289,3 +289,43 @@ def test_bad_arch_option_is_a_usage_error(pytester: pytest.Pytester, run_plugin:
     result = run_plugin("--taichi-limits-arch=cpus")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--taichi-limits-arch*arch must be one of*got 'cpus'*"])
+
+
+CUDA_ON_THE_CPU = """
+import pytest
+import taichi as ti
+
+
+@pytest.mark.taichi_limits(gpu_gb=1)
+def test_written_for_cuda():
+    ti.init(arch=ti.cuda)  # no CUDA here: Taichi warns and runs on the CPU
+    field = ti.field(ti.f32, shape=4)
+
+    @ti.kernel
+    def fill():
+        for i in field:
+            field[i] = i
+
+    fill()
+    assert field[3] == 3
+"""
+
+
+def test_a_test_asking_for_cuda_and_running_on_the_cpu_says_so(
+    pytester: pytest.Pytester, run_plugin: RunPlugin
+) -> None:
+    # issue 21 item 7: it passed silently on x64, its gpu_gb budget unused, the record saying
+    # only "no NVIDIA GPU". (Where CUDA works the kernel runs there and nothing is noted.)
+    pytester.makepyfile(test_cuda=CUDA_ON_THE_CPU)
+    log = pytester.path / "usage.jsonl"
+    result = run_plugin("--taichi-limits", f"--taichi-limits-log={log}", "-rP", timeout=180)
+    result.assert_outcomes(passed=1)
+    usage = _read_log(log)["test_written_for_cuda"]
+    if usage["arch"] == "cuda":
+        pytest.skip("CUDA works on this machine: nothing fell back")
+    assert usage["arch"] in ("x64", "arm64"), usage["arch"]
+    assert usage["gpu_note"] == (
+        f"not measured: the test asked for arch=cuda and Taichi ran it on {usage['arch']} "
+        "(no usable cuda backend here)"
+    )
+    result.stdout.fnmatch_lines(["*GPU not measured: the test asked for arch=cuda*"])

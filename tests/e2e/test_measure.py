@@ -2,7 +2,7 @@
 
 Every case runs an inner pytest (real forks, real processes). Verdicts never depend on timing:
 memory a test holds is still held when its child stops itself after its last phase for the
-parent's exact reading (child/loop.py, supervise/supervisor.py `_measure_at_end`).
+parent's exact reading (child/loop.py, supervise/supervisor.py `Worker._exact_reading`).
 """
 
 from __future__ import annotations

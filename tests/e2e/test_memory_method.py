@@ -753,3 +753,71 @@ def test_a_test_held_at_its_cap_is_killed_at_once_and_names_its_untorn_fixtures(
             "*signals sent: SIGTERM, SIGKILL*",
         ]
     )
+
+
+# -- a short hold under a large pytest -------------------------------------------------------------
+
+LARGE_PYTEST_CONFTEST = """
+# A large pytest process: every supervised child inherits 1.5 GB, resident, so an exact reading
+# (smaps_rollup) of a test costs ~8 ms and is spaced seconds apart to stay cheap.
+INHERITED = bytearray(b"\\x01") * (1536 << 20)
+"""
+
+SHORT_HOLDS = """
+import mmap, os, time
+import pytest
+
+SIZE = 300 << 20
+
+def fill(fd):
+    os.ftruncate(fd, SIZE)
+    with mmap.mmap(fd, SIZE) as view:
+        for offset in range(0, SIZE, mmap.PAGESIZE):
+            view[offset] = 1
+
+@pytest.mark.taichi_limits(mem_mb=200)
+def test_holds_a_memfd_for_one_second():
+    fd = os.memfd_create("short-hold")
+    fill(fd)
+    time.sleep(1.0)
+    os.close(fd)
+
+@pytest.mark.taichi_limits(mem_mb=200)
+def test_holds_a_dev_shm_file_for_one_second():
+    path = f"/dev/shm/taichi-limits-short-hold-{os.getpid()}"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fill(fd)
+        time.sleep(1.0)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+"""
+
+
+@BOTH_METHODS
+def test_a_one_second_hold_of_300_mb_under_a_large_pytest_is_caught(
+    pytester: pytest.Pytester, run_plugin: RunPlugin, method: str
+) -> None:
+    """Issue 17: with 1.5 GB inherited from pytest, 300 MB held for 1 s in a memfd or a /dev/shm
+    file passed mem_mb=200 (recorded ~3 MiB): the exact reading was spaced by its cost, and
+    neither shows in the cheap estimate. The cgroup's cap holds it; without a cgroup the cheap
+    signal (the tmpfs mounts' use, the test's memfds) forces an exact reading."""
+    pytester.makeconftest(LARGE_PYTEST_CONFTEST)
+    pytester.makepyfile(test_short_holds=SHORT_HOLDS)
+    log = pytester.path / "usage.jsonl"
+    try:
+        result = run_plugin(
+            f"--taichi-limits-memory-method={method}", f"--taichi-limits-log={log}", timeout=240
+        )
+    finally:  # a test stopped by SIGKILL never ran its own clean-up
+        for left in Path("/dev/shm").glob("taichi-limits-short-hold-*"):
+            left.unlink(missing_ok=True)
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(["*mem_mb exceeded*"] * 2)
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    violated = [event["resource"] for event in events if event["event"] == "violation"]
+    assert violated == ["mem_mb", "mem_mb"], events
+    for name, usage in usages(log).items():
+        # Over the budget, and never twice what was held (a file held and mapped: issue 17)
+        assert 200 * MB < usage["own_memory_bytes"] < 320 * MB, (name, usage)

@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from pytest_taichi_limits.formats.jsonreport import Report
+
 MIB = 1024 * 1024
 
 #: A module whose import leaves Taichi state behind: it needs a fresh interpreter.
@@ -414,6 +416,7 @@ def test_a_stopped_or_killed_zygote_never_hangs_pytest(
         "--taichi-limits",
         "--taichi-limits-mode=spawn",
         "--taichi-limits-grace=0.5",
+        "--taichi-limits-json=report.json",
         "-p",
         "no:randomly",
         timeout=90,
@@ -421,6 +424,12 @@ def test_a_stopped_or_killed_zygote_never_hangs_pytest(
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines([expected])
     result.stdout.no_fnmatch_line("*OOM killer*")
+    # A worker whose end no one could report says so, never "exited with status None"; the
+    # report reads back (the ending's text is parsed).
+    result.stdout.no_fnmatch_line("*status None*")
+    report = Report.from_json(json.loads((pytester.path / "report.json").read_text()))
+    endings = [record.ending.describe for record in report.records if record.ending is not None]
+    assert endings and not any("None" in ending for ending in endings), endings
 
 
 @pytest.mark.parametrize(

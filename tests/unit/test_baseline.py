@@ -17,6 +17,7 @@ from pytest_taichi_limits.formats.baseline import (
     parse_tolerance,
 )
 from pytest_taichi_limits.results.session import RecordMaker, load_baseline
+from pytest_taichi_limits.results.speed import RunSpeed
 
 
 @pytest.mark.parametrize(
@@ -70,7 +71,7 @@ def test_the_compared_baseline_is_read_once_and_shared(
     assert baseline is not None
     path.unlink()
     admission = gate.start(config, options, baseline)
-    assert RecordMaker(options, baseline).baseline is baseline
+    assert RecordMaker(options, baseline, RunSpeed("off", wanted=False)).baseline is baseline
     assert admission.baseline is baseline.tests
     with pytest.raises(pytest.UsageError, match=r"--taichi-limits-compare: .*does not exist"):
         load_baseline(options)

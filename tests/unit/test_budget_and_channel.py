@@ -7,11 +7,27 @@ import os
 
 import pytest
 
-from pytest_taichi_limits.config.budget import Budget, BudgetError, check_value, parse_text, resolve
+from pytest_taichi_limits.config.budget import (
+    Budget,
+    BudgetError,
+    check_value,
+    larger,
+    parse_text,
+    resolve,
+)
 from pytest_taichi_limits.config.units import human_bytes
 from pytest_taichi_limits.ipc.channel import ChannelReader, ChannelWriter
 from pytest_taichi_limits.ipc.protocol import Report
 from pytest_taichi_limits.render.text import trim_stack
+
+
+def test_a_worker_s_start_up_is_watched_under_the_larger_of_two_budgets() -> None:
+    """The session's default and the first test's: per key the larger, no limit the largest
+    (a first test with mem_mb=24 never holds its worker's import to 24 MiB)."""
+    default = Budget(cpu_s=None, mem_mb=4096, wall_s=600, gpu_gb=None)
+    first = Budget(cpu_s=0.3, mem_mb=24, wall_s=6000, gpu_gb=2)
+    assert larger(default, first) == Budget(cpu_s=None, mem_mb=4096, wall_s=6000, gpu_gb=None)
+    assert larger(first, default) == larger(default, first)
 
 
 @pytest.mark.parametrize("value", [True, "5", 0, -1, math.nan, math.inf, 1e12, None, [1]])

@@ -45,6 +45,7 @@ from pytest_taichi_limits.platform import linux
 EVERY_MESSAGE: list[Message] = [
     Ready(123),
     Hello("tests/test_a.py::test_a[x-1]"),
+    Hello("t.py::t", "x64"),
     Phase("call"),
     TaichiInit("cuda", "TI_ARCH"),
     TaichiInitDone("x64"),

@@ -485,3 +485,13 @@ def test_step_summary_problems(tmp_path: Path) -> None:
     assert "pseudo file system" in str(step_summary_problem("/proc/self/status"))
     assert existing.read_text() == "earlier step\n"  # looked at, never written
     assert not (tmp_path / "new.md").exists()
+
+
+@pytest.mark.parametrize(
+    "ending", [Ending(0, None), Ending(3, None), Ending(None, 9), Ending(None, None)]
+)
+def test_every_ending_reads_back_and_never_says_none(ending: Ending) -> None:
+    # A spawn-mode worker whose zygote stopped answering has no known exit status: the record
+    # said "exited with status None" (issue 16 item 14), which its own reader then refused.
+    assert "None" not in ending.describe
+    assert Ending.from_text(ending.describe) == ending

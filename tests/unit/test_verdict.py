@@ -116,3 +116,20 @@ def test_read_stack_of_an_empty_file_is_empty(stack_fd: int) -> None:
     assert verdict.read_stack(stack_fd) == ""
     os.write(stack_fd, b"File x.py, line 3")
     assert verdict.read_stack(stack_fd) == "File x.py, line 3"
+
+
+def test_a_gpu_arch_that_fell_back_to_the_cpu_is_noted() -> None:
+    # issue 21 item 7: ti.init(arch=ti.cuda) on a machine without CUDA runs on x64 with only a
+    # warning from Taichi; the record's GPU note says so instead of "no NVIDIA GPU".
+    fell_back = [TaichiInit("cuda", "argument"), TaichiInitDone("x64")]
+    note = verdict.arch_fallback(fell_back)
+    assert note.startswith("not measured: the test asked for arch=cuda")
+    assert "ran it on x64" in note
+    from_env = [TaichiInit("vulkan", "TI_ARCH"), TaichiInitDone("x64")]
+    assert "TI_ARCH=vulkan" in verdict.arch_fallback(from_env)
+    # Asked for the CPU, or given the GPU asked for, or an init that failed: nothing to say.
+    assert (
+        verdict.arch_fallback([TaichiInit("cpu", "Taichi's default"), TaichiInitDone("x64")]) == ""
+    )
+    assert verdict.arch_fallback([TaichiInit("cuda", "argument"), TaichiInitDone("cuda")]) == ""
+    assert verdict.arch_fallback([TaichiInit("cuda", "argument"), TaichiInitDone(None)]) == ""
