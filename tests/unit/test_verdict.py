@@ -121,11 +121,11 @@ def test_read_stack_of_an_empty_file_is_empty(stack_fd: int) -> None:
 def test_a_gpu_arch_that_fell_back_to_the_cpu_is_noted() -> None:
     # issue 21 item 7: ti.init(arch=ti.cuda) on a machine without CUDA runs on x64 with only a
     # warning from Taichi; the record's GPU note says so instead of "no NVIDIA GPU".
-    fell_back = [TaichiInit("cuda", "argument"), TaichiInitDone("x64")]
+    fell_back: list[Message] = [TaichiInit("cuda", "argument"), TaichiInitDone("x64")]
     note = verdict.arch_fallback(fell_back)
     assert note.startswith("not measured: the test asked for arch=cuda")
     assert "ran it on x64" in note
-    from_env = [TaichiInit("vulkan", "TI_ARCH"), TaichiInitDone("x64")]
+    from_env: list[Message] = [TaichiInit("vulkan", "TI_ARCH"), TaichiInitDone("x64")]
     assert "TI_ARCH=vulkan" in verdict.arch_fallback(from_env)
     # Asked for the CPU, or given the GPU asked for, or an init that failed: nothing to say.
     assert (
