@@ -546,7 +546,8 @@ def seen_text(growth: Growth) -> str:
 
 def speed_text(run: Calibration, baseline: Calibration) -> str:
     """How fast the machine ran against the baseline's run, as the calibration loop measured
-    it: "1.52x slower (CPU) and 2.01x slower (wall) than when the baseline was saved"."""
+    it: "compared with when the baseline was saved, the machine ran 1.52x slower (CPU) and
+    about as fast (wall)"."""
     parts = []
     for key, words in (("cpu", "CPU"), ("wall", "wall")):
         ratio = run.ratio(key, baseline)
@@ -558,8 +559,8 @@ def speed_text(run: Calibration, baseline: Calibration) -> str:
             how = f"{1 / ratio:.2f}x faster"
         parts.append(f"{how} ({words})")
     return (
-        f"the machine ran {parts[0]} and {parts[1]} than when the baseline was saved "
-        f"(calibration loop: {run.cpu_s:.4f} s CPU, {run.wall_s:.4f} s wall, against "
+        f"compared with when the baseline was saved, the machine ran {parts[0]} and "
+        f"{parts[1]} (calibration loop: {run.cpu_s:.4f} s CPU, {run.wall_s:.4f} s wall, against "
         f"{baseline.cpu_s:.4f} s and {baseline.wall_s:.4f} s); CPU and wall figures are "
         "compared with the baseline's scaled by these ratios"
     )

@@ -127,10 +127,10 @@ def test_tolerance_option_widens_and_narrows(
     result = run_plugin(
         "--taichi-limits",
         "--taichi-limits-compare=base.json",
-        "--taichi-limits-tolerance=mem=0%+8MB",
-    )
+        "--taichi-limits-tolerance=mem=0%+32MB",  # +64 MB fails; the steady test's own
+    )  # variation from run to run (Taichi's start, up to 8 MiB seen on a busy machine) passes
     result.assert_outcomes(failed=1, passed=1)
-    result.stdout.fnmatch_lines(["*allowed up to * MiB (mem=8MiB)*"])
+    result.stdout.fnmatch_lines(["*allowed up to * MiB (mem=32MiB)*"])
 
 
 def test_warn_mode_passes_with_a_warning(

@@ -59,8 +59,8 @@ def test_a_machine_twice_as_slow_is_no_regression_and_the_report_says_so(
     )
     result.assert_outcomes(passed=1)
     said = (
-        "the machine ran 2.00x slower (CPU) and 2.00x slower (wall) than when the baseline "
-        "was saved*"
+        "compared with when the baseline was saved, the machine ran 2.00x slower (CPU) and "
+        "2.00x slower (wall)*"
     )
     result.stdout.fnmatch_lines([f"taichi-limits: {said}", f"machine speed: {said}"])
     report = json.loads((pytester.path / "report.json").read_text())

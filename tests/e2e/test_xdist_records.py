@@ -113,14 +113,26 @@ def test_workers_compare_with_the_baseline(
     pytester: pytest.Pytester, run_plugin: RunPlugin, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pytester.makepyfile(test_many=TESTS)
+    # --dist loadfile: with `load`, which test of the module runs first in its child (and so
+    # pays the module's Taichi start) depends on the timing of the two workers; a baseline
+    # then compares a test's figures with and without that set-up (docs/baselines.md).
     _run(
-        run_plugin, "-n", "2", "--taichi-limits-save-baseline=base.json", "-k", "field"
+        run_plugin,
+        "-n",
+        "2",
+        "--dist",
+        "loadfile",
+        "--taichi-limits-save-baseline=base.json",
+        "-k",
+        "field",
     ).assert_outcomes(passed=3)
     monkeypatch.setenv("EXTRA_MB", "160")
     result = _run(
         run_plugin,
         "-n",
         "2",
+        "--dist",
+        "loadfile",
         "--taichi-limits-compare=base.json",
         "--taichi-limits-json=report.json",
     )

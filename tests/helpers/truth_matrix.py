@@ -60,6 +60,8 @@ CPU_ABS_S = 0.1
 CPU_REL = 0.05
 MEMORY_BYTES = 2 * MIB
 WALL_S = 0.2
+#: How long a test held at its memory cgroup's cap may wait there for its stack to be taken.
+CAP_HOLD_S = 0.5
 #: A test's process, first in a child forked by the fork server, copies the pages of its parent
 #: it writes (reference counts of pytest's objects, obmalloc's pools, its stack and page
 #: tables): its figures start at its birth (no ready round trip), so this is in them: 5.0-5.9
@@ -199,9 +201,10 @@ class Expected:
     wall_s: tuple[float, float]
     outcome: str
     violation: str | None  # the budget key it went over
-    #: how its process ended, where it ended with the test: a stopped test at its SIGTERM
-    #: (each cell's work is interruptible Python), a crash by its signal
-    ending: str | None
+    #: how its process may have ended, where it ended with the test: a stopped test at its
+    #: SIGTERM (each cell's work is interruptible Python), a crash by its signal; () where the
+    #: test did not end its process
+    endings: tuple[str, ...]
 
     @property
     def kind(self) -> str:
@@ -213,8 +216,11 @@ class Expected:
 
 def _worker_key(config: SessionConfig, truth: Truth) -> tuple[str, str]:
     scope = {"test": truth.nodeid, "module": truth.module}.get(config.isolation, "session")
-    if config.mode == "reimport" and config.isolation == "test":
-        scope = truth.module  # a module that needs a fresh interpreter shares one worker
+    if config.mode == "reimport":
+        # A module that needs a fresh import shares one worker among its tests (isolation
+        # test); with isolation module or session, consecutive such modules share one, as they
+        # share their import's state in one process in plain pytest (launch/runner.py).
+        scope = truth.module if config.isolation == "test" else "session"
     return config.mode, scope
 
 
@@ -267,21 +273,29 @@ def _expected(
         memory_high += FIRST_IN_FORK_COPY_BYTES
     start, end = truth.interval()
     wall = end - start
+    wall_high = wall + WALL_S + truth.waited_s()
+    endings = _ENDINGS.get(cell.ends, ())
+    if cell.ends == "mem_mb" and method.startswith("cgroup"):
+        # Where the test reached the kernel's cap (a little above mem_mb) before a sample
+        # caught it at mem_mb (a busy machine), it is held there until its stack is taken and
+        # then killed at once (docs/memory.md): SIGKILL, and the hold is in its wall time.
+        endings = (*endings, "killed by signal 9 (SIGKILL)")
+        wall_high += CAP_HOLD_S
     return Expected(
         position=position,
         arch="x64" if taichi else "not initialised",
         cpu_s=(cpu - cpu_slack, cpu + cpu_slack),
         memory_bytes=(memory_low - MEMORY_BYTES, memory_high + MEMORY_BYTES),
-        wall_s=(wall - 0.001, wall + WALL_S + truth.waited_s()),
+        wall_s=(wall - 0.001, wall_high),
         outcome=cell.outcome,
         violation=None if cell.ends in ("passed", "crash") else cell.ends,
-        ending=_ENDINGS.get(cell.ends),
+        endings=endings,
     )
 
 
 _ENDINGS = {
-    "crash": "killed by signal 11 (SIGSEGV)",
-    **dict.fromkeys(("cpu_s", "mem_mb", "wall_s"), "killed by signal 15 (SIGTERM)"),
+    "crash": ("killed by signal 11 (SIGSEGV)",),
+    **dict.fromkeys(("cpu_s", "mem_mb", "wall_s"), ("killed by signal 15 (SIGTERM)",)),
 }
 
 
@@ -638,8 +652,10 @@ def _check(
         found.append(Mismatch(nodeid, surface, "mode", extra["mode"], config.mode))
     if "violation" in extra and extra["violation"] != want.violation:
         found.append(Mismatch(nodeid, surface, "violation", extra["violation"], want.violation))
-    if "ending" in extra and extra["ending"] != want.ending:
-        found.append(Mismatch(nodeid, surface, "ending", extra["ending"], want.ending))
+    allowed: tuple[str | None, ...] = want.endings or (None,)  # () : it did not end its process
+    if "ending" in extra and extra["ending"] not in allowed:
+        expected = " or ".join(str(ending) for ending in allowed)
+        found.append(Mismatch(nodeid, surface, "ending", extra["ending"], expected))
     if "highest memory" in extra and shown.memory and extra["highest memory"] != shown.memory[0]:
         found.append(
             Mismatch(nodeid, surface, "highest point", extra["highest memory"], shown.memory[0])

@@ -4,6 +4,7 @@ no leak, noise below the allowance never fails; and leak hunting's records round
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -189,3 +190,24 @@ def test_leaks_from_json_refuses_another_shape(change: Any, says: str) -> None:
     change(data)
     with pytest.raises(LeakRecordError, match=says):
         Leaks.from_json(data)
+
+
+def test_gpu_memory_per_round_is_judged_where_it_was_measured() -> None:
+    # Issue 20: GPU memory (NVML, where it sees a device) is a figure per round like own
+    # memory, judged against the same allowance; where no round measured it, it is not judged.
+    # (No GPU on the machines this was written on: the figures are made up here.)
+    def on_the_gpu(growth_mib: float) -> list[RoundReading]:
+        return [
+            replace(reading, gpu_bytes=int((64 + growth_mib * reading.number) * MIB))
+            for reading in _rounds(0.0)
+        ]
+
+    leaking = judge(on_the_gpu(4.0), 2, 5, MIB)
+    assert [verdict.key for verdict in leaking.leaking] == ["gpu_bytes"]
+    assert grew(leaking.leaking[0]) == (
+        "GPU memory grew 4.0 MiB per round (in 5 of 5 rounds, allowance 1.0 MiB)"
+    )
+    clean = judge(on_the_gpu(0.0), 2, 5, MIB)
+    gpu = clean.of("gpu_bytes")
+    assert gpu is not None and not gpu.leak and not clean.leaking
+    assert judge(_rounds(0.0), 2, 5, MIB).of("gpu_bytes") is None  # no NVML: not judged
