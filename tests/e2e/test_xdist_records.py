@@ -113,15 +113,14 @@ def test_workers_compare_with_the_baseline(
     pytester: pytest.Pytester, run_plugin: RunPlugin, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pytester.makepyfile(test_many=TESTS)
-    # --dist loadfile: with `load`, which test of the module runs first in its child (and so
-    # pays the module's Taichi start) depends on the timing of the two workers; a baseline
-    # then compares a test's figures with and without that set-up (docs/baselines.md).
+    # A child per test: in a shared child a test's figures depend on the tests before it (which
+    # pays the module's Taichi start under xdist's timing; what the test before left to the
+    # allocator), and the two runs select different tests (docs/baselines.md).
     _run(
         run_plugin,
         "-n",
         "2",
-        "--dist",
-        "loadfile",
+        "--taichi-limits-isolation=test",
         "--taichi-limits-save-baseline=base.json",
         "-k",
         "field",
@@ -131,8 +130,7 @@ def test_workers_compare_with_the_baseline(
         run_plugin,
         "-n",
         "2",
-        "--dist",
-        "loadfile",
+        "--taichi-limits-isolation=test",
         "--taichi-limits-compare=base.json",
         "--taichi-limits-json=report.json",
     )
