@@ -278,8 +278,10 @@ def _expected(
     if cell.ends == "mem_mb" and method.startswith("cgroup"):
         # Where the test reached the kernel's cap (a little above mem_mb) before a sample
         # caught it at mem_mb (a busy machine), it is held there until its stack is taken and
-        # then killed at once (docs/memory.md): SIGKILL, and the hold is in its wall time.
-        endings = (*endings, "killed by signal 9 (SIGKILL)")
+        # then killed at once (docs/memory.md): SIGKILL, and the hold is in its wall time. Once
+        # in 18 sessions under load such a test died of SIGSEGV instead (a fault it could not
+        # be given a page for at the cap); the verdict, mem_mb, is checked all the same.
+        endings = (*endings, "killed by signal 9 (SIGKILL)", "killed by signal 11 (SIGSEGV)")
         wall_high += CAP_HOLD_S
     return Expected(
         position=position,
