@@ -221,9 +221,7 @@ class CgroupMemory(MemoryMethod):
     def final_bytes(self, kernel_own_rss_bytes: int, ended: bool = False) -> int:
         # The cgroup's figure has no RSS in it: a mapped file (page cache) or another
         # process's shared memory the test maps are not the test's, RSS or not.
-        if ended:
-            return max(self.peak_bytes, self.kernel_peak_bytes())
-        return self.peak_bytes
+        return max(self.peak_bytes, self.kernel_peak_bytes())
 
     def kernel_peak_bytes(self) -> int:
         """The kernel's peak of the cgroup's charge during the test, less its start and the

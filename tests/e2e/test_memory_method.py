@@ -143,9 +143,10 @@ def test_held_cases_are_within_2_mib_of_what_they_hold(
     machinery = found.pop("test_trivial")["own_memory_bytes"]
     assert machinery < 8 * MB
     # Four forked interpreters copy about 1 MiB each of their own (Python's after-fork work),
-    # counted while they live, that is if a sample saw them before the test's end killed them.
+    # with their page tables and kernel stacks in the kernel's peak of the charge (the figure
+    # is that peak where no sample saw as much): under 2.5 MiB each.
     forks = found.pop("test_forks_only")["own_memory_bytes"] - machinery
-    assert 0 <= forks < 4 * 1.5 * MB
+    assert 0 <= forks < 4 * 2.5 * MB
     for name, usage in found.items():
         figure = usage["own_memory_bytes"] - machinery
         children = 4 * 1.5 * MB if "fork" in name else 0  # the 100 MiB shared: counted once
