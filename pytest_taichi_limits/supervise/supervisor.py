@@ -584,6 +584,11 @@ class Worker:
         if budget.gpu_gb is not None and isinstance(self.meter.gpu, gpu.NvmlProbe):
             headroom_s = 0.0
         sleep_s = min(_MAX_SLEEP_S, max(self.settings.interval_s, headroom_s / 4))
+        if headroom_s < self.settings.interval_s:
+            # Within one interval of a limit at the worst growth (a Taichi field filled at
+            # several GB/s crosses a cgroup cap's margin in a few ms): look every millisecond,
+            # so that the sample, not the cap, catches it, and the report gets its stack.
+            sleep_s = min(sleep_s, _WAIT_POLL_S)
         if budget.wall_s is not None:  # the wall-clock deadline is known exactly
             sleep_s = min(sleep_s, max(0.0, budget.wall_s - elapsed_s) + 0.001)
         return sleep_s
