@@ -374,11 +374,9 @@ def sweep_stale_temp_dirs(parent: str) -> list[str]:
     except OSError:
         return removed
     for name in names:
-        words = name[len(TEMP_PREFIX) :].split("-") if name.startswith(TEMP_PREFIX) else []
-        if len(words) != 3 or not (words[0].isdigit() and words[1].isdigit()):
-            continue  # not ours, or named before folders carried their owner: whose is unknown
-        if cgroup.owner_alive(int(words[0]), int(words[1])):
-            continue
+        owner = cgroup.owner_of(name, TEMP_PREFIX)
+        if owner is None or cgroup.owner_alive(*owner):
+            continue  # not ours, named before folders carried their owner, or alive
         path = os.path.join(parent, name)
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)

@@ -217,12 +217,13 @@ def cgroup_name(number: int, owner_pid: int | None = None) -> str:
     return f"{NAME_PREFIX}{owner}-{own_start_ticks(owner)}-{number}"
 
 
-def owner_of(name: str) -> tuple[int, int] | None:
-    """(owner pid, owner start ticks) from a cgroup's name; None for a name not ours."""
-    if not name.startswith(NAME_PREFIX):
+def owner_of(name: str, prefix: str = NAME_PREFIX) -> tuple[int, int] | None:
+    """(owner pid, owner start ticks) from the name of a cgroup (or of anything named
+    `prefix` + "pid-ticks-suffix"); None for a name not ours."""
+    if not name.startswith(prefix):
         return None
-    words = name[len(NAME_PREFIX) :].split("-")
-    if len(words) != 3 or not all(word.isdigit() for word in words):
+    words = name[len(prefix) :].split("-")
+    if len(words) != 3 or not (words[0].isdigit() and words[1].isdigit()):
         return None
     return int(words[0]), int(words[1])
 

@@ -33,6 +33,7 @@ smaps_rollup walks every page table entry: about 5.5 ms per GB of RSS. The smaps
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import time
@@ -116,9 +117,7 @@ class MemoryMeter:
         self.cost_s = time.thread_time() - cpu_before
         if reading is None:
             return None
-        return Reading(
-            reading.anon_bytes, reading.mapped_shm_bytes, reading.unmapped_shm_bytes, self.cost_s
-        )
+        return dataclasses.replace(reading, cpu_s=self.cost_s)
 
     def _read_once(self, test_pids: list[int]) -> tuple[Reading, bool] | None:
         """One reading, and whether it is of one moment. A file the test holds and maps is in
