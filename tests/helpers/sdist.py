@@ -25,6 +25,9 @@ LEFT_OUT = ("/.gitignore", "/.gitattributes", ".github/*")
 #: What a working tree gathers and an sdist must never carry, wherever it lies.
 JUNK = ("*/__pycache__/*", "*.py[cod]", "*/.venv*/*", "*.whl", "*.tar.gz", "*/.pytest_cache/*")
 
+#: What a run leaves in a working tree and git must never track: Taichi's offline kernel cache.
+BY_PRODUCTS = (*JUNK, "*.tic", "*.tcb", "*/.ticache*/*", "/.ticache*/*")
+
 #: Files the build writes into every sdist besides the tracked ones.
 GENERATED = ("PKG-INFO", "setup.cfg", "*.egg-info/*")
 
@@ -59,15 +62,24 @@ def _matches(name: str, patterns: Iterable[str]) -> bool:
     )
 
 
+def stray_tracked(tracked: Iterable[str]) -> list[str]:
+    """The tracked files that a run of the tests, examples or benchmarks leaves behind."""
+    return sorted(name for name in tracked if _matches(name, BY_PRODUCTS))
+
+
 def problems(
     sdist_names: Iterable[str], tracked: Iterable[str], version: str, pkg_info: str
 ) -> list[str]:
     """What is wrong with an sdist whose members (without the top folder) are `sdist_names`."""
     names = {name for name in sdist_names if name and not name.endswith("/")}
     found = [
+        f"tracked by git but left by a run: {name} (git rm --cached it)"
+        for name in stray_tracked(tracked)
+    ]
+    found += [
         f"missing from the sdist: {name} (add it to MANIFEST.in)"
         for name in sorted(tracked)
-        if name not in names and not _matches(name, LEFT_OUT)
+        if name not in names and not _matches(name, LEFT_OUT) and not _matches(name, BY_PRODUCTS)
     ]
     found += [
         f"does not belong in the sdist: {name}" for name in sorted(names) if _matches(name, JUNK)

@@ -96,6 +96,27 @@ def test_sdist_check_finds_a_missing_file_junk_and_another_version(tmp_path: Pat
     ]
 
 
+def test_sdist_check_finds_a_tracked_taichi_cache(tmp_path: Path) -> None:
+    path = _tarball(
+        tmp_path / "cache.tar.gz",
+        {"PKG-INFO": "Metadata-Version: 2.4\nName: pytest-taichi-limits\nVersion: 0.1.0\n"},
+    )
+    names, pkg_info = sdist.read_sdist(path)
+    tracked = ["benchmarks/.ticache-start/ticache.tcb", "examples/x/T00.tic"]
+    assert sdist.problems(names, tracked, "0.1.0", pkg_info) == [
+        "tracked by git but left by a run: benchmarks/.ticache-start/ticache.tcb"
+        " (git rm --cached it)",
+        "tracked by git but left by a run: examples/x/T00.tic (git rm --cached it)",
+    ]
+
+
+def test_git_tracks_nothing_a_run_leaves_behind() -> None:
+    # The sdist check in CI comes after the whole suite; this finds a committed cache at once.
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout (an unpacked sdist): nothing is tracked")
+    assert sdist.stray_tracked(sdist.tracked_files()) == []
+
+
 def test_sdist_check_refuses_a_tag_of_another_version(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
