@@ -14,6 +14,7 @@ import os
 import resource
 import signal
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
@@ -81,7 +82,7 @@ def run_forked(
 def start_child(writer: ChannelWriter, start: ChildStart) -> taichi_support.GpuCap:
     """Confine this process and cap Taichi in it; shared by fork and spawn (child/session.py) mode,
     which collects the tests between this and `serve`."""
-    _confine_self(start.parent_pid, start.stack_fd)
+    confine_self(start.parent_pid, start.stack_fd)
     cap = taichi_support.prepare_child(Budget(), writer)
     # Everything inherited stays out of this process's garbage collections: a full collection
     # would write to every object's header and copy each page of the parent's heap (measured
@@ -330,7 +331,7 @@ def exit_guarded(writer: ChannelWriter, body: Callable[[], None]) -> NoReturn:
         os._exit(exit_code)
 
 
-def _confine_self(parent_pid: int, stack_fd: int) -> None:
+def confine_self(parent_pid: int, stack_fd: int) -> None:
     # Own process group: a Ctrl-C at the terminal reaches pytest, which then ends this tree
     # in order instead of every process dying at once mid-report.
     os.setpgid(0, 0)
@@ -341,9 +342,24 @@ def _confine_self(parent_pid: int, stack_fd: int) -> None:
         os._exit(EXIT_INTERNAL_ERROR)
     # Stacks go where the parent can read them: on its request, on SIGXCPU, and on a crash.
     faulthandler.enable(file=stack_fd, all_threads=True)
+    _fault_in_the_dump()
     faulthandler.register(STACK_SIGNAL, file=stack_fd, all_threads=True, chain=False)
     faulthandler.register(signal.SIGXCPU, file=stack_fd, all_threads=True, chain=False)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _fault_in_the_dump() -> None:
+    """Dump this thread's stack once, to /dev/null, so that a dump at the memory cgroup's cap
+    needs no new page. faulthandler's handler runs on an alternate signal stack that this
+    child has not touched yet (or shares copy-on-write with its parent): at the cap, the first
+    write to it would wait in the kernel with the test's other tasks, and the supervisor's
+    request for the stack went unanswered (3 of 10 trials with 3 threads filling memory)."""
+    null_fd = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        faulthandler.register(STACK_SIGNAL, file=null_fd, all_threads=True, chain=False)
+        signal.pthread_kill(threading.get_ident(), STACK_SIGNAL)  # handled before it returns
+    finally:
+        os.close(null_fd)
 
 
 def _set_cpu_limit(cpu_s: float | None) -> None:

@@ -38,9 +38,12 @@ CGROUP_ROOT = "/sys/fs/cgroup"
 NAME_PREFIX = "taichi-limits-"
 #: How long the end of a worker may take to kill its cgroup's processes and remove it.
 REMOVE_DEADLINE_S = 5.0
-#: v1: the test's tasks first wait this far below the cap, so that the room left lets them run
-#: faulthandler's stack dump (the signal frame, a page of stack) once the supervisor asks.
+#: v1: the test's tasks first wait this far below the cap. The kernel wakes the tasks the cap
+#: holds only when the cap is raised: the supervisor gives this room back a step at a time while
+#: it waits for the stack dump it asked for, so that a main thread that came to wait after one
+#: step (the test's other threads took that room first) is woken by the next.
 STACK_RESERVE_BYTES = 1 << 20
+STACK_RESERVE_STEP_BYTES = 64 << 10
 
 
 @dataclass(frozen=True)
@@ -372,7 +375,8 @@ class TestCgroup:
         return None
 
     def release_reserve(self) -> None:
-        """Let tasks held at the cap run their stack dump (v1); nothing on v2."""
+        """Wake the tasks held at the cap, giving them one more step of room below it, so that
+        they run the stack dump the supervisor asked for (v1); nothing on v2."""
 
     def held_at_cap(self) -> bool:
         """Whether the cap holds the test's tasks now (v1: waiting at the limit)."""
@@ -501,6 +505,7 @@ class CgroupV1(TestCgroup):
         super().__init__(path)
         self._event_fd: int | None = None
         self._limit_bytes: int | None = None
+        self._reserve_left_bytes = 0
 
     def prepare(self) -> None:
         for name, value in (
@@ -562,18 +567,20 @@ class CgroupV1(TestCgroup):
             self._write("memory.limit_in_bytes", "-1")
             return
         cap = start_usage_bytes + limit_bytes + cap_margin(limit_bytes)
-        self._limit_bytes = cap
+        self._limit_bytes, self._reserve_left_bytes = cap, STACK_RESERVE_BYTES
         self._write("memory.limit_in_bytes", str(cap - STACK_RESERVE_BYTES))
 
     def cap_bytes(self) -> int | None:
         return self._limit_bytes
 
     def release_reserve(self) -> None:
-        if self._limit_bytes is not None and self.held_at_cap():
-            try:
-                self._write("memory.limit_in_bytes", str(self._limit_bytes))
-            except OSError:
-                pass
+        if self._limit_bytes is None or not self._reserve_left_bytes or not self.held_at_cap():
+            return
+        self._reserve_left_bytes = max(0, self._reserve_left_bytes - STACK_RESERVE_STEP_BYTES)
+        try:  # a raise of the limit wakes every task waiting at it (memcg1_oom_recover)
+            self._write("memory.limit_in_bytes", str(self._limit_bytes - self._reserve_left_bytes))
+        except OSError:
+            pass
 
     def held_at_cap(self) -> bool:
         return b"under_oom 1" in (self._pread("memory.oom_control") or b"")

@@ -158,7 +158,8 @@ class MemoryMethod:
         return False
 
     def release_reserve(self) -> None:
-        """Let tasks held at the cap run the stack dump the supervisor asked for."""
+        """Wake the tasks held at the cap (one step more room below it), to run the stack dump
+        the supervisor asked for; called again while the dump has not come."""
 
     def oom_kills(self) -> int:
         return 0

@@ -68,8 +68,9 @@ __all__ = [
 
 #: Pages of the stack file allocated by the parent before the child writes its stacks.
 STACK_FILE_BYTES = 1 << 20
-#: How long the parent waits for faulthandler to write the child's stacks.
-_STACK_WAIT_S = 0.25
+#: How long the parent waits at most for faulthandler to write the child's stacks (a few
+#: milliseconds when the child runs; the wait ends as soon as the dump is complete).
+_STACK_WAIT_S = 1.0
 _STACK_POLL_S = 0.001
 #: Longest sleep between two samples. Each wake-up costs the parent about 0.2 ms of CPU on a
 #: VM, so far from every limit it samples at this pace and only near one at `interval_s`.
@@ -652,7 +653,9 @@ class Worker:
         detected_by: str,
     ) -> Violation:
         self.tree.remember_tree()
-        stack = _request_stack(self.child, self.meter.memory.release_reserve)
+        stack = request_stack(
+            self.child.pid, self.child.stack_fd, self.meter.memory.release_reserve
+        )
         # Frozen (SIGSTOP; _stop_tree continues it with its SIGTERM), then the figure at the
         # moment it is stopped (an exact reading, whatever the method's pace): every report
         # of this test shows it, whichever limit was broken, and nothing the test does after
@@ -1062,21 +1065,27 @@ def _take_bells(control_fd: int) -> bool:
         return False  # the child's end is gone: its exit is seen through wait_fd / poll_exit
 
 
-def _request_stack(child: Launched, release: Callable[[], None]) -> str:
-    """faulthandler's dump of every thread of the child, now. `release` lets tasks the
-    kernel's cap holds run the dump (they wait in the kernel until then)."""
+def request_stack(
+    pid: int, stack_fd: int, release: Callable[[], None], wait_s: float = _STACK_WAIT_S
+) -> str:
+    """faulthandler's dump of every thread of child `pid` into `stack_fd`, now. `release`
+    wakes tasks the kernel's cap holds, to run the dump (they wait in the kernel until then);
+    it is called on each poll while nothing has come."""
     # Only the stack of this moment: an earlier SIGXCPU dump would be read as part of it.
-    os.ftruncate(child.stack_fd, 0)
-    os.lseek(child.stack_fd, 0, os.SEEK_SET)  # the offset is shared with the child
+    os.ftruncate(stack_fd, 0)
+    os.lseek(stack_fd, 0, os.SEEK_SET)  # the offset is shared with the child
     # The dump's pages are allocated here, charged to this process: a test held at its
     # memory cgroup's cap could not allocate them, and its dump would be lost.
-    linux.preallocate(child.stack_fd, STACK_FILE_BYTES)
-    try:
-        os.kill(child.pid, STACK_SIGNAL)
-    except ProcessLookupError:
-        return read_stack(child.stack_fd)
+    linux.preallocate(stack_fd, STACK_FILE_BYTES)
+    # To the main thread, whose signal stack the child faulted in (child/loop.py): a thread
+    # the kernel picks (a Taichi worker at the cap) would need new pages to run the handler.
+    if not linux.signal_main_thread(pid, STACK_SIGNAL):
+        try:
+            os.kill(pid, STACK_SIGNAL)
+        except ProcessLookupError:
+            return read_stack(stack_fd)
     release()
-    deadline = time.monotonic() + _STACK_WAIT_S
+    deadline = time.monotonic() + wait_s
     size = -1
     unchanged_polls = 0
     while time.monotonic() < deadline:
@@ -1084,12 +1093,14 @@ def _request_stack(child: Launched, release: Callable[[], None]) -> str:
         # meanwhile: a test allocating 1 GB/s grew 20 MB past mem_mb during the 10 ms polls
         # used before (benchmarks/bench_latency.py). Done once the size held for 2 polls.
         time.sleep(_STACK_POLL_S)
-        new_size = os.fstat(child.stack_fd).st_size
+        new_size = os.fstat(stack_fd).st_size
         unchanged_polls = unchanged_polls + 1 if new_size and new_size == size else 0
         if unchanged_polls >= 2:
             break
+        if not new_size:
+            release()  # the main thread may have come to wait at the cap after the last wake
         size = new_size
-    return read_stack(child.stack_fd)
+    return read_stack(stack_fd)
 
 
 def control_pair() -> tuple[int, int]:
