@@ -25,6 +25,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from .config.units import counted
 from .formats import baseline as baselines
 from .formats import reading
 from .formats.environment import differences
@@ -157,7 +158,7 @@ def run_accept(args: argparse.Namespace) -> int:
     lines = baselines.accept(baseline, chosen, report.environment, report.calibration.figure)
     _print(
         "\n".join(
-            [f"accepted into {args.baseline} from {args.report} ({_tests(len(lines))}):"]
+            [f"accepted into {args.baseline} from {args.report} ({counted(len(lines), 'test')}):"]
             + [f"  {line}" for line in lines]
         )
     )
@@ -494,7 +495,3 @@ def _closed_pipe() -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     os.kill(os.getpid(), signal.SIGPIPE)
     return 128 + signal.SIGPIPE  # only where the signal could not end the process
-
-
-def _tests(count: int) -> str:
-    return f"{count} test" if count == 1 else f"{count} tests"

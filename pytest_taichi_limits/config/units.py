@@ -88,6 +88,11 @@ def human_bytes(size: float) -> str:
     return f"{sign}{size:.1f} GiB"
 
 
+def counted(number: int, noun: str) -> str:
+    """A count and its noun, plural unless it is one: "1 test", "2 tests", "0 rounds"."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
 def spec_bytes(size: float) -> str:
     """A byte amount as it is written in a spec: in the largest binary unit it is a whole
     multiple of (16MiB; 1.5 GiB is 1536MiB), else in bytes. `parse_bytes` reads it back."""

@@ -56,7 +56,7 @@ from ..config.tolerance import Allowance as Allowance
 from ..config.tolerance import Tolerance as Tolerance
 from ..config.tolerance import ToleranceError as ToleranceError
 from ..config.tolerance import parse_tolerance as parse_tolerance
-from ..config.units import human_bytes
+from ..config.units import counted, human_bytes
 from ..model.records import RESOURCES, SAME_SPEED, TIMED, Calibration, Growth, UsageRecord
 from . import environment as env
 from .jsonreport import write_atomic
@@ -584,10 +584,6 @@ def regression_headline(exceeded: list[Growth]) -> str:
     )
 
 
-def _runs_text(runs: int) -> str:
-    return "1 run" if runs == 1 else f"{runs} runs"
-
-
 def accept_command(baseline_path: str, report_path: str | None, nodeid: str) -> str:
     """The command that accepts a test's reviewed growth into the baseline."""
     report = "REPORT.json" if report_path is None else shlex.quote(report_path)
@@ -634,7 +630,7 @@ def regression_report(
         cells += [f"{row[5]:<{widths[5]}}", row[6]]
         lines.append(("  " + "  ".join(cells)).rstrip())
     lines.append(
-        f"  baseline    {baseline.path}, {_runs_text(entry.runs)} (growth is measured "
+        f"  baseline    {baseline.path}, {counted(entry.runs, 'run')} (growth is measured "
         f"above the largest), last saved {entry.saved_at} with Python "
         f"{made_with.get('python', '?')}, Taichi {made_with.get('taichi', '?')}, arch "
         f"{entry.arch} ({entry.mode} mode)"

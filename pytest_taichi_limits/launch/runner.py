@@ -24,6 +24,7 @@ from ..child.loop import ChildStart, prepare_fork_server, run_forked
 from ..child.session import reimport_worker
 from ..config.budget import Budget
 from ..config.settings import BUDGET_KEY, LEAK_ROUNDS_KEY, Settings
+from ..config.units import counted
 from ..ipc.protocol import ForkOrder, RunCommand, decode_command
 from ..ipc.requests import WorkerRequest, decode_reimport, encode_reimport, fingerprint
 from ..measure import cgroup
@@ -177,8 +178,8 @@ class Runner:
             return None
         left = len(self._plain_left)
         return (
-            f"the pytest process holds {held} that {left} unsupervised "
-            f"test{'s' if left != 1 else ''} still to run there may use, and a fork would "
+            f"the pytest process holds {held} that {counted(left, 'unsupervised test')} "
+            "still to run there may use, and a fork would "
             "need a Taichi reset there first"
         )
 

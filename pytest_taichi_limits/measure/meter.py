@@ -138,11 +138,10 @@ class MemoryMethod:
         """The best guess of the figure now, for the supervisor's pace: never a verdict."""
         return self.own_bytes
 
-    def final_bytes(self, kernel_own_rss_bytes: int, ended: bool = False) -> int:
+    def final_bytes(self, kernel_own_rss_bytes: int) -> int:
         """The test's figure once it is over: what every report shows and the verdict uses.
-        The kernel's exact peak RSS growth of the child catches a peak between two samples.
-        `ended`: the test's process ended before an exact reading at its end could be taken
-        (it crashed, or was stopped): what it held then is gone."""
+        The kernel's exact peak RSS growth of the child catches a peak between two samples
+        (a crash or a stop included: what the process held then is gone)."""
         return max(self.peak_bytes, kernel_own_rss_bytes)
 
     def _note(self, own: int) -> None:
@@ -219,7 +218,7 @@ class CgroupMemory(MemoryMethod):
         if held is not None:
             self._note(held - self.start_held_bytes)
 
-    def final_bytes(self, kernel_own_rss_bytes: int, ended: bool = False) -> int:
+    def final_bytes(self, kernel_own_rss_bytes: int) -> int:
         # The cgroup's figure has no RSS in it: a mapped file (page cache) or another
         # process's shared memory the test maps are not the test's, RSS or not.
         return max(self.peak_bytes, self.kernel_peak_bytes())

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from ..config.units import human_bytes
+from ..config.units import counted, human_bytes
 from ..formats.baseline import accept_command, amount, seen_text, speed_text
 from ..formats.jsonreport import Report
 from ..model.records import UsageRecord
@@ -82,13 +82,10 @@ def verdict(report: Report, marks: bool = True) -> str:
         for name in ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
         if counts.get(name)
     )
-    parts = [f"{violations} budget violation{'s' if violations != 1 else ''}"]
+    parts = [counted(violations, "budget violation")]
     if report.baseline is not None:
-        parts.append(f"{regressions} regression{'s' if regressions != 1 else ''}")
-    parts.append(
-        f"{total} supervised test{'s' if total != 1 else ''}"
-        + (f" ({outcomes})" if outcomes else "")
-    )
+        parts.append(counted(regressions, "regression"))
+    parts.append(counted(total, "supervised test") + (f" ({outcomes})" if outcomes else ""))
     incomplete = "" if report.complete else " — session interrupted, incomplete"
     return f"### taichi-limits: {mark} — {', '.join(parts)}{incomplete}"
 

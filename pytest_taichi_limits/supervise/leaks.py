@@ -28,7 +28,7 @@ import time
 from collections.abc import Sequence
 
 from ..config.budget import Budget
-from ..config.units import MIB
+from ..config.units import MIB, counted
 from ..model.leaks import SERIES, Leaks, RoundReading, SeriesVerdict
 from ..model.records import Violation
 from ..render import leaks as leak_text
@@ -163,7 +163,7 @@ def violation(nodeid: str, budget: Budget, found: Leaks, pid: int, method: str) 
         float(budget.leak_mb or 0),
         0.0 if own is None else own.slope / MIB,
         f"supervisor (an exact reading after each of {found.measured_rounds} measured rounds, "
-        f"which followed {_rounds(found.warmup_rounds)} of warm-up; {method})",
+        f"which followed {counted(found.warmup_rounds, 'round')} of warm-up; {method})",
         "call",
         pid,
         time.time(),
@@ -171,10 +171,6 @@ def violation(nodeid: str, budget: Budget, found: Leaks, pid: int, method: str) 
         "",
         detail=leak_text.summary(found),
     )
-
-
-def _rounds(number: int) -> str:
-    return f"{number} round" if number == 1 else f"{number} rounds"
 
 
 def _plural(kind: str, number: str) -> str:

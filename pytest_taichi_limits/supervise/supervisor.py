@@ -802,8 +802,7 @@ class Worker:
         the highest point of its timeline (the last point holds it)."""
         memory, exit_info = self.meter.memory, self.exit_info
         kernel_peak_bytes = self._peak_rss(start, finished)
-        ended = not finished and exit_info is not None  # no reading of its end: it is gone
-        own_bytes = memory.final_bytes(max(0, kernel_peak_bytes - start.rss_bytes), ended)
+        own_bytes = memory.final_bytes(max(0, kernel_peak_bytes - start.rss_bytes))
         wall_s = time.monotonic() - start.monotonic
         cpu_s = self._cpu_s(start, peaks)
         gpu_own = None if peaks.gpu_bytes is None else max(0, peaks.gpu_bytes - start.gpu_bytes)
